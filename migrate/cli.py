@@ -1,0 +1,115 @@
+"""`migrate`: the command line. Each command is a thin wrapper over `migrate.pipeline`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from migrate import pipeline
+from migrate.config import Settings, load_settings
+from migrate.errors import MigrateError
+from migrate.logs import configure, redact, register_secret
+from migrate.report.run_report import print_report, write_json
+from migrate.staging.store import Staging
+
+EXIT_PARTIAL = 3
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="migrate.toml with a [migrate] table."),
+        click.option("--state", type=click.Path(path_type=Path, dir_okay=False), help="DuckDB state file [env MIGRATE_STATE; ./migration.duckdb]."),
+        click.option("--source", type=click.Path(path_type=Path, file_okay=False), help="Read an offline snapshot (one JSON Lines file per collection) instead of the API."),
+        click.option("--pipedrive-url", "pipedrive_base_url", help="Pipedrive base URL [env PIPEDRIVE_BASE_URL], e.g. https://acme.pipedrive.com."),
+        click.option("--pipedrive-token", "pipedrive_api_token", help="Pipedrive API token [env PIPEDRIVE_API_TOKEN]."),
+        click.option("--customermates-url", "customermates_url", help="Customermates base URL [env CUSTOMERMATES_URL]."),
+        click.option("--customermates-key", "customermates_api_key", help="Customermates API key of an Admin [env CUSTOMERMATES_API_KEY]."),
+        click.option("--phone-region", help="Country for phone numbers without a country code, e.g. DE (default: from the Pipedrive users' locale)."),
+        click.option("--mappings", type=click.Path(path_type=Path, file_okay=False), help="Directory with your own columns.yaml and field_types.yaml."),
+        click.option("--ca-bundle", type=click.Path(path_type=Path, dir_okay=False), help="CA bundle for self-hosted TLS certificates."),
+        click.option("--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        configure(kwargs.pop("log_format"))
+        config_file = kwargs.pop("config_file")
+        setting_names = set(Settings.model_fields)
+        flags = {k: kwargs.pop(k) for k in list(kwargs) if k in setting_names}
+        try:
+            settings = load_settings(flags, config_file)
+            register_secret(settings.pipedrive_api_token)
+            register_secret(settings.customermates_api_key)
+            return fn(settings=settings, **kwargs)
+        except MigrateError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", highlight=False)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="pipedrive-to-customermates")
+def cli() -> None:
+    """Move a Pipedrive CRM into Customermates: extract, transform, load."""
+
+
+@cli.command()
+@common_options
+@click.option("--dry-run", is_flag=True, help="Extract and transform, then print what would be created; write nothing to Customermates.")
+@click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json here.")
+def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None) -> None:
+    """Migrate everything: extract → transform → load, with a report.
+
+    Safe to run again: records already migrated are skipped when unchanged and updated
+    when changed; a run that died is resumed."""
+    console = Console()
+    report = pipeline.run_migration(settings, dry_run=dry_run, use_staged=use_staged)
+    print_report(report, console)
+    if report_dir:
+        path = write_json(report, report_dir)
+        console.print(f"Report: {path}")
+    if report["status"] == "partial":
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command(name="extract")
+@common_options
+def extract_command(settings: Settings) -> None:
+    """Stage every Pipedrive record in the DuckDB state file (resumable), nothing else."""
+    with Staging(settings.state) as staging:
+        run_id = staging.start_run("extract")
+        summary = pipeline.run_extract(settings, staging, run_id)
+        staging.finish_run(run_id, "ok", {"records": summary.records})
+    console = Console()
+    for name, count in summary.records.items():
+        console.print(f"{name:>20}  {count}")
+    if summary.missing:
+        console.print(f"[yellow]not in the snapshot:[/yellow] {', '.join(summary.missing)}")
+    console.print(f"Staged in {settings.state} ({summary.pages} pages). Inspect: duckdb {settings.state} \"show tables\"")
+
+
+@cli.command()
+@common_options
+def doctor(settings: Settings) -> None:
+    """Check both sides before a migration: tokens, permissions, reachability."""
+    console = Console()
+    results = pipeline.doctor(settings)
+    for check, passed, detail in results:
+        mark = "[green]ok[/green]  " if passed else "[red]FAIL[/red]"
+        console.print(f"{mark} {check}: {redact(detail)}", highlight=False)
+    if not all(passed for _, passed, _ in results):
+        sys.exit(1)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,96 @@
+"""Settings: defaults < environment variables < `migrate.toml` < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from migrate.errors import ConfigError
+
+ENV_VARS = {
+    "pipedrive_api_token": "PIPEDRIVE_API_TOKEN",
+    "pipedrive_base_url": "PIPEDRIVE_BASE_URL",
+    "customermates_url": "CUSTOMERMATES_URL",
+    "customermates_api_key": "CUSTOMERMATES_API_KEY",
+    "state": "MIGRATE_STATE",
+    "phone_region": "MIGRATE_PHONE_REGION",
+    "ca_bundle": "MIGRATE_CA_BUNDLE",
+}
+SECRET_FIELDS = ("pipedrive_api_token", "customermates_api_key")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pipedrive_api_token: str | None = None
+    pipedrive_base_url: str = "https://api.pipedrive.com"
+    customermates_url: str | None = None
+    customermates_api_key: str | None = None
+    state: Path = Path("migration.duckdb")
+    source: Path | None = None
+    phone_region: str | None = None
+    ca_bundle: Path | None = None
+    mappings: Path | None = None
+    pipedrive_burst_limit: int = 20
+
+    @field_validator("pipedrive_base_url", "customermates_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value and (len(value) != 2 or not value.isalpha()):
+            raise ValueError(f"must be a two-letter country code such as DE (got {value!r})")
+        return value.upper() if value else None
+
+    @property
+    def verify(self) -> bool | str:
+        return str(self.ca_bundle) if self.ca_bundle else True
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            hints = ", ".join(f"{ENV_VARS.get(n, n.upper())} (or --{n.replace('_', '-')})" for n in missing)
+            raise ConfigError(f"missing setting: {hints}")
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if data.get(name):
+                data[name] = "***"
+        return data
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Merge the layers; `flags` holds only what the user passed (None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, var in ENV_VARS.items():
+        if environ.get(var):
+            values[name] = environ[var]
+    path = config_file or (Path("migrate.toml") if Path("migrate.toml").exists() else None)
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                values.update(tomllib.load(handle).get("migrate", {}))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None

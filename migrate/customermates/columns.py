@@ -1,0 +1,124 @@
+"""Make sure every custom column the transform asked for exists in Customermates.
+
+Columns are matched by (entity type, label, type) — labels are not unique in
+Customermates, so a rerun must find and reuse what an earlier run created instead of
+creating a twin. Missing ones are created through MCP (the only way; contract §6), with
+every single-select option `isDefault: false` so that nothing is written into existing
+records. Option UUIDs are read back from `GET /v1/<e>/configuration`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from migrate.customermates.client import SINGULAR, CustomermatesClient
+from migrate.customermates.mcp import McpClient
+from migrate.staging.store import Staging
+
+log = structlog.get_logger(__name__)
+
+OPTION_COLORS = ("default", "secondary", "info", "success", "warning", "destructive")
+
+
+@dataclass
+class ColumnIndex:
+    """Target column ids and option ids, by (entity, column key)."""
+
+    ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    options: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # label → option uuid
+    created: list[str] = field(default_factory=list)
+    options_added: list[str] = field(default_factory=list)
+
+    def migration_columns(self, entity: str) -> list[str]:
+        return sorted(cid for (e, _), cid in self.ids.items() if e == entity)
+
+
+def _matches(existing: dict[str, Any], spec: dict[str, Any]) -> bool:
+    if existing.get("label") != spec["label"] or existing.get("type") != spec["type"]:
+        return False
+    if spec["type"] == "currency":
+        return ((existing.get("options") or {}).get("currency") or "").lower() == (spec.get("currency") or "")
+    return True
+
+
+def ensure_columns(
+    staging: Staging, client: CustomermatesClient, mcp: McpClient | None, run_id: str, *, dry_run: bool = False
+) -> ColumnIndex:
+    specs = staging.target_columns()
+    known = staging.column_map()
+    index = ColumnIndex()
+    entities = sorted({s["entity"] for s in specs})
+    configs = {e: client.configuration(e) for e in entities}
+    for spec in specs:
+        entity, key = spec["entity"], spec["key"]
+        existing_cols = configs[entity].get("customColumns") or []
+        by_id = {c["id"]: c for c in existing_cols}
+        remembered = known.get((entity, key))
+        column = by_id.get(remembered["id"]) if remembered else None
+        if column is not None and not _matches(column, spec):
+            column = None  # renamed or retyped by a user: treat as gone
+        if column is None:
+            column = next((c for c in existing_cols if _matches(c, spec)), None)
+        if column is None:
+            if dry_run or mcp is None:
+                index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
+                continue
+            column_id = _create(mcp, entity, spec)
+            index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
+            staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
+            index.ids[(entity, key)] = column_id
+            continue
+        index.ids[(entity, key)] = column["id"]
+        staging.save_column(entity, key, {"id": column["id"], "label": column["label"], "type": column["type"]}, None)
+        if spec["type"] == "singleSelect":
+            present = [o for o in (column.get("options") or {}).get("options") or []]
+            labels = {o["label"] for o in present}
+            missing = [label for label in spec["options"] if label not in labels]
+            if missing and not dry_run and mcp is not None:
+                kept = [
+                    {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": False, "index": i}
+                    for i, o in enumerate(sorted(present, key=lambda o: o.get("index", 0)))
+                ]
+                added = [
+                    {"label": label, "color": OPTION_COLORS[(len(kept) + i) % len(OPTION_COLORS)], "isDefault": False, "index": len(kept) + i}
+                    for i, label in enumerate(missing)
+                ]
+                mcp.update_single_select_options(column["id"], column["label"], kept + added)
+            index.options_added.extend(f"{entity}: {spec['label']} → {label}" for label in missing)
+    if dry_run or mcp is None:
+        return index
+    for entity in entities:  # read back ids and option uuids
+        config = client.configuration(entity)
+        by_id = {c["id"]: c for c in config.get("customColumns") or []}
+        for (e, key), column_id in list(index.ids.items()):
+            if e != entity:
+                continue
+            column = by_id.get(column_id)
+            if column is None:
+                raise RuntimeError(f"column {entity}.{key} ({column_id}) vanished right after it was created")
+            if column.get("type") == "singleSelect":
+                index.options[(entity, key)] = {o["label"]: o["value"] for o in (column.get("options") or {}).get("options") or []}
+                staging.save_column(entity, key, {"id": column_id, "label": column["label"], "type": column["type"], "options": index.options[(entity, key)]}, None)
+    return index
+
+
+def _create(mcp: McpClient, entity: str, spec: dict[str, Any]) -> str:
+    options = None
+    if spec["type"] == "singleSelect":
+        labels = spec["options"] or ["(none)"]
+        options = [
+            {"label": label, "color": OPTION_COLORS[i % len(OPTION_COLORS)], "isDefault": False, "index": i}
+            for i, label in enumerate(labels)
+        ]
+    log.info("columns.create", entity=entity, label=spec["label"], type=spec["type"])
+    return mcp.create_custom_column(
+        SINGULAR[entity],
+        spec["label"],
+        spec["type"],
+        options=options,
+        currency=spec.get("currency"),
+        allow_multiple=spec.get("allow_multiple") if spec["type"] in ("phone", "email", "link") else None,
+    )

@@ -1,0 +1,344 @@
+"""Load: target records from staging → Customermates, in dependency order, exactly once.
+
+The protocol (see README, "Crash safety"):
+
+1. Every record carries its Pipedrive id in the "Pipedrive ID" column, and the state keeps an
+   id map (entity, Pipedrive id) → (Customermates id, hash of the body last written).
+2. Intent before effect: a batch is recorded as pending (its Pipedrive ids and hashes) before
+   the request; the response's ids (in input order) and the removal of the pending row are
+   committed in one transaction after it.
+3. An uncertain outcome (5xx, timeout, dropped connection, or a crash found on restart) is
+   settled by reading the target by Pipedrive ID: records found are adopted, the rest are
+   sent again, in smaller batches.
+4. A 400 is certain (the batch is all-or-nothing and nothing was written): the batch is split
+   to isolate the records the server names, the others are loaded and each failing record is
+   quarantined with the server's message.
+5. A rerun skips records whose body hash is unchanged and updates the changed ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from migrate.customermates.client import (
+    BatchRejectedError,
+    CustomermatesClient,
+    UncertainWriteError,
+)
+from migrate.customermates.columns import ColumnIndex
+from migrate.errors import CustomermatesError
+from migrate.staging.store import Staging
+from migrate.transform.columns import PIPEDRIVE_ID
+from migrate.transform.encoders import user_label
+from migrate.transform.engine import ENTITY_ORDER, payload_hash
+from migrate.transform.entities import LINK_ENTITY
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 100
+MIN_BATCH = 5
+SLOW_BATCH_SECONDS = 2.5  # the server's transaction limit is 5 s: stay well under it
+FAST_BATCH_SECONDS = 1.2
+MAX_UNCERTAIN_RETRIES = 6
+
+
+@dataclass
+class LoadSummary:
+    created: Counter[str] = field(default_factory=Counter)
+    updated: Counter[str] = field(default_factory=Counter)
+    unchanged: Counter[str] = field(default_factory=Counter)
+    adopted: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    duplicates_in_target: list[dict[str, Any]] = field(default_factory=list)
+    unmatched_users: list[dict[str, Any]] = field(default_factory=list)
+    write_requests: int = 0
+    write_seconds: float = 0.0
+    records_written: int = 0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_written / self.write_seconds if self.write_seconds else 0.0
+
+
+@dataclass
+class _Item:
+    source_id: str
+    body: dict[str, Any]
+    digest: str
+    target_id: str | None = None  # set for updates
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+class Loader:
+    def __init__(
+        self,
+        staging: Staging,
+        client: CustomermatesClient,
+        columns: ColumnIndex,
+        run_id: str,
+        *,
+        batch_size: int = 50,
+        progress: ProgressFn | None = None,
+    ):
+        self.staging = staging
+        self.client = client
+        self.columns = columns
+        self.run_id = run_id
+        self.batch_size = max(MIN_BATCH, min(MAX_BATCH, batch_size))
+        self.progress = progress
+        self.summary = LoadSummary()
+        self.id_maps: dict[str, dict[str, tuple[str, str]]] = {}
+        self.user_map: dict[str, str] = {}
+
+    # -- users ----------------------------------------------------------------------------
+    def match_users(self) -> None:
+        """Pipedrive users → Customermates users by email (case-insensitive). Owners without a
+        match are reported once each, with the number of records they own."""
+        by_email = {str(u.get("email") or "").lower(): u["id"] for u in self.client.list_users() if u.get("email")}
+        pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
+        referenced: Counter[str] = Counter()
+        for entity in ENTITY_ORDER:
+            for _, payload, _ in self.staging.iter_targets(entity):
+                referenced.update(payload.get("users") or [])
+        for uid, count in sorted(referenced.items()):
+            user = pipedrive_users.get(uid)
+            match = by_email.get(str((user or {}).get("email") or "").lower())
+            if match:
+                self.user_map[uid] = match
+                continue
+            label = user_label(user, uid)
+            self.summary.unmatched_users.append({"pipedrive_user": label, "records": count})
+            self.staging.add_load_issue(
+                self.run_id, "users", uid, "owner_id", "owner_unmatched",
+                f"{label} owns {count} records but has no Customermates user with that email; kept in the "
+                "'Pipedrive owner' column (invite the user and run again to assign)",
+            )
+
+    # -- request bodies ---------------------------------------------------------------------
+    def build_body(self, entity: str, source_id: str, payload: dict[str, Any], *, for_update: bool) -> dict[str, Any]:
+        body: dict[str, Any] = dict(payload["fields"])
+        for key, ids in payload["links"].items():
+            target_entity = LINK_ENTITY[key]
+            resolved = []
+            for pid in ids:
+                mapped = self.id_maps.get(target_entity, {}).get(pid)
+                if mapped is None:
+                    self.staging.add_load_issue(
+                        self.run_id, entity, source_id, key, "link_target_not_loaded",
+                        f"{target_entity[:-1]} {pid} was not loaded (quarantined); link dropped",
+                    )
+                elif mapped[0] not in resolved:
+                    resolved.append(mapped[0])
+            body[key] = resolved
+        if entity == "deals":
+            services = []
+            for pid, quantity in payload["services"]:
+                mapped = self.id_maps.get("services", {}).get(pid)
+                if mapped is None:
+                    self.staging.add_load_issue(
+                        self.run_id, entity, source_id, "services", "link_target_not_loaded",
+                        f"service {pid} was not loaded (quarantined); not linked",
+                    )
+                else:
+                    services.append({"serviceId": mapped[0], "quantity": quantity})
+            body["services"] = services
+        users = []
+        for uid in payload["users"]:
+            if uid in self.user_map and self.user_map[uid] not in users:
+                users.append(self.user_map[uid])
+        body["userIds"] = users
+        values = []
+        for key, value in payload["values"].items():
+            column_id = self.columns.ids.get((entity, key))
+            if column_id is None:
+                raise CustomermatesError(f"no Customermates column for {entity}.{key}; run the column setup again")
+            options = self.columns.options.get((entity, key))
+            if options is not None:
+                if value not in options:
+                    raise CustomermatesError(f"column {entity}.{key} has no option {value!r}")
+                value = options[value]
+            values.append({"columnId": column_id, "value": value})
+        if for_update:
+            # customFieldValues merge per column: clear our columns this record no longer uses
+            used = {v["columnId"] for v in values}
+            values.extend({"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used)
+            if entity == "contacts" and body.get("lastName") == "":
+                body.pop("lastName")  # update rejects "", create accepts it
+        body["customFieldValues"] = sorted(values, key=lambda v: v["columnId"])
+        body["notes"] = payload["notes"] if payload["notes"] else None
+        if not for_update and body["notes"] is None:
+            body.pop("notes")
+        return body
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> LoadSummary:
+        for entity in ENTITY_ORDER:
+            self.id_maps[entity] = self.staging.id_map(entity)
+        self.match_users()
+        self.resolve_pending()
+        for entity in ENTITY_ORDER:
+            self.load_entity(entity)
+        return self.summary
+
+    def load_entity(self, entity: str) -> None:
+        known = self.id_maps[entity]
+        creates: list[_Item] = []
+        updates: list[_Item] = []
+        for source_id, payload, _ in self.staging.iter_targets(entity):
+            existing = known.get(source_id)
+            body = self.build_body(entity, source_id, payload, for_update=existing is not None)
+            digest = payload_hash(body)
+            if existing is None:
+                creates.append(_Item(source_id, body, digest))
+            elif existing[1] == digest:
+                self.summary.unchanged[entity] += 1
+                continue
+            else:
+                body["id"] = existing[0]
+                updates.append(_Item(source_id, body, digest, existing[0]))
+            if len(creates) >= self.batch_size:
+                self._send(entity, "create", creates)
+                creates = []
+            if len(updates) >= self.batch_size:
+                self._send(entity, "update", updates)
+                updates = []
+        if creates:
+            self._send(entity, "create", creates)
+        if updates:
+            self._send(entity, "update", updates)
+
+    def _send(self, entity: str, operation: str, items: list[_Item], attempt: int = 0) -> None:
+        """Write one batch (splitting it to the current batch size) and settle every outcome."""
+        while len(items) > self.batch_size:
+            head, items = items[: self.batch_size], items[self.batch_size :]
+            self._send(entity, operation, head, attempt)
+        if not items:
+            return
+        batch_id = self.staging.record_pending(entity, operation, [i.source_id for i in items], [i.digest for i in items], self.run_id)
+        started = time.monotonic()
+        try:
+            call = self.client.create_many if operation == "create" else self.client.update_many
+            result = call(entity, [i.body for i in items])
+        except BatchRejectedError as exc:
+            self.staging.commit_batch(batch_id, entity, [], self.run_id)  # certain: nothing written
+            self._isolate(entity, operation, items, exc)
+            return
+        except UncertainWriteError as exc:
+            elapsed = time.monotonic() - started
+            log.warning("load.uncertain", entity=entity, items=len(items), error=str(exc), seconds=round(elapsed, 2))
+            self.batch_size = max(MIN_BATCH, len(items) // 2)
+            missing = self._settle(batch_id, entity, operation, items)
+            if missing:
+                if attempt + 1 >= MAX_UNCERTAIN_RETRIES:
+                    raise CustomermatesError(
+                        f"Customermates failed {MAX_UNCERTAIN_RETRIES} times in a row writing {entity} ({exc}); "
+                        "everything written so far is recorded: run again to resume"
+                    ) from None
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+                self._send(entity, operation, missing, attempt + 1)
+            return
+        elapsed = time.monotonic() - started
+        self._tune(elapsed, len(items))
+        written = [(i.source_id, dto["id"], i.digest) for i, dto in zip(items, result, strict=True)]
+        self.staging.commit_batch(batch_id, entity, written, self.run_id)
+        self._remember(entity, written)
+        counter = self.summary.created if operation == "create" else self.summary.updated
+        counter[entity] += len(items)
+        self.summary.write_requests += 1
+        self.summary.write_seconds += elapsed
+        self.summary.records_written += len(items)
+        if self.progress:
+            self.progress(entity, len(items))
+
+    def _tune(self, elapsed: float, size: int) -> None:
+        if elapsed > SLOW_BATCH_SECONDS:
+            self.batch_size = max(MIN_BATCH, int(size * 0.6))
+        elif elapsed < FAST_BATCH_SECONDS and size >= self.batch_size:
+            self.batch_size = min(MAX_BATCH, int(self.batch_size * 1.25) + 1)
+
+    def _remember(self, entity: str, written: list[tuple[str, str, str]]) -> None:
+        for source_id, target_id, digest in written:
+            self.id_maps[entity][source_id] = (target_id, digest)
+
+    def _isolate(self, entity: str, operation: str, items: list[_Item], error: BatchRejectedError) -> None:
+        """Load what is valid, quarantine what the server rejects (with its message)."""
+        if len(items) == 1:
+            item = items[0]
+            message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
+            self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
+            self.summary.quarantined[entity] += 1
+            log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
+            return
+        named = {i.item_index() for i in error.issues} - {None}
+        suspects = [items[n] for n in sorted(named) if n is not None and n < len(items)]
+        if suspects and len(suspects) < len(items):
+            rest = [item for n, item in enumerate(items) if n not in named]
+            groups = [rest, *([s] for s in suspects)]
+        else:
+            half = len(items) // 2
+            groups = [items[:half], items[half:]]
+        for group in groups:
+            self._send(entity, operation, group)
+
+    # -- uncertain outcomes -----------------------------------------------------------------
+    def _settle(self, batch_id: str, entity: str, operation: str, items: list[_Item]) -> list[_Item]:
+        """Find out which records of an uncertain batch exist; adopt them, return the rest."""
+        if operation == "update":
+            # an update is idempotent: sending it again gives the same state
+            self.staging.commit_batch(batch_id, entity, [], self.run_id)
+            return items
+        found = self.find_in_target(entity, [i.source_id for i in items])
+        adopted = [(i.source_id, found[i.source_id], i.digest) for i in items if i.source_id in found]
+        self.staging.commit_batch(batch_id, entity, adopted, self.run_id)
+        self._remember(entity, adopted)
+        self.summary.adopted[entity] += len(adopted)
+        self.summary.created[entity] += len(adopted)
+        return [i for i in items if i.source_id not in found]
+
+    def find_in_target(self, entity: str, source_ids: list[str]) -> dict[str, str]:
+        """Pipedrive id → Customermates id for those of `source_ids` present in the target.
+
+        Costs min(len(source_ids), ⌈target size/100⌉) search calls."""
+        column_id = self.columns.ids[(entity, PIPEDRIVE_ID)]
+        total = self.client.search(entity, page=1, page_size=5)["pagination"]["total"]
+        wanted = set(source_ids)
+        matches: dict[str, list[str]] = {}
+        if len(source_ids) <= (total + 99) // 100:
+            for sid in source_ids:
+                hits = self.client.find_by_column(entity, column_id, sid)
+                if hits:
+                    matches[sid] = [h["id"] for h in hits]
+        else:
+            for record in self.client.iter_records(entity, sort=(column_id, "asc")):
+                sid = next((v["value"] for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+                if sid in wanted:
+                    matches.setdefault(sid, []).append(record["id"])
+        result = {}
+        for sid, ids in matches.items():
+            if len(ids) > 1:
+                self.summary.duplicates_in_target.append({"entity": entity, "source_id": sid, "target_ids": ids})
+                self.staging.add_load_issue(
+                    self.run_id, entity, sid, PIPEDRIVE_ID, "duplicate_in_target",
+                    f"{len(ids)} Customermates records carry Pipedrive ID {sid}: {', '.join(ids)}; adopted the first",
+                )
+            result[sid] = ids[0]
+        return result
+
+    def resolve_pending(self) -> None:
+        """Settle batches a crashed run left pending (their outcome is unknown)."""
+        for batch in self.staging.pending_batches():
+            entity = batch["entity"]
+            items = [_Item(sid, {}, digest) for sid, digest in zip(batch["source_ids"], batch["hashes"], strict=True)]
+            log.info("load.resume_pending", entity=entity, items=len(items), operation=batch["operation"])
+            if batch["operation"] == "update":
+                self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
+                continue
+            self._settle(batch["batch_id"], entity, "create", items)

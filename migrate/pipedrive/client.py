@@ -1,0 +1,250 @@
+"""A small Pipedrive API client: token in the `x-api-token` header, paging, rate limits.
+
+Retries (tenacity) cover burst 429s, 5xx and network errors. A 429 that means the daily
+token budget is spent, a Cloudflare 403 page, and 401/402/403/404/410 stop at once with
+one clear sentence: retrying them only makes things worse (contract §2, §4).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from migrate.errors import BudgetExhaustedError, PipedriveError
+from migrate.pipedrive.collections import PAGE_LIMIT, Collection
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = "pipedrive-to-customermates/0.1"
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, wait: float = 0.0):
+        super().__init__(message)
+        self.wait = wait
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    next_cursor: str | None  # the cursor (or start offset) of the next page; None at the end
+
+
+class BurstLimiter:
+    """Keeps requests under `limit` per rolling `window` seconds, shared by all callers."""
+
+    def __init__(self, limit: int, window: float = 2.0):
+        self.limit = max(1, limit)
+        self.window = window
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                moment = time.monotonic()
+                while self._sent and moment - self._sent[0] >= self.window:
+                    self._sent.popleft()
+                if len(self._sent) < self.limit:
+                    self._sent.append(moment)
+                    return
+                delay = self.window - (moment - self._sent[0]) + 0.01
+            time.sleep(delay)
+
+    def learn(self, limit_header: str | None) -> None:
+        if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:
+            with self._lock:
+                self.limit = max(1, int(limit_header))
+
+
+class PipedriveClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        verify: bool | str = True,
+        burst_limit: int = 20,
+        transport: httpx.BaseTransport | None = None,
+        max_attempts: int = 6,
+    ):
+        if not token:
+            raise PipedriveError("the Pipedrive API token is empty")
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"x-api-token": token, "accept": "application/json", "user-agent": USER_AGENT},
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+        )
+        self.limiter = BurstLimiter(burst_limit)
+        self.max_attempts = max_attempts
+        self.requests_sent = 0
+        self.tokens_spent = 0
+        self.rate_limited = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PipedriveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, path: str, params: dict[str, Any] | None = None, *, cost: int = 0) -> dict[str, Any]:
+        """GET one page; returns the parsed envelope `{success, data, additional_data}`."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=lambda state: max(
+                getattr(state.outcome.exception(), "wait", 0.0),
+                wait_exponential_jitter(initial=0.5, max=20)(state),
+            ),
+            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._get_once(path, params or {}, cost)
+        except _Retryable as exc:
+            raise PipedriveError(f"Pipedrive {path}: gave up after {self.max_attempts} attempts: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _get_once(self, path: str, params: dict[str, Any], cost: int) -> dict[str, Any]:
+        self.limiter.acquire()
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            raise _Retryable(f"timed out ({type(exc).__name__})") from None
+        except httpx.ConnectError as exc:
+            raise PipedriveError(f"cannot reach Pipedrive at {self.base_url}: {_reason(exc)}") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection problem: {_reason(exc)}") from None
+        self.requests_sent += 1
+        self.limiter.learn(response.headers.get("x-ratelimit-limit"))
+        status = response.status_code
+        if status == 429:
+            self.rate_limited += 1
+            remaining_tokens = response.headers.get("x-daily-ratelimit-token-remaining")
+            burst_left = response.headers.get("x-ratelimit-remaining")
+            if remaining_tokens == "0" or (burst_left is not None and burst_left.isdigit() and int(burst_left) > 0):
+                raise BudgetExhaustedError(
+                    "Pipedrive's daily API token budget is used up (HTTP 429); what was extracted is checkpointed, "
+                    "run again after the budget resets at midnight (Pipedrive server time)"
+                )
+            wait = _seconds(response.headers.get("x-ratelimit-reset")) or _seconds(response.headers.get("retry-after")) or 2.0
+            log.warning("pipedrive.rate_limited", path=path, wait=wait)
+            raise _Retryable("rate limited (HTTP 429)", wait=wait)
+        if status >= 500:
+            raise _Retryable(f"HTTP {status}: {_snippet(response)}")
+        if status != 200:
+            raise PipedriveError(_explain(status, path, response))
+        self.tokens_spent += cost
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Retryable(f"malformed JSON from {path}: {_snippet(response)}") from None
+        if not isinstance(body, dict) or body.get("success") is False:
+            raise PipedriveError(f"Pipedrive {path} answered without success: {_snippet(response)}")
+        return body
+
+    def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
+        """Yield the collection page by page from `start` (a cursor or an offset)."""
+        cursor = start
+        while True:
+            params: dict[str, Any] = {**collection.params, **(extra or {})}
+            if collection.paging == "cursor":
+                params["limit"] = PAGE_LIMIT
+                if cursor:
+                    params["cursor"] = cursor
+            elif collection.paging == "offset":
+                params["limit"] = PAGE_LIMIT
+                params["start"] = int(cursor or 0)
+            body = self.get(collection.path, params, cost=collection.cost)
+            data = body.get("data") or []
+            if isinstance(data, dict):
+                data = [data]
+            cursor = _next_cursor(collection, body, len(data))
+            yield Page(records=data, next_cursor=cursor)
+            if cursor is None:
+                return
+
+
+def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> str | None:
+    extra = body.get("additional_data") or {}
+    if collection.paging == "cursor":
+        if "next_cursor" not in extra and count >= PAGE_LIMIT:
+            raise PipedriveError(
+                f"Pipedrive {collection.path}: a full page came without additional_data.next_cursor; "
+                "refusing to guess whether more records exist"
+            )
+        return extra.get("next_cursor") or None
+    if collection.paging == "offset":
+        # v1 puts pagination under additional_data.pagination, or flat in additional_data (contract §3).
+        pagination = extra.get("pagination") or extra
+        if pagination.get("more_items_in_collection"):
+            nxt = pagination.get("next_start")
+            if nxt is None:
+                raise PipedriveError(f"Pipedrive {collection.path}: more_items_in_collection without next_start")
+            return str(nxt)
+        return None
+    return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        return f"TLS verification failed ({text}); for a self-hosted certificate pass --ca-bundle"
+    return text
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:200] or "(empty body)"
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and body.get("error"):
+            return str(body["error"])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return _snippet(response)
+
+
+def _explain(status: int, path: str, response: httpx.Response) -> str:
+    if "text/html" in response.headers.get("content-type", ""):
+        if status == 403:
+            return (
+                "Pipedrive blocked the requests (HTTP 403 HTML page from its firewall, usually after too many 429s); "
+                "stop, wait a few minutes, and run again"
+            )
+        return f"Pipedrive {path}: HTTP {status} with an HTML page instead of JSON: {_snippet(response)}"
+    messages = {
+        401: "Pipedrive rejected the API token (HTTP 401): check PIPEDRIVE_API_TOKEN",
+        402: "Pipedrive says the company account is not open (HTTP 402: trial expired or payment missing)",
+        403: f"Pipedrive refused {path} (HTTP 403): {_error_text(response)}; use a global-admin user's token",
+        404: f"Pipedrive has no {path} (HTTP 404): check PIPEDRIVE_BASE_URL",
+        410: f"Pipedrive removed {path} (HTTP 410 Gone)",
+    }
+    return messages.get(status, f"Pipedrive {path}: HTTP {status}: {_error_text(response)}")

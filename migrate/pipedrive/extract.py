@@ -1,0 +1,184 @@
+"""Extract: every Pipedrive collection into DuckDB staging, page by page, resumable.
+
+A source is anything with `pages(collection, start)`: the live API (`PipedriveClient`) or an
+offline snapshot directory (`SnapshotSource`, one JSON Lines file per collection). Each page
+is written together with the checkpoint that points past it, so a crash loses at most the
+page in flight and a rerun resumes where the last committed page ended.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from migrate.errors import PipedriveError
+from migrate.pipedrive.client import Page
+from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, PAGE_LIMIT, Collection
+from migrate.staging.store import Checkpoint, Staging, raw_table
+
+log = structlog.get_logger(__name__)
+
+
+class PageSource(Protocol):
+    def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]: ...
+
+
+class SnapshotSource:
+    """Reads `<dir>/<collection>.jsonl`; the checkpoint is the line offset."""
+
+    def __init__(self, directory: Path):
+        if not directory.is_dir():
+            raise PipedriveError(f"--source {directory} is not a directory")
+        self.directory = directory
+        self.missing: list[str] = []
+
+    def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
+        path = self.directory / f"{collection.name}.jsonl"
+        if not path.exists():
+            self.missing.append(collection.name)
+            yield Page([], None)
+            return
+        skip = int(start or 0)
+        line_no = 0
+        batch: list[dict[str, Any]] = []
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if line_no <= skip or not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PipedriveError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise PipedriveError(f"{path}:{line_no}: expected a JSON object per line")
+                batch.append(record)
+                if len(batch) == PAGE_LIMIT:
+                    yield Page(batch, str(line_no))
+                    batch = []
+        yield Page(batch, None)
+
+
+@dataclass
+class ExtractSummary:
+    records: dict[str, int] = field(default_factory=dict)
+    pages: int = 0
+    resumed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def extract(staging: Staging, source: PageSource, run_id: str, *, progress: ProgressFn | None = None) -> ExtractSummary:
+    """Stage every collection. A completed earlier extract is replaced by a fresh one."""
+    names = [c.name for c in COLLECTIONS] + [DEAL_PRODUCTS.name]
+    checkpoints = {n: staging.checkpoint(n) for n in names}
+    if all(cp is not None and cp.done for cp in checkpoints.values()) or all(cp is None for cp in checkpoints.values()):
+        _start_fresh(staging, names)
+        checkpoints = dict.fromkeys(names)
+    summary = ExtractSummary()
+    for collection in COLLECTIONS:
+        _extract_collection(staging, source, collection, checkpoints[collection.name], run_id, summary, progress)
+    _extract_deal_products(staging, source, checkpoints[DEAL_PRODUCTS.name], run_id, summary, progress)
+    summary.missing = list(getattr(source, "missing", []))
+    for name in names:
+        summary.records[name] = staging.count_raw(name)[0]
+    return summary
+
+
+def _start_fresh(staging: Staging, names: list[str]) -> None:
+    staging.reset_checkpoints()
+    for name in names:
+        staging.con.execute(f"DROP TABLE IF EXISTS {raw_table(name)}")
+
+
+def _extract_collection(
+    staging: Staging,
+    source: PageSource,
+    collection: Collection,
+    checkpoint: Checkpoint | None,
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    if checkpoint and checkpoint.done:
+        return
+    if checkpoint:
+        summary.resumed.append(collection.name)
+        log.info("extract.resume", collection=collection.name, after_pages=checkpoint.pages)
+    pages = checkpoint.pages if checkpoint else 0
+    records = checkpoint.records if checkpoint else 0
+    staging.ensure_raw_table(collection.name)
+    for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
+        pages += 1
+        records += len(page.records)
+        done = page.next_cursor is None
+        staging.write_page(collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id)
+        summary.pages += 1
+        if progress:
+            progress(collection.name, len(page.records))
+
+
+def _extract_deal_products(
+    staging: Staging,
+    source: PageSource,
+    checkpoint: Checkpoint | None,
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    """Deal products come from /deals/products?deal_ids=…, 100 deals per request, only for
+    deals that have products (`products_count`, when the API gave it). A snapshot has them whole."""
+    if checkpoint and checkpoint.done:
+        return
+    if isinstance(source, SnapshotSource):
+        _extract_collection(staging, source, DEAL_PRODUCTS, checkpoint, run_id, summary, progress)
+        return
+    staging.ensure_raw_table(DEAL_PRODUCTS.name)
+    deal_ids = _deal_ids_with_products(staging)
+    chunks = [deal_ids[i : i + DEAL_IDS_PER_REQUEST] for i in range(0, len(deal_ids), DEAL_IDS_PER_REQUEST)]
+    # checkpoint cursor: "<chunk index>" or "<chunk index>:<cursor inside the chunk>"
+    first_chunk, inner = 0, None
+    pages = checkpoint.pages if checkpoint else 0
+    records = checkpoint.records if checkpoint else 0
+    if checkpoint and checkpoint.cursor:
+        head, _, rest = checkpoint.cursor.partition(":")
+        first_chunk, inner = int(head), rest or None
+    if not chunks:
+        staging.write_page(DEAL_PRODUCTS.name, [], Checkpoint(DEAL_PRODUCTS.name, None, pages, records, True), run_id)
+        return
+    for index in range(first_chunk, len(chunks)):
+        extra = {"deal_ids": ",".join(chunks[index])}
+        for page in source.pages(DEAL_PRODUCTS, start=inner if index == first_chunk else None, extra=extra):
+            pages += 1
+            records += len(page.records)
+            if page.next_cursor is not None:
+                cursor: str | None = f"{index}:{page.next_cursor}"
+            elif index + 1 < len(chunks):
+                cursor = str(index + 1)
+            else:
+                cursor = None
+            staging.write_page(
+                DEAL_PRODUCTS.name, page.records, Checkpoint(DEAL_PRODUCTS.name, cursor, pages, records, cursor is None), run_id
+            )
+            summary.pages += 1
+            if progress:
+                progress(DEAL_PRODUCTS.name, len(page.records))
+
+
+def _deal_ids_with_products(staging: Staging) -> list[str]:
+    ids: list[str] = []
+    for name in ("deals", "deals_archived"):
+        if not staging.has_collection(name):
+            continue
+        rows = staging.con.execute(
+            f"SELECT id FROM {raw_table(name)} WHERE NOT coalesce(is_deleted, false) AND "
+            "coalesce(try_cast(data->>'products_count' AS INTEGER), 1) > 0 ORDER BY try_cast(id AS BIGINT)"
+        ).fetchall()
+        ids.extend(r[0] for r in rows)
+    return ids

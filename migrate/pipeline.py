@@ -1,0 +1,193 @@
+"""The library behind the CLI: extract, transform and load as callable steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from migrate.config import Settings
+from migrate.customermates.client import CustomermatesClient
+from migrate.customermates.columns import ColumnIndex, ensure_columns
+from migrate.customermates.load import Loader, LoadSummary
+from migrate.customermates.mcp import McpClient
+from migrate.errors import MigrateError
+from migrate.pipedrive.client import PipedriveClient
+from migrate.pipedrive.extract import ExtractSummary, PageSource, SnapshotSource, extract
+from migrate.report.run_report import ENTITY_SOURCES, issue_summary
+from migrate.staging.store import Staging
+from migrate.transform.engine import ENTITY_ORDER, TransformSummary, transform
+from migrate.transform.mapping import load_mappings
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int], None]
+
+
+def open_source(settings: Settings, stack: ExitStack) -> PageSource:
+    if settings.source is not None:
+        return SnapshotSource(settings.source)
+    settings.require("pipedrive_api_token")
+    return stack.enter_context(
+        PipedriveClient(
+            settings.pipedrive_base_url,
+            settings.pipedrive_api_token or "",
+            verify=settings.verify,
+            burst_limit=settings.pipedrive_burst_limit,
+        )
+    )
+
+
+def customermates_clients(settings: Settings, stack: ExitStack) -> tuple[CustomermatesClient, McpClient]:
+    settings.require("customermates_url", "customermates_api_key")
+    url, key = settings.customermates_url or "", settings.customermates_api_key or ""
+    client = stack.enter_context(CustomermatesClient(url, key, verify=settings.verify))
+    mcp = McpClient(url, key, verify=settings.verify)
+    stack.callback(getattr(mcp, "close", lambda: None))
+    return client, mcp
+
+
+def run_extract(settings: Settings, staging: Staging, run_id: str, progress: Progress | None = None) -> ExtractSummary:
+    with ExitStack() as stack:
+        source = open_source(settings, stack)
+        return extract(staging, source, run_id, progress=progress)
+
+
+def run_migration(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    use_staged: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The whole migration (or its dry run); returns the run report."""
+    started = datetime.now(UTC)
+    with Staging(settings.state) as staging, ExitStack() as stack:
+        run_id = staging.start_run("run --dry-run" if dry_run else "run")
+        status = "failed"
+        report: dict[str, Any] = {}
+        try:
+            target: tuple[CustomermatesClient, McpClient] | None = None
+            if not dry_run or (settings.customermates_url and settings.customermates_api_key):
+                target = customermates_clients(settings, stack)
+                target[0].me()  # fail fast on a bad key, before any extraction
+            extracted = None
+            if not use_staged:
+                extracted = run_extract(settings, staging, run_id, progress)
+            transformed = transform(staging, load_mappings(settings.mappings), settings.phone_region)
+            columns = ColumnIndex()
+            loaded = LoadSummary()
+            if target is not None:
+                client, mcp = target
+                columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
+                if not dry_run:
+                    loaded = Loader(staging, client, columns, run_id, progress=progress).run()
+            report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded)
+            status = report["status"]
+            return report
+        finally:
+            staging.finish_run(run_id, status, {k: report.get(k) for k in ("entities", "status")} if report else {})
+
+
+def build_report(
+    staging: Staging,
+    run_id: str,
+    started: datetime,
+    dry_run: bool,
+    extracted: ExtractSummary | None,
+    transformed: TransformSummary,
+    columns: ColumnIndex,
+    loaded: LoadSummary,
+) -> dict[str, Any]:
+    entities: dict[str, Any] = {}
+    id_maps = {e: staging.id_map(e) for e in ENTITY_ORDER} if dry_run else {}
+    quarantined = staging.quarantined()
+    for entity in ENTITY_ORDER:
+        sources = {name: staging.count_raw(name)[0] for name in ENTITY_SOURCES[entity]}
+        to_migrate = transformed.records[entity]
+        if dry_run:
+            present = sum(1 for sid, _, _ in staging.iter_targets(entity) if sid in id_maps[entity])
+            created, updated, unchanged = to_migrate - present, 0, present
+        else:
+            created, updated, unchanged = loaded.created[entity], loaded.updated[entity], loaded.unchanged[entity]
+        entities[entity] = {
+            "sources": sources,
+            "extracted": sum(sources.values()),
+            "deleted_skipped": transformed.skipped[entity],
+            "to_migrate": to_migrate,
+            "created": created,
+            "updated": updated,
+            "unchanged": unchanged,
+            "adopted_after_uncertain_write": loaded.adopted[entity],
+            "quarantined": sum(1 for q in quarantined if q["entity"] == entity),
+        }
+    issues = staging.transform_issues() + staging.load_issues(run_id)
+    status = "ok"
+    if quarantined:
+        status = "partial"
+    report = {
+        "run_id": run_id,
+        "dry_run": dry_run,
+        "status": status,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "entities": entities,
+        "extract": {
+            "pages": extracted.pages if extracted else 0,
+            "resumed": extracted.resumed if extracted else [],
+            "missing_collections": extracted.missing if extracted else [],
+            "records": extracted.records if extracted else {},
+        },
+        "columns_created": columns.created,
+        "options_added": columns.options_added,
+        "unmatched_users": loaded.unmatched_users,
+        "duplicates_in_target": loaded.duplicates_in_target,
+        "issues": issue_summary(issues),
+        "quarantined": quarantined,
+        "load": {
+            "records_written": loaded.records_written,
+            "write_requests": loaded.write_requests,
+            "write_seconds": round(loaded.write_seconds, 3),
+            "records_per_second": round(loaded.records_per_second, 1),
+        },
+    }
+    if not dry_run and not columns.ids and any(transformed.records.values()):
+        raise MigrateError("no Customermates columns were set up; nothing was loaded")
+    return report
+
+
+def doctor(settings: Settings) -> list[tuple[str, bool, str]]:
+    """Preflight checks of both sides: (check, passed, detail)."""
+    results: list[tuple[str, bool, str]] = []
+    with ExitStack() as stack:
+        if settings.source is not None:
+            results.append(("Pipedrive snapshot", settings.source.is_dir(), str(settings.source)))
+        else:
+            try:
+                source = open_source(settings, stack)
+                assert isinstance(source, PipedriveClient)
+                me = source.get("/api/v1/users/me", cost=2).get("data") or {}
+                admin = any(a.get("admin") for a in me.get("access") or [] if a.get("app") in ("global", "sales")) or bool(me.get("is_admin"))
+                results.append(("Pipedrive token", True, f"{me.get('name')} <{me.get('email')}> at {me.get('company_name') or settings.pipedrive_base_url}"))
+                results.append(("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing"))
+            except MigrateError as exc:
+                results.append(("Pipedrive token", False, str(exc)))
+        try:
+            client, _ = customermates_clients(settings, stack)
+            me = client.me()
+            role = str(me.get("roleName") or "")
+            results.append(("Customermates key", True, f"{me.get('firstName')} {me.get('lastName')} ({role or 'no role'})"))
+            results.append(("Customermates admin", role.lower() == "admin", "role Admin" if role.lower() == "admin" else f"role {role!r}: migrations need an Admin (system role) key"))
+            users = client.list_users()
+            results.append(("Customermates users", bool(users), f"{len(users)} users to match Pipedrive owners against"))
+        except MigrateError as exc:
+            results.append(("Customermates key", False, str(exc)))
+    return results
+
+
+def default_report_dir(settings: Settings) -> Path:
+    return settings.state.parent / "reports"

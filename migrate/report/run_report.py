@@ -1,0 +1,97 @@
+"""The run report: what arrived, what did not and why. Printed as tables and saved as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ENTITY_SOURCES = {
+    "organizations": ["organizations"],
+    "contacts": ["persons"],
+    "services": ["products"],
+    "deals": ["deals", "deals_archived", "leads", "leads_archived"],
+    "tasks": ["activities"],
+}
+
+
+def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2, ensure_ascii=False, sort_keys=False)
+        handle.write("\n")
+    return path
+
+
+def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: int = 15) -> None:
+    dry = report.get("dry_run")
+    table = Table(title=f"{'Plan (dry run)' if dry else 'Migration'} — run {report['run_id']}", title_justify="left")
+    table.add_column("entity")
+    table.add_column("Pipedrive records", justify="right")
+    table.add_column("deleted (skipped)", justify="right")
+    table.add_column("to migrate", justify="right")
+    if dry:
+        table.add_column("would create", justify="right")
+        table.add_column("would update", justify="right")
+    else:
+        table.add_column("created", justify="right")
+        table.add_column("updated", justify="right")
+    table.add_column("unchanged", justify="right")
+    table.add_column("quarantined", justify="right")
+    for entity, row in report["entities"].items():
+        table.add_row(
+            entity,
+            str(row["extracted"]),
+            str(row["deleted_skipped"]),
+            str(row["to_migrate"]),
+            str(row["created"]),
+            str(row["updated"]),
+            str(row["unchanged"]),
+            str(row["quarantined"]),
+        )
+    console.print(table)
+    columns = report.get("columns_created") or []
+    if columns:
+        console.print(f"[bold]Custom columns {'to create' if dry else 'created'}:[/bold] {len(columns)}")
+        for line in columns[:40]:
+            console.print(f"  • {line}")
+        if len(columns) > 40:
+            console.print(f"  … and {len(columns) - 40} more (see report.json)")
+    if report.get("unmatched_users"):
+        console.print("[bold yellow]Owners without a Customermates user[/bold yellow] (kept in 'Pipedrive owner'):")
+        for user in report["unmatched_users"]:
+            console.print(f"  • {user['pipedrive_user']}: {user['records']} records")
+    by_rule: dict[str, int] = report["issues"]["by_rule"]
+    if by_rule:
+        issues = Table(title="Values not carried exactly (each handled by a documented rule)", title_justify="left")
+        issues.add_column("rule")
+        issues.add_column("count", justify="right")
+        issues.add_column("example")
+        examples = {}
+        for item in report["issues"]["items"]:
+            examples.setdefault(item["rule"], f"{item['entity']} {item['source_id']} {item['field']}: {item['detail']}")
+        for rule, count in sorted(by_rule.items(), key=lambda kv: -kv[1])[:max_issue_rows]:
+            issues.add_row(rule, str(count), examples.get(rule, "")[:110])
+        console.print(issues)
+    if report.get("quarantined"):
+        console.print(f"[bold red]Quarantined records[/bold red] ({len(report['quarantined'])}): rejected by Customermates")
+        for item in report["quarantined"][:20]:
+            console.print(f"  • {item['entity']} {item['source_id']}: {item['message'][:160]}")
+    load = report.get("load") or {}
+    if load.get("records_written"):
+        console.print(
+            f"Load: {load['records_written']} records in {load['write_requests']} requests, "
+            f"{load['records_per_second']:.1f} records/s while writing"
+        )
+    console.print(f"Status: [bold]{report['status']}[/bold]")
+
+
+def issue_summary(items: list[dict[str, str]]) -> dict[str, Any]:
+    return {"by_rule": dict(Counter(i["rule"] for i in items).most_common()), "items": items}

@@ -1,0 +1,361 @@
+"""The DuckDB file that holds everything a run knows: raw Pipedrive records, extract
+checkpoints, transformed target records, the id map and the run log.
+
+Raw records live in one table per collection, ``raw_<collection>``, with the record as
+returned by the API in ``data`` (JSON), so a user can inspect them with the duckdb CLI::
+
+    duckdb migration.duckdb "select data->>'name' from raw_persons limit 5"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from migrate.errors import MigrateError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, command VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    status VARCHAR, summary JSON);
+CREATE TABLE IF NOT EXISTS extract_checkpoints (
+    collection VARCHAR PRIMARY KEY, cursor VARCHAR, pages INTEGER, records BIGINT,
+    done BOOLEAN, run_id VARCHAR, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS target_records (
+    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR,
+    PRIMARY KEY (entity, source_id));
+CREATE TABLE IF NOT EXISTS target_columns (
+    entity VARCHAR, key VARCHAR, spec JSON, PRIMARY KEY (entity, key));
+CREATE TABLE IF NOT EXISTS transform_issues (
+    entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS column_map (
+    entity VARCHAR, key VARCHAR, column_id VARCHAR, label VARCHAR, type VARCHAR, options JSON,
+    created_by_run VARCHAR, PRIMARY KEY (entity, key));
+CREATE TABLE IF NOT EXISTS id_map (
+    entity VARCHAR, source_id VARCHAR, target_id VARCHAR, payload_hash VARCHAR, run_id VARCHAR,
+    written_at TIMESTAMP, PRIMARY KEY (entity, source_id));
+CREATE TABLE IF NOT EXISTS pending_batches (
+    batch_id VARCHAR PRIMARY KEY, entity VARCHAR, operation VARCHAR, source_ids JSON, hashes JSON,
+    run_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS quarantine (
+    entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
+    at TIMESTAMP, PRIMARY KEY (entity, source_id));
+CREATE TABLE IF NOT EXISTS load_issues (
+    run_id VARCHAR, entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
+"""
+
+
+def raw_table(collection: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", collection):
+        raise ValueError(f"not a collection name: {collection!r}")
+    return "raw_" + re.sub(r"(?<!^)(?=[A-Z])", "_", collection).lower()
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    collection: str
+    cursor: str | None
+    pages: int
+    records: int
+    done: bool
+
+
+class Staging:
+    """One open DuckDB state file. Not thread-safe: one run, one connection."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        fresh = not self.path.exists()
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                from migrate.errors import LockHeldError
+
+                raise LockHeldError(f"another migrate process holds the state file {self.path}: {exc}") from None
+            raise MigrateError(f"cannot open the state file {self.path}: {exc}") from None
+        if fresh and self.path.exists():
+            os.chmod(self.path, 0o600)
+        self.con.execute(_SCHEMA)
+        self._check_version()
+
+    def _check_version(self) -> None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise MigrateError(
+                f"the state file {self.path} was written by a newer version of migrate "
+                f"(schema {row[0]}, this version understands {SCHEMA_VERSION}); upgrade migrate or use another state file"
+            )
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, command: str) -> str:
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        self.con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', NULL)", [run_id, command, now()])
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
+            [now(), status, json.dumps(summary, sort_keys=True), run_id],
+        )
+
+    # -- raw records ----------------------------------------------------------------------
+    def ensure_raw_table(self, collection: str) -> str:
+        table = raw_table(collection)
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (id VARCHAR PRIMARY KEY, data JSON, is_deleted BOOLEAN, "
+            "update_time VARCHAR, extracted_at TIMESTAMP)"
+        )
+        return table
+
+    def write_page(self, collection: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str) -> None:
+        """Upsert one page and move the collection's checkpoint, atomically."""
+        table = self.ensure_raw_table(collection)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if records:
+                self.con.execute(
+                    f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
+                    "unnest($updated), $at",
+                    {
+                        "ids": [str(r.get("id")) for r in records],
+                        "data": [json.dumps(r, ensure_ascii=False) for r in records],
+                        "deleted": [_is_deleted(r) for r in records],
+                        "updated": [r.get("update_time") for r in records],
+                        "at": now(),
+                    },
+                )
+            self.con.execute(
+                "INSERT OR REPLACE INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()],
+            )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def checkpoint(self, collection: str) -> Checkpoint | None:
+        row = self.con.execute(
+            "SELECT collection, cursor, pages, records, done FROM extract_checkpoints WHERE collection = ?", [collection]
+        ).fetchone()
+        return Checkpoint(*row) if row else None
+
+    def reset_checkpoints(self) -> None:
+        self.con.execute("DELETE FROM extract_checkpoints")
+
+    def has_collection(self, collection: str) -> bool:
+        return bool(
+            self.con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [raw_table(collection)]
+            ).fetchone()[0]
+        )
+
+    def iter_raw(self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+        """Stream a collection's records in id order (numeric ids sort numerically)."""
+        if not self.has_collection(collection):
+            return
+        where = "" if include_deleted else "WHERE NOT coalesce(is_deleted, false)"
+        cursor = self.con.cursor()
+        cursor.execute(
+            f"SELECT data FROM {raw_table(collection)} {where} ORDER BY try_cast(id AS BIGINT) NULLS LAST, id"
+        )
+        while rows := cursor.fetchmany(batch_size):
+            for (data,) in rows:
+                yield json.loads(data)
+
+    def count_raw(self, collection: str) -> tuple[int, int]:
+        """(records, deleted records) staged for a collection."""
+        if not self.has_collection(collection):
+            return (0, 0)
+        total, deleted = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE is_deleted) FROM {raw_table(collection)}"
+        ).fetchone()
+        return int(total), int(deleted)
+
+    # -- transform output -----------------------------------------------------------------
+    def replace_transform_output(
+        self,
+        records: Iterable[tuple[str, str, dict[str, Any], str]],
+        finish: Callable[[], tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]],
+        chunk: int = 5000,
+    ) -> None:
+        """Replace the transform output in one transaction. `records` streams in; `finish` is
+        called once they are consumed and returns the columns and issues they gave rise to."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("target_records", "target_columns", "transform_issues"):
+                self.con.execute(f"DELETE FROM {table}")
+            buffer: list[tuple[str, str, dict[str, Any], str]] = []
+            for record in records:
+                buffer.append(record)
+                if len(buffer) >= chunk:
+                    self._insert_targets(buffer)
+                    buffer = []
+            self._insert_targets(buffer)
+            columns, issues = finish()
+            if columns:
+                self.con.execute(
+                    "INSERT INTO target_columns SELECT unnest($e), unnest($k), unnest($s)::JSON",
+                    {"e": [c["entity"] for c in columns], "k": [c["key"] for c in columns], "s": [json.dumps(c) for c in columns]},
+                )
+            if issues:
+                self.con.execute(
+                    "INSERT INTO transform_issues SELECT unnest($a), unnest($b), unnest($c), unnest($d), unnest($e)",
+                    {k: [r[i] for r in issues] for i, k in enumerate("abcde")},
+                )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def _insert_targets(self, rows: list[tuple[str, str, dict[str, Any], str]]) -> None:
+        if rows:
+            self.con.execute(
+                "INSERT INTO target_records SELECT unnest($e), unnest($s), unnest($p)::JSON, unnest($h)",
+                {
+                    "e": [r[0] for r in rows],
+                    "s": [r[1] for r in rows],
+                    "p": [json.dumps(r[2], ensure_ascii=False, sort_keys=True) for r in rows],
+                    "h": [r[3] for r in rows],
+                },
+            )
+
+    def target_columns(self) -> list[dict[str, Any]]:
+        return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
+
+    def iter_targets(self, entity: str, batch_size: int = 2000) -> Iterator[tuple[str, dict[str, Any], str]]:
+        cursor = self.con.cursor()
+        cursor.execute(
+            "SELECT source_id, payload, payload_hash FROM target_records WHERE entity = ? "
+            "ORDER BY try_cast(source_id AS BIGINT) NULLS LAST, source_id",
+            [entity],
+        )
+        while rows := cursor.fetchmany(batch_size):
+            for source_id, payload, digest in rows:
+                yield source_id, json.loads(payload), digest
+
+    def count_targets(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT entity, count(*) FROM target_records GROUP BY entity").fetchall())
+
+    def transform_issues(self) -> list[dict[str, str]]:
+        cols = ("entity", "source_id", "field", "rule", "detail")
+        rows = self.con.execute(f"SELECT {', '.join(cols)} FROM transform_issues ORDER BY entity, rule, source_id").fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # -- load state -----------------------------------------------------------------------
+    def column_map(self) -> dict[tuple[str, str], dict[str, Any]]:
+        rows = self.con.execute("SELECT entity, key, column_id, label, type, options FROM column_map").fetchall()
+        return {
+            (e, k): {"id": cid, "label": label, "type": typ, "options": json.loads(opts) if opts else None}
+            for e, k, cid, label, typ, opts in rows
+        }
+
+    def save_column(self, entity: str, key: str, column: dict[str, Any], created_by_run: str | None) -> None:
+        self.con.execute(
+            "INSERT INTO column_map VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entity, key) DO UPDATE SET "
+            "column_id = excluded.column_id, label = excluded.label, type = excluded.type, options = excluded.options, "
+            "created_by_run = coalesce(column_map.created_by_run, excluded.created_by_run)",
+            [entity, key, column["id"], column["label"], column["type"], json.dumps(column.get("options")), created_by_run],
+        )
+
+    def id_map(self, entity: str) -> dict[str, tuple[str, str]]:
+        rows = self.con.execute("SELECT source_id, target_id, payload_hash FROM id_map WHERE entity = ?", [entity]).fetchall()
+        return {s: (t, h) for s, t, h in rows}
+
+    def record_pending(self, entity: str, operation: str, source_ids: list[str], hashes: list[str], run_id: str) -> str:
+        batch_id = uuid.uuid4().hex
+        self.con.execute(
+            "INSERT INTO pending_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [batch_id, entity, operation, json.dumps(source_ids), json.dumps(hashes), run_id, now()],
+        )
+        return batch_id
+
+    def pending_batches(self, entity: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT batch_id, entity, operation, source_ids, hashes FROM pending_batches"
+        rows = self.con.execute(sql + (" WHERE entity = ?" if entity else "") + " ORDER BY created_at", [entity] if entity else []).fetchall()
+        return [
+            {"batch_id": b, "entity": e, "operation": o, "source_ids": json.loads(s), "hashes": json.loads(h)}
+            for b, e, o, s, h in rows
+        ]
+
+    def commit_batch(self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str) -> None:
+        """Store (source_id, target_id, hash) rows and clear the pending intent in one transaction."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if written:
+                self.con.execute(
+                    "INSERT OR REPLACE INTO id_map SELECT $entity, unnest($s), unnest($t), unnest($h), $run, $at",
+                    {
+                        "entity": entity,
+                        "s": [w[0] for w in written],
+                        "t": [w[1] for w in written],
+                        "h": [w[2] for w in written],
+                        "run": run_id,
+                        "at": now(),
+                    },
+                )
+                self.con.execute(
+                    "DELETE FROM quarantine WHERE entity = $entity AND source_id IN (SELECT unnest($s))",
+                    {"entity": entity, "s": [w[0] for w in written]},
+                )
+            if batch_id:
+                self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def quarantine(self, entity: str, source_id: str, message: str, payload: dict[str, Any], run_id: str) -> None:
+        self.con.execute(
+            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
+            [entity, source_id, message, json.dumps(payload, ensure_ascii=False), run_id, now()],
+        )
+
+    def quarantined(self) -> list[dict[str, str]]:
+        rows = self.con.execute("SELECT entity, source_id, message, run_id FROM quarantine ORDER BY entity, source_id").fetchall()
+        return [dict(zip(("entity", "source_id", "message", "run_id"), r, strict=True)) for r in rows]
+
+    def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
+        self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
+
+    def load_issues(self, run_id: str) -> list[dict[str, str]]:
+        cols = ("entity", "source_id", "field", "rule", "detail")
+        rows = self.con.execute(f"SELECT {', '.join(cols)} FROM load_issues WHERE run_id = ? ORDER BY entity, source_id", [run_id]).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _is_deleted(record: dict[str, Any]) -> bool:
+    if record.get("is_deleted") is True or record.get("status") == "deleted" or record.get("deleted") is True:
+        return True
+    if record.get("active_flag") is False and "is_deleted" not in record:
+        # v1 notes and activity types: active_flag false means deleted. v1 users carry is_deleted;
+        # an inactive user is not a deleted one.
+        return True
+    return False

@@ -1,0 +1,399 @@
+"""Named encoders: a Pipedrive value → the string a Customermates column stores.
+
+`mappings/*.yaml` refer to these by name. Each encoder writes through `RecordOut.put`
+(possibly into a variant column: one per currency, or an "as entered" fallback) and reports
+every value it cannot carry exactly through `RecordOut.issue` — never a silent drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.transform import values as v
+from migrate.transform.columns import ColumnRegistry, ColumnSpec
+
+DEAL_STATUS_LABELS = {"open": "Open", "won": "Won", "lost": "Lost", "lead": "Lead"}
+DONE_LABELS = ("Open", "Done")
+
+
+@dataclass
+class Lookups:
+    """Reference data an encoder may need, read from staging before the records."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipelines: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, str] = field(default_factory=dict)  # stage id → "Pipeline / Stage"
+    activity_types: dict[str, str] = field(default_factory=dict)  # key_string → name
+    lead_labels: dict[str, str] = field(default_factory=dict)
+    organization_names: dict[str, str] = field(default_factory=dict)
+    person_names: dict[str, str] = field(default_factory=dict)
+    deal_products: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    product_names: dict[str, str] = field(default_factory=dict)
+    phone_region: str | None = None
+
+
+@dataclass
+class Field:
+    """Where a value comes from: `name` is what reports show (the Pipedrive field name)."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)  # option id → label
+
+
+@dataclass
+class RecordOut:
+    registry: ColumnRegistry
+    values: dict[str, str] = field(default_factory=dict)
+    issues: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def put(self, spec: ColumnSpec, value: str | None) -> None:
+        if value is None or value == "":
+            return
+        spec.used = True
+        self.values[spec.key] = value
+
+    def issue(self, field_name: str, rule: str, detail: str) -> None:
+        self.issues.append((field_name, rule, detail))
+
+
+Encoder = Callable[[Any, dict[str, Any], ColumnSpec, Field, Lookups, RecordOut], None]
+ENCODERS: dict[str, Encoder] = {}
+
+
+def encoder(name: str) -> Callable[[Encoder], Encoder]:
+    def register(fn: Encoder) -> Encoder:
+        ENCODERS[name] = fn
+        return fn
+
+    return register
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    if isinstance(value, (int, float)):
+        return v.decimal_string(value)
+    if isinstance(value, dict):
+        inner = value.get("value", value.get("name"))
+        return _as_text(inner) if inner is not None else None
+    text = str(value).strip()
+    return text or None
+
+
+@encoder("text")
+def _text(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, _as_text(value))
+
+
+@encoder("number")
+def _number(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value is None or value == "":
+        return
+    try:
+        out.put(spec, v.decimal_string(value))
+    except (ValueError, TypeError):
+        out.put(spec, str(value))
+        out.issue(fld.name, "number_kept_as_text", f"{value!r} is not a number; kept as text")
+
+
+@encoder("yes_no")
+def _yes_no(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value is not None:
+        out.put(spec, "Yes" if value in (True, 1, "1", "true") else "No")
+
+
+def _checked(out: RecordOut, spec: ColumnSpec, fld: Field, value: Any, convert: Callable[[Any], str | None]) -> None:
+    if value is None or value == "":
+        return
+    try:
+        out.put(spec, convert(value))
+    except (ValueError, TypeError) as exc:
+        fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
+        out.put(fallback, str(value))
+        out.issue(fld.name, "invalid_value_kept_as_text", f"{value!r}: {exc}; kept as text in '{fallback.label}'")
+
+
+@encoder("date")
+def _date(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    _checked(out, spec, fld, value, v.to_date)
+
+
+@encoder("datetime")
+def _datetime(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    _checked(out, spec, fld, value, v.to_utc_datetime)
+
+
+@encoder("due")
+def _due(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    _checked(out, spec, fld, value, lambda d: v.combine_date_time(d, record.get("due_time")))
+
+
+@encoder("date_range")
+def _date_range(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value is None:
+        return
+    start, until = (value.get("value"), value.get("until")) if isinstance(value, dict) else (value, None)
+    if start and not until:
+        until = start
+    _checked(out, spec, fld, value, lambda _: v.date_range(v.to_date(start), v.to_date(until)))
+
+
+@encoder("time")
+def _time(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, v.format_time_value(value))
+
+
+@encoder("time_range")
+def _time_range(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if isinstance(value, dict):
+        out.put(spec, v.format_time_range(value))
+    elif value:
+        out.put(spec, v.format_time_range({"value": value}, record.get(f"{fld.name}_until")))
+
+
+@encoder("address")
+def _address(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, v.format_address(value))
+
+
+def _money(amount: Any, currency: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
+    if amount is None or amount == "":
+        return
+    code = str(currency or "").strip()
+    text = v.decimal_string(amount)
+    if code.lower() in v.CUSTOMERMATES_CURRENCIES:
+        column = out.registry.variant(spec, code.lower(), code.upper(), "currency", currency=code.lower())
+        out.put(column, text)
+    else:
+        column = out.registry.variant(spec, "other_currency", "other currency", "plain")
+        out.put(column, f"{text} {code}".strip())
+        out.issue(
+            fld.name,
+            "currency_unsupported",
+            f"{text} {code or '(no currency)'}: Customermates has no {code or 'empty'} currency; kept as text in '{column.label}'",
+        )
+
+
+@encoder("money")
+def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """`value` is `{value, currency}`: v2 custom monetary fields, and standard fields whose
+    mapping names a `currency_from` (the engine pairs them)."""
+    if isinstance(value, dict):
+        _money(value.get("value"), value.get("currency"), spec, fld, out)
+    elif value not in (None, ""):
+        _money(value, None, spec, fld, out)
+
+
+def _option_label(value: Any, fld: Field) -> str:
+    key = str(value.get("id") if isinstance(value, dict) else value)
+    if key in fld.options:
+        return fld.options[key]
+    if isinstance(value, dict) and value.get("label"):
+        return str(value["label"])
+    return f"Deleted option #{key}"
+
+
+@encoder("option")
+def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value is None or value == "":
+        return
+    label = _option_label(value, fld)
+    if label.startswith("Deleted option #"):
+        out.issue(fld.name, "option_unknown", f"option id {value!r} is not among the field's options; carried as '{label}'")
+    spec.add_option(label)
+    out.put(spec, label)
+
+
+@encoder("option_labels")
+def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value is None or value == "" or value == []:
+        return
+    items = value if isinstance(value, list) else [p for p in str(value).split(",") if p.strip()]
+    out.put(spec, ", ".join(_option_label(item if isinstance(item, dict) else str(item).strip(), fld) for item in items))
+
+
+def _ids(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [i for item in value for i in _ids(item)]
+    if isinstance(value, dict):
+        inner = value.get("value", value.get("id"))
+        return _ids(inner)
+    return [str(value).strip()] if str(value).strip() else []
+
+
+def user_label(user: dict[str, Any] | None, user_id: str) -> str:
+    if not user:
+        return f"Pipedrive user #{user_id}"
+    name, email = (user.get("name") or "").strip(), (user.get("email") or "").strip()
+    return f"{name} <{email}>" if name and email else name or email or f"Pipedrive user #{user_id}"
+
+
+@encoder("user")
+def _user(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, ", ".join(user_label(lk.users.get(i), i) for i in _ids(value)) or None)
+
+
+@encoder("organization")
+def _organization(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, ", ".join(lk.organization_names.get(i, f"Pipedrive organization #{i}") for i in _ids(value)) or None)
+
+
+@encoder("person")
+def _person(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, ", ".join(lk.person_names.get(i, f"Pipedrive person #{i}") for i in _ids(value)) or None)
+
+
+def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    good: list[str] = []
+    bad: list[str] = []
+    for raw in raw_values:
+        number = v.normalise_phone(raw, lk.phone_region)
+        if number:
+            if number not in good:
+                good.append(number)
+        else:
+            bad.append(raw)
+    if good and not spec.allow_multiple and len(good) > 1:
+        bad.extend(good[1:])
+        good = good[:1]
+    out.put(spec, ",".join(good) or None)
+    if bad:
+        fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
+        out.put(fallback, ", ".join(bad))
+        for raw in bad:
+            out.issue(fld.name, "phone_not_e164", f"{raw!r} cannot be normalised to E.164; kept as text in '{fallback.label}'")
+
+
+@encoder("phones")
+def _phones(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    items = value if isinstance(value, list) else []
+    ordered = sorted(items, key=lambda i: not (isinstance(i, dict) and i.get("primary")))
+    _phone_values([str(i.get("value")).strip() for i in ordered if isinstance(i, dict) and i.get("value")], spec, fld, lk, out)
+
+
+@encoder("phone")
+def _phone(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value:
+        _phone_values([str(value).strip()], spec, fld, lk, out)
+
+
+@encoder("contact_items")
+def _contact_items(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if isinstance(value, list):
+        parts = [
+            f"{i.get('value')} ({i['label']})" if i.get("label") else str(i.get("value"))
+            for i in value
+            if isinstance(i, dict) and i.get("value")
+        ]
+        out.put(spec, ", ".join(parts) or None)
+
+
+@encoder("link")
+def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    text = _as_text(value)
+    if not text:
+        return
+    url = text if "://" in text or text.startswith(("mailto:", "tel:")) else f"https://{text}"
+    if url.startswith(("https://", "http://", "mailto:", "tel:")) and " " not in url and "." in url:
+        out.put(spec, url)
+        return
+    fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
+    out.put(fallback, text)
+    out.issue(fld.name, "link_invalid", f"{text!r} is not a usable URL; kept as text in '{fallback.label}'")
+
+
+@encoder("labels")
+def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, ", ".join(fld.options.get(i, f"Label #{i}") for i in _ids(value)) or None)
+
+
+@encoder("lead_labels")
+def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, ", ".join(lk.lead_labels.get(i, f"Label {i}") for i in _ids(value)) or None)
+
+
+@encoder("pipeline")
+def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    for i in _ids(value):
+        label = lk.pipelines.get(i) or f"Pipeline #{i}"
+        spec.add_option(label)
+        out.put(spec, label)
+
+
+@encoder("stage")
+def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    for i in _ids(value):
+        label = lk.stages.get(i) or f"Stage #{i}"
+        spec.add_option(label)
+        out.put(spec, label)
+
+
+@encoder("deal_status")
+def _deal_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value:
+        label = DEAL_STATUS_LABELS.get(str(value), str(value).capitalize())
+        spec.add_option(label)
+        out.put(spec, label)
+
+
+@encoder("lead_status")
+def _lead_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, DEAL_STATUS_LABELS["lead"])
+
+
+@encoder("activity_type")
+def _activity_type(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if value:
+        label = lk.activity_types.get(str(value)) or str(value)
+        spec.add_option(label)
+        out.put(spec, label)
+
+
+@encoder("done")
+def _done(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    out.put(spec, DONE_LABELS[1] if value in (True, 1, "1") else DONE_LABELS[0])
+
+
+@encoder("attendees")
+def _attendees(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if isinstance(value, list):
+        parts = []
+        for a in value:
+            if not isinstance(a, dict):
+                continue
+            name, email = a.get("name") or "", a.get("email") or a.get("email_address") or ""
+            parts.append(f"{name} <{email}>" if name and email else name or email)
+        out.put(spec, ", ".join(p for p in parts if p) or None)
+
+
+@encoder("prices")
+def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    if isinstance(value, list):
+        parts = [
+            f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip()
+            for p in value
+            if isinstance(p, dict)
+        ]
+        out.put(spec, "; ".join(parts) or None)
+
+
+@encoder("deal_products")
+def _deal_products(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    rows = lk.deal_products.get(str(value), [])
+    parts = []
+    for row in rows:
+        name = row.get("name") or lk.product_names.get(str(row.get("product_id")), f"product #{row.get('product_id')}")
+        text = f"{v.decimal_string(row.get('quantity') or 0)} × {name} @ {v.decimal_string(row.get('item_price') or 0)} {row.get('currency') or ''}".rstrip()
+        if row.get("discount"):
+            unit = "%" if row.get("discount_type") == "percentage" else f" {row.get('currency') or ''}".rstrip()
+            text += f" (discount {v.decimal_string(row['discount'])}{unit})"
+        if row.get("is_enabled") is False:
+            text += " (disabled)"
+        parts.append(text)
+    out.put(spec, "; ".join(parts) or None)

@@ -1,0 +1,380 @@
+"""Transform: staged Pipedrive records → Customermates target records and columns.
+
+Deterministic: the same staging gives byte-identical payloads (sorted keys, id order), so a
+payload hash tells whether a record changed since it was last written. Records stream from
+DuckDB and back; only reference data (names, options, deal products, notes of one entity
+kind) is held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.staging.store import Staging, raw_table
+from migrate.transform import entities, notes
+from migrate.transform import values as v
+from migrate.transform.columns import PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, ColumnRegistry, ColumnSpec
+from migrate.transform.encoders import ENCODERS, Field, Lookups, RecordOut
+from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
+
+ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
+SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
+FIELD_META = {
+    "persons": "personFields",
+    "organizations": "organizationFields",
+    "products": "productFields",
+    "deals": "dealFields",
+    "deals_archived": "dealFields",
+    "leads": "dealFields",
+    "leads_archived": "dealFields",
+    "activities": "activityFields",
+}
+V1_ENCODED = frozenset({"leads", "leads_archived"})
+NOTE_TARGET = {"persons": "person_id", "organizations": "org_id", "deals": "deal_id", "deals_archived": "deal_id"}
+RESERVED_LABELS = {
+    "contacts": {"first name", "last name", "name", "email", "emails", "notes", "organizations", "users"},
+    "organizations": {"name", "notes", "contacts", "users"},
+    "services": {"name", "amount", "notes", "users"},
+    "deals": {"name", "notes", "services", "total value", "total quantity", "contacts", "organizations", "users"},
+    "tasks": {"name", "notes", "type", "contacts", "organizations", "deals", "services", "users"},
+}
+
+
+@dataclass
+class TransformSummary:
+    records: Counter[str] = field(default_factory=Counter)  # entity → target records
+    skipped: Counter[str] = field(default_factory=Counter)  # entity → deleted in Pipedrive
+    issues: Counter[str] = field(default_factory=Counter)  # rule → count
+    columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def source_id(collection: str, record: dict[str, Any]) -> str:
+    return f"lead:{record['id']}" if collection in V1_ENCODED else str(record["id"])
+
+
+class Transformer:
+    def __init__(self, staging: Staging, mappings: Mappings, phone_region: str | None = None):
+        self.staging = staging
+        self.mappings = mappings
+        self.registry = ColumnRegistry()
+        self.lookups = self._lookups(phone_region)
+        self.known = self._known_ids()
+        self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
+        self.issues: list[tuple[str, str, str, str, str]] = []
+        self.summary = TransformSummary()
+        self._declare_columns()
+
+    # -- reference data -------------------------------------------------------------------
+    def _lookups(self, phone_region: str | None) -> Lookups:
+        st = self.staging
+        users = {str(u["id"]): u for u in st.iter_raw("users")}
+        pipelines = {str(p["id"]): p for p in st.iter_raw("pipelines")}
+        stages = sorted(
+            st.iter_raw("stages"),
+            key=lambda s: (pipelines.get(str(s.get("pipeline_id")), {}).get("order_nr") or 0, s.get("pipeline_id") or 0, s.get("order_nr") or 0, s["id"]),
+        )
+        stage_labels = {
+            str(s["id"]): f"{pipelines.get(str(s.get('pipeline_id')), {}).get('name') or 'Pipeline #' + str(s.get('pipeline_id'))} / {s.get('name')}"
+            for s in stages
+        }
+        return Lookups(
+            users=users,
+            pipelines={pid: p.get("name") or f"Pipeline #{pid}" for pid, p in sorted(pipelines.items(), key=lambda kv: (kv[1].get("order_nr") or 0, int(kv[0])))},
+            stages=stage_labels,
+            activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in st.iter_raw("activityTypes")},
+            lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in st.iter_raw("leadLabels")},
+            organization_names={str(o["id"]): (o.get("name") or entities.NO_NAME) for o in st.iter_raw("organizations")},
+            person_names={str(p["id"]): (p.get("name") or entities.NO_NAME) for p in st.iter_raw("persons")},
+            deal_products=self._deal_products(),
+            product_names={str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")},
+            phone_region=phone_region or self._region_from_users(users),
+        )
+
+    @staticmethod
+    def _region_from_users(users: dict[str, dict[str, Any]]) -> str | None:
+        """Numbers without a country code are read in the country most users' locale names."""
+        regions = Counter(
+            str(u.get("locale")).split("_")[-1].upper() for u in users.values() if u.get("locale") and "_" in str(u.get("locale"))
+        )
+        return regions.most_common(1)[0][0] if regions else None
+
+    def _deal_products(self) -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for row in self.staging.iter_raw("deal_products"):
+            grouped.setdefault(str(row.get("deal_id")), []).append(row)
+        for rows in grouped.values():
+            rows.sort(key=lambda r: (r.get("order_nr") or 0, r.get("id") or 0))
+        return grouped
+
+    def _known_ids(self) -> dict[str, set[str]]:
+        known: dict[str, set[str]] = {e: set() for e in ENTITY_ORDER}
+        for collection, mapping in self.mappings.sources.items():
+            if not self.staging.has_collection(collection):
+                continue
+            rows = self.staging.con.execute(
+                f"SELECT id FROM {raw_table(collection)} WHERE NOT coalesce(is_deleted, false)"
+            ).fetchall()
+            prefix = "lead:" if collection in V1_ENCODED else ""
+            known[mapping.entity].update(prefix + r[0] for r in rows)
+        return known
+
+    def _field_meta(self, meta: str) -> dict[str, dict[str, Any]]:
+        return {str(f.get("field_code") or f.get("key")): f for f in self.staging.iter_raw(meta)}
+
+    # -- columns --------------------------------------------------------------------------
+    def _declare_columns(self) -> None:
+        reg = self.registry
+        for entity in ENTITY_ORDER:
+            reg.declare(ColumnSpec(entity, PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, "plain", always=True))
+        reg.declare(ColumnSpec("contacts", "other_emails", "Other emails", "plain"))
+        self._column_of: dict[tuple[str, str], tuple[ColumnSpec, ColumnDecl]] = {}
+        for collection, mapping in self.mappings.sources.items():
+            for decl in mapping.columns:
+                spec = reg.declare(
+                    ColumnSpec(
+                        mapping.entity,
+                        decl.key,
+                        decl.label,
+                        decl.type,
+                        allow_multiple=decl.allow_multiple,
+                        template=decl.type == "currency",
+                    )
+                )
+                self._column_of[(collection, decl.key)] = (spec, decl)
+                for label in self._declared_options(collection, decl):
+                    spec.add_option(label)
+        self._custom: dict[str, list[tuple[ColumnSpec, Field, str, str]]] = {}
+        for collection, mapping in self.mappings.sources.items():
+            self._custom[collection] = self._custom_columns(collection, mapping)
+
+    def _declared_options(self, collection: str, decl: ColumnDecl) -> list[str]:
+        source = decl.options_from
+        lk = self.lookups
+        if source == "pipelines":
+            return list(lk.pipelines.values())
+        if source == "stages":
+            return list(lk.stages.values())
+        if source == "activity_types":
+            return list(lk.activity_types.values())
+        if source == "deal_statuses":
+            return ["Open", "Won", "Lost", "Lead"]
+        if source == "done":
+            return ["Open", "Done"]
+        if source and source.startswith("field:"):
+            return list(self._options(FIELD_META[collection], source.split(":", 1)[1]).values())
+        return []
+
+    def _options(self, meta: str, field_code: str) -> dict[str, str]:
+        definition = self.fields.get(meta, {}).get(field_code) or {}
+        return {str(o.get("id")): str(o.get("label")) for o in definition.get("options") or [] if isinstance(o, dict)}
+
+    def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[tuple[ColumnSpec, Field, str, str]]:
+        """One column per Pipedrive custom field, typed by `field_types.yaml`."""
+        meta = FIELD_META.get(collection)
+        result = []
+        taken = RESERVED_LABELS.get(mapping.entity, set()) | {
+            s.label.casefold() for (c, _), (s, _) in self._column_of.items() if self.mappings.sources[c].entity == mapping.entity
+        } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
+        for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (kv[1].get("order_nr") or 0, kv[0])):
+            if not (definition.get("is_custom_field") or definition.get("edit_flag")):
+                continue
+            rule = self.mappings.field_types.get(str(definition.get("field_type")))
+            name = str(definition.get("field_name") or definition.get("name") or code)
+            if rule is None:
+                self.summary.issues["field_type_unsupported"] += 1
+                self.issues.append((mapping.entity, "*", name, "field_type_unsupported", f"field type {definition.get('field_type')!r} has no mapping; values kept as text"))
+                rule_type, rule_encode = "plain", "text"
+            else:
+                rule_type, rule_encode = rule.type, rule.encode
+            key = f"cf:{code}"
+            label = self._free_label(mapping.entity, name, taken, key)
+            spec = self.registry.declare(
+                ColumnSpec(mapping.entity, key, label, rule_type, always=rule_type != "currency", template=rule_type == "currency")
+            )
+            options = self._options(meta, code)
+            if rule_type == "singleSelect":
+                for option in options.values():
+                    spec.add_option(option)
+            result.append((spec, Field(name=name, options=options), code, rule_encode))
+        return result
+
+    def _free_label(self, entity: str, name: str, taken: set[str], key: str) -> str:
+        """The field's name, unless a standard column or another field has it already."""
+        existing = self.registry.find(entity, key)
+        if existing is not None:
+            return existing.label
+        label = name
+        if label.casefold() in taken:
+            label = f"{name} (Pipedrive field)"
+        n = 2
+        while label.casefold() in taken:
+            label = f"{name} (Pipedrive field {n})"
+            n += 1
+        taken.add(label.casefold())
+        return label
+
+    # -- records --------------------------------------------------------------------------
+    def run(self) -> TransformSummary:
+        def finish() -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]:
+            self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
+            return self.summary.columns, self.issues
+
+        self.staging.replace_transform_output(self._records(), finish)
+        return self.summary
+
+    def _records(self) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+        for entity in ENTITY_ORDER:
+            for collection, mapping in self.mappings.sources.items():
+                if mapping.entity == entity:
+                    yield from self._collection_records(collection, mapping)
+
+    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+        notes_by_target = self._notes_for(collection)
+        for record in self.staging.iter_raw(collection):
+            sid = source_id(collection, record)
+            if _deleted(record):
+                self.summary.skipped[mapping.entity] += 1
+                self._issue(mapping.entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
+                continue
+            payload = self._payload(collection, mapping, record, sid, notes_by_target)
+            self.summary.records[mapping.entity] += 1
+            yield mapping.entity, sid, payload, payload_hash(payload)
+
+    def _payload(self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str, notes_by_target: dict[str, list[notes.NoteEntry]]) -> dict[str, Any]:
+        core = self._core(collection, record)
+        out = RecordOut(self.registry)
+        for key, value in core.values.items():
+            out.put(self.registry.get(mapping.entity, key), value)
+        out.put(self.registry.get(mapping.entity, PIPEDRIVE_ID), sid)
+        for decl in mapping.columns:
+            spec, _ = self._column_of[(collection, decl.key)]
+            value = _get(record, decl.source_field)
+            if decl.currency_from:
+                value = None if value in (None, "") else {"value": value, "currency": _get(record, decl.currency_from)}
+            fld = Field(name=decl.source_field, options=self._options(FIELD_META[collection], decl.field) if decl.field else {})
+            if decl.options_from and decl.options_from.startswith("field:"):
+                fld.options = self._options(FIELD_META[collection], decl.options_from.split(":", 1)[1])
+            ENCODERS[decl.encode](value, record, spec, fld, self.lookups, out)
+        custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
+        for spec, fld, code, encode in self._custom[collection]:
+            value = _v1_value(custom_values, code, spec.type) if collection in V1_ENCODED else custom_values.get(code)
+            if value is None or value == "" or value == []:
+                continue
+            ENCODERS[encode](value, record, spec, fld, self.lookups, out)
+        for field_name, rule, detail in core.issues + out.issues:
+            self._issue(mapping.entity, sid, field_name, rule, detail)
+        note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target)
+        return {
+            "fields": core.fields,
+            "links": core.links,
+            "services": core.services,
+            "users": core.users,
+            "values": dict(sorted(out.values.items())),
+            "notes": note_text,
+        }
+
+    def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
+        if collection == "persons":
+            return entities.contact_core(record, self.known)
+        if collection == "organizations":
+            return entities.organization_core(record, self.known)
+        if collection == "products":
+            return entities.service_core(record, self.known)
+        if collection in ("deals", "deals_archived"):
+            return entities.deal_core(record, self.known, self.lookups.deal_products)
+        if collection in V1_ENCODED:
+            return entities.lead_core(record, self.known)
+        if collection == "activities":
+            return entities.task_core(record, self.known, self.lookups.activity_types)
+        raise ValueError(f"no entity builder for {collection}")
+
+    def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
+        self.summary.issues[rule] += 1
+        self.issues.append((entity, sid, field_name, rule, detail))
+
+    # -- notes ----------------------------------------------------------------------------
+    def _notes_for(self, collection: str) -> dict[str, list[notes.NoteEntry]]:
+        """Pipedrive notes attached to records of this collection, by record id."""
+        column = NOTE_TARGET.get(collection) or ("lead_id" if collection in V1_ENCODED else None)
+        grouped: dict[str, list[notes.NoteEntry]] = {}
+        if column is None or not self.staging.has_collection("notes"):
+            return grouped
+        rows = self.staging.con.execute(
+            f"SELECT data FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false) "
+            f"AND data->>'{column}' IS NOT NULL ORDER BY try_cast(id AS BIGINT)"
+        ).fetchall()
+        pin_flag = {"person_id": "pinned_to_person_flag", "org_id": "pinned_to_organization_flag", "deal_id": "pinned_to_deal_flag", "lead_id": "pinned_to_lead_flag"}[column]
+        for (data,) in rows:
+            note = json.loads(data)
+            author = self.lookups.users.get(str(note.get("user_id")))
+            try:
+                created = v.to_utc_datetime(note.get("add_time"))
+            except ValueError:
+                created = None
+            grouped.setdefault(str(note[column]), []).append(
+                notes.NoteEntry(
+                    author=(author or {}).get("name") or (note.get("user") or {}).get("name"),
+                    created=created,
+                    html=note.get("content") or "",
+                    title="Pinned" if note.get(pin_flag) else None,
+                )
+            )
+        return grouped
+
+    def _compose_notes(self, collection: str, record: dict[str, Any], sid: str, entity: str, notes_by_target: dict[str, list[notes.NoteEntry]]) -> str | None:
+        entries = list(notes_by_target.get(str(record.get("id")), []))
+        if collection == "activities":
+            body = record.get("note") or ""
+            public = record.get("public_description") or ""
+            if body.strip():
+                entries.insert(0, notes.NoteEntry(author=None, created=None, html=body, title="Activity note"))
+            if public.strip():
+                entries.append(notes.NoteEntry(author=None, created=None, html=public, title="Public description"))
+        elif collection == "products" and (record.get("description") or "").strip():
+            entries.insert(0, notes.NoteEntry(author=None, created=None, html=record["description"], title="Description"))
+        if not entries:
+            return None
+        text, truncated = notes.compose_notes(entries)
+        if truncated:
+            self._issue(entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)")
+        return text or None
+
+
+def _deleted(record: dict[str, Any]) -> bool:
+    return bool(record.get("is_deleted") or record.get("status") == "deleted" or record.get("active_flag") is False)
+
+
+def _get(record: dict[str, Any], path: str) -> Any:
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _v1_value(record: dict[str, Any], code: str, column_type: str) -> Any:
+    """Reassemble a v1 flat custom value (leads) into the v2 shape the encoders read."""
+    value = record.get(code)
+    if value is None:
+        return None
+    if f"{code}_currency" in record:
+        return {"value": value, "currency": record.get(f"{code}_currency")}
+    if f"{code}_until" in record:
+        return {"value": value, "until": record.get(f"{code}_until")}
+    if f"{code}_formatted_address" in record:
+        return {"value": value, "formatted_address": record.get(f"{code}_formatted_address")}
+    return value
+
+
+def transform(staging: Staging, mappings: Mappings, phone_region: str | None = None) -> TransformSummary:
+    return Transformer(staging, mappings, phone_region).run()

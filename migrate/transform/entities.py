@@ -1,0 +1,190 @@
+"""The built-in Customermates fields of each entity: names, emails, amount, relations.
+
+Everything else a record carries goes through declared columns (`mappings/`). Relations are
+kept as Pipedrive ids here (`links`) and resolved to Customermates ids at load time, because
+the target ids exist only once the referenced records are created. Each relation is set
+from one side only (contact→organization, deal→organization/contact/services,
+task→contact/organization/deal): Customermates links are symmetric, and a later replace
+from the other side would erase them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.transform import values as v
+
+LINK_ENTITY = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
+NO_NAME = "(no name)"
+
+
+@dataclass
+class Core:
+    fields: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, list[str]] = field(default_factory=dict)
+    services: list[list[Any]] = field(default_factory=list)  # [[product source id, quantity]]
+    users: list[str] = field(default_factory=list)  # Pipedrive user ids
+    values: dict[str, str] = field(default_factory=dict)  # extra column values (key → string)
+    issues: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("value", value.get("id"))
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _link(core: Core, key: str, pipedrive_id: Any, known: dict[str, set[str]], what: str) -> None:
+    target = _id(pipedrive_id)
+    if target is None:
+        return
+    entity = LINK_ENTITY[key]
+    if target not in known[entity]:
+        core.issues.append((what, "link_target_not_migrated", f"{entity[:-1]} {target} is deleted or missing in Pipedrive; link dropped"))
+        return
+    bucket = core.links.setdefault(key, [])
+    if target not in bucket:
+        bucket.append(target)
+
+
+def _owner(core: Core, record: dict[str, Any], key: str = "owner_id") -> None:
+    owner = _id(record.get(key))
+    if owner:
+        core.users.append(owner)
+
+
+def contact_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+    core = Core()
+    first, last = v.split_name(record.get("name"), record.get("first_name"), record.get("last_name"))
+    if not first and last:
+        first, last = last, ""
+    emails = [e for e in (record.get("emails") or record.get("email") or []) if isinstance(e, dict) and e.get("value")]
+    emails.sort(key=lambda e: not e.get("primary"))
+    valid: list[str] = []
+    invalid: list[str] = []
+    for item in emails:
+        address = str(item["value"]).strip()
+        if v.is_valid_email(address):
+            if address.lower() not in {x.lower() for x in valid}:
+                valid.append(address)
+        else:
+            invalid.append(address)
+    if not first:
+        fallback = valid[0].split("@")[0] if valid else NO_NAME
+        first = fallback
+        core.issues.append(("name", "name_missing", f"the person has no name; firstName set to {fallback!r}"))
+    core.fields = {"firstName": first, "lastName": last, "emails": valid}
+    if invalid:
+        core.values["other_emails"] = ", ".join(invalid)
+        for address in invalid:
+            core.issues.append(("emails", "email_invalid", f"{address!r} is not accepted by Customermates (ASCII-only rule); kept in 'Other emails'"))
+    _link(core, "organizationIds", record.get("org_id"), known, "org_id")
+    _owner(core, record)
+    return core
+
+
+def organization_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+    core = Core()
+    name = (record.get("name") or "").strip()
+    if not name:
+        name = NO_NAME
+        core.issues.append(("name", "name_missing", f"the organization has no name; named {NO_NAME!r}"))
+    core.fields = {"name": name}
+    _owner(core, record)
+    return core
+
+
+MIN_AMOUNT = 0.01
+
+
+def service_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+    core = Core()
+    name = (record.get("name") or "").strip()
+    if not name:
+        name = NO_NAME
+        core.issues.append(("name", "name_missing", f"the product has no name; named {NO_NAME!r}"))
+    prices = [p for p in record.get("prices") or [] if isinstance(p, dict)]
+    positive = [p for p in prices if _number(p.get("price")) > 0]
+    if positive:
+        amount = _number(positive[0].get("price"))
+    else:
+        amount = MIN_AMOUNT
+        shown = "; ".join(f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() for p in prices) or "no price"
+        core.issues.append(
+            ("prices", "product_zero_price", f"price is {shown}; Customermates needs an amount > 0, so amount is {MIN_AMOUNT} (prices kept in 'Prices')")
+        )
+    core.fields = {"name": name, "amount": amount}
+    _owner(core, record)
+    return core
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def deal_core(record: dict[str, Any], known: dict[str, set[str]], deal_products: dict[str, list[dict[str, Any]]]) -> Core:
+    core = Core()
+    core.fields = {"name": _title(record, core, "deal")}
+    _link(core, "organizationIds", record.get("org_id"), known, "org_id")
+    _link(core, "contactIds", record.get("person_id"), known, "person_id")
+    quantities: dict[str, float] = {}
+    for row in deal_products.get(str(record.get("id")), []):
+        product = _id(row.get("product_id"))
+        if product is None:
+            continue
+        if product not in known["services"]:
+            core.issues.append(("products", "link_target_not_migrated", f"product {product} is deleted or missing in Pipedrive; not linked"))
+            continue
+        if product in quantities:
+            core.issues.append(
+                ("products", "deal_product_merged", f"product {product} appears on the deal more than once; quantities added up (Customermates links a service once)")
+            )
+        quantities[product] = quantities.get(product, 0.0) + max(0.0, _number(row.get("quantity") if row.get("quantity") is not None else 1))
+    core.services = [[product, quantity] for product, quantity in quantities.items()]
+    _owner(core, record)
+    return core
+
+
+def lead_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+    core = Core()
+    core.fields = {"name": _title(record, core, "lead")}
+    _link(core, "organizationIds", record.get("organization_id"), known, "organization_id")
+    _link(core, "contactIds", record.get("person_id"), known, "person_id")
+    _owner(core, record)
+    return core
+
+
+def task_core(record: dict[str, Any], known: dict[str, set[str]], type_names: dict[str, str]) -> Core:
+    core = Core()
+    subject = (record.get("subject") or "").strip()
+    if not subject:
+        subject = type_names.get(str(record.get("type")), "") or "(no subject)"
+        core.issues.append(("subject", "name_missing", f"the activity has no subject; named {subject!r}"))
+    core.fields = {"name": subject}
+    people = [record.get("person_id")] + [p.get("person_id") for p in record.get("participants") or [] if isinstance(p, dict)]
+    for person in people:
+        _link(core, "contactIds", person, known, "participants")
+    _link(core, "organizationIds", record.get("org_id"), known, "org_id")
+    _link(core, "dealIds", record.get("deal_id"), known, "deal_id")
+    if record.get("lead_id"):
+        _link(core, "dealIds", f"lead:{record['lead_id']}", known, "lead_id")
+    _owner(core, record)
+    return core
+
+
+def _title(record: dict[str, Any], core: Core, kind: str) -> str:
+    title = (record.get("title") or "").strip()
+    if not title:
+        title = f"(untitled {kind})"
+        core.issues.append(("title", "name_missing", f"the {kind} has no title; named {title!r}"))
+    return title
+
+
+CoreBuilder = Callable[..., Core]
