@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -79,7 +78,7 @@ def run_migration(
             if not use_staged:
                 extracted = run_extract(settings, staging, run_id, progress)
             transformed = transform(staging, load_mappings(settings.mappings), settings.phone_region)
-            columns = ColumnIndex()
+            columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
             loaded = LoadSummary()
             if target is not None:
                 client, mcp = target
@@ -187,7 +186,3 @@ def doctor(settings: Settings) -> list[tuple[str, bool, str]]:
         except MigrateError as exc:
             results.append(("Customermates key", False, str(exc)))
     return results
-
-
-def default_report_dir(settings: Settings) -> Path:
-    return settings.state.parent / "reports"

@@ -1,0 +1,687 @@
+"""Pipedrive HTML (notes, activity notes, product descriptions) → markdown Customermates accepts.
+
+Customermates parses notes with markdown-it (``html: false``) and rejects a document that holds a
+GFM table or an image; a single newline is only a soft break, raw HTML shows as literal text and
+the hard limit is 65,535 characters (CONTRACT §8 and "Observed on the real server"). The converter
+is markdownify with a customised converter class; a final pass makes sure no line pair can be read
+as a table and nothing as an image, so :func:`is_acceptable_notes` always agrees with our output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+from bs4 import BeautifulSoup, CData, Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
+from markdownify import ATX, SPACES, STRIP, MarkdownConverter, chomp
+
+__all__ = [
+    "NOTES_LIMIT",
+    "NoteEntry",
+    "compose_notes",
+    "html_to_markdown",
+    "is_acceptable_notes",
+    "notes_length",
+    "truncate_notes",
+]
+
+#: Customermates' maximum markdown notes length (counted like JavaScript does: UTF-16 code units).
+NOTES_LIMIT = 65_535
+#: Maximum serialised length of a Tiptap JSON document (CONTRACT §8).
+_TIPTAP_LIMIT = 262_144
+
+_REMOVED_TAGS = (
+    "script", "style", "iframe", "noscript", "template", "head", "title", "meta", "link", "base",
+    "svg", "math", "object", "embed", "canvas", "frameset", "frame", "applet",
+)
+_BLOCK_LIKE_TAGS = (
+    "center", "main", "header", "footer", "nav", "aside", "address", "details", "summary",
+    "fieldset", "form", "hgroup", "body", "html",
+)
+_ROW = "\x1e"  # table row sentinel inside converter output (control chars are removed from input)
+_CELL = "\x1f"  # table cell sentinel
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udfff]")
+_ODD_SPACES = re.compile(r"[\xa0\u2028\u2029]")
+_ESCAPE_ANYWHERE = re.compile(r"([\\`*\[\]<|~])")
+_ESCAPE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+_ESCAPE_ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
+_LINE_START_MARK = re.compile(r"^(\s*)([-+=#>:])")
+_LINE_START_ORDERED = re.compile(r"^(\s*[0-9]{1,9})([.)])")
+_SAFE_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_BAD_SCHEME = re.compile(r"^\s*(javascript|vbscript|data|file):", re.IGNORECASE)
+_URL_ESCAPES = {" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E", "\n": "", "\r": "", "\t": ""}
+_WHITESPACE = re.compile(r"\s+")
+_CREATED = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}:[0-9]{2})(?::[0-9]{2}(?:\.[0-9]+)?)?Z")
+
+
+def notes_length(markdown: str) -> int:
+    """Length as Customermates (JavaScript ``String.length``) counts it: UTF-16 code units."""
+    return len(markdown.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# --------------------------------------------------------------------------------------------
+# Escaping of plain text
+
+
+def _escape_text(text: str) -> str:
+    """Backslash-escape what markdown would misread in a run of plain text.
+
+    Always: backslash, backtick, ``*``, brackets, ``<``, ``|``, ``~``, ``_`` unless inside a word,
+    ``&`` that starts an entity. At the start of the run (which may be the start of a line): block
+    markers ``- + = # > :`` and ordered-list numbers. At the end: ``!`` (a link may follow).
+    """
+    if not text:
+        return ""
+    text = _ESCAPE_ANYWHERE.sub(r"\\\1", text)
+    text = _ESCAPE_UNDERSCORE.sub(r"\\_", text)
+    text = _ESCAPE_ENTITY.sub(r"\\&", text)
+    text = _LINE_START_MARK.sub(r"\1\\\2", text, count=1)
+    text = _LINE_START_ORDERED.sub(r"\1\\\2", text, count=1)
+    if text.endswith("!") and not text.endswith("\\!"):
+        text = text[:-1] + "\\!"
+    return text
+
+
+def _safe_url(url: str) -> str:
+    """A URL usable as a markdown link destination (no spaces, parentheses or angle brackets)."""
+    return "".join(_URL_ESCAPES.get(ch, ch) for ch in url.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# The converter
+
+
+class _NotesConverter(MarkdownConverter):
+    """markdownify, tuned for Customermates: no tables, no images, ATX headings, "-" bullets."""
+
+    class Options(MarkdownConverter.DefaultOptions):
+        autolinks = True
+        bullets = "-"
+        heading_style = ATX
+        newline_style = SPACES
+        strip_document = STRIP
+        strip_pre = STRIP
+        strong_em_symbol = "*"
+        wrap = True  # HTML newlines in text are spaces; only <br>/blocks make markdown line breaks
+        wrap_width = None
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._li_numbers: dict[int, dict[int, int]] = {}
+
+    # -- input preparation -------------------------------------------------------------------
+
+    def convert(self, html: str) -> str:
+        html = _CONTROL.sub("", html.replace("\r\n", "\n").replace("\r", "\n"))
+        soup = BeautifulSoup(html, "html.parser")
+        for tag in soup.find_all(_REMOVED_TAGS):
+            tag.decompose()
+        for node in soup.find_all(string=True):
+            if isinstance(node, (Comment, CData, Declaration, Doctype, ProcessingInstruction)):
+                node.extract()
+            elif _ODD_SPACES.search(node) and not node.find_parent("pre"):
+                node.replace_with(NavigableString(_ODD_SPACES.sub(" ", node)))
+        return self.convert_soup(soup)
+
+    def escape(self, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002 - markdownify API
+        return _escape_text(text)
+
+    # -- inline ------------------------------------------------------------------------------
+
+    def convert_a(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        if "_noformat" in parent_tags:
+            return text
+        prefix, suffix, text = chomp(text)
+        if not text:
+            return ""
+        href = (el.get("href") or "").strip()
+        if not href or href.startswith("#") or _BAD_SCHEME.match(href):
+            return f"{prefix}{text}{suffix}"
+        href = _safe_url(href)
+        if text.replace("\\_", "_") == href and _SAFE_SCHEME.match(href):
+            return f"{prefix}<{href}>{suffix}"
+        return f"{prefix}[{text}]({href}){suffix}"
+
+    def convert_img(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        src = (el.get("src") or "").strip()
+        alt = _escape_text(_WHITESPACE.sub(" ", el.get("alt") or "").strip())
+        if src.lower().startswith("data:"):
+            return "\\[image omitted\\]"
+        if "a" in parent_tags or not src or _BAD_SCHEME.match(src):
+            return alt  # the surrounding link (or nothing) carries the target
+        return f"[{alt or 'image'}]({_safe_url(src)})"
+
+    def convert_video(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        src = (el.get("src") or "").strip()
+        if not src:
+            source = el.find("source", src=True)
+            src = (source.get("src") or "").strip() if source else ""
+        label = text.strip() or "video"
+        if not src or _BAD_SCHEME.match(src) or "a" in parent_tags:
+            return text
+        return f"[{label}]({_safe_url(src)})"
+
+    convert_audio = convert_video
+
+    def convert_br(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        if "pre" in parent_tags:
+            return "\n"
+        return super().convert_br(el, text, parent_tags)
+
+    convert_strike = MarkdownConverter.convert_del
+    convert_ins = None  # type: ignore[assignment]  # plain text
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    def convert_hN(self, n: int, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: N802
+        if not text.strip():
+            return ""
+        return super().convert_hN(n, el, text, parent_tags)
+
+    def convert_pre(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        if not text.strip():
+            return ""
+        if "_inline" in parent_tags:
+            return " " + _WHITESPACE.sub(" ", text).strip() + " "
+        text = text.strip("\n")
+        longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        return f"\n\n{fence}\n{text}\n{fence}\n\n"
+
+    def convert_li(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        parent = el.parent
+        if parent is not None and parent.name == "ol":
+            # markdownify counts previous siblings for every item (quadratic); number once per list
+            numbers = self._li_numbers.get(id(parent))
+            if numbers is None:
+                start = str(parent.get("start") or "1")
+                first = int(start) if start.isdigit() else 1
+                items = parent.find_all("li", recursive=False)
+                numbers = {id(item): first + index for index, item in enumerate(items)}
+                self._li_numbers[id(parent)] = numbers
+            text = (text or "").strip()
+            if not text:
+                return "\n"
+            bullet = f"{numbers.get(id(el), 1)}. "
+            indent = " " * len(bullet)
+            lines = text.split("\n")
+            body = "\n".join([lines[0]] + [indent + line if line else "" for line in lines[1:]])
+            return f"{bullet}{body}\n"
+        return super().convert_li(el, text, parent_tags)
+
+    def convert_dt(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        text = _WHITESPACE.sub(" ", text or "").strip()
+        if "_inline" in parent_tags:
+            return f" {text} "
+        return f"\n\n**{text}**\n\n" if text else ""
+
+    def convert_dd(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        return self.convert_div(el, text, parent_tags)
+
+    for _name in _BLOCK_LIKE_TAGS:
+        locals()[f"convert_{_name}"] = MarkdownConverter.convert_div
+    del _name
+
+    # -- tables: each row one bullet line, cells joined with " · " ---------------------------
+
+    def convert_td(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        return _CELL + _WHITESPACE.sub(" ", text).strip()
+
+    convert_th = convert_td
+
+    def convert_tr(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        cells = el.find_all(["td", "th"], recursive=False)
+        header = bool(cells) and (
+            all(cell.name == "th" for cell in cells) or (el.parent is not None and el.parent.name == "thead")
+        )
+        return _ROW + ("H" if header else "D") + text
+
+    def convert_table(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        chunks = text.split(_ROW)
+        caption = _WHITESPACE.sub(" ", chunks[0].replace(_CELL, " ")).strip()
+        rows: list[tuple[bool, list[str]]] = []
+        for chunk in chunks[1:]:
+            kind, body = chunk[:1], chunk[1:]
+            cells = [cell.strip() for cell in body.split(_CELL)[1:]]
+            while cells and not cells[-1]:
+                cells.pop()
+            if any(cells):
+                rows.append((kind == "H", cells))
+        if "_inline" in parent_tags:  # a table inside a table cell or heading: flatten
+            flat = "; ".join(" · ".join(c for c in cells if c) for _, cells in rows)
+            return " " + " ".join(p for p in (caption, flat) if p) + " "
+        single_column = all(len(cells) <= 1 for _, cells in rows)
+        lines: list[str] = []
+        for is_header, cells in rows:
+            shown = [(_bold(c) if is_header else c) or "—" for c in cells]
+            lines.append(shown[0] if single_column else "- " + " · ".join(shown))
+        separator = "\n\n" if single_column else "\n"
+        body = separator.join(lines)
+        parts = [p for p in (_bold(caption) if caption else "", body) if p]
+        return "\n\n" + "\n\n".join(parts) + "\n\n" if parts else ""
+
+    def convert_caption(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
+        return _WHITESPACE.sub(" ", text).strip()
+
+
+def _bold(text: str) -> str:
+    if not text or (text.startswith("**") and text.endswith("**")):
+        return text
+    return f"**{text}**"
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown structure helpers shared by the checker and the safety pass
+
+_CONTAINER = re.compile(r"^(?:[ \t]{0,3}>[ \t]?)*")
+_LIST_MARKER = re.compile(r"^[ \t]*(?:[-+*]|[0-9]{1,9}[.)])[ \t]+")
+_FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
+_DELIM_CELL = re.compile(r":?-+:?")
+_REF_DEFINITION = re.compile(r"^[ \t]{0,3}(?:>[ \t]?)*\[[^\]]+\]:", re.MULTILINE)
+_IMAGE_INLINE = re.compile(r"!\[(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*\]\(", re.DOTALL)
+_IMAGE_REFERENCE = re.compile(r"!\[(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*\]", re.DOTALL)
+
+
+def _fence_flags(lines: list[str]) -> list[bool]:
+    """For each line: is it a code-fence line or inside a fenced code block?"""
+    flags = [False] * len(lines)
+    open_char, open_len = "", 0
+    for index, line in enumerate(lines):
+        body = line[_CONTAINER.match(line).end():]
+        match = _FENCE_OPEN.match(body)
+        if open_char:
+            flags[index] = True
+            if match and match.group(1)[0] == open_char and len(match.group(1)) >= open_len and not match.group(2).strip():
+                open_char = ""
+        elif match and not (match.group(1)[0] == "`" and "`" in match.group(2)):
+            flags[index] = True
+            open_char, open_len = match.group(1)[0], len(match.group(1))
+    return flags
+
+
+def _escaped_split(text: str) -> list[str]:
+    """markdown-it's table cell split: ``|`` right after a backslash does not separate."""
+    cells, current, escaped = [], [], False
+    for ch in text:
+        if ch == "|" and not escaped:
+            cells.append("".join(current))
+            current = []
+        elif ch == "|":
+            current[-1:] = ["|"]  # drop the backslash, keep the pipe
+        else:
+            current.append(ch)
+        escaped = ch == "\\"
+    cells.append("".join(current))
+    return cells
+
+
+def _delimiter_columns(line: str) -> int:
+    """Column count if ``line`` is a GFM table delimiter row (markdown-it rules), else 0."""
+    body = line[_CONTAINER.match(line).end():].lstrip(" \t")
+    if len(body) < 2 or body[0] not in "|:-":
+        return 0
+    if body[1] not in "|:- \t" or (body[0] == "-" and body[1] in " \t"):
+        return 0
+    if any(ch not in "|:- \t" for ch in body):
+        return 0
+    columns = body.split("|")
+    count = 0
+    for index, column in enumerate(columns):
+        column = column.strip()
+        if not column:
+            if index in (0, len(columns) - 1):
+                continue
+            return 0
+        if not _DELIM_CELL.fullmatch(column):
+            return 0
+        count += 1
+    return count
+
+
+def _header_columns(line: str) -> int:
+    body = line[_CONTAINER.match(line).end():]
+    body = body[_LIST_MARKER.match(body).end():] if _LIST_MARKER.match(body) else body
+    body = body.strip()
+    if "|" not in body:
+        return 0
+    cells = _escaped_split(body)
+    if cells and cells[0] == "":
+        cells.pop(0)
+    if cells and cells[-1] == "":
+        cells.pop()
+    return len(cells)
+
+
+def _table_delimiter_lines(lines: list[str], fenced: list[bool]) -> list[int]:
+    """Indexes of lines that would make markdown-it start a table with the line above them."""
+    found = []
+    for index in range(1, len(lines)):
+        if fenced[index] or fenced[index - 1]:
+            continue
+        columns = _delimiter_columns(lines[index])
+        if columns and _header_columns(lines[index - 1]) == columns:
+            found.append(index)
+    return found
+
+
+def _mask_code(text: str, lines: list[str], fenced: list[bool]) -> str:
+    """``text`` with fenced blocks and inline code spans blanked out (positions preserved)."""
+    masked_lines = [(" " * len(line)) if flag else line for line, flag in zip(lines, fenced)]
+    masked = "\n".join(masked_lines)
+    runs = [(m.start(), m.end()) for m in re.finditer(r"`+", masked)]
+    if not runs:
+        return masked
+    chars = list(masked)
+    by_length: dict[int, list[int]] = {}
+    for position, (start, end) in enumerate(runs):
+        by_length.setdefault(end - start, []).append(position)
+    position = 0
+    while position < len(runs):
+        start, end = runs[position]
+        backslashes = len(masked[:start]) - len(masked[:start].rstrip("\\"))
+        if backslashes % 2:
+            position += 1
+            continue
+        candidates = by_length[end - start]
+        next_index = bisect_right(candidates, position)
+        closer = candidates[next_index] if next_index < len(candidates) else None
+        if closer is None or "\n\n" in masked[end:runs[closer][0]].replace(" ", ""):
+            position += 1
+            continue
+        close_end = runs[closer][1]
+        for i in range(start, close_end):
+            if chars[i] != "\n":
+                chars[i] = " "
+        position = closer + 1
+    return "".join(chars)
+
+
+def _image_starts(text: str, masked: str) -> list[int]:
+    """Positions of ``!`` that start a markdown image (outside code, not backslash-escaped)."""
+    starts = [m.start() for m in _IMAGE_INLINE.finditer(masked)]
+    if _REF_DEFINITION.search(masked):
+        starts += [m.start() for m in _IMAGE_REFERENCE.finditer(masked)]
+    result = []
+    for start in sorted(set(starts)):
+        before = text[:start]
+        if (len(before) - len(before.rstrip("\\"))) % 2 == 0:
+            result.append(start)
+    return result
+
+
+def _json_object(text: str) -> Any:
+    stripped = text.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _neutralise(markdown: str) -> str:
+    """Make sure nothing in ``markdown`` reads as a table, an image or a Tiptap JSON document."""
+    markdown = markdown.replace("\x00", "")
+    lines = markdown.split("\n")
+    fenced = _fence_flags(lines)
+    for index in _table_delimiter_lines(lines, fenced):
+        line = lines[index]
+        at = _CONTAINER.match(line).end()
+        at += len(line[at:]) - len(line[at:].lstrip(" \t"))
+        lines[index] = line[:at] + "\\" + line[at:]
+    text = "\n".join(lines)
+    starts = _image_starts(text, _mask_code(text, lines, fenced))
+    if starts:
+        pieces, last = [], 0
+        for start in starts:
+            pieces.append(text[last:start])
+            pieces.append("\\")
+            last = start
+        pieces.append(text[last:])
+        text = "".join(pieces)
+    if _json_object(text) is not None:
+        at = len(text) - len(text.lstrip())
+        text = text[:at] + "\\" + text[at:]
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Whitespace tidy
+
+_QUOTE_BLANK = re.compile(r"^[ \t]*(?:>[ \t]*)+$")
+
+
+def _tidy(markdown: str) -> str:
+    """At most one blank line in a row, no trailing spaces except hard breaks, stripped ends."""
+    lines = markdown.split("\n")
+    fenced = _fence_flags(lines)
+    out: list[str] = []
+    hard: list[bool] = []
+    for line, in_fence in zip(lines, fenced):
+        stripped = line.rstrip()
+        if not stripped:
+            if out and out[-1] == "":
+                continue
+            out.append("")
+            hard.append(False)
+            continue
+        if not in_fence and out and _QUOTE_BLANK.match(stripped) and out[-1] == stripped:
+            continue
+        out.append(stripped)
+        hard.append(not in_fence and line.endswith("  ") and not _QUOTE_BLANK.match(stripped))
+    for index in range(len(out) - 1):
+        if hard[index] and out[index + 1] and not _QUOTE_BLANK.match(out[index + 1]):
+            out[index] += "  "
+    return "\n".join(out).strip("\n").strip()
+
+
+def _plain_text_fallback(html: str) -> str:
+    """For HTML too deeply nested for markdownify's recursion: the text, one paragraph per line."""
+    soup = BeautifulSoup(_CONTROL.sub("", html), "html.parser")
+    for tag in soup.find_all(_REMOVED_TAGS):
+        tag.decompose()
+    for node in soup.find_all(string=lambda s: isinstance(s, (Comment, CData, Declaration, Doctype, ProcessingInstruction))):
+        node.extract()
+    text = soup.get_text("\n")
+    paragraphs = [_escape_text(_WHITESPACE.sub(" ", _ODD_SPACES.sub(" ", line)).strip()) for line in text.split("\n")]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def html_to_markdown(html: str) -> str:
+    """Customermates-safe markdown for a Pipedrive HTML body (see module docstring).
+
+    Scripts, styles, iframes and comments disappear with their text; unknown tags keep their
+    text. Tables become one bullet line per row (cells joined by " · ", header cells bold; a
+    one-column table becomes plain paragraphs), images become links (``[alt](src)``, alt defaulting
+    to "image"; ``data:`` images become the text "[image omitted]"). ``<br>`` is a hard break, each
+    ``<p>``/``<div>`` a paragraph. Deterministic; never returns a table, an image or raw HTML.
+    """
+    if not html or not html.strip():
+        return ""
+    try:
+        markdown = _NotesConverter().convert(html)
+    except RecursionError:
+        markdown = _plain_text_fallback(html)
+    return _neutralise(_tidy(markdown))
+
+
+# --------------------------------------------------------------------------------------------
+# Checking, composing, truncating
+
+
+def _tiptap_problem(doc: dict) -> str | None:
+    if len(json.dumps(doc, ensure_ascii=False, separators=(",", ":"))) > _TIPTAP_LIMIT:
+        return f"Tiptap JSON notes exceed {_TIPTAP_LIMIT} characters"
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") in {"table", "tableRow", "tableCell", "tableHeader"}:
+                return "Tiptap JSON notes contain a table node"
+            if node.get("type") == "image":
+                return "Tiptap JSON notes contain an image node"
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
+def is_acceptable_notes(markdown: str) -> str | None:
+    """``None`` if Customermates would accept ``markdown`` as notes, else the reason.
+
+    Mirrors what the real server did (``recorded/09_notes.yaml``): more than 65,535 UTF-16 code
+    units, a GFM table (a line with ``|`` followed by a matching delimiter row, outside code) or a
+    markdown image (``![alt](url)``, outside code) is rejected. A string that parses as a Tiptap
+    JSON document is judged as one (size, table and image nodes). Blank notes are accepted (they
+    clear the field).
+    """
+    doc = _json_object(markdown)
+    if doc is not None and doc.get("type") == "doc":
+        return _tiptap_problem(doc)
+    length = notes_length(markdown)
+    if length > NOTES_LIMIT:
+        return f"notes are {length} characters long, more than the {NOTES_LIMIT} allowed"
+    if "\x00" in markdown:
+        return "notes contain a NUL character"
+    lines = markdown.split("\n")
+    fenced = _fence_flags(lines)
+    tables = _table_delimiter_lines(lines, fenced)
+    if tables:
+        return f"notes contain a GFM table (delimiter row on line {tables[0] + 1})"
+    images = _image_starts(markdown, _mask_code(markdown, lines, fenced))
+    if images:
+        return f"notes contain a markdown image (at character {images[0]})"
+    return None
+
+
+@dataclass(frozen=True)
+class NoteEntry:
+    """One Pipedrive note (or activity note, description) to merge into a record's notes.
+
+    ``created`` is already ``YYYY-MM-DDTHH:MM:SSZ`` (or ``None``); ``title`` is an optional tag
+    shown in the header, e.g. "Pinned" or "Activity note".
+    """
+
+    author: str | None
+    created: str | None
+    html: str
+    title: str | None = None
+
+
+def _header(entry: NoteEntry) -> str:
+    parts = []
+    author = _WHITESPACE.sub(" ", entry.author or "").strip()
+    if author:
+        parts.append(f"**{_escape_text(author)}**")
+    created = (entry.created or "").strip()
+    if created:
+        match = _CREATED.fullmatch(created)
+        parts.append(f"{match.group(1)} {match.group(2)} UTC" if match else _escape_text(created))
+    title = _WHITESPACE.sub(" ", entry.title or "").strip()
+    if title:
+        parts.append(_escape_text(title))
+    return " · ".join(parts)
+
+
+def _marker(dropped: int) -> str:
+    return f"_[truncated: {dropped} characters not migrated]_"
+
+
+def _prefix_within(text: str, units: int) -> int:
+    """Largest index ``i`` with ``notes_length(text[:i]) <= units``."""
+    if units <= 0:
+        return 0
+    index = min(len(text), units)
+    excess = notes_length(text[:index]) - units
+    while excess > 0:  # each code point is 1 or 2 units, so dropping `excess` code points suffices
+        index -= excess
+        excess = notes_length(text[:index]) - units
+    return index
+
+
+def _cut(text: str, units: int) -> str:
+    """The longest prefix within ``units`` that ends at a paragraph, else a line, else a word boundary."""
+    index = _prefix_within(text, units)
+    floor = index // 2
+    for separator in ("\n\n", "\n", " "):
+        at = text.rfind(separator, 0, index + len(separator))
+        if at >= max(floor, 1):
+            return text[:at].rstrip()
+    return text[:index].rstrip()
+
+
+def _close_fence(kept: str) -> str:
+    lines = kept.split("\n")
+    fenced = _fence_flags(lines)
+    if not fenced or not fenced[-1]:
+        return kept
+    # find the opening fence of the block still open at the end
+    for index in range(len(lines) - 1, -1, -1):
+        if not fenced[index]:
+            continue
+        if index == 0 or not fenced[index - 1]:
+            line = lines[index]
+            body = line[_CONTAINER.match(line).end():]
+            fence = _FENCE_OPEN.match(body)
+            if fence is None:
+                break
+            if index == len(lines) - 1 or not _closes(lines[-1], fence.group(1)):
+                return kept + "\n" + fence.group(1)
+            return kept
+    return kept
+
+
+def _closes(line: str, fence: str) -> bool:
+    body = line[_CONTAINER.match(line).end():]
+    match = _FENCE_OPEN.match(body)
+    return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not match.group(2).strip())
+
+
+def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
+    """``markdown`` fitted into ``limit`` UTF-16 units; returns (text, truncated).
+
+    When it is too long it is cut at a paragraph boundary where possible (else a line, else a word),
+    an open code fence is closed, and a last line ``_[truncated: N characters not migrated]_`` is
+    added (N counts the characters of ``markdown`` left out). The result is always acceptable to
+    :func:`is_acceptable_notes` when ``limit`` is ``NOTES_LIMIT``.
+    """
+    if notes_length(markdown) <= limit:
+        return markdown, False
+    total = len(markdown)
+    reserve = notes_length("\n\n" + _marker(total)) + 16
+    budget = limit - reserve
+    for _ in range(16):
+        kept = _cut(markdown, budget)
+        dropped = total - len(kept)
+        text = _neutralise(_close_fence(kept)) if kept else ""
+        result = (text + "\n\n" if text else "") + _marker(dropped)
+        over = notes_length(result) - limit
+        if over <= 0 and is_acceptable_notes(result) is None:
+            return result, True
+        budget -= max(over, 0) + 64
+        if budget <= 0:
+            break
+    return _marker(total), True
+
+
+def compose_notes(entries: list[NoteEntry]) -> tuple[str, bool]:
+    """One markdown document from several notes; returns (markdown, truncated).
+
+    Entries are sorted by ``created`` (``None`` last, otherwise stable); each gets a header line
+    ``**Author** · YYYY-MM-DD HH:MM UTC · Title`` (missing parts left out), a blank line and its
+    converted body; entries are separated by ``---`` with blank lines around. Entries with neither
+    header nor body are skipped. The result never exceeds ``NOTES_LIMIT`` (see :func:`truncate_notes`).
+    """
+    ordered = sorted(entries, key=lambda entry: (entry.created is None, entry.created or ""))
+    blocks = []
+    for entry in ordered:
+        header, body = _header(entry), html_to_markdown(entry.html)
+        block = "\n\n".join(part for part in (header, body) if part)
+        if block:
+            blocks.append(block)
+    markdown = _neutralise("\n\n---\n\n".join(blocks))
+    return truncate_notes(markdown, NOTES_LIMIT)

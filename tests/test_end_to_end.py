@@ -1,0 +1,214 @@
+"""`migrate run` against both fakes: every entity, relationship, custom value and note arrives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from migrate.transform import values as v
+
+ENTITY_OF = {"persons": "contacts", "organizations": "organizations", "products": "services", "activities": "tasks"}
+
+
+def read(snapshot: Path, name: str) -> list[dict[str, Any]]:
+    path = snapshot / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if not r.get("is_deleted") and r.get("status") != "deleted"]
+
+
+def pipedrive_id_column(customermates, entity: str) -> str:
+    singular = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}[entity]
+    return next(c["id"] for c in customermates.columns(singular) if c["label"] == "Pipedrive ID")
+
+
+def by_pipedrive_id(customermates, entity: str) -> dict[str, list[dict[str, Any]]]:
+    column = pipedrive_id_column(customermates, entity)
+    index: dict[str, list[dict[str, Any]]] = {}
+    for record in customermates.records(entity):
+        sid = next((c["value"] for c in record["customFieldValues"] if c["columnId"] == column), None)
+        index.setdefault(sid, []).append(record)
+    return index
+
+
+def note_text(notes: Any) -> str:
+    if notes is None:
+        return ""
+    if isinstance(notes, str):
+        return notes
+    parts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                parts.append(node["text"])
+            for child in node.get("content") or []:
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(notes)
+    return " ".join(parts)
+
+
+def run_cli(env: dict[str, str], *args: str):
+    return CliRunner().invoke(cli, ["run", *args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def migrated(env, sample_dir, customermates, tmp_path):
+    result = run_cli(env, "--report-dir", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    return report
+
+
+def test_every_live_record_arrives_exactly_once(migrated, sample_dir, customermates):
+    expected = {
+        "contacts": {str(r["id"]) for r in live(read(sample_dir, "persons"))},
+        "organizations": {str(r["id"]) for r in live(read(sample_dir, "organizations"))},
+        "services": {str(r["id"]) for r in live(read(sample_dir, "products"))},
+        "tasks": {str(r["id"]) for r in live(read(sample_dir, "activities"))},
+        "deals": {str(r["id"]) for r in live(read(sample_dir, "deals") + read(sample_dir, "deals_archived"))}
+        | {f"lead:{r['id']}" for r in read(sample_dir, "leads") + read(sample_dir, "leads_archived")},
+    }
+    for entity, ids in expected.items():
+        index = by_pipedrive_id(customermates, entity)
+        assert set(index) == ids, entity
+        assert all(len(records) == 1 for records in index.values()), f"duplicates in {entity}"
+        assert migrated["entities"][entity]["created"] == len(ids)
+        assert migrated["entities"][entity]["quarantined"] == 0
+
+
+def test_deleted_records_are_counted_not_migrated(migrated, sample_dir):
+    deleted_persons = len(read(sample_dir, "persons")) - len(live(read(sample_dir, "persons")))
+    assert deleted_persons > 0
+    assert migrated["entities"]["contacts"]["deleted_skipped"] == deleted_persons
+    rules = migrated["issues"]["by_rule"]
+    assert rules["deleted_in_pipedrive"] >= deleted_persons
+
+
+def test_relationships_arrive(migrated, sample_dir, customermates):
+    orgs = {sid: recs[0]["id"] for sid, recs in by_pipedrive_id(customermates, "organizations").items()}
+    contacts = by_pipedrive_id(customermates, "contacts")
+    persons = live(read(sample_dir, "persons"))
+    linked = 0
+    for person in persons:
+        org = person.get("org_id")
+        if org and str(org) in orgs:
+            contact = contacts[str(person["id"])][0]
+            assert orgs[str(org)] in [o["id"] for o in contact["organizations"]]
+            linked += 1
+    assert linked > 10
+
+    deals = by_pipedrive_id(customermates, "deals")
+    services = {sid: recs[0]["id"] for sid, recs in by_pipedrive_id(customermates, "services").items()}
+    products = read(sample_dir, "deal_products")
+    checked = 0
+    for row in products:
+        deal = deals.get(str(row["deal_id"]))
+        service = services.get(str(row["product_id"]))
+        if deal and service:
+            linked_services = {s["id"]: s for s in deal[0]["services"]}
+            assert service in linked_services
+            checked += 1
+    assert checked > 10
+
+    tasks = by_pipedrive_id(customermates, "tasks")
+    contact_ids = {sid: recs[0]["id"] for sid, recs in contacts.items()}
+    for activity in live(read(sample_dir, "activities")):
+        task = tasks[str(activity["id"])][0]
+        if activity.get("deal_id") and str(activity["deal_id"]) in deals:
+            assert deals[str(activity["deal_id"])][0]["id"] in [d["id"] for d in task["deals"]]
+        if activity.get("person_id") and str(activity["person_id"]) in contact_ids:
+            assert contact_ids[str(activity["person_id"])] in [c["id"] for c in task["contacts"]]
+
+
+def test_custom_field_values_arrive_typed(migrated, sample_dir, customermates):
+    fields = {f["field_code"]: f for f in read(sample_dir, "personFields") if f.get("is_custom_field")}
+    columns = {c["id"]: c for c in customermates.columns("contact")}
+    contacts = by_pipedrive_id(customermates, "contacts")
+    seen_types: set[str] = set()
+    for person in live(read(sample_dir, "persons")):
+        record = contacts[str(person["id"])][0]
+        values = {columns[c["columnId"]]["label"]: c["value"] for c in record["customFieldValues"]}
+        for code, raw in (person.get("custom_fields") or {}).items():
+            if raw in (None, "", []) or code not in fields:
+                continue
+            field = fields[code]
+            label = next(c["label"] for c in columns.values() if c["label"].startswith(field["field_name"]))
+            matching = [value for name, value in values.items() if name.startswith(field["field_name"])]
+            assert matching, f"person {person['id']} field {label} lost"
+            seen_types.add(field["field_type"])
+            if field["field_type"] == "enum":
+                option = next(o["label"] for o in field["options"] if o["id"] == (raw["id"] if isinstance(raw, dict) else raw))
+                column = next(c for c in columns.values() if c["label"] == label)
+                labels = {o["value"]: o["label"] for o in column["options"]["options"]}
+                assert labels[values[label]] == option
+            if field["field_type"] == "date":
+                assert values[label] == raw
+    assert {"enum", "date", "varchar"} <= seen_types
+
+
+def test_notes_arrive_as_markdown_on_their_records(migrated, sample_dir, customermates):
+    contacts = by_pipedrive_id(customermates, "contacts")
+    deals = by_pipedrive_id(customermates, "deals")
+    checked = 0
+    for note in read(sample_dir, "notes"):
+        if note.get("active_flag") is False:
+            continue
+        plain = v.to_utc_datetime(note["add_time"])[:10]
+        for key, index in (("person_id", contacts), ("deal_id", deals)):
+            if note.get(key) and str(note[key]) in index:
+                text = note_text(index[str(note[key])][0]["notes"])
+                assert plain in text, f"note {note['id']} missing on {key} {note[key]}"
+                assert "<div>" not in text and "<script" not in text
+                checked += 1
+    assert checked > 20
+
+
+def test_rerun_makes_no_write_requests(env, migrated, customermates, tmp_path):
+    writes_before = customermates.write_count()
+    result = run_cli(env, "--report-dir", str(tmp_path / "again"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert customermates.write_count() == writes_before
+    assert all(row["created"] == 0 and row["updated"] == 0 for row in report["entities"].values())
+    assert sum(row["unchanged"] for row in report["entities"].values()) == sum(row["to_migrate"] for row in report["entities"].values())
+
+
+def test_dropped_connection_after_write_creates_no_duplicates(env, customermates, tmp_path):
+    customermates.drop_after_apply(2, path_contains="/contacts/many")
+    customermates.fail_next(1, status=500, path_contains="/deals/many")
+    result = run_cli(env, "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    for entity in ("contacts", "deals"):
+        index = by_pipedrive_id(customermates, entity)
+        assert all(len(records) == 1 for records in index.values()), f"duplicates in {entity}"
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["entities"]["contacts"]["adopted_after_uncertain_write"] > 0
+
+
+def test_dry_run_writes_nothing(env, customermates, tmp_path):
+    result = run_cli(env, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert customermates.write_count() == 0
+    assert customermates.columns() == []
+    assert "would create" in result.output
+
+
+def test_dry_run_on_the_bundled_sample_needs_no_server(tmp_path):
+    sample = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
+    result = CliRunner().invoke(
+        cli, ["run", "--dry-run", "--source", str(sample), "--state", str(tmp_path / "s.duckdb")], env={}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "contacts" in result.output and "Pipedrive ID" in result.output
