@@ -20,6 +20,7 @@ class Collection:
     paging: Paging
     cost: int
     params: dict[str, str] = field(default_factory=dict)
+    key: str = "id"  # the record's identity; v2 field metadata has no id, only field_code
 
 
 COLLECTIONS: tuple[Collection, ...] = (
@@ -27,11 +28,11 @@ COLLECTIONS: tuple[Collection, ...] = (
     Collection("activityTypes", "/api/v1/activityTypes", "none", 20),
     Collection("currencies", "/api/v1/currencies", "none", 20),
     Collection("leadLabels", "/api/v1/leadLabels", "none", 10),
-    Collection("personFields", "/api/v2/personFields", "cursor", 10),
-    Collection("organizationFields", "/api/v2/organizationFields", "cursor", 10),
-    Collection("dealFields", "/api/v2/dealFields", "cursor", 10),
-    Collection("productFields", "/api/v2/productFields", "cursor", 10),
-    Collection("activityFields", "/api/v2/activityFields", "cursor", 10),
+    Collection("personFields", "/api/v2/personFields", "cursor", 10, key="field_code"),
+    Collection("organizationFields", "/api/v2/organizationFields", "cursor", 10, key="field_code"),
+    Collection("dealFields", "/api/v2/dealFields", "cursor", 10, key="field_code"),
+    Collection("productFields", "/api/v2/productFields", "cursor", 10, key="field_code"),
+    Collection("activityFields", "/api/v2/activityFields", "cursor", 10, key="field_code"),
     Collection("pipelines", "/api/v2/pipelines", "cursor", 5),
     Collection("stages", "/api/v2/stages", "cursor", 5),
     Collection("organizations", "/api/v2/organizations", "cursor", 10),

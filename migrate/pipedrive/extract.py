@@ -118,7 +118,9 @@ def _extract_collection(
         pages += 1
         records += len(page.records)
         done = page.next_cursor is None
-        staging.write_page(collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id)
+        staging.write_page(
+            collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id, collection.key
+        )
         summary.pages += 1
         if progress:
             progress(collection.name, len(page.records))

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS pending_batches (
     run_id VARCHAR, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS quarantine (
     entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
-    at TIMESTAMP, PRIMARY KEY (entity, source_id));
+    quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS load_issues (
     run_id VARCHAR, entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
 """
@@ -135,8 +135,10 @@ class Staging:
         )
         return table
 
-    def write_page(self, collection: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str) -> None:
-        """Upsert one page and move the collection's checkpoint, atomically."""
+    def write_page(
+        self, collection: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str, key: str = "id"
+    ) -> None:
+        """Upsert one page (records identified by `key`) and move the collection's checkpoint, atomically."""
         table = self.ensure_raw_table(collection)
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -145,7 +147,7 @@ class Staging:
                     f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
                     "unnest($updated), $at",
                     {
-                        "ids": [str(r.get("id")) for r in records],
+                        "ids": [_identity(r, key, collection) for r in records],
                         "data": [json.dumps(r, ensure_ascii=False) for r in records],
                         "deleted": [_is_deleted(r) for r in records],
                         "updated": [r.get("update_time") for r in records],
@@ -349,6 +351,13 @@ class Staging:
         cols = ("entity", "source_id", "field", "rule", "detail")
         rows = self.con.execute(f"SELECT {', '.join(cols)} FROM load_issues WHERE run_id = ? ORDER BY entity, source_id", [run_id]).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _identity(record: dict[str, Any], key: str, collection: str) -> str:
+    value = record.get(key)
+    if value is None or value == "":
+        raise MigrateError(f"a {collection} record has no {key}: {json.dumps(record, ensure_ascii=False)[:200]}")
+    return str(value)
 
 
 def _is_deleted(record: dict[str, Any]) -> bool:

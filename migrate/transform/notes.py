@@ -37,18 +37,22 @@ _REMOVED_TAGS = (
     "script", "style", "iframe", "noscript", "template", "head", "title", "meta", "link", "base",
     "svg", "math", "object", "embed", "canvas", "frameset", "frame", "applet",
 )
-_BLOCK_LIKE_TAGS = (
-    "center", "main", "header", "footer", "nav", "aside", "address", "details", "summary",
-    "fieldset", "form", "hgroup", "body", "html",
-)
 _ROW = "\x1e"  # table row sentinel inside converter output (control chars are removed from input)
 _CELL = "\x1f"  # table cell sentinel
+# A void tag written without "/" (``<br>``): html.parser then makes BeautifulSoup remember it in a
+# list it scans on every end tag, which is quadratic on long notes; ``<br/>`` is parsed the same way
+# without that bookkeeping.
+_VOID_TAG = re.compile(
+    r"<(br|hr|wbr|img|input|col|source|track|area)"
+    r"((?:\s+[^\s<>/=\"']+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'<>=`]+))?)*)\s*>",
+    re.IGNORECASE,
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udfff]")
 _ODD_SPACES = re.compile(r"[\xa0\u2028\u2029]")
 _ESCAPE_ANYWHERE = re.compile(r"([\\`*\[\]<|~])")
 _ESCAPE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 _ESCAPE_ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
-_LINE_START_MARK = re.compile(r"^(\s*)([-+=#>:])")
+_LINE_START_MARK = re.compile(r"^(\s*)([-+=#>])")
 _LINE_START_ORDERED = re.compile(r"^(\s*[0-9]{1,9})([.)])")
 _SAFE_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _BAD_SCHEME = re.compile(r"^\s*(javascript|vbscript|data|file):", re.IGNORECASE)
@@ -71,7 +75,7 @@ def _escape_text(text: str) -> str:
 
     Always: backslash, backtick, ``*``, brackets, ``<``, ``|``, ``~``, ``_`` unless inside a word,
     ``&`` that starts an entity. At the start of the run (which may be the start of a line): block
-    markers ``- + = # > :`` and ordered-list numbers. At the end: ``!`` (a link may follow).
+    markers ``- + = # >`` and ordered-list numbers. At the end: ``!`` (a link may follow).
     """
     if not text:
         return ""
@@ -80,7 +84,7 @@ def _escape_text(text: str) -> str:
     text = _ESCAPE_ENTITY.sub(r"\\&", text)
     text = _LINE_START_MARK.sub(r"\1\\\2", text, count=1)
     text = _LINE_START_ORDERED.sub(r"\1\\\2", text, count=1)
-    if text.endswith("!") and not text.endswith("\\!"):
+    if text.endswith("!"):  # never escaped above, so always a bare "!"
         text = text[:-1] + "\\!"
     return text
 
@@ -116,7 +120,7 @@ class _NotesConverter(MarkdownConverter):
 
     def convert(self, html: str) -> str:
         html = _CONTROL.sub("", html.replace("\r\n", "\n").replace("\r", "\n"))
-        soup = BeautifulSoup(html, "html.parser")
+        soup = BeautifulSoup(_VOID_TAG.sub(r"<\1\2 />", html), "html.parser")
         for tag in soup.find_all(_REMOVED_TAGS):
             tag.decompose()
         for node in soup.find_all(string=True):
@@ -150,8 +154,10 @@ class _NotesConverter(MarkdownConverter):
         alt = _escape_text(_WHITESPACE.sub(" ", el.get("alt") or "").strip())
         if src.lower().startswith("data:"):
             return "\\[image omitted\\]"
-        if "a" in parent_tags or not src or _BAD_SCHEME.match(src):
-            return alt  # the surrounding link (or nothing) carries the target
+        if "a" in parent_tags:
+            return alt or "image"  # the surrounding link carries the target
+        if not src or _BAD_SCHEME.match(src):
+            return alt
         return f"[{alt or 'image'}]({_safe_url(src)})"
 
     def convert_video(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
@@ -166,13 +172,20 @@ class _NotesConverter(MarkdownConverter):
 
     convert_audio = convert_video
 
+    def convert_code(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        # an inline code span stays on one line (markdown would end it at a block boundary)
+        if "_noformat" not in parent_tags:
+            text = _WHITESPACE.sub(" ", text)
+        return super().convert_code(el, text, parent_tags)
+
+    convert_kbd = convert_samp = convert_code
+
     def convert_br(self, el: Any, text: str, parent_tags: set[str]) -> str:
         if "pre" in parent_tags:
             return "\n"
         return super().convert_br(el, text, parent_tags)
 
     convert_strike = MarkdownConverter.convert_del
-    convert_ins = None  # type: ignore[assignment]  # plain text
 
     # -- blocks ------------------------------------------------------------------------------
 
@@ -221,9 +234,10 @@ class _NotesConverter(MarkdownConverter):
     def convert_dd(self, el: Any, text: str, parent_tags: set[str]) -> str:
         return self.convert_div(el, text, parent_tags)
 
-    for _name in _BLOCK_LIKE_TAGS:
-        locals()[f"convert_{_name}"] = MarkdownConverter.convert_div
-    del _name
+    # block-level tags markdownify does not know: a paragraph each (their text is kept)
+    convert_center = convert_main = convert_header = convert_footer = convert_nav = MarkdownConverter.convert_div
+    convert_aside = convert_address = convert_details = convert_summary = MarkdownConverter.convert_div
+    convert_fieldset = convert_form = convert_hgroup = MarkdownConverter.convert_div
 
     # -- tables: each row one bullet line, cells joined with " · " ---------------------------
 
@@ -245,7 +259,8 @@ class _NotesConverter(MarkdownConverter):
         rows: list[tuple[bool, list[str]]] = []
         for chunk in chunks[1:]:
             kind, body = chunk[:1], chunk[1:]
-            cells = [cell.strip() for cell in body.split(_CELL)[1:]]
+            stray, *cells = body.split(_CELL)  # stray: text inside <tr> but outside any cell
+            cells = [cell.strip() for cell in ([stray] if stray.strip() else []) + cells]
             while cells and not cells[-1]:
                 cells.pop()
             if any(cells):
@@ -276,30 +291,58 @@ def _bold(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Markdown structure helpers shared by the checker and the safety pass
 
-_CONTAINER = re.compile(r"^(?:[ \t]{0,3}>[ \t]?)*")
-_LIST_MARKER = re.compile(r"^[ \t]*(?:[-+*]|[0-9]{1,9}[.)])[ \t]+")
-_FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
+_NORMAL, _OPENER, _INSIDE = 0, 1, 2  # line states in and around fenced code blocks
+_QUOTE_MARKER = re.compile(r"[ \t]{0,3}>[ \t]?")
+_PREFIX = re.compile(r"[ \t]*(?:>[ \t]?|(?:[-+*]|[0-9]{1,9}[.)])(?:[ \t]+|$))")
+_FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)$")
+_FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*$")
 _DELIM_CELL = re.compile(r":?-+:?")
+_BACKTICKS = re.compile(r"`+")
 _REF_DEFINITION = re.compile(r"^[ \t]{0,3}(?:>[ \t]?)*\[[^\]]+\]:", re.MULTILINE)
-_IMAGE_INLINE = re.compile(r"!\[(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*\]\(", re.DOTALL)
-_IMAGE_REFERENCE = re.compile(r"!\[(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*\]", re.DOTALL)
+_ALT = r"(?:[^\[\]\\\n]|\\.|\n(?![ \t]*\n)|\[(?:[^\[\]\\\n]|\\.|\n(?![ \t]*\n))*\])*"
+_IMAGE_INLINE = re.compile(r"!\[" + _ALT + r"\]\(")
+_IMAGE_REFERENCE = re.compile(r"!\[" + _ALT + r"\]")
+
+# The checks below follow markdown-it (what Customermates parses notes with). Where a faithful
+# copy would need a full block parser they err on the side of finding a table or an image, never
+# the other way round: a fence is only recognised where markdown-it would certainly see one, and
+# a line is tried as a table row under every reading of its quote/list prefixes (markdown-it tries
+# the table rule before fences, quotes and lists).
 
 
-def _fence_flags(lines: list[str]) -> list[bool]:
-    """For each line: is it a code-fence line or inside a fenced code block?"""
-    flags = [False] * len(lines)
-    open_char, open_len = "", 0
+def _fence_state(lines: list[str]) -> tuple[list[int], str]:
+    """Per line ``_NORMAL``, ``_OPENER`` (opens a fenced block) or ``_INSIDE`` (content or closing
+    fence), plus the line that would close a block still open at the end ("" if none)."""
+    states = [_NORMAL] * len(lines)
+    fence, depth, indent, closer = "", 0, 0, ""
     for index, line in enumerate(lines):
-        body = line[_CONTAINER.match(line).end():]
-        match = _FENCE_OPEN.match(body)
-        if open_char:
-            flags[index] = True
-            if match and match.group(1)[0] == open_char and len(match.group(1)) >= open_len and not match.group(2).strip():
-                open_char = ""
-        elif match and not (match.group(1)[0] == "`" and "`" in match.group(2)):
-            flags[index] = True
-            open_char, open_len = match.group(1)[0], len(match.group(1))
-    return flags
+        quotes, at = 0, 0
+        while (marker := _QUOTE_MARKER.match(line, at)) is not None:
+            quotes, at = quotes + 1, marker.end()
+        body = line[at:]
+        if fence:
+            lead = len(body) - len(body.lstrip(" "))
+            if quotes >= depth and (not body.strip() or lead >= indent):
+                states[index] = _INSIDE
+                close = _FENCE_CLOSE.match(body)
+                if close and close.group(1)[0] == fence[0] and len(close.group(1)) >= len(fence):
+                    fence = ""
+                continue
+            fence = ""  # its container (quote or indentation) ended, and the block with it
+        opening = _FENCE.match(body)
+        if opening and not (opening.group(2)[0] == "`" and "`" in opening.group(3)):
+            states[index] = _OPENER
+            fence, depth, indent = opening.group(2), quotes, len(opening.group(1))
+            closer = line[:at] + opening.group(1) + fence
+    return states, (closer if fence else "")
+
+
+def _escaped(text: str, position: int) -> bool:
+    """Is the character at ``position`` preceded by an odd number of backslashes?"""
+    before = position - 1
+    while before >= 0 and text[before] == "\\":
+        before -= 1
+    return (position - 1 - before) % 2 == 1
 
 
 def _escaped_split(text: str) -> list[str]:
@@ -318,9 +361,17 @@ def _escaped_split(text: str) -> list[str]:
     return cells
 
 
-def _delimiter_columns(line: str) -> int:
-    """Column count if ``line`` is a GFM table delimiter row (markdown-it rules), else 0."""
-    body = line[_CONTAINER.match(line).end():].lstrip(" \t")
+def _readings(line: str) -> list[int]:
+    """Start positions of ``line`` under each nesting of quote/list prefixes (0 = as it stands)."""
+    starts = [0]
+    while (prefix := _PREFIX.match(line, starts[-1])) is not None and prefix.end() > starts[-1]:
+        starts.append(prefix.end())
+    return starts
+
+
+def _delimiter_columns(text: str) -> int:
+    """Column count if ``text`` is a GFM table delimiter row (markdown-it rules), else 0."""
+    body = text.lstrip(" \t")
     if len(body) < 2 or body[0] not in "|:-":
         return 0
     if body[1] not in "|:- \t" or (body[0] == "-" and body[1] in " \t"):
@@ -341,10 +392,9 @@ def _delimiter_columns(line: str) -> int:
     return count
 
 
-def _header_columns(line: str) -> int:
-    body = line[_CONTAINER.match(line).end():]
-    body = body[_LIST_MARKER.match(body).end():] if _LIST_MARKER.match(body) else body
-    body = body.strip()
+def _header_columns(text: str) -> int:
+    """Column count of ``text`` as a table header row (0 if it has no pipe)."""
+    body = text.strip()
     if "|" not in body:
         return 0
     cells = _escaped_split(body)
@@ -355,61 +405,64 @@ def _header_columns(line: str) -> int:
     return len(cells)
 
 
-def _table_delimiter_lines(lines: list[str], fenced: list[bool]) -> list[int]:
-    """Indexes of lines that would make markdown-it start a table with the line above them."""
+def _table_delimiters(lines: list[str], states: list[int]) -> list[tuple[int, int]]:
+    """(line index, position) of every delimiter row that makes a table with the line above it;
+    the position is where the row starts under the first reading that makes it one."""
     found = []
     for index in range(1, len(lines)):
-        if fenced[index] or fenced[index - 1]:
+        if states[index - 1] == _INSIDE or "|" not in lines[index - 1]:
             continue
-        columns = _delimiter_columns(lines[index])
-        if columns and _header_columns(lines[index - 1]) == columns:
-            found.append(index)
+        header = {_header_columns(lines[index - 1][at:]) for at in _readings(lines[index - 1])} - {0}
+        if not header:
+            continue
+        line = lines[index]
+        for at in _readings(line):
+            if _delimiter_columns(line[at:]) in header:
+                found.append((index, at + len(line[at:]) - len(line[at:].lstrip(" \t"))))
+                break
     return found
 
 
-def _mask_code(text: str, lines: list[str], fenced: list[bool]) -> str:
-    """``text`` with fenced blocks and inline code spans blanked out (positions preserved)."""
-    masked_lines = [(" " * len(line)) if flag else line for line, flag in zip(lines, fenced)]
-    masked = "\n".join(masked_lines)
-    runs = [(m.start(), m.end()) for m in re.finditer(r"`+", masked)]
-    if not runs:
-        return masked
-    chars = list(masked)
-    by_length: dict[int, list[int]] = {}
-    for position, (start, end) in enumerate(runs):
-        by_length.setdefault(end - start, []).append(position)
-    position = 0
-    while position < len(runs):
-        start, end = runs[position]
-        backslashes = len(masked[:start]) - len(masked[:start].rstrip("\\"))
-        if backslashes % 2:
-            position += 1
+def _mask_code(lines: list[str], states: list[int]) -> str:
+    """The text with fenced blocks and one-line code spans blanked out (positions preserved).
+
+    A code span running over a line break is left visible: whether markdown-it sees it as code
+    depends on the block structure, and treating it as text can only find more, not less.
+    """
+    masked_lines = []
+    for line, state in zip(lines, states):
+        if state != _NORMAL:
+            masked_lines.append(" " * len(line))
             continue
-        candidates = by_length[end - start]
-        next_index = bisect_right(candidates, position)
-        closer = candidates[next_index] if next_index < len(candidates) else None
-        if closer is None or "\n\n" in masked[end:runs[closer][0]].replace(" ", ""):
-            position += 1
-            continue
-        close_end = runs[closer][1]
-        for i in range(start, close_end):
-            if chars[i] != "\n":
-                chars[i] = " "
-        position = closer + 1
-    return "".join(chars)
+        if "`" in line:
+            runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(line)]
+            by_length: dict[int, list[int]] = {}
+            for number, (start, end) in enumerate(runs):
+                by_length.setdefault(end - start, []).append(number)
+            spans = []
+            number = 0
+            while number < len(runs):
+                start, end = runs[number]
+                same = by_length[end - start]
+                later = bisect_right(same, number)
+                if _escaped(line, start) or later == len(same):
+                    number += 1
+                    continue
+                closer = same[later]
+                spans.append((start, runs[closer][1]))
+                number = closer + 1
+            for start, end in reversed(spans):
+                line = line[:start] + " " * (end - start) + line[end:]
+        masked_lines.append(line)
+    return "\n".join(masked_lines)
 
 
 def _image_starts(text: str, masked: str) -> list[int]:
     """Positions of ``!`` that start a markdown image (outside code, not backslash-escaped)."""
-    starts = [m.start() for m in _IMAGE_INLINE.finditer(masked)]
+    starts = {m.start() for m in _IMAGE_INLINE.finditer(masked)}
     if _REF_DEFINITION.search(masked):
-        starts += [m.start() for m in _IMAGE_REFERENCE.finditer(masked)]
-    result = []
-    for start in sorted(set(starts)):
-        before = text[:start]
-        if (len(before) - len(before.rstrip("\\"))) % 2 == 0:
-            result.append(start)
-    return result
+        starts |= {m.start() for m in _IMAGE_REFERENCE.finditer(masked)}
+    return sorted(start for start in starts if not _escaped(text, start))
 
 
 def _json_object(text: str) -> Any:
@@ -424,17 +477,18 @@ def _json_object(text: str) -> Any:
 
 
 def _neutralise(markdown: str) -> str:
-    """Make sure nothing in ``markdown`` reads as a table, an image or a Tiptap JSON document."""
-    markdown = markdown.replace("\x00", "")
-    lines = markdown.split("\n")
-    fenced = _fence_flags(lines)
-    for index in _table_delimiter_lines(lines, fenced):
-        line = lines[index]
-        at = _CONTAINER.match(line).end()
-        at += len(line[at:]) - len(line[at:].lstrip(" \t"))
-        lines[index] = line[:at] + "\\" + line[at:]
+    """Make sure nothing in ``markdown`` reads as a table, an image or a Tiptap JSON document.
+
+    A delimiter row gets a backslash before its first character; an image's ``!`` gets one too
+    (leaving a link); a JSON object gets one before its ``{``. Nothing else changes.
+    """
+    lines = markdown.replace("\x00", "").split("\n")
+    states, _ = _fence_state(lines)
+    while tables := _table_delimiters(lines, states):  # one pass suffices; loop to be sure
+        for index, at in tables:
+            lines[index] = lines[index][:at] + "\\" + lines[index][at:]
     text = "\n".join(lines)
-    starts = _image_starts(text, _mask_code(text, lines, fenced))
+    starts = _image_starts(text, _mask_code(lines, states))
     if starts:
         pieces, last = [], 0
         for start in starts:
@@ -458,10 +512,11 @@ _QUOTE_BLANK = re.compile(r"^[ \t]*(?:>[ \t]*)+$")
 def _tidy(markdown: str) -> str:
     """At most one blank line in a row, no trailing spaces except hard breaks, stripped ends."""
     lines = markdown.split("\n")
-    fenced = _fence_flags(lines)
+    states, _ = _fence_state(lines)
     out: list[str] = []
     hard: list[bool] = []
-    for line, in_fence in zip(lines, fenced):
+    for line, state in zip(lines, states):
+        in_fence = state != _NORMAL
         stripped = line.rstrip()
         if not stripped:
             if out and out[-1] == "":
@@ -548,11 +603,11 @@ def is_acceptable_notes(markdown: str) -> str | None:
     if "\x00" in markdown:
         return "notes contain a NUL character"
     lines = markdown.split("\n")
-    fenced = _fence_flags(lines)
-    tables = _table_delimiter_lines(lines, fenced)
+    states, _ = _fence_state(lines)
+    tables = _table_delimiters(lines, states)
     if tables:
-        return f"notes contain a GFM table (delimiter row on line {tables[0] + 1})"
-    images = _image_starts(markdown, _mask_code(markdown, lines, fenced))
+        return f"notes contain a GFM table (delimiter row on line {tables[0][0] + 1})"
+    images = _image_starts(markdown, _mask_code(lines, states))
     if images:
         return f"notes contain a markdown image (at character {images[0]})"
     return None
@@ -615,30 +670,9 @@ def _cut(text: str, units: int) -> str:
 
 
 def _close_fence(kept: str) -> str:
-    lines = kept.split("\n")
-    fenced = _fence_flags(lines)
-    if not fenced or not fenced[-1]:
-        return kept
-    # find the opening fence of the block still open at the end
-    for index in range(len(lines) - 1, -1, -1):
-        if not fenced[index]:
-            continue
-        if index == 0 or not fenced[index - 1]:
-            line = lines[index]
-            body = line[_CONTAINER.match(line).end():]
-            fence = _FENCE_OPEN.match(body)
-            if fence is None:
-                break
-            if index == len(lines) - 1 or not _closes(lines[-1], fence.group(1)):
-                return kept + "\n" + fence.group(1)
-            return kept
-    return kept
-
-
-def _closes(line: str, fence: str) -> bool:
-    body = line[_CONTAINER.match(line).end():]
-    match = _FENCE_OPEN.match(body)
-    return bool(match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) and not match.group(2).strip())
+    """``kept`` with a fenced code block left open at its end closed again."""
+    _, closer = _fence_state(kept.split("\n"))
+    return kept + "\n" + closer if closer else kept
 
 
 def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
