@@ -1,0 +1,138 @@
+"""Transform rules on the bundled sample: types, labels, lossy values, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from migrate.pipedrive.extract import SnapshotSource, extract
+from migrate.staging.store import Staging
+from migrate.transform.engine import transform
+from migrate.transform.mapping import load_mappings
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "state.duckdb"
+    staging = Staging(path)
+    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+    summary = transform(staging, load_mappings())
+    yield staging, summary
+    staging.close()
+
+
+def columns(staging: Staging, entity: str) -> dict[str, dict]:
+    return {c["label"]: c for c in staging.target_columns() if c["entity"] == entity}
+
+
+def targets(staging: Staging, entity: str) -> dict[str, dict]:
+    return {sid: payload for sid, payload, _ in staging.iter_targets(entity)}
+
+
+def issues(staging: Staging, rule: str) -> list[dict]:
+    return [i for i in staging.transform_issues() if i["rule"] == rule]
+
+
+def test_every_pipedrive_custom_field_gets_the_mapped_column_type(staged):
+    staging, _ = staged
+    expected = {
+        "varchar": "plain", "varchar_auto": "plain", "text": "plain", "double": "plain", "enum": "singleSelect",
+        "set": "plain", "user": "plain", "org": "plain", "people": "plain", "phone": "phone", "date": "date",
+        "daterange": "dateRange", "time": "plain", "timerange": "plain", "address": "plain", "monetary": "currency",
+    }
+    seen = set()
+    for meta, entity in (("personFields", "contacts"), ("organizationFields", "organizations"), ("dealFields", "deals"), ("productFields", "services")):
+        cols = columns(staging, entity)
+        for line in (SAMPLE / f"{meta}.jsonl").read_text().splitlines():
+            field = json.loads(line)
+            if not field["is_custom_field"]:
+                continue
+            matching = [c for label, c in cols.items() if label == field["field_name"] or label.startswith(field["field_name"] + " (")]
+            assert matching, f"{entity}: no column for {field['field_name']}"
+            assert {c["type"] for c in matching} >= {expected[field["field_type"]]}
+            seen.add(field["field_type"])
+    assert seen == set(expected)
+
+
+def test_custom_field_named_like_a_standard_field_gets_a_distinct_label(staged):
+    staging, _ = staged
+    assert "Email (Pipedrive field)" in columns(staging, "contacts")
+
+
+def test_enum_options_differing_only_in_case_are_both_kept(staged):
+    staging, _ = staged
+    options = columns(staging, "deals")["Lead-Quelle"]["options"]
+    assert "Messe" in options and "messe" in options
+
+
+def test_deal_values_get_one_currency_column_per_supported_currency(staged):
+    staging, _ = staged
+    cols = columns(staging, "deals")
+    assert cols["Value (EUR)"]["type"] == "currency" and cols["Value (EUR)"]["currency"] == "eur"
+    assert cols["Value (other currency)"]["type"] == "plain"
+    unsupported = issues(staging, "currency_unsupported")
+    assert any("RUB" in i["detail"] for i in unsupported)
+    deal = targets(staging, "deals")[unsupported[0]["source_id"]]
+    assert deal["values"]["value:other_currency"].endswith(("RUB", "PKT"))
+
+
+def test_leads_become_deals_marked_lead_with_v1_custom_values(staged):
+    staging, _ = staged
+    leads = {sid: p for sid, p in targets(staging, "deals").items() if sid.startswith("lead:")}
+    assert len(leads) == 10
+    assert {p["values"]["status"] for p in leads.values()} == {"Lead"}
+    raw = [json.loads(line) for line in (SAMPLE / "leads.jsonl").read_text().splitlines()]
+    with_value = next(r for r in raw if r.get("value"))
+    payload = leads[f"lead:{with_value['id']}"]
+    currency = with_value["value"]["currency"].lower()
+    assert float(payload["values"][f"value:{currency}"]) == float(with_value["value"]["amount"])
+
+
+def test_invalid_and_non_ascii_emails_are_kept_aside_and_reported(staged):
+    staging, _ = staged
+    reported = issues(staging, "email_invalid")
+    assert any("jürgen@müller.de" in i["detail"] for i in reported)
+    contact = targets(staging, "contacts")[reported[0]["source_id"]]
+    assert "jürgen@müller.de" in contact["values"]["other_emails"] or any("@" in e for e in contact["fields"]["emails"])
+
+
+def test_zero_price_product_is_carried_with_minimum_amount_and_reported(staged):
+    staging, _ = staged
+    [issue] = issues(staging, "product_zero_price")
+    assert targets(staging, "services")[issue["source_id"]]["fields"]["amount"] == 0.01
+
+
+def test_deleted_records_are_not_transformed_but_reported(staged):
+    staging, summary = staged
+    assert summary.skipped["contacts"] == 3
+    assert summary.skipped["deals"] == 4
+    deleted = {i["source_id"] for i in issues(staging, "deleted_in_pipedrive") if i["entity"] == "contacts"}
+    assert deleted.isdisjoint(targets(staging, "contacts"))
+
+
+def test_notes_are_markdown_without_html(staged):
+    staging, _ = staged
+    with_notes = [p["notes"] for p in targets(staging, "deals").values() if p["notes"]]
+    assert len(with_notes) > 10
+    for text in with_notes:
+        assert "<div" not in text and "<script" not in text and "![" not in text
+        assert len(text) <= 65_535
+
+
+def test_transform_is_deterministic(staged, tmp_path):
+    staging, _ = staged
+    first = {(e, s): h for e, s, h in staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records").fetchall()}
+    transform(staging, load_mappings())
+    second = {(e, s): h for e, s, h in staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records").fetchall()}
+    assert first == second
+
+
+def test_every_target_record_carries_its_pipedrive_id(staged):
+    staging, _ = staged
+    for entity in ("organizations", "contacts", "services", "deals", "tasks"):
+        for sid, payload in targets(staging, entity).items():
+            assert payload["values"]["pipedrive_id"] == sid
