@@ -123,7 +123,8 @@ class Loader:
             )
 
     # -- request bodies ---------------------------------------------------------------------
-    def build_body(self, entity: str, source_id: str, payload: dict[str, Any], *, for_update: bool) -> dict[str, Any]:
+    def build_body(self, entity: str, source_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The create body: relations and users resolved to Customermates ids, values to column ids."""
         body: dict[str, Any] = dict(payload["fields"])
         for key, ids in payload["links"].items():
             target_entity = LINK_ENTITY[key]
@@ -166,17 +167,22 @@ class Loader:
                     raise CustomermatesError(f"column {entity}.{key} has no option {value!r}")
                 value = options[value]
             values.append({"columnId": column_id, "value": value})
-        if for_update:
-            # customFieldValues merge per column: clear our columns this record no longer uses
-            used = {v["columnId"] for v in values}
-            values.extend({"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used)
-            if entity == "contacts" and body.get("lastName") == "":
-                body.pop("lastName")  # update rejects "", create accepts it
         body["customFieldValues"] = sorted(values, key=lambda v: v["columnId"])
-        body["notes"] = payload["notes"] if payload["notes"] else None
-        if not for_update and body["notes"] is None:
-            body.pop("notes")
+        if payload["notes"]:
+            body["notes"] = payload["notes"]
         return body
+
+    def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The update body for a changed record: arrays replace, so they are sent whole;
+        custom values merge per column, so our columns the record no longer uses are cleared."""
+        update = {"id": target_id, **body, "notes": body.get("notes")}
+        used = {v["columnId"] for v in body["customFieldValues"]}
+        update["customFieldValues"] = body["customFieldValues"] + [
+            {"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used
+        ]
+        if entity == "contacts" and update.get("lastName") == "":
+            update.pop("lastName")  # update rejects "", create accepts it
+        return update
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoadSummary:
@@ -194,7 +200,7 @@ class Loader:
         updates: list[_Item] = []
         for source_id, payload, _ in self.staging.iter_targets(entity):
             existing = known.get(source_id)
-            body = self.build_body(entity, source_id, payload, for_update=existing is not None)
+            body = self.build_body(entity, source_id, payload)
             digest = payload_hash(body)
             if existing is None:
                 creates.append(_Item(source_id, body, digest))
@@ -202,8 +208,7 @@ class Loader:
                 self.summary.unchanged[entity] += 1
                 continue
             else:
-                body["id"] = existing[0]
-                updates.append(_Item(source_id, body, digest, existing[0]))
+                updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0]))
             if len(creates) >= self.batch_size:
                 self._send(entity, "create", creates)
                 creates = []

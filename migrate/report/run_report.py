@@ -33,30 +33,22 @@ def write_json(report: dict[str, Any], directory: Path, name: str = "report.json
 def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: int = 15) -> None:
     dry = report.get("dry_run")
     table = Table(title=f"{'Plan (dry run)' if dry else 'Migration'} — run {report['run_id']}", title_justify="left")
-    table.add_column("entity")
-    table.add_column("Pipedrive records", justify="right")
-    table.add_column("deleted (skipped)", justify="right")
-    table.add_column("to migrate", justify="right")
-    if dry:
-        table.add_column("would create", justify="right")
-        table.add_column("would update", justify="right")
-    else:
-        table.add_column("created", justify="right")
-        table.add_column("updated", justify="right")
-    table.add_column("unchanged", justify="right")
-    table.add_column("quarantined", justify="right")
+    headers = ["entity", "in Pipedrive", "deleted", "to migrate"]
+    headers += ["create", "update"] if dry else ["created", "updated"]
+    headers += ["unchanged", "quarantined"]
+    for n, header in enumerate(headers):
+        table.add_column(header, justify="left" if n == 0 else "right", no_wrap=n == 0)
     for entity, row in report["entities"].items():
         table.add_row(
             entity,
-            str(row["extracted"]),
-            str(row["deleted_skipped"]),
-            str(row["to_migrate"]),
-            str(row["created"]),
-            str(row["updated"]),
-            str(row["unchanged"]),
-            str(row["quarantined"]),
+            *(str(row[k]) for k in ("extracted", "deleted_skipped", "to_migrate", "created", "updated", "unchanged", "quarantined")),
         )
     console.print(table)
+    created = sum(row["created"] for row in report["entities"].values())
+    updated = sum(row["updated"] for row in report["entities"].values())
+    unchanged = sum(row["unchanged"] for row in report["entities"].values())
+    verb = ("would create", "would update") if dry else ("created", "updated")
+    console.print(f"{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
     columns = report.get("columns_created") or []
     if columns:
         console.print(f"[bold]Custom columns {'to create' if dry else 'created'}:[/bold] {len(columns)}")

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_right
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from bs4 import BeautifulSoup, CData, Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
+from bs4 import (
+    BeautifulSoup,
+    CData,
+    Comment,
+    Declaration,
+    Doctype,
+    MarkupResemblesLocatorWarning,
+    NavigableString,
+    ProcessingInstruction,
+)
 from markdownify import ATX, SPACES, STRIP, MarkdownConverter, chomp
 
 __all__ = [
@@ -56,9 +65,23 @@ _LINE_START_MARK = re.compile(r"^(\s*)([-+=#>])")
 _LINE_START_ORDERED = re.compile(r"^(\s*[0-9]{1,9})([.)])")
 _SAFE_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _BAD_SCHEME = re.compile(r"^\s*(javascript|vbscript|data|file):", re.IGNORECASE)
-_URL_ESCAPES = {" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E", "\n": "", "\r": "", "\t": ""}
+_URL_ESCAPES = {" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E", "\\": "%5C", "\n": "", "\r": "", "\t": ""}
 _WHITESPACE = re.compile(r"\s+")
 _CREATED = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}:[0-9]{2})(?::[0-9]{2}(?:\.[0-9]+)?)?Z")
+
+
+def _parse(html: str) -> BeautifulSoup:
+    """The HTML as a soup, without scripts/styles/frames (and their text) or comments."""
+    html = _CONTROL.sub("", html.replace("\r\n", "\n").replace("\r", "\n"))
+    with warnings.catch_warnings():
+        # a note that is only "https://…" or "offer.pdf" is text, not a locator to fetch
+        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        soup = BeautifulSoup(_VOID_TAG.sub(r"<\1\2 />", html), "html.parser")
+    for tag in soup.find_all(_REMOVED_TAGS):
+        tag.decompose()
+    for node in soup.find_all(string=lambda text: isinstance(text, (Comment, CData, Declaration, Doctype, ProcessingInstruction))):
+        node.extract()
+    return soup
 
 
 def notes_length(markdown: str) -> int:
@@ -90,7 +113,7 @@ def _escape_text(text: str) -> str:
 
 
 def _safe_url(url: str) -> str:
-    """A URL usable as a markdown link destination (no spaces, parentheses or angle brackets)."""
+    """A URL usable as a markdown link destination (no spaces, parentheses, angle brackets, backslashes)."""
     return "".join(_URL_ESCAPES.get(ch, ch) for ch in url.strip())
 
 
@@ -119,14 +142,9 @@ class _NotesConverter(MarkdownConverter):
     # -- input preparation -------------------------------------------------------------------
 
     def convert(self, html: str) -> str:
-        html = _CONTROL.sub("", html.replace("\r\n", "\n").replace("\r", "\n"))
-        soup = BeautifulSoup(_VOID_TAG.sub(r"<\1\2 />", html), "html.parser")
-        for tag in soup.find_all(_REMOVED_TAGS):
-            tag.decompose()
-        for node in soup.find_all(string=True):
-            if isinstance(node, (Comment, CData, Declaration, Doctype, ProcessingInstruction)):
-                node.extract()
-            elif _ODD_SPACES.search(node) and not node.find_parent("pre"):
+        soup = _parse(html)
+        for node in soup.find_all(string=_ODD_SPACES.search):
+            if not node.find_parent("pre"):
                 node.replace_with(NavigableString(_ODD_SPACES.sub(" ", node)))
         return self.convert_soup(soup)
 
@@ -178,6 +196,9 @@ class _NotesConverter(MarkdownConverter):
             text = _WHITESPACE.sub(" ", text)
         return super().convert_code(el, text, parent_tags)
 
+    def _code_span(self, text: str) -> str:
+        return super().convert_code(None, _WHITESPACE.sub(" ", text), set())
+
     convert_kbd = convert_samp = convert_code
 
     def convert_br(self, el: Any, text: str, parent_tags: set[str]) -> str:
@@ -197,8 +218,8 @@ class _NotesConverter(MarkdownConverter):
     def convert_pre(self, el: Any, text: str, parent_tags: set[str]) -> str:
         if not text.strip():
             return ""
-        if "_inline" in parent_tags:
-            return " " + _WHITESPACE.sub(" ", text).strip() + " "
+        if "_inline" in parent_tags:  # e.g. inside a table cell: keep it code, on one line
+            return " " + self._code_span(text.strip()) + " "
         text = text.strip("\n")
         longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
         fence = "`" * max(3, longest + 1)
@@ -297,17 +318,14 @@ _PREFIX = re.compile(r"[ \t]*(?:>[ \t]?|(?:[-+*]|[0-9]{1,9}[.)])(?:[ \t]+|$))")
 _FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)$")
 _FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*$")
 _DELIM_CELL = re.compile(r":?-+:?")
-_BACKTICKS = re.compile(r"`+")
-_REF_DEFINITION = re.compile(r"^[ \t]{0,3}(?:>[ \t]?)*\[[^\]]+\]:", re.MULTILINE)
-_ALT = r"(?:[^\[\]\\\n]|\\.|\n(?![ \t]*\n)|\[(?:[^\[\]\\\n]|\\.|\n(?![ \t]*\n))*\])*"
-_IMAGE_INLINE = re.compile(r"!\[" + _ALT + r"\]\(")
-_IMAGE_REFERENCE = re.compile(r"!\[" + _ALT + r"\]")
+_IMAGE_OPEN = re.compile(r"!\[")
 
 # The checks below follow markdown-it (what Customermates parses notes with). Where a faithful
-# copy would need a full block parser they err on the side of finding a table or an image, never
-# the other way round: a fence is only recognised where markdown-it would certainly see one, and
-# a line is tried as a table row under every reading of its quote/list prefixes (markdown-it tries
-# the table rule before fences, quotes and lists).
+# copy would need a full block and inline parser they err on the side of finding a table or an
+# image, never the other way round: a fence is only recognised where markdown-it would certainly
+# see one; a line is tried as a table row under every reading of its quote/list prefixes
+# (markdown-it tries the table rule before fences, quotes and lists); and every unescaped ``![``
+# outside a fence counts as an image, even inside an inline code span or without a target.
 
 
 def _fence_state(lines: list[str]) -> tuple[list[int], str]:
@@ -423,46 +441,14 @@ def _table_delimiters(lines: list[str], states: list[int]) -> list[tuple[int, in
     return found
 
 
-def _mask_code(lines: list[str], states: list[int]) -> str:
-    """The text with fenced blocks and one-line code spans blanked out (positions preserved).
-
-    A code span running over a line break is left visible: whether markdown-it sees it as code
-    depends on the block structure, and treating it as text can only find more, not less.
-    """
-    masked_lines = []
+def _image_starts(lines: list[str], states: list[int]) -> list[int]:
+    """Positions (in the joined text) of each unescaped ``!`` followed by ``[`` outside fences."""
+    starts, offset = [], 0
     for line, state in zip(lines, states):
-        if state != _NORMAL:
-            masked_lines.append(" " * len(line))
-            continue
-        if "`" in line:
-            runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(line)]
-            by_length: dict[int, list[int]] = {}
-            for number, (start, end) in enumerate(runs):
-                by_length.setdefault(end - start, []).append(number)
-            spans = []
-            number = 0
-            while number < len(runs):
-                start, end = runs[number]
-                same = by_length[end - start]
-                later = bisect_right(same, number)
-                if _escaped(line, start) or later == len(same):
-                    number += 1
-                    continue
-                closer = same[later]
-                spans.append((start, runs[closer][1]))
-                number = closer + 1
-            for start, end in reversed(spans):
-                line = line[:start] + " " * (end - start) + line[end:]
-        masked_lines.append(line)
-    return "\n".join(masked_lines)
-
-
-def _image_starts(text: str, masked: str) -> list[int]:
-    """Positions of ``!`` that start a markdown image (outside code, not backslash-escaped)."""
-    starts = {m.start() for m in _IMAGE_INLINE.finditer(masked)}
-    if _REF_DEFINITION.search(masked):
-        starts |= {m.start() for m in _IMAGE_REFERENCE.finditer(masked)}
-    return sorted(start for start in starts if not _escaped(text, start))
+        if state == _NORMAL and "![" in line:
+            starts.extend(offset + m.start() for m in _IMAGE_OPEN.finditer(line) if not _escaped(line, m.start()))
+        offset += len(line) + 1
+    return starts
 
 
 def _json_object(text: str) -> Any:
@@ -488,7 +474,7 @@ def _neutralise(markdown: str) -> str:
         for index, at in tables:
             lines[index] = lines[index][:at] + "\\" + lines[index][at:]
     text = "\n".join(lines)
-    starts = _image_starts(text, _mask_code(lines, states))
+    starts = _image_starts(lines, states)
     if starts:
         pieces, last = [], 0
         for start in starts:
@@ -535,15 +521,15 @@ def _tidy(markdown: str) -> str:
 
 
 def _plain_text_fallback(html: str) -> str:
-    """For HTML too deeply nested for markdownify's recursion: the text, one paragraph per line."""
-    soup = BeautifulSoup(_CONTROL.sub("", html), "html.parser")
-    for tag in soup.find_all(_REMOVED_TAGS):
-        tag.decompose()
-    for node in soup.find_all(string=lambda s: isinstance(s, (Comment, CData, Declaration, Doctype, ProcessingInstruction))):
-        node.extract()
-    text = soup.get_text("\n")
-    paragraphs = [_escape_text(_WHITESPACE.sub(" ", _ODD_SPACES.sub(" ", line)).strip()) for line in text.split("\n")]
-    return "\n\n".join(p for p in paragraphs if p)
+    """For HTML nested too deeply for markdownify's recursion: the text, a paragraph per block."""
+    soup = _parse(html)
+    for tag in soup.find_all(["br", "p", "div", "li", "tr", "td", "th", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6"]):
+        if tag.name == "br":
+            tag.replace_with(_ROW)
+        else:
+            tag.insert_after(_ROW)
+    paragraphs = (_WHITESPACE.sub(" ", _ODD_SPACES.sub(" ", part)).strip() for part in soup.get_text().split(_ROW))
+    return "\n\n".join(_escape_text(p) for p in paragraphs if p)
 
 
 def html_to_markdown(html: str) -> str:
@@ -607,7 +593,7 @@ def is_acceptable_notes(markdown: str) -> str | None:
     tables = _table_delimiters(lines, states)
     if tables:
         return f"notes contain a GFM table (delimiter row on line {tables[0][0] + 1})"
-    images = _image_starts(markdown, _mask_code(lines, states))
+    images = _image_starts(lines, states)
     if images:
         return f"notes contain a markdown image (at character {images[0]})"
     return None
@@ -680,11 +666,16 @@ def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
 
     When it is too long it is cut at a paragraph boundary where possible (else a line, else a word),
     an open code fence is closed, and a last line ``_[truncated: N characters not migrated]_`` is
-    added (N counts the characters of ``markdown`` left out). The result is always acceptable to
-    :func:`is_acceptable_notes` when ``limit`` is ``NOTES_LIMIT``.
+    added (N counts the characters of ``markdown`` left out). Whatever fits is made safe the way
+    :func:`html_to_markdown` makes its output safe, so with ``limit=NOTES_LIMIT`` the result is
+    always acceptable to :func:`is_acceptable_notes`.
     """
     if notes_length(markdown) <= limit:
-        return markdown, False
+        if is_acceptable_notes(markdown) is None:
+            return markdown, False
+        markdown = _neutralise(markdown)
+        if notes_length(markdown) <= limit:
+            return markdown, False
     total = len(markdown)
     reserve = notes_length("\n\n" + _marker(total)) + 16
     budget = limit - reserve
@@ -699,7 +690,7 @@ def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
         budget -= max(over, 0) + 64
         if budget <= 0:
             break
-    return _marker(total), True
+    return (_marker(total) if notes_length(_marker(total)) <= limit else ""), True
 
 
 def compose_notes(entries: list[NoteEntry]) -> tuple[str, bool]:
@@ -717,5 +708,4 @@ def compose_notes(entries: list[NoteEntry]) -> tuple[str, bool]:
         block = "\n\n".join(part for part in (header, body) if part)
         if block:
             blocks.append(block)
-    markdown = _neutralise("\n\n---\n\n".join(blocks))
-    return truncate_notes(markdown, NOTES_LIMIT)
+    return truncate_notes("\n\n---\n\n".join(blocks), NOTES_LIMIT)
