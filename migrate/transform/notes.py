@@ -24,6 +24,7 @@ from bs4 import (
     MarkupResemblesLocatorWarning,
     NavigableString,
     ProcessingInstruction,
+    Tag,
 )
 from markdownify import ATX, SPACES, STRIP, MarkdownConverter, chomp
 
@@ -71,16 +72,32 @@ _CREATED = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}:[0-9]{2})(?::[0-9
 
 
 def _parse(html: str) -> BeautifulSoup:
-    """The HTML as a soup, without scripts/styles/frames (and their text) or comments."""
+    """The HTML as a soup, without scripts/styles/frames (and their text) or comments, and with
+    no-break and line-separator spaces outside ``<pre>`` turned into plain spaces."""
     html = _CONTROL.sub("", html.replace("\r\n", "\n").replace("\r", "\n"))
     with warnings.catch_warnings():
         # a note that is only "https://…" or "offer.pdf" is text, not a locator to fetch
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         soup = BeautifulSoup(_VOID_TAG.sub(r"<\1\2 />", html), "html.parser")
-    for tag in soup.find_all(_REMOVED_TAGS):
-        tag.decompose()
-    for node in soup.find_all(string=lambda text: isinstance(text, (Comment, CData, Declaration, Doctype, ProcessingInstruction))):
-        node.extract()
+    removed: list[Any] = []
+    spaced: list[NavigableString] = []
+    for node in soup.descendants:  # one pass; the tree is changed afterwards
+        if isinstance(node, Tag):
+            if node.name in _REMOVED_TAGS:
+                removed.append(node)
+        elif isinstance(node, (Comment, CData, Declaration, Doctype, ProcessingInstruction)):
+            removed.append(node)
+        elif _ODD_SPACES.search(node):
+            spaced.append(node)
+    for node in removed:
+        if isinstance(node, Tag):
+            if not node.decomposed:
+                node.decompose()
+        else:
+            node.extract()
+    for node in spaced:
+        if node.parent is not None and node.find_parent("pre") is None and not getattr(node, "decomposed", False):
+            node.replace_with(NavigableString(_ODD_SPACES.sub(" ", node)))
     return soup
 
 
@@ -142,11 +159,7 @@ class _NotesConverter(MarkdownConverter):
     # -- input preparation -------------------------------------------------------------------
 
     def convert(self, html: str) -> str:
-        soup = _parse(html)
-        for node in soup.find_all(string=_ODD_SPACES.search):
-            if not node.find_parent("pre"):
-                node.replace_with(NavigableString(_ODD_SPACES.sub(" ", node)))
-        return self.convert_soup(soup)
+        return self.convert_soup(_parse(html))
 
     def escape(self, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002 - markdownify API
         return _escape_text(text)
@@ -528,7 +541,7 @@ def _plain_text_fallback(html: str) -> str:
             tag.replace_with(_ROW)
         else:
             tag.insert_after(_ROW)
-    paragraphs = (_WHITESPACE.sub(" ", _ODD_SPACES.sub(" ", part)).strip() for part in soup.get_text().split(_ROW))
+    paragraphs = (_WHITESPACE.sub(" ", part).strip() for part in soup.get_text().split(_ROW))
     return "\n\n".join(_escape_text(p) for p in paragraphs if p)
 
 
