@@ -90,6 +90,7 @@ class PipedriveClient:
         )
         self.limiter = BurstLimiter(burst_limit)
         self.max_attempts = max_attempts
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=20, jitter=0.5)
         self.requests_sent = 0
         self.tokens_spent = 0
         self.rate_limited = 0
@@ -107,10 +108,7 @@ class PipedriveClient:
         """GET one page; returns the parsed envelope `{success, data, additional_data}`."""
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=lambda state: max(
-                getattr(state.outcome.exception(), "wait", 0.0),
-                wait_exponential_jitter(initial=0.5, max=20)(state),
-            ),
+            wait=lambda state: max(getattr(state.outcome.exception(), "wait", 0.0), self._backoff(state)),
             retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
             reraise=True,
         )

@@ -1,0 +1,135 @@
+"""The Pipedrive client against the fake API: paging, rate limits, and one clear line per failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migrate.errors import BudgetExhaustedError, PipedriveError
+from migrate.pipedrive.client import PipedriveClient
+from migrate.pipedrive.collections import BY_NAME
+from migrate.pipedrive.extract import extract
+from migrate.staging.store import Staging
+from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
+
+
+@pytest.fixture
+def fake():
+    with FakePipedrive(SAMPLE, burst_limit=1000) as server:
+        yield server
+
+
+def client_for(fake: FakePipedrive, **kwargs) -> PipedriveClient:
+    return PipedriveClient(fake.url, kwargs.pop("token", VALID_TOKEN), max_attempts=kwargs.pop("max_attempts", 4), **kwargs)
+
+
+def all_records(client: PipedriveClient, name: str) -> list[dict]:
+    return [r for page in client.pages(BY_NAME[name]) for r in page.records]
+
+
+def test_cursor_and_offset_paging_return_every_record_once(fake):
+    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 10, start=1)]
+    with client_for(fake) as client:
+        persons = all_records(client, "persons")
+        notes = all_records(client, "notes")
+    assert sorted(p["id"] for p in persons) == list(range(1, 1201))
+    assert len(notes) == len(fake.collections["notes"])
+    assert {r.query.get("limit") for r in fake.requests} == {"500"}
+
+
+def test_token_travels_in_the_header_never_in_the_url(fake):
+    with client_for(fake) as client:
+        all_records(client, "users")
+    assert all("api_token" not in r.query for r in fake.requests)
+    assert fake.requests[0].headers.get("x-api-token") == VALID_TOKEN
+
+
+def test_burst_429_waits_and_retries(fake):
+    fake.inject(429, count=2, path_contains="/api/v2/stages", headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"})
+    with client_for(fake) as client:
+        stages = all_records(client, "stages")
+        assert client.rate_limited == 2
+    assert len(stages) == len(fake.collections["stages"])
+    assert fake.count_403 == 0
+
+
+def test_daily_budget_exhaustion_stops_at_once(fake):
+    fake.inject(429, count=5, headers={"x-ratelimit-remaining": "15", "x-daily-ratelimit-token-remaining": "0"})
+    with client_for(fake) as client, pytest.raises(BudgetExhaustedError, match="daily API token budget"):
+        all_records(client, "persons")
+    assert len(fake.requests) == 1
+
+
+def test_extract_resumes_from_the_last_committed_page(fake, tmp_path):
+    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 10, start=1)]
+    staging = Staging(tmp_path / "s.duckdb")
+    fake.inject(401, count=1, path_contains="cursor=")  # dies on the second page of the first cursor list
+    with client_for(fake) as client, pytest.raises(PipedriveError):
+        extract(staging, client, "run1")
+    done_before = {c for c in ("users", "activityTypes", "currencies", "leadLabels") if staging.checkpoint(c).done}
+    assert done_before == {"users", "activityTypes", "currencies", "leadLabels"}
+    requests_before = len(fake.requests)
+    with client_for(fake) as client:
+        summary = extract(staging, client, "run2")
+    resumed = fake.requests[requests_before:]
+    assert not any(r.path == "/api/v1/users" for r in resumed)
+    assert summary.records["persons"] == 1200
+    assert summary.resumed
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "message"),
+    [
+        (401, '{"success":false,"error":"unauthorized access","errorCode":401}', "application/json", "rejected the API token"),
+        (402, '{"success":false,"error":"Company account is not open"}', "application/json", "account is not open"),
+        (403, "<!DOCTYPE html><html><title>Cloudflare</title></html>", "text/html", "blocked the requests"),
+        (403, '{"success":false,"error":"Forbidden","errorCode":403}', "application/json", "global-admin"),
+        (404, '{"success":false,"error":"Not found"}', "application/json", "PIPEDRIVE_BASE_URL"),
+        (410, '{"success":false,"error":"Gone"}', "application/json", "410 Gone"),
+    ],
+)
+def test_hard_failures_give_one_clear_sentence_without_retrying(fake, status, body, content_type, message):
+    fake.inject(status, count=10, body=body, content_type=content_type)
+    with client_for(fake) as client, pytest.raises(PipedriveError, match=message) as caught:
+        all_records(client, "users")
+    assert len(fake.requests) == 1
+    assert VALID_TOKEN not in str(caught.value)
+
+
+def test_malformed_json_and_5xx_are_retried_then_reported(fake):
+    fake.inject(200, count=10, body='{"success": true, "data": [', content_type="application/json")
+    with client_for(fake, max_attempts=3) as client, pytest.raises(PipedriveError, match="malformed JSON"):
+        all_records(client, "users")
+    assert len(fake.requests) == 3
+
+
+def test_transient_5xx_recovers(fake):
+    fake.inject(503, count=1, body="maintenance", content_type="text/plain")
+    with client_for(fake) as client:
+        assert len(all_records(client, "users")) == len(fake.collections["users"])
+
+
+def test_full_page_without_next_cursor_is_refused(fake):
+    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 5, start=1)]
+    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(500)) + '],"additional_data":{}}'
+    fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="next_cursor"):
+        all_records(client, "persons")
+
+
+def test_unreachable_host_is_one_line():
+    with PipedriveClient("http://127.0.0.1:9", VALID_TOKEN, max_attempts=2) as client:
+        with pytest.raises(PipedriveError, match="cannot reach Pipedrive"):
+            all_records(client, "users")
+
+
+def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
+    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=1.0) as fake:
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
+            client.limiter.window = 1.0
+            for _ in range(12):
+                client.get("/api/v1/users")
+        assert fake.count_429 == 0
