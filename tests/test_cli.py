@@ -1,0 +1,105 @@
+"""The command line: settings, preflight, and one clear line for each kind of failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from migrate.config import load_settings
+from migrate.errors import ConfigError
+
+
+def invoke(args: list[str], env: dict[str, str]):
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def test_settings_precedence_flags_over_file_over_environment(tmp_path: Path):
+    config = tmp_path / "migrate.toml"
+    config.write_text('[migrate]\ncustomermates_url = "http://file.example"\nstate = "from-file.duckdb"\n')
+    environ = {"CUSTOMERMATES_URL": "http://env.example", "MIGRATE_STATE": "env.duckdb", "PIPEDRIVE_API_TOKEN": "s3cr3t-token"}
+    settings = load_settings({"state": Path("flag.duckdb")}, config, environ)
+    assert settings.customermates_url == "http://file.example"
+    assert settings.state == Path("flag.duckdb")
+    assert settings.pipedrive_api_token == "s3cr3t-token"
+    assert "s3cr3t-token" not in str(settings.redacted())
+
+
+def test_invalid_setting_names_the_setting(tmp_path: Path):
+    with pytest.raises(ConfigError, match="customermates_url"):
+        load_settings({}, None, {"CUSTOMERMATES_URL": "customermates.com"})
+
+
+def test_missing_customermates_settings_exit_2_with_the_variable_name(env, tmp_path):
+    del env["CUSTOMERMATES_API_KEY"]
+    result = invoke(["run"], env)
+    assert result.exit_code == 2
+    assert "CUSTOMERMATES_API_KEY" in result.output
+
+
+def test_wrong_customermates_key_is_one_clear_line(env):
+    env["CUSTOMERMATES_API_KEY"] = "x" * 64
+    result = invoke(["run"], env)
+    assert result.exit_code == 1
+    assert "Customermates rejected the API key" in result.output
+    assert "Traceback" not in result.output
+    assert "x" * 64 not in result.output
+
+
+def test_wrong_pipedrive_token_is_one_clear_line(env, customermates):
+    env["PIPEDRIVE_API_TOKEN"] = "wrong-token-0000"
+    result = invoke(["run"], env)
+    assert result.exit_code == 1
+    assert "Pipedrive rejected the API token" in result.output
+    assert customermates.write_count() == 0
+
+
+def test_unreachable_customermates_is_one_clear_line(env):
+    env["CUSTOMERMATES_URL"] = "http://127.0.0.1:9"
+    result = invoke(["run"], env)
+    assert result.exit_code == 1
+    assert "127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_doctor_reports_both_sides(env):
+    result = invoke(["doctor"], env)
+    assert result.exit_code == 0, result.output
+    for check in ("Pipedrive token", "Pipedrive admin", "Customermates key", "Customermates admin", "Customermates users"):
+        assert check in result.output
+
+
+def test_doctor_fails_on_a_wrong_key(env):
+    env["CUSTOMERMATES_API_KEY"] = "y" * 64
+    result = invoke(["doctor"], env)
+    assert result.exit_code == 1
+    assert "rejected the API key" in result.output
+
+
+def test_extract_then_run_from_staging(env, customermates):
+    result = invoke(["extract"], env)
+    assert result.exit_code == 0, result.output
+    assert "persons" in result.output
+    result = invoke(["run", "--use-staged"], env)
+    assert result.exit_code == 0, result.output
+    assert len(customermates.records("contacts")) > 100
+
+
+def test_state_file_from_a_newer_version_is_refused(env, tmp_path):
+    import duckdb
+
+    state = tmp_path / "newer.duckdb"
+    con = duckdb.connect(str(state))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR); INSERT INTO meta VALUES ('schema_version', '99')")
+    con.close()
+    env["MIGRATE_STATE"] = str(state)
+    result = invoke(["run"], env)
+    assert result.exit_code == 1
+    assert "newer version" in result.output
+
+
+def test_state_file_is_private(env, tmp_path):
+    invoke(["extract"], env)
+    assert (Path(env["MIGRATE_STATE"]).stat().st_mode & 0o777) == 0o600
