@@ -50,7 +50,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             register_secret(settings.customermates_api_key)
             return fn(settings=settings, **kwargs)
         except MigrateError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", highlight=False)
             sys.exit(exc.exit_code)
 
     return wrapper

@@ -326,46 +326,63 @@ def _bold(text: str) -> str:
 # Markdown structure helpers shared by the checker and the safety pass
 
 _NORMAL, _OPENER, _INSIDE = 0, 1, 2  # line states in and around fenced code blocks
-_QUOTE_MARKER = re.compile(r"[ \t]{0,3}>[ \t]?")
 _PREFIX = re.compile(r"[ \t]*(?:>[ \t]?|(?:[-+*]|[0-9]{1,9}[.)])(?:[ \t]+|$))")
-_FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)$")
-_FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*$")
+_FENCE_OPEN = re.compile(r"(`{3,}|~{3,})(.*)")
+_FENCE_CLOSE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
 _DELIM_CELL = re.compile(r":?-+:?")
 _IMAGE_OPEN = re.compile(r"!\[")
+# what JavaScript's String.prototype.trim removes
+_JS_WHITESPACE = "\t\n\v\f\r \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 # The checks below follow markdown-it (what Customermates parses notes with). Where a faithful
 # copy would need a full block and inline parser they err on the side of finding a table or an
-# image, never the other way round: a fence is only recognised where markdown-it would certainly
-# see one; a line is tried as a table row under every reading of its quote/list prefixes
-# (markdown-it tries the table rule before fences, quotes and lists); and every unescaped ``![``
-# outside a fence counts as an image, even inside an inline code span or without a target.
+# image, never the other way round:
+# - code is only skipped inside fences whose extent is certain: a fence opened in column 0 is
+#   top-level whatever precedes it, as long as no other fence-like line (indented, or inside a
+#   quote or list item, whose reading depends on list context) came before it outside such a fence;
+#   from the first such line on, nothing is treated as code;
+# - a line is tried as a table row under every reading of its quote/list prefixes (markdown-it
+#   tries the table rule before fences, quotes and lists);
+# - every unescaped ``![`` outside a skipped fence counts as an image, even inside an inline code span.
+
+
+def _fence_like(line: str) -> bool:
+    """Could ``line`` open or close a fence under some reading of its quote/list prefixes?"""
+    at = 0
+    while True:
+        body = line[at:].lstrip(" \t")
+        if body.startswith(("```", "~~~")):
+            return True
+        prefix = _PREFIX.match(line, at)
+        if prefix is None or prefix.end() == at:
+            return False
+        at = prefix.end()
 
 
 def _fence_state(lines: list[str]) -> tuple[list[int], str]:
-    """Per line ``_NORMAL``, ``_OPENER`` (opens a fenced block) or ``_INSIDE`` (content or closing
-    fence), plus the line that would close a block still open at the end ("" if none)."""
+    """Per line ``_NORMAL``, ``_OPENER`` (opens a certain fenced block, see above) or ``_INSIDE``
+    (its content or closing fence), plus the fence still open at the end ("" if none)."""
     states = [_NORMAL] * len(lines)
-    fence, depth, indent, closer = "", 0, 0, ""
+    fence = ""
     for index, line in enumerate(lines):
-        quotes, at = 0, 0
-        while (marker := _QUOTE_MARKER.match(line, at)) is not None:
-            quotes, at = quotes + 1, marker.end()
-        body = line[at:]
         if fence:
-            lead = len(body) - len(body.lstrip(" "))
-            if quotes >= depth and (not body.strip() or lead >= indent):
-                states[index] = _INSIDE
-                close = _FENCE_CLOSE.match(body)
-                if close and close.group(1)[0] == fence[0] and len(close.group(1)) >= len(fence):
-                    fence = ""
-                continue
-            fence = ""  # its container (quote or indentation) ended, and the block with it
-        opening = _FENCE.match(body)
-        if opening and not (opening.group(2)[0] == "`" and "`" in opening.group(3)):
+            states[index] = _INSIDE
+            close = _FENCE_CLOSE.fullmatch(line)
+            if close and close.group(1)[0] == fence[0] and len(close.group(1)) >= len(fence):
+                fence = ""
+            continue
+        opening = _FENCE_OPEN.fullmatch(line)
+        if opening and not (opening.group(1)[0] == "`" and "`" in opening.group(2)):
             states[index] = _OPENER
-            fence, depth, indent = opening.group(2), quotes, len(opening.group(1))
-            closer = line[:at] + opening.group(1) + fence
-    return states, (closer if fence else "")
+            fence = opening.group(1)
+        elif _fence_like(line):
+            break  # uncertain from here on: treat the rest as text
+    return states, fence
+
+
+def _lines(markdown: str) -> list[str]:
+    """The lines as markdown-it sees them (it turns CR LF and lone CR into LF first)."""
+    return markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _escaped(text: str, position: int) -> bool:
@@ -423,17 +440,20 @@ def _delimiter_columns(text: str) -> int:
     return count
 
 
-def _header_columns(text: str) -> int:
-    """Column count of ``text`` as a table header row (0 if it has no pipe)."""
-    body = text.strip()
-    if "|" not in body:
-        return 0
-    cells = _escaped_split(body)
-    if cells and cells[0] == "":
-        cells.pop(0)
-    if cells and cells[-1] == "":
-        cells.pop()
-    return len(cells)
+def _header_columns(text: str) -> set[int]:
+    """Column counts of ``text`` as a table header row (none if it has no pipe). JavaScript's
+    ``trim`` and Python's ``strip`` disagree on a few characters, so both are tried."""
+    counts = set()
+    for body in (text.strip(), text.strip(_JS_WHITESPACE)):
+        if "|" not in body:
+            continue
+        cells = _escaped_split(body)
+        if cells and cells[0] == "":
+            cells.pop(0)
+        if cells and cells[-1] == "":
+            cells.pop()
+        counts.add(len(cells))
+    return counts - {0}
 
 
 def _table_delimiters(lines: list[str], states: list[int]) -> list[tuple[int, int]]:
@@ -443,7 +463,7 @@ def _table_delimiters(lines: list[str], states: list[int]) -> list[tuple[int, in
     for index in range(1, len(lines)):
         if states[index - 1] == _INSIDE or "|" not in lines[index - 1]:
             continue
-        header = {_header_columns(lines[index - 1][at:]) for at in _readings(lines[index - 1])} - {0}
+        header = set().union(*(_header_columns(lines[index - 1][at:]) for at in _readings(lines[index - 1])))
         if not header:
             continue
         line = lines[index]
@@ -481,7 +501,7 @@ def _neutralise(markdown: str) -> str:
     A delimiter row gets a backslash before its first character; an image's ``!`` gets one too
     (leaving a link); a JSON object gets one before its ``{``. Nothing else changes.
     """
-    lines = markdown.replace("\x00", "").split("\n")
+    lines = _lines(markdown.replace("\x00", ""))
     states, _ = _fence_state(lines)
     while tables := _table_delimiters(lines, states):  # one pass suffices; loop to be sure
         for index, at in tables:
@@ -601,7 +621,7 @@ def is_acceptable_notes(markdown: str) -> str | None:
         return f"notes are {length} characters long, more than the {NOTES_LIMIT} allowed"
     if "\x00" in markdown:
         return "notes contain a NUL character"
-    lines = markdown.split("\n")
+    lines = _lines(markdown)
     states, _ = _fence_state(lines)
     tables = _table_delimiters(lines, states)
     if tables:
