@@ -103,3 +103,23 @@ def test_state_file_from_a_newer_version_is_refused(env, tmp_path):
 def test_state_file_is_private(env, tmp_path):
     invoke(["extract"], env)
     assert (Path(env["MIGRATE_STATE"]).stat().st_mode & 0o777) == 0o600
+
+
+def test_a_second_run_on_the_same_state_file_names_the_holder(env):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; con = duckdb.connect({env['MIGRATE_STATE']!r}); print('ok', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"ok"
+        result = invoke(["run"], env)
+        assert result.exit_code == 5
+        assert f"PID {holder.pid}" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    result = invoke(["extract"], env)  # the dead holder's lock is gone: the state file is usable again
+    assert result.exit_code == 0, result.output

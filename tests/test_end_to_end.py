@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.transform import values as v
+from tests.fakes.customermates import VALID_KEY
 
 ENTITY_OF = {"persons": "contacts", "organizations": "organizations", "products": "services", "activities": "tasks"}
 
@@ -212,3 +214,45 @@ def test_dry_run_on_the_bundled_sample_needs_no_server(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "contacts" in result.output and "Pipedrive ID" in result.output
+
+
+def test_rerun_after_editing_five_records_sends_exactly_those_updates(env, migrated, pipedrive, customermates, tmp_path):
+    persons = [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")]
+    edited = persons[10:15]
+    for person in edited:
+        person["name"] = person["name"] + " Jr."
+        person["last_name"] = (person.get("last_name") or "") + " Jr."
+        person["update_time"] = "2026-11-28T12:00:00Z"
+    customermates.clear_requests()
+    result = run_cli(env, "--report-dir", str(tmp_path / "edit"))
+    assert result.exit_code == 0, result.output
+    writes = [r for r in customermates.requests if r.method in ("POST", "PUT", "DELETE") and "/many" in r.path]
+    assert [(r.method, r.path, r.item_count) for r in writes] == [("PUT", "/api/v1/contacts/many", 5)]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    for person in edited:
+        assert contacts[str(person["id"])][0]["lastName"].endswith("Jr.")
+    report = json.loads((tmp_path / "edit" / "report.json").read_text())
+    assert report["entities"]["contacts"]["updated"] == 5
+
+
+def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path):
+    # an email the server rejects (leading dot) but our own check lets through would be a bug in
+    # our check; instead make the server reject one contact's organization link by deleting the
+    # organization in the target between runs.
+    result = run_cli(env)
+    assert result.exit_code == 0, result.output
+    person = next(p for p in pipedrive.collections["persons"] if p.get("org_id") and not p.get("is_deleted"))
+    orgs = by_pipedrive_id(customermates, "organizations")
+    customermates_org = orgs[str(person["org_id"])][0]["id"]
+    deleted = httpx.request(
+        "DELETE", f"{customermates.url}/api/v1/organizations/many", json={"ids": [customermates_org]}, headers={"x-api-key": VALID_KEY}
+    )
+    assert deleted.status_code == 200
+    person["name"] = person["name"] + " (edited)"
+    person["first_name"] = (person.get("first_name") or "") + " (edited)"
+    result = run_cli(env, "--report-dir", str(tmp_path / "q"))
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    [quarantined] = report["quarantined"]
+    assert quarantined["source_id"] == str(person["id"])
+    assert "Organization ID not found" in quarantined["message"]

@@ -14,7 +14,6 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -372,7 +371,7 @@ def test_second_users_key_acts_as_that_user(cm):
         assert client.get("/users/me").json()["firstName"] == "Jane"
 
 
-def test_inactive_users_key_gets_500(tmp_path):
+def test_inactive_users_key_gets_500():
     users = [dict(DEFAULT_USERS[0], status="inactive")]
     with FakeCustomermates(users=users) as fake, httpx.Client(base_url=fake.url + "/api/v1", headers={"x-api-key": VALID_KEY}) as client:
         response = client.get("/users/me")

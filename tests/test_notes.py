@@ -358,6 +358,10 @@ def test_acceptance_agrees_with_real_server_on_recorded_notes():
         ("🚀" * 32_768, "65536"),  # emoji count twice, like JavaScript's String.length
         ('{"type": "doc", "content": [{"type": "table", "content": []}]}', "table"),
         ("a\x00b", "NUL"),
+        ("a | b\r\n--|--", "table"),  # markdown-it reads CR LF as a line break
+        ("\ufeff| a |\n|---|", "table"),  # JavaScript's trim() drops the BOM
+        ("   ~~~\n```\n~~~\n![i](u)", "image"),  # the indented ~~~ fence ends before the image
+        ("- a\n\n   ```\n```\n![i](u)", "image"),
     ],
 )
 def test_unacceptable_notes_rejected_with_reason(markdown, reason):
@@ -398,6 +402,8 @@ def test_acceptable_notes_pass(markdown):
         "![ref][logo] without a definition",
         "![alt without a target",
         "x\n    a | b\n    --|--",  # an indented code block
+        "- item\n\n  ```\n  a | b\n  --|--\n  ```",  # a fence inside a list item
+        "> ```\n> ![i](u)\n> ```",  # a fence inside a quote
     ],
 )
 def test_checker_errs_on_the_side_of_rejecting(markdown):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 from tests.fakes import toon
@@ -53,9 +53,22 @@ __all__ = [
     "markdown_to_tiptap",
 ]
 
-CONTRACT_DIR = Path(
-    os.environ.get("CUSTOMERMATES_CONTRACT_DIR", "/work/shared/contracts/customermates")
-)
+def _default_contract_dir() -> Path:
+    """Where openapi.json / mcp-tools.json / recorded/ live.
+
+    ``$CUSTOMERMATES_CONTRACT_DIR`` wins; then a vendored copy in
+    ``tests/fixtures/customermates``; then the shared contract directory.
+    """
+    env = os.environ.get("CUSTOMERMATES_CONTRACT_DIR")
+    if env:
+        return Path(env)
+    vendored = Path(__file__).resolve().parents[1] / "fixtures" / "customermates"
+    if (vendored / "openapi.json").is_file():
+        return vendored
+    return Path("/work/shared/contracts/customermates")
+
+
+CONTRACT_DIR = _default_contract_dir()
 
 VALID_KEY = "cmFakeAdminKey0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
 VALID_KEY_USER2 = "cmFakeJaneKey00123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
@@ -303,9 +316,9 @@ def fmt_ts(ms: int) -> str:
 
 _ISO_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
 _ISO_DATETIME_RE = re.compile(
-    rf"^({_ISO_DATE})T((?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?)Z\Z"
+    rf"^({_ISO_DATE})T((?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?)Z\Z", re.ASCII
 )
-_ISO_DATE_RE = re.compile(rf"^({_ISO_DATE})\Z")
+_ISO_DATE_RE = re.compile(rf"^({_ISO_DATE})\Z", re.ASCII)
 
 
 def _valid_calendar_date(text: str) -> bool:
@@ -354,7 +367,7 @@ def parse_js_date_ms(value: str) -> float:
 
 
 _JS_WS = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-_JS_DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_JS_DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)
 
 
 def js_number_coerce(value: str) -> float:
@@ -414,7 +427,7 @@ def whatwg_url_ok(value: str) -> tuple[bool, str]:
         return False, scheme
     if any(ch in _FORBIDDEN_HOST for ch in host):
         return False, scheme
-    if port and (not port.isdigit() or int(port) > 65535):
+    if port and (not re.fullmatch(r"[0-9]+", port) or int(port) > 65535):
         return False, scheme
     return True, scheme
 
@@ -532,11 +545,10 @@ def _starts_block(line: str, interrupting_paragraph: bool = True) -> bool:
         return True
     if _indent(line) >= 4:
         return False
-    if _FENCE_RE.match(line) or _ATX_RE.match(line) or _HR_RE.match(line) or _BQ_RE.match(line):
-        if _FENCE_RE.match(line):
-            info = _FENCE_RE.match(line).group(3)
-            if _FENCE_RE.match(line).group(2)[0] == "`" and "`" in info:
-                return False
+    fence = _FENCE_RE.match(line)
+    if fence:
+        return not (fence.group(2)[0] == "`" and "`" in fence.group(3))
+    if _ATX_RE.match(line) or _HR_RE.match(line) or _BQ_RE.match(line):
         return True
     mk = _list_marker(line)
     if mk:
@@ -1168,7 +1180,7 @@ def convert_notes(notes: Any) -> Any:
     parsed = json.loads(notes) if isinstance(notes, str) else notes
     try:
         check_tiptap_json(parsed)
-    except InvalidNotes:
+    except (InvalidNotes, RecursionError):
         raise ValueError("notesInvalidFormat")
     if js_len(js_json(parsed)) > MAX_NOTES_JSON_SIZE:
         raise ValueError("notesExceedsMaxLength")
@@ -1295,10 +1307,6 @@ class _Fault:
 
     def matches(self, path: str) -> bool:
         return self.path_contains is None or self.path_contains in path
-
-
-class _TxTimeout(Exception):
-    pass
 
 
 # ==========================================================================
@@ -1585,7 +1593,7 @@ class FakeCustomermates:
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-customermates", daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-customermates", daemon=True
         )
         self._thread.start()
         return self
@@ -2347,6 +2355,7 @@ class FakeCustomermates:
         err = self._rest_auth_error(h)
         if err:
             return err
+        payload = _coerce_in_last_days(payload)
         with self._state:
             issues = zm.validate(self._spec.schemas[("search", etype)], payload)
             if not any(i.aborting for i in issues):
@@ -2835,6 +2844,21 @@ def _is_write_path(method: str, path: str) -> bool:
     if method == "POST" and sub not in ("", "many"):
         return False
     return True
+
+
+def _coerce_in_last_days(payload: Any) -> Any:
+    """``inLastDays`` values go through ``z.coerce.number()``: "7" and true are numbers to zod."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("filters"), list):
+        return payload
+    filters = []
+    for f in payload["filters"]:
+        if isinstance(f, dict) and f.get("operator") == "inLastDays" and isinstance(f.get("value"), (str, bool)):
+            f = dict(f)
+            raw = f["value"]
+            number = float(raw) if isinstance(raw, bool) else js_number_coerce(raw)
+            f["value"] = int(number) if number.is_integer() else number
+        filters.append(f)
+    return dict(payload, filters=filters)
 
 
 def _item_count(op: str, etype: str, payload: Any) -> int | None:

@@ -312,8 +312,26 @@ def _format_issue(schema: dict, path: list) -> Issue:
     )
 
 
+def _js_regex(pattern: str) -> str:
+    """JavaScript ``$`` (no multiline) only matches at the very end; Python's also before a final newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + r"\Z"
+    return pattern
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not re.search(_js_regex(pattern), instance, re.ASCII):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_EXTENDED: dict = {}
+
+
 def _validator(schema: dict):
-    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    base = validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls = _EXTENDED.get(base)
+    if cls is None:
+        cls = _EXTENDED[base] = jsonschema.validators.extend(base, validators={"pattern": _pattern})
     return cls(schema)
 
 
