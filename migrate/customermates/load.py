@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 100
 MIN_BATCH = 5
 SLOW_BATCH_SECONDS = 2.5  # the server's transaction limit is 5 s: stay well under it
-FAST_BATCH_SECONDS = 1.2
+FAST_BATCH_SECONDS = 2.0
 MAX_UNCERTAIN_RETRIES = 6
 
 

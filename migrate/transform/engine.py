@@ -260,9 +260,8 @@ class Transformer:
             value = _get(record, decl.source_field)
             if decl.currency_from:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, decl.currency_from)}
-            fld = Field(name=decl.source_field, options=self._options(FIELD_META[collection], decl.field) if decl.field else {})
-            if decl.options_from and decl.options_from.startswith("field:"):
-                fld.options = self._options(FIELD_META[collection], decl.options_from.split(":", 1)[1])
+            option_field = decl.field or (decl.options_from.split(":", 1)[1] if (decl.options_from or "").startswith("field:") else None)
+            fld = Field(name=decl.source_field, options=self._options(FIELD_META[collection], option_field) if option_field else {})
             ENCODERS[decl.encode](value, record, spec, fld, self.lookups, out)
         custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
         for spec, fld, code, encode in self._custom[collection]:
@@ -283,19 +282,20 @@ class Transformer:
         }
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
-        if collection == "persons":
-            return entities.contact_core(record, self.known)
-        if collection == "organizations":
-            return entities.organization_core(record, self.known)
-        if collection == "products":
-            return entities.service_core(record, self.known)
-        if collection in ("deals", "deals_archived"):
-            return entities.deal_core(record, self.known, self.lookups.deal_products)
-        if collection in V1_ENCODED:
-            return entities.lead_core(record, self.known)
-        if collection == "activities":
-            return entities.task_core(record, self.known, self.lookups.activity_types)
-        raise ValueError(f"no entity builder for {collection}")
+        known, lookups = self.known, self.lookups
+        builders = {
+            "persons": lambda: entities.contact_core(record, known),
+            "organizations": lambda: entities.organization_core(record, known),
+            "products": lambda: entities.service_core(record, known),
+            "deals": lambda: entities.deal_core(record, known, lookups.deal_products),
+            "deals_archived": lambda: entities.deal_core(record, known, lookups.deal_products),
+            "leads": lambda: entities.lead_core(record, known),
+            "leads_archived": lambda: entities.lead_core(record, known),
+            "activities": lambda: entities.task_core(record, known, lookups.activity_types),
+        }
+        if collection not in builders:
+            raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
+        return builders[collection]()
 
     def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
         self.summary.issues[rule] += 1

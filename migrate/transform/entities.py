@@ -10,7 +10,6 @@ from the other side would erase them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +184,3 @@ def _title(record: dict[str, Any], core: Core, kind: str) -> str:
         title = f"(untitled {kind})"
         core.issues.append(("title", "name_missing", f"the {kind} has no title; named {title!r}"))
     return title
-
-
-CoreBuilder = Callable[..., Core]
