@@ -179,10 +179,12 @@ def test_notes_arrive_as_markdown_on_their_records(migrated, sample_dir, custome
 
 def test_rerun_makes_no_write_requests(env, migrated, customermates, tmp_path):
     writes_before = customermates.write_count()
+    columns_before = customermates.columns()
     result = run_cli(env, "--report-dir", str(tmp_path / "again"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert customermates.write_count() == writes_before
+    assert customermates.columns() == columns_before  # no twin columns, options untouched
     assert all(row["created"] == 0 and row["updated"] == 0 for row in report["entities"].values())
     assert sum(row["unchanged"] for row in report["entities"].values()) == sum(row["to_migrate"] for row in report["entities"].values())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -359,9 +360,8 @@ def test_acceptance_agrees_with_real_server_on_recorded_notes():
         ('{"type": "doc", "content": [{"type": "table", "content": []}]}', "table"),
         ("a\x00b", "NUL"),
         ("a | b\r\n--|--", "table"),  # markdown-it reads CR LF as a line break
-        ("\ufeff| a |\n|---|", "table"),  # JavaScript's trim() drops the BOM
-        ("   ~~~\n```\n~~~\n![i](u)", "image"),  # the indented ~~~ fence ends before the image
-        ("- a\n\n   ```\n```\n![i](u)", "image"),
+        ("\ufeff| a |\n|---|", "table"),  # JavaScript's trim() drops the BOM: a one-column table
+        ("   ~~~\n```\n~~~\n![i](u)", "image"),  # the indented ~~~ fence closes before the image
     ],
 )
 def test_unacceptable_notes_rejected_with_reason(markdown, reason):
@@ -404,6 +404,7 @@ def test_acceptable_notes_pass(markdown):
         "x\n    a | b\n    --|--",  # an indented code block
         "- item\n\n  ```\n  a | b\n  --|--\n  ```",  # a fence inside a list item
         "> ```\n> ![i](u)\n> ```",  # a fence inside a quote
+        "- a\n\n   ```\n```\n![i](u)",  # which fence the last ``` belongs to depends on the list
     ],
 )
 def test_checker_errs_on_the_side_of_rejecting(markdown):
@@ -415,6 +416,63 @@ def test_inline_code_with_image_syntax_is_defused():
     markdown = html_to_markdown("<p>use <code>![x](y)</code> here</p>")
     assert markdown == "use `\\![x](y)` here"
     assert_customermates_safe(markdown)
+
+
+def _markdown_it_finds(parser, text: str) -> str | None:
+    """'table' or 'image' if markdown-it (the parser Customermates uses) sees one in ``text``."""
+    stack = list(parser.parse(text))
+    while stack:
+        token = stack.pop()
+        if token.type == "table_open":
+            return "table"
+        if token.type == "image":
+            return "image"
+        stack.extend(token.children or [])
+    return None
+
+
+def test_checker_never_misses_what_markdown_it_sees():
+    """Cross-check against markdown-it-py (the Python port, installed with rich) on seeded random
+    documents built from the constructs that matter: fences in and out of containers, pipes,
+    delimiter rows, images, code spans."""
+    markdown_it = pytest.importorskip("markdown_it")
+    parser = markdown_it.MarkdownIt("default")  # html off, GFM tables on: like Customermates
+    pool = [
+        "```", "~~~", "````", "> ```", "  ```", "   ```", "    ```", "```py", "```x`", "a | b", "--|--",
+        "|-|", ":-: | :-:", "![i](u)", "", "> a | b", "> --|--", "- a | b", "  --|--", "x", "- item",
+        "1. it", "   ~~~", "`![i](u)`", "a \\| b", "\\![i](u)", "[x]: u", "![x]", "> > ```", "\t```",
+    ]
+    rng = random.Random(20261128)
+    seen = {"table": 0, "image": 0}
+    for _ in range(4_000):
+        text = "\n".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        found = _markdown_it_finds(parser, text)
+        if found:
+            seen[found] += 1
+            assert is_acceptable_notes(text) is not None, (text, found)
+    assert seen["table"] > 100 and seen["image"] > 100
+
+
+def test_converted_html_never_reads_as_table_or_image_to_markdown_it():
+    markdown_it = pytest.importorskip("markdown_it")
+    parser = markdown_it.MarkdownIt("default")
+    tags = ["p", "div", "b", "i", "code", "pre", "li", "ul", "ol", "blockquote", "td", "tr", "table", "th", "a href='https://h'", "h2", "br", "hr", "img src='https://i/x.png'"]
+    texts = ["a | b", "--|--", ":-:", "|", "!", "[x](y)", "![i](u)", "`", "```", "- ", "1. ", "#", ">", "x", "\\", "*", "_", "~~", "\n", "&amp;", "{", "[r]: https://u"]
+    rng = random.Random(7)
+    for _ in range(3_000):
+        parts = []
+        for _ in range(rng.randint(1, 14)):
+            roll = rng.random()
+            if roll < 0.35:
+                parts.append(f"<{rng.choice(tags)}>")
+            elif roll < 0.55:
+                parts.append(f"</{rng.choice(tags).split()[0]}>")
+            else:
+                parts.append(rng.choice(texts))
+        html = "".join(parts)
+        markdown = html_to_markdown(html)
+        assert _markdown_it_finds(parser, markdown) is None, (html, markdown)
+        assert_customermates_safe(markdown)
 
 
 def test_notes_length_counts_utf16_units():
