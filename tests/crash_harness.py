@@ -152,7 +152,7 @@ def crash_scenario(
             if rng.random() < 0.5:
                 # apply the next write, then hold the answer: a kill now lands between effect and commit
                 cm.stall_next(5.0, count=1)
-            code = run_migrate(env, kill_after=rng.uniform(0.2, clean_seconds))
+            code = run_migrate(env, kill_after=rng.uniform(0.2, 0.9 * clean_seconds))
             tally.runs += 1
             if code is None:
                 tally.kills += 1

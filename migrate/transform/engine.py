@@ -316,10 +316,7 @@ class Transformer:
         for (data,) in rows:
             note = json.loads(data)
             author = self.lookups.users.get(str(note.get("user_id")))
-            try:
-                created = v.to_utc_datetime(note.get("add_time"))
-            except ValueError:
-                created = None
+            created = _utc_or_none(note.get("add_time"))
             grouped.setdefault(str(note[column]), []).append(
                 notes.NoteEntry(
                     author=(author or {}).get("name") or (note.get("user") or {}).get("name"),
@@ -332,21 +329,25 @@ class Transformer:
 
     def _compose_notes(self, collection: str, record: dict[str, Any], sid: str, entity: str, notes_by_target: dict[str, list[notes.NoteEntry]]) -> str | None:
         entries = list(notes_by_target.get(str(record.get("id")), []))
-        if collection == "activities":
-            body = record.get("note") or ""
-            public = record.get("public_description") or ""
-            if body.strip():
-                entries.insert(0, notes.NoteEntry(author=None, created=None, html=body, title="Activity note"))
-            if public.strip():
-                entries.append(notes.NoteEntry(author=None, created=None, html=public, title="Public description"))
-        elif collection == "products" and (record.get("description") or "").strip():
-            entries.insert(0, notes.NoteEntry(author=None, created=None, html=record["description"], title="Description"))
+        # the record's own texts are dated like the record, so they sort before later notes
+        created = _utc_or_none(record.get("add_time"))
+        own = {"activities": (("note", "Activity note"), ("public_description", "Public description")), "products": (("description", "Description"),)}
+        for key, title in own.get(collection, ()):
+            if (record.get(key) or "").strip():
+                entries.append(notes.NoteEntry(author=None, created=created, html=record[key], title=title))
         if not entries:
             return None
         text, truncated = notes.compose_notes(entries)
         if truncated:
             self._issue(entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)")
         return text or None
+
+
+def _utc_or_none(value: Any) -> str | None:
+    try:
+        return v.to_utc_datetime(value)
+    except (ValueError, TypeError):
+        return None
 
 
 def _deleted(record: dict[str, Any]) -> bool:

@@ -57,7 +57,8 @@ def _default_contract_dir() -> Path:
     """Where openapi.json / mcp-tools.json / recorded/ live.
 
     ``$CUSTOMERMATES_CONTRACT_DIR`` wins; then a vendored copy in
-    ``tests/fixtures/customermates``; then the shared contract directory.
+    ``tests/fixtures/customermates``; then ``shared/`` beside the checkout (as CI lays it out);
+    then the shared contract directory of the development machine.
     """
     env = os.environ.get("CUSTOMERMATES_CONTRACT_DIR")
     if env:
@@ -65,6 +66,9 @@ def _default_contract_dir() -> Path:
     vendored = Path(__file__).resolve().parents[1] / "fixtures" / "customermates"
     if (vendored / "openapi.json").is_file():
         return vendored
+    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "contracts" / "customermates"
+    if (beside_checkout / "openapi.json").is_file():
+        return beside_checkout
     return Path("/work/shared/contracts/customermates")
 
 
