@@ -67,13 +67,17 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Extract and transform, then print what would be created; write nothing to Customermates.")
 @click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json here.")
-def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None) -> None:
+@click.option(
+    "--batch-size", type=click.IntRange(1, 100), default=100, show_default=True,
+    help="Largest batch per write request; sizes adapt below it to the server's latency.",
+)
+def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None, batch_size: int) -> None:
     """Migrate everything: extract → transform → load, with a report.
 
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
     console = Console()
-    report = pipeline.run_migration(settings, dry_run=dry_run, use_staged=use_staged)
+    report = pipeline.run_migration(settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size)
     print_report(report, console)
     if report_dir:
         path = write_json(report, report_dir)

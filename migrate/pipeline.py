@@ -61,6 +61,7 @@ def run_migration(
     *,
     dry_run: bool = False,
     use_staged: bool = False,
+    max_batch: int = 100,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole migration (or its dry run); returns the run report."""
@@ -84,7 +85,7 @@ def run_migration(
                 client, mcp = target
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
-                    loaded = Loader(staging, client, columns, run_id, progress=progress).run()
+                    loaded = Loader(staging, client, columns, run_id, max_batch=max_batch, progress=progress).run()
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded)
             status = report["status"]
             return report

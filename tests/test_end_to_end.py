@@ -258,3 +258,20 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     [quarantined] = report["quarantined"]
     assert quarantined["source_id"] == str(person["id"])
     assert "Organization ID not found" in quarantined["message"]
+
+
+def test_random_faults_end_in_the_same_state_as_a_clean_run(env, sample_dir, customermates, tmp_path):
+    from tests.crash_harness import snapshot
+    from tests.fakes.customermates import FakeCustomermates
+
+    with FakeCustomermates() as clean:
+        clean_env = dict(env, CUSTOMERMATES_URL=clean.url, MIGRATE_STATE=str(tmp_path / "clean.duckdb"))
+        assert run_cli(clean_env).exit_code == 0
+        reference = snapshot(clean)
+    customermates.random_faults(0.10, seed=3, stall_seconds=3.0)
+    result = run_cli(env, "--report-dir", str(tmp_path / "faults"), "--batch-size", "5")
+    assert result.exit_code == 0, result.output
+    customermates.random_faults(0)
+    assert snapshot(customermates) == reference
+    faults = [r for r in customermates.requests if r.outcome != "answered" or (r.status or 0) >= 500]
+    assert len(faults) >= 4

@@ -26,6 +26,7 @@ import html
 import json
 import math
 import os
+import random
 import re
 import socket
 import threading
@@ -1579,6 +1580,9 @@ class FakeCustomermates:
         self._tx = threading.Lock()
         self._req_lock = threading.Lock()
         self._faults: list[_Fault] = []
+        self._random_fault_rate = 0.0
+        self._random_faults = random.Random(0)
+        self._random_stall = 3.0
         self._stop_event = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1668,9 +1672,32 @@ class FakeCustomermates:
         with self._state:
             self._faults.append(_Fault("stall", count, seconds=seconds))
 
+    def random_faults(self, rate: float, *, seed: int = 0, stall_seconds: float = 3.0) -> None:
+        """From now on each write, with probability ``rate``, meets one fault drawn at random:
+        a 500, 502 or 503 (nothing written), a connection reset before the write is applied,
+        one after it is applied, or a stall of ``stall_seconds`` before the answer. ``rate=0``
+        turns this off. Seeded, so a run's fault sequence is reproducible."""
+        with self._state:
+            self._random_fault_rate = rate
+            self._random_faults = random.Random(seed)
+            self._random_stall = stall_seconds
+
+    def _random_fault(self) -> dict[str, _Fault]:
+        if not self._random_fault_rate or self._random_faults.random() >= self._random_fault_rate:
+            return {}
+        kind = self._random_faults.choice(("500", "502", "503", "reset_before", "reset_after", "stall"))
+        if kind in ("500", "502", "503"):
+            return {"fail": _Fault("fail", 1, status=int(kind))}
+        if kind == "reset_before":
+            return {"reset": _Fault("reset", 1)}
+        if kind == "reset_after":
+            return {"drop": _Fault("drop", 1)}
+        return {"stall": _Fault("stall", 1, seconds=self._random_stall)}
+
     def _take_faults(self, path: str) -> dict[str, _Fault]:
         taken: dict[str, _Fault] = {}
         with self._state:
+            taken.update(self._random_fault())
             for fault in list(self._faults):
                 if fault.kind in taken or not fault.matches(path):
                     continue
@@ -2022,6 +2049,8 @@ class FakeCustomermates:
         faults = self._take_faults(rec.path)
         if "fail" in faults:
             return _empty(faults["fail"].status)
+        if "reset" in faults:
+            return _Response(None, action="drop")
         response = self._write_inner(op, etype, payload, path_id)
         if "drop" in faults:
             response.action = "drop"
