@@ -71,13 +71,19 @@ def cli() -> None:
     "--batch-size", type=click.IntRange(1, 100), default=100, show_default=True,
     help="Largest batch per write request; sizes adapt below it to the server's latency.",
 )
-def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None, batch_size: int) -> None:
+@click.option(
+    "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
+    help="What to do with migrated records a user has since deleted in Customermates.",
+)
+def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None, batch_size: int, on_target_deleted: str) -> None:
     """Migrate everything: extract → transform → load, with a report.
 
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
     console = Console()
-    report = pipeline.run_migration(settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size)
+    report = pipeline.run_migration(
+        settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted
+    )
     print_report(report, console)
     if report_dir:
         path = write_json(report, report_dir)

@@ -62,6 +62,7 @@ def run_migration(
     dry_run: bool = False,
     use_staged: bool = False,
     max_batch: int = 100,
+    on_target_deleted: str = "report",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole migration (or its dry run); returns the run report."""
@@ -85,7 +86,9 @@ def run_migration(
                 client, mcp = target
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
-                    loaded = Loader(staging, client, columns, run_id, max_batch=max_batch, progress=progress).run()
+                    loaded = Loader(
+                        staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted, progress=progress
+                    ).run()
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded)
             status = report["status"]
             return report
@@ -123,6 +126,8 @@ def build_report(
             "updated": updated,
             "unchanged": unchanged,
             "adopted_after_uncertain_write": loaded.adopted[entity],
+            "deleted_in_target": loaded.deleted_in_target[entity],
+            "recreated": loaded.recreated[entity],
             "quarantined": sum(1 for q in quarantined if q["entity"] == entity),
         }
     issues = staging.transform_issues() + staging.load_issues(run_id)

@@ -275,3 +275,47 @@ def test_random_faults_end_in_the_same_state_as_a_clean_run(env, sample_dir, cus
     assert snapshot(customermates) == reference
     faults = [r for r in customermates.requests if r.outcome != "answered" or (r.status or 0) >= 500]
     assert len(faults) >= 4
+
+
+@pytest.mark.parametrize("policy", ["report", "recreate"])
+def test_a_record_deleted_in_the_target_is_reported_or_recreated(env, customermates, tmp_path, policy):
+    assert run_cli(env).exit_code == 0
+    victim = next(iter(by_pipedrive_id(customermates, "services").items()))
+    response = httpx.request(
+        "DELETE", f"{customermates.url}/api/v1/services/many", json={"ids": [victim[1][0]["id"]]}, headers={"x-api-key": VALID_KEY}
+    )
+    assert response.status_code == 200
+    result = run_cli(env, "--on-target-deleted", policy, "--report-dir", str(tmp_path / policy))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / policy / "report.json").read_text())
+    assert report["entities"]["services"]["deleted_in_target"] == 1
+    services = by_pipedrive_id(customermates, "services")
+    if policy == "report":
+        assert victim[0] not in services
+        assert any(i["rule"] == "deleted_in_target" and i["source_id"] == victim[0] for i in report["issues"]["items"])
+    else:
+        assert len(services[victim[0]]) == 1
+        assert report["entities"]["services"]["created"] == 1
+
+
+def test_new_pipeline_stage_adds_an_option_and_keeps_existing_option_ids(env, pipedrive, customermates):
+    assert run_cli(env).exit_code == 0
+    stage_column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
+    before = {o["label"]: o["value"] for o in stage_column["options"]["options"]}
+    pipeline_id = pipedrive.collections["pipelines"][0]["id"]
+    pipedrive.collections["stages"].append(
+        {"id": 999, "pipeline_id": pipeline_id, "name": "Legal review", "order_nr": 99, "deal_probability": 90,
+         "is_deal_rot_enabled": False, "days_to_rotten": None, "is_deleted": False,
+         "add_time": "2025-06-01T00:00:00Z", "update_time": "2025-06-01T00:00:00Z"}
+    )
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and not d.get("is_deleted"))
+    deal["stage_id"] = 999
+    assert run_cli(env).exit_code == 0
+    stage_column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
+    after = {o["label"]: o["value"] for o in stage_column["options"]["options"]}
+    assert {k: after[k] for k in before} == before
+    [new] = set(after) - set(before)
+    assert new.endswith("/ Legal review")
+    assert len([c for c in customermates.columns("deal") if c["label"] == "Stage"]) == 1
+    target = by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]
+    assert {"columnId": stage_column["id"], "value": after[new]} in target["customFieldValues"]

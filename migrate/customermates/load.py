@@ -56,6 +56,8 @@ class LoadSummary:
     unchanged: Counter[str] = field(default_factory=Counter)
     adopted: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    deleted_in_target: Counter[str] = field(default_factory=Counter)
+    recreated: Counter[str] = field(default_factory=Counter)
     duplicates_in_target: list[dict[str, Any]] = field(default_factory=list)
     unmatched_users: list[dict[str, Any]] = field(default_factory=list)
     write_requests: int = 0
@@ -87,8 +89,13 @@ class Loader:
         run_id: str,
         *,
         max_batch: int = MAX_BATCH,
+        on_target_deleted: str = "report",
         progress: ProgressFn | None = None,
     ):
+        if on_target_deleted not in ("report", "recreate"):
+            raise ValueError(f"on_target_deleted must be report or recreate, not {on_target_deleted!r}")
+        self.on_target_deleted = on_target_deleted
+        self.gone: dict[str, set[str]] = {}
         self.staging = staging
         self.client = client
         self.columns = columns
@@ -197,11 +204,52 @@ class Loader:
             self.load_entity(entity)
         return self.summary
 
-    def load_entity(self, entity: str) -> None:
+    def scan_target(self, entity: str) -> None:
+        """Compare the id map with what the target holds now, in one page-through sorted by the
+        Pipedrive ID column (⌈records/100⌉ reads, no writes). Records a user deleted in
+        Customermates are reported (default) or forgotten so they are created again; two
+        records with one Pipedrive ID are reported."""
         known = self.id_maps[entity]
+        if not known:
+            return
+        column_id = self.columns.ids[(entity, PIPEDRIVE_ID)]
+        present: set[str] = set()
+        by_source: dict[str, list[str]] = {}
+        for record in self.client.iter_records(entity, sort=(column_id, "asc")):
+            present.add(record["id"])
+            sid = next((v["value"] for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+            if sid is not None:
+                by_source.setdefault(sid, []).append(record["id"])
+        for sid, ids in sorted(by_source.items()):
+            if len(ids) > 1:
+                self._report_duplicate(entity, sid, ids)
+        gone = sorted(sid for sid, (target_id, _) in known.items() if target_id not in present)
+        if not gone:
+            return
+        self.summary.deleted_in_target[entity] += len(gone)
+        if self.on_target_deleted == "recreate":
+            self.staging.forget(entity, gone)
+            for sid in gone:
+                del known[sid]
+            self.summary.recreated[entity] += len(gone)
+            return
+        self.gone[entity] = set(gone)
+        for sid in gone:
+            self.staging.add_load_issue(
+                self.run_id, entity, sid, "*", "deleted_in_target",
+                f"{entity[:-1]} {sid} was deleted in Customermates after it was migrated; not recreated "
+                "(run with --on-target-deleted recreate to create it again)",
+            )
+
+    def load_entity(self, entity: str) -> None:
+        self.scan_target(entity)
+        known = self.id_maps[entity]
+        gone = self.gone.get(entity, set())
         creates: list[_Item] = []
         updates: list[_Item] = []
         for source_id, payload, _ in self.staging.iter_targets(entity):
+            if source_id in gone:
+                continue
             existing = known.get(source_id)
             body = self.build_body(entity, source_id, payload)
             digest = payload_hash(body)
@@ -332,13 +380,17 @@ class Loader:
         result = {}
         for sid, ids in matches.items():
             if len(ids) > 1:
-                self.summary.duplicates_in_target.append({"entity": entity, "source_id": sid, "target_ids": ids})
-                self.staging.add_load_issue(
-                    self.run_id, entity, sid, PIPEDRIVE_ID, "duplicate_in_target",
-                    f"{len(ids)} Customermates records carry Pipedrive ID {sid}: {', '.join(ids)}; adopted the first",
-                )
+                self._report_duplicate(entity, sid, ids)
             result[sid] = ids[0]
         return result
+
+    def _report_duplicate(self, entity: str, source_id: str, target_ids: list[str]) -> None:
+        self.summary.duplicates_in_target.append({"entity": entity, "source_id": source_id, "target_ids": target_ids})
+        self.staging.add_load_issue(
+            self.run_id, entity, source_id, PIPEDRIVE_ID, "duplicate_in_target",
+            f"{len(target_ids)} Customermates records carry Pipedrive ID {source_id}: {', '.join(target_ids)}; "
+            "the migration keeps writing to the first, the others are left alone",
+        )
 
     def resolve_pending(self) -> None:
         """Settle batches a crashed run left pending (their outcome is unknown)."""

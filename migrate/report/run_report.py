@@ -48,7 +48,17 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     updated = sum(row["updated"] for row in report["entities"].values())
     unchanged = sum(row["unchanged"] for row in report["entities"].values())
     verb = ("would create", "would update") if dry else ("created", "updated")
-    console.print(f"{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
+    changes = "0 changes: " if created + updated == 0 else ""
+    console.print(f"{changes}{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
+    gone = {e: row.get("deleted_in_target", 0) for e, row in report["entities"].items() if row.get("deleted_in_target")}
+    if gone:
+        console.print(
+            "[bold yellow]Deleted in Customermates since migrated:[/bold yellow] "
+            + ", ".join(f"{n} {e}" for e, n in gone.items())
+            + (" (recreated)" if any(row.get("recreated") for row in report["entities"].values()) else " (not recreated; see report)")
+        )
+    if report.get("duplicates_in_target"):
+        console.print(f"[bold yellow]Duplicates in Customermates:[/bold yellow] {len(report['duplicates_in_target'])} Pipedrive IDs on more than one record (see report)")
     columns = report.get("columns_created") or []
     if columns:
         console.print(f"[bold]Custom columns {'to create' if dry else 'created'}:[/bold] {len(columns)}")

@@ -291,6 +291,12 @@ class Staging:
         rows = self.con.execute("SELECT source_id, target_id, payload_hash FROM id_map WHERE entity = ?", [entity]).fetchall()
         return {s: (t, h) for s, t, h in rows}
 
+    def forget(self, entity: str, source_ids: list[str]) -> None:
+        """Drop id-map rows, so those records are created again."""
+        self.con.execute(
+            "DELETE FROM id_map WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
+        )
+
     def record_pending(self, entity: str, operation: str, source_ids: list[str], hashes: list[str], run_id: str) -> str:
         batch_id = uuid.uuid4().hex
         self.con.execute(
