@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from migrate import pipeline
 from migrate.config import Settings, load_settings
@@ -119,6 +120,32 @@ def doctor(settings: Settings) -> None:
         console.print(f"{mark} {check}: {redact(detail)}", highlight=False)
     if not all(passed for _, passed, _ in results):
         sys.exit(1)
+
+
+@cli.command(name="status")
+@common_options
+def status_command(settings: Settings) -> None:
+    """Show runs, extract checkpoints, migrated counts, pending batches and quarantined records."""
+    console = Console()
+    info = pipeline.status(settings)
+    runs = Table(title=f"Runs ({info['state']})", title_justify="left")
+    for name in ("run_id", "command", "started_at", "finished_at", "status"):
+        runs.add_column(name)
+    for run in info["runs"]:
+        runs.add_row(*(str(run[k] or "") for k in ("run_id", "command", "started_at", "finished_at", "status")))
+    console.print(runs)
+    done = sum(1 for c in info["checkpoints"] if c["done"])
+    console.print(f"Extract: {done}/{len(info['checkpoints'])} collections complete")
+    for checkpoint in info["checkpoints"]:
+        if not checkpoint["done"]:
+            console.print(f"  • {checkpoint['collection']}: {checkpoint['records']} records in {checkpoint['pages']} pages so far")
+    console.print("Migrated: " + ", ".join(f"{n} {e}" for e, n in info["migrated"].items()))
+    if info["pending_batches"]:
+        console.print(f"[yellow]Pending batches (settled on the next run):[/yellow] {len(info['pending_batches'])}")
+    if info["quarantined"]:
+        console.print(f"[red]Quarantined records:[/red] {len(info['quarantined'])}")
+        for item in info["quarantined"]:
+            console.print(f"  • {item['entity']} {item['source_id']}: {item['message']}", highlight=False)
 
 
 def main() -> None:

@@ -165,6 +165,33 @@ def build_report(
     return report
 
 
+def status(settings: Settings) -> dict[str, Any]:
+    """What the state file knows: runs, extract checkpoints, id map, pending batches, quarantine."""
+    if not settings.state.exists():
+        raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
+    with Staging(settings.state) as staging:
+        con = staging.con
+        runs = con.execute(
+            "SELECT run_id, command, started_at, finished_at, status FROM runs ORDER BY started_at DESC LIMIT 10"
+        ).fetchall()
+        checkpoints = con.execute(
+            "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints ORDER BY collection"
+        ).fetchall()
+        migrated = dict(con.execute("SELECT entity, count(*) FROM id_map GROUP BY entity").fetchall())
+        return {
+            "state": str(settings.state),
+            "runs": [dict(zip(("run_id", "command", "started_at", "finished_at", "status"), map(_text, r), strict=True)) for r in runs],
+            "checkpoints": [dict(zip(("collection", "pages", "records", "done", "updated_at"), map(_text, r), strict=True)) for r in checkpoints],
+            "migrated": {e: migrated.get(e, 0) for e in ENTITY_ORDER},
+            "pending_batches": staging.pending_batches(),
+            "quarantined": staging.quarantined(),
+        }
+
+
+def _text(value: Any) -> Any:
+    return value.isoformat(sep=" ", timespec="seconds") if isinstance(value, datetime) else value
+
+
 def doctor(settings: Settings) -> list[tuple[str, bool, str]]:
     """Preflight checks of both sides: (check, passed, detail)."""
     results: list[tuple[str, bool, str]] = []

@@ -123,3 +123,19 @@ def test_a_second_run_on_the_same_state_file_names_the_holder(env):
         holder.wait()
     result = invoke(["extract"], env)  # the dead holder's lock is gone: the state file is usable again
     assert result.exit_code == 0, result.output
+
+
+def test_status_lists_runs_checkpoints_and_migrated_counts(env):
+    assert invoke(["run"], env).exit_code == 0
+    result = invoke(["status"], env)
+    assert result.exit_code == 0, result.output
+    assert "Extract: 21/21 collections complete" in result.output
+    assert "117 contacts" in result.output
+    assert "run" in result.output and "ok" in result.output
+
+
+def test_status_without_a_state_file_says_so(env, tmp_path):
+    env["MIGRATE_STATE"] = str(tmp_path / "none.duckdb")
+    result = invoke(["status"], env)
+    assert result.exit_code == 1
+    assert "nothing has run yet" in result.output
