@@ -19,7 +19,7 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 import structlog
@@ -307,7 +307,30 @@ _NO_BODY = object()
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class CustomermatesClient:
+class HttpSession:
+    """The lifecycle the REST and MCP clients share; the key never shows in a repr."""
+
+    _base_url: str
+    _http: httpx.Client
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._base_url!r}, api_key='***')"
+
+
+class CustomermatesClient(HttpSession):
     """Sync client for ``<base_url>/api/v1``. Thread-safe as far as httpx.Client is; use one per process.
 
     >>> with CustomermatesClient("https://customermates.com", key) as cm:   # doctest: +SKIP
@@ -340,24 +363,6 @@ class CustomermatesClient:
         if api_key:  # an empty key is the same as none for the server (401); send none
             headers["x-api-key"] = api_key
         self._http = _make_http(timeout=timeout, verify=verify, transport=transport, headers=headers)
-
-    # -- lifecycle ------------------------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> CustomermatesClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"CustomermatesClient(base_url={self._base_url!r}, api_key='***')"
 
     # -- reads ----------------------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from migrate.customermates.client import (
     USER_AGENT,
     AuthenticationError,
     CustomermatesError,
+    HttpSession,
     PermissionDeniedError,
     UncertainWriteError,
     _describe_body,
@@ -157,7 +158,7 @@ def _is_mutating(tool: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class McpClient:
+class McpClient(HttpSession):
     """JSON-RPC over ``POST <base_url>/api/v1/mcp`` (stateless: no session, no ``initialize`` needed)."""
 
     def __init__(
@@ -183,22 +184,6 @@ class McpClient:
         if api_key:
             headers["x-api-key"] = api_key
         self._http = _make_http(timeout=timeout, verify=verify, transport=transport, headers=headers)
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> McpClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"McpClient(base_url={self._base_url!r}, api_key='***')"
 
     # -- generic --------------------------------------------------------------------------------------------------
 

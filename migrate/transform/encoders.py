@@ -197,6 +197,12 @@ def _option_label(value: Any, fld: Field) -> str:
     return f"Deleted option #{key}"
 
 
+def _choose(spec: ColumnSpec, out: RecordOut, label: str) -> None:
+    """Write a single-select value by its label; the label joins the column's options."""
+    spec.add_option(label)
+    out.put(spec, label)
+
+
 @encoder("option")
 def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value is None or value == "":
@@ -204,8 +210,7 @@ def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
     label = _option_label(value, fld)
     if label.startswith("Deleted option #"):
         out.issue(fld.name, "option_unknown", f"option id {value!r} is not among the field's options; carried as '{label}'")
-    spec.add_option(label)
-    out.put(spec, label)
+    _choose(spec, out, label)
 
 
 @encoder("option_labels")
@@ -321,25 +326,19 @@ def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Loo
 @encoder("pipeline")
 def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     for i in _ids(value):
-        label = lk.pipelines.get(i) or f"Pipeline #{i}"
-        spec.add_option(label)
-        out.put(spec, label)
+        _choose(spec, out, lk.pipelines.get(i) or f"Pipeline #{i}")
 
 
 @encoder("stage")
 def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     for i in _ids(value):
-        label = lk.stages.get(i) or f"Stage #{i}"
-        spec.add_option(label)
-        out.put(spec, label)
+        _choose(spec, out, lk.stages.get(i) or f"Stage #{i}")
 
 
 @encoder("deal_status")
 def _deal_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value:
-        label = DEAL_STATUS_LABELS.get(str(value), str(value).capitalize())
-        spec.add_option(label)
-        out.put(spec, label)
+        _choose(spec, out, DEAL_STATUS_LABELS.get(str(value), str(value).capitalize()))
 
 
 @encoder("lead_status")
@@ -350,9 +349,7 @@ def _lead_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Loo
 @encoder("activity_type")
 def _activity_type(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value:
-        label = lk.activity_types.get(str(value)) or str(value)
-        spec.add_option(label)
-        out.put(spec, label)
+        _choose(spec, out, lk.activity_types.get(str(value)) or str(value))
 
 
 @encoder("done")
