@@ -30,6 +30,10 @@ class BudgetExhaustedError(MigrateError):
 class PipedriveError(MigrateError):
     """Pipedrive answered something we cannot go on with."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
 
 class CustomermatesError(MigrateError):
     """Customermates answered something we cannot go on with."""

@@ -133,3 +133,32 @@ def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
             for _ in range(12):
                 client.get("/api/v1/users")
         assert fake.count_429 == 0
+
+
+def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):
+    from migrate.transform.engine import transform
+    from migrate.transform.mapping import load_mappings
+
+    def custom_columns(staging: Staging) -> set[tuple[str, str, str]]:
+        transform(staging, load_mappings())
+        return {(c["entity"], c["label"], c["type"]) for c in staging.target_columns() if c["key"].startswith("cf:")}
+
+    with client_for(fake) as client:
+        normal = Staging(tmp_path / "v2.duckdb")
+        extract(normal, client, "v2")
+    body = '{"success":false,"error":"Not found","errorCode":404}'
+    fake.inject(404, count=100, path_contains="/api/v2/personFields", body=body, content_type="application/json")
+    fake.inject(404, count=100, path_contains="/api/v2/dealFields", body=body, content_type="application/json")
+    with client_for(fake) as client:
+        fallback = Staging(tmp_path / "v1.duckdb")
+        extract(fallback, client, "v1")
+    assert any(r.path == "/api/v1/personFields" for r in fake.requests)
+    assert custom_columns(fallback) == custom_columns(normal)
+
+
+def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path):
+    fake.inject(404, count=100, path_contains="/api/v2/deals/archived", body='{"success":false,"error":"Not found"}', content_type="application/json")
+    with client_for(fake) as client:
+        summary = extract(Staging(tmp_path / "s.duckdb"), client, "run")
+    assert "deals_archived" in summary.missing
+    assert summary.records["deals"] == len(fake.collections["deals"])

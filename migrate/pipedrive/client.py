@@ -148,7 +148,7 @@ class PipedriveClient:
         if status >= 500:
             raise _Retryable(f"HTTP {status}: {_snippet(response)}")
         if status != 200:
-            raise PipedriveError(_explain(status, path, response))
+            raise PipedriveError(_explain(status, path, response), status=status)
         self.tokens_spent += cost
         try:
             body = response.json()

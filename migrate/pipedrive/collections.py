@@ -3,6 +3,10 @@
 `paging` is how the endpoint pages: "cursor" (v2 `cursor`/`next_cursor`), "offset" (v1
 `start`/`next_start`) or "none". `cost` is the documented token cost of one request
 (contract §4). Order matters: field metadata and reference data first.
+
+Field metadata falls back to the v1 endpoints when an account lacks the v2 ones (v2 Fields API
+appeared in late 2025); archived deals, leads and lead labels are optional: an account without
+them (plan or age) gets them reported as unavailable instead of failing the run.
 """
 
 from __future__ import annotations
@@ -21,18 +25,35 @@ class Collection:
     cost: int
     params: dict[str, str] = field(default_factory=dict)
     key: str = "id"  # the record's identity; v2 field metadata has no id, only field_code
+    fallback: Collection | None = None  # read instead when the endpoint answers 404/410
+    optional: bool = False  # a 404/410 means "not on this account" (reported), not a failure
 
 
 COLLECTIONS: tuple[Collection, ...] = (
     Collection("users", "/api/v1/users", "none", 20),
     Collection("activityTypes", "/api/v1/activityTypes", "none", 20),
     Collection("currencies", "/api/v1/currencies", "none", 20),
-    Collection("leadLabels", "/api/v1/leadLabels", "none", 10),
-    Collection("personFields", "/api/v2/personFields", "cursor", 10, key="field_code"),
-    Collection("organizationFields", "/api/v2/organizationFields", "cursor", 10, key="field_code"),
-    Collection("dealFields", "/api/v2/dealFields", "cursor", 10, key="field_code"),
-    Collection("productFields", "/api/v2/productFields", "cursor", 10, key="field_code"),
-    Collection("activityFields", "/api/v2/activityFields", "cursor", 10, key="field_code"),
+    Collection("leadLabels", "/api/v1/leadLabels", "none", 10, optional=True),
+    Collection(
+        "personFields", "/api/v2/personFields", "cursor", 10, key="field_code",
+        fallback=Collection("personFields", "/api/v1/personFields", "offset", 20, key="key"),
+    ),
+    Collection(
+        "organizationFields", "/api/v2/organizationFields", "cursor", 10, key="field_code",
+        fallback=Collection("organizationFields", "/api/v1/organizationFields", "offset", 20, key="key"),
+    ),
+    Collection(
+        "dealFields", "/api/v2/dealFields", "cursor", 10, key="field_code",
+        fallback=Collection("dealFields", "/api/v1/dealFields", "offset", 20, key="key"),
+    ),
+    Collection(
+        "productFields", "/api/v2/productFields", "cursor", 10, key="field_code",
+        fallback=Collection("productFields", "/api/v1/productFields", "offset", 20, key="key"),
+    ),
+    Collection(
+        "activityFields", "/api/v2/activityFields", "cursor", 10, key="field_code",
+        fallback=Collection("activityFields", "/api/v1/activityFields", "offset", 20, key="key"),
+    ),
     Collection("pipelines", "/api/v2/pipelines", "cursor", 5),
     Collection("stages", "/api/v2/stages", "cursor", 5),
     Collection("organizations", "/api/v2/organizations", "cursor", 10),
@@ -44,12 +65,12 @@ COLLECTIONS: tuple[Collection, ...] = (
     ),
     Collection(
         "deals_archived", "/api/v2/deals/archived", "cursor", 20,
-        {"status": "open,won,lost,deleted", "include_fields": "products_count"},
+        {"status": "open,won,lost,deleted", "include_fields": "products_count"}, optional=True,
     ),
     Collection("activities", "/api/v2/activities", "cursor", 10, {"include_fields": "attendees"}),
     Collection("notes", "/api/v1/notes", "offset", 20),
-    Collection("leads", "/api/v1/leads", "offset", 20),
-    Collection("leads_archived", "/api/v1/leads/archived", "offset", 40),
+    Collection("leads", "/api/v1/leads", "offset", 20, optional=True),
+    Collection("leads_archived", "/api/v1/leads/archived", "offset", 40, optional=True),
 )
 
 # Deal products are read per batch of staged deals: /api/v2/deals/products?deal_ids=<≤100 ids>.

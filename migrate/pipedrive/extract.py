@@ -85,7 +85,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
     for collection in COLLECTIONS:
         _extract_collection(staging, source, collection, checkpoints[collection.name], run_id, summary, progress)
     _extract_deal_products(staging, source, checkpoints[DEAL_PRODUCTS.name], run_id, summary, progress)
-    summary.missing = list(getattr(source, "missing", []))
+    summary.missing += list(getattr(source, "missing", []))
     for name in names:
         summary.records[name] = staging.count_raw(name)[0]
     return summary
@@ -114,16 +114,45 @@ def _extract_collection(
     pages = checkpoint.pages if checkpoint else 0
     records = checkpoint.records if checkpoint else 0
     staging.ensure_raw_table(collection.name)
-    for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
-        pages += 1
-        records += len(page.records)
-        done = page.next_cursor is None
-        staging.write_page(
-            collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id, collection.key
-        )
-        summary.pages += 1
-        if progress:
-            progress(collection.name, len(page.records))
+    try:
+        for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
+            pages, records = _stage_page(staging, collection, page, pages, records, run_id, summary, progress)
+    except PipedriveError as exc:
+        if exc.status not in (404, 410) or pages:
+            raise
+        if collection.fallback is not None:
+            log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
+            for page in source.pages(collection.fallback):
+                pages, records = _stage_page(staging, collection.fallback, page, pages, records, run_id, summary, progress)
+        elif collection.optional:
+            summary.missing.append(collection.name)
+            log.warning("extract.unavailable", collection=collection.name, reason=str(exc))
+            staging.write_page(collection.name, [], Checkpoint(collection.name, None, 0, 0, True), run_id, collection.key)
+        else:
+            raise
+
+
+def _stage_page(
+    staging: Staging,
+    collection: Collection,
+    page: Page,
+    pages: int,
+    records: int,
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> tuple[int, int]:
+    """Write one page with the checkpoint past it; returns the new (pages, records) totals."""
+    pages += 1
+    records += len(page.records)
+    done = page.next_cursor is None
+    staging.write_page(
+        collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id, collection.key
+    )
+    summary.pages += 1
+    if progress:
+        progress(collection.name, len(page.records))
+    return pages, records
 
 
 def _extract_deal_products(

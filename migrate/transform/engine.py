@@ -185,7 +185,7 @@ class Transformer:
             s.label.casefold() for (c, _), (s, _) in self._column_of.items() if self.mappings.sources[c].entity == mapping.entity
         } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
         for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (kv[1].get("order_nr") or 0, kv[0])):
-            if not (definition.get("is_custom_field") or definition.get("edit_flag")):
+            if not (definition.get("is_custom_field") or definition.get("edit_flag")) or definition.get("is_subfield"):
                 continue
             rule = self.mappings.field_types.get(str(definition.get("field_type")))
             name = str(definition.get("field_name") or definition.get("name") or code)
