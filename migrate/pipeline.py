@@ -52,8 +52,7 @@ def customermates_clients(settings: Settings, stack: ExitStack) -> tuple[Custome
 
 def run_extract(settings: Settings, staging: Staging, run_id: str, progress: Progress | None = None) -> ExtractSummary:
     with ExitStack() as stack:
-        source = open_source(settings, stack)
-        return extract(staging, source, run_id, progress=progress)
+        return extract(staging, open_source(settings, stack), run_id, progress=progress)
 
 
 def run_migration(
@@ -75,10 +74,11 @@ def run_migration(
             target: tuple[CustomermatesClient, McpClient] | None = None
             if not dry_run or (settings.customermates_url and settings.customermates_api_key):
                 target = customermates_clients(settings, stack)
-                target[0].me()  # fail fast on a bad key, before any extraction
+            source = None if use_staged else open_source(settings, stack)
+            warnings = preflight(source, target[0] if target else None)  # before anything is written
             extracted = None
-            if not use_staged:
-                extracted = run_extract(settings, staging, run_id, progress)
+            if source is not None:
+                extracted = extract(staging, source, run_id, progress=progress)
             transformed = transform(staging, load_mappings(settings.mappings), settings.phone_region)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
             loaded = LoadSummary()
@@ -90,6 +90,7 @@ def run_migration(
                         staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted, progress=progress
                     ).run()
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded)
+            report["warnings"] = warnings
             status = report["status"]
             return report
         finally:
@@ -192,28 +193,57 @@ def _text(value: Any) -> Any:
     return value.isoformat(sep=" ", timespec="seconds") if isinstance(value, datetime) else value
 
 
+def pipedrive_identity(client: PipedriveClient) -> tuple[str, bool]:
+    """Who the token belongs to, and whether that user is an admin (sees every record)."""
+    me = client.get("/api/v1/users/me", cost=2).get("data") or {}
+    admin = bool(me.get("is_admin")) or any(
+        a.get("admin") for a in me.get("access") or [] if isinstance(a, dict) and a.get("app") in ("global", "sales")
+    )
+    return f"{me.get('name')} <{me.get('email')}> at {me.get('company_name') or client.base_url}", admin
+
+
+def customermates_identity(client: CustomermatesClient) -> tuple[str, bool]:
+    """Who the key belongs to, and whether that user has the Admin (system) role."""
+    me = client.me()
+    role = str(me.get("roleName") or "")
+    return f"{me.get('firstName')} {me.get('lastName')} (role {role or 'none'})", role.lower() == "admin"
+
+
+def preflight(source: PageSource, target: CustomermatesClient | None) -> list[str]:
+    """The checks every run starts with; hard failures raise, doubts come back as warnings."""
+    warnings = []
+    if target is not None:
+        who, admin = customermates_identity(target)
+        if not admin:
+            warnings.append(
+                f"the Customermates key belongs to {who}, not an Admin: records outside its access fail to load (use an Admin's key)"
+            )
+    if isinstance(source, PipedriveClient):
+        who, admin = pipedrive_identity(source)
+        if not admin:
+            warnings.append(f"the Pipedrive token belongs to {who}, not an admin: records it cannot see are not migrated")
+    return warnings
+
+
 def doctor(settings: Settings) -> list[tuple[str, bool, str]]:
     """Preflight checks of both sides: (check, passed, detail)."""
     results: list[tuple[str, bool, str]] = []
     with ExitStack() as stack:
-        if settings.source is not None:
-            results.append(("Pipedrive snapshot", settings.source.is_dir(), str(settings.source)))
-        else:
-            try:
-                source = open_source(settings, stack)
-                assert isinstance(source, PipedriveClient)
-                me = source.get("/api/v1/users/me", cost=2).get("data") or {}
-                admin = any(a.get("admin") for a in me.get("access") or [] if a.get("app") in ("global", "sales")) or bool(me.get("is_admin"))
-                results.append(("Pipedrive token", True, f"{me.get('name')} <{me.get('email')}> at {me.get('company_name') or settings.pipedrive_base_url}"))
+        try:
+            source = open_source(settings, stack)
+            if isinstance(source, PipedriveClient):
+                who, admin = pipedrive_identity(source)
+                results.append(("Pipedrive token", True, who))
                 results.append(("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing"))
-            except MigrateError as exc:
-                results.append(("Pipedrive token", False, str(exc)))
+            else:
+                results.append(("Pipedrive snapshot", True, str(settings.source)))
+        except MigrateError as exc:
+            results.append(("Pipedrive", False, str(exc)))
         try:
             client, _ = customermates_clients(settings, stack)
-            me = client.me()
-            role = str(me.get("roleName") or "")
-            results.append(("Customermates key", True, f"{me.get('firstName')} {me.get('lastName')} ({role or 'no role'})"))
-            results.append(("Customermates admin", role.lower() == "admin", "role Admin" if role.lower() == "admin" else f"role {role!r}: migrations need an Admin (system role) key"))
+            who, admin = customermates_identity(client)
+            results.append(("Customermates key", True, who))
+            results.append(("Customermates admin", admin, "Admin role" if admin else "migrations need an Admin (system role) key"))
             users = client.list_users()
             results.append(("Customermates users", bool(users), f"{len(users)} users to match Pipedrive owners against"))
         except MigrateError as exc:

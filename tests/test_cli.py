@@ -139,3 +139,17 @@ def test_status_without_a_state_file_says_so(env, tmp_path):
     result = invoke(["status"], env)
     assert result.exit_code == 1
     assert "nothing has run yet" in result.output
+
+
+def test_a_non_admin_customermates_key_is_warned_about(env, tmp_path):
+    import copy
+
+    from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
+
+    users = copy.deepcopy(DEFAULT_USERS)
+    users[0]["roleName"] = "Sales"
+    with FakeCustomermates(users=users) as fake:
+        env = dict(env, CUSTOMERMATES_URL=fake.url, CUSTOMERMATES_API_KEY=VALID_KEY)
+        result = invoke(["run", "--dry-run"], env)
+    assert result.exit_code == 0, result.output
+    assert "not an Admin" in result.output

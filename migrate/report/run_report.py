@@ -92,6 +92,8 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
             f"Load: {load['records_written']} records in {load['write_requests']} requests, "
             f"{load['records_per_second']:.1f} records/s while writing"
         )
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
     console.print(f"Status: [bold]{report['status']}[/bold]")
 
 
