@@ -189,11 +189,13 @@ def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 
 
 def _option_label(value: Any, fld: Field) -> str:
-    key = str(value.get("id") if isinstance(value, dict) else value)
+    key = str(value.get("id") if isinstance(value, dict) else value).strip()
     if key in fld.options:
         return fld.options[key]
     if isinstance(value, dict) and value.get("label"):
         return str(value["label"])
+    if not key.lstrip("-").isdigit():
+        return key  # some fields hold the label itself rather than an option id
     return f"Deleted option #{key}"
 
 

@@ -331,7 +331,11 @@ class Transformer:
         entries = list(notes_by_target.get(str(record.get("id")), []))
         # the record's own texts are dated like the record, so they sort before later notes
         created = _utc_or_none(record.get("add_time"))
-        own = {"activities": (("note", "Activity note"), ("public_description", "Public description")), "products": (("description", "Description"),)}
+        own = {
+            "activities": (("note", "Activity note"), ("public_description", "Public description")),
+            "products": (("description", "Description"),),
+            "persons": (("notes", "Contact notes"),),
+        }
         for key, title in own.get(collection, ()):
             if (record.get(key) or "").strip():
                 entries.append(notes.NoteEntry(author=None, created=created, html=record[key], title=title))
