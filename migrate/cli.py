@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,12 @@ from rich.table import Table
 
 from migrate import pipeline
 from migrate.config import Settings, load_settings
+from migrate.customermates.undo import print_undo
 from migrate.errors import MigrateError
 from migrate.logs import configure, redact, register_secret
+from migrate.report.plan_output import print_plan, write_plan
 from migrate.report.run_report import print_report, write_json
+from migrate.report.verify import EXIT_MISMATCH, print_verify
 from migrate.staging.store import Staging
 
 EXIT_PARTIAL = 3
@@ -76,14 +80,25 @@ def cli() -> None:
     "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
     help="What to do with migrated records a user has since deleted in Customermates.",
 )
-def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None, batch_size: int, on_target_deleted: str) -> None:
+@click.option(
+    "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
+    help="Records changed in Pipedrive AND edited in Customermates since the last run: leave them (reported), "
+    "overwrite them, or keep Customermates' version for good.",
+)
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Apply this plan.json only if neither side changed since.")
+def run(
+    settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | None, batch_size: int, on_target_deleted: str,
+    on_conflict: str, plan_file: Path | None,
+) -> None:
     """Migrate everything: extract → transform → load, with a report.
 
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
     console = Console()
+    saved_plan = json.loads(plan_file.read_text(encoding="utf-8")) if plan_file else None
     report = pipeline.run_migration(
-        settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted
+        settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
+        on_conflict=on_conflict, saved_plan=saved_plan,
     )
     print_report(report, console)
     if report_dir:
@@ -91,6 +106,26 @@ def run(settings: Settings, dry_run: bool, use_staged: bool, report_dir: Path | 
         console.print(f"Report: {path}")
     if report["status"] == "partial":
         sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@common_options
+@click.option("--use-staged", is_flag=True, help="Skip extraction and plan from what `migrate extract` staged.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write plan.json and plan.md here.")
+@click.option(
+    "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
+    help="How records deleted in Customermates since they were migrated are planned.",
+)
+def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_target_deleted: str) -> None:
+    """Show what `migrate run` would do to every record, field by field; write nothing.
+
+    Without Customermates settings the plan is made against an empty target."""
+    console = Console()
+    report = pipeline.run_migration(settings, dry_run=True, use_staged=use_staged, on_target_deleted=on_target_deleted)
+    print_plan(report["plan"], console)
+    if report_dir:
+        for path in write_plan(report["plan"], report_dir):
+            console.print(f"Wrote {path}")
 
 
 @cli.command(name="extract")
@@ -146,6 +181,47 @@ def status_command(settings: Settings) -> None:
         console.print(f"[red]Quarantined records:[/red] {len(info['quarantined'])}")
         for item in info["quarantined"]:
             console.print(f"  • {item['entity']} {item['source_id']}: {item['message']}", highlight=False)
+
+
+@cli.command()
+@common_options
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json here.")
+def verify(settings: Settings, report_dir: Path | None) -> None:
+    """Read Customermates back and compare it with what was migrated: records, links, values, notes.
+
+    Exit code 0 when everything matches; 1 when a migrated record is missing or duplicated in
+    Customermates, or a relationship, custom value or notes text does not match."""
+    console = Console()
+    result = pipeline.verify(settings)
+    print_verify(result, console)
+    if report_dir:
+        path = write_json(result, report_dir, "verify.json")
+        console.print(f"Report: {path}")
+    if result["status"] != "ok":
+        sys.exit(EXIT_MISMATCH)
+
+
+@cli.command()
+@common_options
+@click.option("--run", "run_id", help="The run to undo (see `migrate status`) [default: the latest run that created records].")
+@click.option("--yes", is_flag=True, help="Delete; without it, only list what would be deleted.")
+@click.option("--force", is_flag=True, help="Also delete records edited in Customermates since they were migrated.")
+@click.option("--columns", is_flag=True, help="Also delete the custom columns the run created.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write undo.json (every record and column, and what happened to it) here.")
+def undo(settings: Settings, run_id: str | None, yes: bool, force: bool, columns: bool, report_dir: Path | None) -> None:
+    """Delete the records (and with --columns the custom columns) one run created.
+
+    Lists what would be deleted unless --yes. Records edited in Customermates since the
+    migration wrote them are kept unless --force. `migrate run` creates undone records again.
+    Exit code 1 if a record or column could not be deleted."""
+    console = Console()
+    result = pipeline.undo(settings, run_id=run_id, execute=yes, force=force, columns=columns)
+    print_undo(result, console)
+    if report_dir:
+        path = write_json(result, report_dir, "undo.json")
+        console.print(f"Report: {path}")
+    if result["status"] == "partial":
+        sys.exit(1)
 
 
 def main() -> None:

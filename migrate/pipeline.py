@@ -17,6 +17,8 @@ from migrate.customermates.mcp import McpClient
 from migrate.errors import MigrateError
 from migrate.pipedrive.client import PipedriveClient
 from migrate.pipedrive.extract import ExtractSummary, PageSource, SnapshotSource, extract
+from migrate.customermates.target import TargetState
+from migrate.report.plan import build_plan, check_saved_plan, coverage
 from migrate.report.run_report import ENTITY_SOURCES, issue_summary
 from migrate.staging.store import Staging
 from migrate.transform.engine import ENTITY_ORDER, TransformSummary, transform
@@ -62,9 +64,12 @@ def run_migration(
     use_staged: bool = False,
     max_batch: int = 100,
     on_target_deleted: str = "report",
+    on_conflict: str = "skip",
+    saved_plan: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The whole migration (or its dry run); returns the run report."""
+    """The whole migration (or its dry run); returns the run report. With `saved_plan` the run
+    goes ahead only if neither side changed since that plan was made."""
     started = datetime.now(UTC)
     with Staging(settings.state) as staging, ExitStack() as stack:
         run_id = staging.start_run("run --dry-run" if dry_run else "run")
@@ -79,17 +84,28 @@ def run_migration(
             extracted = None
             if source is not None:
                 extracted = extract(staging, source, run_id, progress=progress)
-            transformed = transform(staging, load_mappings(settings.mappings), settings.phone_region)
+            mappings = load_mappings(settings.mappings)
+            transformed = transform(staging, mappings, settings.phone_region)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
             loaded = LoadSummary()
             if target is not None:
                 client, mcp = target
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
+                    state = TargetState.read(client, columns)
+                    if saved_plan is not None:
+                        check_saved_plan(saved_plan, staging, state)
+                    now = make_plan(staging, columns, client, on_target_deleted, state)
+                    conflicts = {e: {r["source_id"] for r in rs if r["action"] == "conflict"} for e, rs in now["records"].items()}
                     loaded = Loader(
-                        staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted, progress=progress
+                        staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted,
+                        target=state, conflicts=conflicts, on_conflict=on_conflict, progress=progress,
                     ).run()
-            report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded)
+            plan = None
+            if dry_run:
+                plan = make_plan(staging, columns, target[0] if target else None, on_target_deleted)
+                plan["coverage"] = coverage(staging, mappings.sources, mappings.coverage)
+            report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
             status = report["status"]
             return report
@@ -106,16 +122,16 @@ def build_report(
     transformed: TransformSummary,
     columns: ColumnIndex,
     loaded: LoadSummary,
+    plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     entities: dict[str, Any] = {}
-    id_maps = {e: staging.id_map(e) for e in ENTITY_ORDER} if dry_run else {}
     quarantined = staging.quarantined()
     for entity in ENTITY_ORDER:
         sources = {name: staging.count_raw(name)[0] for name in ENTITY_SOURCES[entity]}
         to_migrate = transformed.records[entity]
-        if dry_run:
-            present = sum(1 for sid, _, _ in staging.iter_targets(entity) if sid in id_maps[entity])
-            created, updated, unchanged = to_migrate - present, 0, present
+        if plan is not None:
+            counts = plan["summary"][entity]
+            created, updated, unchanged = counts["create"], counts["update"], counts["unchanged"]
         else:
             created, updated, unchanged = loaded.created[entity], loaded.updated[entity], loaded.unchanged[entity]
         entities[entity] = {
@@ -128,6 +144,7 @@ def build_report(
             "unchanged": unchanged,
             "adopted_after_uncertain_write": loaded.adopted[entity],
             "deleted_in_target": loaded.deleted_in_target[entity],
+            "conflicts": loaded.conflicts[entity],
             "recreated": loaded.recreated[entity],
             "quarantined": sum(1 for q in quarantined if q["entity"] == entity),
         }
@@ -154,6 +171,7 @@ def build_report(
         "duplicates_in_target": loaded.duplicates_in_target,
         "issues": issue_summary(issues),
         "quarantined": quarantined,
+        "plan": plan,
         "load": {
             "records_written": loaded.records_written,
             "write_requests": loaded.write_requests,
@@ -164,6 +182,24 @@ def build_report(
     if not dry_run and not columns.ids and any(transformed.records.values()):
         raise MigrateError("no Customermates columns were set up; nothing was loaded")
     return report
+
+
+def make_plan(
+    staging: Staging, columns: ColumnIndex, client: CustomermatesClient | None, on_target_deleted: str, state: TargetState | None = None
+) -> dict[str, Any]:
+    """The field-level plan against the target's current state (an empty one without a target)."""
+    if client is None:
+        return build_plan(staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted)
+    users = client.list_users()
+    by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}
+    user_map = {
+        str(u["id"]): by_email[str(u.get("email")).lower()]
+        for u in staging.iter_raw("users")
+        if str(u.get("email") or "").lower() in by_email
+    }
+    names = {u["id"]: f"{u.get('firstName') or ''} {u.get('lastName') or ''}".strip() for u in users}
+    state = state or TargetState.read(client, columns)
+    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted)
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -187,6 +223,30 @@ def status(settings: Settings) -> dict[str, Any]:
             "pending_batches": staging.pending_batches(),
             "quarantined": staging.quarantined(),
         }
+
+
+def verify(settings: Settings) -> dict[str, Any]:
+    """Read the target back and compare it with staging (see `migrate.report.verify`)."""
+    from migrate.report.verify import verify as verify_target
+
+    if not settings.state.exists():
+        raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
+    with Staging(settings.state) as staging, ExitStack() as stack:
+        client, _ = customermates_clients(settings, stack)
+        return verify_target(staging, client)
+
+
+def undo(
+    settings: Settings, *, run_id: str | None = None, execute: bool = False, force: bool = False, columns: bool = False
+) -> dict[str, Any]:
+    """Delete what one run created (a dry-run listing unless `execute`; see `migrate.customermates.undo`)."""
+    from migrate.customermates.undo import undo as undo_run
+
+    if not settings.state.exists():
+        raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
+    with Staging(settings.state) as staging, ExitStack() as stack:
+        client, mcp = customermates_clients(settings, stack)
+        return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
 
 
 def _text(value: Any) -> Any:

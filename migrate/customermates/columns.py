@@ -75,6 +75,7 @@ def ensure_columns(
         staging.save_column(entity, key, {"id": column["id"], "label": column["label"], "type": column["type"]}, None)
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
+            index.options[(entity, key)] = {o["label"]: o["value"] for o in present}
             labels = {o["label"] for o in present}
             missing = [label for label in spec["options"] if label not in labels]
             if missing and not dry_run and mcp is not None:

@@ -32,6 +32,7 @@ from migrate.customermates.client import (
     UncertainWriteError,
 )
 from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.target import TargetState
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -57,6 +58,7 @@ class LoadSummary:
     adopted: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
     deleted_in_target: Counter[str] = field(default_factory=Counter)
+    conflicts: Counter[str] = field(default_factory=Counter)
     recreated: Counter[str] = field(default_factory=Counter)
     duplicates_in_target: list[dict[str, Any]] = field(default_factory=list)
     unmatched_users: list[dict[str, Any]] = field(default_factory=list)
@@ -75,6 +77,7 @@ class _Item:
     body: dict[str, Any]
     digest: str
     target_id: str | None = None  # set for updates
+    payload: dict[str, Any] | None = None  # the transformed payload the body was built from
 
 
 ProgressFn = Callable[[str, int], None]
@@ -90,8 +93,16 @@ class Loader:
         *,
         max_batch: int = MAX_BATCH,
         on_target_deleted: str = "report",
+        target: TargetState | None = None,
+        conflicts: dict[str, set[str]] | None = None,
+        on_conflict: str = "skip",
         progress: ProgressFn | None = None,
     ):
+        if on_conflict not in ("skip", "source-wins", "target-wins"):
+            raise ValueError(f"on_conflict must be skip, source-wins or target-wins, not {on_conflict!r}")
+        self.target = target
+        self.conflicts = conflicts or {}
+        self.on_conflict = on_conflict
         if on_target_deleted not in ("report", "recreate"):
             raise ValueError(f"on_target_deleted must be report or recreate, not {on_target_deleted!r}")
         self.on_target_deleted = on_target_deleted
@@ -212,14 +223,10 @@ class Loader:
         known = self.id_maps[entity]
         if not known:
             return
-        column_id = self.columns.ids[(entity, PIPEDRIVE_ID)]
-        present: set[str] = set()
-        by_source: dict[str, list[str]] = {}
-        for record in self.client.iter_records(entity, sort=(column_id, "asc")):
-            present.add(record["id"])
-            sid = next((v["value"] for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
-            if sid is not None:
-                by_source.setdefault(sid, []).append(record["id"])
+        if self.target is None:
+            self.target = TargetState.read(self.client, self.columns)
+        present = self.target.ids.get(entity, set())
+        by_source = {sid: [dto["id"] for dto in dtos] for sid, dtos in self.target.records.get(entity, {}).items()}
         for sid, ids in sorted(by_source.items()):
             if len(ids) > 1:
                 self._report_duplicate(entity, sid, ids)
@@ -247,19 +254,23 @@ class Loader:
         gone = self.gone.get(entity, set())
         creates: list[_Item] = []
         updates: list[_Item] = []
+        conflicts = self.conflicts.get(entity, set())
         for source_id, payload, _ in self.staging.iter_targets(entity):
             if source_id in gone:
                 continue
             existing = known.get(source_id)
             body = self.build_body(entity, source_id, payload)
             digest = payload_hash(body)
+            if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
+                self._keep_target(entity, source_id, existing[0], digest, payload)
+                continue
             if existing is None:
-                creates.append(_Item(source_id, body, digest))
+                creates.append(_Item(source_id, body, digest, payload=payload))
             elif existing[1] == digest:
                 self.summary.unchanged[entity] += 1
                 continue
             else:
-                updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0]))
+                updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload))
             if len(creates) >= self.batch_size:
                 self._send(entity, "create", creates)
                 creates = []
@@ -270,6 +281,20 @@ class Loader:
             self._send(entity, "create", creates)
         if updates:
             self._send(entity, "update", updates)
+
+    def _keep_target(self, entity: str, source_id: str, target_id: str, digest: str, payload: dict[str, Any]) -> None:
+        """A conflict (edited on both sides) under skip or target-wins: the target is not written.
+        target-wins also records the source as seen, so the record stops being a conflict."""
+        self.summary.conflicts[entity] += 1
+        if self.on_conflict == "target-wins":
+            self.staging.commit_batch(None, entity, [(source_id, target_id, digest)], self.run_id)
+            self.staging.save_written(entity, [(source_id, payload)])
+            return
+        self.staging.add_load_issue(
+            self.run_id, entity, source_id, "*", "conflict_skipped",
+            f"{entity[:-1]} {source_id} changed in Pipedrive and was edited in Customermates since the last run; "
+            "left as it is (--on-conflict source-wins overwrites, target-wins keeps Customermates' version for good)",
+        )
 
     def _send(self, entity: str, operation: str, items: list[_Item], attempt: int = 0) -> None:
         """Write one batch (splitting it to the current batch size) and settle every outcome."""
@@ -305,6 +330,7 @@ class Loader:
         self._tune(elapsed, len(items))
         written = [(i.source_id, dto["id"], i.digest) for i, dto in zip(items, result, strict=True)]
         self.staging.commit_batch(batch_id, entity, written, self.run_id)
+        self.staging.save_written(entity, [(i.source_id, i.payload) for i in items if i.payload is not None])
         self._remember(entity, written)
         counter = self.summary.created if operation == "create" else self.summary.updated
         counter[entity] += len(items)
@@ -354,6 +380,7 @@ class Loader:
         found = self.find_in_target(entity, [i.source_id for i in items])
         adopted = [(i.source_id, found[i.source_id], i.digest) for i in items if i.source_id in found]
         self.staging.commit_batch(batch_id, entity, adopted, self.run_id)
+        self.staging.save_written(entity, [(i.source_id, i.payload) for i in items if i.source_id in found and i.payload is not None])
         self._remember(entity, adopted)
         self.summary.adopted[entity] += len(adopted)
         self.summary.created[entity] += len(adopted)

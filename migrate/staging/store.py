@@ -49,11 +49,18 @@ CREATE TABLE IF NOT EXISTS id_map (
 CREATE TABLE IF NOT EXISTS pending_batches (
     batch_id VARCHAR PRIMARY KEY, entity VARCHAR, operation VARCHAR, source_ids JSON, hashes JSON,
     run_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS written_payloads (
+    entity VARCHAR, source_id VARCHAR, payload JSON, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS quarantine (
     entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
     quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS load_issues (
     run_id VARCHAR, entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS undone (
+    entity VARCHAR, source_id VARCHAR, target_id VARCHAR, run_id VARCHAR, undone_at TIMESTAMP, outcome VARCHAR);
+-- Added without a schema bump: which run first created the record (an update keeps it; `run_id` is the last writer).
+-- NULL in rows written before the column existed: their creator is unknown, `run_id` is the best guess.
+ALTER TABLE id_map ADD COLUMN IF NOT EXISTS created_by_run VARCHAR;
 """
 
 
@@ -297,6 +304,57 @@ class Staging:
             "DELETE FROM id_map WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
         )
 
+    # -- undo -----------------------------------------------------------------------------
+    def latest_creating_run(self) -> str | None:
+        """The most recent run that created records still in the id map, or custom columns."""
+        row = self.con.execute(
+            "SELECT r.run_id FROM runs r WHERE r.run_id IN ("
+            "SELECT coalesce(created_by_run, run_id) FROM id_map UNION SELECT created_by_run FROM column_map) "
+            "ORDER BY r.started_at DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def created_by(self, run_id: str, entity: str) -> dict[str, tuple[str, datetime]]:
+        """source id → (target id, last written at, naive UTC) of the records `run_id` created.
+
+        Rows from before `created_by_run` existed count for the run that last wrote them."""
+        rows = self.con.execute(
+            "SELECT source_id, target_id, written_at FROM id_map WHERE entity = ? AND coalesce(created_by_run, run_id) = ?",
+            [entity, run_id],
+        ).fetchall()
+        return {s: (t, w) for s, t, w in rows}
+
+    def record_undone(self, entity: str, rows: list[tuple[str, str]], run_id: str, outcome: str) -> None:
+        """Log (source_id, target_id) rows as undone and drop them from the id map, in one transaction."""
+        if not rows:
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(
+                "INSERT INTO undone SELECT $entity, unnest($s), unnest($t), $run, $at, $outcome",
+                {"entity": entity, "s": [r[0] for r in rows], "t": [r[1] for r in rows], "run": run_id, "at": now(), "outcome": outcome},
+            )
+            self.con.execute(
+                "DELETE FROM id_map WHERE entity = $entity AND source_id IN (SELECT unnest($s))",
+                {"entity": entity, "s": [r[0] for r in rows]},
+            )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT entity, key, column_id, label, type FROM column_map WHERE created_by_run = ? ORDER BY entity, label", [run_id]
+        ).fetchall()
+        return [dict(zip(("entity", "key", "id", "label", "type"), r, strict=True)) for r in rows]
+
+    def forget_column(self, entity: str, key: str) -> None:
+        self.con.execute("DELETE FROM column_map WHERE entity = ? AND key = ?", [entity, key])
+
+    def migrated_count(self, entity: str) -> int:
+        return int(self.con.execute("SELECT count(*) FROM id_map WHERE entity = ?", [entity]).fetchone()[0])
+
     def record_pending(self, entity: str, operation: str, source_ids: list[str], hashes: list[str], run_id: str) -> str:
         batch_id = uuid.uuid4().hex
         self.con.execute(
@@ -314,12 +372,21 @@ class Staging:
         ]
 
     def commit_batch(self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str) -> None:
-        """Store (source_id, target_id, hash) rows and clear the pending intent in one transaction."""
+        """Store (source_id, target_id, hash) rows and clear the pending intent in one transaction.
+
+        `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
+        uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
         self.con.execute("BEGIN TRANSACTION")
         try:
             if written:
+                sender = self.con.execute("SELECT run_id FROM pending_batches WHERE batch_id = ?", [batch_id]).fetchone() if batch_id else None
                 self.con.execute(
-                    "INSERT OR REPLACE INTO id_map SELECT $entity, unnest($s), unnest($t), unnest($h), $run, $at",
+                    "INSERT INTO id_map (entity, source_id, target_id, payload_hash, run_id, written_at, created_by_run) "
+                    "SELECT $entity, unnest($s), unnest($t), unnest($h), $run, $at, $creator "
+                    "ON CONFLICT (entity, source_id) DO UPDATE SET target_id = excluded.target_id, "
+                    "payload_hash = excluded.payload_hash, run_id = excluded.run_id, written_at = excluded.written_at, "
+                    "created_by_run = CASE WHEN id_map.target_id = excluded.target_id "
+                    "THEN coalesce(id_map.created_by_run, id_map.run_id) ELSE excluded.created_by_run END",
                     {
                         "entity": entity,
                         "s": [w[0] for w in written],
@@ -327,6 +394,7 @@ class Staging:
                         "h": [w[2] for w in written],
                         "run": run_id,
                         "at": now(),
+                        "creator": (sender[0] if sender and sender[0] else run_id),
                     },
                 )
                 self.con.execute(
@@ -339,6 +407,18 @@ class Staging:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+
+    def save_written(self, entity: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Remember the transformed payload last written per record (the plan's 'written' state)."""
+        if rows:
+            self.con.execute(
+                "INSERT OR REPLACE INTO written_payloads SELECT $entity, unnest($s), unnest($p)::JSON",
+                {"entity": entity, "s": [r[0] for r in rows], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in rows]},
+            )
+
+    def written_payloads(self) -> dict[tuple[str, str], dict[str, Any]]:
+        rows = self.con.execute("SELECT entity, source_id, payload FROM written_payloads").fetchall()
+        return {(e, s): json.loads(p) for e, s, p in rows}
 
     def quarantine(self, entity: str, source_id: str, message: str, payload: dict[str, Any], run_id: str) -> None:
         self.con.execute(

@@ -45,6 +45,7 @@ class FieldTypeRule:
 class Mappings:
     sources: dict[str, SourceMapping]
     field_types: dict[str, FieldTypeRule]
+    coverage: dict[str, dict[str, str]]  # where non-column fields go, or why they are not migrated
 
 
 def load_mappings(directory: Path | None = None) -> Mappings:
@@ -79,7 +80,9 @@ def load_mappings(directory: Path | None = None) -> Mappings:
     for name, rule in types.items():
         _check(rule.get("type"), rule.get("encode"), f"{directory / 'field_types.yaml'}: {name}")
         field_types[name] = FieldTypeRule(rule["type"], rule["encode"])
-    return Mappings(sources, field_types)
+    coverage_file = directory / "coverage.yaml"
+    coverage = _read(coverage_file) if coverage_file.exists() else _read(DEFAULT_DIR / "coverage.yaml")
+    return Mappings(sources, field_types, coverage)
 
 
 def _read(path: Path) -> dict[str, Any]:

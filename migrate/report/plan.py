@@ -1,0 +1,327 @@
+"""The plan: what a run would do to every record, field by field, without writing anything.
+
+For each transformed record the plan compares three states, all in one symbolic form
+(relations as Pipedrive ids, single selects as option labels, columns by their key):
+
+* intended — what the transform makes of the Pipedrive record now;
+* target — what Customermates holds now (read by the Pipedrive ID column, ⌈records/100⌉
+  searches per entity);
+* written — what this tool last wrote (kept in the state file by the loader).
+
+Actions: `create` (not in the target), `unchanged` (target equals intended), `update`
+(they differ: each changed field with before → after), `conflict` (the target was edited
+since we wrote it AND the source changed too), `skip` (with the reason: deleted in
+Pipedrive, or deleted in Customermates after the migration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.target import TargetState
+from migrate.errors import MigrateError
+from migrate.staging.store import Staging
+from migrate.transform.engine import ENTITY_ORDER
+from migrate.transform.entities import LINK_ENTITY
+
+ACTIONS = ("create", "update", "unchanged", "skip", "conflict")
+DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
+NAME_FIELDS = {"contacts": ("firstName", "lastName"), "organizations": ("name",), "services": ("name",), "deals": ("name",), "tasks": ("name",)}
+PLAN_VERSION = 1
+
+
+def source_fingerprint(staging: Staging) -> str:
+    rows = staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY entity, source_id").fetchall()
+    return hashlib.sha256("\n".join(":".join(r) for r in rows).encode()).hexdigest()[:32]
+
+
+class Planner:
+    def __init__(self, staging: Staging, columns: ColumnIndex, target: TargetState, user_map: dict[str, str], user_names: dict[str, str]):
+        self.staging = staging
+        self.columns = columns
+        self.target = target
+        self.user_map = user_map
+        self.user_names = user_names
+        self.labels = {key: spec["label"] for spec in staging.target_columns() for key in [(spec["entity"], spec["key"])]}
+        self.key_of_column = {cid: key for key, cid in columns.ids.items()}
+        self.option_label = {
+            cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
+        }
+        self.names = self._names()
+
+    def _names(self) -> dict[str, str]:
+        """'entity:pid' → display name, for showing relations."""
+        names = {}
+        for entity in ENTITY_ORDER:
+            for sid, payload, _ in self.staging.iter_targets(entity):
+                names[f"{entity}:{sid}"] = " ".join(str(payload["fields"].get(f) or "") for f in NAME_FIELDS[entity]).strip()
+        return names
+
+    # -- normal forms ---------------------------------------------------------------------
+    def intended(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "fields": dict(payload["fields"]),
+            "links": {k: sorted(v) for k, v in payload["links"].items() if v},
+            "services": sorted([str(p), float(q)] for p, q in payload.get("services") or []),
+            "users": sorted({self.user_map[u] for u in payload["users"] if u in self.user_map}),
+            "values": dict(payload["values"]),
+            "notes": bool(payload.get("notes")),
+        }
+
+    def from_target(self, entity: str, dto: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+        """The target record in intended form; only relations set from this side are compared."""
+        fields = {k: dto.get(k) for k in like["fields"]}
+        links = {}
+        for key in like["links"].keys() | self._own_relations(entity):
+            related = dto.get(DTO_RELATIONS[key]) or []
+            pids = sorted(self.target.pid_of.get(r["id"], f"?{r['id']}") for r in related)
+            if pids:
+                links[key] = pids
+        services = []
+        if entity == "deals":
+            services = sorted([self.target.pid_of.get(s["id"], f"?{s['id']}"), float(s.get("quantity") or 0)] for s in dto.get("services") or [])
+        values = {}
+        for cell in dto.get("customFieldValues") or []:
+            key = self.key_of_column.get(cell["columnId"])
+            if key is None or key[0] != entity or cell.get("value") in (None, ""):
+                continue
+            values[key[1]] = self.option_label.get(cell["columnId"], {}).get(cell["value"], cell["value"])
+        return {
+            "fields": fields,
+            "links": links,
+            "services": services,
+            "users": sorted(u["id"] for u in dto.get("users") or []),
+            "values": values,
+            "notes": bool(dto.get("notes")),
+        }
+
+    @staticmethod
+    def _own_relations(entity: str) -> set[str]:
+        return {"contacts": {"organizationIds"}, "deals": {"organizationIds", "contactIds"}, "tasks": {"contactIds", "organizationIds", "dealIds"}}.get(entity, set())
+
+    # -- diff -----------------------------------------------------------------------------
+    def changes(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+        result = []
+        for name in sorted(before["fields"].keys() | after["fields"].keys()):
+            old, new = before["fields"].get(name), after["fields"].get(name)
+            if _norm(old) != _norm(new):
+                result.append({"field": name, "before": old, "after": new})
+        for key in sorted(before["links"].keys() | after["links"].keys()):
+            old, new = before["links"].get(key, []), after["links"].get(key, [])
+            if old != new:
+                kind = LINK_ENTITY[key]
+                result.append({"field": kind, "before": self._shown(kind, old), "after": self._shown(kind, new)})
+        if before["services"] != after["services"]:
+            result.append({"field": "services", "before": self._quantities(before["services"]), "after": self._quantities(after["services"])})
+        if before["users"] != after["users"]:
+            result.append({"field": "users", "before": [self.user_names.get(u, u) for u in before["users"]], "after": [self.user_names.get(u, u) for u in after["users"]]})
+        for key in sorted(before["values"].keys() | after["values"].keys()):
+            old, new = before["values"].get(key), after["values"].get(key)
+            if old != new:
+                result.append({"field": self.labels.get((entity, key), key), "before": old, "after": new})
+        if before["notes"] != after["notes"]:
+            result.append({"field": "notes", "before": "present" if before["notes"] else None, "after": "present" if after["notes"] else None})
+        return result
+
+    def _shown(self, entity: str, pids: list[str]) -> list[str]:
+        return [self.names.get(f"{entity}:{p}") or f"#{p}" for p in pids]
+
+    def _quantities(self, services: list[list[Any]]) -> list[str]:
+        return [f"{q:g} × {self.names.get(f'services:{p}') or '#' + str(p)}" for p, q in services]
+
+    # -- the plan -------------------------------------------------------------------------
+    def plan(self, on_target_deleted: str = "report") -> dict[str, Any]:
+        summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
+        records: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
+        written = self.staging.written_payloads()
+        deleted_in_pipedrive = [i for i in self.staging.transform_issues() if i["rule"] == "deleted_in_pipedrive"]
+        for entity in ENTITY_ORDER:
+            id_map = self.staging.id_map(entity)
+            for sid, payload, digest in self.staging.iter_targets(entity):
+                item = self._plan_record(entity, sid, payload, id_map, written.get((entity, sid)), on_target_deleted)
+                item["hash"] = digest
+                summary[entity][item["action"]] += 1
+                records[entity].append(item)
+            for issue in deleted_in_pipedrive:
+                if issue["entity"] == entity:
+                    summary[entity]["skip"] += 1
+                    records[entity].append({"source_id": issue["source_id"], "name": "", "action": "skip", "reason": "deleted in Pipedrive", "changes": []})
+        return {"summary": summary, "records": records}
+
+    def _plan_record(
+        self, entity: str, sid: str, payload: dict[str, Any], id_map: dict[str, tuple[str, str]], written: dict[str, Any] | None, on_target_deleted: str
+    ) -> dict[str, Any]:
+        after = self.intended(payload)
+        item: dict[str, Any] = {"source_id": sid, "name": self.names.get(f"{entity}:{sid}", ""), "changes": []}
+        dtos = self.target.records.get(entity, {}).get(sid, [])
+        if not dtos:
+            if sid in id_map and on_target_deleted == "report":
+                return {**item, "action": "skip", "reason": "deleted in Customermates after it was migrated"}
+            return {**item, "action": "create", "changes": self.changes(entity, _empty(after), after)}
+        if len(dtos) > 1:
+            item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the first is compared"
+        before = self.from_target(entity, dtos[0], after)
+        changes = self.changes(entity, before, after)
+        if written is not None:
+            last = self.intended(written)
+            source_changed = _canonical(last) != _canonical(after)
+            target_edits = self.changes(entity, last, before)
+            if target_edits:
+                item["target_edits"] = target_edits
+            if not source_changed:
+                return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
+            if target_edits and changes:
+                return {**item, "action": "conflict", "changes": changes}
+        if not changes:
+            return {**item, "action": "unchanged"}
+        return {**item, "action": "update", "changes": changes}
+
+
+def check_saved_plan(saved: dict[str, Any], staging: Staging, target: TargetState) -> None:
+    """Refuse to apply a plan made on other data: say what changed since."""
+    problems = []
+    if saved.get("fingerprints", {}).get("source") != source_fingerprint(staging):
+        planned = {(e, r["source_id"]): r.get("hash") for e, records in saved.get("records", {}).items() for r in records if r.get("hash")}
+        now = {(e, s): h for e, s, h in staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records").fetchall()}
+        changed = sorted(k for k in planned.keys() | now.keys() if planned.get(k) != now.get(k))
+        shown = ", ".join(f"{e} {s}" for e, s in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        problems.append(f"Pipedrive changed since the plan was made: {len(changed)} records ({shown})")
+    if saved.get("fingerprints", {}).get("target") != target.fingerprint:
+        problems.append("Customermates changed since the plan was made (records were created, edited or deleted there)")
+    if problems:
+        raise MigrateError("; ".join(problems) + ". Make a new plan with `migrate plan` and review it.")
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, list):
+        return sorted(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _empty(like: dict[str, Any]) -> dict[str, Any]:
+    return {"fields": {k: None for k in like["fields"]}, "links": {}, "services": [], "users": [], "values": {}, "notes": False}
+
+
+def _canonical(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def build_plan(
+    staging: Staging,
+    columns: ColumnIndex,
+    target: TargetState,
+    user_map: dict[str, str],
+    user_names: dict[str, str],
+    *,
+    on_target_deleted: str = "report",
+    field_coverage: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    planner = Planner(staging, columns, target, user_map, user_names)
+    body = planner.plan(on_target_deleted)
+    issues = staging.transform_issues()
+    lossy: dict[str, dict[str, Any]] = {}
+    for rule, count in Counter(i["rule"] for i in issues).most_common():
+        examples = [i for i in issues if i["rule"] == rule][:5]
+        lossy[rule] = {"count": count, "examples": examples}
+    return {
+        "summary": body["summary"],
+        "version": PLAN_VERSION,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint},
+        "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added},
+        "lossy": lossy,
+        "coverage": field_coverage or [],
+        "records": body["records"],
+    }
+
+
+def plan_markdown(plan: dict[str, Any], *, max_rows: int = 200) -> str:
+    """plan.md: the summary, the schema changes, lossy values, then every non-trivial record."""
+    lines = ["# Migration plan", "", f"Generated {plan['generated_at']}.", "", "| entity | " + " | ".join(ACTIONS) + " |"]
+    lines.append("|---|" + "---:|" * len(ACTIONS))
+    for entity, counts in plan["summary"].items():
+        lines.append(f"| {entity} | " + " | ".join(str(counts[a]) for a in ACTIONS) + " |")
+    schema = plan["schema"]
+    lines += ["", f"## Custom columns to create ({len(schema['columns_to_create'])})", ""]
+    lines += [f"- {c}" for c in schema["columns_to_create"]] or ["None."]
+    if schema["options_to_add"]:
+        lines += ["", "## Options to add", ""] + [f"- {o}" for o in schema["options_to_add"]]
+    lines += ["", "## Values not carried exactly", ""]
+    if not plan["lossy"]:
+        lines.append("None.")
+    for rule, info in plan["lossy"].items():
+        lines.append(f"- **{rule}** ({info['count']}): " + "; ".join(f"{e['entity']} {e['source_id']} {e['field']}: {e['detail']}" for e in info["examples"][:3]))
+    if plan.get("coverage"):
+        lines += ["", "## Field coverage", "", "| entity | Pipedrive field | type | custom | goes to |", "|---|---|---|---|---|"]
+        lines += [f"| {r['entity']} | {r['pipedrive_field']} | {r['type']} | {r['custom']} | {r['goes_to']} |" for r in plan["coverage"]]
+    for entity, records in plan["records"].items():
+        interesting = [r for r in records if r["action"] in ("update", "conflict", "skip")]
+        creates = [r for r in records if r["action"] == "create"]
+        if not interesting and not creates:
+            continue
+        lines += ["", f"## {entity}", ""]
+        if creates:
+            shown = ", ".join(f"{r['name'] or '#' + r['source_id']} ({r['source_id']})" for r in creates[:20])
+            lines.append(f"Create {len(creates)}: {shown}{' …' if len(creates) > 20 else ''}")
+            lines.append("")
+        for record in interesting[:max_rows]:
+            title = f"- **{record['action']}** {record['name'] or ''} (Pipedrive {record['source_id']})"
+            lines.append(title + (f": {record['reason']}" if record.get("reason") else ""))
+            for change in record["changes"]:
+                lines.append(f"  - {change['field']}: {_md(change['before'])} → {_md(change['after'])}")
+        if len(interesting) > max_rows:
+            lines.append(f"- … {len(interesting) - max_rows} more in plan.json")
+    return "\n".join(lines) + "\n"
+
+
+def _md(value: Any) -> str:
+    if value is None or value == [] or value == "":
+        return "∅"
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return f"`{text[:120]}{'…' if len(text) > 120 else ''}`"
+
+
+FIELD_SOURCES = (
+    ("contacts", "persons", "personFields"),
+    ("organizations", "organizations", "organizationFields"),
+    ("services", "products", "productFields"),
+    ("deals", "deals", "dealFields"),
+    ("tasks", "activities", "activityFields"),
+)
+
+
+def coverage(staging: Staging, sources: dict[str, Any], builtin: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """For every Pipedrive field (standard and custom) of every entity: where it goes, or why not.
+
+    `sources` is `Mappings.sources` (columns declared per collection); `builtin` is coverage.yaml."""
+    columns = {(c["entity"], c["key"]): c for c in staging.target_columns()}
+    rows = []
+    for entity, collection, meta in FIELD_SOURCES:
+        declared = {d.source_field.split(".")[0]: d for d in sources[collection].columns}
+        for definition in staging.iter_raw(meta):
+            if definition.get("is_subfield"):
+                continue
+            code = str(definition.get("field_code") or definition.get("key"))
+            name = str(definition.get("field_name") or definition.get("name") or code)
+            custom = bool(definition.get("is_custom_field") or definition.get("edit_flag"))
+            kind = str(definition.get("field_type"))
+            if custom:
+                family = [c for (e, k), c in columns.items() if e == entity and (k == f"cf:{code}" or k.startswith(f"cf:{code}:"))]
+                where = ", ".join(f"column '{c['label']}' ({c['type']})" for c in family) or "a column created when a record has a value"
+            elif code in declared:
+                decl = declared[code]
+                where = f"column '{decl.label}' ({decl.type})"
+            elif code in builtin.get(collection, {}):
+                where = builtin[collection][code]
+            else:
+                where = "not migrated — no mapping declared"
+            rows.append({"entity": entity, "pipedrive_field": name, "code": code, "type": kind, "custom": "yes" if custom else "no", "goes_to": where})
+    return rows

@@ -1,0 +1,332 @@
+"""`migrate verify`: read the target back and compare it with what the transform intended.
+
+Staging holds the intent (`target_records`: fields, links, services, users, values, notes per
+record, keyed by Pipedrive id) and what was written (`id_map`). The target is read once per
+entity, page after page sorted by the "Pipedrive ID" column (⌈records/100⌉ searches, no
+per-record reads). Records are matched by their Pipedrive ID value, not by the id map, so
+the check says what Customermates holds now whatever the state file believes.
+
+What counts as a failure (exit code 1): a record of staging missing in the target (quarantined
+ones included: they are listed as known failures), a Pipedrive ID on two or more target
+records, a relationship, custom value or notes text of a found record that is not there.
+Extras (target records without a Pipedrive ID, or with one staging does not know) are listed,
+not failures: users create records. Values the transform could not carry exactly are already
+carried as the transform wrote them (the payload is the reference), so they compare equal; the
+rules that fired (`transform_issues`) are listed as known and lossy. Links to a quarantined
+record and owners without a Customermates user are excepted: counted apart, not failures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from migrate.customermates.client import CustomermatesClient
+from migrate.report.run_report import issue_summary
+from migrate.staging.store import Staging
+from migrate.transform.columns import PIPEDRIVE_ID
+from migrate.transform.engine import ENTITY_ORDER, SINGULAR
+from migrate.transform.entities import LINK_ENTITY
+
+EXIT_MISMATCH = 1
+DTO_FIELD = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
+OWNER_KIND = "owner→user"
+
+
+def link_kind(entity: str, key: str) -> str:
+    return f"{SINGULAR[entity]}→{SINGULAR[LINK_ENTITY[key]]}"
+
+
+def services_kind() -> str:
+    return "deal→service (with quantity)"
+
+
+class _Tally:
+    """Expected / preserved / excepted counters under one name (a link kind, a column type)."""
+
+    def __init__(self) -> None:
+        self.expected: Counter[str] = Counter()
+        self.preserved: Counter[str] = Counter()
+        self.excepted: Counter[str] = Counter()
+
+    def add(self, name: str, ok: bool, *, excepted: bool = False) -> None:
+        self.expected[name] += 1
+        if excepted:
+            self.excepted[name] += 1
+        elif ok:
+            self.preserved[name] += 1
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name in sorted(self.expected):
+            checked = self.expected[name] - self.excepted[name]
+            out[name] = {
+                "expected": self.expected[name],
+                "preserved": self.preserved[name],
+                "excepted": self.excepted[name],
+                "percent": round(100.0 * self.preserved[name] / checked, 2) if checked else None,
+            }
+        return out
+
+    def complete(self) -> bool:
+        return all(self.preserved[n] + self.excepted[n] == self.expected[n] for n in self.expected)
+
+
+def _pipedrive_id(record: dict[str, Any], column_id: str) -> str | None:
+    return next((v.get("value") for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+
+
+def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
+    """Pipedrive user id → Customermates user id, matched by email as the loader does."""
+    by_email = {str(u.get("email") or "").lower(): u["id"] for u in client.list_users() if u.get("email")}
+    result = {}
+    for user in staging.iter_raw("users"):
+        match = by_email.get(str(user.get("email") or "").lower())
+        if match:
+            result[str(user["id"])] = match
+    return result
+
+
+def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
+    """Compare the target with staging; returns the verify report (see the module docstring)."""
+    columns = staging.column_map()
+    quarantine = {(q["entity"], q["source_id"]): q for q in staging.quarantined()}
+    users = _user_map(staging, client)
+    reads = 0
+
+    # 1. read the target, one page-through per entity
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}  # entity → Pipedrive id → target records
+    sid_of: dict[str, dict[str, str]] = {}  # entity → target id → Pipedrive id
+    entities: dict[str, dict[str, Any]] = {}
+    extras: list[dict[str, Any]] = []
+    intended: dict[str, dict[str, dict[str, Any]]] = {}
+    for entity in ENTITY_ORDER:
+        intended[entity] = {sid: payload for sid, payload, _ in staging.iter_targets(entity)}
+        found[entity], sid_of[entity] = {}, {}
+        column = columns.get((entity, PIPEDRIVE_ID))
+        total = 0
+        if column is None:
+            # nothing was ever set up for this entity: whatever the target holds has no Pipedrive ID
+            total = int(client.search(entity, page=1, page_size=5)["pagination"]["total"])
+            reads += 1
+            if total:
+                extras.append({"entity": entity, "target_id": None, "pipedrive_id": None, "count": total})
+        else:
+            for record in client.iter_records(entity, sort=(column["id"], "asc")):
+                total += 1
+                sid = _pipedrive_id(record, column["id"])
+                if sid is not None:
+                    found[entity].setdefault(sid, []).append(record)
+                    sid_of[entity][record["id"]] = sid
+                if sid is None or sid not in intended[entity]:
+                    extras.append({"entity": entity, "target_id": record["id"], "pipedrive_id": sid})
+            reads += max(1, -(-total // 100))
+        entities[entity] = {"source": len(intended[entity]), "target": total}
+
+    # 2. records: matched, missing, duplicates
+    missing: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+    primary: dict[str, dict[str, dict[str, Any]]] = {}  # entity → sid → the record compared
+    undone = set(staging.con.execute("SELECT entity, source_id FROM undone").fetchall())
+    for entity in ENTITY_ORDER:
+        mapped = staging.id_map(entity)
+        primary[entity] = {}
+        matched = 0
+        for sid in intended[entity]:
+            records = found[entity].get(sid) or []
+            if not records:
+                q = quarantine.get((entity, sid))
+                if q is not None:
+                    known = f"quarantined: {q['message']}"
+                elif sid in mapped:
+                    known = "deleted in Customermates after it was migrated"
+                elif (entity, sid) in undone:
+                    known = "removed by `migrate undo`; `migrate run` creates it again"
+                else:
+                    known = "not loaded yet"
+                missing.append({"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
+                continue
+            if len(records) > 1:
+                duplicates.append({"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
+            else:
+                matched += 1
+            written = mapped.get(sid, (None, None))[0]
+            primary[entity][sid] = next((r for r in records if r["id"] == written), records[0])
+        row = entities[entity]
+        row["matched"] = matched
+        row["missing"] = sum(1 for m in missing if m["entity"] == entity)
+        row["quarantined"] = sum(1 for m in missing if m["entity"] == entity and m["quarantined"])
+        row["duplicates"] = sum(1 for d in duplicates if d["entity"] == entity)
+        row["extras"] = sum(e.get("count", 1) for e in extras if e["entity"] == entity)
+
+    # 3. links, values, notes of every record found
+    links, values, notes = _Tally(), _Tally(), _Tally()
+    link_mismatches: list[dict[str, Any]] = []
+    value_mismatches: list[dict[str, Any]] = []
+    notes_missing: list[dict[str, Any]] = []
+    unmatched_owner_links = 0
+    for entity in ENTITY_ORDER:
+        for sid, record in primary[entity].items():
+            payload = intended[entity][sid]
+            for key, wanted in (payload.get("links") or {}).items():
+                target_entity = LINK_ENTITY[key]
+                kind = link_kind(entity, key)
+                have = {sid_of[target_entity].get(ref.get("id")) for ref in record.get(DTO_FIELD[key]) or []}
+                lost = []
+                for ref in wanted:
+                    excepted = (target_entity, ref) in quarantine and ref not in found[target_entity]
+                    ok = ref in have
+                    links.add(kind, ok, excepted=excepted)
+                    if not ok and not excepted:
+                        lost.append(ref)
+                if lost:
+                    link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+            if entity == "deals":
+                kind = services_kind()
+                have_qty = {sid_of["services"].get(s.get("id")): s.get("quantity") for s in record.get("services") or []}
+                lost = []
+                for ref, quantity in payload.get("services") or []:
+                    excepted = ("services", ref) in quarantine and ref not in found["services"]
+                    ok = ref in have_qty and _same_number(have_qty[ref], quantity)
+                    links.add(kind, ok, excepted=excepted)
+                    if not ok and not excepted:
+                        lost.append({"service": ref, "quantity": quantity, "found": have_qty.get(ref)})
+                if lost:
+                    link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+            have_users = {u.get("id") for u in record.get("users") or []}
+            lost = []
+            for uid in dict.fromkeys(payload.get("users") or []):
+                target_user = users.get(uid)
+                if target_user is None:
+                    unmatched_owner_links += 1
+                ok = target_user is not None and target_user in have_users
+                links.add(OWNER_KIND, ok, excepted=target_user is None)
+                if target_user is not None and not ok:
+                    lost.append(uid)
+            if lost:
+                link_mismatches.append({"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
+            actual: dict[str, list[Any]] = {}
+            for cell in record.get("customFieldValues") or []:
+                actual.setdefault(cell.get("columnId"), []).append(cell.get("value"))
+            for key, value in (payload.get("values") or {}).items():
+                if key == PIPEDRIVE_ID:
+                    continue  # the match key itself
+                column = columns.get((entity, key))
+                if column is None:
+                    values.add("(no column)", False)
+                    value_mismatches.append({"entity": entity, "source_id": sid, "column": key, "type": None, "expected": value, "found": None})
+                    continue
+                expected = value
+                if column["type"] == "singleSelect":
+                    expected = (column.get("options") or {}).get(value, f"(no option {value!r})")
+                got = actual.get(column["id"]) or []
+                ok = expected in got
+                values.add(column["type"], ok)
+                if not ok:
+                    value_mismatches.append(
+                        {"entity": entity, "source_id": sid, "column": column["label"], "type": column["type"], "expected": value, "found": got}
+                    )
+            if payload.get("notes"):
+                ok = record.get("notes") not in (None, "")
+                notes.add(entity, ok)
+                if not ok:
+                    notes_missing.append({"entity": entity, "source_id": sid, "target_id": record["id"]})
+
+    lossy = staging.transform_issues()
+    ok = not missing and not duplicates and links.complete() and values.complete() and notes.complete()
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing")
+    if duplicates:
+        problems.append(f"{len(duplicates)} duplicated")
+    if not links.complete():
+        problems.append(f"{len(link_mismatches)} records with lost links")
+    if not values.complete():
+        problems.append(f"{len(value_mismatches)} values differ")
+    if not notes.complete():
+        problems.append(f"{len(notes_missing)} notes missing")
+    return {
+        "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "status": "ok" if ok else "mismatch",
+        "summary": "everything matches" if ok else ", ".join(problems),
+        "entities": entities,
+        "links": links.to_json(),
+        "values": values.to_json(),
+        "notes": notes.to_json(),
+        "missing": missing,
+        "duplicates": duplicates,
+        "extras": extras,
+        "link_mismatches": link_mismatches,
+        "value_mismatches": value_mismatches,
+        "notes_missing": notes_missing,
+        "known_failures": staging.quarantined(),
+        "known_lossy": issue_summary(lossy),
+        "owner_links_unmatched": unmatched_owner_links,
+        "search_requests": reads,
+    }
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) < 1e-9
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _pct(row: dict[str, Any]) -> str:
+    return "—" if row["percent"] is None else f"{row['percent']:.1f}%"
+
+
+def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = 15) -> None:
+    table = Table(title="Records: staging vs Customermates", title_justify="left")
+    headers = ("entity", "in staging", "in target", "matched", "missing", "duplicates", "extras")
+    for n, header in enumerate(headers):
+        table.add_column(header, justify="left" if n == 0 else "right")
+    for entity, row in result["entities"].items():
+        missing = str(row["missing"]) + (f" ({row['quarantined']} quarantined)" if row["quarantined"] else "")
+        table.add_row(entity, str(row["source"]), str(row["target"]), str(row["matched"]), missing, str(row["duplicates"]), str(row["extras"]))
+    console.print(table)
+    for title, key, first in (("Relationships preserved", "links", "link"), ("Custom values preserved", "values", "column type"), ("Notes present", "notes", "entity")):
+        if not result[key]:
+            continue
+        tally = Table(title=title, title_justify="left")
+        for n, header in enumerate((first, "expected", "preserved", "excepted", "%")):
+            tally.add_column(header, justify="left" if n == 0 else "right")
+        for name, row in result[key].items():
+            style = None if row["percent"] in (None, 100.0) else "red"
+            tally.add_row(name, str(row["expected"]), str(row["preserved"]), str(row["excepted"]), _pct(row), style=style)
+        console.print(tally)
+    sections = (
+        ("Missing in Customermates", result["missing"], lambda m: f"{m['entity']} {m['source_id']}: {m['reason']}"),
+        ("Duplicated in Customermates", result["duplicates"], lambda d: f"{d['entity']} {d['source_id']}: {', '.join(d['target_ids'])}"),
+        ("Lost links", result["link_mismatches"], lambda m: f"{m['kind']} on {m['entity'][:-1]} {m['source_id']}: {m['missing']}"),
+        ("Values that differ", result["value_mismatches"], lambda m: f"{m['entity']} {m['source_id']} {m['column']} ({m['type']}): expected {m['expected']!r}, found {m['found']!r}"),
+        ("Notes missing", result["notes_missing"], lambda m: f"{m['entity']} {m['source_id']}"),
+    )
+    for title, items, line in sections:
+        if items:
+            console.print(f"[bold red]{title}[/bold red] ({len(items)}):")
+            for item in items[:max_rows]:
+                console.print(f"  • {line(item)}"[:200], highlight=False)
+            if len(items) > max_rows:
+                console.print(f"  … and {len(items) - max_rows} more (see verify.json)")
+    extras = sum(row["extras"] for row in result["entities"].values())
+    if extras:
+        console.print(f"Extras (in Customermates without a known Pipedrive ID, not a failure): {extras}")
+    if result["known_failures"]:
+        console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {len(result['known_failures'])}")
+    by_rule = result["known_lossy"]["by_rule"]
+    if by_rule:
+        parts = [f"{rule} {count}" for rule, count in by_rule.items()]
+        console.print("Known lossy transforms (excepted, see the run report): " + ", ".join(parts), highlight=False)
+    if result["owner_links_unmatched"]:
+        console.print(
+            f"Owners without a Customermates user of the same email (excepted): {result['owner_links_unmatched']} owner links",
+            highlight=False,
+        )
+    colour = "green" if result["status"] == "ok" else "red"
+    console.print(f"Verify: [bold {colour}]{result['summary']}[/bold {colour}] ({result['search_requests']} search requests)")

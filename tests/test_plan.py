@@ -1,0 +1,149 @@
+"""`migrate plan`: exact counts and field diffs against an empty, a migrated and an edited target."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from tests.fakes.customermates import VALID_KEY
+from tests.test_end_to_end import by_pipedrive_id, live, read
+
+
+def invoke(env, *args):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def load_plan(directory):
+    return json.loads((directory / "plan.json").read_text())
+
+
+def test_plan_against_an_empty_target_creates_everything(env, sample_dir, customermates, tmp_path):
+    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "p")
+    persons = read(sample_dir, "persons")
+    assert plan["summary"]["contacts"] == {
+        "create": len(live(persons)), "update": 0, "unchanged": 0, "skip": len(persons) - len(live(persons)), "conflict": 0,
+    }
+    assert customermates.write_count() == 0 and customermates.columns() == []
+    assert any(c.startswith("contacts: Pipedrive ID") for c in plan["schema"]["columns_to_create"])
+    assert (tmp_path / "p" / "plan.md").read_text().startswith("# Migration plan")
+
+
+def test_plan_after_a_full_migration_is_all_unchanged(env, customermates, tmp_path):
+    assert invoke(env, "run").exit_code == 0
+    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "p")
+    for entity, counts in plan["summary"].items():
+        assert counts["create"] == counts["update"] == counts["conflict"] == 0, (entity, counts)
+        assert counts["unchanged"] > 0
+    assert plan["schema"]["columns_to_create"] == []
+
+
+def test_plan_after_edits_on_both_sides_shows_updates_and_conflicts(env, pipedrive, customermates, tmp_path):
+    assert invoke(env, "run").exit_code == 0
+    persons = [p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name")]
+    source_only, target_only, both = persons[20], persons[21], persons[22]
+    for person in (source_only, both):
+        person["first_name"] = person["first_name"] + "-Src"
+        person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+    contacts = by_pipedrive_id(customermates, "contacts")
+    for person in (target_only, both):
+        record = contacts[str(person["id"])][0]
+        response = httpx.put(
+            f"{customermates.url}/api/v1/contacts/many",
+            json={"contacts": [{"id": record["id"], "lastName": "Edited-In-Target"}]},
+            headers={"x-api-key": VALID_KEY},
+        )
+        assert response.status_code == 200, response.text
+    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "p")
+    assert plan["summary"]["contacts"]["update"] == 1
+    assert plan["summary"]["contacts"]["conflict"] == 1
+    records = {r["source_id"]: r for r in plan["records"]["contacts"]}
+    update = records[str(source_only["id"])]
+    assert update["action"] == "update"
+    assert update["changes"] == [
+        {"field": "firstName", "before": source_only["first_name"][: -len("-Src")], "after": source_only["first_name"]}
+    ]
+    conflict = records[str(both["id"])]
+    assert conflict["action"] == "conflict"
+    assert {c["field"] for c in conflict["changes"]} == {"firstName", "lastName"}
+    assert conflict["target_edits"] == [{"field": "lastName", "before": both.get("last_name") or "", "after": "Edited-In-Target"}]
+    kept = records[str(target_only["id"])]
+    assert kept["action"] == "unchanged" and kept["target_edits"][0]["after"] == "Edited-In-Target"
+    assert customermates.write_count() > 0  # only the first run wrote
+    assert "conflict" in result.output
+
+
+def test_coverage_accounts_for_every_pipedrive_field(env, sample_dir, tmp_path):
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    rows = load_plan(tmp_path / "p")["coverage"]
+    for meta, entity in (("personFields", "contacts"), ("organizationFields", "organizations"), ("productFields", "services"), ("dealFields", "deals"), ("activityFields", "tasks")):
+        codes = {f["field_code"] for f in read(sample_dir, meta)}
+        assert {r["code"] for r in rows if r["entity"] == entity} == codes
+    unmapped = [r for r in rows if "no mapping declared" in r["goes_to"]]
+    assert unmapped == [], unmapped
+    email = next(r for r in rows if r["entity"] == "contacts" and r["pipedrive_field"] == "Email" and r["custom"] == "yes")
+    assert "Email (Pipedrive field)" in email["goes_to"]
+
+
+def test_a_saved_plan_is_applied_only_if_nothing_changed(env, pipedrive, customermates, tmp_path):
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted"))
+    person["name"], person["first_name"], person["last_name"] = "Changed After-Planning", "Changed", "After-Planning"
+    result = invoke(env, "run", "--plan", str(tmp_path / "p" / "plan.json"))
+    assert result.exit_code == 1
+    assert f"contacts {person['id']}" in result.output and "Make a new plan" in result.output
+    assert customermates.write_count() == 0
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p2")).exit_code == 0
+    result = invoke(env, "run", "--plan", str(tmp_path / "p2" / "plan.json"))
+    assert result.exit_code == 0, result.output
+    assert len(customermates.records("contacts")) == load_plan(tmp_path / "p2")["summary"]["contacts"]["create"]
+
+
+def _conflict(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name"))
+    person["first_name"] += "-Src"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many",
+        json={"contacts": [{"id": record["id"], "lastName": "Edited-In-Target"}]},
+        headers={"x-api-key": VALID_KEY},
+    )
+    assert response.status_code == 200
+    return person
+
+
+def test_conflicts_are_skipped_and_reported_by_default(env, pipedrive, customermates, tmp_path):
+    person = _conflict(env, pipedrive, customermates)
+    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["entities"]["contacts"]["conflicts"] == 1
+    assert any(i["rule"] == "conflict_skipped" and i["source_id"] == str(person["id"]) for i in report["issues"]["items"])
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
+
+
+def test_source_wins_overwrites_a_conflict(env, pipedrive, customermates):
+    person = _conflict(env, pipedrive, customermates)
+    assert invoke(env, "run", "--on-conflict", "source-wins").exit_code == 0
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert record["firstName"].endswith("-Src") and record["lastName"] != "Edited-In-Target"
+
+
+def test_target_wins_keeps_the_edit_and_stops_flagging_it(env, pipedrive, customermates, tmp_path):
+    person = _conflict(env, pipedrive, customermates)
+    assert invoke(env, "run", "--on-conflict", "target-wins").exit_code == 0
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert record["lastName"] == "Edited-In-Target"
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert load_plan(tmp_path / "p")["summary"]["contacts"]["conflict"] == 0

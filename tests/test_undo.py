@@ -1,0 +1,181 @@
+"""`migrate undo`: delete what one run created, keep what users edited, and let a later run recreate it."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from migrate.customermates import undo as undo_module
+from tests.fakes.customermates import VALID_KEY, FakeCustomermates
+
+ENTITIES = ("organizations", "contacts", "services", "deals", "tasks")
+# The fake's clock runs a little ahead during bulk writes (strictly increasing milliseconds), so
+# the tests keep a small slack and wait it out before editing, instead of the 5 s default.
+EDIT_SLACK = timedelta(seconds=1)
+
+
+def invoke(args: list[str], env: dict[str, str]):
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def api(customermates: FakeCustomermates, method: str, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.request(method, f"{customermates.url}/api/v1{path}", json=body, headers={"x-api-key": VALID_KEY})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def counts(customermates: FakeCustomermates) -> dict[str, int]:
+    return {e: len(customermates.records(e)) for e in ENTITIES}
+
+
+def state(env: dict[str, str], sql: str, params: list[Any] | None = None) -> list[tuple]:
+    con = duckdb.connect(env["MIGRATE_STATE"])
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The body rows of the rich table on screen: entity → its other cells."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) > 1 and cells[0] in ENTITIES:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.fixture
+def migrated(env: dict[str, str], sample_dir: Path, customermates: FakeCustomermates) -> dict[str, str]:
+    result = invoke(["run", "--source", str(sample_dir)], env)  # the snapshot: faster than the Pipedrive fake
+    assert result.exit_code == 0, result.output
+    return env
+
+
+def test_undo_dry_run_lists_everything_and_deletes_nothing(migrated, customermates, tmp_path):
+    before = counts(customermates)
+    writes = customermates.write_count()
+
+    result = invoke(["undo", "--report-dir", str(tmp_path / "out")], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert "Undo plan (dry run)" in result.output and "nothing was deleted" in result.output
+    rows = table_rows(result.output)
+    for entity, n in before.items():
+        assert rows[entity][:4] == [str(n), str(n), "0", "0"], entity  # created by the run, would delete, kept, gone
+    listing = json.loads((tmp_path / "out" / "undo.json").read_text())
+    assert listing["dry_run"] and len(listing["records"]) == sum(before.values())
+    assert {r["action"] for r in listing["records"]} == {"would delete"}
+    assert {r["target_id"] for r in listing["records"]} == {r["id"] for e in ENTITIES for r in customermates.records(e)}
+    assert counts(customermates) == before
+    assert customermates.write_count() == writes
+    assert state(migrated, "SELECT count(*) FROM undone") == [(0,)]
+
+
+def test_undo_yes_deletes_exactly_the_runs_records_and_a_later_run_recreates_them(env, sample_dir, customermates):
+    source = ["--source", str(sample_dir)]
+    persons_file = sample_dir / "persons.jsonl"
+    lines = persons_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    live = [line for line in lines if line.strip() and not json.loads(line).get("is_deleted")]
+    late = {str(json.loads(line)["id"]) for line in live[-5:]}
+    persons_file.write_text("".join(line for line in lines if line not in live[-5:]), encoding="utf-8")
+    assert invoke(["run", *source], env).exit_code == 0
+    first = {e: {r["id"] for r in customermates.records(e)} for e in ENTITIES}
+    persons_file.write_text("".join(lines), encoding="utf-8")
+    assert invoke(["run", *source], env).exit_code == 0
+    second_run = state(env, "SELECT run_id FROM runs WHERE command = 'run' ORDER BY started_at DESC LIMIT 1")[0][0]
+    new_contacts = {r["id"] for r in customermates.records("contacts")} - first["contacts"]
+    assert len(new_contacts) == 5
+    # records linked to the late persons were updated by the second run, but it did not create them
+    updated = state(env, "SELECT count(*) FROM id_map WHERE run_id = ? AND created_by_run <> run_id", [second_run])[0][0]
+    assert updated > 0
+
+    result = invoke(["undo", "--yes"], env)
+
+    assert result.exit_code == 0, result.output
+    assert second_run in result.output
+    assert {e: {r["id"] for r in customermates.records(e)} for e in ENTITIES} == first
+    undone = state(env, "SELECT entity, source_id, target_id, run_id, outcome FROM undone")
+    assert {(e, s, r, o) for e, s, _, r, o in undone} == {("contacts", sid, second_run, "deleted") for sid in late}
+    assert {t for *_, t, _, _ in undone} == new_contacts
+    assert state(env, "SELECT count(*) FROM id_map WHERE entity = 'contacts' AND source_id IN (SELECT source_id FROM undone)") == [(0,)]
+
+    assert invoke(["run", *source], env).exit_code == 0
+    assert len(customermates.records("contacts")) == len(first["contacts"]) + 5
+    assert invoke(["verify"], env).exit_code == 0
+
+
+def test_an_edited_record_is_kept_without_force_with_its_columns_and_deleted_with_it(migrated, customermates, monkeypatch):
+    monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)  # the edit below comes right after the run
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    contact = customermates.records("contacts")[0]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": contact["id"], "firstName": "Edited"}]})
+
+    result = invoke(["undo", "--yes", "--columns"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert "edited in Customermates since migrated" in result.output and contact["id"] in result.output
+    assert [r["id"] for r in customermates.records("contacts")] == [contact["id"]]
+    assert all(not customermates.records(e) for e in ENTITIES if e != "contacts")
+    assert {c["entityType"] for c in customermates.columns()} == {"contact"}  # still used by the kept record
+
+    result = invoke(["undo", "--yes", "--force", "--columns"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    assert customermates.columns() == []
+    assert state(migrated, "SELECT count(*) FROM id_map") == [(0,)]
+
+
+def test_undo_columns_removes_the_runs_columns_in_reverse_dependency_order(migrated, sample_dir, customermates):
+    assert customermates.columns()
+    customermates.clear_requests()
+
+    result = invoke(["undo", "--yes", "--columns"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    assert customermates.columns() == []
+    assert state(migrated, "SELECT count(*) FROM column_map") == [(0,)]
+    deletes = [r.path.split("/")[3] for r in customermates.requests if r.method == "DELETE"]
+    assert list(dict.fromkeys(deletes)) == ["tasks", "deals", "services", "contacts", "organizations"]
+
+    assert invoke(["run", "--source", str(sample_dir)], migrated).exit_code == 0
+    assert all(counts(customermates).values())
+    assert invoke(["verify"], migrated).exit_code == 0
+
+
+def test_records_already_deleted_by_a_user_are_reported_not_fatal(migrated, customermates, monkeypatch):
+    gone_before = customermates.records("deals")[0]["id"]
+    api(customermates, "DELETE", "/deals/many", {"ids": [gone_before]})
+    real_page_through = undo_module._page_through
+    raced: list[str] = []
+
+    def page_through_then_a_user_deletes_one(client, entity, id_column):
+        records = real_page_through(client, entity, id_column)
+        if entity == "contacts":  # deleted between the listing and the delete: the batch gets a 400 naming it
+            raced.append(records[0]["id"])
+            api(customermates, "DELETE", "/contacts/many", {"ids": raced})
+        return records
+
+    monkeypatch.setattr(undo_module, "_page_through", page_through_then_a_user_deletes_one)
+
+    result = invoke(["undo", "--yes"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    outcomes = dict(state(migrated, "SELECT target_id, outcome FROM undone"))
+    assert outcomes[gone_before] == "already_gone"
+    assert outcomes[raced[0]] == "already_gone"
+    assert sum(1 for o in outcomes.values() if o == "deleted") == len(outcomes) - 2
+    assert state(migrated, "SELECT count(*) FROM id_map") == [(0,)]

@@ -1,0 +1,161 @@
+"""`migrate verify`: the target read back and compared with staging, against the fakes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
+
+SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
+
+
+def invoke(args: list[str], env: dict[str, str]):
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def verify(env: dict[str, str], report_dir: Path) -> tuple[int, dict[str, Any], str]:
+    result = invoke(["verify", "--report-dir", str(report_dir)], env)
+    return result.exit_code, json.loads((report_dir / "verify.json").read_text()), result.output
+
+
+def column(customermates: FakeCustomermates, entity: str, label: str) -> dict[str, Any]:
+    return next(c for c in customermates.columns(SINGULAR[entity]) if c["label"] == label)
+
+
+def pipedrive_id(customermates: FakeCustomermates, entity: str, record: dict[str, Any]) -> str:
+    column_id = column(customermates, entity, "Pipedrive ID")["id"]
+    return next(v["value"] for v in record["customFieldValues"] if v["columnId"] == column_id)
+
+
+def api(customermates: FakeCustomermates, method: str, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.request(method, f"{customermates.url}/api/v1{path}", json=body, headers={"x-api-key": VALID_KEY})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+@pytest.fixture
+def migrated(env: dict[str, str], sample_dir: Path) -> dict[str, str]:
+    result = invoke(["run", "--source", str(sample_dir)], env)  # the snapshot: faster than the Pipedrive fake
+    assert result.exit_code == 0, result.output
+    return env
+
+
+def test_verify_after_a_clean_run_matches_everything(env, sample_dir, tmp_path):
+    # users with the sample's emails, so owners are matched and owner→user links are checked
+    owners = [json.loads(line) for line in (sample_dir / "users.jsonl").read_text().splitlines() if line.strip()]
+    users = copy.deepcopy(DEFAULT_USERS) + [
+        {"id": f"3333333{n}-3333-4333-8333-333333333333", "email": u["email"], "firstName": "Owner", "lastName": str(n)}
+        for n, u in enumerate(owners[:3])
+    ]
+    with FakeCustomermates(users=users) as fake:
+        env = dict(env, CUSTOMERMATES_URL=fake.url)
+        assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+        fake.clear_requests()
+        code, report, output = verify(env, tmp_path / "out")
+        requests = list(fake.requests)
+
+    assert code == 0, output
+    assert "everything matches" in output
+    assert report["status"] == "ok"
+    assert ((tmp_path / "out" / "verify.json").stat().st_mode & 0o777) == 0o600
+    for entity, row in report["entities"].items():
+        assert row["source"] == row["target"] == row["matched"] > 0, entity
+        assert row["missing"] == row["duplicates"] == row["extras"] == 0, entity
+    assert {
+        "contact→organization", "deal→contact", "deal→organization", "deal→service (with quantity)",
+        "task→deal", "task→contact", "task→organization", "owner→user",
+    } <= set(report["links"])
+    for kind, row in report["links"].items():
+        assert row["percent"] == 100.0, kind
+    assert report["links"]["owner→user"]["preserved"] > 0
+    assert report["links"]["owner→user"]["excepted"] > 0  # owners 4 and 5 have no Customermates user
+    assert {"plain", "singleSelect", "date", "dateTime", "currency", "phone", "link"} <= set(report["values"])
+    assert all(row["percent"] == 100.0 for row in report["values"].values())
+    assert all(row["percent"] == 100.0 for row in report["notes"].values())
+    assert report["known_lossy"]["by_rule"]  # listed, not counted
+    # reads: one page-through per entity (⌈records/100⌉ searches) plus the users; nothing per record
+    searches = [r for r in requests if r.path.endswith("/search")]
+    assert len(searches) == len(requests)
+    assert len(searches) == 1 + sum(math.ceil(row["target"] / 100) for row in report["entities"].values())
+
+
+def test_a_record_deleted_in_the_target_is_listed_as_missing(migrated, customermates, tmp_path):
+    env = migrated
+    gone, quarantined = customermates.records("contacts")[:2]
+    api(customermates, "DELETE", "/contacts/many", {"ids": [gone["id"], quarantined["id"]]})
+    gone_sid = pipedrive_id(customermates, "contacts", gone)
+    quarantined_sid = pipedrive_id(customermates, "contacts", quarantined)
+    con = duckdb.connect(env["MIGRATE_STATE"])  # as if the load had quarantined the second one
+    con.execute("DELETE FROM id_map WHERE entity = 'contacts' AND source_id = ?", [quarantined_sid])
+    con.execute("INSERT INTO quarantine VALUES ('contacts', ?, 'rejected by the server', '{}', 'r', now())", [quarantined_sid])
+    con.close()
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1
+    assert report["status"] == "mismatch"
+    missing = {m["source_id"]: m for m in report["missing"]}
+    assert set(missing) == {gone_sid, quarantined_sid}
+    assert missing[gone_sid]["reason"] == "deleted in Customermates after it was migrated"
+    assert missing[quarantined_sid]["quarantined"] and "rejected by the server" in missing[quarantined_sid]["reason"]
+    assert [q["source_id"] for q in report["known_failures"]] == [quarantined_sid]
+    row = report["entities"]["contacts"]
+    assert (row["missing"], row["quarantined"], row["matched"]) == (2, 1, row["source"] - 2)
+    assert "Missing in Customermates" in output and gone_sid in output
+
+
+def test_a_duplicate_pipedrive_id_is_listed_and_an_extra_record_is_not_a_failure(migrated, customermates, tmp_path):
+    env = migrated
+    original = customermates.records("organizations")[0]
+    sid = pipedrive_id(customermates, "organizations", original)
+    column_id = column(customermates, "organizations", "Pipedrive ID")["id"]
+    api(customermates, "POST", "/organizations/many", {"organizations": [{"name": "Created by a user"}]})
+
+    code, report, output = verify(env, tmp_path / "extra")
+    assert code == 0, output
+    assert report["entities"]["organizations"]["extras"] == 1
+    assert report["extras"][0]["pipedrive_id"] is None
+
+    copy_ = api(
+        customermates, "POST", "/organizations/many",
+        {"organizations": [{"name": original["name"], "customFieldValues": [{"columnId": column_id, "value": sid}]}]},
+    )[0]
+    code, report, output = verify(env, tmp_path / "dup")
+    assert code == 1
+    (duplicate,) = report["duplicates"]
+    assert (duplicate["entity"], duplicate["source_id"]) == ("organizations", sid)
+    assert set(duplicate["target_ids"]) == {original["id"], copy_["id"]}
+    assert report["entities"]["organizations"]["duplicates"] == 1
+    assert "Duplicated in Customermates" in output
+
+
+def test_a_changed_custom_value_lowers_that_column_types_preservation(migrated, customermates, tmp_path):
+    env = migrated
+    status = column(customermates, "deals", "Status")
+    options = [o["value"] for o in status["options"]["options"]]
+    deal = next(d for d in customermates.records("deals") if any(v["columnId"] == status["id"] for v in d["customFieldValues"]))
+    current = next(v["value"] for v in deal["customFieldValues"] if v["columnId"] == status["id"])
+    other = next(o for o in options if o != current)
+    api(customermates, "PUT", "/deals/many", {"deals": [{"id": deal["id"], "customFieldValues": [{"columnId": status["id"], "value": other}]}]})
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1
+    assert report["values"]["singleSelect"]["percent"] < 100.0
+    assert report["values"]["singleSelect"]["preserved"] == report["values"]["singleSelect"]["expected"] - 1
+    assert report["values"]["plain"]["percent"] == 100.0
+    (mismatch,) = report["value_mismatches"]
+    assert (mismatch["entity"], mismatch["column"], mismatch["type"]) == ("deals", "Status", "singleSelect")
+    assert mismatch["source_id"] == pipedrive_id(customermates, "deals", deal)
+    assert report["missing"] == [] and report["duplicates"] == []
+    assert "Values that differ" in output
