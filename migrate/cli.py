@@ -111,7 +111,7 @@ def run(
 @cli.command()
 @common_options
 @click.option("--use-staged", is_flag=True, help="Skip extraction and plan from what `migrate extract` staged.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write plan.json and plan.md here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write plan.json, plan.md and plan.html here.")
 @click.option(
     "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
     help="How records deleted in Customermates since they were migrated are planned.",

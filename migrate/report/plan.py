@@ -162,7 +162,9 @@ class Planner:
         if not dtos:
             if sid in id_map and on_target_deleted == "report":
                 return {**item, "action": "skip", "reason": "deleted in Customermates after it was migrated"}
-            return {**item, "action": "create", "changes": self.changes(entity, _empty(after), after)}
+            # a new record's content is the source's; listing every field of every create would
+            # multiply the plan's size by ten (176 MB instead of 16 MB for 100k records)
+            return {**item, "action": "create"}
         if len(dtos) > 1:
             item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the first is compared"
         before = self.from_target(entity, dtos[0], after)
@@ -203,10 +205,6 @@ def _norm(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _empty(like: dict[str, Any]) -> dict[str, Any]:
-    return {"fields": {k: None for k in like["fields"]}, "links": {}, "services": [], "users": [], "values": {}, "notes": False}
 
 
 def _canonical(value: dict[str, Any]) -> str:

@@ -99,6 +99,7 @@ class Staging:
             raise MigrateError(f"cannot open the state file {self.path}: {exc}") from None
         if fresh and self.path.exists():
             os.chmod(self.path, 0o600)
+        self.con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would write into our output
         self.con.execute(_SCHEMA)
         self._check_version()
 
@@ -299,10 +300,14 @@ class Staging:
         return {s: (t, h) for s, t, h in rows}
 
     def forget(self, entity: str, source_ids: list[str]) -> None:
-        """Drop id-map rows, so those records are created again."""
-        self.con.execute(
-            "DELETE FROM id_map WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
-        )
+        """Drop what we know of these records' target copies, so they are created again."""
+        self._drop_identity(entity, source_ids)
+
+    def _drop_identity(self, entity: str, source_ids: list[str]) -> None:
+        for table in ("id_map", "written_payloads"):
+            self.con.execute(
+                f"DELETE FROM {table} WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
+            )
 
     # -- undo -----------------------------------------------------------------------------
     def latest_creating_run(self) -> str | None:
@@ -334,10 +339,7 @@ class Staging:
                 "INSERT INTO undone SELECT $entity, unnest($s), unnest($t), $run, $at, $outcome",
                 {"entity": entity, "s": [r[0] for r in rows], "t": [r[1] for r in rows], "run": run_id, "at": now(), "outcome": outcome},
             )
-            self.con.execute(
-                "DELETE FROM id_map WHERE entity = $entity AND source_id IN (SELECT unnest($s))",
-                {"entity": entity, "s": [r[0] for r in rows]},
-            )
+            self._drop_identity(entity, [r[0] for r in rows])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

@@ -70,6 +70,7 @@ class Transformer:
         self.known = self._known_ids()
         self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
         self.issues: list[tuple[str, str, str, str, str]] = []
+        self._note_markdown: dict[str, str] = {}  # note id → markdown: a note on several records is converted once
         self.summary = TransformSummary()
         self._declare_columns()
 
@@ -317,12 +318,16 @@ class Transformer:
             note = json.loads(data)
             author = self.lookups.users.get(str(note.get("user_id")))
             created = _utc_or_none(note.get("add_time"))
+            note_id = str(note.get("id"))
+            if note_id not in self._note_markdown:
+                self._note_markdown[note_id] = notes.html_to_markdown(note.get("content") or "")
             grouped.setdefault(str(note[column]), []).append(
                 notes.NoteEntry(
                     author=(author or {}).get("name") or (note.get("user") or {}).get("name"),
                     created=created,
                     html=note.get("content") or "",
                     title="Pinned" if note.get(pin_flag) else None,
+                    markdown=self._note_markdown[note_id],
                 )
             )
         return grouped

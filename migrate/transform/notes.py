@@ -637,13 +637,15 @@ class NoteEntry:
     """One Pipedrive note (or activity note, description) to merge into a record's notes.
 
     ``created`` is already ``YYYY-MM-DDTHH:MM:SSZ`` (or ``None``); ``title`` is an optional tag
-    shown in the header, e.g. "Pinned" or "Activity note".
+    shown in the header, e.g. "Pinned" or "Activity note"; ``markdown`` lets a caller that
+    converted ``html`` already (a note attached to several records) skip the conversion.
     """
 
     author: str | None
     created: str | None
     html: str
     title: str | None = None
+    markdown: str | None = None  # the converted html, when the caller already has it
 
 
 def _header(entry: NoteEntry) -> str:
@@ -737,7 +739,8 @@ def compose_notes(entries: list[NoteEntry]) -> tuple[str, bool]:
     ordered = sorted(entries, key=lambda entry: (entry.created is None, entry.created or ""))
     blocks = []
     for entry in ordered:
-        header, body = _header(entry), html_to_markdown(entry.html)
+        header = _header(entry)
+        body = entry.markdown if entry.markdown is not None else html_to_markdown(entry.html)
         block = "\n\n".join(part for part in (header, body) if part)
         if block:
             blocks.append(block)
