@@ -249,6 +249,11 @@ def _sort_key(record: dict[str, Any], sort_by: str) -> list[Any]:
     return [value is not None, value if value is not None else 0, rid]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client killed mid-request (the crash tests do that) resets its socket: expected, not news."""
+
+
 class FakePipedrive:
     """See the module docstring. Thread-safe; state is guarded by one lock."""
 
@@ -304,7 +309,7 @@ class FakePipedrive:
         class Handler(_Handler):
             owner = fake
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
