@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+import duckdb
 from rich.console import Console
 from rich.table import Table
 
 from migrate import pipeline
 from migrate.config import Settings, load_settings
 from migrate.customermates.undo import print_undo
-from migrate.errors import MigrateError
+from migrate.errors import Interrupted, MigrateError
 from migrate.logs import configure, redact, register_secret
 from migrate.report.plan_output import print_plan, write_plan
 from migrate.report.run_report import print_report, write_json
@@ -49,16 +53,53 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         config_file = kwargs.pop("config_file")
         setting_names = set(Settings.model_fields)
         flags = {k: kwargs.pop(k) for k in list(kwargs) if k in setting_names}
+        state: Path | None = None
         try:
-            settings = load_settings(flags, config_file)
-            register_secret(settings.pipedrive_api_token)
-            register_secret(settings.customermates_api_key)
-            return fn(settings=settings, **kwargs)
+            with _stop_signals():
+                settings = load_settings(flags, config_file)
+                state = settings.state
+                register_secret(settings.pipedrive_api_token)
+                register_secret(settings.customermates_api_key)
+                return fn(settings=settings, **kwargs)
         except MigrateError as exc:
-            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", highlight=False)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
+        except (duckdb.OperationalError, duckdb.FatalException, duckdb.PermissionException) as exc:
+            _fail(
+                f"cannot write the state file {state}: {exc}. Free disk space (or fix its permissions) and run again: "
+                "what was committed before is kept and the run resumes from there",
+                1,
+            )
+        except KeyboardInterrupt:
+            interrupted = Interrupted("Ctrl-C", signal.SIGINT)
+            _fail(str(interrupted), interrupted.exit_code)
+        except Interrupted as exc:
+            _fail(str(exc), exc.exit_code)
 
     return wrapper
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False)
+    sys.exit(exit_code)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM raises `Interrupted` where the command is, so the same rollbacks and `finally`
+    blocks run as for any error, and it ends with one line instead of a silent death."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        raise Interrupted(signal.Signals(signum).name, signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -150,10 +191,10 @@ def doctor(settings: Settings) -> None:
     """Check both sides before a migration: tokens, permissions, reachability."""
     console = Console()
     results = pipeline.doctor(settings)
-    for check, passed, detail in results:
-        mark = "[green]ok[/green]  " if passed else "[red]FAIL[/red]"
-        console.print(f"{mark} {check}: {redact(detail)}", highlight=False)
-    if not all(passed for _, passed, _ in results):
+    marks = {"ok": "[green]ok[/green]  ", "warn": "[yellow]WARN[/yellow]", "fail": "[red]FAIL[/red]"}
+    for check, outcome, detail in results:
+        console.print(f"{marks[outcome]} {check}: {redact(detail)}", highlight=False)
+    if any(outcome == "fail" for _, outcome, _ in results):
         sys.exit(1)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from migrate.errors import ConfigError
@@ -21,6 +24,11 @@ ENV_VARS = {
     "ca_bundle": "MIGRATE_CA_BUNDLE",
 }
 SECRET_FIELDS = ("pipedrive_api_token", "customermates_api_key")
+FLAGS = {  # the command-line flag of each setting, where it is not --<name>
+    "pipedrive_api_token": "--pipedrive-token",
+    "pipedrive_base_url": "--pipedrive-url",
+    "customermates_api_key": "--customermates-key",
+}
 
 
 class Settings(BaseModel):
@@ -47,6 +55,30 @@ class Settings(BaseModel):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
         return value
 
+    @field_validator("pipedrive_api_token", "customermates_api_key")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        """Copied tokens often carry a trailing newline or spaces: strip them; blank is unset.
+        The message never repeats the value."""
+        if value is None:
+            return None
+        value = value.strip()
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("contains a space or control character inside it; paste the token again")
+        return value or None
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        """Fail here, with the path in the message, rather than deep inside the first TLS connection."""
+        if value is None:
+            return None
+        try:
+            _load_context(str(value))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{value} cannot be used as a CA bundle ({exc.strerror or exc}); give a PEM file of CA certificates") from None
+        return value
+
     @field_validator("phone_region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
@@ -55,13 +87,14 @@ class Settings(BaseModel):
         return value.upper() if value else None
 
     @property
-    def verify(self) -> bool | str:
-        return str(self.ca_bundle) if self.ca_bundle else True
+    def verify(self) -> ssl.SSLContext:
+        """The TLS context of every client: verification always on, with --ca-bundle's CAs when given."""
+        return _tls_context(str(self.ca_bundle) if self.ca_bundle else None)
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if not getattr(self, n)]
         if missing:
-            hints = ", ".join(f"{ENV_VARS.get(n, n.upper())} (or --{n.replace('_', '-')})" for n in missing)
+            hints = ", ".join(f"{ENV_VARS.get(n, n.upper())} (or {FLAGS.get(n, '--' + n.replace('_', '-'))})" for n in missing)
             raise ConfigError(f"missing setting: {hints}")
 
     def redacted(self) -> dict[str, Any]:
@@ -70,6 +103,20 @@ class Settings(BaseModel):
             if data.get(name):
                 data[name] = "***"
         return data
+
+
+def _load_context(ca_bundle: str | None) -> ssl.SSLContext:
+    if ca_bundle is None:
+        return httpx.create_ssl_context()  # what httpx does by default (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)
+    if os.path.isdir(ca_bundle):
+        return ssl.create_default_context(capath=ca_bundle)
+    return ssl.create_default_context(cafile=ca_bundle)
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Built once per process: loading the CA store costs more than a small run's requests."""
+    return _load_context(ca_bundle)
 
 
 def load_settings(flags: dict[str, Any], config_file: Path | None = None, environ: dict[str, str] | None = None) -> Settings:

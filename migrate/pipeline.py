@@ -285,27 +285,42 @@ def preflight(source: PageSource, target: CustomermatesClient | None) -> list[st
     return warnings
 
 
-def doctor(settings: Settings) -> list[tuple[str, bool, str]]:
-    """Preflight checks of both sides: (check, passed, detail)."""
-    results: list[tuple[str, bool, str]] = []
+def doctor(settings: Settings) -> list[tuple[str, str, str]]:
+    """Preflight checks of both sides: (check, "ok" | "warn" | "fail", detail)."""
+    results: list[tuple[str, str, str]] = []
+
+    def add(check: str, passed: bool, detail: str, *, warn_only: bool = False) -> None:
+        results.append((check, "ok" if passed else "warn" if warn_only else "fail", detail))
+
     with ExitStack() as stack:
         try:
             source = open_source(settings, stack)
             if isinstance(source, PipedriveClient):
                 who, admin = pipedrive_identity(source)
-                results.append(("Pipedrive token", True, who))
-                results.append(("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing"))
+                add("Pipedrive token", True, who)
+                add("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing")
             else:
-                results.append(("Pipedrive snapshot", True, str(settings.source)))
+                add("Pipedrive snapshot", True, str(settings.source))
         except MigrateError as exc:
-            results.append(("Pipedrive", False, str(exc)))
+            add("Pipedrive", False, str(exc))
         try:
-            client, _ = customermates_clients(settings, stack)
+            client, mcp = customermates_clients(settings, stack)
             who, admin = customermates_identity(client)
-            results.append(("Customermates key", True, who))
-            results.append(("Customermates admin", admin, "Admin role" if admin else "migrations need an Admin (system role) key"))
+            add("Customermates key", True, who)
+            add("Customermates admin", admin, "Admin role" if admin else "migrations need an Admin (system role) key")
             users = client.list_users()
-            results.append(("Customermates users", bool(users), f"{len(users)} users to match Pipedrive owners against"))
+            add("Customermates users", bool(users), f"{len(users)} users to match Pipedrive owners against")
         except MigrateError as exc:
-            results.append(("Customermates key", False, str(exc)))
+            add("Customermates key", False, str(exc))
+            return results
+        try:
+            active = mcp.active_webhooks()
+            add(
+                "Customermates webhooks", active == 0,
+                "none active" if active == 0 else f"{active} active: a bulk import sends every subscriber an event per record; "
+                "disable them for the migration (UI, or MCP update_webhook enabled:false)",
+                warn_only=True,
+            )
+        except MigrateError as exc:
+            add("Customermates webhooks", False, f"could not list webhooks ({exc})", warn_only=True)
     return results

@@ -153,3 +153,14 @@ def test_a_non_admin_customermates_key_is_warned_about(env, tmp_path):
         result = invoke(["run", "--dry-run"], env)
     assert result.exit_code == 0, result.output
     assert "not an Admin" in result.output
+
+
+def test_doctor_warns_about_active_webhooks(env, customermates):
+    customermates.webhooks.append(
+        {"id": "0b6f0c1e-7d3a-4e5b-8c6d-0a1b2c3d4e5f", "url": "https://hooks.example.com/crm", "description": "ERP sync",
+         "events": ["contact.created", "deal.updated"], "enabled": True, "createdAt": "2026-01-01T00:00:00.000Z",
+         "updatedAt": "2026-01-01T00:00:00.000Z"}
+    )
+    result = invoke(["doctor"], env)
+    assert result.exit_code == 0, result.output
+    assert "WARN Customermates webhooks: 1 active" in result.output

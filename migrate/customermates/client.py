@@ -295,7 +295,8 @@ def _retryable_status(status: int) -> bool:
 
 
 def _retryable_exception(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol)
+    # UnsupportedProtocol and LocalProtocolError (e.g. an illegal header value) are ours: a retry sends the same
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError))
 
 
 _Kind = Literal["read", "write", "preflight"]

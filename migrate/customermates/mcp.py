@@ -285,6 +285,10 @@ class McpClient(HttpSession):
         arguments = {"id": column_id, "label": label, "options": _select_options(options, keep_values=True)}
         self.call_tool("update_single_select_custom_column", arguments)
 
+    def active_webhooks(self) -> int:
+        """How many enabled webhooks the company has (MCP `list_webhooks`, TOON text)."""
+        return count_enabled_webhooks(self.call_tool("list_webhooks", {}))
+
     def delete_custom_column(self, column_id: str) -> None:
         """Delete a custom column and every value stored in it (irreversible)."""
         self.call_tool("delete_custom_column", {"id": column_id})
@@ -397,3 +401,22 @@ def _select_options(options: list[dict], *, keep_values: bool) -> list[dict]:
         item["index"] = option.get("index", position)
         result.append(item)
     return result
+
+
+def count_enabled_webhooks(text: str) -> int:
+    """Count `enabled: true` items in a TOON `list_webhooks` answer: list items
+    (`- id: …` … `enabled: true`) or a tabular array (`items[N]{id,…,enabled,…}:` + rows)."""
+    count = sum(1 for line in text.splitlines() if re.fullmatch(r"\s*(?:- )?enabled: true\s*", line))
+    header = re.search(r"^items\[\d+\]\{([^}]*)\}:\s*$", text, re.MULTILINE)
+    if header:
+        fields = header.group(1).split(",")
+        if "enabled" in fields:
+            column = fields.index("enabled")
+            rows = text[header.end():].strip().splitlines()
+            count += sum(1 for row in rows if _toon_cells(row.strip())[column:column + 1] == ["true"])
+    return count
+
+
+def _toon_cells(row: str) -> list[str]:
+    return [cell.strip().strip('"') for cell in re.findall(r'"(?:[^"\\]|\\.)*"|[^,]+', row)]
+

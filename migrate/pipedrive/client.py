@@ -8,6 +8,9 @@ one clear sentence: retrying them only makes things worse (contract §2, §4).
 from __future__ import annotations
 
 import json
+import os
+import re
+import ssl
 import threading
 import time
 from collections import deque
@@ -73,7 +76,7 @@ class PipedriveClient:
         token: str,
         *,
         timeout: float = 60.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         burst_limit: int = 20,
         transport: httpx.BaseTransport | None = None,
         max_attempts: int = 6,
@@ -85,7 +88,7 @@ class PipedriveClient:
             base_url=self.base_url,
             headers={"x-api-token": token, "accept": "application/json", "user-agent": USER_AGENT},
             timeout=timeout,
-            verify=verify,
+            verify=_ssl_verify(verify),
             transport=transport,
         )
         self.limiter = BurstLimiter(burst_limit)
@@ -128,6 +131,8 @@ class PipedriveClient:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
         except httpx.ConnectError as exc:
             raise PipedriveError(f"cannot reach Pipedrive at {self.base_url}: {_reason(exc)}") from None
+        except httpx.LocalProtocolError as exc:  # our side cannot form the request: retrying cannot help
+            raise PipedriveError(f"cannot send a request to Pipedrive at {self.base_url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection problem: {_reason(exc)}") from None
         self.requests_sent += 1
@@ -150,6 +155,11 @@ class PipedriveClient:
         if status != 200:
             raise PipedriveError(_explain(status, path, response), status=status)
         self.tokens_spent += cost
+        if _is_html(response):  # a login page, a captive portal, a web app at PIPEDRIVE_BASE_URL: not transient
+            raise PipedriveError(
+                f"Pipedrive {path}: HTTP 200 with {_snippet(response)} instead of JSON; check PIPEDRIVE_BASE_URL "
+                "(https://<company>.pipedrive.com or https://api.pipedrive.com)"
+            )
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -201,6 +211,15 @@ def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> st
     return None
 
 
+def _ssl_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """TLS verification is always on; a CA bundle path (--ca-bundle) becomes a context that trusts it."""
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 def _seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -215,7 +234,20 @@ def _reason(exc: Exception) -> str:
     return text
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _is_html(response: httpx.Response) -> bool:
+    return "html" in response.headers.get("content-type", "") or response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+
+
 def _snippet(response: httpx.Response) -> str:
+    """The body in a few words: an HTML page by its title (or first text), anything else by its start."""
+    if _is_html(response):
+        match = _TITLE.search(response.text)
+        words = " ".join(_TAG.sub(" ", match.group(1) if match else response.text).split())
+        return f"an HTML page ({words[:120]!r})" if words else "an HTML page"
     text = response.text.strip().replace("\n", " ")
     return text[:200] or "(empty body)"
 
@@ -237,7 +269,7 @@ def _explain(status: int, path: str, response: httpx.Response) -> str:
                 "Pipedrive blocked the requests (HTTP 403 HTML page from its firewall, usually after too many 429s); "
                 "stop, wait a few minutes, and run again"
             )
-        return f"Pipedrive {path}: HTTP {status} with an HTML page instead of JSON: {_snippet(response)}"
+        return f"Pipedrive {path}: HTTP {status} with {_snippet(response)} instead of JSON"
     messages = {
         401: "Pipedrive rejected the API token (HTTP 401): check PIPEDRIVE_API_TOKEN",
         402: "Pipedrive says the company account is not open (HTTP 402: trial expired or payment missing)",

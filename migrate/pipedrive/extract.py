@@ -53,7 +53,8 @@ class SnapshotSource:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise PipedriveError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                    reason = exc.msg.removesuffix(" at").removesuffix(" starting")
+                    raise PipedriveError(f"{path}:{line_no}: not valid JSON at column {exc.colno} ({reason})") from None
                 if not isinstance(record, dict):
                     raise PipedriveError(f"{path}:{line_no}: expected a JSON object per line")
                 batch.append(record)

@@ -116,6 +116,14 @@ class Staging:
     def close(self) -> None:
         self.con.close()
 
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if there still is one: a COMMIT that failed (disk
+        full) has already ended it, and the error to report is that one, not the rollback's."""
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
     def __enter__(self) -> Staging:
         return self
 
@@ -168,7 +176,7 @@ class Staging:
             )
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def checkpoint(self, collection: str) -> Checkpoint | None:
@@ -242,7 +250,7 @@ class Staging:
                 )
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def _insert_targets(self, rows: list[tuple[str, str, dict[str, Any], str]]) -> None:
@@ -342,7 +350,7 @@ class Staging:
             self._drop_identity(entity, [r[0] for r in rows])
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
@@ -407,7 +415,7 @@ class Staging:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def save_written(self, entity: str, rows: list[tuple[str, dict[str, Any]]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from migrate.transform import values as v
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
@@ -307,12 +308,29 @@ def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
     if not text:
         return
     url = text if "://" in text or text.startswith(("mailto:", "tel:")) else f"https://{text}"
-    if url.startswith(("https://", "http://", "mailto:", "tel:")) and " " not in url and "." in url:
+    if url.startswith(("https://", "http://", "mailto:", "tel:")) and " " not in url and "." in url and _parses(url):
         out.put(spec, url)
         return
     fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
     out.put(fallback, text)
     out.issue(fld.name, "link_invalid", f"{text!r} is not a usable URL; kept as text in '{fallback.label}'")
+
+
+# What a URL parser (Customermates checks with `new URL()`) refuses in a host name.
+_FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
+
+
+def _parses(url: str) -> bool:
+    """Whether the server's URL check will take `url`: a host without forbidden characters, a numeric port."""
+    if url.startswith(("mailto:", "tel:")):
+        return True
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError unless the port is a number in range
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return bool(host) and not any(ch in _FORBIDDEN_HOST or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host)
 
 
 @encoder("labels")

@@ -263,13 +263,13 @@ class Transformer:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, decl.currency_from)}
             option_field = decl.field or (decl.options_from.split(":", 1)[1] if (decl.options_from or "").startswith("field:") else None)
             fld = Field(name=decl.source_field, options=self._options(FIELD_META[collection], option_field) if option_field else {})
-            ENCODERS[decl.encode](value, record, spec, fld, self.lookups, out)
+            self._encode(decl.encode, value, record, spec, fld, out)
         custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
         for spec, fld, code, encode in self._custom[collection]:
             value = _v1_value(custom_values, code, spec.type) if collection in V1_ENCODED else custom_values.get(code)
             if value is None or value == "" or value == []:
                 continue
-            ENCODERS[encode](value, record, spec, fld, self.lookups, out)
+            self._encode(encode, value, record, spec, fld, out)
         for field_name, rule, detail in core.issues + out.issues:
             self._issue(mapping.entity, sid, field_name, rule, detail)
         note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target)
@@ -281,6 +281,17 @@ class Transformer:
             "values": dict(sorted(out.values.items())),
             "notes": note_text,
         }
+
+    def _encode(self, encode: str, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
+        """Run one encoder. A value it cannot read (text where a number belongs, say) is kept as
+        text in '<column> (as entered)' and reported with its record and field: never a traceback."""
+        try:
+            ENCODERS[encode](value, record, spec, fld, self.lookups, out)
+        except (ValueError, TypeError, AttributeError) as exc:
+            text = _as_entered(value)
+            fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
+            out.put(fallback, text)
+            out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({exc}); kept as text in '{fallback.label}'")
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
@@ -357,6 +368,14 @@ def _utc_or_none(value: Any) -> str | None:
         return v.to_utc_datetime(value)
     except (ValueError, TypeError):
         return None
+
+
+def _as_entered(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(_as_entered(v) for v in value.values() if v not in (None, "", [], {}))
+    if isinstance(value, list):
+        return ", ".join(_as_entered(v) for v in value)
+    return str(value)
 
 
 def _deleted(record: dict[str, Any]) -> bool:

@@ -1581,6 +1581,7 @@ class FakeCustomermates:
         self._req_lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._random_fault_rate = 0.0
+        self.webhooks: list[dict] = []  # what list_webhooks answers: {id, url, description, events, enabled, createdAt, updatedAt}
         self._random_faults = random.Random(0)
         self._random_stall = 3.0
         self._stop_event = threading.Event()
@@ -2751,6 +2752,10 @@ class FakeCustomermates:
                     return toon.encode({"items": [self._col_cfg(c) for c in cols]}), False
                 if name == "delete_custom_column":
                     return self._tool_delete_column(args["id"])
+                if name == "list_webhooks":
+                    term = str(args.get("searchTerm") or "").lower()
+                    items = [w for w in self.webhooks if term in (w["url"] + " " + (w.get("description") or "")).lower()]
+                    return toon.encode({"items": copy.deepcopy(items)}), False
         return f"Error: the fake Customermates server does not implement the tool {name}", True
 
     def _options_from_args(self, ctype: str, args: dict, existing: Any = None, update: bool = False) -> Any:
