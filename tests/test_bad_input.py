@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -192,31 +194,40 @@ def invoke(args: list[str], env: dict[str, str]) -> Result:
     return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
 
 
-def state_dir(tmp_path: Path) -> Path:
-    """The state file's directory: RAM-backed when there is one (DuckDB commits fsync), else tmp_path."""
+@contextmanager
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for the state file: RAM-backed when there is one (DuckDB commits fsync; a
+    state file preallocates megabytes), removed afterwards; else tmp_path."""
     shm = Path("/dev/shm")
-    if shm.is_dir():
-        import tempfile
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="migrate-test-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
-        return Path(tempfile.mkdtemp(dir=shm, prefix="migrate-test-"))
-    return tmp_path
+
+class _NoSleep:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        return None
+
+
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No backoff sleeps: retried requests are retried at once (the same number of times)."""
+    monkeypatch.setattr("migrate.pipedrive.client.wait_exponential_jitter", lambda **_: tenacity.wait_none())
+    monkeypatch.setattr("migrate.customermates.client._default_read_wait", tenacity.wait_none)
+    monkeypatch.setattr("migrate.customermates.load.time", _NoSleep())
 
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No backoff sleeps: retried requests are retried at once (the same number of times)."""
-
-    class _NoSleep:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            return None
-
-    monkeypatch.setattr("migrate.pipedrive.client.wait_exponential_jitter", lambda **_: tenacity.wait_none())
-    monkeypatch.setattr("migrate.customermates.client._default_read_wait", tenacity.wait_none)
-    monkeypatch.setattr("migrate.customermates.load.time", _NoSleep())
+    no_backoff(monkeypatch)
 
 
 @dataclass
@@ -243,13 +254,14 @@ class World:
 @contextmanager
 def world(tmp_path: Path, account: dict[str, list[dict[str, Any]]] | None = None) -> Iterator[World]:
     account = account if account is not None else clean_account()
-    with FakePipedrive(collections=copy.deepcopy(account), burst_limit=10_000) as pd, FakeCustomermates() as cm:
+    with state_dir(tmp_path) as state, FakePipedrive(collections=copy.deepcopy(account), burst_limit=10_000) as pd, \
+            FakeCustomermates() as cm:
         env = {
             "PIPEDRIVE_API_TOKEN": VALID_TOKEN,
             "PIPEDRIVE_BASE_URL": pd.url,
             "CUSTOMERMATES_URL": cm.url,
             "CUSTOMERMATES_API_KEY": VALID_KEY,
-            "MIGRATE_STATE": str(state_dir(tmp_path) / "state.duckdb"),
+            "MIGRATE_STATE": str(state / "state.duckdb"),
         }
         w = World(account, pd, cm, env, tmp_path)
         try:
@@ -539,6 +551,7 @@ class RunCase:
     exit_code: int
     messages: tuple[str, ...]  # fragments of the output (line wrapping undone)
     after: Callable[[World, Result], None] = lambda w, r: None  # more checks of the bad run
+    args: tuple[str, ...] = ()  # of the bad run
     repair: Callable[[World], None] = lambda w: None  # fixes the cause (injected faults are used up by the bad run)
     rerun_args: tuple[str, ...] = ()
     after_rerun: Callable[[World, dict[str, Any]], None] = lambda w, report: None
@@ -740,10 +753,12 @@ RUN_CASES: list[RunCase] = [
     RunCase("pipedrive_wrong_base_url", "PIPEDRIVE_BASE_URL with a path: every API path is 404", _env(PIPEDRIVE_BASE_URL="{pd}/crm"),
             1, ("error: Pipedrive has no /api/v1/users/me (HTTP 404): check PIPEDRIVE_BASE_URL",), _nothing_written),
     # -- Customermates answers ----------------------------------------------------------------------
-    RunCase("customermates_rejects_a_record", "a contact's organization was deleted in Customermates between runs: the server answers 400",
+    RunCase("customermates_rejects_a_record", "a contact's organization was deleted in Customermates between runs and the contact "
+            "changed in Pipedrive (written with --on-conflict source-wins): the server answers 400",
             _delete_an_organization_in_the_target, 3,
             ("Quarantined records (1): rejected by Customermates", "contacts 1: Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"),
-            _quarantined_contact, rerun_args=("--on-target-deleted", "recreate"), after_rerun=_recreated),
+            _quarantined_contact, args=("--on-conflict", "source-wins"),
+            rerun_args=("--on-target-deleted", "recreate", "--on-conflict", "source-wins"), after_rerun=_recreated),
     RunCase("customermates_500_during_load", "one contacts batch answers 500 with an empty body (settled by lookup, sent again)",
             lambda w, env: w.cm.fail_next(1, status=500, path_contains="/contacts/many"), 0, ("Status: ok",)),
     RunCase("customermates_500_persistent", "every tasks batch answers 500",
@@ -777,7 +792,7 @@ def test_run_case(case: RunCase, tmp_path: Path, fast_retries: None) -> None:
     with world(tmp_path) as w:
         env = dict(w.env)
         case.breaks(w, env)
-        result = w.run("--report-dir", str(tmp_path / "bad"), env=env)
+        result = w.run(*case.args, "--report-dir", str(tmp_path / "bad"), env=env)
         assert result.exit_code == case.exit_code, result.output
         assert "Traceback" not in result.output
         for fragment in case.messages:
@@ -808,8 +823,9 @@ def test_sigterm_mid_run_stops_with_one_line_and_a_rerun_completes(tmp_path: Pat
     from tests.crash_harness import migrate_env
 
     account = clean_account()
-    with FakePipedrive(collections=copy.deepcopy(account), burst_limit=10_000) as pd, FakeCustomermates() as cm:
-        env = migrate_env(pd, cm, state_dir(tmp_path) / "state.duckdb")
+    with state_dir(tmp_path) as state, FakePipedrive(collections=copy.deepcopy(account), burst_limit=10_000) as pd, \
+            FakeCustomermates() as cm:
+        env = migrate_env(pd, cm, state / "state.duckdb")
         cm.stall_next(10.0, count=1)  # the first write is applied, its answer held back
         child = subprocess.Popen([sys.executable, "-m", "migrate", "run"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

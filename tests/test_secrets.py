@@ -27,7 +27,7 @@ from migrate.config import Settings, load_settings
 from migrate.pipedrive.client import PipedriveClient
 from tests.fakes.customermates import FakeCustomermates
 from tests.fakes.pipedrive import FakePipedrive
-from tests.test_bad_input import clean_account, fast_retries, invoke  # noqa: F401 - fast_retries is a fixture
+from tests.test_bad_input import clean_account, invoke, no_backoff
 
 PIPEDRIVE_TOKEN = "pdSECRETtoken-7Q9xK2mZ4vB8nR1sW6yH3jL5cF0gD4kT"
 CUSTOMERMATES_KEY = "cmSECRETkey-Zx81Qw73Er65Ty49Ui27Op05As93Df71Gh59Jk37Lz15XcVb"
@@ -64,11 +64,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp, \
             FakePipedrive(collections=copy.deepcopy(account), token=PIPEDRIVE_TOKEN, burst_limit=10_000) as pd, \
             FakeCustomermates(api_key=CUSTOMERMATES_KEY) as cm:
-        import tenacity
-
-        mp.setattr("migrate.pipedrive.client.wait_exponential_jitter", lambda **_: tenacity.wait_none())
-        mp.setattr("migrate.customermates.client._default_read_wait", tenacity.wait_none)
-        mp.setattr("migrate.customermates.load.time.sleep", lambda seconds: None)
+        no_backoff(mp)
         env = {
             "PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN,
             "PIPEDRIVE_BASE_URL": pd.url,
