@@ -29,31 +29,20 @@ class Collection:
     optional: bool = False  # a 404/410 means "not on this account" (reported), not a failure
 
 
+def field_metadata(kind: str) -> Collection:
+    """`/api/v2/<kind>Fields`, keyed by field_code, falling back to v1 (keyed by key)."""
+    name = f"{kind}Fields"
+    return Collection(
+        name, f"/api/v2/{name}", "cursor", 10, key="field_code", fallback=Collection(name, f"/api/v1/{name}", "offset", 20, key="key")
+    )
+
+
 COLLECTIONS: tuple[Collection, ...] = (
     Collection("users", "/api/v1/users", "none", 20),
     Collection("activityTypes", "/api/v1/activityTypes", "none", 20),
     Collection("currencies", "/api/v1/currencies", "none", 20),
     Collection("leadLabels", "/api/v1/leadLabels", "none", 10, optional=True),
-    Collection(
-        "personFields", "/api/v2/personFields", "cursor", 10, key="field_code",
-        fallback=Collection("personFields", "/api/v1/personFields", "offset", 20, key="key"),
-    ),
-    Collection(
-        "organizationFields", "/api/v2/organizationFields", "cursor", 10, key="field_code",
-        fallback=Collection("organizationFields", "/api/v1/organizationFields", "offset", 20, key="key"),
-    ),
-    Collection(
-        "dealFields", "/api/v2/dealFields", "cursor", 10, key="field_code",
-        fallback=Collection("dealFields", "/api/v1/dealFields", "offset", 20, key="key"),
-    ),
-    Collection(
-        "productFields", "/api/v2/productFields", "cursor", 10, key="field_code",
-        fallback=Collection("productFields", "/api/v1/productFields", "offset", 20, key="key"),
-    ),
-    Collection(
-        "activityFields", "/api/v2/activityFields", "cursor", 10, key="field_code",
-        fallback=Collection("activityFields", "/api/v1/activityFields", "offset", 20, key="key"),
-    ),
+    *(field_metadata(kind) for kind in ("person", "organization", "deal", "product", "activity")),
     Collection("pipelines", "/api/v2/pipelines", "cursor", 5),
     Collection("stages", "/api/v2/stages", "cursor", 5),
     Collection("organizations", "/api/v2/organizations", "cursor", 10),

@@ -242,6 +242,11 @@ def user_label(user: dict[str, Any] | None, user_id: str) -> str:
     return f"{name} <{email}>" if name and email else name or email or f"Pipedrive user #{user_id}"
 
 
+def _names(value: Any, names: dict[str, str], unknown: str) -> str | None:
+    """Referenced ids as their readable names, comma-joined; `unknown` formats a missing one."""
+    return ", ".join(names.get(i) or unknown.format(i) for i in _ids(value)) or None
+
+
 @encoder("user")
 def _user(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     out.put(spec, ", ".join(user_label(lk.users.get(i), i) for i in _ids(value)) or None)
@@ -249,12 +254,12 @@ def _user(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
 
 @encoder("organization")
 def _organization(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(lk.organization_names.get(i, f"Pipedrive organization #{i}") for i in _ids(value)) or None)
+    out.put(spec, _names(value, lk.organization_names, "Pipedrive organization #{}"))
 
 
 @encoder("person")
 def _person(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(lk.person_names.get(i, f"Pipedrive person #{i}") for i in _ids(value)) or None)
+    out.put(spec, _names(value, lk.person_names, "Pipedrive person #{}"))
 
 
 def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
@@ -335,12 +340,12 @@ def _parses(url: str) -> bool:
 
 @encoder("labels")
 def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(fld.options.get(i, f"Label #{i}") for i in _ids(value)) or None)
+    out.put(spec, _names(value, fld.options, "Label #{}"))
 
 
 @encoder("lead_labels")
 def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(lk.lead_labels.get(i, f"Label {i}") for i in _ids(value)) or None)
+    out.put(spec, _names(value, lk.lead_labels, "Label {}"))
 
 
 @encoder("pipeline")
