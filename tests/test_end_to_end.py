@@ -321,3 +321,4 @@ def test_new_pipeline_stage_adds_an_option_and_keeps_existing_option_ids(env, pi
     assert len([c for c in customermates.columns("deal") if c["label"] == "Stage"]) == 1
     target = by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]
     assert {"columnId": stage_column["id"], "value": after[new]} in target["customFieldValues"]
+

@@ -114,6 +114,7 @@ class Loader:
         self.max_batch = max(1, min(MAX_BATCH, max_batch))
         self.min_batch = min(MIN_BATCH, self.max_batch)
         self.batch_size = min(START_BATCH, self.max_batch)
+        self.ceiling = self.max_batch  # lowered below any size whose write failed uncertainly
         self.progress = progress
         self.summary = LoadSummary()
         self.id_maps: dict[str, dict[str, tuple[str, str]]] = {}
@@ -315,6 +316,7 @@ class Loader:
         except UncertainWriteError as exc:
             elapsed = time.monotonic() - started
             log.warning("load.uncertain", entity=entity, items=len(items), error=str(exc), seconds=round(elapsed, 2))
+            self.ceiling = max(self.min_batch, min(self.ceiling, len(items) - 1))
             self.batch_size = max(self.min_batch, len(items) // 2)
             missing = self._settle(batch_id, entity, operation, items)
             if missing:
@@ -341,10 +343,15 @@ class Loader:
             self.progress(entity, len(items))
 
     def _tune(self, elapsed: float, size: int) -> None:
+        """Adapt the batch size to the observed latency: shrink when a batch was slow, grow only
+        when the next size is predicted (per-item time × size) to stay fast, and never back up
+        to a size that once failed (the server's 5 s transaction limit)."""
         if elapsed > SLOW_BATCH_SECONDS:
             self.batch_size = max(self.min_batch, int(size * 0.6))
-        elif elapsed < FAST_BATCH_SECONDS and size >= self.batch_size:
-            self.batch_size = min(self.max_batch, int(self.batch_size * 1.25) + 1)
+        elif size >= self.batch_size:
+            grown = min(self.max_batch, self.ceiling, int(self.batch_size * 1.25) + 1)
+            if elapsed / size * grown < FAST_BATCH_SECONDS:
+                self.batch_size = max(self.batch_size, grown)
 
     def _remember(self, entity: str, written: list[tuple[str, str, str]]) -> None:
         for source_id, target_id, digest in written:
