@@ -206,7 +206,7 @@ def test_dry_run_writes_nothing(env, customermates, tmp_path):
     assert result.exit_code == 0, result.output
     assert customermates.write_count() == 0
     assert customermates.columns() == []
-    assert "would create" in result.output
+    assert "would be created" in result.output
 
 
 def test_dry_run_on_the_bundled_sample_needs_no_server(tmp_path):

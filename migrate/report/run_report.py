@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -32,22 +33,19 @@ def write_json(report: dict[str, Any], directory: Path, name: str = "report.json
 
 def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: int = 15) -> None:
     dry = report.get("dry_run")
-    table = Table(title=f"{'Plan (dry run)' if dry else 'Migration'} — run {report['run_id']}", title_justify="left")
-    headers = ["entity", "in Pipedrive", "deleted", "to migrate"]
-    headers += ["create", "update"] if dry else ["created", "updated"]
-    headers += ["unchanged", "quarantined"]
+    table = Table(
+        title=f"{'Plan (dry run)' if dry else 'Migration'} — run {report['run_id']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    headers = ["entity", "source", "deleted", *(("create", "update") if dry else ("created", "updated")), "unchanged", "quarantined"]
     for n, header in enumerate(headers):
-        table.add_column(header, justify="left" if n == 0 else "right", no_wrap=n == 0)
+        table.add_column(header, justify="left" if n == 0 else "right", no_wrap=True)
     for entity, row in report["entities"].items():
-        table.add_row(
-            entity,
-            *(str(row[k]) for k in ("extracted", "deleted_skipped", "to_migrate", "created", "updated", "unchanged", "quarantined")),
-        )
+        table.add_row(entity, *(str(row[k]) for k in ("extracted", "deleted_skipped", "created", "updated", "unchanged", "quarantined")))
     console.print(table)
     created = sum(row["created"] for row in report["entities"].values())
     updated = sum(row["updated"] for row in report["entities"].values())
     unchanged = sum(row["unchanged"] for row in report["entities"].values())
-    verb = ("would create", "would update") if dry else ("created", "updated")
+    verb = ("would be created", "would be updated") if dry else ("created", "updated")
     changes = "0 changes: " if created + updated == 0 else ""
     console.print(f"{changes}{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
     gone = {e: row.get("deleted_in_target", 0) for e, row in report["entities"].items() if row.get("deleted_in_target")}
