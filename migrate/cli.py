@@ -21,7 +21,8 @@ from migrate import pipeline
 from migrate.config import Settings, load_settings
 from migrate.customermates.undo import print_undo
 from migrate.errors import Interrupted, MigrateError
-from migrate.logs import configure, redact, register_secret
+from migrate.logs import configure, log_format, redact, register_secret
+from migrate.progress import ProgressDisplay
 from migrate.report.plan_output import print_plan, write_plan
 from migrate.report.run_report import print_report, write_json
 from migrate.report.verify import EXIT_MISMATCH, print_verify
@@ -137,10 +138,11 @@ def run(
     when changed; a run that died is resumed."""
     console = Console()
     saved_plan = json.loads(plan_file.read_text(encoding="utf-8")) if plan_file else None
-    report = pipeline.run_migration(
-        settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
-        on_conflict=on_conflict, saved_plan=saved_plan,
-    )
+    with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
+        report = pipeline.run_migration(
+            settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
+            on_conflict=on_conflict, saved_plan=saved_plan, progress=progress,
+        )
     print_report(report, console)
     if report_dir:
         path = write_json(report, report_dir)
@@ -175,7 +177,8 @@ def extract_command(settings: Settings) -> None:
     """Stage every Pipedrive record in the DuckDB state file (resumable), nothing else."""
     with Staging(settings.state) as staging:
         run_id = staging.start_run("extract")
-        summary = pipeline.run_extract(settings, staging, run_id)
+        with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
+            summary = pipeline.run_extract(settings, staging, run_id, progress)
         staging.finish_run(run_id, "ok", {"records": summary.records})
     console = Console()
     for name, count in summary.records.items():

@@ -10,6 +10,12 @@ from typing import Any
 import structlog
 
 _secrets: set[str] = set()
+_format = "console"
+
+
+def log_format() -> str:
+    """The format `configure` set: "console" or "json" (json means unattended: no progress bars)."""
+    return _format
 
 
 def register_secret(value: str | None) -> None:
@@ -31,6 +37,8 @@ def _redact_processor(logger: Any, method: str, event: MutableMapping[str, Any])
 
 
 def configure(log_format: str = "console", level: str = "warning") -> None:
+    global _format
+    _format = log_format
     renderer: Any = structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[

@@ -54,7 +54,14 @@ def customermates_clients(settings: Settings, stack: ExitStack) -> tuple[Custome
 
 def run_extract(settings: Settings, staging: Staging, run_id: str, progress: Progress | None = None) -> ExtractSummary:
     with ExitStack() as stack:
-        return extract(staging, open_source(settings, stack), run_id, progress=progress)
+        return extract(staging, open_source(settings, stack), run_id, progress=_labelled(progress, "extract"))
+
+
+def _labelled(progress: Progress | None, phase: str) -> Progress | None:
+    """Progress reports of one phase, named "<phase> <collection or entity>"."""
+    if progress is None:
+        return None
+    return lambda name, records: progress(f"{phase} {name}", records)
 
 
 def run_migration(
@@ -83,7 +90,7 @@ def run_migration(
             warnings = preflight(source, target[0] if target else None)  # before anything is written
             extracted = None
             if source is not None:
-                extracted = extract(staging, source, run_id, progress=progress)
+                extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
             mappings = load_mappings(settings.mappings)
             transformed = transform(staging, mappings, settings.phone_region)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
@@ -96,10 +103,13 @@ def run_migration(
                     if saved_plan is not None:
                         check_saved_plan(saved_plan, staging, state)
                     now = make_plan(staging, columns, client, on_target_deleted, state)
+                    if hasattr(progress, "expect"):
+                        for entity, counts in now["summary"].items():
+                            progress.expect(f"load {entity}", counts["create"] + counts["update"])
                     conflicts = {e: {r["source_id"] for r in rs if r["action"] == "conflict"} for e, rs in now["records"].items()}
                     loaded = Loader(
                         staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted,
-                        target=state, conflicts=conflicts, on_conflict=on_conflict, progress=progress,
+                        target=state, conflicts=conflicts, on_conflict=on_conflict, progress=_labelled(progress, "load"),
                     ).run()
             plan = None
             if dry_run:

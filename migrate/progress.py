@@ -1,0 +1,56 @@
+"""Progress bars on stderr: one per extracted collection and per loaded entity.
+
+Shown only on an interactive terminal with console logs; `--log-format json` and pipes stay
+quiet. The pipeline reports through a plain `(name, records)` callable, so it knows nothing
+of the display.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class ProgressDisplay:
+    """Call it with (task name, records done), e.g. ("extract persons", 500); `expect` sets a
+    task's total when it is known in advance (the load's, from the plan)."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bars = Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not self.enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> ProgressDisplay:
+        self._bars.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._bars.stop()
+
+    def expect(self, name: str, total: int | None) -> None:
+        self._task(name, total)
+
+    def __call__(self, name: str, records: int) -> None:
+        task = self._task(name, None)
+        self._bars.advance(task, records)
+        speed = self._bars.tasks[task].speed
+        self._bars.update(task, rate=f"{speed:,.0f}/s" if speed else "")
+
+    def _task(self, name: str, total: int | None) -> TaskID:
+        if name not in self._tasks:
+            self._tasks[name] = self._bars.add_task(name, total=total, rate="")
+        elif total is not None:
+            self._bars.update(self._tasks[name], total=total)
+        return self._tasks[name]

@@ -1,0 +1,23 @@
+"""Progress bars: one task per extracted collection and loaded entity, totals from the plan."""
+
+from __future__ import annotations
+
+from migrate.config import Settings
+from migrate.pipeline import run_migration
+from migrate.progress import ProgressDisplay
+from tests.fakes.customermates import VALID_KEY
+from tests.fakes.pipedrive import VALID_TOKEN
+
+
+def test_progress_counts_every_extracted_and_loaded_record(pipedrive, customermates, tmp_path):
+    settings = Settings(
+        pipedrive_api_token=VALID_TOKEN, pipedrive_base_url=pipedrive.url, customermates_url=customermates.url,
+        customermates_api_key=VALID_KEY, state=tmp_path / "s.duckdb", pipedrive_burst_limit=1000,
+    )
+    with ProgressDisplay(enabled=False) as progress:
+        report = run_migration(settings, progress=progress)
+    tasks = {t.description: t for t in progress._bars.tasks}
+    assert tasks["extract persons"].completed == len(pipedrive.collections["persons"])
+    for entity, row in report["entities"].items():
+        task = tasks[f"load {entity}"]
+        assert task.total == row["to_migrate"] == task.completed
