@@ -14,10 +14,15 @@ from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex, ensure_columns
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
+from migrate.customermates.target import TargetState
 from migrate.errors import MigrateError
 from migrate.pipedrive.client import PipedriveClient
-from migrate.pipedrive.extract import ExtractSummary, PageSource, SnapshotSource, extract
-from migrate.customermates.target import TargetState
+from migrate.pipedrive.extract import (
+    ExtractSummary,
+    PageSource,
+    SnapshotSource,
+    extract,
+)
 from migrate.report.plan import build_plan, check_saved_plan, coverage
 from migrate.report.run_report import ENTITY_SOURCES, issue_summary
 from migrate.staging.store import Staging

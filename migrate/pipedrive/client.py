@@ -20,7 +20,12 @@ from typing import Any
 
 import httpx
 import structlog
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from migrate.errors import BudgetExhaustedError, PipedriveError
 from migrate.pipedrive.collections import PAGE_LIMIT, Collection

@@ -18,7 +18,13 @@ import structlog
 
 from migrate.errors import PipedriveError
 from migrate.pipedrive.client import Page
-from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, PAGE_LIMIT, Collection
+from migrate.pipedrive.collections import (
+    COLLECTIONS,
+    DEAL_IDS_PER_REQUEST,
+    DEAL_PRODUCTS,
+    PAGE_LIMIT,
+    Collection,
+)
 from migrate.staging.store import Checkpoint, Staging, raw_table
 
 log = structlog.get_logger(__name__)

@@ -25,11 +25,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from migrate.customermates.client import CustomermatesClient
+from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.report.run_report import issue_summary
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
-from migrate.transform.engine import ENTITY_ORDER, SINGULAR
+from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
 
 EXIT_MISMATCH = 1

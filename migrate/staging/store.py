@@ -279,9 +279,6 @@ class Staging:
             for source_id, payload, digest in rows:
                 yield source_id, json.loads(payload), digest
 
-    def count_targets(self) -> dict[str, int]:
-        return dict(self.con.execute("SELECT entity, count(*) FROM target_records GROUP BY entity").fetchall())
-
     def transform_issues(self) -> list[dict[str, str]]:
         cols = ("entity", "source_id", "field", "rule", "detail")
         rows = self.con.execute(f"SELECT {', '.join(cols)} FROM transform_issues ORDER BY entity, rule, source_id").fetchall()

@@ -18,12 +18,16 @@ from typing import Any
 from migrate.staging.store import Staging, raw_table
 from migrate.transform import entities, notes
 from migrate.transform import values as v
-from migrate.transform.columns import PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, ColumnRegistry, ColumnSpec
+from migrate.transform.columns import (
+    PIPEDRIVE_ID,
+    PIPEDRIVE_ID_LABEL,
+    ColumnRegistry,
+    ColumnSpec,
+)
 from migrate.transform.encoders import ENCODERS, Field, Lookups, RecordOut
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
 
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
-SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
 FIELD_META = {
     "persons": "personFields",
     "organizations": "organizationFields",
