@@ -102,11 +102,12 @@ def run_migration(
             loaded = LoadSummary()
             if target is not None:
                 client, mcp = target
+                if saved_plan is not None and not dry_run:  # checked before anything is written
+                    existing = ensure_columns(staging, client, mcp, run_id, dry_run=True)
+                    check_saved_plan(saved_plan, staging, TargetState.read(client, existing))
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
                     state = TargetState.read(client, columns)
-                    if saved_plan is not None:
-                        check_saved_plan(saved_plan, staging, state)
                     now = make_plan(staging, columns, client, on_target_deleted, state)
                     if hasattr(progress, "expect"):
                         for entity, counts in now["summary"].items():
