@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 import duckdb
+import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +31,7 @@ from migrate.report.verify import EXIT_MISMATCH, print_verify
 from migrate.staging.store import Staging
 
 EXIT_PARTIAL = 3
+log = structlog.get_logger(__name__)
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,6 +172,63 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     if report_dir:
         for path in write_plan(report["plan"], report_dir):
             console.print(f"Wrote {path}")
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--deletes", type=click.Choice(["mark", "delete", "ignore"]), default="mark", show_default=True,
+    help="Migrated records deleted in Pipedrive since: mark them (a 'Deleted in Pipedrive' date), delete them, or leave them.",
+)
+@click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json here.")
+@click.option(
+    "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
+    help="Records changed on both sides since the last run.",
+)
+def sync(settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str) -> None:
+    """Bring Customermates up to date with what changed in Pipedrive since the last run.
+
+    Reads only what changed (Pipedrive's updated_since, from each collection's watermark minus
+    five minutes), writes only what differs. Exit codes as for `run`; with --every a failed sync
+    is logged and the next one runs on schedule."""
+    seconds = _duration(interval) if interval else None
+    while True:
+        started = time.monotonic()
+        try:
+            report = pipeline.run_migration(settings, incremental=True, deletes=deletes, on_conflict=on_conflict)
+        except MigrateError as exc:
+            if seconds is None:
+                raise
+            log.error("sync.failed", error=redact(str(exc)), exit_code=exc.exit_code)
+        else:
+            if report_dir:
+                write_json(report, report_dir)
+            click.echo(_sync_line(report))
+            if seconds is None:
+                sys.exit(EXIT_PARTIAL if report["status"] == "partial" else 0)
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m or 1h", param_hint="--every")
+    return float(number) * units[unit]
+
+
+def _sync_line(report: dict[str, Any]) -> str:
+    """One line per sync, for logs and cron mail."""
+    entities = report["entities"].values()
+    sync_info = report.get("sync") or {}
+    deleted = sum((sync_info.get("deleted_in_pipedrive") or {}).values())
+    return (
+        f"sync {report['run_id']}: {report['status']}; created {sum(r['created'] for r in entities)}, "
+        f"updated {sum(r['updated'] for r in entities)}, unchanged {sum(r['unchanged'] for r in entities)}, "
+        f"deleted in Pipedrive {deleted} ({sync_info.get('deletes', 'mark')}), "
+        f"quarantined {sum(r['quarantined'] for r in entities)}; Pipedrive requests {sync_info.get('pipedrive_requests', 'full extract')}"
+    )
 
 
 @cli.command(name="extract")

@@ -12,6 +12,7 @@ import structlog
 from migrate.config import Settings
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex, ensure_columns
+from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
@@ -22,11 +23,17 @@ from migrate.pipedrive.extract import (
     PageSource,
     SnapshotSource,
     extract,
+    extract_changes,
 )
 from migrate.report.plan import build_plan, check_saved_plan, coverage
-from migrate.report.run_report import ENTITY_SOURCES, issue_summary
+from migrate.report.run_report import issue_summary
 from migrate.staging.store import Staging
-from migrate.transform.engine import ENTITY_ORDER, TransformSummary, transform
+from migrate.transform.engine import (
+    ENTITY_ORDER,
+    ENTITY_SOURCES,
+    TransformSummary,
+    transform,
+)
 from migrate.transform.mapping import load_mappings
 
 log = structlog.get_logger(__name__)
@@ -78,13 +85,17 @@ def run_migration(
     on_target_deleted: str = "report",
     on_conflict: str = "skip",
     saved_plan: dict[str, Any] | None = None,
+    incremental: bool = False,
+    deletes: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole migration (or its dry run); returns the run report. With `saved_plan` the run
-    goes ahead only if neither side changed since that plan was made."""
+    goes ahead only if neither side changed since that plan was made. `incremental` (sync)
+    extracts only what changed since the last extract; `deletes` says what happens to migrated
+    records deleted in Pipedrive since (mark, delete, ignore; None leaves them, as `run` does)."""
     started = datetime.now(UTC)
     with Staging(settings.state) as staging, ExitStack() as stack:
-        run_id = staging.start_run("run --dry-run" if dry_run else "run")
+        run_id = staging.start_run("sync" if incremental else "run --dry-run" if dry_run else "run")
         status = "failed"
         report: dict[str, Any] = {}
         try:
@@ -94,7 +105,10 @@ def run_migration(
             source = None if use_staged else open_source(settings, stack)
             warnings = preflight(source, target[0] if target else None)  # before anything is written
             extracted = None
-            if source is not None:
+            changes = None
+            if incremental and isinstance(source, PipedriveClient) and staging.watermark("persons"):
+                changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
+            elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
             mappings = load_mappings(settings.mappings)
             transformed = transform(staging, mappings, settings.phone_region)
@@ -117,12 +131,18 @@ def run_migration(
                         staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted,
                         target=state, conflicts=conflicts, on_conflict=on_conflict, progress=_labelled(progress, "load"),
                     ).run()
+                    if deletes is not None:
+                        loaded.deleted_in_pipedrive = propagate_deletions(staging, client, mcp, columns, state, deletes, run_id)
             plan = None
             if dry_run:
                 plan = make_plan(staging, columns, target[0] if target else None, on_target_deleted)
                 plan["coverage"] = coverage(staging, mappings.sources, mappings.coverage)
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
+            if changes is not None:
+                report["sync"] = {"changed": changes.changed, "reread": changes.reread, "pipedrive_requests": changes.requests}
+            if deletes is not None:
+                report["sync"] = {**report.get("sync", {}), "deletes": deletes, "deleted_in_pipedrive": dict(loaded.deleted_in_pipedrive)}
             status = report["status"]
             return report
         finally:

@@ -59,6 +59,7 @@ class LoadSummary:
     quarantined: Counter[str] = field(default_factory=Counter)
     deleted_in_target: Counter[str] = field(default_factory=Counter)
     conflicts: Counter[str] = field(default_factory=Counter)
+    deleted_in_pipedrive: Counter[str] = field(default_factory=Counter)  # marked or removed by a sync
     recreated: Counter[str] = field(default_factory=Counter)
     duplicates_in_target: list[dict[str, Any]] = field(default_factory=list)
     unmatched_users: list[dict[str, Any]] = field(default_factory=list)

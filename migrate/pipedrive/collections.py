@@ -27,6 +27,7 @@ class Collection:
     key: str = "id"  # the record's identity; v2 field metadata has no id, only field_code
     fallback: Collection | None = None  # read instead when the endpoint answers 404/410
     optional: bool = False  # a 404/410 means "not on this account" (reported), not a failure
+    incremental: bool = False  # supports `updated_since`: a sync reads only what changed
 
 
 def field_metadata(kind: str) -> Collection:
@@ -45,20 +46,20 @@ COLLECTIONS: tuple[Collection, ...] = (
     *(field_metadata(kind) for kind in ("person", "organization", "deal", "product", "activity")),
     Collection("pipelines", "/api/v2/pipelines", "cursor", 5),
     Collection("stages", "/api/v2/stages", "cursor", 5),
-    Collection("organizations", "/api/v2/organizations", "cursor", 10),
-    Collection("persons", "/api/v2/persons", "cursor", 10),
-    Collection("products", "/api/v2/products", "cursor", 10),
+    Collection("organizations", "/api/v2/organizations", "cursor", 10, incremental=True),
+    Collection("persons", "/api/v2/persons", "cursor", 10, incremental=True),
+    Collection("products", "/api/v2/products", "cursor", 10, incremental=True),
     Collection(
         "deals", "/api/v2/deals", "cursor", 10,
-        {"status": "open,won,lost,deleted", "include_fields": "products_count"},
+        {"status": "open,won,lost,deleted", "include_fields": "products_count"}, incremental=True,
     ),
     Collection(
         "deals_archived", "/api/v2/deals/archived", "cursor", 20,
-        {"status": "open,won,lost,deleted", "include_fields": "products_count"}, optional=True,
+        {"status": "open,won,lost,deleted", "include_fields": "products_count"}, optional=True, incremental=True,
     ),
-    Collection("activities", "/api/v2/activities", "cursor", 10, {"include_fields": "attendees"}),
-    Collection("notes", "/api/v1/notes", "offset", 20),
-    Collection("leads", "/api/v1/leads", "offset", 20, optional=True),
+    Collection("activities", "/api/v2/activities", "cursor", 10, {"include_fields": "attendees"}, incremental=True),
+    Collection("notes", "/api/v1/notes", "offset", 20, incremental=True),
+    Collection("leads", "/api/v1/leads", "offset", 20, optional=True, incremental=True),
     Collection("leads_archived", "/api/v1/leads/archived", "offset", 40, optional=True),
 )
 

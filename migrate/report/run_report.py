@@ -12,14 +12,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-ENTITY_SOURCES = {
-    "organizations": ["organizations"],
-    "contacts": ["persons"],
-    "services": ["products"],
-    "deals": ["deals", "deals_archived", "leads", "leads_archived"],
-    "tasks": ["activities"],
-}
-
 
 def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
     directory.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS id_map (
 CREATE TABLE IF NOT EXISTS pending_batches (
     batch_id VARCHAR PRIMARY KEY, entity VARCHAR, operation VARCHAR, source_ids JSON, hashes JSON,
     run_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS watermarks (
+    collection VARCHAR PRIMARY KEY, updated_at VARCHAR, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS written_payloads (
     entity VARCHAR, source_id VARCHAR, payload JSON, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -158,18 +160,7 @@ class Staging:
         table = self.ensure_raw_table(collection)
         self.con.execute("BEGIN TRANSACTION")
         try:
-            if records:
-                self.con.execute(
-                    f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
-                    "unnest($updated), $at",
-                    {
-                        "ids": [_identity(r, key, collection) for r in records],
-                        "data": [json.dumps(r, ensure_ascii=False) for r in records],
-                        "deleted": [_is_deleted(r) for r in records],
-                        "updated": [r.get("update_time") for r in records],
-                        "at": now(),
-                    },
-                )
+            self._upsert(collection, table, records, key)
             self.con.execute(
                 "INSERT OR REPLACE INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()],
@@ -179,6 +170,24 @@ class Staging:
             self._rollback()
             raise
 
+    def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
+        """Insert or replace records by `key` (one statement, so atomic)."""
+        self._upsert(collection, self.ensure_raw_table(collection), records, key)
+
+    def _upsert(self, collection: str, table: str, records: list[dict[str, Any]], key: str) -> None:
+        if not records:
+            return
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), unnest($updated), $at",
+            {
+                "ids": [_identity(r, key, collection) for r in records],
+                "data": [json.dumps(r, ensure_ascii=False) for r in records],
+                "deleted": [_is_deleted(r) for r in records],
+                "updated": [r.get("update_time") for r in records],
+                "at": now(),
+            },
+        )
+
     def checkpoint(self, collection: str) -> Checkpoint | None:
         row = self.con.execute(
             "SELECT collection, cursor, pages, records, done FROM extract_checkpoints WHERE collection = ?", [collection]
@@ -187,6 +196,38 @@ class Staging:
 
     def reset_checkpoints(self) -> None:
         self.con.execute("DELETE FROM extract_checkpoints")
+
+    def watermark(self, collection: str) -> str | None:
+        row = self.con.execute("SELECT updated_at FROM watermarks WHERE collection = ?", [collection]).fetchone()
+        return row[0] if row else None
+
+    def set_watermark(self, collection: str, updated_at: str, run_id: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?)", [collection, updated_at, run_id])
+
+    def latest_update_time(self, collection: str) -> str | None:
+        """The newest `update_time` staged for a collection, as the API wrote it."""
+        if not self.has_collection(collection):
+            return None
+        return self.con.execute(f"SELECT max(update_time) FROM {raw_table(collection)}").fetchone()[0]
+
+    def replace_records(
+        self, collection: str, records: list[dict[str, Any]], key: str = "id", *, where_json: tuple[str, list[str]] | None = None
+    ) -> None:
+        """Replace a collection's records in one transaction: all of them, or with `where_json`
+        (a JSON field and its values) only the rows whose field has one of those values."""
+        table = self.ensure_raw_table(collection)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if where_json is None:
+                self.con.execute(f"DELETE FROM {table}")
+            else:
+                field_name, values = where_json
+                self.con.execute(f"DELETE FROM {table} WHERE data->>'{field_name}' IN (SELECT unnest($v))", {"v": values})
+            self._upsert(collection, table, records, key)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def has_collection(self, collection: str) -> bool:
         return bool(

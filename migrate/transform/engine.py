@@ -28,6 +28,13 @@ from migrate.transform.encoders import ENCODERS, Field, Lookups, RecordOut
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
 
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
+ENTITY_SOURCES = {
+    "organizations": ("organizations",),
+    "contacts": ("persons",),
+    "services": ("products",),
+    "deals": ("deals", "deals_archived", "leads", "leads_archived"),
+    "tasks": ("activities",),
+}
 FIELD_META = {
     "persons": "personFields",
     "organizations": "organizationFields",

@@ -1,0 +1,117 @@
+"""Records deleted in Pipedrive after they were migrated: `migrate sync --deletes mark|delete|ignore`.
+
+`mark` (the default) writes the deletion date into a "Deleted in Pipedrive" date column and
+keeps the record; `delete` removes it from Customermates (100 ids per request) and forgets
+it, so that the target equals what a fresh migration would produce; `ignore` leaves it. A
+user deciding to delete data in the target must say so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import structlog
+
+from migrate.customermates.client import (
+    SINGULAR,
+    BatchRejectedError,
+    CustomermatesClient,
+)
+from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.mcp import McpClient
+from migrate.customermates.target import TargetState
+from migrate.staging.store import Staging, raw_table
+from migrate.transform.engine import ENTITY_ORDER, ENTITY_SOURCES, source_id
+
+log = structlog.get_logger(__name__)
+
+POLICIES = ("mark", "delete", "ignore")
+MARK_LABEL = "Deleted in Pipedrive"
+BATCH = 100
+
+
+def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
+    """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive."""
+    migrated = staging.id_map(entity)
+    result: dict[str, tuple[str, str]] = {}
+    for collection in ENTITY_SOURCES[entity]:
+        if not staging.has_collection(collection):
+            continue
+        rows = staging.con.execute(f"SELECT data FROM {raw_table(collection)} WHERE is_deleted").fetchall()
+        for (data,) in rows:
+            record = json.loads(data)
+            sid = source_id(collection, record)
+            if sid in migrated:
+                result[sid] = (migrated[sid][0], str(record.get("update_time") or "")[:10])
+    return result
+
+
+def propagate_deletions(
+    staging: Staging,
+    client: CustomermatesClient,
+    mcp: McpClient,
+    columns: ColumnIndex,
+    state: TargetState,
+    policy: str,
+    run_id: str,
+) -> Counter[str]:
+    """Apply `policy` to every migrated record deleted in Pipedrive; returns counts per entity."""
+    if policy not in POLICIES:
+        raise ValueError(f"deletes policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    done: Counter[str] = Counter()
+    if policy == "ignore":
+        return done
+    for entity in reversed(ENTITY_ORDER):
+        gone = deleted_since_migrated(staging, entity)
+        present = state.ids.get(entity, set())
+        gone = {sid: value for sid, value in gone.items() if value[0] in present}
+        if not gone:
+            continue
+        if policy == "delete":
+            done[entity] += _delete(staging, client, entity, gone, run_id)
+        else:
+            done[entity] += _mark(client, mcp, entity, gone, state)
+    return done
+
+
+def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: dict[str, tuple[str, str]], run_id: str) -> int:
+    items = sorted(gone.items())
+    deleted = 0
+    for start in range(0, len(items), BATCH):
+        chunk = items[start : start + BATCH]
+        try:
+            client.delete_many(entity, [target for _, (target, _) in chunk])
+        except BatchRejectedError as exc:  # one already removed by a user: skip it, delete the rest
+            named = {i.item_index() for i in exc.issues}
+            chunk = [item for n, item in enumerate(chunk) if n not in named]
+            if chunk:
+                client.delete_many(entity, [target for _, (target, _) in chunk])
+        staging.forget(entity, [sid for sid, _ in chunk])
+        for sid, _ in chunk:
+            staging.add_load_issue(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates")
+        deleted += len(chunk)
+    return deleted
+
+
+def _mark(client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[str, tuple[str, str]], state: TargetState) -> int:
+    column_id = _mark_column(client, mcp, entity)
+    updates: list[dict[str, Any]] = []
+    for sid, (target_id, day) in sorted(gone.items()):
+        dto = next((d for d in state.records.get(entity, {}).get(sid, []) if d["id"] == target_id), None)
+        current = next((c["value"] for c in (dto or {}).get("customFieldValues") or [] if c["columnId"] == column_id), None)
+        if current:
+            continue  # marked by an earlier sync
+        updates.append({"id": target_id, "customFieldValues": [{"columnId": column_id, "value": day or None}]})
+    for start in range(0, len(updates), BATCH):
+        client.update_many(entity, updates[start : start + BATCH])
+    return len(updates)
+
+
+def _mark_column(client: CustomermatesClient, mcp: McpClient, entity: str) -> str:
+    for column in client.configuration(entity).get("customColumns") or []:
+        if column.get("label") == MARK_LABEL and column.get("type") == "date":
+            return column["id"]
+    log.info("deletions.mark_column", entity=entity)
+    return mcp.create_custom_column(SINGULAR[entity], MARK_LABEL, "date")

@@ -1,0 +1,101 @@
+"""`migrate sync`: incremental reads, minimal writes, deletions by policy, convergence."""
+
+from __future__ import annotations
+
+import random
+
+from click.testing import CliRunner
+
+from migrate.cli import cli
+from tests.crash_harness import snapshot
+from tests.fakes.customermates import FakeCustomermates
+from tests.test_end_to_end import by_pipedrive_id
+
+NOW = "2026-11-28T12:00:00Z"
+
+
+def invoke(env, *args):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def live_persons(pipedrive):
+    return [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")]
+
+
+def test_a_sync_without_changes_costs_a_handful_of_reads_and_no_writes(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    requests_before, writes_before = len(pipedrive.requests), customermates.write_count()
+    result = invoke(env, "sync")
+    assert result.exit_code == 0, result.output
+    assert "created 0, updated 0" in result.output
+    sync_requests = pipedrive.requests[requests_before:]
+    assert customermates.write_count() == writes_before
+    incremental = [r for r in sync_requests if "updated_since" in r.query]
+    assert len(incremental) == 8  # one page per collection with updated_since
+    assert len(sync_requests) <= 22  # plus the small collections read whole and users/me
+    assert "Pipedrive requests" in result.output
+
+
+def test_a_sync_carries_edits_and_new_records_with_minimal_writes(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[5]
+    person["first_name"] = person["first_name"] + "-Synced"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+    person["update_time"] = NOW
+    newcomer = dict(live_persons(pipedrive)[6], id=9001, name="Nora Neu", first_name="Nora", last_name="Neu", add_time=NOW, update_time=NOW)
+    pipedrive.collections["persons"].append(newcomer)
+    customermates.clear_requests()
+    result = invoke(env, "sync")
+    assert result.exit_code == 0, result.output
+    writes = [(r.method, r.path, r.item_count) for r in customermates.requests if r.path.endswith("/many")]
+    assert writes == [("POST", "/api/v1/contacts/many", 1), ("PUT", "/api/v1/contacts/many", 1)]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert contacts[str(person["id"])][0]["firstName"].endswith("-Synced")
+    assert contacts["9001"][0]["lastName"] == "Neu"
+
+
+def test_deleted_records_are_marked_by_default_and_removed_on_request(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    first, second = live_persons(pipedrive)[:2]
+    for person in (first, second):
+        person["is_deleted"], person["update_time"] = True, NOW
+    assert invoke(env, "sync").exit_code == 0
+    contacts = by_pipedrive_id(customermates, "contacts")
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    for person in (first, second):
+        values = {v["columnId"]: v["value"] for v in contacts[str(person["id"])][0]["customFieldValues"]}
+        assert values[column] == NOW[:10]
+    writes = customermates.write_count()
+    assert invoke(env, "sync").exit_code == 0
+    assert customermates.write_count() == writes  # marked once
+    assert invoke(env, "sync", "--deletes", "delete").exit_code == 0
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert str(first["id"]) not in contacts and str(second["id"]) not in contacts
+
+
+def test_syncs_converge_to_what_a_fresh_migration_produces(env, pipedrive, customermates, tmp_path):
+    assert invoke(env, "run").exit_code == 0
+    rng = random.Random(5)
+    next_id = 10_000
+    for round_number in range(3):
+        stamp = f"2026-11-28T1{round_number}:00:00Z"
+        for person in rng.sample(live_persons(pipedrive), 4):
+            person["first_name"] = (person.get("first_name") or "X") + f"-r{round_number}"
+            person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+            person["update_time"] = stamp
+        for deal in rng.sample([d for d in pipedrive.collections["deals"] if d.get("status") == "open"], 2):
+            deal["title"] += f" (r{round_number})"
+            deal["update_time"] = stamp
+        victim = rng.choice(live_persons(pipedrive))
+        victim["is_deleted"], victim["update_time"] = True, stamp
+        template = live_persons(pipedrive)[0]
+        next_id += 1
+        pipedrive.collections["persons"].append(
+            dict(template, id=next_id, name=f"New Person {next_id}", first_name="New", last_name=f"Person {next_id}", add_time=stamp, update_time=stamp)
+        )
+        result = invoke(env, "sync", "--deletes", "delete")
+        assert result.exit_code == 0, result.output
+    with FakeCustomermates() as fresh:
+        fresh_env = dict(env, CUSTOMERMATES_URL=fresh.url, MIGRATE_STATE=str(tmp_path / "fresh.duckdb"))
+        assert invoke(fresh_env, "run").exit_code == 0
+        assert snapshot(customermates) == snapshot(fresh)
