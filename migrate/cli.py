@@ -186,7 +186,13 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
     help="Records changed on both sides since the last run.",
 )
-def sync(settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str) -> None:
+@click.option(
+    "--reconcile-every", type=click.IntRange(0), default=96, show_default=True,
+    help="Every Nth sync also reads every id, to catch records that vanished without a trace (0: never).",
+)
+def sync(
+    settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str, reconcile_every: int
+) -> None:
     """Bring Customermates up to date with what changed in Pipedrive since the last run.
 
     Reads only what changed (Pipedrive's updated_since, from each collection's watermark minus
@@ -196,7 +202,9 @@ def sync(settings: Settings, deletes: str, interval: str | None, report_dir: Pat
     while True:
         started = time.monotonic()
         try:
-            report = pipeline.run_migration(settings, incremental=True, deletes=deletes, on_conflict=on_conflict)
+            report = pipeline.run_migration(
+                settings, incremental=True, deletes=deletes, on_conflict=on_conflict, reconcile_every=reconcile_every
+            )
         except MigrateError as exc:
             if seconds is None:
                 raise

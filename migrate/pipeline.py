@@ -24,6 +24,7 @@ from migrate.pipedrive.extract import (
     SnapshotSource,
     extract,
     extract_changes,
+    reconcile_ids,
 )
 from migrate.report.plan import build_plan, check_saved_plan, coverage
 from migrate.report.run_report import issue_summary
@@ -87,11 +88,13 @@ def run_migration(
     saved_plan: dict[str, Any] | None = None,
     incremental: bool = False,
     deletes: str | None = None,
+    reconcile_every: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole migration (or its dry run); returns the run report. With `saved_plan` the run
     goes ahead only if neither side changed since that plan was made. `incremental` (sync)
-    extracts only what changed since the last extract; `deletes` says what happens to migrated
+    extracts only what changed since the last extract, and every `reconcile_every`-th sync also
+    checks every id for records that vanished without a trace; `deletes` says what happens to migrated
     records deleted in Pipedrive since (mark, delete, ignore; None leaves them, as `run` does)."""
     started = datetime.now(UTC)
     with Staging(settings.state) as staging, ExitStack() as stack:
@@ -106,8 +109,11 @@ def run_migration(
             warnings = preflight(source, target[0] if target else None)  # before anything is written
             extracted = None
             changes = None
+            vanished: dict[str, int] = {}
             if incremental and isinstance(source, PipedriveClient) and staging.watermark("persons"):
                 changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
+                if reconcile_every and staging.count_runs("sync") % reconcile_every == 0:
+                    vanished = reconcile_ids(staging, source, run_id)
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
             mappings = load_mappings(settings.mappings)
@@ -140,7 +146,10 @@ def run_migration(
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
             if changes is not None:
-                report["sync"] = {"changed": changes.changed, "reread": changes.reread, "pipedrive_requests": changes.requests}
+                report["sync"] = {
+                    "changed": changes.changed, "reread": changes.reread, "pipedrive_requests": changes.requests,
+                    "reconciled": bool(vanished) or None, "vanished": vanished,
+                }
             if deletes is not None:
                 report["sync"] = {**report.get("sync", {}), "deletes": deletes, "deleted_in_pipedrive": dict(loaded.deleted_in_pipedrive)}
             status = report["status"]

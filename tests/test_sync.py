@@ -99,3 +99,31 @@ def test_syncs_converge_to_what_a_fresh_migration_produces(env, pipedrive, custo
         fresh_env = dict(env, CUSTOMERMATES_URL=fresh.url, MIGRATE_STATE=str(tmp_path / "fresh.duckdb"))
         assert invoke(fresh_env, "run").exit_code == 0
         assert snapshot(customermates) == snapshot(fresh)
+
+
+def test_records_that_vanish_without_a_trace_are_caught_by_id_reconciliation(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    purged = live_persons(pipedrive)[3]
+    pipedrive.collections["persons"].remove(purged)  # gone for good: no is_deleted row, no update_time bump
+    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0").exit_code == 0
+    assert str(purged["id"]) in by_pipedrive_id(customermates, "contacts")  # the window cannot see it
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
+    assert result.exit_code == 0, result.output
+    assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
+
+
+def test_a_sync_with_many_changes_reads_and_writes_in_proportion(env, pipedrive, customermates):
+    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(pipedrive.collections["persons"] * 10, start=1)]
+    assert invoke(env, "run").exit_code == 0
+    changed = live_persons(pipedrive)[:600]
+    for person in changed:
+        person["job_title"] = "Changed"
+        person["update_time"] = NOW
+    requests_before = len(pipedrive.requests)
+    customermates.clear_requests()
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    person_pages = [r for r in pipedrive.requests[requests_before:] if r.path == "/api/v2/persons"]
+    assert len(person_pages) == 2  # ⌈600/500⌉ (+ the few in the overlap window)
+    updates = [r for r in customermates.requests if r.method == "PUT" and r.path.endswith("/many")]
+    assert sum(r.item_count for r in updates) == 600
+    assert len(updates) <= 600 // 50 + 1

@@ -240,11 +240,11 @@ def extract_changes(
 
     Collections with `updated_since` are read from their watermark minus `overlap_seconds`
     (Pipedrive timestamps have no milliseconds: ties at the boundary must not be lost; the
-    overlap's records are upserted again by id), sorted by update_time. The small collections
-    without that filter are read whole and replaced; deal products are read again for the
-    deals that changed. A watermark moves only when its collection was read to the end, so an
-    interrupted sync reads the same window again. Records whose update_time is null never
-    match `updated_since`: a periodic full `migrate run` picks them up.
+    overlap's records are upserted again by id), sorted by update_time ascending, so the
+    watermark moves with every staged page: an interrupted sync goes on from its last page.
+    The small collections without that filter are read whole and replaced; deal products are
+    read again for the deals that changed. Records whose update_time is null never match
+    `updated_since`: `reconcile_ids` and a full `migrate run` pick them up.
     """
     summary = ChangeSummary()
     requests_before = client.requests_sent
@@ -258,6 +258,10 @@ def extract_changes(
                 for page in client.pages(collection, extra=extra):
                     staging.upsert_records(collection.name, page.records, collection.key)
                     count += len(page.records)
+                    # sorted by update_time ascending: everything up to this page's newest is staged
+                    newest_on_page = max((str(r["update_time"]) for r in page.records if r.get("update_time")), default=None)
+                    if newest_on_page:
+                        staging.set_watermark(collection.name, max(_utc(newest_on_page), staging.watermark(collection.name) or ""), run_id)
                     if collection.name in ("deals", "deals_archived"):
                         changed_deals.update(str(r["id"]) for r in page.records if not r.get("is_deleted"))
                     if progress:
@@ -325,3 +329,22 @@ def _utc(value: str) -> str:
 def _minus(timestamp: str, seconds: int) -> str:
     moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dict[str, int]:
+    """Find records that vanished from Pipedrive without a trace in `updated_since` windows
+    (purged after 30 days, merged, converted leads, deletions that did not bump update_time):
+    read every id of each incremental collection (⌈records/500⌉ requests each) and flag staged
+    records missing from it as deleted. Returns the count per collection."""
+    vanished: dict[str, int] = {}
+    for collection in COLLECTIONS:
+        if not collection.incremental or not staging.has_collection(collection.name):
+            continue
+        try:
+            present = [str(r[collection.key]) for page in client.pages(collection) for r in page.records]
+        except PipedriveError as exc:
+            if exc.status in (404, 410) and collection.optional:
+                continue
+            raise
+        vanished[collection.name] = staging.flag_missing_as_deleted(collection.name, present)
+    return vanished

@@ -138,6 +138,10 @@ class Staging:
         self.con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', NULL)", [run_id, command, now()])
         return run_id
 
+    def count_runs(self, command: str) -> int:
+        """Runs of `command` started so far, this one included."""
+        return int(self.con.execute("SELECT count(*) FROM runs WHERE command = ?", [command]).fetchone()[0])
+
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
@@ -228,6 +232,20 @@ class Staging:
         except BaseException:
             self._rollback()
             raise
+
+    def flag_missing_as_deleted(self, collection: str, present_ids: list[str]) -> int:
+        """Mark staged records whose id is not in `present_ids` as deleted (in the flag and in
+        the record, `is_deleted: true, vanished: true`, where the transform looks)."""
+        table = raw_table(collection)
+        where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT unnest($ids))"
+        count = self.con.execute(f"SELECT count(*) FROM {table} {where}", {"ids": present_ids}).fetchone()[0]
+        if count:
+            self.con.execute(
+                f"UPDATE {table} SET is_deleted = true, "
+                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}",
+                {"ids": present_ids},
+            )
+        return int(count)
 
     def has_collection(self, collection: str) -> bool:
         return bool(
