@@ -212,6 +212,8 @@ def build_report(
         },
         "columns_created": columns.created,
         "options_added": columns.options_added,
+        "columns_renamed": columns.renamed,
+        "columns_retyped": columns.retyped,
         "unmatched_users": loaded.unmatched_users,
         "duplicates_in_target": loaded.duplicates_in_target,
         "issues": issue_summary(issues),

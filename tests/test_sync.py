@@ -127,3 +127,40 @@ def test_a_sync_with_many_changes_reads_and_writes_in_proportion(env, pipedrive,
     updates = [r for r in customermates.requests if r.method == "PUT" and r.path.endswith("/many")]
     assert sum(r.item_count for r in updates) == 600
     assert len(updates) <= 600 // 50 + 1
+
+
+def _field(pipedrive, meta, name):
+    return next(f for f in pipedrive.collections[meta] if f.get("field_name") == name)
+
+
+def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    before = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    _field(pipedrive, "personFields", "Anrede")["field_name"] = "Salutation"
+    pipedrive.collections["personFields"].append(
+        {"field_code": "f" * 40, "field_name": "Newsletter", "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    person = live_persons(pipedrive)[0]
+    person.setdefault("custom_fields", {})["f" * 40] = "weekly"
+    person["update_time"] = NOW
+    result = invoke(env, "sync")
+    assert result.exit_code == 0, result.output
+    after = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    assert after["Salutation"] == before["Anrede"] and "Anrede" not in after  # renamed, same column and option ids
+    assert "Newsletter" in after
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert {"columnId": after["Newsletter"], "value": "weekly"} in record["customFieldValues"]
+
+
+def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, pipedrive, customermates, tmp_path):
+    assert invoke(env, "run").exit_code == 0
+    field = _field(pipedrive, "personFields", "Geburtstag")
+    field["field_type"] = "varchar"
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["columns_retyped"] == ["contacts: Geburtstag (date → plain); the old column is kept"]
+    kinds = sorted(c["type"] for c in customermates.columns("contact") if c["label"] == "Geburtstag")
+    assert kinds == ["date", "plain"]

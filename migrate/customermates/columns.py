@@ -31,6 +31,8 @@ class ColumnIndex:
     options: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # label → option uuid
     created: list[str] = field(default_factory=list)
     options_added: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    retyped: list[str] = field(default_factory=list)
 
     def migration_columns(self, entity: str) -> list[str]:
         return sorted(cid for (e, _), cid in self.ids.items() if e == entity)
@@ -52,14 +54,24 @@ def ensure_columns(
     index = ColumnIndex()
     entities = sorted({s["entity"] for s in specs})
     configs = {e: client.configuration(e) for e in entities}
+    intended_labels = {(s["entity"], s["key"]): s["label"] for s in specs}
     for spec in specs:
         entity, key = spec["entity"], spec["key"]
         existing_cols = configs[entity].get("customColumns") or []
         by_id = {c["id"]: c for c in existing_cols}
         remembered = known.get((entity, key))
         column = by_id.get(remembered["id"]) if remembered else None
-        if column is not None and not _matches(column, spec):
-            column = None  # renamed or retyped by a user: treat as gone
+        if column is not None and column.get("type") != spec["type"]:
+            # the Pipedrive field changed type: a new column of the new type; the old one keeps
+            # the values written before
+            index.retyped.append(f"{entity}: {spec['label']} ({column['type']} → {spec['type']}); the old column is kept")
+            column = None
+        elif column is not None and remembered and remembered["label"] != spec["label"]:
+            # renamed in Pipedrive (a label changed only in Customermates is left as the user set it)
+            if not dry_run and mcp is not None:
+                mcp.rename_custom_column(column, spec["label"])
+                column = {**column, "label": spec["label"]}
+            index.renamed.append(f"{entity}: {remembered['label']} → {spec['label']}")
         if column is None:
             column = next((c for c in existing_cols if _matches(c, spec)), None)
         if column is None:
@@ -72,7 +84,9 @@ def ensure_columns(
             index.ids[(entity, key)] = column_id
             continue
         index.ids[(entity, key)] = column["id"]
-        staging.save_column(entity, key, {"id": column["id"], "label": column["label"], "type": column["type"]}, None)
+        # remember the label Pipedrive gave, not the column's: a later difference then means a
+        # rename in Pipedrive, while a rename made in Customermates stays
+        staging.save_column(entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"]}, None)
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
             index.options[(entity, key)] = {o["label"]: o["value"] for o in present}
@@ -102,7 +116,9 @@ def ensure_columns(
                 raise RuntimeError(f"column {entity}.{key} ({column_id}) vanished right after it was created")
             if column.get("type") == "singleSelect":
                 index.options[(entity, key)] = {o["label"]: o["value"] for o in (column.get("options") or {}).get("options") or []}
-                staging.save_column(entity, key, {"id": column_id, "label": column["label"], "type": column["type"], "options": index.options[(entity, key)]}, None)
+                staging.save_column(
+                    entity, key, {"id": column_id, "label": intended_labels[(entity, key)], "type": column["type"], "options": index.options[(entity, key)]}, None
+                )
     return index
 
 

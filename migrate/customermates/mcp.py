@@ -285,6 +285,25 @@ class McpClient(HttpSession):
         arguments = {"id": column_id, "label": label, "options": _select_options(options, keep_values=True)}
         self.call_tool("update_single_select_custom_column", arguments)
 
+    def rename_custom_column(self, column: dict, label: str) -> None:
+        """Give an existing column (a configuration entry) a new label, keeping everything else:
+        its options with their uuids, currency, colour, multiplicity, display format."""
+        column_type = column["type"]
+        if column_type not in COLUMN_TYPES:
+            raise ValueError(f"unknown column type {column_type!r}")
+        options = column.get("options") or {}
+        arguments: dict[str, Any] = {"id": column["id"], "label": label}
+        if column_type == "currency":
+            arguments["currency"] = options["currency"]
+        elif column_type == "singleSelect":
+            arguments["options"] = _select_options(options.get("options") or [], keep_values=True)
+        elif column_type in _CHANNEL_TYPES:
+            arguments["color"] = options.get("color") or "default"
+            arguments["allowMultiple"] = bool(options.get("allowMultiple"))
+        elif column_type in _DATE_TYPES and options.get("displayFormat"):
+            arguments["displayFormat"] = options["displayFormat"]
+        self.call_tool(COLUMN_TYPES[column_type].replace("create_", "update_", 1), arguments)
+
     def active_webhooks(self) -> int:
         """How many enabled webhooks the company has (MCP `list_webhooks`, TOON text)."""
         return count_enabled_webhooks(self.call_tool("list_webhooks", {}))
