@@ -19,7 +19,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from migrate import pipeline
+from migrate import pipeline, stopping
 from migrate.config import Settings, load_settings
 from migrate.customermates.undo import print_undo
 from migrate.errors import Interrupted, MigrateError
@@ -89,21 +89,34 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 @contextmanager
 def _stop_signals() -> Iterator[None]:
-    """SIGTERM raises `Interrupted` where the command is, so the same rollbacks and `finally`
-    blocks run as for any error, and it ends with one line instead of a silent death."""
+    """SIGTERM stops the command gracefully (`migrate.stopping`): the batch or page in flight
+    may finish and be recorded for a few seconds, then `Interrupted` is raised where the command
+    is, so the same rollbacks and `finally` blocks run as for any error, and it ends with one
+    line instead of a silent death."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        raise Interrupted(signal.Signals(signum).name, signum)
+        name = signal.Signals(signum).name
+        if stopping.requested():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a third SIGTERM must not cut the cleanup short
+            raise Interrupted(name, signum)
+        stopping.request(name, signum)  # the batch in flight may finish and be recorded
+        signal.setitimer(signal.ITIMER_REAL, stopping.GRACE_SECONDS)
+
+    def too_slow(signum: int, frame: object) -> None:
+        stopping.check()
 
     previous = signal.signal(signal.SIGTERM, stop)
+    previous_alarm = signal.signal(signal.SIGALRM, too_slow)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        stopping.reset()
 
 
 @click.group()
@@ -215,7 +228,7 @@ def sync(
             click.echo(_sync_line(report))
             if seconds is None:
                 sys.exit(EXIT_PARTIAL if report["status"] == "partial" else 0)
-        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        stopping.wait(max(0.0, seconds - (time.monotonic() - started)))
 
 
 def _duration(text: str) -> float:

@@ -164,3 +164,33 @@ def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, piped
     assert report["columns_retyped"] == ["contacts: Geburtstag (date → plain); the old column is kept"]
     kinds = sorted(c["type"] for c in customermates.columns("contact") if c["label"] == "Geburtstag")
     assert kinds == ["date", "plain"]
+
+
+def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, pipedrive):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.crash_harness import ROOT, migrate_env
+
+    with FakeCustomermates() as cm:
+        env = migrate_env(pipedrive, cm, tmp_path / "state.duckdb")
+        cm.stall_next(1.0, count=1)  # the first write is applied and answered a second later
+        child = subprocess.Popen([sys.executable, "-m", "migrate", "run"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not any(r.path.endswith("/many") for r in cm.requests):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=15)
+        assert child.returncode == 128 + signal.SIGTERM, err.decode()
+        assert "interrupted by SIGTERM" in err.decode()
+        written = len(cm.records("organizations"))
+        assert written > 0 and len([r for r in cm.requests if r.path.endswith("/many")]) == 1  # stopped after it
+        result = invoke({k: v for k, v in env.items() if k.startswith(("PIPEDRIVE", "CUSTOMERMATES", "MIGRATE"))}, "run", "--report-dir", str(tmp_path / "r"))
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "r" / "report.json").read_text())
+        assert report["entities"]["organizations"]["adopted_after_uncertain_write"] == 0  # it had been recorded
+        assert all(len(records) == 1 for records in by_pipedrive_id(cm, "organizations").values())

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from migrate import stopping
 from migrate.customermates.client import (
     BatchRejectedError,
     CustomermatesClient,
@@ -305,6 +306,7 @@ class Loader:
             self._send(entity, operation, head, attempt)
         if not items:
             return
+        stopping.check()  # a requested stop happens between batches, never inside one
         batch_id = self.staging.record_pending(entity, operation, [i.source_id for i in items], [i.digest for i in items], self.run_id)
         started = time.monotonic()
         try:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from migrate import stopping
 from migrate.errors import PipedriveError
 from migrate.pipedrive.client import Page, PipedriveClient
 from migrate.pipedrive.collections import (
@@ -161,6 +162,7 @@ def _stage_page(
     summary.pages += 1
     if progress:
         progress(collection.name, len(page.records))
+    stopping.check()  # the page is recorded: a requested stop can happen here
     return pages, records
 
 
@@ -266,6 +268,7 @@ def extract_changes(
                         changed_deals.update(str(r["id"]) for r in page.records if not r.get("is_deleted"))
                     if progress:
                         progress(collection.name, len(page.records))
+                    stopping.check()
             except PipedriveError as exc:
                 if exc.status in (404, 410) and collection.optional:
                     continue
