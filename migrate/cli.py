@@ -225,7 +225,10 @@ def sync(
         else:
             if report_dir:
                 write_json(report, report_dir)
-            click.echo(_sync_line(report))
+            if log_format() == "json":
+                click.echo(json.dumps({"event": "sync", "line": _sync_line(report), "run_id": report["run_id"], "status": report["status"], "sync": report.get("sync")}))
+            else:
+                click.echo(_sync_line(report))
             if seconds is None:
                 sys.exit(EXIT_PARTIAL if report["status"] == "partial" else 0)
         stopping.wait(max(0.0, seconds - (time.monotonic() - started)))

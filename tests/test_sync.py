@@ -194,3 +194,40 @@ def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, piped
         report = json.loads((tmp_path / "r" / "report.json").read_text())
         assert report["entities"]["organizations"]["adopted_after_uncertain_write"] == 0  # it had been recorded
         assert all(len(records) == 1 for records in by_pipedrive_id(cm, "organizations").values())
+
+
+def test_a_record_without_update_time_arrives_with_the_id_reconciliation(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    template = live_persons(pipedrive)[0]
+    pipedrive.collections["persons"].append(dict(template, id=7777, name="No Stamp", first_name="No", last_name="Stamp", update_time=None))
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert "7777" not in by_pipedrive_id(customermates, "contacts")  # no updated_since window shows it
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert by_pipedrive_id(customermates, "contacts")["7777"][0]["lastName"] == "Stamp"
+
+
+def test_an_exhausted_daily_budget_stops_the_sync_with_exit_4_and_the_next_one_resumes(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[2]
+    person["job_title"], person["update_time"] = "Budget Tester", NOW
+    pipedrive.daily_token_budget = pipedrive.tokens_spent + 60  # a few requests, then 429 until "midnight"
+    result = invoke(env, "sync")
+    assert result.exit_code == 4, result.output
+    assert "daily API token budget" in result.output
+    assert pipedrive.count_429 == 1 and pipedrive.count_403 == 0  # stopped at the first one: no 429 storm
+    pipedrive.reset_daily_budget()
+    pipedrive.daily_token_budget = None
+    assert invoke(env, "sync").exit_code == 0
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    assert {"columnId": column, "value": "Budget Tester"} in record["customFieldValues"]
+
+
+def test_json_logs_give_one_json_line_per_sync(env):
+    import json
+
+    assert invoke(env, "run").exit_code == 0
+    result = invoke(env, "sync", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output.strip().splitlines()[-1])
+    assert line["event"] == "sync" and line["status"] == "ok" and "created 0" in line["line"]

@@ -337,14 +337,21 @@ def _minus(timestamp: str, seconds: int) -> str:
 def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dict[str, int]:
     """Find records that vanished from Pipedrive without a trace in `updated_since` windows
     (purged after 30 days, merged, converted leads, deletions that did not bump update_time):
-    read every id of each incremental collection (⌈records/500⌉ requests each) and flag staged
-    records missing from it as deleted. Returns the count per collection."""
+    read each incremental collection whole (⌈records/500⌉ requests each), flag staged records
+    missing from it as deleted, and stage the records no window can show (null update_time,
+    never staged). Returns the vanished count per collection."""
     vanished: dict[str, int] = {}
     for collection in COLLECTIONS:
         if not collection.incremental or not staging.has_collection(collection.name):
             continue
+        staged = staging.staged_ids(collection.name)
+        present: list[str] = []
         try:
-            present = [str(r[collection.key]) for page in client.pages(collection) for r in page.records]
+            for page in client.pages(collection):
+                present.extend(str(r[collection.key]) for r in page.records)
+                # records no window can show: new ones without update_time, or never staged
+                unseen = [r for r in page.records if str(r[collection.key]) not in staged or not r.get("update_time")]
+                staging.upsert_records(collection.name, unseen, collection.key)
         except PipedriveError as exc:
             if exc.status in (404, 410) and collection.optional:
                 continue

@@ -233,6 +233,11 @@ class Staging:
             self._rollback()
             raise
 
+    def staged_ids(self, collection: str) -> set[str]:
+        if not self.has_collection(collection):
+            return set()
+        return {r[0] for r in self.con.execute(f"SELECT id FROM {raw_table(collection)}").fetchall()}
+
     def flag_missing_as_deleted(self, collection: str, present_ids: list[str]) -> int:
         """Mark staged records whose id is not in `present_ids` as deleted (in the flag and in
         the record, `is_deleted: true, vanished: true`, where the transform looks)."""
