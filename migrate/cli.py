@@ -98,9 +98,9 @@ def _stop_signals() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if stopping.requested():
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a third SIGTERM must not cut the cleanup short
+            signal.signal(signum, signal.SIG_IGN)  # a third signal must not cut the cleanup short
             raise Interrupted(name, signum)
         stopping.request(name, signum)  # the batch in flight may finish and be recorded
         signal.setitimer(signal.ITIMER_REAL, stopping.GRACE_SECONDS)
@@ -108,13 +108,14 @@ def _stop_signals() -> Iterator[None]:
     def too_slow(signum: int, frame: object) -> None:
         stopping.check()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     previous_alarm = signal.signal(signal.SIGALRM, too_slow)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         signal.signal(signal.SIGALRM, previous_alarm)
         stopping.reset()
 
