@@ -55,17 +55,26 @@ class BurstLimiter:
         self.window = window
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller back (after a 429: the other threads must not keep sending)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     def acquire(self) -> None:
         while True:
             with self._lock:
                 moment = time.monotonic()
-                while self._sent and moment - self._sent[0] >= self.window:
-                    self._sent.popleft()
-                if len(self._sent) < self.limit:
-                    self._sent.append(moment)
-                    return
-                delay = self.window - (moment - self._sent[0]) + 0.01
+                if moment < self._paused_until:
+                    delay = self._paused_until - moment
+                else:
+                    while self._sent and moment - self._sent[0] >= self.window:
+                        self._sent.popleft()
+                    if len(self._sent) < self.limit:
+                        self._sent.append(moment)
+                        return
+                    delay = self.window - (moment - self._sent[0]) + 0.01
             time.sleep(delay)
 
     def learn(self, limit_header: str | None) -> None:
@@ -102,6 +111,7 @@ class PipedriveClient:
         self.requests_sent = 0
         self.tokens_spent = 0
         self.rate_limited = 0
+        self._counters = threading.Lock()  # extract reads several collections at once
 
     def close(self) -> None:
         self._http.close()
@@ -140,11 +150,13 @@ class PipedriveClient:
             raise PipedriveError(f"cannot send a request to Pipedrive at {self.base_url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection problem: {_reason(exc)}") from None
-        self.requests_sent += 1
+        with self._counters:
+            self.requests_sent += 1
         self.limiter.learn(response.headers.get("x-ratelimit-limit"))
         status = response.status_code
         if status == 429:
-            self.rate_limited += 1
+            with self._counters:
+                self.rate_limited += 1
             remaining_tokens = response.headers.get("x-daily-ratelimit-token-remaining")
             burst_left = response.headers.get("x-ratelimit-remaining")
             if remaining_tokens == "0" or (burst_left is not None and burst_left.isdigit() and int(burst_left) > 0):
@@ -153,13 +165,15 @@ class PipedriveClient:
                     "run again after the budget resets at midnight (Pipedrive server time)"
                 )
             wait = _seconds(response.headers.get("x-ratelimit-reset")) or _seconds(response.headers.get("retry-after")) or 2.0
+            self.limiter.pause(wait)
             log.warning("pipedrive.rate_limited", path=path, wait=wait)
             raise _Retryable("rate limited (HTTP 429)", wait=wait)
         if status >= 500:
             raise _Retryable(f"HTTP {status}: {_snippet(response)}")
         if status != 200:
             raise PipedriveError(_explain(status, path, response), status=status)
-        self.tokens_spent += cost
+        with self._counters:
+            self.tokens_spent += cost
         if _is_html(response):  # a login page, a captive portal, a web app at PIPEDRIVE_BASE_URL: not transient
             raise PipedriveError(
                 f"Pipedrive {path}: HTTP 200 with {_snippet(response)} instead of JSON; check PIPEDRIVE_BASE_URL "

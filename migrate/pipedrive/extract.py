@@ -9,7 +9,10 @@ page in flight and a rerun resumes where the last committed page ended.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,8 +94,16 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
         _start_fresh(staging, names)
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
-    for collection in COLLECTIONS:
-        _extract_collection(staging, source, collection, checkpoints[collection.name], run_id, summary, progress)
+    reader = source
+    if isinstance(source, PipedriveClient):  # live API: several collections at once, one limiter
+        pending = [(c, checkpoints[c.name].cursor if checkpoints[c.name] else None) for c in COLLECTIONS if not (checkpoints[c.name] and checkpoints[c.name].done)]
+        reader = ConcurrentSource(source, pending)
+    try:
+        for collection in COLLECTIONS:
+            _extract_collection(staging, reader, collection, checkpoints[collection.name], run_id, summary, progress)
+    finally:
+        if isinstance(reader, ConcurrentSource):
+            reader.close()
     _extract_deal_products(staging, source, checkpoints[DEAL_PRODUCTS.name], run_id, summary, progress)
     summary.missing += list(getattr(source, "missing", []))
     set_watermarks(staging, run_id)
@@ -358,3 +369,57 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
             raise
         vanished[collection.name] = staging.flag_missing_as_deleted(collection.name, present)
     return vanished
+
+
+class ConcurrentSource:
+    """Reads several collections at once (a few threads, all under the client's one burst
+    limiter) while the caller still consumes them one after another, page by page, in order.
+    Pages wait in small bounded queues, so memory does not grow with the account; writing to
+    staging stays on the caller's thread."""
+
+    def __init__(self, source: PageSource, plan: list[tuple[Collection, str | None]], *, workers: int = 4, depth: int = 4):
+        self.source = source
+        self._planned = {collection.name: (collection, start) for collection, start in plan}
+        self._queues: dict[str, queue.Queue[tuple[str, Any]]] = {c.name: queue.Queue(maxsize=depth) for c, _ in plan}
+        self._cancelled = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
+        for collection, start in plan:  # submitted in consumption order: the one consumed is always running
+            self._pool.submit(self._fill, collection, start)
+
+    def _fill(self, collection: Collection, start: str | None) -> None:
+        box = self._queues[collection.name]
+        try:
+            for page in self.source.pages(collection, start=start):
+                if not self._put(box, ("page", page)):
+                    return
+        except Exception as exc:  # handed to the consumer, which raises it in its own thread
+            self._put(box, ("error", exc))
+            return
+        self._put(box, ("end", None))
+
+    def _put(self, box: queue.Queue[tuple[str, Any]], item: tuple[str, Any]) -> bool:
+        while not self._cancelled.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
+        box = self._queues.get(collection.name)
+        if box is None or extra is not None or self._planned[collection.name] != (collection, start):
+            yield from self.source.pages(collection, start=start, extra=extra)  # fallbacks, deal products
+            return
+        while True:
+            kind, item = box.get()
+            if kind == "page":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+
+    def close(self) -> None:
+        self._cancelled.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
