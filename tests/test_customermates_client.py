@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,23 +27,14 @@ from migrate.customermates.client import (
     UncertainWriteError,
     parse_issues,
 )
+from tests.recorded import ADMIN_KEY, CASSETTES, SERVER, WRONG_KEY, needs_cassettes
 
 # ------------------------------------------------------------------------------------------------------------------
 # Cassette plumbing
 # ------------------------------------------------------------------------------------------------------------------
 
-CASSETTES = Path(
-    os.environ.get(
-        "CUSTOMERMATES_CASSETTES",
-        Path(__file__).resolve().parents[2] / "shared" / "contracts" / "customermates" / "recorded",
-    )
-)
-SERVER = "http://127.0.0.1:4000"
-ADMIN_KEY = "REDACTED"  # what the recording stored in place of the admin's real key
-WRONG_KEY = "cmWrongKey0123456789abcdef0123456789abcdef0123456789abcdefXXXXXX"
 SHORT_KEY = "cm_short_key_123"
 
-needs_cassettes = pytest.mark.skipif(not CASSETTES.is_dir(), reason=f"recorded cassettes not found at {CASSETTES}")
 
 
 def _parsed_body(request) -> object:

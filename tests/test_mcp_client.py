@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
-from pathlib import Path
 
 import httpx
 import pytest
 import vcr
 import yaml
 
-from migrate.customermates.client import AuthenticationError, CustomermatesError, UncertainWriteError
+from migrate.customermates.client import (
+    AuthenticationError,
+    CustomermatesError,
+    UncertainWriteError,
+)
 from migrate.customermates.mcp import (
     COLUMN_TYPES,
     McpAuthenticationError,
@@ -22,19 +24,10 @@ from migrate.customermates.mcp import (
     parse_sse,
     parse_toon_fields,
 )
+from tests.recorded import ADMIN_KEY, CASSETTES, SERVER, WRONG_KEY, needs_cassettes
 
-CASSETTES = Path(
-    os.environ.get(
-        "CUSTOMERMATES_CASSETTES",
-        Path(__file__).resolve().parents[2] / "shared" / "contracts" / "customermates" / "recorded",
-    )
-)
 MCP = "04_mcp.yaml"
-SERVER = "http://127.0.0.1:4000"
-ADMIN_KEY = "REDACTED"
-WRONG_KEY = "cmWrongKey0123456789abcdef0123456789abcdef0123456789abcdefXXXXXX"
 
-needs_cassettes = pytest.mark.skipif(not CASSETTES.is_dir(), reason=f"recorded cassettes not found at {CASSETTES}")
 
 
 def _parsed_body(request) -> object:
