@@ -75,13 +75,7 @@ def snapshot(customermates: FakeCustomermates) -> dict[str, dict[str, Any]]:
         rows: dict[str, Any] = {}
         for record in customermates.records(entity):
             pid = _pipedrive_id(record, columns)
-            values = {}
-            for cell in record["customFieldValues"]:
-                column = columns[cell["columnId"]]
-                value = cell["value"]
-                if column["type"] == "singleSelect":
-                    value = next(o["label"] for o in column["options"]["options"] if o["value"] == value)
-                values[column["label"]] = value
+            values = values_by_label(record, columns)
             normal = {
                 key: record[key] for key in ("name", "firstName", "lastName", "emails", "amount", "notes") if key in record
             }
@@ -94,6 +88,18 @@ def snapshot(customermates: FakeCustomermates) -> dict[str, dict[str, Any]]:
             rows.setdefault(pid, []).append(normal)
         result[entity] = rows
     return result
+
+
+def values_by_label(record: dict[str, Any], columns: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A target record's custom values by column label, single selects as their option label."""
+    values = {}
+    for cell in record["customFieldValues"]:
+        column = columns[cell["columnId"]]
+        value = cell["value"]
+        if column["type"] == "singleSelect":
+            value = next(o["label"] for o in column["options"]["options"] if o["value"] == value)
+        values[column["label"]] = value
+    return values
 
 
 def _pipedrive_id(record: dict[str, Any], columns: dict[str, dict[str, Any]]) -> str | None:

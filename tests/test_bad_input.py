@@ -33,6 +33,7 @@ import tenacity
 from click.testing import CliRunner, Result
 
 from migrate.cli import cli
+from tests.crash_harness import values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.fakes.pipedrive import CLOUDFLARE_HTML, VALID_TOKEN, FakePipedrive
 
@@ -162,13 +163,7 @@ def read_target(cm: FakeCustomermates) -> dict[tuple[str, str], list[Record]]:
     target: dict[tuple[str, str], list[Record]] = {}
     for entity, records in raw.items():
         for r in records:
-            values = {}
-            for cell in r["customFieldValues"]:
-                column = columns[cell["columnId"]]
-                value = cell["value"]
-                if column["type"] == "singleSelect":
-                    value = next(o["label"] for o in column["options"]["options"] if o["value"] == value)
-                values[column["label"]] = value
+            values = values_by_label(r, columns)
             links = {rel: sorted(pid_of[x["id"]] for x in r[rel]) for rel in ("organizations", "contacts", "deals", "services") if rel in r and rel != entity}
             fields = {k: r[k] for k in ("name", "firstName", "lastName", "emails", "amount") if k in r}
             target.setdefault((entity, pid(r)), []).append(Record(fields, values, links, _doc_text(r.get("notes"))))

@@ -27,7 +27,15 @@ from migrate.customermates.client import (
     UncertainWriteError,
     parse_issues,
 )
-from tests.recorded import ADMIN_KEY, CASSETTES, SERVER, WRONG_KEY, needs_cassettes
+from tests.recorded import (
+    ADMIN_KEY,
+    CASSETTES,
+    SERVER,
+    WRONG_KEY,
+    api_key,
+    json_body,
+    needs_cassettes,
+)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Cassette plumbing
@@ -35,37 +43,6 @@ from tests.recorded import ADMIN_KEY, CASSETTES, SERVER, WRONG_KEY, needs_casset
 
 SHORT_KEY = "cm_short_key_123"
 
-
-
-def _parsed_body(request) -> object:
-    body = request.body
-    if body is None:
-        return None
-    if isinstance(body, str):
-        body = body.encode()
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body
-
-
-def json_body(r1, r2) -> None:
-    """Request bodies are equal as parsed JSON (key order and whitespace do not matter)."""
-    b1, b2 = _parsed_body(r1), _parsed_body(r2)
-    assert b1 == b2, f"{b1!r} != {b2!r}"
-
-
-def _key(request) -> str | None:
-    value = request.headers.get("x-api-key")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value or None  # an empty header counts as none, as on the server
-
-
-def api_key(r1, r2) -> None:
-    assert _key(r1) == _key(r2), "x-api-key differs"
 
 
 EXACT = ("method", "scheme", "host", "port", "path", "query", "json_body", "api_key")

@@ -24,36 +24,18 @@ from migrate.customermates.mcp import (
     parse_sse,
     parse_toon_fields,
 )
-from tests.recorded import ADMIN_KEY, CASSETTES, SERVER, WRONG_KEY, needs_cassettes
+from tests.recorded import (
+    ADMIN_KEY,
+    CASSETTES,
+    SERVER,
+    WRONG_KEY,
+    api_key,
+    json_body,
+    needs_cassettes,
+)
 
 MCP = "04_mcp.yaml"
 
-
-
-def _parsed_body(request) -> object:
-    body = request.body or b""
-    if isinstance(body, str):
-        body = body.encode()
-    try:
-        return json.loads(body) if body else None
-    except ValueError:
-        return body
-
-
-def json_body(r1, r2) -> None:
-    b1, b2 = _parsed_body(r1), _parsed_body(r2)
-    assert b1 == b2, f"{b1!r} != {b2!r}"
-
-
-def _key(request) -> str | None:
-    value = request.headers.get("x-api-key")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value or None
-
-
-def api_key(r1, r2) -> None:
-    assert _key(r1) == _key(r2), "x-api-key differs"
 
 
 def replay(name: str = MCP):
