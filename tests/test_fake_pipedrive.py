@@ -384,3 +384,40 @@ def test_loads_snapshot_directory():
     with FakePipedrive(SAMPLE) as fake:
         assert {"persons", "deals_archived", "deal_products", "dealFields", "leads_archived"} <= set(fake.collections)
         assert fake.url.startswith("http://127.0.0.1:")
+
+
+# -- frozen snapshots (the benchmark's indexes) ------------------------------------------------
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/api/v2/persons", {"limit": 7}),
+    ("/api/v2/persons", {"limit": 9, "sort_by": "update_time", "sort_direction": "desc"}),
+    ("/api/v2/deals", {"limit": 5, "status": "open,won,lost,deleted", "include_fields": "products_count"}),
+    ("/api/v2/deals/products", {"limit": 3, "deal_ids": "3,1,2,4,5,6,7,8"}),
+    ("/api/v1/notes", {"limit": 11}),
+    ("/api/v1/leads", {"limit": 4}),
+])
+def test_frozen_snapshot_serves_the_same_pages_as_a_live_one(snapshot, path, params):
+    def pages(frozen: bool) -> list[dict]:
+        copy = json.loads(json.dumps(snapshot))
+        with FakePipedrive(collections=copy, burst_limit=10_000, frozen=frozen) as server, httpx.Client(
+            base_url=server.url, headers={"x-api-token": VALID_TOKEN}, timeout=10
+        ) as http:
+            bodies, query = [], dict(params)
+            for _ in range(2):  # twice: the second pass is served from what the first built
+                query.pop("cursor", None)
+                query.pop("start", None)
+                while True:
+                    body = http.get(path, params=query).json()
+                    bodies.append(body)
+                    extra = body["additional_data"] or {}
+                    if extra.get("next_cursor"):
+                        query["cursor"] = extra["next_cursor"]
+                    elif (extra.get("pagination") or {}).get("next_start"):
+                        query["start"] = extra["pagination"]["next_start"]
+                    else:
+                        break
+            return bodies
+
+    live, frozen = pages(False), pages(True)
+    assert len(live) > 2 and live == frozen

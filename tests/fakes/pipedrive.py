@@ -55,11 +55,17 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
 * ``include_fields``: activities carry ``attendees`` only when asked for; deals carry
   ``products_count`` only when asked for (computed from the ``deal_products`` collection).
 * ``RequestRecord.time`` is ``time.monotonic()``.
+
+``frozen=True`` promises the snapshot is not edited while served (the benchmark's case): sorted
+lists, deal products by deal and their counts are then built once and reused, so a page costs
+O(limit · log n) rather than a sort of the whole collection. Tests that edit ``fake.collections``
+between requests leave it False, and every page sees the edit.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
 import json
 import math
@@ -266,7 +272,10 @@ class FakePipedrive:
         burst_limit: int = 20,
         window_seconds: float = 2.0,
         daily_token_budget: int | None = None,
+        frozen: bool = False,
     ):
+        self.frozen = frozen
+        self._built: dict[Any, Any] = {}  # frozen only: sorted lists and deal-product indexes, built once
         self.collections: dict[str, list[dict]] = {}
         if snapshot_dir is not None:
             for path in sorted(Path(snapshot_dir).glob("*.jsonl")):
@@ -492,12 +501,12 @@ class FakePipedrive:
         if rest == "deals/products":
             if not query.get("deal_ids"):
                 raise _bad_request("Validation failed: deal_ids: Required")
-            deal_ids = set(_id_list(query["deal_ids"], "deal_ids", 100))
-            return self._deal_products(query, lambda r: r.get("deal_id") in deal_ids), 10
+            deal_ids = _id_list(query["deal_ids"], "deal_ids", 100)
+            return self._deal_products(query, deal_ids), 10
         segments = rest.split("/")
         if len(segments) == 3 and segments[0] == "deals" and segments[2] == "products" and segments[1].isdigit():
             deal_id = int(segments[1])
-            return self._deal_products(query, lambda r: r.get("deal_id") == deal_id), 10
+            return self._deal_products(query, [deal_id]), 10
         if len(segments) == 2 and segments[0] in V2_SINGLE and segments[1].isdigit():
             wanted = int(segments[1])
             for name in V2_SINGLE[segments[0]]:
@@ -551,6 +560,11 @@ class FakePipedrive:
         if spec.positional:
             return self._page_positional(list(rows), query, limit)
         rows = list(rows)
+        filtered = bool(query.get("ids")) or any(query.get(name) for name in spec.filters) or bool(
+            spec.since and query.get("updated_since")) or bool(spec.until and query.get("updated_until"))
+        index_key = None if filtered else (spec.collection, query.get("status", ""), self.list_deleted_rows)
+        if index_key is not None and self.frozen and ("v2", *index_key, query.get("sort_by") or "id") in self._built:
+            return self._page_keyset(spec, [], query, limit, index_key=("v2", *index_key))
         if spec.status:
             raw = query.get("status", "")
             wanted = [s.strip() for s in raw.split(",") if s.strip()] if raw else ["open", "won", "lost"]
@@ -587,10 +601,10 @@ class FakePipedrive:
             keys = [k for k in query["custom_fields"].split(",") if k]
             if len(keys) > 15:
                 raise _bad_request("Validation failed: custom_fields: at most 15 custom fields may be requested")
-        return self._page_keyset(spec, rows, query, limit)
+        return self._page_keyset(spec, rows, query, limit, index_key=None if index_key is None else ("v2", *index_key))
 
     def _page_keyset(self, spec: _V2List | None, rows: list[dict[str, Any]], query: dict[str, str], limit: int,
-                     sorts: tuple[str, ...] | None = None) -> dict[str, Any]:
+                     sorts: tuple[str, ...] | None = None, index_key: tuple[Any, ...] | None = None) -> dict[str, Any]:
         sorts = sorts if sorts is not None else spec.sorts
         sort_by = query.get("sort_by") or "id"
         if sort_by not in sorts:
@@ -598,19 +612,46 @@ class FakePipedrive:
         direction = query.get("sort_direction") or "asc"
         if direction not in ("asc", "desc"):
             raise _bad_request(f"Validation failed: sort_direction: Invalid enum value. Expected 'asc' | 'desc', received '{direction}'")
-        keyed = [(_sort_key(r, sort_by), r) for r in rows]
+        keys, ordered = self._sorted(rows, sort_by, None if index_key is None else (*index_key, sort_by))
+        start, end = 0, len(keys)
         if query.get("cursor"):
             cursor = _decode_cursor(query["cursor"])
             if cursor.get("s") != sort_by or cursor.get("d") != direction:
                 raise _bad_request("Validation failed: cursor: cursor does not match sort_by/sort_direction")
-            last = cursor["k"]
-            keyed = [kr for kr in keyed if (kr[0] > last if direction == "asc" else kr[0] < last)]
-        keyed.sort(key=lambda kr: kr[0], reverse=direction == "desc")
-        page = keyed[:limit]
-        more = len(keyed) > limit
+            if direction == "asc":
+                start = bisect.bisect_right(keys, cursor["k"])
+            else:
+                end = bisect.bisect_left(keys, cursor["k"])
+        if direction == "asc":
+            page = [(keys[i], ordered[i]) for i in range(start, min(end, start + limit))]
+            more = end - start > limit
+        else:
+            page = [(keys[i], ordered[i]) for i in range(end - 1, max(start, end - limit) - 1, -1)]
+            more = end - start > limit
         next_cursor = _encode_cursor({"s": sort_by, "d": direction, "k": page[-1][0]}) if more and page else None
         data = [self._present(spec, r, query) for _, r in page] if spec else [r for _, r in page]
         return {"success": True, "data": data, "additional_data": {"next_cursor": next_cursor}}
+
+    def _sorted(self, rows: list[dict[str, Any]], sort_by: str, cache_key: tuple[Any, ...] | None
+                ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+        """Sort keys ascending and the rows in that order; built once per cache_key when frozen."""
+        if self.frozen and cache_key is not None and cache_key in self._built:
+            return self._built[cache_key]
+        keyed = sorted(((_sort_key(r, sort_by), r) for r in rows), key=lambda kr: kr[0])
+        result = ([k for k, _ in keyed], [r for _, r in keyed])
+        if self.frozen and cache_key is not None:
+            self._built[cache_key] = result
+        return result
+
+    def _products_by_deal(self) -> dict[Any, list[dict[str, Any]]]:
+        if self.frozen and "products_by_deal" in self._built:
+            return self._built["products_by_deal"]
+        grouped: dict[Any, list[dict[str, Any]]] = {}
+        for row in self.collections.get("deal_products", []):
+            grouped.setdefault(row.get("deal_id"), []).append(row)
+        if self.frozen:
+            self._built["products_by_deal"] = grouped
+        return grouped
 
     def _page_positional(self, rows: list[dict[str, Any]], query: dict[str, str], limit: int) -> dict[str, Any]:
         position = 0
@@ -624,9 +665,10 @@ class FakePipedrive:
         next_cursor = _encode_cursor({"s": "position", "k": position + limit}) if more else None
         return {"success": True, "data": page, "additional_data": {"next_cursor": next_cursor}}
 
-    def _deal_products(self, query: dict[str, str], keep) -> dict[str, Any]:
+    def _deal_products(self, query: dict[str, str], deal_ids: list[int]) -> dict[str, Any]:
         limit = self._limit(query)
-        rows = [r for r in self.collections.get("deal_products", []) if keep(r)]
+        by_deal = self._products_by_deal()
+        rows = [r for deal_id in dict.fromkeys(deal_ids) for r in by_deal.get(deal_id, [])]
         return self._page_keyset(None, rows, query, limit, sorts=("id", "deal_id", "add_time", "update_time"))
 
     def _present(self, spec: _V2List | None, record: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
@@ -639,7 +681,7 @@ class FakePipedrive:
         if spec.collection in ("deals", "deals_archived"):
             if "products_count" in include:
                 deal_id = record.get("id")
-                out["products_count"] = sum(1 for r in self.collections.get("deal_products", []) if r.get("deal_id") == deal_id)
+                out["products_count"] = len(self._products_by_deal().get(deal_id, []))
             else:
                 out.pop("products_count", None)
         if isinstance(out.get("custom_fields"), dict):
@@ -713,7 +755,18 @@ class FakePipedrive:
                                    "error_info": ERROR_INFO})
         return [r for r in rows if (t := _parse_time(r.get("update_time"))) is not None and t >= since]
 
+    def _v1_built(self, name: str, query: dict[str, str], filters: tuple[str, ...]) -> tuple[Any, list | None]:
+        """Frozen and unfiltered: the cache key of the sorted list, and the list when built already."""
+        if not self.frozen or any(query.get(f) for f in filters):
+            return None, None
+        key = ("v1", name, query.get("sort"))
+        return key, self._built.get(key)
+
     def _v1_notes(self, query: dict[str, str]) -> dict[str, Any]:
+        filters = ("user_id", "deal_id", "person_id", "org_id", "project_id", "lead_id", "start_date", "end_date", "updated_since")
+        cache_key, built = self._v1_built("notes", query, filters)
+        if built is not None:
+            return self._v1_page(built, query)
         rows = list(self.collections.get("notes", []))
         for name in ("user_id", "deal_id", "person_id", "org_id", "project_id"):
             value = _int_param(query, name)
@@ -727,9 +780,14 @@ class FakePipedrive:
             rows = [r for r in rows if str(r.get("add_time", ""))[:10] <= query["end_date"]]
         rows = self._v1_since(rows, query)
         rows = self._v1_sort(rows, query.get("sort"), "id ASC")
+        if cache_key is not None:
+            self._built[cache_key] = rows
         return self._v1_page(rows, query)
 
     def _v1_leads(self, name: str, query: dict[str, str], *, allow_since: bool) -> dict[str, Any]:
+        cache_key, built = self._v1_built(name, query, ("owner_id", "person_id", "organization_id", "updated_since"))
+        if built is not None:
+            return self._v1_page(built, query)
         rows = list(self.collections.get(name, []))
         for key in ("owner_id", "person_id", "organization_id"):
             value = _int_param(query, key)
@@ -738,6 +796,8 @@ class FakePipedrive:
         if allow_since:
             rows = self._v1_since(rows, query)
         rows = self._v1_sort(rows, query.get("sort"), "add_time ASC")
+        if cache_key is not None:
+            self._built[cache_key] = rows
         return self._v1_page(rows, query)
 
     def _v1_fields(self, name: str) -> list[dict[str, Any]]:
