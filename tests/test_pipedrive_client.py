@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,32 @@ def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
             client.limiter.window = 1.0
             for _ in range(12):
                 client.get("/api/v1/users")
+        assert fake.count_429 == 0
+
+
+def test_concurrent_readers_with_jittery_arrival_times_are_never_rate_limited():
+    """Pipedrive counts a request when it arrives; four threads whose requests arrive 0-60 ms
+    late, at random, must still never get a 429 (the limiter holds a slot until the answer)."""
+    import random
+    import threading
+
+    rng = random.Random(5)
+    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=0.5) as fake:
+        serve = fake.handle
+
+        def late(*args):
+            time.sleep(rng.uniform(0, 0.06))
+            return serve(*args)
+
+        fake.handle = late
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
+            client.limiter.window = 0.5
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(10)]) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert len(fake.requests) == 40
         assert fake.count_429 == 0
 
 

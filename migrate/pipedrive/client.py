@@ -8,13 +8,14 @@ one clear sentence: retrying them only makes things worse (contract §2, §4).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,18 @@ class Page:
 
 
 class BurstLimiter:
-    """Keeps requests under `limit` per rolling `window` seconds, shared by all callers."""
+    """Keeps requests under `limit` per rolling `window` seconds, shared by all callers.
+
+    Pipedrive counts a request when it reaches it, somewhere between our send and its answer.
+    Threads make that moment jitter (a request can wait behind others on the way), so a slot is
+    held from `acquire` until `done`, and then for a full window from the moment the answer came:
+    the latest moment the server can have counted it. Slower by one latency per window; never
+    early."""
 
     def __init__(self, limit: int, window: float = 2.0):
         self.limit = max(1, limit)
         self.window = window
-        self._sent: deque[float] = deque()
+        self._slots: list[list[float]] = []  # [answered at]; inf while in flight
         self._lock = threading.Lock()
         self._paused_until = 0.0
 
@@ -62,20 +69,26 @@ class BurstLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
-    def acquire(self) -> None:
+    def acquire(self) -> list[float]:
+        """Wait for a free slot; pass it to `done` when the answer is in."""
         while True:
             with self._lock:
                 moment = time.monotonic()
                 if moment < self._paused_until:
                     delay = self._paused_until - moment
                 else:
-                    while self._sent and moment - self._sent[0] >= self.window:
-                        self._sent.popleft()
-                    if len(self._sent) < self.limit:
-                        self._sent.append(moment)
-                        return
-                    delay = self.window - (moment - self._sent[0]) + 0.01
+                    self._slots = [s for s in self._slots if moment - s[0] < self.window]
+                    if len(self._slots) < self.limit:
+                        slot = [math.inf]
+                        self._slots.append(slot)
+                        return slot
+                    oldest = min(s[0] for s in self._slots)
+                    delay = 0.01 if oldest == math.inf else self.window - (moment - oldest) + 0.001
             time.sleep(delay)
+
+    def done(self, slot: list[float]) -> None:
+        with self._lock:
+            slot[0] = time.monotonic()
 
     def learn(self, limit_header: str | None) -> None:
         if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:
@@ -111,6 +124,8 @@ class PipedriveClient:
         self.requests_sent = 0
         self.tokens_spent = 0
         self.rate_limited = 0
+        self.budget_remaining: int | None = None  # x-daily-ratelimit-token-remaining, when Pipedrive sends it
+        self.on_tokens: Callable[[int], None] | None = None  # told the cost of every charged request
         self._counters = threading.Lock()  # extract reads several collections at once
 
     def close(self) -> None:
@@ -139,7 +154,7 @@ class PipedriveClient:
         raise AssertionError("unreachable")
 
     def _get_once(self, path: str, params: dict[str, Any], cost: int) -> dict[str, Any]:
-        self.limiter.acquire()
+        slot = self.limiter.acquire()
         try:
             response = self._http.get(path, params=params)
         except httpx.TimeoutException as exc:
@@ -150,8 +165,13 @@ class PipedriveClient:
             raise PipedriveError(f"cannot send a request to Pipedrive at {self.base_url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection problem: {_reason(exc)}") from None
+        finally:
+            self.limiter.done(slot)
         with self._counters:
             self.requests_sent += 1
+            remaining = response.headers.get("x-daily-ratelimit-token-remaining", "")
+            if remaining.isdigit():  # optional: missing for a while after long inactivity (contract §4)
+                self.budget_remaining = int(remaining)
         self.limiter.learn(response.headers.get("x-ratelimit-limit"))
         status = response.status_code
         if status == 429:
@@ -174,6 +194,8 @@ class PipedriveClient:
             raise PipedriveError(_explain(status, path, response), status=status)
         with self._counters:
             self.tokens_spent += cost
+        if self.on_tokens is not None and cost:
+            self.on_tokens(cost)
         if _is_html(response):  # a login page, a captive portal, a web app at PIPEDRIVE_BASE_URL: not transient
             raise PipedriveError(
                 f"Pipedrive {path}: HTTP 200 with {_snippet(response)} instead of JSON; check PIPEDRIVE_BASE_URL "
