@@ -26,7 +26,7 @@ from migrate.errors import Interrupted, MigrateError
 from migrate.logs import configure, log_format, redact, register_secret
 from migrate.progress import ProgressDisplay
 from migrate.report.plan_output import print_plan, write_plan
-from migrate.report.run_report import print_report, write_json
+from migrate.report.run_report import pipedrive_usage, print_report, write_json
 from migrate.report.verify import EXIT_MISMATCH, print_verify
 from migrate.staging.store import Staging
 
@@ -248,11 +248,15 @@ def _sync_line(report: dict[str, Any]) -> str:
     entities = report["entities"].values()
     sync_info = report.get("sync") or {}
     deleted = sum((sync_info.get("deleted_in_pipedrive") or {}).values())
+    usage = report.get("pipedrive") or {}
+    tokens = f", {usage['tokens_spent']:,} tokens" if usage else ""
+    left = f" ({usage['budget_remaining']:,} left today)" if usage.get("budget_remaining") is not None else ""
     return (
         f"sync {report['run_id']}: {report['status']}; created {sum(r['created'] for r in entities)}, "
         f"updated {sum(r['updated'] for r in entities)}, unchanged {sum(r['unchanged'] for r in entities)}, "
         f"deleted in Pipedrive {deleted} ({sync_info.get('deletes', 'mark')}), "
         f"quarantined {sum(r['quarantined'] for r in entities)}; Pipedrive requests {sync_info.get('pipedrive_requests', 'full extract')}"
+        f"{tokens}{left}"
     )
 
 
@@ -270,6 +274,8 @@ def extract_command(settings: Settings) -> None:
         console.print(f"{name:>20}  {count}")
     if summary.missing:
         console.print(f"[yellow]not in the snapshot:[/yellow] {', '.join(summary.missing)}")
+    if summary.pipedrive:
+        console.print(pipedrive_usage(summary.pipedrive), highlight=False)
     console.print(f"Staged in {settings.state} ({summary.pages} pages). Inspect: duckdb {settings.state} \"show tables\"")
 
 

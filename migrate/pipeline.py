@@ -16,7 +16,8 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
-from migrate.errors import MigrateError
+from migrate.errors import LockHeldError, MigrateError
+from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
 from migrate.pipedrive.extract import (
     ExtractSummary,
@@ -67,7 +68,59 @@ def customermates_clients(settings: Settings, stack: ExitStack) -> tuple[Custome
 
 def run_extract(settings: Settings, staging: Staging, run_id: str, progress: Progress | None = None) -> ExtractSummary:
     with ExitStack() as stack:
-        return extract(staging, open_source(settings, stack), run_id, progress=_labelled(progress, "extract"))
+        source = open_source(settings, stack)
+        usage = watch_tokens(source, staging, progress)
+        summary = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
+        summary.pipedrive = usage.report()
+        return summary
+
+
+class TokenWatch:
+    """The extract's Pipedrive token account: the estimate before, the spending during (as a
+    progress bar with the budget left today), the figures after."""
+
+    def __init__(self, client: PipedriveClient | None, estimate: budget.CostEstimate | None, progress: Progress | None):
+        self.client, self.estimate = client, estimate
+        if client is None:
+            return
+        if estimate is not None:
+            if estimate.tokens > (client.budget_remaining if client.budget_remaining is not None else estimate.tokens):
+                log.warning("pipedrive.budget_short", detail=estimate.describe(client.budget_remaining))
+            else:
+                log.info("pipedrive.cost", detail=estimate.describe(client.budget_remaining))
+        if progress is None:
+            return
+        self.spent_before = client.tokens_spent
+        if hasattr(progress, "expect"):
+            progress.expect("pipedrive tokens", estimate.tokens if estimate else None)
+
+        def spent(cost: int) -> None:
+            progress("pipedrive tokens", cost)
+            if hasattr(progress, "detail") and client.budget_remaining is not None:
+                progress.detail("pipedrive tokens", f"{client.budget_remaining:,} left today")
+
+        client.on_tokens = spent
+
+    def report(self) -> dict[str, Any] | None:
+        if self.client is None:
+            return None
+        c, e = self.client, self.estimate
+        return {
+            "requests": c.requests_sent,
+            "tokens_spent": c.tokens_spent,
+            "tokens_estimated": e.tokens if e else None,
+            "estimate_basis": e.basis if e else None,
+            "rate_limited_429": c.rate_limited,
+            "budget_remaining": c.budget_remaining,
+        }
+
+
+def watch_tokens(source: PageSource | None, staging: Staging, progress: Progress | None, *, full: bool = True) -> TokenWatch:
+    """Estimate a full extract's cost from the previous extract's sizes (`full`; a sync's cost
+    is not estimated) and watch the spending."""
+    if not isinstance(source, PipedriveClient):
+        return TokenWatch(None, None, None)
+    return TokenWatch(source, budget.estimate_from_staging(staging) if full else None, progress)
 
 
 def _labelled(progress: Progress | None, phase: str) -> Progress | None:
@@ -110,7 +163,9 @@ def run_migration(
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
-            if incremental and isinstance(source, PipedriveClient) and staging.watermark("persons"):
+            syncing = incremental and isinstance(source, PipedriveClient) and bool(staging.watermark("persons"))
+            tokens = watch_tokens(source, staging, progress, full=not syncing)
+            if syncing:
                 changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
                 if reconcile_every and staging.count_runs("sync") % reconcile_every == 0:
                     vanished = reconcile_ids(staging, source, run_id)
@@ -145,6 +200,7 @@ def run_migration(
                 plan["coverage"] = coverage(staging, mappings.sources, mappings.coverage)
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
+            report["pipedrive"] = tokens.report()
             if changes is not None:
                 report["sync"] = {
                     "changed": changes.changed, "reread": changes.reread, "pipedrive_requests": changes.requests,
@@ -346,6 +402,16 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
                 who, admin = pipedrive_identity(source)
                 add("Pipedrive token", True, who)
                 add("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing")
+                cost = None
+                if settings.state.exists():
+                    try:
+                        with Staging(settings.state) as staging:
+                            cost = budget.estimate_from_staging(staging)
+                    except LockHeldError:  # a run is going on: size it by probing instead
+                        pass
+                cost = cost or budget.estimate_by_probing(source)
+                remaining = source.budget_remaining
+                add("Pipedrive budget", remaining is None or cost.tokens <= remaining, cost.describe(remaining), warn_only=True)
             else:
                 add("Pipedrive snapshot", True, str(settings.source))
         except MigrateError as exc:

@@ -1,4 +1,5 @@
-"""Progress bars on stderr: one per extracted collection and per loaded entity.
+"""Progress bars on stderr: one per extracted collection, one for the Pipedrive tokens spent
+(against the estimate, with the budget left today), one per loaded entity.
 
 Shown only on an interactive terminal with console logs; `--log-format json` and pipes stay
 quiet. The pipeline reports through a plain `(name, records)` callable, so it knows nothing
@@ -39,6 +40,7 @@ class ProgressDisplay:
             disable=not self.enabled,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._details: dict[str, str] = {}
 
     def __enter__(self) -> ProgressDisplay:
         self._bars.start()
@@ -50,11 +52,16 @@ class ProgressDisplay:
     def expect(self, name: str, total: int | None) -> None:
         self._task(name, total)
 
+    def detail(self, name: str, text: str) -> None:
+        """Show `text` in the rate column of a task from now on (e.g. Pipedrive tokens left today)."""
+        self._details[name] = text
+        self._bars.update(self._task(name, None), rate=text)
+
     def __call__(self, name: str, records: int) -> None:
         task = self._task(name, None)
         self._bars.advance(task, records)
         speed = self._bars.tasks[task].speed
-        self._bars.update(task, rate=f"{speed:,.0f}/s" if speed else "")
+        self._bars.update(task, rate=self._details.get(name) or (f"{speed:,.0f}/s" if speed else ""))
 
     def _task(self, name: str, total: int | None) -> TaskID:
         if name not in self._tasks:

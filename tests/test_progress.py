@@ -21,3 +21,17 @@ def test_progress_counts_every_extracted_and_loaded_record(pipedrive, customerma
     for entity, row in report["entities"].items():
         task = tasks[f"load {entity}"]
         assert task.total == row["to_migrate"] == task.completed
+
+
+def test_a_rerun_shows_tokens_spent_against_the_estimate_and_the_budget_left(pipedrive, customermates, tmp_path):
+    settings = Settings(
+        pipedrive_api_token=VALID_TOKEN, pipedrive_base_url=pipedrive.url, customermates_url=customermates.url,
+        customermates_api_key=VALID_KEY, state=tmp_path / "s.duckdb", pipedrive_burst_limit=1000,
+    )
+    pipedrive.daily_token_budget = 50_000
+    run_migration(settings)
+    with ProgressDisplay(enabled=False) as progress:
+        report = run_migration(settings, progress=progress)
+    task = next(t for t in progress._bars.tasks if t.description == "pipedrive tokens")
+    assert task.total == report["pipedrive"]["tokens_estimated"] == task.completed
+    assert task.fields["rate"] == f"{50_000 - pipedrive.tokens_spent:,} left today"

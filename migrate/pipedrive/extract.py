@@ -81,6 +81,7 @@ class ExtractSummary:
     pages: int = 0
     resumed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    pipedrive: dict[str, Any] | None = None  # requests, tokens spent and estimated (API source only)
 
 
 ProgressFn = Callable[[str, int], None]

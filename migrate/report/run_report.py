@@ -23,6 +23,18 @@ def write_json(report: dict[str, Any], directory: Path, name: str = "report.json
     return path
 
 
+def pipedrive_usage(usage: dict[str, Any]) -> str:
+    """One line: what the extract cost in Pipedrive requests and tokens, against the estimate and the budget."""
+    text = f"Pipedrive: {usage['requests']:,} requests, {usage['tokens_spent']:,} tokens"
+    if usage.get("tokens_estimated") is not None:
+        text += f" (estimated {usage['tokens_estimated']:,} from the {usage['estimate_basis'].removeprefix('sizes of the ')})"
+    if usage.get("rate_limited_429"):
+        text += f", {usage['rate_limited_429']} rate-limited (429) and retried"
+    if usage.get("budget_remaining") is not None:
+        text += f"; {usage['budget_remaining']:,} tokens left today"
+    return text + "."
+
+
 def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: int = 15) -> None:
     dry = report.get("dry_run")
     table = Table(
@@ -40,6 +52,8 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     verb = ("would be created", "would be updated") if dry else ("created", "updated")
     changes = "0 changes: " if created + updated == 0 else ""
     console.print(f"{changes}{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
+    if report.get("pipedrive"):
+        console.print(pipedrive_usage(report["pipedrive"]), highlight=False)
     gone = {e: row.get("deleted_in_target", 0) for e, row in report["entities"].items() if row.get("deleted_in_target")}
     if gone:
         console.print(

@@ -281,6 +281,12 @@ class Staging:
         ).fetchone()
         return int(total), int(deleted)
 
+    def deals_with_products(self) -> int:
+        """Deals with at least one staged product line (each costs a share of a deal-products request)."""
+        if not self.has_collection("deal_products"):
+            return 0
+        return int(self.con.execute(f"SELECT count(DISTINCT data->>'deal_id') FROM {raw_table('deal_products')}").fetchone()[0])
+
     # -- transform output -----------------------------------------------------------------
     def replace_transform_output(
         self,
