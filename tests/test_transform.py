@@ -136,3 +136,49 @@ def test_every_target_record_carries_its_pipedrive_id(staged):
     for entity in ("organizations", "contacts", "services", "deals", "tasks"):
         for sid, payload in targets(staging, entity).items():
             assert payload["values"]["pipedrive_id"] == sid
+
+
+def test_note_bodies_are_converted_once_and_kept_for_the_next_transform(tmp_path, monkeypatch):
+    from migrate.transform import notes
+
+    staging = Staging(tmp_path / "state.duckdb")
+    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+    calls: list[str] = []
+    convert = notes.html_to_markdown
+    monkeypatch.setattr(notes, "html_to_markdown", lambda html: calls.append(html) or convert(html))
+
+    def run() -> tuple[int, list[tuple]]:
+        calls.clear()
+        transform(staging, load_mappings())
+        rows = staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY ALL").fetchall()
+        return len(calls), rows
+
+    first_calls, first = run()
+    second_calls, second = run()
+    bodies = staging.con.execute(
+        "SELECT count(DISTINCT coalesce(data->>'content', '')) FROM raw_notes WHERE NOT coalesce(is_deleted, false)"
+    ).fetchone()[0]
+    assert bodies > 50
+    assert first_calls - second_calls == bodies  # what is left are the records' own texts
+    assert second == first
+
+    monkeypatch.setattr(notes, "MARKDOWN_VERSION", "notes-test")  # a changed converter converts them again
+    third_calls, third = run()
+    assert third_calls == first_calls and third == first
+    staging.close()
+
+
+def test_issues_written_as_they_come_are_the_issues_written_at_the_end(tmp_path, monkeypatch):
+    from migrate.transform import engine
+
+    staging = Staging(tmp_path / "state.duckdb")
+    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+
+    def issues_after_transform() -> list[tuple]:
+        transform(staging, load_mappings())
+        return staging.con.execute("SELECT * FROM transform_issues ORDER BY ALL").fetchall()
+
+    at_the_end = issues_after_transform()
+    monkeypatch.setattr(engine, "ISSUES_PER_FLUSH", 3)
+    assert len(at_the_end) > 30 and issues_after_transform() == at_the_end
+    staging.close()

@@ -14,7 +14,6 @@ import re
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any

@@ -24,6 +24,8 @@ import duckdb
 from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
+DUCKDB_MEMORY_LIMIT = "256MB"
+ID_ORDER = "try_cast(id AS BIGINT) NULLS LAST, id"  # numeric ids numerically; transform.lookups.order_key agrees
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -38,6 +40,8 @@ CREATE TABLE IF NOT EXISTS target_records (
     PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS target_columns (
     entity VARCHAR, key VARCHAR, spec JSON, PRIMARY KEY (entity, key));
+CREATE TABLE IF NOT EXISTS note_markdown (
+    content_hash VARCHAR PRIMARY KEY, converter VARCHAR, markdown VARCHAR);
 CREATE TABLE IF NOT EXISTS transform_issues (
     entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS column_map (
@@ -102,6 +106,9 @@ class Staging:
         if fresh and self.path.exists():
             os.chmod(self.path, 0o600)
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would write into our output
+        # DuckDB would cache up to 80 % of RAM; a million-record state file then fills it. Above this
+        # it spills to <state>.tmp instead, so the run's memory stays flat at any account size.
+        self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         self.con.execute(_SCHEMA)
         self._check_version()
 
@@ -264,13 +271,17 @@ class Staging:
         if not self.has_collection(collection):
             return
         where = "" if include_deleted else "WHERE NOT coalesce(is_deleted, false)"
+        sql = f"SELECT data FROM {raw_table(collection)} {where} ORDER BY {ID_ORDER}"
+        for (data,) in self.stream(sql, batch_size=batch_size):
+            yield json.loads(data)
+
+    def stream(self, sql: str, params: list[Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
+        """Rows of a query, fetched in batches on a cursor of their own (several streams can be
+        read side by side, and while the main connection writes)."""
         cursor = self.con.cursor()
-        cursor.execute(
-            f"SELECT data FROM {raw_table(collection)} {where} ORDER BY try_cast(id AS BIGINT) NULLS LAST, id"
-        )
+        cursor.execute(sql, params or [])
         while rows := cursor.fetchmany(batch_size):
-            for (data,) in rows:
-                yield json.loads(data)
+            yield from rows
 
     def count_raw(self, collection: str) -> tuple[int, int]:
         """(records, deleted records) staged for a collection."""
@@ -287,20 +298,29 @@ class Staging:
             return 0
         return int(self.con.execute(f"SELECT count(DISTINCT data->>'deal_id') FROM {raw_table('deal_products')}").fetchone()[0])
 
+    def save_markdown(self, converted: list[tuple[str, str]], converter: str) -> None:
+        """Keep converted note bodies: (md5 of the HTML, markdown), made by `converter`."""
+        if converted:
+            self.con.execute(
+                "INSERT OR REPLACE INTO note_markdown SELECT unnest($h), $c, unnest($m)",
+                {"h": [h for h, _ in converted], "c": converter, "m": [m for _, m in converted]},
+            )
+
     # -- transform output -----------------------------------------------------------------
     def replace_transform_output(
         self,
-        records: Iterable[tuple[str, str, dict[str, Any], str]],
+        records: Iterable[tuple[str, str, str, str]],
         finish: Callable[[], tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]],
         chunk: int = 5000,
     ) -> None:
-        """Replace the transform output in one transaction. `records` streams in; `finish` is
-        called once they are consumed and returns the columns and issues they gave rise to."""
+        """Replace the transform output in one transaction. `records` (entity, source id, payload
+        JSON text, payload hash) stream in; `finish` is called once they are consumed and returns
+        the columns and issues they gave rise to."""
         self.con.execute("BEGIN TRANSACTION")
         try:
             for table in ("target_records", "target_columns", "transform_issues"):
                 self.con.execute(f"DELETE FROM {table}")
-            buffer: list[tuple[str, str, dict[str, Any], str]] = []
+            buffer: list[tuple[str, str, str, str]] = []
             for record in records:
                 buffer.append(record)
                 if len(buffer) >= chunk:
@@ -313,24 +333,29 @@ class Staging:
                     "INSERT INTO target_columns SELECT unnest($e), unnest($k), unnest($s)::JSON",
                     {"e": [c["entity"] for c in columns], "k": [c["key"] for c in columns], "s": [json.dumps(c) for c in columns]},
                 )
-            if issues:
-                self.con.execute(
-                    "INSERT INTO transform_issues SELECT unnest($a), unnest($b), unnest($c), unnest($d), unnest($e)",
-                    {k: [r[i] for r in issues] for i, k in enumerate("abcde")},
-                )
+            self.add_transform_issues(issues)
             self.con.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
 
-    def _insert_targets(self, rows: list[tuple[str, str, dict[str, Any], str]]) -> None:
+    def add_transform_issues(self, issues: list[tuple[str, str, str, str, str]]) -> None:
+        """(entity, source id, field, rule, detail) rows; inside `replace_transform_output` they
+        join its transaction (the transform flushes them as it goes, to keep memory flat)."""
+        if issues:
+            self.con.execute(
+                "INSERT INTO transform_issues SELECT unnest($a), unnest($b), unnest($c), unnest($d), unnest($e)",
+                {k: [r[i] for r in issues] for i, k in enumerate("abcde")},
+            )
+
+    def _insert_targets(self, rows: list[tuple[str, str, str, str]]) -> None:
         if rows:
             self.con.execute(
                 "INSERT INTO target_records SELECT unnest($e), unnest($s), unnest($p)::JSON, unnest($h)",
                 {
                     "e": [r[0] for r in rows],
                     "s": [r[1] for r in rows],
-                    "p": [json.dumps(r[2], ensure_ascii=False, sort_keys=True) for r in rows],
+                    "p": [r[2] for r in rows],
                     "h": [r[3] for r in rows],
                 },
             )

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from migrate.transform import values as v
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 
+T_co = TypeVar("T_co", covariant=True)
+
 DEAL_STATUS_LABELS = {"open": "Open", "won": "Won", "lost": "Lost", "lead": "Lead"}
 DONE_LABELS = ("Open", "Done")
+
+
+class ByKey(Protocol[T_co]):
+    """What a lookup needs of a dict: `get`."""
+
+    def get(self, key: str, default: Any = None, /) -> T_co | None: ...
 
 
 @dataclass
@@ -28,9 +36,9 @@ class Lookups:
     stages: dict[str, str] = field(default_factory=dict)  # stage id → "Pipeline / Stage"
     activity_types: dict[str, str] = field(default_factory=dict)  # key_string → name
     lead_labels: dict[str, str] = field(default_factory=dict)
-    organization_names: dict[str, str] = field(default_factory=dict)
-    person_names: dict[str, str] = field(default_factory=dict)
-    deal_products: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    organization_names: ByKey[str] = field(default_factory=dict)  # a NameTable in a transform
+    person_names: ByKey[str] = field(default_factory=dict)
+    deal_products: ByKey[list[dict[str, Any]]] = field(default_factory=dict)  # the current deals' lines, streamed
     product_names: dict[str, str] = field(default_factory=dict)
     phone_region: str | None = None
 
@@ -242,7 +250,7 @@ def user_label(user: dict[str, Any] | None, user_id: str) -> str:
     return f"{name} <{email}>" if name and email else name or email or f"Pipedrive user #{user_id}"
 
 
-def _names(value: Any, names: dict[str, str], unknown: str) -> str | None:
+def _names(value: Any, names: ByKey[str], unknown: str) -> str | None:
     """Referenced ids as their readable names, comma-joined; `unknown` formats a missing one."""
     return ", ".join(names.get(i) or unknown.format(i) for i in _ids(value)) or None
 

@@ -2,8 +2,10 @@
 
 Deterministic: the same staging gives byte-identical payloads (sorted keys, id order), so a
 payload hash tells whether a record changed since it was last written. Records stream from
-DuckDB and back; only reference data (names, options, deal products, notes of one entity
-kind) is held in memory.
+DuckDB and back. What every record may refer to (ids that exist, names) is held compactly
+(`transform.lookups`); notes and deal products stream alongside the records, sorted the same
+way, one record's worth at a time. Each distinct note body is converted to markdown once and
+kept in the state file, so reruns and syncs do not convert it again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from migrate.transform.columns import (
     ColumnSpec,
 )
 from migrate.transform.encoders import ENCODERS, Field, Lookups, RecordOut
+from migrate.transform.lookups import IdSet, NameTable, SortedGroups
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
 
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
@@ -45,6 +48,7 @@ FIELD_META = {
     "leads_archived": "dealFields",
     "activities": "activityFields",
 }
+ISSUES_PER_FLUSH = 5000
 V1_ENCODED = frozenset({"leads", "leads_archived"})
 NOTE_TARGET = {"persons": "person_id", "organizations": "org_id", "deals": "deal_id", "deals_archived": "deal_id"}
 RESERVED_LABELS = {
@@ -64,8 +68,17 @@ class TransformSummary:
     columns: list[dict[str, Any]] = field(default_factory=list)
 
 
+def payload_text(payload: dict[str, Any]) -> str:
+    """The payload as stored (and hashed): sorted keys, so equal payloads are equal text."""
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def payload_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+    return text_hash(payload_text(payload))
 
 
 def source_id(collection: str, record: dict[str, Any]) -> str:
@@ -81,8 +94,8 @@ class Transformer:
         self.known = self._known_ids()
         self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
         self.issues: list[tuple[str, str, str, str, str]] = []
-        self._note_markdown: dict[str, str] = {}  # note id → markdown: a note on several records is converted once
         self.summary = TransformSummary()
+        self._writing = False
         self._declare_columns()
 
     # -- reference data -------------------------------------------------------------------
@@ -104,9 +117,8 @@ class Transformer:
             stages=stage_labels,
             activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in st.iter_raw("activityTypes")},
             lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in st.iter_raw("leadLabels")},
-            organization_names={str(o["id"]): (o.get("name") or entities.NO_NAME) for o in st.iter_raw("organizations")},
-            person_names={str(p["id"]): (p.get("name") or entities.NO_NAME) for p in st.iter_raw("persons")},
-            deal_products=self._deal_products(),
+            organization_names=self._names("organizations"),
+            person_names=self._names("persons"),
             product_names={str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")},
             phone_region=phone_region or self._region_from_users(users),
         )
@@ -119,24 +131,33 @@ class Transformer:
         )
         return regions.most_common(1)[0][0] if regions else None
 
-    def _deal_products(self) -> dict[str, list[dict[str, Any]]]:
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for row in self.staging.iter_raw("deal_products"):
-            grouped.setdefault(str(row.get("deal_id")), []).append(row)
-        for rows in grouped.values():
-            rows.sort(key=lambda r: (r.get("order_nr") or 0, r.get("id") or 0))
-        return grouped
+    def _names(self, collection: str) -> NameTable:
+        if not self.staging.has_collection(collection):
+            return NameTable(())
+        return NameTable(
+            (str(identity), name if name else entities.NO_NAME)
+            for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)}")
+        )
 
-    def _known_ids(self) -> dict[str, set[str]]:
-        known: dict[str, set[str]] = {e: set() for e in ENTITY_ORDER}
+    def _deal_products(self, collection: str) -> SortedGroups[dict[str, Any]]:
+        """The deal product lines of the deals, in the order the deals are read (then by position)."""
+        if not self.staging.has_collection("deal_products"):
+            return SortedGroups(iter(()))
+        rows = self.staging.stream(
+            f"SELECT data->>'deal_id' AS deal, data FROM {raw_table('deal_products')} WHERE deal IS NOT NULL "
+            "ORDER BY try_cast(deal AS BIGINT) NULLS LAST, deal, "
+            "coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)"
+        )
+        return SortedGroups((deal, json.loads(data)) for deal, data in rows)
+
+    def _known_ids(self) -> dict[str, IdSet]:
+        known = {e: IdSet() for e in ENTITY_ORDER}
         for collection, mapping in self.mappings.sources.items():
             if not self.staging.has_collection(collection):
                 continue
-            rows = self.staging.con.execute(
-                f"SELECT id FROM {raw_table(collection)} WHERE NOT coalesce(is_deleted, false)"
-            ).fetchall()
+            rows = self.staging.stream(f"SELECT id FROM {raw_table(collection)} WHERE NOT coalesce(is_deleted, false)")
             prefix = "lead:" if collection in V1_ENCODED else ""
-            known[mapping.entity].update(prefix + r[0] for r in rows)
+            known[mapping.entity].update(prefix + identity for (identity,) in rows)
         return known
 
     def _field_meta(self, meta: str) -> dict[str, dict[str, Any]]:
@@ -240,28 +261,32 @@ class Transformer:
             self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
             return self.summary.columns, self.issues
 
+        self._convert_notes()  # committed before the output transaction: the note streams read it
         self.staging.replace_transform_output(self._records(), finish)
         return self.summary
 
-    def _records(self) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    def _records(self) -> Iterator[tuple[str, str, str, str]]:
+        self._writing = True  # inside the output transaction: issues may be written as they come
         for entity in ENTITY_ORDER:
             for collection, mapping in self.mappings.sources.items():
                 if mapping.entity == entity:
                     yield from self._collection_records(collection, mapping)
 
-    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, str, str]]:
         notes_by_target = self._notes_for(collection)
+        if collection in ("deals", "deals_archived"):
+            self.lookups.deal_products = self._deal_products(collection)
         for record in self.staging.iter_raw(collection):
             sid = source_id(collection, record)
             if _deleted(record):
                 self.summary.skipped[mapping.entity] += 1
                 self._issue(mapping.entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
                 continue
-            payload = self._payload(collection, mapping, record, sid, notes_by_target)
+            text = payload_text(self._payload(collection, mapping, record, sid, notes_by_target))
             self.summary.records[mapping.entity] += 1
-            yield mapping.entity, sid, payload, payload_hash(payload)
+            yield mapping.entity, sid, text, text_hash(text)
 
-    def _payload(self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str, notes_by_target: dict[str, list[notes.NoteEntry]]) -> dict[str, Any]:
+    def _payload(self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str, notes_by_target: SortedGroups[notes.NoteEntry]) -> dict[str, Any]:
         core = self._core(collection, record)
         out = RecordOut(self.registry)
         for key, value in core.values.items():
@@ -323,38 +348,59 @@ class Transformer:
     def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
         self.summary.issues[rule] += 1
         self.issues.append((entity, sid, field_name, rule, detail))
+        if len(self.issues) >= ISSUES_PER_FLUSH and self._writing:
+            self.staging.add_transform_issues(self.issues)
+            self.issues = []
 
     # -- notes ----------------------------------------------------------------------------
-    def _notes_for(self, collection: str) -> dict[str, list[notes.NoteEntry]]:
-        """Pipedrive notes attached to records of this collection, by record id."""
+    def _notes_for(self, collection: str) -> SortedGroups[notes.NoteEntry]:
+        """Pipedrive notes attached to records of this collection, grouped by record id, in the
+        order the records are read."""
         column = NOTE_TARGET.get(collection) or ("lead_id" if collection in V1_ENCODED else None)
-        grouped: dict[str, list[notes.NoteEntry]] = {}
         if column is None or not self.staging.has_collection("notes"):
-            return grouped
-        rows = self.staging.con.execute(
-            f"SELECT data FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false) "
-            f"AND data->>'{column}' IS NOT NULL ORDER BY try_cast(id AS BIGINT)"
-        ).fetchall()
+            return SortedGroups(iter(()))
+        rows = self.staging.stream(
+            f"SELECT n.data->>'{column}' AS target, n.data, m.markdown FROM {raw_table('notes')} n "
+            f"LEFT JOIN note_markdown m ON m.content_hash = md5(coalesce(n.data->>'content', '')) "
+            f"WHERE NOT coalesce(n.is_deleted, false) AND target IS NOT NULL "
+            f"ORDER BY try_cast(target AS BIGINT) NULLS LAST, target, try_cast(n.id AS BIGINT)"
+        )
         pin_flag = {"person_id": "pinned_to_person_flag", "org_id": "pinned_to_organization_flag", "deal_id": "pinned_to_deal_flag", "lead_id": "pinned_to_lead_flag"}[column]
-        for (data,) in rows:
-            note = json.loads(data)
-            author = self.lookups.users.get(str(note.get("user_id")))
-            created = _utc_or_none(note.get("add_time"))
-            note_id = str(note.get("id"))
-            if note_id not in self._note_markdown:
-                self._note_markdown[note_id] = notes.html_to_markdown(note.get("content") or "")
-            grouped.setdefault(str(note[column]), []).append(
-                notes.NoteEntry(
+
+        def entries() -> Iterator[tuple[str, notes.NoteEntry]]:
+            for target, data, markdown in rows:
+                note = json.loads(data)
+                author = self.lookups.users.get(str(note.get("user_id")))
+                yield target, notes.NoteEntry(
                     author=(author or {}).get("name") or (note.get("user") or {}).get("name"),
-                    created=created,
+                    created=_utc_or_none(note.get("add_time")),
                     html=note.get("content") or "",
                     title="Pinned" if note.get(pin_flag) else None,
-                    markdown=self._note_markdown[note_id],
+                    markdown=markdown,
                 )
-            )
-        return grouped
 
-    def _compose_notes(self, collection: str, record: dict[str, Any], sid: str, entity: str, notes_by_target: dict[str, list[notes.NoteEntry]]) -> str | None:
+        return SortedGroups(entries())
+
+    def _convert_notes(self) -> None:
+        """Convert every note body not converted yet (by this converter) and keep it: a note is
+        usually on a deal, its person and their organization, and a rerun finds it done."""
+        if not self.staging.has_collection("notes"):
+            return
+        con = self.staging.con
+        con.execute("DELETE FROM note_markdown WHERE converter <> ?", [notes.MARKDOWN_VERSION])
+        bodies = self.staging.stream(
+            f"SELECT DISTINCT md5(coalesce(data->>'content', '')) AS h, coalesce(data->>'content', '') FROM {raw_table('notes')} "
+            "WHERE NOT coalesce(is_deleted, false) AND h NOT IN (SELECT content_hash FROM note_markdown)"
+        )
+        batch: list[tuple[str, str]] = []
+        for digest, html in bodies:
+            batch.append((digest, notes.html_to_markdown(html)))
+            if len(batch) >= 1000:
+                self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
+                batch = []
+        self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
+
+    def _compose_notes(self, collection: str, record: dict[str, Any], sid: str, entity: str, notes_by_target: SortedGroups[notes.NoteEntry]) -> str | None:
         entries = list(notes_by_target.get(str(record.get("id")), []))
         # the record's own texts are dated like the record, so they sort before later notes
         created = _utc_or_none(record.get("add_time"))

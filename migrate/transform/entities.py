@@ -10,10 +10,14 @@ from the other side would erase them.
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.transform import values as v
+from migrate.transform.encoders import ByKey
+
+Known = Mapping[str, Container[str]]  # entity → ids of records that exist (an IdSet each, in a transform)
 
 LINK_ENTITY = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 NO_NAME = "(no name)"
@@ -37,7 +41,7 @@ def _id(value: Any) -> str | None:
     return str(value)
 
 
-def _link(core: Core, key: str, pipedrive_id: Any, known: dict[str, set[str]], what: str) -> None:
+def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> None:
     target = _id(pipedrive_id)
     if target is None:
         return
@@ -56,7 +60,7 @@ def _owner(core: Core, record: dict[str, Any], key: str = "owner_id") -> None:
         core.users.append(owner)
 
 
-def contact_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+def contact_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
     first, last = v.split_name(record.get("name"), record.get("first_name"), record.get("last_name"))
     if not first and last:
@@ -86,7 +90,7 @@ def contact_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
     return core
 
 
-def organization_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+def organization_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
     name = (record.get("name") or "").strip()
     if not name:
@@ -100,7 +104,7 @@ def organization_core(record: dict[str, Any], known: dict[str, set[str]]) -> Cor
 MIN_AMOUNT = 0.01
 
 
-def service_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+def service_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
     name = (record.get("name") or "").strip()
     if not name:
@@ -128,7 +132,7 @@ def _number(value: Any) -> float:
         return 0.0
 
 
-def deal_core(record: dict[str, Any], known: dict[str, set[str]], deal_products: dict[str, list[dict[str, Any]]]) -> Core:
+def deal_core(record: dict[str, Any], known: Known, deal_products: ByKey[list[dict[str, Any]]]) -> Core:
     core = Core()
     core.fields = {"name": _title(record, core, "deal")}
     _link(core, "organizationIds", record.get("org_id"), known, "org_id")
@@ -151,7 +155,7 @@ def deal_core(record: dict[str, Any], known: dict[str, set[str]], deal_products:
     return core
 
 
-def lead_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
+def lead_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
     core.fields = {"name": _title(record, core, "lead")}
     _link(core, "organizationIds", record.get("organization_id"), known, "organization_id")
@@ -160,7 +164,7 @@ def lead_core(record: dict[str, Any], known: dict[str, set[str]]) -> Core:
     return core
 
 
-def task_core(record: dict[str, Any], known: dict[str, set[str]], type_names: dict[str, str]) -> Core:
+def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) -> Core:
     core = Core()
     subject = (record.get("subject") or "").strip()
     if not subject:

@@ -565,6 +565,11 @@ def _plain_text_fallback(html: str) -> str:
     return "\n\n".join(_escape_text(p) for p in paragraphs if p)
 
 
+# Converted note bodies are kept in the state file under this name: change it whenever a change
+# here changes what a note converts to, so that kept conversions are made again.
+MARKDOWN_VERSION = "notes-1"
+
+
 def html_to_markdown(html: str) -> str:
     """Customermates-safe markdown for a Pipedrive HTML body (see module docstring).
 

@@ -7,6 +7,7 @@ except where the docstring says the function answers ``None`` instead.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -159,6 +160,12 @@ def to_utc_datetime(value: str | None) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"not a recognised timestamp: {value!r}")
+    return _utc_text(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _utc_text(value: str) -> str:
+    """Timestamps repeat (add_time, due dates, imports made in one go): each is parsed once."""
     moment, _ = _parse_datetime(value)
     return _format_utc(moment)
 

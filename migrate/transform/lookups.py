@@ -1,0 +1,132 @@
+"""Reference data for the transform, in memory that does not grow with the account.
+
+A million-record account has hundreds of thousands of ids and names to look up, and notes and
+deal products for a good share of its records. Held as dicts of Python objects that is more
+memory than the whole run should take, so:
+
+* `IdSet` keeps numeric ids as bits (a 10-million id range is 1.25 MB) and only the others
+  (lead UUIDs) as strings;
+* `NameTable` keeps names in one string with an offset array, found by binary search;
+* `SortedGroups` reads rows grouped by the record they belong to (notes, deal products) from a
+  stream sorted the way the records are read, holding one record's group at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from array import array
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+_NUMERIC = re.compile(r"[+-]?[0-9]{1,18}")
+_MAX_BITMAP_ID = 1 << 31  # ids beyond this (none in Pipedrive) go into the string set
+
+T = TypeVar("T")
+
+
+def order_key(identity: str) -> tuple[int, int, str]:
+    """Sort key matching staging's `ORDER BY try_cast(id AS BIGINT) NULLS LAST, id`."""
+    if _NUMERIC.fullmatch(identity):
+        return (0, int(identity), identity)
+    return (1, 0, identity)
+
+
+class IdSet:
+    """A set of record ids (strings), numeric ones stored as bits."""
+
+    def __init__(self, ids: Iterable[str] = ()):
+        self._bits = bytearray()
+        self._others: set[str] = set()
+        for identity in ids:
+            self.add(identity)
+
+    def add(self, identity: str) -> None:
+        number = _number(identity)
+        if number is None:
+            self._others.add(identity)
+            return
+        byte = number >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
+        self._bits[byte] |= 1 << (number & 7)
+
+    def update(self, ids: Iterable[str]) -> None:
+        for identity in ids:
+            self.add(identity)
+
+    def __contains__(self, identity: object) -> bool:
+        if not isinstance(identity, str):
+            return False
+        number = _number(identity)
+        if number is None:
+            return identity in self._others
+        byte = number >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (number & 7)))
+
+
+def _number(identity: str) -> int | None:
+    """The id as a bit position, when it is a canonical non-negative integer ("12", not "012")."""
+    if identity.isdigit() and (identity == "0" or identity[0] != "0") and len(identity) < 11:
+        number = int(identity)
+        return number if number < _MAX_BITMAP_ID else None
+    return None
+
+
+class NameTable:
+    """id → name for many records: one joined string, offsets and sorted numeric ids."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]):
+        numeric: list[tuple[int, str]] = []
+        self._others: dict[str, str] = {}
+        for identity, name in pairs:
+            number = _number(identity)
+            if number is None:
+                self._others[identity] = name
+            else:
+                numeric.append((number, name))
+        numeric.sort()
+        self._ids = array("q", (n for n, _ in numeric))
+        self._offsets = array("q", [0])
+        for _, name in numeric:
+            self._offsets.append(self._offsets[-1] + len(name))
+        self._text = "".join(name for _, name in numeric)
+
+    def get(self, identity: str, default: str | None = None) -> str | None:
+        number = _number(identity)
+        if number is None:
+            return self._others.get(identity, default)
+        at = bisect.bisect_left(self._ids, number)
+        if at == len(self._ids) or self._ids[at] != number:
+            return default
+        return self._text[self._offsets[at] : self._offsets[at + 1]]
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._others)
+
+
+class SortedGroups(Generic[T]):
+    """Rows of a stream sorted by `order_key(group id)`, handed out group by group to a caller
+    that asks for ascending group ids (the records, read in that same order). Groups nobody asks
+    for (those of deleted records) are skipped; asking out of order is a bug and raises."""
+
+    def __init__(self, rows: Iterator[tuple[str, T]]):
+        self._rows = rows
+        self._pending: tuple[str, T] | None = next(rows, None)
+        self._current: str | None = None
+        self._group: list[T] = []
+
+    def get(self, group_id: str, default: Any = None) -> list[T]:
+        if group_id == self._current:
+            return self._group
+        key = order_key(group_id)
+        if self._current is not None and key < order_key(self._current):
+            raise RuntimeError(f"internal error: group {group_id!r} asked for after {self._current!r}")
+        while self._pending is not None and order_key(self._pending[0]) < key:
+            self._pending = next(self._rows, None)
+        group: list[T] = []
+        while self._pending is not None and self._pending[0] == group_id:
+            group.append(self._pending[1])
+            self._pending = next(self._rows, None)
+        self._current, self._group = group_id, group
+        return group
