@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import random
 
-import duckdb
 import pytest
 
-from migrate.staging.store import ID_ORDER
-from migrate.transform.lookups import IdSet, NameTable, SortedGroups, order_key
+from migrate.staging.store import Staging, order_key
+from migrate.transform.lookups import IdSet, NameTable, SortedGroups
 
-IDS = ["1", "2", "10", "9", "012", "12", "0", "4294967296", "-3", "b7e4c2a0-1f3d-4c5b-9a8e-0d6f7a8b9c0d", "lead:abc", "", "x"]
+IDS = [
+    "1", "2", "10", "9", "012", "12", "0", "00", "4294967296", "9223372036854775808", "-3", "+5", " 5", "1e3",
+    "b7e4c2a0-1f3d-4c5b-9a8e-0d6f7a8b9c0d", "lead:abc", "", "x", "Ä",
+]
 
 
-def test_order_key_sorts_ids_the_way_staging_orders_them():
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (id VARCHAR)")
-    con.execute("INSERT INTO t SELECT unnest($ids)", {"ids": IDS})
-    in_duckdb = [r[0] for r in con.execute(f"SELECT id FROM t ORDER BY {ID_ORDER}").fetchall()]
+def test_order_key_sorts_ids_the_way_staging_streams_them(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.con.execute("CREATE TABLE t (id VARCHAR)")
+        staging.con.execute("INSERT INTO t SELECT unnest($ids)", {"ids": IDS})
+        in_duckdb = [r[0] for r in staging.stream_ordered("id", "t", "id")]
     assert sorted(IDS, key=order_key) == in_duckdb
 
 
@@ -60,3 +62,34 @@ def test_sorted_groups_refuse_to_go_back():
     groups.get("5")
     with pytest.raises(RuntimeError, match="internal error"):
         groups.get("1")
+
+
+def test_a_collection_far_bigger_than_duckdbs_memory_cap_streams_in_id_order(tmp_path):
+    """200 MB of records at a 64 MB cap (a run's is 256 MB): written in id order by a full
+    extract, then 3,000 of them changed by syncs, appended out of order; sorting the rows
+    themselves would run out of memory."""
+    with Staging(tmp_path / "s.duckdb") as staging:
+        table = staging.ensure_raw_table("persons")
+        record = "json_object('id', k, 'bio', repeat(md5(k || v), 80)), false, NULL, now()"
+        staging.con.execute(
+            f"INSERT INTO {table} SELECT k, {record} FROM (SELECT (i * 3)::VARCHAR AS k, 'a' AS v FROM range(1, 70001) r(i))"
+        )
+        staging.con.execute(  # a sync: changed records and new ones (some lead-style ids), in update order
+            f"INSERT OR REPLACE INTO {table} SELECT k, {record} FROM (SELECT CASE WHEN i % 500 = 0 THEN 'lead-' || i "
+            "ELSE ((i * 7919) % 210000)::VARCHAR END AS k, 'b' AS v FROM range(3000) r(i))"
+        )
+        expected = sorted((r[0] for r in staging.con.execute(f"SELECT id FROM {table}").fetchall()), key=order_key)
+        staging.con.execute("SET memory_limit = '64MB'")
+        ids = [record["id"] for record in staging.iter_raw("persons")]
+    assert len(expected) > 71_000 and ids == expected
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rows_in_any_storage_order_come_out_in_id_order(tmp_path, seed):
+    rng = random.Random(seed)
+    ids = [str(i) for i in rng.sample(range(1, 5000), 400)] + ["lead-b", "lead-a", "00", "0"]
+    in_order = sorted(ids[:300], key=order_key)
+    stored = in_order[: rng.randrange(300)] + rng.sample(ids, len(ids))  # a sorted run, then anything
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.upsert_records("notes", [{"id": i} for i in stored])
+        assert [r["id"] for r in staging.iter_raw("notes")] == sorted(set(stored), key=order_key)

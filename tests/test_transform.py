@@ -182,3 +182,19 @@ def test_issues_written_as_they_come_are_the_issues_written_at_the_end(tmp_path,
     monkeypatch.setattr(engine, "ISSUES_PER_FLUSH", 3)
     assert len(at_the_end) > 30 and issues_after_transform() == at_the_end
     staging.close()
+
+
+def test_notes_fetched_in_small_batches_compose_the_same_payloads(tmp_path, monkeypatch):
+    from migrate.transform import engine
+
+    staging = Staging(tmp_path / "state.duckdb")
+    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+
+    def payloads() -> list[tuple]:
+        transform(staging, load_mappings())
+        return staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY ALL").fetchall()
+
+    whole = payloads()
+    monkeypatch.setattr(engine, "NOTES_PER_BATCH", 3)
+    assert payloads() == whole
+    staging.close()

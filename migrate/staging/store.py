@@ -9,6 +9,7 @@ returned by the API in ``data`` (JSON), so a user can inspect them with the duck
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
@@ -25,7 +26,16 @@ from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
 DUCKDB_MEMORY_LIMIT = "256MB"
-ID_ORDER = "try_cast(id AS BIGINT) NULLS LAST, id"  # numeric ids numerically; transform.lookups.order_key agrees
+NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
+_NUMERIC_ID = re.compile(NUMERIC_ID)
+
+
+def order_key(identity: str) -> tuple[int, int, int, str]:
+    """The order records are read in: numeric ids as numbers (shorter first on a tie, "12"
+    before "012"), then the others (lead UUIDs) as text."""
+    if _NUMERIC_ID.fullmatch(identity):
+        return (0, int(identity), len(identity), identity)
+    return (1, 0, 0, identity)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -87,6 +97,17 @@ class Checkpoint:
     pages: int
     records: int
     done: bool
+
+
+def _ascending(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """Rows whose first column (an id) must ascend in `order_key` order; anything else is a bug."""
+    previous = None
+    for row in rows:
+        current = order_key(row[0])
+        if previous is not None and current <= previous:
+            raise MigrateError(f"internal error: the state file returned id {row[0]!r} out of order; please report it")
+        previous = current
+        yield row
 
 
 class Staging:
@@ -270,9 +291,8 @@ class Staging:
         """Stream a collection's records in id order (numeric ids sort numerically)."""
         if not self.has_collection(collection):
             return
-        where = "" if include_deleted else "WHERE NOT coalesce(is_deleted, false)"
-        sql = f"SELECT data FROM {raw_table(collection)} {where} ORDER BY {ID_ORDER}"
-        for (data,) in self.stream(sql, batch_size=batch_size):
+        where = "TRUE" if include_deleted else "NOT coalesce(is_deleted, false)"
+        for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
             yield json.loads(data)
 
     def stream(self, sql: str, params: list[Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
@@ -282,6 +302,58 @@ class Staging:
         cursor.execute(sql, params or [])
         while rows := cursor.fetchmany(batch_size):
             yield from rows
+
+    def scan_in_id_order(
+        self, columns: str, table: str, key: str, where: str = "TRUE", params: list[Any] | None = None, batch_size: int = 2000
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of a big table in `order_key` order of its id column `key`, without sorting the
+        rows themselves: DuckDB cannot keep a sort of wide rows under its memory cap.
+
+        A full extract writes each collection in id order (pages come sorted by id) and the
+        transform writes its output in record order, so the rows are mostly in storage order
+        already. The ids alone are read in storage order to find the first one out of place;
+        the rows before it stream as stored, the rest (what syncs appended since, archived
+        deals after deals) are sorted (numbers-only sort keys) and merged in."""
+        first_out_of_place = None
+        previous = None
+        for rowid, identity in self.stream(f"SELECT rowid, {key} FROM {table} WHERE {where} ORDER BY rowid", params, 20_000):
+            current = order_key(identity)
+            if previous is not None and current <= previous:
+                first_out_of_place = rowid
+                break
+            previous = current
+        # No ORDER BY on the wide rows: a scan returns them in storage order (DuckDB preserves
+        # insertion order), and that order is checked again as they stream.
+        limit = "" if first_out_of_place is None else f"AND rowid < {int(first_out_of_place)}"
+        in_place = _ascending(self.stream(f"SELECT {key}, {columns} FROM {table} WHERE ({where}) {limit}", params, batch_size))
+        if first_out_of_place is None:
+            for row in in_place:
+                yield row[1:]
+            return
+        rest = self.stream_ordered(
+            f"{key}, {columns}", table, key, f"({where}) AND rowid >= {int(first_out_of_place)}", params=params, batch_size=batch_size
+        )
+        for row in heapq.merge(in_place, rest, key=lambda row: order_key(row[0])):
+            yield row[1:]
+
+    def stream_ordered(
+        self, columns: str, source: str, key: str, where: str = "TRUE", then: str = "", params: list[Any] | None = None,
+        batch_size: int = 2000,
+    ) -> Iterator[tuple[Any, ...]]:
+        """`SELECT columns FROM source WHERE where`, ordered by the id expression `key` (numeric
+        ids as numbers, shorter first on a tie, then the others as text) and then `then` (numeric
+        expressions). Two queries, each sorting on numbers only where the rows are many: DuckDB
+        spills a sort of large rows on number keys to disk, but runs out of memory at its cap on
+        text keys."""
+        numeric = f"regexp_full_match({key}, '{NUMERIC_ID}')"
+        extra = f", {then}" if then else ""
+        yield from self.stream(
+            f"SELECT {columns} FROM {source} WHERE ({where}) AND {numeric} ORDER BY CAST({key} AS BIGINT), length({key}){extra}",
+            params, batch_size,
+        )
+        yield from self.stream(
+            f"SELECT {columns} FROM {source} WHERE ({where}) AND NOT {numeric} ORDER BY {key}{extra}", params, batch_size
+        )
 
     def count_raw(self, collection: str) -> tuple[int, int]:
         """(records, deleted records) staged for a collection."""
@@ -305,6 +377,13 @@ class Staging:
                 "INSERT OR REPLACE INTO note_markdown SELECT unnest($h), $c, unnest($m)",
                 {"h": [h for h, _ in converted], "c": converter, "m": [m for _, m in converted]},
             )
+
+    def note_markdown(self, digests: set[str]) -> dict[str, str]:
+        """Kept conversions by md5 of the HTML (every one asked for must be there)."""
+        rows = self.con.execute(
+            "SELECT content_hash, markdown FROM note_markdown WHERE content_hash IN (SELECT unnest($h))", {"h": sorted(digests)}
+        ).fetchall()
+        return dict(rows)
 
     # -- transform output -----------------------------------------------------------------
     def replace_transform_output(
@@ -364,15 +443,11 @@ class Staging:
         return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
 
     def iter_targets(self, entity: str, batch_size: int = 2000) -> Iterator[tuple[str, dict[str, Any], str]]:
-        cursor = self.con.cursor()
-        cursor.execute(
-            "SELECT source_id, payload, payload_hash FROM target_records WHERE entity = ? "
-            "ORDER BY try_cast(source_id AS BIGINT) NULLS LAST, source_id",
-            [entity],
+        rows = self.scan_in_id_order(
+            "source_id, payload, payload_hash", "target_records", "source_id", "entity = ?", params=[entity], batch_size=batch_size
         )
-        while rows := cursor.fetchmany(batch_size):
-            for source_id, payload, digest in rows:
-                yield source_id, json.loads(payload), digest
+        for source_id, payload, digest in rows:
+            yield source_id, json.loads(payload), digest
 
     def transform_issues(self) -> list[dict[str, str]]:
         cols = ("entity", "source_id", "field", "rule", "detail")

@@ -49,6 +49,7 @@ FIELD_META = {
     "activities": "activityFields",
 }
 ISSUES_PER_FLUSH = 5000
+NOTES_PER_BATCH = 2000
 V1_ENCODED = frozenset({"leads", "leads_archived"})
 NOTE_TARGET = {"persons": "person_id", "organizations": "org_id", "deals": "deal_id", "deals_archived": "deal_id"}
 RESERVED_LABELS = {
@@ -143,10 +144,9 @@ class Transformer:
         """The deal product lines of the deals, in the order the deals are read (then by position)."""
         if not self.staging.has_collection("deal_products"):
             return SortedGroups(iter(()))
-        rows = self.staging.stream(
-            f"SELECT data->>'deal_id' AS deal, data FROM {raw_table('deal_products')} WHERE deal IS NOT NULL "
-            "ORDER BY try_cast(deal AS BIGINT) NULLS LAST, deal, "
-            "coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)"
+        rows = self.staging.stream_ordered(
+            "data->>'deal_id', data", raw_table("deal_products"), "data->>'deal_id'", "data->>'deal_id' IS NOT NULL",
+            then="coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)",
         )
         return SortedGroups((deal, json.loads(data)) for deal, data in rows)
 
@@ -355,31 +355,40 @@ class Transformer:
     # -- notes ----------------------------------------------------------------------------
     def _notes_for(self, collection: str) -> SortedGroups[notes.NoteEntry]:
         """Pipedrive notes attached to records of this collection, grouped by record id, in the
-        order the records are read."""
+        order the records are read. Sorted as narrow rows (the markdown is fetched per batch)."""
         column = NOTE_TARGET.get(collection) or ("lead_id" if collection in V1_ENCODED else None)
         if column is None or not self.staging.has_collection("notes"):
             return SortedGroups(iter(()))
-        rows = self.staging.stream(
-            f"SELECT n.data->>'{column}' AS target, n.data, m.markdown FROM {raw_table('notes')} n "
-            f"LEFT JOIN note_markdown m ON m.content_hash = md5(coalesce(n.data->>'content', '')) "
-            f"WHERE NOT coalesce(n.is_deleted, false) AND target IS NOT NULL "
-            f"ORDER BY try_cast(target AS BIGINT) NULLS LAST, target, try_cast(n.id AS BIGINT)"
-        )
         pin_flag = {"person_id": "pinned_to_person_flag", "org_id": "pinned_to_organization_flag", "deal_id": "pinned_to_deal_flag", "lead_id": "pinned_to_lead_flag"}[column]
+        rows = self.staging.stream_ordered(
+            f"data->>'{column}', data->>'user_id', data->>'add_time', data->'{pin_flag}', data->'user'->>'name', "
+            "md5(coalesce(data->>'content', ''))",
+            raw_table("notes"), f"data->>'{column}'", f"NOT coalesce(is_deleted, false) AND data->>'{column}' IS NOT NULL",
+            then="try_cast(id AS BIGINT)",
+        )
 
-        def entries() -> Iterator[tuple[str, notes.NoteEntry]]:
-            for target, data, markdown in rows:
-                note = json.loads(data)
-                author = self.lookups.users.get(str(note.get("user_id")))
+        def entries(batch: list[tuple[Any, ...]]) -> Iterator[tuple[str, notes.NoteEntry]]:
+            markdown = self.staging.note_markdown({r[5] for r in batch})
+            for target, user_id, add_time, pinned, user_name, digest in batch:
+                author = self.lookups.users.get(str(user_id))
                 yield target, notes.NoteEntry(
-                    author=(author or {}).get("name") or (note.get("user") or {}).get("name"),
-                    created=_utc_or_none(note.get("add_time")),
-                    html=note.get("content") or "",
-                    title="Pinned" if note.get(pin_flag) else None,
-                    markdown=markdown,
+                    author=(author or {}).get("name") or user_name,
+                    created=_utc_or_none(add_time),
+                    html="",
+                    title="Pinned" if pinned is not None and json.loads(pinned) else None,
+                    markdown=markdown[digest],
                 )
 
-        return SortedGroups(entries())
+        def batches() -> Iterator[tuple[str, notes.NoteEntry]]:
+            batch: list[tuple[Any, ...]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) == NOTES_PER_BATCH:
+                    yield from entries(batch)
+                    batch = []
+            yield from entries(batch)
+
+        return SortedGroups(batches())
 
     def _convert_notes(self) -> None:
         """Convert every note body not converted yet (by this converter) and keep it: a note is

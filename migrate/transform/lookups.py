@@ -14,22 +14,15 @@ memory than the whole run should take, so:
 from __future__ import annotations
 
 import bisect
-import re
 from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-_NUMERIC = re.compile(r"[+-]?[0-9]{1,18}")
+from migrate.staging.store import order_key
+
 _MAX_BITMAP_ID = 1 << 31  # ids beyond this (none in Pipedrive) go into the string set
 
 T = TypeVar("T")
-
-
-def order_key(identity: str) -> tuple[int, int, str]:
-    """Sort key matching staging's `ORDER BY try_cast(id AS BIGINT) NULLS LAST, id`."""
-    if _NUMERIC.fullmatch(identity):
-        return (0, int(identity), identity)
-    return (1, 0, identity)
 
 
 class IdSet:
