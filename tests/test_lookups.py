@@ -65,12 +65,11 @@ def test_sorted_groups_refuse_to_go_back():
 
 
 def test_a_collection_far_bigger_than_duckdbs_memory_cap_streams_in_id_order(tmp_path):
-    """200 MB of records at a 64 MB cap (a run's is 256 MB): written in id order by a full
-    extract, then 3,000 of them changed by syncs, appended out of order; sorting the rows
-    themselves would run out of memory."""
+    """200 MB of records at a 64 MB cap (a run's is 256 MB), then 3,000 of them changed by a
+    sync and some new ones: sorting the rows in one go would run out of memory."""
     with Staging(tmp_path / "s.duckdb") as staging:
         table = staging.ensure_raw_table("persons")
-        record = "json_object('id', k, 'bio', repeat(md5(k || v), 80)), false, NULL, now()"
+        record = "json_object('id', k, 'bio', repeat(md5(k || v), 80)), false, NULL, now(), try_cast(k AS BIGINT)"
         staging.con.execute(
             f"INSERT INTO {table} SELECT k, {record} FROM (SELECT (i * 3)::VARCHAR AS k, 'a' AS v FROM range(1, 70001) r(i))"
         )
@@ -93,3 +92,21 @@ def test_rows_in_any_storage_order_come_out_in_id_order(tmp_path, seed):
     with Staging(tmp_path / "s.duckdb") as staging:
         staging.upsert_records("notes", [{"id": i} for i in stored])
         assert [r["id"] for r in staging.iter_raw("notes")] == sorted(set(stored), key=order_key)
+
+
+def test_a_state_file_from_before_numeric_ids_gets_them_when_opened(tmp_path):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR); INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("CREATE TABLE raw_persons (id VARCHAR PRIMARY KEY, data JSON, is_deleted BOOLEAN, update_time VARCHAR, extracted_at TIMESTAMP)")
+    con.execute("INSERT INTO raw_persons SELECT unnest(['10', '9', 'x']), unnest(['{\"id\": 10}', '{\"id\": 9}', '{\"id\": \"x\"}']), false, NULL, now()")
+    con.execute("CREATE TABLE target_records (entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, PRIMARY KEY (entity, source_id))")
+    con.execute("INSERT INTO target_records VALUES ('contacts', '10', '{}', 'h10'), ('contacts', '9', '{}', 'h9')")
+    con.close()
+    with Staging(path) as staging:
+        assert [r["id"] for r in staging.iter_raw("persons")] == [9, 10, "x"]
+        assert [sid for sid, _, _ in staging.iter_targets("contacts")] == ["9", "10"]
+        staging.upsert_records("persons", [{"id": 8}])
+        assert [r["id"] for r in staging.iter_raw("persons")] == [8, 9, 10, "x"]

@@ -229,7 +229,8 @@ class Loader:
         if self.target is None:
             self.target = TargetState.read(self.client, self.columns)
         present = self.target.ids.get(entity, set())
-        by_source = {sid: [dto["id"] for dto in dtos] for sid, dtos in self.target.records.get(entity, {}).items()}
+        kept = self.target.records.get(entity)
+        by_source = kept.ids() if kept is not None else {}
         for sid, ids in sorted(by_source.items()):
             if len(ids) > 1:
                 self._report_duplicate(entity, sid, ids)

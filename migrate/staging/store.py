@@ -9,7 +9,6 @@ returned by the API in ``data`` (JSON), so a user can inspect them with the duck
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import re
@@ -26,8 +25,14 @@ from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
 DUCKDB_MEMORY_LIMIT = "256MB"
+SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
+
+
+def numeric_id(identity: str) -> int | None:
+    """The id as a number when it is one (kept beside it as `num_id`, the sort key)."""
+    return int(identity) if _NUMERIC_ID.fullmatch(identity) else None
 
 
 def order_key(identity: str) -> tuple[int, int, int, str]:
@@ -46,7 +51,7 @@ CREATE TABLE IF NOT EXISTS extract_checkpoints (
     collection VARCHAR PRIMARY KEY, cursor VARCHAR, pages INTEGER, records BIGINT,
     done BOOLEAN, run_id VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS target_records (
-    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR,
+    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT,
     PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS target_columns (
     entity VARCHAR, key VARCHAR, spec JSON, PRIMARY KEY (entity, key));
@@ -99,17 +104,6 @@ class Checkpoint:
     done: bool
 
 
-def _ascending(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    """Rows whose first column (an id) must ascend in `order_key` order; anything else is a bug."""
-    previous = None
-    for row in rows:
-        current = order_key(row[0])
-        if previous is not None and current <= previous:
-            raise MigrateError(f"internal error: the state file returned id {row[0]!r} out of order; please report it")
-        previous = current
-        yield row
-
-
 class Staging:
     """One open DuckDB state file. Not thread-safe: one run, one connection."""
 
@@ -132,6 +126,21 @@ class Staging:
         self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         self.con.execute(_SCHEMA)
         self._check_version()
+        self._add_numeric_ids()
+
+    def _add_numeric_ids(self) -> None:
+        """State files written before `num_id` existed get it, filled from the ids, once."""
+        tables = self.con.execute(
+            "SELECT table_name, any_value(table_name LIKE 'raw_%') FROM information_schema.columns "
+            "WHERE (table_name LIKE 'raw_%' OR table_name = 'target_records') GROUP BY table_name "
+            "HAVING count(*) FILTER (WHERE column_name = 'num_id') = 0"
+        ).fetchall()
+        for table, raw in tables:
+            key = "id" if raw else "source_id"
+            self.con.execute(f"ALTER TABLE {table} ADD COLUMN num_id BIGINT")
+            self.con.execute(
+                f"UPDATE {table} SET num_id = CAST({key} AS BIGINT) WHERE regexp_full_match({key}, '{NUMERIC_ID}')"
+            )
 
     def _check_version(self) -> None:
         row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -181,7 +190,7 @@ class Staging:
         table = raw_table(collection)
         self.con.execute(
             f"CREATE TABLE IF NOT EXISTS {table} (id VARCHAR PRIMARY KEY, data JSON, is_deleted BOOLEAN, "
-            "update_time VARCHAR, extracted_at TIMESTAMP)"
+            "update_time VARCHAR, extracted_at TIMESTAMP, num_id BIGINT)"
         )
         return table
 
@@ -210,9 +219,11 @@ class Staging:
         if not records:
             return
         self.con.execute(
-            f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), unnest($updated), $at",
+            f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), unnest($updated), $at, "
+            "unnest($num)",
             {
-                "ids": [_identity(r, key, collection) for r in records],
+                "ids": (ids := [_identity(r, key, collection) for r in records]),
+                "num": [numeric_id(i) for i in ids],
                 "data": [json.dumps(r, ensure_ascii=False) for r in records],
                 "deleted": [_is_deleted(r) for r in records],
                 "updated": [r.get("update_time") for r in records],
@@ -306,35 +317,24 @@ class Staging:
     def scan_in_id_order(
         self, columns: str, table: str, key: str, where: str = "TRUE", params: list[Any] | None = None, batch_size: int = 2000
     ) -> Iterator[tuple[Any, ...]]:
-        """Rows of a big table in `order_key` order of its id column `key`, without sorting the
-        rows themselves: DuckDB cannot keep a sort of wide rows under its memory cap.
+        """Rows of a big table in `order_key` order of its id column `key`, in windows of about
+        `SORT_WINDOW` rows by the numeric `num_id` column, then the rows without one by text.
 
-        A full extract writes each collection in id order (pages come sorted by id) and the
-        transform writes its output in record order, so the rows are mostly in storage order
-        already. The ids alone are read in storage order to find the first one out of place;
-        the rows before it stream as stored, the rest (what syncs appended since, archived
-        deals after deals) are sorted (numbers-only sort keys) and merged in."""
-        first_out_of_place = None
-        previous = None
-        for rowid, identity in self.stream(f"SELECT rowid, {key} FROM {table} WHERE {where} ORDER BY rowid", params, 20_000):
-            current = order_key(identity)
-            if previous is not None and current <= previous:
-                first_out_of_place = rowid
-                break
-            previous = current
-        # No ORDER BY on the wide rows: a scan returns them in storage order (DuckDB preserves
-        # insertion order), and that order is checked again as they stream.
-        limit = "" if first_out_of_place is None else f"AND rowid < {int(first_out_of_place)}"
-        in_place = _ascending(self.stream(f"SELECT {key}, {columns} FROM {table} WHERE ({where}) {limit}", params, batch_size))
-        if first_out_of_place is None:
-            for row in in_place:
-                yield row[1:]
-            return
-        rest = self.stream_ordered(
-            f"{key}, {columns}", table, key, f"({where}) AND rowid >= {int(first_out_of_place)}", params=params, batch_size=batch_size
-        )
-        for row in heapq.merge(in_place, rest, key=lambda row: order_key(row[0])):
-            yield row[1:]
+        DuckDB cannot sort a million wide rows under its memory cap (it fails rather than spill),
+        and does not keep rows in insertion order either; a window's sort always fits."""
+        bounds: list[int] = []
+        for n, (num_id,) in enumerate(
+            self.stream(f"SELECT num_id FROM {table} WHERE ({where}) AND num_id IS NOT NULL ORDER BY num_id", params, 20_000)
+        ):
+            if n % SORT_WINDOW == 0 and (not bounds or num_id > bounds[-1]):
+                bounds.append(num_id)
+        for i, low in enumerate(bounds):
+            high = f"AND num_id < {bounds[i + 1]}" if i + 1 < len(bounds) else ""
+            yield from self.stream(
+                f"SELECT {columns} FROM {table} WHERE ({where}) AND num_id >= {low} {high} ORDER BY num_id, length({key}), {key}",
+                params, batch_size,
+            )
+        yield from self.stream(f"SELECT {columns} FROM {table} WHERE ({where}) AND num_id IS NULL ORDER BY {key}", params, batch_size)
 
     def stream_ordered(
         self, columns: str, source: str, key: str, where: str = "TRUE", then: str = "", params: list[Any] | None = None,
@@ -430,10 +430,11 @@ class Staging:
     def _insert_targets(self, rows: list[tuple[str, str, str, str]]) -> None:
         if rows:
             self.con.execute(
-                "INSERT INTO target_records SELECT unnest($e), unnest($s), unnest($p)::JSON, unnest($h)",
+                "INSERT INTO target_records SELECT unnest($e), unnest($s), unnest($p)::JSON, unnest($h), unnest($n)",
                 {
                     "e": [r[0] for r in rows],
                     "s": [r[1] for r in rows],
+                    "n": [numeric_id(r[1]) for r in rows],
                     "p": [r[2] for r in rows],
                     "h": [r[3] for r in rows],
                 },
