@@ -2,14 +2,15 @@
 
 One page-through per entity sorted by the Pipedrive ID column (⌈records/100⌉ searches);
 shared by the plan (field diffs, conflicts) and the loader (records deleted or duplicated
-in Customermates). Records are kept as compact JSON text and parsed when asked for: a record
-with a hundred custom values is 14 KiB as Python dicts and 2 KiB as text.
+in Customermates). Records are kept as compressed JSON and parsed when asked for: a record
+with a hundred custom values is 14 KiB as Python dicts, about 0.6 KiB compressed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,21 +22,21 @@ from migrate.transform.engine import ENTITY_ORDER
 
 
 class Records(Mapping[str, list[dict[str, Any]]]):
-    """Pipedrive ID → the target records carrying it (usually one), stored as JSON text."""
+    """Pipedrive ID → the target records carrying it (usually one), stored compressed."""
 
     def __init__(self) -> None:
-        self._by_pid: dict[str, list[tuple[str, str]]] = {}  # pid → [(target id, DTO as JSON)]
+        self._by_pid: dict[str, list[tuple[str, bytes]]] = {}  # pid → [(target id, DTO as zlib'd JSON)]
 
     def add(self, pid: str, dto: dict[str, Any]) -> None:
-        text = json.dumps(dto, ensure_ascii=False, separators=(",", ":"))
-        self._by_pid.setdefault(pid, []).append((dto["id"], text))
+        packed = zlib.compress(json.dumps(dto, separators=(",", ":")).encode(), 1)
+        self._by_pid.setdefault(pid, []).append((dto["id"], packed))
 
     def ids(self) -> dict[str, list[str]]:
         """pid → target ids, without parsing the records."""
         return {pid: [target_id for target_id, _ in kept] for pid, kept in self._by_pid.items()}
 
     def __getitem__(self, pid: str) -> list[dict[str, Any]]:
-        return [json.loads(text) for _, text in self._by_pid[pid]]
+        return [json.loads(zlib.decompress(packed)) for _, packed in self._by_pid[pid]]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_pid)
