@@ -172,7 +172,7 @@ def bare_loop(latency: float, records: int) -> float:
         return records / (time.perf_counter() - started)
 
 
-def measure(size: int, burst: int, latency: float, load: bool) -> dict[str, Any]:
+def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency: float = 0.0) -> dict[str, Any]:
     from migrate.config import Settings
     from migrate.logs import configure
     from migrate.pipedrive import client as pipedrive_client
@@ -194,7 +194,7 @@ def measure(size: int, burst: int, latency: float, load: bool) -> dict[str, Any]
         out["snapshot_mb"] = sum(p.stat().st_size for p in account.glob("*.jsonl")) / 2**20
 
         with FakeProcess("pipedrive", snapshot_dir=account, burst_limit=burst, window_seconds=WINDOW_SECONDS,
-                         frozen=True) as pipedrive, FakeProcess("customermates", latency_per_item=latency) as cm:
+                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency) as cm:
             minimum = pipedrive.ask("minimum")
             out["min_requests"], out["min_tokens"] = minimum["requests"], minimum["tokens"]
             out["fake_pipedrive_rss_mb"] = minimum["rss_mb"]
@@ -366,7 +366,7 @@ def print_table(results: list[dict[str, Any]], rows: list[tuple[str, list[str]]]
 
 def run_child(size: int, args: argparse.Namespace, load: bool) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", str(size), "--plan", args.plan,
-               "--load-latency", str(args.load_latency)]
+               "--load-latency", str(args.load_latency), "--pipedrive-latency", str(args.pipedrive_latency)]
     if not load:
         command.append("--no-load")
     print(f"[{time.strftime('%H:%M:%S')}] N = {size:,}: {'extract, transform, load, rerun' if load else 'extract, transform'} ...",
@@ -385,6 +385,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[10_000, 100_000], help="account sizes (default 10000 100000)")
     parser.add_argument("--plan", choices=sorted(PLANS, key=PLANS.get), default="lite", help="Pipedrive plan: its burst limit")
     parser.add_argument("--load-latency", type=float, default=0.011, help="fake Customermates seconds per written item")
+    parser.add_argument("--pipedrive-latency", type=float, default=0.0,
+                        help="seconds the fake Pipedrive adds to every answer (network and server time; a real page of 500 "
+                             "takes a few hundred ms)")
     parser.add_argument("--skip-load", action="store_true",
                         help=f"sizes above {CALIBRATION_SIZE:,}: no load or rerun; project the load at the {CALIBRATION_SIZE:,} rate")
     parser.add_argument("--load-rate", type=float, nargs=2, metavar=("WRITING", "PHASE"),
@@ -396,7 +399,7 @@ def main() -> None:
     burst = PLANS[args.plan]
 
     if args.one is not None:
-        result = measure(args.one, burst, args.load_latency, load=not args.no_load)
+        result = measure(args.one, burst, args.load_latency, load=not args.no_load, pipedrive_latency=args.pipedrive_latency)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
@@ -411,7 +414,8 @@ def main() -> None:
           f"{platform.system()} {platform.release()} {platform.machine()}")
     print(f"Pipedrive plan {args.plan}: burst limit {burst} requests per rolling {WINDOW_SECONDS:g} s "
           f"(= {burst / WINDOW_SECONDS:g} req/s; tool's pipedrive_burst_limit = {burst}); "
-          f"Customermates write latency {args.load_latency * 1000:g} ms per item")
+          f"Customermates write latency {args.load_latency * 1000:g} ms per item; "
+          f"Pipedrive answers take {args.pipedrive_latency * 1000:g} ms more than serving them")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
 
     results = []

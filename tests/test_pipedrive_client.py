@@ -163,6 +163,33 @@ def test_concurrent_readers_with_jittery_arrival_times_are_never_rate_limited():
         assert fake.count_429 == 0
 
 
+def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_none():
+    """Arrivals up to 0.4 s late (the limiter first allows 0.1 s): each 429 pauses everyone and
+    doubles the allowance, so the 429s stop after a couple and Cloudflare never blocks."""
+    import random
+    import threading
+
+    rng = random.Random(7)
+    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=1.0) as fake:
+        serve = fake.handle
+
+        def late(*args):
+            time.sleep(rng.uniform(0, 0.4))
+            return serve(*args)
+
+        fake.handle = late
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
+            client.limiter.window = 1.0
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(15)]) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert client.limiter.arrival_bound > 0.1
+        assert sum(1 for r in fake.requests if r.status == 200) == 60
+        assert fake.count_429 <= 4 and fake.count_403 == 0
+
+
 def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):
     from migrate.transform.engine import transform
     from migrate.transform.mapping import load_mappings

@@ -51,22 +51,27 @@ class BurstLimiter:
     """Keeps requests under `limit` per rolling `window` seconds, shared by all callers.
 
     Pipedrive counts a request when it reaches it, somewhere between our send and its answer.
-    Threads make that moment jitter (a request can wait behind others on the way), so a slot is
-    held from `acquire` until `done`, and then for a full window from the moment the answer came:
-    the latest moment the server can have counted it. Slower by one latency per window; never
-    early."""
+    A slot is therefore held while its request is in flight and then counted from the send plus
+    `arrival_bound` (the latest we expect the request to have reached Pipedrive), or from the
+    answer if that came sooner. The bound starts at 0.1 s and doubles (up to half the window)
+    after every 429 that says we were early: threads queueing on a busy connection, a slow
+    network. Counting from the answer instead would waste Pipedrive's whole response time in
+    every window."""
 
-    def __init__(self, limit: int, window: float = 2.0):
+    def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1):
         self.limit = max(1, limit)
         self.window = window
-        self._slots: list[list[float]] = []  # [answered at]; inf while in flight
+        self.arrival_bound = arrival_bound
+        self._slots: list[list[float]] = []  # [counted from, sent at]; counted from = inf while in flight
         self._lock = threading.Lock()
         self._paused_until = 0.0
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller back (after a 429: the other threads must not keep sending)."""
+        """Hold every caller back (after a 429: the other threads must not keep sending), and
+        allow more time for requests to reach Pipedrive from now on."""
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self.arrival_bound = min(self.window / 2, self.arrival_bound * 2)
 
     def acquire(self) -> list[float]:
         """Wait for a free slot; pass it to `done` when the answer is in."""
@@ -78,7 +83,7 @@ class BurstLimiter:
                 else:
                     self._slots = [s for s in self._slots if moment - s[0] < self.window]
                     if len(self._slots) < self.limit:
-                        slot = [math.inf]
+                        slot = [math.inf, moment]
                         self._slots.append(slot)
                         return slot
                     oldest = min(s[0] for s in self._slots)
@@ -87,7 +92,7 @@ class BurstLimiter:
 
     def done(self, slot: list[float]) -> None:
         with self._lock:
-            slot[0] = time.monotonic()
+            slot[0] = min(time.monotonic(), slot[1] + self.arrival_bound)
 
     def learn(self, limit_header: str | None) -> None:
         if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:

@@ -95,16 +95,11 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
         _start_fresh(staging, names)
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
-    reader = source
     if isinstance(source, PipedriveClient):  # live API: several collections at once, one limiter
-        pending = [(c, checkpoints[c.name].cursor if checkpoints[c.name] else None) for c in COLLECTIONS if not (checkpoints[c.name] and checkpoints[c.name].done)]
-        reader = ConcurrentSource(source, pending)
-    try:
+        _extract_concurrently(staging, source, checkpoints, run_id, summary, progress)
+    else:
         for collection in COLLECTIONS:
-            _extract_collection(staging, reader, collection, checkpoints[collection.name], run_id, summary, progress)
-    finally:
-        if isinstance(reader, ConcurrentSource):
-            reader.close()
+            _extract_collection(staging, source, collection, checkpoints[collection.name], run_id, summary, progress)
     _extract_deal_products(staging, source, checkpoints[DEAL_PRODUCTS.name], run_id, summary, progress)
     summary.missing += list(getattr(source, "missing", []))
     set_watermarks(staging, run_id)
@@ -130,28 +125,73 @@ def _extract_collection(
 ) -> None:
     if checkpoint and checkpoint.done:
         return
-    if checkpoint:
-        summary.resumed.append(collection.name)
-        log.info("extract.resume", collection=collection.name, after_pages=checkpoint.pages)
-    pages = checkpoint.pages if checkpoint else 0
-    records = checkpoint.records if checkpoint else 0
-    staging.ensure_raw_table(collection.name)
+    pages, records = _begin(staging, collection, checkpoint, summary)
     try:
         for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
             pages, records = _stage_page(staging, collection, page, pages, records, run_id, summary, progress)
     except PipedriveError as exc:
-        if exc.status not in (404, 410) or pages:
-            raise
-        if collection.fallback is not None:
-            log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
-            for page in source.pages(collection.fallback):
-                pages, records = _stage_page(staging, collection.fallback, page, pages, records, run_id, summary, progress)
-        elif collection.optional:
-            summary.missing.append(collection.name)
-            log.warning("extract.unavailable", collection=collection.name, reason=str(exc))
-            staging.write_page(collection.name, [], Checkpoint(collection.name, None, 0, 0, True), run_id, collection.key)
-        else:
-            raise
+        _unavailable(staging, source, collection, exc, pages, records, run_id, summary, progress)
+
+
+def _extract_concurrently(
+    staging: Staging,
+    client: PipedriveClient,
+    checkpoints: dict[str, Checkpoint | None],
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    """Every unfinished collection read at once; pages staged as they arrive, whichever
+    collection they belong to (each collection's own pages stay in order, with its checkpoint)."""
+    pending = [c for c in COLLECTIONS if not (checkpoints[c.name] and checkpoints[c.name].done)]
+    totals = {c.name: _begin(staging, c, checkpoints[c.name], summary) for c in pending}
+    reader = ConcurrentSource(client, [(c, checkpoints[c.name].cursor if checkpoints[c.name] else None) for c in pending])
+    try:
+        for collection, kind, item in reader.arrivals():
+            if kind == "page":
+                totals[collection.name] = _stage_page(staging, collection, item, *totals[collection.name], run_id, summary, progress)
+            elif kind == "error":
+                if not isinstance(item, PipedriveError):
+                    raise item
+                _unavailable(staging, client, collection, item, *totals[collection.name], run_id, summary, progress)
+    finally:
+        reader.close()
+
+
+def _begin(staging: Staging, collection: Collection, checkpoint: Checkpoint | None, summary: ExtractSummary) -> tuple[int, int]:
+    """(pages, records) staged so far, from the checkpoint of an interrupted extract."""
+    if checkpoint:
+        summary.resumed.append(collection.name)
+        log.info("extract.resume", collection=collection.name, after_pages=checkpoint.pages)
+    staging.ensure_raw_table(collection.name)
+    return (checkpoint.pages, checkpoint.records) if checkpoint else (0, 0)
+
+
+def _unavailable(
+    staging: Staging,
+    source: PageSource,
+    collection: Collection,
+    exc: PipedriveError,
+    pages: int,
+    records: int,
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    """An endpoint that answered 404/410 before its first page: read the fallback, or report an
+    optional collection as not on this account; anything else is raised."""
+    if exc.status not in (404, 410) or pages:
+        raise exc
+    if collection.fallback is not None:
+        log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
+        for page in source.pages(collection.fallback):
+            pages, records = _stage_page(staging, collection.fallback, page, pages, records, run_id, summary, progress)
+    elif collection.optional:
+        summary.missing.append(collection.name)
+        log.warning("extract.unavailable", collection=collection.name, reason=str(exc))
+        staging.write_page(collection.name, [], Checkpoint(collection.name, None, 0, 0, True), run_id, collection.key)
+    else:
+        raise exc
 
 
 def _stage_page(
@@ -374,52 +414,47 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
 
 class ConcurrentSource:
     """Reads several collections at once (a few threads, all under the client's one burst
-    limiter) while the caller still consumes them one after another, page by page, in order.
-    Pages wait in small bounded queues, so memory does not grow with the account; writing to
-    staging stays on the caller's thread."""
+    limiter) and hands their pages over in arrival order through one small bounded queue:
+    memory does not grow with the account, no reader waits for another collection to be
+    consumed first, and writing to staging stays on the caller's thread."""
 
     def __init__(self, source: PageSource, plan: list[tuple[Collection, str | None]], *, workers: int = 4, depth: int = 4):
         self.source = source
-        self._planned = {collection.name: (collection, start) for collection, start in plan}
-        self._queues: dict[str, queue.Queue[tuple[str, Any]]] = {c.name: queue.Queue(maxsize=depth) for c, _ in plan}
+        self._plan = plan
+        self._box: queue.Queue[tuple[Collection, str, Any]] = queue.Queue(maxsize=depth)
         self._cancelled = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
-        for collection, start in plan:  # submitted in consumption order: the one consumed is always running
+        for collection, start in plan:
             self._pool.submit(self._fill, collection, start)
 
     def _fill(self, collection: Collection, start: str | None) -> None:
-        box = self._queues[collection.name]
         try:
             for page in self.source.pages(collection, start=start):
-                if not self._put(box, ("page", page)):
+                if not self._put((collection, "page", page)):
                     return
-        except Exception as exc:  # handed to the consumer, which raises it in its own thread
-            self._put(box, ("error", exc))
+        except Exception as exc:  # handed to the consumer, which deals with it in its own thread
+            self._put((collection, "error", exc))
             return
-        self._put(box, ("end", None))
+        self._put((collection, "end", None))
 
-    def _put(self, box: queue.Queue[tuple[str, Any]], item: tuple[str, Any]) -> bool:
+    def _put(self, item: tuple[Collection, str, Any]) -> bool:
         while not self._cancelled.is_set():
             try:
-                box.put(item, timeout=0.1)
+                self._box.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
-        box = self._queues.get(collection.name)
-        if box is None or extra is not None or self._planned[collection.name] != (collection, start):
-            yield from self.source.pages(collection, start=start, extra=extra)  # fallbacks, deal products
-            return
-        while True:
-            kind, item = box.get()
-            if kind == "page":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
+    def arrivals(self) -> Iterator[tuple[Collection, str, Any]]:
+        """(collection, "page" | "error" | "end", page or exception) until every collection ended;
+        each collection's pages in their order."""
+        open_collections = len(self._plan)
+        while open_collections:
+            collection, kind, item = self._box.get()
+            if kind != "page":
+                open_collections -= 1
+            yield collection, kind, item
 
     def close(self) -> None:
         self._cancelled.set()

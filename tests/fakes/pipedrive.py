@@ -56,6 +56,9 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   ``products_count`` only when asked for (computed from the ``deal_products`` collection).
 * ``RequestRecord.time`` is ``time.monotonic()``.
 
+``latency`` adds that many seconds to every answer, after it was counted and served (the
+network and Pipedrive's own work; other requests are served meanwhile).
+
 ``frozen=True`` promises the snapshot is not edited while served (the benchmark's case): sorted
 lists, deal products by deal and their counts are then built once and reused, so a page costs
 O(limit · log n) rather than a sort of the whole collection. Tests that edit ``fake.collections``
@@ -273,8 +276,10 @@ class FakePipedrive:
         window_seconds: float = 2.0,
         daily_token_budget: int | None = None,
         frozen: bool = False,
+        latency: float = 0.0,
     ):
         self.frozen = frozen
+        self.latency = latency  # seconds each answer takes besides the work, outside the lock (network, Pipedrive's own)
         self._built: dict[Any, Any] = {}  # frozen only: sorted lists and deal-product indexes, built once
         self.collections: dict[str, list[dict]] = {}
         if snapshot_dir is not None:
@@ -840,6 +845,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         request_headers = {k.lower(): v for k, v in self.headers.items()}
         status, headers, body = self.owner.handle(self.command, self.path, request_headers)
+        if self.owner.latency:
+            time.sleep(self.owner.latency)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
