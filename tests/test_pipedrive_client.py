@@ -137,57 +137,47 @@ def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
         assert fake.count_429 == 0
 
 
-def test_concurrent_readers_with_jittery_arrival_times_are_never_rate_limited():
-    """Pipedrive counts a request when it arrives; four threads whose requests arrive 0-60 ms
-    late, at random, must still never get a 429 (the limiter holds a slot until the answer)."""
+def four_threads_arriving_late(late_by: float, window: float, each: int, seed: int) -> tuple[FakePipedrive, float]:
+    """Four threads share one client (limit 5 per `window`); every request reaches the fake up to
+    `late_by` seconds after it was sent, at random. Returns the stopped fake and the limiter's
+    final arrival allowance."""
     import random
     import threading
 
-    rng = random.Random(5)
-    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=0.5) as fake:
+    rng = random.Random(seed)
+    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=window) as fake:
         serve = fake.handle
 
         def late(*args):
-            time.sleep(rng.uniform(0, 0.06))
+            time.sleep(rng.uniform(0, late_by))
             return serve(*args)
 
         fake.handle = late
         with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
-            client.limiter.window = 0.5
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(10)]) for _ in range(4)]
+            client.limiter.window = window
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(each)]) for _ in range(4)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-        assert len(fake.requests) == 40
-        assert fake.count_429 == 0
+            return fake, client.limiter.arrival_bound
+
+
+def test_concurrent_readers_with_jittery_arrival_times_are_never_rate_limited():
+    """Pipedrive counts a request when it arrives: arrivals 0-60 ms late, within the limiter's
+    first allowance (0.1 s), never draw a 429."""
+    fake, _ = four_threads_arriving_late(0.06, window=0.5, each=10, seed=5)
+    assert len(fake.requests) == 40
+    assert fake.count_429 == 0
 
 
 def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_none():
-    """Arrivals up to 0.4 s late (the limiter first allows 0.1 s): each 429 pauses everyone and
-    doubles the allowance, so the 429s stop after a couple and Cloudflare never blocks."""
-    import random
-    import threading
-
-    rng = random.Random(7)
-    with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=1.0) as fake:
-        serve = fake.handle
-
-        def late(*args):
-            time.sleep(rng.uniform(0, 0.4))
-            return serve(*args)
-
-        fake.handle = late
-        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
-            client.limiter.window = 1.0
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(15)]) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            assert client.limiter.arrival_bound > 0.1
-        assert sum(1 for r in fake.requests if r.status == 200) == 60
-        assert fake.count_429 <= 4 and fake.count_403 == 0
+    """Arrivals up to 0.4 s late: each 429 pauses everyone and doubles the allowance, so the
+    429s stop after a couple and Cloudflare never blocks."""
+    fake, allowance = four_threads_arriving_late(0.4, window=1.0, each=15, seed=7)
+    assert allowance > 0.1
+    assert sum(1 for r in fake.requests if r.status == 200) == 60
+    assert fake.count_429 <= 4 and fake.count_403 == 0
 
 
 def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):

@@ -138,11 +138,19 @@ def test_every_target_record_carries_its_pipedrive_id(staged):
             assert payload["values"]["pipedrive_id"] == sid
 
 
-def test_note_bodies_are_converted_once_and_kept_for_the_next_transform(tmp_path, monkeypatch):
-    from migrate.transform import notes
-
+@pytest.fixture()
+def sample_staging(tmp_path):
+    """The sample, staged in a state file of this test's own."""
     staging = Staging(tmp_path / "state.duckdb")
     extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+    yield staging
+    staging.close()
+
+
+def test_note_bodies_are_converted_once_and_kept_for_the_next_transform(sample_staging, monkeypatch):
+    from migrate.transform import notes
+
+    staging = sample_staging
     calls: list[str] = []
     convert = notes.html_to_markdown
     monkeypatch.setattr(notes, "html_to_markdown", lambda html: calls.append(html) or convert(html))
@@ -165,36 +173,22 @@ def test_note_bodies_are_converted_once_and_kept_for_the_next_transform(tmp_path
     monkeypatch.setattr(notes, "MARKDOWN_VERSION", "notes-test")  # a changed converter converts them again
     third_calls, third = run()
     assert third_calls == first_calls and third == first
-    staging.close()
 
 
-def test_issues_written_as_they_come_are_the_issues_written_at_the_end(tmp_path, monkeypatch):
+def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(sample_staging, monkeypatch):
+    """The transform writes issues as they come and reads notes' markdown per batch; in pieces of
+    3 the output is what it is in one piece."""
     from migrate.transform import engine
 
-    staging = Staging(tmp_path / "state.duckdb")
-    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
+    def output() -> tuple[list[tuple], list[tuple]]:
+        transform(sample_staging, load_mappings())
+        con = sample_staging.con
+        return (
+            con.execute("SELECT * FROM transform_issues ORDER BY ALL").fetchall(),
+            con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY ALL").fetchall(),
+        )
 
-    def issues_after_transform() -> list[tuple]:
-        transform(staging, load_mappings())
-        return staging.con.execute("SELECT * FROM transform_issues ORDER BY ALL").fetchall()
-
-    at_the_end = issues_after_transform()
+    whole = output()
     monkeypatch.setattr(engine, "ISSUES_PER_FLUSH", 3)
-    assert len(at_the_end) > 30 and issues_after_transform() == at_the_end
-    staging.close()
-
-
-def test_notes_fetched_in_small_batches_compose_the_same_payloads(tmp_path, monkeypatch):
-    from migrate.transform import engine
-
-    staging = Staging(tmp_path / "state.duckdb")
-    extract(staging, SnapshotSource(SAMPLE), staging.start_run("test"))
-
-    def payloads() -> list[tuple]:
-        transform(staging, load_mappings())
-        return staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY ALL").fetchall()
-
-    whole = payloads()
     monkeypatch.setattr(engine, "NOTES_PER_BATCH", 3)
-    assert payloads() == whole
-    staging.close()
+    assert len(whole[0]) > 30 and output() == whole
