@@ -9,7 +9,7 @@ import pytest
 from migrate.errors import PipedriveError
 from migrate.pipedrive.client import Page
 from migrate.pipedrive.collections import BY_NAME
-from migrate.pipedrive.extract import ConcurrentSource
+from migrate.pipedrive.extract import ConcurrentSource, Lane
 
 PERSONS, NOTES, DEALS = BY_NAME["persons"], BY_NAME["notes"], BY_NAME["deals"]
 
@@ -33,14 +33,14 @@ class ScriptedSource:
 
 def pages_by_collection(arrivals) -> dict[str, list]:
     seen: dict[str, list] = {}
-    for collection, kind, item in arrivals:
-        seen.setdefault(collection.name, []).append(item.records if kind == "page" else kind)
+    for lane, kind, item in arrivals:
+        seen.setdefault(lane.collection.name, []).append(item[0].records if kind == "page" else kind)
     return seen
 
 
 def test_every_collection_is_read_at_once_and_each_ones_pages_arrive_in_order():
     source = ScriptedSource({"persons": [[1, 2], [3], [4]], "notes": [[10], [11]], "deals": [[20]]})
-    reader = ConcurrentSource(source, [(PERSONS, None), (NOTES, None), (DEALS, None)], workers=3)
+    reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=3)
     try:
         assert pages_by_collection(reader.arrivals()) == {
             "persons": [[{"id": 1}, {"id": 2}], [{"id": 3}], [{"id": 4}], "end"],
@@ -64,12 +64,12 @@ def test_a_slow_collection_does_not_hold_back_the_others():
                 yield page
 
     source = SlowPersons({"persons": [[1], [2]], "notes": [[10]], "deals": [[20]]})
-    reader = ConcurrentSource(source, [(PERSONS, None), (NOTES, None), (DEALS, None)], workers=3)
+    reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=3)
     order = []
     try:
-        for collection, kind, _ in reader.arrivals():
-            order.append((collection.name, kind))
-            if collection.name == "deals":
+        for lane, kind, _ in reader.arrivals():
+            order.append((lane.collection.name, kind))
+            if lane.collection.name == "deals":
                 deals_seen.set()
     finally:
         reader.close()
@@ -79,9 +79,9 @@ def test_a_slow_collection_does_not_hold_back_the_others():
 
 def test_an_error_arrives_for_its_collection_and_close_does_not_hang():
     source = ScriptedSource({"persons": [[1]], "notes": [[10]], "deals": [[20]]}, fail="notes")
-    reader = ConcurrentSource(source, [(PERSONS, None), (NOTES, None), (DEALS, None)], workers=2, depth=1)
+    reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=2, depth=1)
     try:
-        arrived = {(c.name, kind): item for c, kind, item in reader.arrivals()}
+        arrived = {(lane.collection.name, kind): item for lane, kind, item in reader.arrivals()}
     finally:
         reader.close()
     assert isinstance(arrived[("notes", "error")], PipedriveError) and arrived[("notes", "error")].status == 404
@@ -90,9 +90,63 @@ def test_an_error_arrives_for_its_collection_and_close_does_not_hang():
 
 def test_close_stops_readers_blocked_on_a_full_queue():
     source = ScriptedSource({"persons": [[i] for i in range(50)], "notes": [[10]], "deals": [[20]]})
-    reader = ConcurrentSource(source, [(PERSONS, None), (NOTES, None), (DEALS, None)], workers=3, depth=1)
+    reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=3, depth=1)
     next(reader.arrivals())
     done = threading.Thread(target=reader.close)
     done.start()
     done.join(5)
     assert not done.is_alive()
+
+
+# -- big collections from both ends, against the fake Pipedrive ---------------------------------
+
+
+@pytest.fixture()
+def big_persons(pipedrive):
+    persons = pipedrive.collections["persons"]
+    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(persons * 25, start=1)]  # 3,000: 6 pages
+    return pipedrive
+
+
+def extract_persons(pipedrive, tmp_path, name="s.duckdb"):
+    from migrate.pipedrive.client import PipedriveClient
+    from migrate.pipedrive.extract import extract
+    from migrate.staging.store import Staging
+    from tests.fakes.pipedrive import VALID_TOKEN
+
+    with Staging(tmp_path / name) as staging, PipedriveClient(pipedrive.url, VALID_TOKEN, burst_limit=1000) as client:
+        extract(staging, client, "run")
+        return sorted(r["id"] for r in staging.iter_raw("persons"))
+
+
+def test_a_big_collection_is_read_from_both_ends_with_at_most_one_page_read_twice(big_persons, tmp_path):
+    ids = extract_persons(big_persons, tmp_path)
+    assert ids == list(range(1, 3001))
+    reads = [r for r in big_persons.requests if r.path == "/api/v2/persons" and r.status == 200]
+    assert any(r.query.get("sort_direction") == "desc" for r in reads)
+    assert len(reads) <= 6 + 1
+
+
+def test_a_one_page_collection_costs_one_request(pipedrive, tmp_path):
+    extract_persons(pipedrive, tmp_path)
+    assert len([r for r in pipedrive.requests if r.path == "/api/v2/products"]) == 1
+
+
+@pytest.mark.parametrize("failing_read", [2, 3, 4, 5])
+def test_an_extract_interrupted_at_any_page_of_either_end_resumes_to_every_record(big_persons, tmp_path, failing_read):
+    """The `failing_read`-th persons request is refused (401: the run stops there); the next run
+    resumes both ends from their checkpoints and stages every record."""
+    served, count = big_persons.handle, {"n": 0}
+
+    def handle(method, target, headers):
+        if target.startswith("/api/v2/persons"):
+            count["n"] += 1
+            if count["n"] == failing_read:
+                return 401, {"content-type": "application/json"}, b'{"success":false,"error":"unauthorized access","errorCode":401}'
+        return served(method, target, headers)
+
+    big_persons.handle = handle
+    with pytest.raises(PipedriveError):
+        extract_persons(big_persons, tmp_path)
+    big_persons.handle = served
+    assert extract_persons(big_persons, tmp_path) == list(range(1, 3001))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from migrate import stopping
-from migrate.errors import PipedriveError
+from migrate.errors import MigrateError, PipedriveError
 from migrate.pipedrive.client import Page, PipedriveClient
 from migrate.pipedrive.collections import (
     COLLECTIONS,
@@ -33,6 +34,8 @@ from migrate.pipedrive.collections import (
 from migrate.staging.store import Checkpoint, Staging, raw_table
 
 log = structlog.get_logger(__name__)
+
+DEAL_PRODUCT_READERS = 4  # deal-product requests in flight at once
 
 
 class PageSource(Protocol):
@@ -141,21 +144,102 @@ def _extract_concurrently(
     summary: ExtractSummary,
     progress: ProgressFn | None,
 ) -> None:
-    """Every unfinished collection read at once; pages staged as they arrive, whichever
-    collection they belong to (each collection's own pages stay in order, with its checkpoint)."""
-    pending = [c for c in COLLECTIONS if not (checkpoints[c.name] and checkpoints[c.name].done)]
-    totals = {c.name: _begin(staging, c, checkpoints[c.name], summary) for c in pending}
-    reader = ConcurrentSource(client, [(c, checkpoints[c.name].cursor if checkpoints[c.name] else None) for c in pending])
+    """Every unfinished collection read at once, the big ones from both ends (see `Meeting`);
+    pages staged as they arrive, whichever collection they belong to, each lane's own pages in
+    order with a checkpoint row of its own (`<collection>` and `<collection>~desc`). A
+    collection is done once what is *staged* from both ends overlaps (the readers run ahead)."""
+    lanes: list[Lane] = []
+    totals: dict[str, tuple[int, int]] = {}  # checkpoint row → (pages, records)
+    staged: dict[str, list[int | None]] = {}  # two-lane collection → [highest id staged ascending, lowest descending]
+    for collection in COLLECTIONS:
+        checkpoint = checkpoints[collection.name]
+        if checkpoint and checkpoint.done:
+            continue
+        totals[collection.name] = _begin(staging, collection, checkpoint, summary)
+        if not _two_lanes(collection):
+            lanes.append(Lane(collection, checkpoint.cursor if checkpoint else None))
+            continue
+        down = staging.checkpoint(collection.name + DESC)
+        up_cursor, high = _read_lane(checkpoint.cursor if checkpoint else None)
+        down_cursor, low = _read_lane(down.cursor if down else None)
+        staged[collection.name] = [high, low]
+        if _whole(high, low) or (down is not None and down_cursor is None):  # read whole before an interruption
+            for row in (collection.name, collection.name + DESC):
+                staging.finish_checkpoint(row, run_id)
+            continue
+        meeting = Meeting(high, low)
+        totals[collection.name + DESC] = (down.pages, down.records) if down else (0, 0)
+        lanes.append(Lane(collection, up_cursor, "asc", meeting, opens_descending=checkpoint is None and down is None))
+        if down is not None or checkpoint is not None:
+            lanes.append(Lane(collection, down_cursor, "desc", meeting))
+    finished: set[str] = set()
+    reader = ConcurrentSource(client, lanes)
     try:
-        for collection, kind, item in reader.arrivals():
+        for lane, kind, item in reader.arrivals():
+            collection = lane.collection
             if kind == "page":
-                totals[collection.name] = _stage_page(staging, collection, item, *totals[collection.name], run_id, summary, progress)
+                page = item[0]
+                if collection.name in finished:  # read ahead by the other lane: keep it, the checkpoints are final
+                    staging.upsert_records(collection.name, page.records, collection.key)
+                    continue
+                _stage_lane_page(staging, lane, page, totals, staged, run_id, summary, progress)
+                if lane.meeting is not None and (page.next_cursor is None or _whole(*staged[collection.name])):
+                    finished.add(collection.name)
+                    for row in (collection.name, collection.name + DESC):
+                        staging.finish_checkpoint(row, run_id)
             elif kind == "error":
                 if not isinstance(item, PipedriveError):
                     raise item
+                if lane.meeting is not None and collection.name in finished:
+                    continue
+                if lane.meeting is not None:
+                    finished.add(collection.name)
                 _unavailable(staging, client, collection, item, *totals[collection.name], run_id, summary, progress)
+                if lane.meeting is not None:
+                    staging.finish_checkpoint(collection.name + DESC, run_id)
     finally:
         reader.close()
+    unread = [name for name in staged if name not in finished and not (staging.checkpoint(name) or Checkpoint(name, None, 0, 0, False)).done]
+    if unread:  # cannot happen: each lane reads on until the two meet or it reaches its end
+        raise MigrateError(f"internal error: {', '.join(unread)} not read whole from both ends; run again to resume")
+
+
+def _whole(high: int | None, low: int | None) -> bool:
+    return high is not None and low is not None and high >= low
+
+
+def _stage_lane_page(
+    staging: Staging,
+    lane: Lane,
+    page: Page,
+    totals: dict[str, tuple[int, int]],
+    staged: dict[str, list[int | None]],
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    collection = lane.collection
+    if lane.meeting is None:
+        totals[collection.name] = _stage_page(staging, collection, page, *totals[collection.name], run_id, summary, progress)
+        return
+    row = collection.name + (DESC if lane.direction == "desc" else "")
+    pages, records = totals.get(row, (0, 0))
+    pages, records = pages + 1, records + len(page.records)
+    ids = _int_ids(page.records)
+    bounds = staged[collection.name]
+    if ids and lane.direction == "asc":
+        bounds[0] = max(ids) if bounds[0] is None else max(bounds[0], *ids)
+    elif ids:
+        bounds[1] = min(ids) if bounds[1] is None else min(bounds[1], *ids)
+    cursor = json.dumps({"c": page.next_cursor, "b": bounds[0] if lane.direction == "asc" else bounds[1]})
+    # a lane's row is marked done only when the collection is whole (by the caller): a reader's
+    # decision to stop rests on pages the other lane has read but perhaps not staged yet
+    staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, False), run_id, collection.key)
+    totals[row] = (pages, records)
+    summary.pages += 1
+    if progress:
+        progress(collection.name, len(page.records))
+    stopping.check()
 
 
 def _begin(staging: Staging, collection: Collection, checkpoint: Checkpoint | None, summary: ExtractSummary) -> tuple[int, int]:
@@ -246,23 +330,46 @@ def _extract_deal_products(
     if not chunks:
         staging.write_page(DEAL_PRODUCTS.name, [], Checkpoint(DEAL_PRODUCTS.name, None, pages, records, True), run_id)
         return
-    for index in range(first_chunk, len(chunks)):
+    def fetch(index: int) -> list[Page]:
         extra = {"deal_ids": ",".join(chunks[index])}
-        for page in source.pages(DEAL_PRODUCTS, start=inner if index == first_chunk else None, extra=extra):
-            pages += 1
-            records += len(page.records)
-            if page.next_cursor is not None:
-                cursor: str | None = f"{index}:{page.next_cursor}"
-            elif index + 1 < len(chunks):
-                cursor = str(index + 1)
-            else:
-                cursor = None
-            staging.write_page(
-                DEAL_PRODUCTS.name, page.records, Checkpoint(DEAL_PRODUCTS.name, cursor, pages, records, cursor is None), run_id
-            )
-            summary.pages += 1
-            if progress:
-                progress(DEAL_PRODUCTS.name, len(page.records))
+        return list(source.pages(DEAL_PRODUCTS, start=inner if index == first_chunk else None, extra=extra))
+
+    with ThreadPoolExecutor(max_workers=DEAL_PRODUCT_READERS, thread_name_prefix="deal-products") as pool:
+        ahead: deque[Future[list[Page]]] = deque()
+        for index in range(first_chunk, len(chunks)):
+            # requests run a few chunks ahead (Pipedrive's answer time overlaps); staging stays in order
+            while len(ahead) < DEAL_PRODUCT_READERS and index + len(ahead) < len(chunks):
+                ahead.append(pool.submit(fetch, index + len(ahead)))
+            pages, records = _stage_deal_products(staging, ahead.popleft().result(), index, len(chunks), pages, records, run_id, summary, progress)
+
+
+def _stage_deal_products(
+    staging: Staging,
+    chunk_pages: list[Page],
+    index: int,
+    chunks: int,
+    pages: int,
+    records: int,
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> tuple[int, int]:
+    for page in chunk_pages:
+        pages += 1
+        records += len(page.records)
+        if page.next_cursor is not None:
+            cursor: str | None = f"{index}:{page.next_cursor}"
+        elif index + 1 < chunks:
+            cursor = str(index + 1)
+        else:
+            cursor = None
+        staging.write_page(
+            DEAL_PRODUCTS.name, page.records, Checkpoint(DEAL_PRODUCTS.name, cursor, pages, records, cursor is None), run_id
+        )
+        summary.pages += 1
+        if progress:
+            progress(DEAL_PRODUCTS.name, len(page.records))
+    return pages, records
 
 
 def _deal_ids_with_products(staging: Staging) -> list[str]:
@@ -412,32 +519,112 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
     return vanished
 
 
+DESC = "~desc"  # checkpoint row of a collection's descending lane
+
+
+def _two_lanes(collection: Collection) -> bool:
+    """Big v2 lists are read from both ends at once: a cursor hands out one page after another,
+    so one reader per collection waits out Pipedrive's answer time page by page, and the
+    biggest collection would outlast the burst limit's floor."""
+    return collection.paging == "cursor" and collection.incremental
+
+
+class Meeting:
+    """How far the two reads of one collection have got: the highest id the ascending read has
+    seen and the lowest the descending one has. The descending read stops once the gap left is
+    about two of its pages wide; the ascending one reads on until it reaches the other's lowest
+    id. At most part of one page is read twice."""
+
+    def __init__(self, high: int | None = None, low: int | None = None):
+        self.high, self.low = high, low
+        self._lock = threading.Lock()
+
+    def ascending(self, records: list[dict[str, Any]]) -> bool:
+        """Record an ascending page; True once the two reads overlap (the collection is read)."""
+        ids = _int_ids(records)
+        with self._lock:
+            if ids:
+                self.high = max(ids) if self.high is None else max(self.high, *ids)
+            return self.met()
+
+    def descending(self, records: list[dict[str, Any]]) -> bool:
+        """Record a descending page; True when the descending read should stop."""
+        ids = _int_ids(records)
+        with self._lock:
+            if ids:
+                self.low = min(ids) if self.low is None else min(self.low, *ids)
+            span = max(ids) - min(ids) if ids else 0
+            return self.met() or (self.high is not None and self.low is not None and self.low - self.high <= 2 * span)
+
+    def met(self) -> bool:
+        return self.high is not None and self.low is not None and self.high >= self.low
+
+
+def _int_ids(records: list[dict[str, Any]]) -> list[int]:
+    return [r["id"] for r in records if isinstance(r.get("id"), int)]
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One read of a collection: all of it, or (with a `meeting`) one end of it. An ascending
+    lane that `opens_descending` starts the descending one once its first page shows there is
+    more than one page (a small collection costs no extra request)."""
+
+    collection: Collection
+    start: str | None
+    direction: str = "asc"
+    meeting: Meeting | None = field(default=None, compare=False)
+    opens_descending: bool = False
+
+
+def _read_lane(cursor: str | None) -> tuple[str | None, int | None]:
+    """(API cursor, id bound) from a lane checkpoint; a plain cursor (an older run) has no bound."""
+    if cursor and cursor.startswith('{"c"'):
+        saved = json.loads(cursor)
+        return saved["c"], saved["b"]
+    return cursor, None
+
+
 class ConcurrentSource:
     """Reads several collections at once (a few threads, all under the client's one burst
     limiter) and hands their pages over in arrival order through one small bounded queue:
     memory does not grow with the account, no reader waits for another collection to be
     consumed first, and writing to staging stays on the caller's thread."""
 
-    def __init__(self, source: PageSource, plan: list[tuple[Collection, str | None]], *, workers: int = 4, depth: int = 4):
+    def __init__(self, source: PageSource, plan: list[Lane], *, workers: int = 8, depth: int = 4):
         self.source = source
-        self._plan = plan
-        self._box: queue.Queue[tuple[Collection, str, Any]] = queue.Queue(maxsize=depth)
+        self._box: queue.Queue[tuple[Lane, str, Any]] = queue.Queue(maxsize=depth)
         self._cancelled = threading.Event()
+        self._open = len(plan)  # lanes whose "end" or "error" has not been handed over
+        self._count = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
-        for collection, start in plan:
-            self._pool.submit(self._fill, collection, start)
+        for lane in plan:
+            self._pool.submit(self._fill, lane)
 
-    def _fill(self, collection: Collection, start: str | None) -> None:
+    def _fill(self, lane: Lane) -> None:
         try:
-            for page in self.source.pages(collection, start=start):
-                if not self._put((collection, "page", page)):
+            extra = {"sort_by": "id", "sort_direction": "desc"} if lane.direction == "desc" else None
+            for number, page in enumerate(self.source.pages(lane.collection, start=lane.start, extra=extra)):
+                stop = False
+                if lane.meeting is not None:
+                    stop = lane.meeting.ascending(page.records) if lane.direction == "asc" else lane.meeting.descending(page.records)
+                if not self._put((lane, "page", (page, stop))):
                     return
+                if stop:
+                    break
+                if lane.opens_descending and number == 0 and page.next_cursor is not None:
+                    self._start(Lane(lane.collection, None, "desc", lane.meeting))  # more than a page: read from the top too
         except Exception as exc:  # handed to the consumer, which deals with it in its own thread
-            self._put((collection, "error", exc))
+            self._put((lane, "error", exc))
             return
-        self._put((collection, "end", None))
+        self._put((lane, "end", None))
 
-    def _put(self, item: tuple[Collection, str, Any]) -> bool:
+    def _start(self, lane: Lane) -> None:
+        with self._count:
+            self._open += 1
+        self._pool.submit(self._fill, lane)
+
+    def _put(self, item: tuple[Lane, str, Any]) -> bool:
         while not self._cancelled.is_set():
             try:
                 self._box.put(item, timeout=0.1)
@@ -446,15 +633,18 @@ class ConcurrentSource:
                 continue
         return False
 
-    def arrivals(self) -> Iterator[tuple[Collection, str, Any]]:
-        """(collection, "page" | "error" | "end", page or exception) until every collection ended;
-        each collection's pages in their order."""
-        open_collections = len(self._plan)
-        while open_collections:
-            collection, kind, item = self._box.get()
+    def arrivals(self) -> Iterator[tuple[Lane, str, Any]]:
+        """(lane, "page" | "error" | "end", (page, lane stops) or exception) until every lane
+        ended, those started along the way included; each lane's pages in their order."""
+        while True:
+            with self._count:
+                if not self._open:
+                    return
+            lane, kind, item = self._box.get()
             if kind != "page":
-                open_collections -= 1
-            yield collection, kind, item
+                with self._count:
+                    self._open -= 1
+            yield lane, kind, item
 
     def close(self) -> None:
         self._cancelled.set()

@@ -197,14 +197,15 @@ class Staging:
     def write_page(
         self, collection: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str, key: str = "id"
     ) -> None:
-        """Upsert one page (records identified by `key`) and move the collection's checkpoint, atomically."""
+        """Upsert one page (records identified by `key`) and move its checkpoint row (named by
+        `checkpoint.collection`: the collection, or one lane of it), atomically."""
         table = self.ensure_raw_table(collection)
         self.con.execute("BEGIN TRANSACTION")
         try:
             self._upsert(collection, table, records, key)
             self.con.execute(
                 "INSERT OR REPLACE INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()],
+                [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()],
             )
             self.con.execute("COMMIT")
         except BaseException:
@@ -236,6 +237,14 @@ class Staging:
             "SELECT collection, cursor, pages, records, done FROM extract_checkpoints WHERE collection = ?", [collection]
         ).fetchone()
         return Checkpoint(*row) if row else None
+
+    def finish_checkpoint(self, name: str, run_id: str) -> None:
+        """Mark an extract checkpoint row done, keeping what it holds (created if missing)."""
+        self.con.execute(
+            "INSERT INTO extract_checkpoints VALUES (?, NULL, 0, 0, true, ?, ?) "
+            "ON CONFLICT (collection) DO UPDATE SET done = true, run_id = excluded.run_id, updated_at = excluded.updated_at",
+            [name, run_id, now()],
+        )
 
     def reset_checkpoints(self) -> None:
         self.con.execute("DELETE FROM extract_checkpoints")
