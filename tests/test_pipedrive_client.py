@@ -180,6 +180,36 @@ def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_
     assert fake.count_429 <= 4 and fake.count_403 == 0
 
 
+def test_no_more_than_four_requests_are_out_at_once_whatever_the_readers():
+    """After a 429 the requests already sent draw 429s too; Cloudflare blocks a client that
+    piles them up, so eight readers still have at most four requests out."""
+    import threading
+
+    out, most, guard = [0], [0], threading.Lock()
+    with FakePipedrive(SAMPLE, burst_limit=1000) as fake:
+        serve = fake.handle
+
+        def counted(*args):
+            with guard:
+                out[0] += 1
+                most[0] = max(most[0], out[0])
+            time.sleep(0.02)
+            try:
+                return serve(*args)
+            finally:
+                with guard:
+                    out[0] -= 1
+
+        fake.handle = counted
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=1000) as client:
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(5)]) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    assert len(fake.requests) == 40 and most[0] == 4
+
+
 def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):
     from migrate.transform.engine import transform
     from migrate.transform.mapping import load_mappings

@@ -56,14 +56,19 @@ class BurstLimiter:
     answer if that came sooner. The bound starts at 0.1 s and doubles (up to half the window)
     after every 429 that says we were early: threads queueing on a busy connection, a slow
     network. Counting from the answer instead would waste Pipedrive's whole response time in
-    every window."""
+    every window.
 
-    def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1):
+    At most `max_in_flight` requests are out at once, however many readers there are: when one
+    draws a 429, the others already sent draw theirs too, and Pipedrive's firewall blocks clients
+    that keep going after 429s (the fake blocks after 3 more)."""
+
+    def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1, max_in_flight: int = 4):
         self.limit = max(1, limit)
         self.window = window
         self.arrival_bound = arrival_bound
+        self.max_in_flight = max_in_flight
         self._slots: list[list[float]] = []  # [counted from, sent at]; counted from = inf while in flight
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._paused_until = 0.0
 
     def pause(self, seconds: float) -> None:
@@ -80,6 +85,9 @@ class BurstLimiter:
                 moment = time.monotonic()
                 if moment < self._paused_until:
                     delay = self._paused_until - moment
+                elif sum(1 for s in self._slots if s[0] == math.inf) >= self.max_in_flight:
+                    self._lock.wait(timeout=1.0)  # `done` wakes us
+                    continue
                 else:
                     self._slots = [s for s in self._slots if moment - s[0] < self.window]
                     if len(self._slots) < self.limit:
@@ -93,6 +101,7 @@ class BurstLimiter:
     def done(self, slot: list[float]) -> None:
         with self._lock:
             slot[0] = min(time.monotonic(), slot[1] + self.arrival_bound)
+            self._lock.notify_all()
 
     def learn(self, limit_header: str | None) -> None:
         if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:
