@@ -315,7 +315,7 @@ def status(settings: Settings) -> dict[str, Any]:
             "SELECT run_id, command, started_at, finished_at, status FROM runs ORDER BY started_at DESC LIMIT 10"
         ).fetchall()
         checkpoints = con.execute(
-            "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints ORDER BY collection"
+            "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints WHERE collection NOT LIKE '%~%' ORDER BY collection"  # not the lanes' rows
         ).fetchall()
         migrated = dict(con.execute("SELECT entity, count(*) FROM id_map GROUP BY entity").fetchall())
         return {

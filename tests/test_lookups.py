@@ -65,7 +65,7 @@ def test_sorted_groups_refuse_to_go_back():
 
 
 def test_a_collection_far_bigger_than_duckdbs_memory_cap_streams_in_id_order(tmp_path):
-    """200 MB of records at a 64 MB cap (a run's is 160 MB), then 3,000 of them changed by a
+    """200 MB of records at a 64 MB cap (a run's is 256 MB), then 3,000 of them changed by a
     sync and some new ones: sorting the rows in one go would run out of memory."""
     with Staging(tmp_path / "s.duckdb") as staging:
         table = staging.ensure_raw_table("persons")
