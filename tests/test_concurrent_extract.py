@@ -119,12 +119,12 @@ def extract_persons(pipedrive, tmp_path, name="s.duckdb"):
         return sorted(r["id"] for r in staging.iter_raw("persons"))
 
 
-def test_a_big_collection_is_read_from_both_ends_with_at_most_one_page_read_twice(big_persons, tmp_path):
+def test_a_big_collection_is_read_from_both_ends_with_at_most_a_page_per_end_read_twice(big_persons, tmp_path):
     ids = extract_persons(big_persons, tmp_path)
     assert ids == list(range(1, 3001))
     reads = [r for r in big_persons.requests if r.path == "/api/v2/persons" and r.status == 200]
     assert any(r.query.get("sort_direction") == "desc" for r in reads)
-    assert len(reads) <= 6 + 1
+    assert len(reads) <= 6 + 2  # each end may have a request out when the two meet
 
 
 def test_a_one_page_collection_costs_one_request(pipedrive, tmp_path):

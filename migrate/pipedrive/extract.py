@@ -175,33 +175,52 @@ def _extract_concurrently(
     finished: set[str] = set()
     reader = ConcurrentSource(client, lanes)
     try:
-        for lane, kind, item in reader.arrivals():
-            collection = lane.collection
-            if kind == "page":
-                page = item[0]
-                if collection.name in finished:  # read ahead by the other lane: keep it, the checkpoints are final
-                    staging.upsert_records(collection.name, page.records, collection.key)
-                    continue
-                _stage_lane_page(staging, lane, page, totals, staged, run_id, summary, progress)
-                if lane.meeting is not None and (page.next_cursor is None or _whole(*staged[collection.name])):
-                    finished.add(collection.name)
-                    for row in (collection.name, collection.name + DESC):
-                        staging.finish_checkpoint(row, run_id)
-            elif kind == "error":
-                if not isinstance(item, PipedriveError):
-                    raise item
-                if lane.meeting is not None and collection.name in finished:
-                    continue
-                if lane.meeting is not None:
-                    finished.add(collection.name)
-                _unavailable(staging, client, collection, item, *totals[collection.name], run_id, summary, progress)
-                if lane.meeting is not None:
-                    staging.finish_checkpoint(collection.name + DESC, run_id)
+        _consume(staging, client, reader, totals, staged, finished, run_id, summary, progress)
+    except PipedriveError:  # budget spent, a hard error: keep the pages read before it (fewer tokens next run)
+        for lane, kind, item in reader.leftovers():
+            if kind == "page" and lane.collection.name not in finished:
+                _stage_lane_page(staging, lane, item[0], totals, staged, run_id, summary, progress)
+        raise
     finally:
         reader.close()
     unread = [name for name in staged if name not in finished and not (staging.checkpoint(name) or Checkpoint(name, None, 0, 0, False)).done]
     if unread:  # cannot happen: each lane reads on until the two meet or it reaches its end
         raise MigrateError(f"internal error: {', '.join(unread)} not read whole from both ends; run again to resume")
+
+
+def _consume(
+    staging: Staging,
+    client: PipedriveClient,
+    reader: ConcurrentSource,
+    totals: dict[str, tuple[int, int]],
+    staged: dict[str, list[int | None]],
+    finished: set[str],
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> None:
+    for lane, kind, item in reader.arrivals():
+        collection = lane.collection
+        if kind == "page":
+            page = item[0]
+            if collection.name in finished:  # read ahead by the other lane: keep it, the checkpoints are final
+                staging.upsert_records(collection.name, page.records, collection.key)
+                continue
+            _stage_lane_page(staging, lane, page, totals, staged, run_id, summary, progress)
+            if lane.meeting is not None and (page.next_cursor is None or _whole(*staged[collection.name])):
+                finished.add(collection.name)
+                for row in (collection.name, collection.name + DESC):
+                    staging.finish_checkpoint(row, run_id)
+        elif kind == "error":
+            if not isinstance(item, PipedriveError):
+                raise item
+            if lane.meeting is not None and collection.name in finished:
+                continue
+            if lane.meeting is not None:
+                finished.add(collection.name)
+            _unavailable(staging, client, collection, item, *totals[collection.name], run_id, summary, progress)
+            if lane.meeting is not None:
+                staging.finish_checkpoint(collection.name + DESC, run_id)
 
 
 def _whole(high: int | None, low: int | None) -> bool:
@@ -533,7 +552,7 @@ class Meeting:
     """How far the two reads of one collection have got: the highest id the ascending read has
     seen and the lowest the descending one has. The descending read stops once the gap left is
     about two of its pages wide; the ascending one reads on until it reaches the other's lowest
-    id. At most part of one page is read twice."""
+    id. At most a page per end is read twice (the requests out when the two meet)."""
 
     def __init__(self, high: int | None = None, low: int | None = None):
         self.high, self.low = high, low
@@ -645,6 +664,15 @@ class ConcurrentSource:
                 with self._count:
                     self._open -= 1
             yield lane, kind, item
+
+    def leftovers(self) -> Iterator[tuple[Lane, str, Any]]:
+        """Stop the readers and hand over what they had read already."""
+        self._cancelled.set()
+        while True:
+            try:
+                yield self._box.get_nowait()
+            except queue.Empty:
+                return
 
     def close(self) -> None:
         self._cancelled.set()
