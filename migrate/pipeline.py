@@ -90,7 +90,6 @@ class TokenWatch:
                 log.info("pipedrive.cost", detail=estimate.describe(client.budget_remaining))
         if progress is None:
             return
-        self.spent_before = client.tokens_spent
         if hasattr(progress, "expect"):
             progress.expect("pipedrive tokens", estimate.tokens if estimate else None)
 

@@ -151,6 +151,7 @@ def _extract_concurrently(
     lanes: list[Lane] = []
     totals: dict[str, tuple[int, int]] = {}  # checkpoint row → (pages, records)
     staged: dict[str, list[int | None]] = {}  # two-lane collection → [highest id staged ascending, lowest descending]
+    finished: set[str] = set()  # two-lane collections read whole
     for collection in COLLECTIONS:
         checkpoint = checkpoints[collection.name]
         if checkpoint and checkpoint.done:
@@ -164,6 +165,7 @@ def _extract_concurrently(
         down_cursor, low = _read_lane(down.cursor if down else None)
         staged[collection.name] = [high, low]
         if _whole(high, low) or (down is not None and down_cursor is None):  # read whole before an interruption
+            finished.add(collection.name)
             for row in (collection.name, collection.name + DESC):
                 staging.finish_checkpoint(row, run_id)
             continue
@@ -172,7 +174,6 @@ def _extract_concurrently(
         lanes.append(Lane(collection, up_cursor, "asc", meeting, opens_descending=checkpoint is None and down is None))
         if down is not None or checkpoint is not None:
             lanes.append(Lane(collection, down_cursor, "desc", meeting))
-    finished: set[str] = set()
     reader = ConcurrentSource(client, lanes)
     try:
         _consume(staging, client, reader, totals, staged, finished, run_id, summary, progress)
@@ -183,7 +184,7 @@ def _extract_concurrently(
         raise
     finally:
         reader.close()
-    unread = [name for name in staged if name not in finished and not (staging.checkpoint(name) or Checkpoint(name, None, 0, 0, False)).done]
+    unread = [name for name in staged if name not in finished]
     if unread:  # cannot happen: each lane reads on until the two meet or it reaches its end
         raise MigrateError(f"internal error: {', '.join(unread)} not read whole from both ends; run again to resume")
 
