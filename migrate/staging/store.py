@@ -24,7 +24,7 @@ import duckdb
 from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
-DUCKDB_MEMORY_LIMIT = "256MB"
+DUCKDB_MEMORY_LIMIT = "160MB"
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
