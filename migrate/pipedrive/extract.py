@@ -148,118 +148,115 @@ def _extract_concurrently(
     pages staged as they arrive, whichever collection they belong to, each lane's own pages in
     order with a checkpoint row of its own (`<collection>` and `<collection>~desc`). A
     collection is done once what is *staged* from both ends overlaps (the readers run ahead)."""
+    run = _ConcurrentRun(staging, client, run_id, summary, progress)
     lanes: list[Lane] = []
-    totals: dict[str, tuple[int, int]] = {}  # checkpoint row → (pages, records)
-    staged: dict[str, list[int | None]] = {}  # two-lane collection → [highest id staged ascending, lowest descending]
-    finished: set[str] = set()  # two-lane collections read whole
     for collection in COLLECTIONS:
         checkpoint = checkpoints[collection.name]
         if checkpoint and checkpoint.done:
             continue
-        totals[collection.name] = _begin(staging, collection, checkpoint, summary)
+        run.totals[collection.name] = _begin(staging, collection, checkpoint, summary)
         if not _two_lanes(collection):
             lanes.append(Lane(collection, checkpoint.cursor if checkpoint else None))
             continue
         down = staging.checkpoint(collection.name + DESC)
         up_cursor, high = _read_lane(checkpoint.cursor if checkpoint else None)
         down_cursor, low = _read_lane(down.cursor if down else None)
-        staged[collection.name] = [high, low]
+        run.staged[collection.name] = [high, low]
         if _whole(high, low) or (down is not None and down_cursor is None):  # read whole before an interruption
-            finished.add(collection.name)
-            for row in (collection.name, collection.name + DESC):
-                staging.finish_checkpoint(row, run_id)
+            run.finish(collection.name)
             continue
         meeting = Meeting(high, low)
-        totals[collection.name + DESC] = (down.pages, down.records) if down else (0, 0)
+        run.totals[collection.name + DESC] = (down.pages, down.records) if down else (0, 0)
         lanes.append(Lane(collection, up_cursor, "asc", meeting, opens_descending=checkpoint is None and down is None))
         if down is not None or checkpoint is not None:
             lanes.append(Lane(collection, down_cursor, "desc", meeting))
     reader = ConcurrentSource(client, lanes)
     try:
-        _consume(staging, client, reader, totals, staged, finished, run_id, summary, progress)
+        run.consume(reader)
     except PipedriveError:  # budget spent, a hard error: keep the pages read before it (fewer tokens next run)
         for lane, kind, item in reader.leftovers():
-            if kind == "page" and lane.collection.name not in finished:
-                _stage_lane_page(staging, lane, item[0], totals, staged, run_id, summary, progress)
+            if kind == "page" and lane.collection.name not in run.finished:
+                run.stage(lane, item[0])
         raise
     finally:
         reader.close()
-    unread = [name for name in staged if name not in finished]
+    unread = [name for name in run.staged if name not in run.finished]
     if unread:  # cannot happen: each lane reads on until the two meet or it reaches its end
         raise MigrateError(f"internal error: {', '.join(unread)} not read whole from both ends; run again to resume")
-
-
-def _consume(
-    staging: Staging,
-    client: PipedriveClient,
-    reader: ConcurrentSource,
-    totals: dict[str, tuple[int, int]],
-    staged: dict[str, list[int | None]],
-    finished: set[str],
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
-    for lane, kind, item in reader.arrivals():
-        collection = lane.collection
-        if kind == "page":
-            page = item[0]
-            if collection.name in finished:  # read ahead by the other lane: keep it, the checkpoints are final
-                staging.upsert_records(collection.name, page.records, collection.key)
-                continue
-            _stage_lane_page(staging, lane, page, totals, staged, run_id, summary, progress)
-            if lane.meeting is not None and (page.next_cursor is None or _whole(*staged[collection.name])):
-                finished.add(collection.name)
-                for row in (collection.name, collection.name + DESC):
-                    staging.finish_checkpoint(row, run_id)
-        elif kind == "error":
-            if not isinstance(item, PipedriveError):
-                raise item
-            if lane.meeting is not None and collection.name in finished:
-                continue
-            if lane.meeting is not None:
-                finished.add(collection.name)
-            _unavailable(staging, client, collection, item, *totals[collection.name], run_id, summary, progress)
-            if lane.meeting is not None:
-                staging.finish_checkpoint(collection.name + DESC, run_id)
 
 
 def _whole(high: int | None, low: int | None) -> bool:
     return high is not None and low is not None and high >= low
 
 
-def _stage_lane_page(
-    staging: Staging,
-    lane: Lane,
-    page: Page,
-    totals: dict[str, tuple[int, int]],
-    staged: dict[str, list[int | None]],
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
-    collection = lane.collection
-    if lane.meeting is None:
-        totals[collection.name] = _stage_page(staging, collection, page, *totals[collection.name], run_id, summary, progress)
-        return
-    row = collection.name + (DESC if lane.direction == "desc" else "")
-    pages, records = totals.get(row, (0, 0))
-    pages, records = pages + 1, records + len(page.records)
-    ids = _int_ids(page.records)
-    bounds = staged[collection.name]
-    if ids and lane.direction == "asc":
-        bounds[0] = max(ids) if bounds[0] is None else max(bounds[0], *ids)
-    elif ids:
-        bounds[1] = min(ids) if bounds[1] is None else min(bounds[1], *ids)
-    cursor = json.dumps({"c": page.next_cursor, "b": bounds[0] if lane.direction == "asc" else bounds[1]})
-    # a lane's row is marked done only when the collection is whole (by the caller): a reader's
-    # decision to stop rests on pages the other lane has read but perhaps not staged yet
-    staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, False), run_id, collection.key)
-    totals[row] = (pages, records)
-    summary.pages += 1
-    if progress:
-        progress(collection.name, len(page.records))
-    stopping.check()
+@dataclass
+class _ConcurrentRun:
+    """What one concurrent extract keeps while pages arrive from its lanes."""
+
+    staging: Staging
+    client: PipedriveClient
+    run_id: str
+    summary: ExtractSummary
+    progress: ProgressFn | None
+    totals: dict[str, tuple[int, int]] = field(default_factory=dict)  # checkpoint row → (pages, records)
+    staged: dict[str, list[int | None]] = field(default_factory=dict)  # two-lane collection → [highest id staged ascending, lowest descending]
+    finished: set[str] = field(default_factory=set)  # two-lane collections read whole
+
+    def finish(self, name: str) -> None:
+        """A two-lane collection is read whole: both its checkpoint rows are done."""
+        self.finished.add(name)
+        for row in (name, name + DESC):
+            self.staging.finish_checkpoint(row, self.run_id)
+
+    def consume(self, reader: ConcurrentSource) -> None:
+        for lane, kind, item in reader.arrivals():
+            collection = lane.collection
+            if kind == "page":
+                page = item[0]
+                if collection.name in self.finished:  # read ahead by the other lane: keep it, the checkpoints are final
+                    self.staging.upsert_records(collection.name, page.records, collection.key)
+                    continue
+                self.stage(lane, page)
+                if lane.meeting is not None and (page.next_cursor is None or _whole(*self.staged[collection.name])):
+                    self.finish(collection.name)
+            elif kind == "error":
+                if not isinstance(item, PipedriveError):
+                    raise item
+                if lane.meeting is not None and collection.name in self.finished:
+                    continue
+                if lane.meeting is not None:
+                    self.finished.add(collection.name)
+                _unavailable(
+                    self.staging, self.client, collection, item, *self.totals[collection.name], self.run_id, self.summary, self.progress
+                )
+                if lane.meeting is not None:
+                    self.staging.finish_checkpoint(collection.name + DESC, self.run_id)
+
+    def stage(self, lane: Lane, page: Page) -> None:
+        collection = lane.collection
+        if lane.meeting is None:
+            self.totals[collection.name] = _stage_page(
+                self.staging, collection, page, *self.totals[collection.name], self.run_id, self.summary, self.progress
+            )
+            return
+        row = collection.name + (DESC if lane.direction == "desc" else "")
+        pages, records = self.totals.get(row, (0, 0))
+        pages, records = pages + 1, records + len(page.records)
+        ids = _int_ids(page.records)
+        bounds = self.staged[collection.name]
+        if ids and lane.direction == "asc":
+            bounds[0] = max(ids) if bounds[0] is None else max(bounds[0], *ids)
+        elif ids:
+            bounds[1] = min(ids) if bounds[1] is None else min(bounds[1], *ids)
+        cursor = json.dumps({"c": page.next_cursor, "b": bounds[0] if lane.direction == "asc" else bounds[1]})
+        # a lane's row is marked done only when the collection is whole (by `consume`): a reader's
+        # decision to stop rests on pages the other lane has read but perhaps not staged yet
+        self.staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, False), self.run_id, collection.key)
+        self.totals[row] = (pages, records)
+        self.summary.pages += 1
+        if self.progress:
+            self.progress(collection.name, len(page.records))
+        stopping.check()
 
 
 def _begin(staging: Staging, collection: Collection, checkpoint: Checkpoint | None, summary: ExtractSummary) -> tuple[int, int]:
