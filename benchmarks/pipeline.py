@@ -238,6 +238,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 transformed = transform(staging, mappings, settings.phone_region)
                 out["transform_seconds"] = time.perf_counter() - started
             out["target_records"] = sum(transformed.records.values())
+            out["transform_peak_rss_mb"] = _peak_rss_mb()
 
             # -- load, then the no-op rerun (a full `migrate run`: it extracts again)
             if load:
@@ -249,6 +250,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 out["write_requests"] = report["load"]["write_requests"]
                 out["write_seconds"] = report["load"]["write_seconds"]
                 out["load_rps"] = report["load"]["records_per_second"]
+                out["load_peak_rss_mb"] = _peak_rss_mb()
 
                 writes_before, before = cm.ask("stats")["writes"], pipedrive.ask("stats")
                 last_extract = [0.0]
@@ -350,6 +352,8 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  Pipedrive requests / 429s", loaded(lambda r: f"{_n(r['rerun_requests'])} / {_n(r['rerun_429'])}"))
     row("PEAK RSS of the tool*", lambda r: f"{r['peak_rss_mb']:,.0f} MB")
     row("  of which by the end of extract", lambda r: f"{r['extract_peak_rss_mb']:,.0f} MB")
+    row("  of which by the end of transform", lambda r: f"{r['transform_peak_rss_mb']:,.0f} MB")
+    row("  of which by the end of the load", loaded(lambda r: f"{r['load_peak_rss_mb']:,.0f} MB"))
     row("  fake Pipedrive process (not the tool)", lambda r: f"{r['fake_pipedrive_rss_mb']:,.0f} MB")
     return rows
 

@@ -178,11 +178,11 @@ def run_migration(
                 client, mcp = target
                 if saved_plan is not None and not dry_run:  # checked before anything is written
                     existing = ensure_columns(staging, client, mcp, run_id, dry_run=True)
-                    check_saved_plan(saved_plan, staging, TargetState.read(client, existing))
+                    check_saved_plan(saved_plan, staging, TargetState.read(client, existing, staging))
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
-                    state = TargetState.read(client, columns)
-                    now = make_plan(staging, columns, client, on_target_deleted, state)
+                    state = TargetState.read(client, columns, staging)
+                    now = make_plan(staging, columns, client, on_target_deleted, state, keep=lambda r: r["action"] == "conflict")
                     if hasattr(progress, "expect"):
                         for entity, counts in now["summary"].items():
                             progress.expect(f"load {entity}", counts["create"] + counts["update"])
@@ -287,11 +287,17 @@ def build_report(
 
 
 def make_plan(
-    staging: Staging, columns: ColumnIndex, client: CustomermatesClient | None, on_target_deleted: str, state: TargetState | None = None
+    staging: Staging,
+    columns: ColumnIndex,
+    client: CustomermatesClient | None,
+    on_target_deleted: str,
+    state: TargetState | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """The field-level plan against the target's current state (an empty one without a target)."""
+    """The field-level plan against the target's current state (an empty one without a target);
+    `keep` chooses the records it lists (all, unless given)."""
     if client is None:
-        return build_plan(staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted)
+        return build_plan(staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, keep=keep)
     users = client.list_users()
     by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}
     user_map = {
@@ -300,8 +306,8 @@ def make_plan(
         if str(u.get("email") or "").lower() in by_email
     }
     names = {u["id"]: f"{u.get('firstName') or ''} {u.get('lastName') or ''}".strip() for u in users}
-    state = state or TargetState.read(client, columns)
-    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted)
+    state = state or TargetState.read(client, columns, staging)
+    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, keep=keep)
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import httpx
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.staging import store
 from tests.fakes.customermates import VALID_KEY
 from tests.test_end_to_end import by_pipedrive_id, live, read
 
@@ -147,3 +148,34 @@ def test_target_wins_keeps_the_edit_and_stops_flagging_it(env, pipedrive, custom
     assert record["lastName"] == "Edited-In-Target"
     assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     assert load_plan(tmp_path / "p")["summary"]["contacts"]["conflict"] == 0
+
+
+def test_plan_and_rerun_read_the_target_a_batch_at_a_time(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """The plan and the load look the id map, the last written payloads and the target's records
+    up per batch of records (the target read is kept in the state file, not in memory). Batches
+    of 7 records, so relations and changes cross batch boundaries."""
+    monkeypatch.setattr(store, "TARGET_BATCH", 7)
+    assert invoke(env, "run").exit_code == 0
+    organizations = {o["id"]: o["name"] for o in pipedrive.collections["organizations"] if not o.get("is_deleted")}
+    mover = [p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("org_id") in organizations][30]
+    old_org = mover["org_id"]
+    new_org = next(o for o in sorted(organizations) if o != old_org)
+    mover["org_id"] = new_org
+    writes = customermates.write_count()
+
+    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "p")
+    assert plan["summary"]["contacts"]["update"] == 1 and plan["summary"]["contacts"]["conflict"] == 0
+    for entity, counts in plan["summary"].items():
+        assert counts["create"] == 0, (entity, counts)
+    moved = next(r for r in plan["records"]["contacts"] if r["action"] == "update")
+    assert moved["source_id"] == str(mover["id"])
+    assert moved["changes"] == [{"field": "organizations", "before": [organizations[old_org]], "after": [organizations[new_org]]}]
+    assert plan["summary"]["contacts"]["unchanged"] == len(plan["records"]["contacts"]) - 1 - plan["summary"]["contacts"]["skip"]
+
+    assert invoke(env, "run").exit_code == 0
+    assert customermates.write_count() == writes + 1
+    contact = by_pipedrive_id(customermates, "contacts")[str(mover["id"])][0]
+    target_org = by_pipedrive_id(customermates, "organizations")[str(new_org)][0]
+    assert [o["id"] for o in contact["organizations"]] == [target_org["id"]]

@@ -34,18 +34,16 @@ BATCH = 100
 
 def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
     """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive."""
-    migrated = staging.id_map(entity)
-    result: dict[str, tuple[str, str]] = {}
+    deleted: dict[str, str] = {}  # source id → deletion date
     for collection in ENTITY_SOURCES[entity]:
         if not staging.has_collection(collection):
             continue
         rows = staging.con.execute(f"SELECT data FROM {raw_table(collection)} WHERE is_deleted").fetchall()
         for (data,) in rows:
             record = json.loads(data)
-            sid = source_id(collection, record)
-            if sid in migrated:
-                result[sid] = (migrated[sid][0], str(record.get("update_time") or "")[:10])
-    return result
+            deleted[source_id(collection, record)] = str(record.get("update_time") or "")[:10]
+    migrated = staging.id_map_for(entity, sorted(deleted)) if deleted else {}
+    return {sid: (migrated[sid][0], day) for sid, day in deleted.items() if sid in migrated}
 
 
 def propagate_deletions(
@@ -65,7 +63,7 @@ def propagate_deletions(
         return done
     for entity in reversed(ENTITY_ORDER):
         gone = deleted_since_migrated(staging, entity)
-        present = state.ids.get(entity, set())
+        present = state.present(entity, [target_id for target_id, _ in gone.values()])
         gone = {sid: value for sid, value in gone.items() if value[0] in present}
         if not gone:
             continue
@@ -98,8 +96,9 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
 def _mark(client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[str, tuple[str, str]], state: TargetState) -> int:
     column_id = _mark_column(client, mcp, entity)
     updates: list[dict[str, Any]] = []
+    held = state.records(entity, sorted(gone))
     for sid, (target_id, day) in sorted(gone.items()):
-        dto = next((d for d in state.records.get(entity, {}).get(sid, []) if d["id"] == target_id), None)
+        dto = next((d for d in held.get(sid, []) if d["id"] == target_id), None)
         current = next((c["value"] for c in (dto or {}).get("customFieldValues") or [] if c["columnId"] == column_id), None)
         if current:
             continue  # marked by an earlier sync

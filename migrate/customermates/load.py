@@ -119,7 +119,6 @@ class Loader:
         self.ceiling = self.max_batch  # lowered below any size whose write failed uncertainly
         self.progress = progress
         self.summary = LoadSummary()
-        self.id_maps: dict[str, dict[str, tuple[str, str]]] = {}
         self.user_map: dict[str, str] = {}
 
     # -- users ----------------------------------------------------------------------------
@@ -147,33 +146,34 @@ class Loader:
             )
 
     # -- request bodies ---------------------------------------------------------------------
-    def build_body(self, entity: str, source_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The create body: relations and users resolved to Customermates ids, values to column ids."""
+    def build_body(self, entity: str, source_id: str, payload: dict[str, Any], linked: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """The create body: relations (by `linked`, entity → Pipedrive ID → Customermates id, from
+        `linked_records`) and users resolved to Customermates ids, values to column ids."""
         body: dict[str, Any] = dict(payload["fields"])
         for key, ids in payload["links"].items():
             target_entity = LINK_ENTITY[key]
             resolved = []
             for pid in ids:
-                mapped = self.id_maps.get(target_entity, {}).get(pid)
+                mapped = linked.get(target_entity, {}).get(pid)
                 if mapped is None:
                     self.staging.add_load_issue(
                         self.run_id, entity, source_id, key, "link_target_not_loaded",
                         f"{target_entity[:-1]} {pid} was not loaded (quarantined); link dropped",
                     )
-                elif mapped[0] not in resolved:
-                    resolved.append(mapped[0])
+                elif mapped not in resolved:
+                    resolved.append(mapped)
             body[key] = resolved
         if entity == "deals":
             services = []
             for pid, quantity in payload["services"]:
-                mapped = self.id_maps.get("services", {}).get(pid)
+                mapped = linked.get("services", {}).get(pid)
                 if mapped is None:
                     self.staging.add_load_issue(
                         self.run_id, entity, source_id, "services", "link_target_not_loaded",
                         f"service {pid} was not loaded (quarantined); not linked",
                     )
                 else:
-                    services.append({"serviceId": mapped[0], "quantity": quantity})
+                    services.append({"serviceId": mapped, "quantity": quantity})
             body["services"] = services
         users = []
         for uid in payload["users"]:
@@ -196,6 +196,19 @@ class Loader:
             body["notes"] = payload["notes"]
         return body
 
+    def linked_records(self, batch: list[tuple[str, dict[str, Any], str]]) -> dict[str, dict[str, str]]:
+        """entity → Pipedrive ID → Customermates id, for every record the batch links to."""
+        wanted: dict[str, set[str]] = {}
+        for _, payload, _ in batch:
+            for key, ids in payload["links"].items():
+                wanted.setdefault(LINK_ENTITY[key], set()).update(ids)
+            wanted.setdefault("services", set()).update(pid for pid, _ in payload.get("services") or [])
+        return {
+            entity: {sid: target for sid, (target, _) in self.staging.id_map_for(entity, sorted(pids)).items()}
+            for entity, pids in wanted.items()
+            if pids
+        }
+
     def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The update body for a changed record: arrays replace, so they are sent whole;
         custom values merge per column, so our columns the record no longer uses are cleared."""
@@ -210,8 +223,6 @@ class Loader:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoadSummary:
-        for entity in ENTITY_ORDER:
-            self.id_maps[entity] = self.staging.id_map(entity)
         self.match_users()
         self.resolve_pending()
         for entity in ENTITY_ORDER:
@@ -223,25 +234,18 @@ class Loader:
         Pipedrive ID column (⌈records/100⌉ reads, no writes). Records a user deleted in
         Customermates are reported (default) or forgotten so they are created again; two
         records with one Pipedrive ID are reported."""
-        known = self.id_maps[entity]
-        if not known:
+        if not self.staging.migrated_count(entity):
             return
         if self.target is None:
-            self.target = TargetState.read(self.client, self.columns)
-        present = self.target.ids.get(entity, set())
-        kept = self.target.records.get(entity)
-        by_source = kept.ids() if kept is not None else {}
-        for sid, ids in sorted(by_source.items()):
-            if len(ids) > 1:
-                self._report_duplicate(entity, sid, ids)
-        gone = sorted(sid for sid, (target_id, _) in known.items() if target_id not in present)
+            self.target = TargetState.read(self.client, self.columns, self.staging)
+        for sid, ids in sorted(self.target.duplicates(entity).items()):
+            self._report_duplicate(entity, sid, ids)
+        gone = self.target.migrated_but_gone(entity)
         if not gone:
             return
         self.summary.deleted_in_target[entity] += len(gone)
         if self.on_target_deleted == "recreate":
             self.staging.forget(entity, gone)
-            for sid in gone:
-                del known[sid]
             self.summary.recreated[entity] += len(gone)
             return
         self.gone[entity] = set(gone)
@@ -254,33 +258,35 @@ class Loader:
 
     def load_entity(self, entity: str) -> None:
         self.scan_target(entity)
-        known = self.id_maps[entity]
         gone = self.gone.get(entity, set())
         creates: list[_Item] = []
         updates: list[_Item] = []
         conflicts = self.conflicts.get(entity, set())
-        for source_id, payload, _ in self.staging.iter_targets(entity):
-            if source_id in gone:
-                continue
-            existing = known.get(source_id)
-            body = self.build_body(entity, source_id, payload)
-            digest = payload_hash(body)
-            if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
-                self._keep_target(entity, source_id, existing[0], digest, payload)
-                continue
-            if existing is None:
-                creates.append(_Item(source_id, body, digest, payload=payload))
-            elif existing[1] == digest:
-                self.summary.unchanged[entity] += 1
-                continue
-            else:
-                updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload))
-            if len(creates) >= self.batch_size:
-                self._send(entity, "create", creates)
-                creates = []
-            if len(updates) >= self.batch_size:
-                self._send(entity, "update", updates)
-                updates = []
+        for batch in self.staging.iter_target_batches(entity):
+            known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
+            linked = self.linked_records(batch)
+            for source_id, payload, _ in batch:
+                if source_id in gone:
+                    continue
+                existing = known.get(source_id)
+                body = self.build_body(entity, source_id, payload, linked)
+                digest = payload_hash(body)
+                if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
+                    self._keep_target(entity, source_id, existing[0], digest, payload)
+                    continue
+                if existing is None:
+                    creates.append(_Item(source_id, body, digest, payload=payload))
+                elif existing[1] == digest:
+                    self.summary.unchanged[entity] += 1
+                    continue
+                else:
+                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload))
+                if len(creates) >= self.batch_size:
+                    self._send(entity, "create", creates)
+                    creates = []
+                if len(updates) >= self.batch_size:
+                    self._send(entity, "update", updates)
+                    updates = []
         if creates:
             self._send(entity, "create", creates)
         if updates:
@@ -337,7 +343,6 @@ class Loader:
         written = [(i.source_id, dto["id"], i.digest) for i, dto in zip(items, result, strict=True)]
         self.staging.commit_batch(batch_id, entity, written, self.run_id)
         self.staging.save_written(entity, [(i.source_id, i.payload) for i in items if i.payload is not None])
-        self._remember(entity, written)
         counter = self.summary.created if operation == "create" else self.summary.updated
         counter[entity] += len(items)
         self.summary.write_requests += 1
@@ -356,10 +361,6 @@ class Loader:
             grown = min(self.max_batch, self.ceiling, int(self.batch_size * 1.25) + 1)
             if elapsed / size * grown < FAST_BATCH_SECONDS:
                 self.batch_size = max(self.batch_size, grown)
-
-    def _remember(self, entity: str, written: list[tuple[str, str, str]]) -> None:
-        for source_id, target_id, digest in written:
-            self.id_maps[entity][source_id] = (target_id, digest)
 
     def _isolate(self, entity: str, operation: str, items: list[_Item], error: BatchRejectedError) -> None:
         """Load what is valid, quarantine what the server rejects (with its message)."""
@@ -392,7 +393,6 @@ class Loader:
         adopted = [(i.source_id, found[i.source_id], i.digest) for i in items if i.source_id in found]
         self.staging.commit_batch(batch_id, entity, adopted, self.run_id)
         self.staging.save_written(entity, [(i.source_id, i.payload) for i in items if i.source_id in found and i.payload is not None])
-        self._remember(entity, adopted)
         self.summary.adopted[entity] += len(adopted)
         self.summary.created[entity] += len(adopted)
         return [i for i in items if i.source_id not in found]

@@ -1,76 +1,73 @@
 """A read of the whole target: every record of every entity, by Pipedrive ID.
 
 One page-through per entity sorted by the Pipedrive ID column (⌈records/100⌉ searches);
-shared by the plan (field diffs, conflicts) and the loader (records deleted or duplicated
-in Customermates). Records are kept as compressed JSON and parsed when asked for: a record
-with a hundred custom values is 14 KiB as Python dicts, about 0.6 KiB compressed.
+shared by the plan (field diffs, conflicts), the loader (records deleted or duplicated in
+Customermates) and deletions. The records go to the state file as they are read
+(`target_snapshot`) and are looked up from there a batch at a time, so a million-record
+target costs no memory (kept in Python, even compressed, it took about 1 KiB a record).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
+from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
 
-
-class Records(Mapping[str, list[dict[str, Any]]]):
-    """Pipedrive ID → the target records carrying it (usually one), stored compressed."""
-
-    def __init__(self) -> None:
-        self._by_pid: dict[str, list[tuple[str, bytes]]] = {}  # pid → [(target id, DTO as zlib'd JSON)]
-
-    def add(self, pid: str, dto: dict[str, Any]) -> None:
-        packed = zlib.compress(json.dumps(dto, separators=(",", ":")).encode(), 1)
-        self._by_pid.setdefault(pid, []).append((dto["id"], packed))
-
-    def ids(self) -> dict[str, list[str]]:
-        """pid → target ids, without parsing the records."""
-        return {pid: [target_id for target_id, _ in kept] for pid, kept in self._by_pid.items()}
-
-    def __getitem__(self, pid: str) -> list[dict[str, Any]]:
-        return [json.loads(zlib.decompress(packed)) for _, packed in self._by_pid[pid]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_pid)
-
-    def __len__(self) -> int:
-        return len(self._by_pid)
+ROWS_PER_INSERT = 1000
 
 
-@dataclass
 class TargetState:
-    """What Customermates holds, keyed by Pipedrive ID, with ids translated back to Pipedrive ids."""
+    """What Customermates holds, keyed by Pipedrive ID, with ids translated back to Pipedrive ids.
 
-    records: dict[str, Records] = field(default_factory=dict)  # entity → pid → DTOs
-    pid_of: dict[str, str] = field(default_factory=dict)  # Customermates id → pid
-    ids: dict[str, set[str]] = field(default_factory=dict)  # entity → every record id, with a Pipedrive ID or not
-    fingerprint: str = ""
+    Without a staging file it is an empty target (a dry run with no Customermates to read)."""
+
+    def __init__(self, staging: Staging | None = None, fingerprint: str = ""):
+        self.staging = staging
+        self.fingerprint = fingerprint
 
     @classmethod
-    def read(cls, client: CustomermatesClient, columns: ColumnIndex) -> TargetState:
-        state = cls()
+    def read(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
+        staging.clear_target_snapshot()
         digest = hashlib.sha256()
+        seq = 0
         for entity in ENTITY_ORDER:
             column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-            by_pid = Records()
-            ids = state.ids.setdefault(entity, set())
-            if column_id is not None:
-                for dto in client.iter_records(entity, sort=(column_id, "asc")):
-                    ids.add(dto["id"])
-                    pid = next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
-                    digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
-                    if pid is None:
-                        continue
-                    by_pid.add(pid, dto)
-                    state.pid_of[dto["id"]] = pid
-            state.records[entity] = by_pid
-        state.fingerprint = digest.hexdigest()[:32]
-        return state
+            if column_id is None:
+                continue
+            rows: list[tuple[int, str, str | None, str]] = []
+            for dto in client.iter_records(entity, sort=(column_id, "asc")):
+                pid = next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+                digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
+                rows.append((seq, dto["id"], pid, json.dumps(dto, separators=(",", ":"), ensure_ascii=False)))
+                seq += 1
+                if len(rows) >= ROWS_PER_INSERT:
+                    staging.add_to_target_snapshot(entity, rows)
+                    rows = []
+            staging.add_to_target_snapshot(entity, rows)
+        return cls(staging, digest.hexdigest()[:32])
+
+    def records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Pipedrive ID → the records carrying it (usually one; the first read first)."""
+        return self.staging.snapshot_records(entity, pids) if self.staging and pids else {}
+
+    def pids_of(self, target_ids: list[str]) -> dict[str, str]:
+        """Customermates id → Pipedrive ID, for those of `target_ids` that carry one."""
+        return self.staging.snapshot_pids(target_ids) if self.staging and target_ids else {}
+
+    def duplicates(self, entity: str) -> dict[str, list[str]]:
+        """Pipedrive IDs on more than one record → those records' ids."""
+        return self.staging.snapshot_duplicates(entity) if self.staging else {}
+
+    def present(self, entity: str, target_ids: list[str]) -> set[str]:
+        """Those of `target_ids` the target holds."""
+        return self.staging.snapshot_has(entity, target_ids) if self.staging and target_ids else set()
+
+    def migrated_but_gone(self, entity: str) -> list[str]:
+        """Source ids migrated to a record the target no longer holds (deleted there), sorted."""
+        return self.staging.migrated_not_in_snapshot(entity) if self.staging else []

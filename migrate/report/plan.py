@@ -16,9 +16,11 @@ Pipedrive, or deleted in Customermates after the migration).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,15 +54,12 @@ class Planner:
         self.option_label = {
             cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
         }
-        self.names = self._names()
+        self.name_of = functools.lru_cache(maxsize=10_000)(self._name)
 
-    def _names(self) -> dict[str, str]:
-        """'entity:pid' → display name, for showing relations."""
-        names = {}
-        for entity in ENTITY_ORDER:
-            for sid, payload, _ in self.staging.iter_targets(entity):
-                names[f"{entity}:{sid}"] = " ".join(str(payload["fields"].get(f) or "") for f in NAME_FIELDS[entity]).strip()
-        return names
+    def _name(self, entity: str, sid: str) -> str:
+        """A related record's display name (looked up when a change shows it)."""
+        fields = self.staging.target_fields(entity, sid)
+        return _display_name(entity, fields) if fields is not None else ""
 
     # -- normal forms ---------------------------------------------------------------------
     def intended(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -73,18 +72,19 @@ class Planner:
             "notes": bool(payload.get("notes")),
         }
 
-    def from_target(self, entity: str, dto: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
-        """The target record in intended form; only relations set from this side are compared."""
+    def from_target(self, entity: str, dto: dict[str, Any], like: dict[str, Any], pid_of: dict[str, str]) -> dict[str, Any]:
+        """The target record in intended form; only relations set from this side are compared.
+        `pid_of` translates the related records' Customermates ids to Pipedrive ids."""
         fields = {k: dto.get(k) for k in like["fields"]}
         links = {}
         for key in like["links"].keys() | self._own_relations(entity):
             related = dto.get(DTO_RELATIONS[key]) or []
-            pids = sorted(self.target.pid_of.get(r["id"], f"?{r['id']}") for r in related)
+            pids = sorted(pid_of.get(r["id"], f"?{r['id']}") for r in related)
             if pids:
                 links[key] = pids
         services = []
         if entity == "deals":
-            services = sorted([self.target.pid_of.get(s["id"], f"?{s['id']}"), float(s.get("quantity") or 0)] for s in dto.get("services") or [])
+            services = sorted([pid_of.get(s["id"], f"?{s['id']}"), float(s.get("quantity") or 0)] for s in dto.get("services") or [])
         values = {}
         for cell in dto.get("customFieldValues") or []:
             key = self.key_of_column.get(cell["columnId"])
@@ -129,24 +129,31 @@ class Planner:
         return result
 
     def _shown(self, entity: str, pids: list[str]) -> list[str]:
-        return [self.names.get(f"{entity}:{p}") or f"#{p}" for p in pids]
+        return [self.name_of(entity, p) or f"#{p}" for p in pids]
 
     def _quantities(self, services: list[list[Any]]) -> list[str]:
-        return [f"{q:g} × {self.names.get(f'services:{p}') or '#' + str(p)}" for p, q in services]
+        return [f"{q:g} × {self.name_of('services', p) or '#' + str(p)}" for p, q in services]
 
     # -- the plan -------------------------------------------------------------------------
-    def plan(self, on_target_deleted: str = "report") -> dict[str, Any]:
+    def plan(self, on_target_deleted: str = "report", keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Every record's action; `keep` chooses the records listed (all of them by default;
+        a run keeps only the conflicts, so that a million-record plan is not held)."""
         summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
         records: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
-        written = self.staging.written_payloads()
         deleted_in_pipedrive = [i for i in self.staging.transform_issues() if i["rule"] == "deleted_in_pipedrive"]
         for entity in ENTITY_ORDER:
-            id_map = self.staging.id_map(entity)
-            for sid, payload, digest in self.staging.iter_targets(entity):
-                item = self._plan_record(entity, sid, payload, id_map, written.get((entity, sid)), on_target_deleted)
-                item["hash"] = digest
-                summary[entity][item["action"]] += 1
-                records[entity].append(item)
+            for batch in self.staging.iter_target_batches(entity):
+                sids = [sid for sid, _, _ in batch]
+                id_map = self.staging.id_map_for(entity, sids)
+                written = self.staging.written_for(entity, sids)
+                held = self.target.records(entity, sids)
+                pid_of = self.target.pids_of(sorted({r["id"] for dtos in held.values() for dto in dtos for r in _related(dto)}))
+                for sid, payload, digest in batch:
+                    item = self._plan_record(entity, sid, payload, id_map, written.get(sid), held.get(sid, []), pid_of, on_target_deleted)
+                    item["hash"] = digest
+                    summary[entity][item["action"]] += 1
+                    if keep is None or keep(item):
+                        records[entity].append(item)
             for issue in deleted_in_pipedrive:
                 if issue["entity"] == entity:
                     summary[entity]["skip"] += 1
@@ -154,11 +161,18 @@ class Planner:
         return {"summary": summary, "records": records}
 
     def _plan_record(
-        self, entity: str, sid: str, payload: dict[str, Any], id_map: dict[str, tuple[str, str]], written: dict[str, Any] | None, on_target_deleted: str
+        self,
+        entity: str,
+        sid: str,
+        payload: dict[str, Any],
+        id_map: dict[str, tuple[str, str]],
+        written: dict[str, Any] | None,
+        dtos: list[dict[str, Any]],
+        pid_of: dict[str, str],
+        on_target_deleted: str,
     ) -> dict[str, Any]:
         after = self.intended(payload)
-        item: dict[str, Any] = {"source_id": sid, "name": self.names.get(f"{entity}:{sid}", ""), "changes": []}
-        dtos = self.target.records.get(entity, {}).get(sid, [])
+        item: dict[str, Any] = {"source_id": sid, "name": _display_name(entity, payload["fields"]), "changes": []}
         if not dtos:
             if sid in id_map and on_target_deleted == "report":
                 return {**item, "action": "skip", "reason": "deleted in Customermates after it was migrated"}
@@ -167,7 +181,7 @@ class Planner:
             return {**item, "action": "create"}
         if len(dtos) > 1:
             item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the first is compared"
-        before = self.from_target(entity, dtos[0], after)
+        before = self.from_target(entity, dtos[0], after, pid_of)
         changes = self.changes(entity, before, after)
         if written is not None:
             last = self.intended(written)
@@ -199,6 +213,15 @@ def check_saved_plan(saved: dict[str, Any], staging: Staging, target: TargetStat
         raise MigrateError("; ".join(problems) + ". Make a new plan with `migrate plan` and review it.")
 
 
+def _display_name(entity: str, fields: dict[str, Any]) -> str:
+    return " ".join(str(fields.get(f) or "") for f in NAME_FIELDS[entity]).strip()
+
+
+def _related(dto: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records a target record links to (relations and deal services), as the DTO lists them."""
+    return [r for name in sorted(set(DTO_RELATIONS.values())) for r in dto.get(name) or []]
+
+
 def _norm(value: Any) -> Any:
     if isinstance(value, list):
         return sorted(map(str, value))
@@ -220,9 +243,11 @@ def build_plan(
     *,
     on_target_deleted: str = "report",
     field_coverage: list[dict[str, str]] | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
+    """The plan; `keep` chooses which records it lists (all, unless given)."""
     planner = Planner(staging, columns, target, user_map, user_names)
-    body = planner.plan(on_target_deleted)
+    body = planner.plan(on_target_deleted, keep)
     issues = staging.transform_issues()
     lossy: dict[str, dict[str, Any]] = {}
     for rule, count in Counter(i["rule"] for i in issues).most_common():

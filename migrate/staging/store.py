@@ -26,6 +26,7 @@ from migrate.errors import MigrateError
 SCHEMA_VERSION = 1
 DUCKDB_MEMORY_LIMIT = "160MB"
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
+TARGET_BATCH = 2000  # target records handled at a time by the plan and the load (`iter_target_batches`)
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
 
@@ -72,6 +73,10 @@ CREATE TABLE IF NOT EXISTS watermarks (
     collection VARCHAR PRIMARY KEY, updated_at VARCHAR, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS written_payloads (
     entity VARCHAR, source_id VARCHAR, payload JSON, PRIMARY KEY (entity, source_id));
+-- What Customermates held when last read (every record, in the order read; `pid` its Pipedrive ID).
+-- No key: an index would hold every id in memory, and lookups go by the batch.
+CREATE TABLE IF NOT EXISTS target_snapshot (
+    entity VARCHAR, seq BIGINT, target_id VARCHAR, pid VARCHAR, dto JSON);
 CREATE TABLE IF NOT EXISTS quarantine (
     entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
     quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
@@ -459,6 +464,25 @@ class Staging:
         for source_id, payload, digest in rows:
             yield source_id, json.loads(payload), digest
 
+    def target_fields(self, entity: str, source_id: str) -> dict[str, Any] | None:
+        """One transformed record's built-in fields (its name), or None."""
+        row = self.con.execute(
+            "SELECT payload->'fields' FROM target_records WHERE entity = ? AND source_id = ?", [entity, source_id]
+        ).fetchone()
+        return json.loads(row[0]) if row and row[0] is not None else None
+
+    def iter_target_batches(self, entity: str) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
+        """`iter_targets` in lists of `TARGET_BATCH`: what a batch needs from other tables (id map,
+        last written payloads, the target's records) is read per batch, never for the whole account."""
+        batch: list[tuple[str, dict[str, Any], str]] = []
+        for row in self.iter_targets(entity):
+            batch.append(row)
+            if len(batch) == TARGET_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def transform_issues(self) -> list[dict[str, str]]:
         cols = ("entity", "source_id", "field", "rule", "detail")
         rows = self.con.execute(f"SELECT {', '.join(cols)} FROM transform_issues ORDER BY entity, rule, source_id").fetchall()
@@ -483,6 +507,22 @@ class Staging:
     def id_map(self, entity: str) -> dict[str, tuple[str, str]]:
         rows = self.con.execute("SELECT source_id, target_id, payload_hash FROM id_map WHERE entity = ?", [entity]).fetchall()
         return {s: (t, h) for s, t, h in rows}
+
+    def id_map_for(self, entity: str, source_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """source id → (target id, payload hash) for those of `source_ids` migrated."""
+        rows = self.con.execute(
+            "SELECT source_id, target_id, payload_hash FROM id_map WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"e": entity, "s": source_ids},
+        ).fetchall()
+        return {s: (t, h) for s, t, h in rows}
+
+    def written_for(self, entity: str, source_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The payloads last written for those of `source_ids` that were written."""
+        rows = self.con.execute(
+            "SELECT source_id, payload FROM written_payloads WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"e": entity, "s": source_ids},
+        ).fetchall()
+        return {s: json.loads(p) for s, p in rows}
 
     def forget(self, entity: str, source_ids: list[str]) -> None:
         """Drop what we know of these records' target copies, so they are created again."""
@@ -603,9 +643,61 @@ class Staging:
                 {"entity": entity, "s": [r[0] for r in rows], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in rows]},
             )
 
-    def written_payloads(self) -> dict[tuple[str, str], dict[str, Any]]:
-        rows = self.con.execute("SELECT entity, source_id, payload FROM written_payloads").fetchall()
-        return {(e, s): json.loads(p) for e, s, p in rows}
+    # -- the target as last read ---------------------------------------------------------
+    def clear_target_snapshot(self) -> None:
+        self.con.execute("DELETE FROM target_snapshot")
+
+    def add_to_target_snapshot(self, entity: str, rows: list[tuple[int, str, str | None, str]]) -> None:
+        """(position in the read, target id, Pipedrive ID or None, the record as JSON) rows."""
+        if rows:
+            self.con.execute(
+                "INSERT INTO target_snapshot SELECT $e, unnest($n), unnest($t), unnest($p), unnest($d)::JSON",
+                {"e": entity, "n": [r[0] for r in rows], "t": [r[1] for r in rows], "p": [r[2] for r in rows], "d": [r[3] for r in rows]},
+            )
+
+    def snapshot_records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Pipedrive ID → the target records carrying it, in the order they were read."""
+        rows = self.con.execute(
+            "SELECT pid, dto FROM target_snapshot WHERE entity = $e AND pid IN (SELECT unnest($p)) ORDER BY seq",
+            {"e": entity, "p": pids},
+        ).fetchall()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for pid, dto in rows:
+            found.setdefault(pid, []).append(json.loads(dto))
+        return found
+
+    def snapshot_pids(self, target_ids: list[str]) -> dict[str, str]:
+        """Target id → Pipedrive ID, for those of `target_ids` that carry one."""
+        rows = self.con.execute(
+            "SELECT target_id, pid FROM target_snapshot WHERE pid IS NOT NULL AND target_id IN (SELECT unnest($t))", {"t": target_ids}
+        ).fetchall()
+        return dict(rows)
+
+    def snapshot_duplicates(self, entity: str) -> dict[str, list[str]]:
+        """Pipedrive IDs carried by more than one target record → their target ids, in read order."""
+        rows = self.con.execute(
+            "SELECT pid, list(target_id ORDER BY seq) FROM target_snapshot WHERE entity = ? AND pid IS NOT NULL "
+            "GROUP BY pid HAVING count(*) > 1",
+            [entity],
+        ).fetchall()
+        return dict(rows)
+
+    def snapshot_has(self, entity: str, target_ids: list[str]) -> set[str]:
+        """Those of `target_ids` the target held."""
+        rows = self.con.execute(
+            "SELECT DISTINCT target_id FROM target_snapshot WHERE entity = $e AND target_id IN (SELECT unnest($t))",
+            {"e": entity, "t": target_ids},
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def migrated_not_in_snapshot(self, entity: str) -> list[str]:
+        """Source ids in the id map whose target record the target no longer held, sorted."""
+        rows = self.con.execute(
+            "SELECT source_id FROM id_map WHERE entity = $e AND target_id NOT IN "
+            "(SELECT target_id FROM target_snapshot WHERE entity = $e) ORDER BY source_id",
+            {"e": entity},
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def quarantine(self, entity: str, source_id: str, message: str, payload: dict[str, Any], run_id: str) -> None:
         self.con.execute(
