@@ -38,8 +38,12 @@ PLAN_VERSION = 1
 
 
 def source_fingerprint(staging: Staging) -> str:
-    rows = staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records ORDER BY entity, source_id").fetchall()
-    return hashlib.sha256("\n".join(":".join(r) for r in rows).encode()).hexdigest()[:32]
+    """A digest of every transformed record's hash, streamed (the lines "entity:id:hash", joined by newlines)."""
+    digest = hashlib.sha256()
+    rows = staging.stream("SELECT entity || ':' || source_id || ':' || payload_hash FROM target_records ORDER BY entity, source_id")
+    for n, (line,) in enumerate(rows):
+        digest.update(("\n" if n else "").encode() + line.encode())
+    return digest.hexdigest()[:32]
 
 
 class Planner:
