@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.staging import store
 from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
 
 SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
@@ -159,3 +160,26 @@ def test_a_changed_custom_value_lowers_that_column_types_preservation(migrated, 
     assert mismatch["source_id"] == pipedrive_id(customermates, "deals", deal)
     assert report["missing"] == [] and report["duplicates"] == []
     assert "Values that differ" in output
+
+
+def test_a_link_removed_in_the_target_is_listed_when_records_are_checked_a_batch_at_a_time(migrated, customermates, tmp_path, monkeypatch):
+    """Verify reads the target into the state file and checks staging against it per batch of
+    records (batches of 5 here, so the links cross batches): one removed link is one lost link."""
+    env = migrated
+    monkeypatch.setattr(store, "TARGET_BATCH", 5)
+    linked = [c for c in customermates.records("contacts") if c.get("organizations")]
+    contact = linked[len(linked) // 2]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": contact["id"], "organizationIds": []}]})
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1
+    row = report["links"]["contact→organization"]
+    assert row["preserved"] == row["expected"] - 1 and row["excepted"] == 0
+    (lost,) = report["link_mismatches"]
+    assert (lost["kind"], lost["source_id"]) == ("contact→organization", pipedrive_id(customermates, "contacts", contact))
+    for kind, tally in report["links"].items():
+        assert kind == "contact→organization" or tally["percent"] in (100.0, None), kind
+    assert report["missing"] == [] and report["duplicates"] == [] and report["extras"] == []
+    assert all(r["matched"] == r["source"] == r["target"] for r in report["entities"].values())
+    assert "Lost links" in output

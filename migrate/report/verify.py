@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from migrate.customermates.client import SINGULAR, CustomermatesClient
+from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.target import TargetState
 from migrate.report.run_report import issue_summary
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -76,8 +78,9 @@ class _Tally:
         return all(self.preserved[n] + self.excepted[n] == self.expected[n] for n in self.expected)
 
 
-def _pipedrive_id(record: dict[str, Any], column_id: str) -> str | None:
-    return next((v.get("value") for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+def _refs(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records a target record links to (relations and deal services)."""
+    return [ref for name in sorted(set(DTO_FIELD.values())) for ref in record.get(name) or []]
 
 
 def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
@@ -98,143 +101,129 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
     users = _user_map(staging, client)
     reads = 0
 
-    # 1. read the target, one page-through per entity
-    found: dict[str, dict[str, list[dict[str, Any]]]] = {}  # entity → Pipedrive id → target records
-    sid_of: dict[str, dict[str, str]] = {}  # entity → target id → Pipedrive id
+    # 1. read the target into the state file, one page-through per entity
+    pid_columns = ColumnIndex(ids={key: column["id"] for key, column in columns.items() if key[1] == PIPEDRIVE_ID})
+    target = TargetState.read(client, pid_columns, staging)
     entities: dict[str, dict[str, Any]] = {}
     extras: list[dict[str, Any]] = []
-    intended: dict[str, dict[str, dict[str, Any]]] = {}
     for entity in ENTITY_ORDER:
-        intended[entity] = {sid: payload for sid, payload, _ in staging.iter_targets(entity)}
-        found[entity], sid_of[entity] = {}, {}
-        column = columns.get((entity, PIPEDRIVE_ID))
-        total = 0
-        if column is None:
+        if (entity, PIPEDRIVE_ID) not in pid_columns.ids:
             # nothing was ever set up for this entity: whatever the target holds has no Pipedrive ID
             total = int(client.search(entity, page=1, page_size=5)["pagination"]["total"])
             reads += 1
             if total:
                 extras.append({"entity": entity, "target_id": None, "pipedrive_id": None, "count": total})
         else:
-            for record in client.iter_records(entity, sort=(column["id"], "asc")):
-                total += 1
-                sid = _pipedrive_id(record, column["id"])
-                if sid is not None:
-                    found[entity].setdefault(sid, []).append(record)
-                    sid_of[entity][record["id"]] = sid
-                if sid is None or sid not in intended[entity]:
-                    extras.append({"entity": entity, "target_id": record["id"], "pipedrive_id": sid})
+            total = staging.snapshot_count(entity)
             reads += max(1, -(-total // 100))
-        entities[entity] = {"source": len(intended[entity]), "target": total}
+            extras.extend({"entity": entity, "target_id": t, "pipedrive_id": p} for t, p in staging.snapshot_unknown(entity))
+        entities[entity] = {"source": staging.count_targets(entity), "target": total}
 
-    # 2. records: matched, missing, duplicates
+    # 2. records (matched, missing, duplicates), then the links, values and notes of each found
     missing: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
-    primary: dict[str, dict[str, dict[str, Any]]] = {}  # entity → sid → the record compared
+    links, values, notes = _Tally(), _Tally(), _Tally()
+    link_mismatches: list[dict[str, Any]] = []
+    value_mismatches: list[dict[str, Any]] = []
+    notes_missing: list[dict[str, Any]] = []
+    unmatched_owner_links = 0
     undone = set(staging.con.execute("SELECT entity, source_id FROM undone").fetchall())
     for entity in ENTITY_ORDER:
-        mapped = staging.id_map(entity)
-        primary[entity] = {}
         matched = 0
-        for sid in intended[entity]:
-            records = found[entity].get(sid) or []
-            if not records:
-                q = quarantine.get((entity, sid))
-                if q is not None:
-                    known = f"quarantined: {q['message']}"
-                elif sid in mapped:
-                    known = "deleted in Customermates after it was migrated"
-                elif (entity, sid) in undone:
-                    known = "removed by `migrate undo`; `migrate run` creates it again"
+        for batch in staging.iter_target_batches(entity):
+            sids = [sid for sid, _, _ in batch]
+            found = target.records(entity, sids)
+            mapped = staging.id_map_for(entity, sids)
+            pid_of = target.pids_of(sorted({ref["id"] for records in found.values() for r in records for ref in _refs(r)}))
+            for sid, payload, _ in batch:
+                records = found.get(sid) or []
+                if not records:
+                    q = quarantine.get((entity, sid))
+                    if q is not None:
+                        known = f"quarantined: {q['message']}"
+                    elif sid in mapped:
+                        known = "deleted in Customermates after it was migrated"
+                    elif (entity, sid) in undone:
+                        known = "removed by `migrate undo`; `migrate run` creates it again"
+                    else:
+                        known = "not loaded yet"
+                    missing.append({"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
+                    continue
+                if len(records) > 1:
+                    duplicates.append({"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
                 else:
-                    known = "not loaded yet"
-                missing.append({"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
-                continue
-            if len(records) > 1:
-                duplicates.append({"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
-            else:
-                matched += 1
-            written = mapped.get(sid, (None, None))[0]
-            primary[entity][sid] = next((r for r in records if r["id"] == written), records[0])
+                    matched += 1
+                written = mapped.get(sid, (None, None))[0]
+                record = next((r for r in records if r["id"] == written), records[0])
+                for key, wanted in (payload.get("links") or {}).items():
+                    target_entity = LINK_ENTITY[key]
+                    kind = link_kind(entity, key)
+                    have = {pid_of.get(ref.get("id")) for ref in record.get(DTO_FIELD[key]) or []}
+                    lost = []
+                    for ref in wanted:
+                        excepted = (target_entity, ref) in quarantine and not target.records(target_entity, [ref])
+                        ok = ref in have
+                        links.add(kind, ok, excepted=excepted)
+                        if not ok and not excepted:
+                            lost.append(ref)
+                    if lost:
+                        link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+                if entity == "deals":
+                    kind = services_kind()
+                    have_qty = {pid_of.get(s.get("id")): s.get("quantity") for s in record.get("services") or []}
+                    lost = []
+                    for ref, quantity in payload.get("services") or []:
+                        excepted = ("services", ref) in quarantine and not target.records("services", [ref])
+                        ok = ref in have_qty and _same_number(have_qty[ref], quantity)
+                        links.add(kind, ok, excepted=excepted)
+                        if not ok and not excepted:
+                            lost.append({"service": ref, "quantity": quantity, "found": have_qty.get(ref)})
+                    if lost:
+                        link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+                have_users = {u.get("id") for u in record.get("users") or []}
+                lost = []
+                for uid in dict.fromkeys(payload.get("users") or []):
+                    target_user = users.get(uid)
+                    if target_user is None:
+                        unmatched_owner_links += 1
+                    ok = target_user is not None and target_user in have_users
+                    links.add(OWNER_KIND, ok, excepted=target_user is None)
+                    if target_user is not None and not ok:
+                        lost.append(uid)
+                if lost:
+                    link_mismatches.append({"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
+                actual: dict[str, list[Any]] = {}
+                for cell in record.get("customFieldValues") or []:
+                    actual.setdefault(cell.get("columnId"), []).append(cell.get("value"))
+                for key, value in (payload.get("values") or {}).items():
+                    if key == PIPEDRIVE_ID:
+                        continue  # the match key itself
+                    column = columns.get((entity, key))
+                    if column is None:
+                        values.add("(no column)", False)
+                        value_mismatches.append({"entity": entity, "source_id": sid, "column": key, "type": None, "expected": value, "found": None})
+                        continue
+                    expected = value
+                    if column["type"] == "singleSelect":
+                        expected = (column.get("options") or {}).get(value, f"(no option {value!r})")
+                    got = actual.get(column["id"]) or []
+                    ok = expected in got
+                    values.add(column["type"], ok)
+                    if not ok:
+                        value_mismatches.append(
+                            {"entity": entity, "source_id": sid, "column": column["label"], "type": column["type"], "expected": value, "found": got}
+                        )
+                if payload.get("notes"):
+                    ok = record.get("notes") not in (None, "")
+                    notes.add(entity, ok)
+                    if not ok:
+                        notes_missing.append({"entity": entity, "source_id": sid, "target_id": record["id"]})
         row = entities[entity]
         row["matched"] = matched
         row["missing"] = sum(1 for m in missing if m["entity"] == entity)
         row["quarantined"] = sum(1 for m in missing if m["entity"] == entity and m["quarantined"])
         row["duplicates"] = sum(1 for d in duplicates if d["entity"] == entity)
         row["extras"] = sum(e.get("count", 1) for e in extras if e["entity"] == entity)
-
-    # 3. links, values, notes of every record found
-    links, values, notes = _Tally(), _Tally(), _Tally()
-    link_mismatches: list[dict[str, Any]] = []
-    value_mismatches: list[dict[str, Any]] = []
-    notes_missing: list[dict[str, Any]] = []
-    unmatched_owner_links = 0
-    for entity in ENTITY_ORDER:
-        for sid, record in primary[entity].items():
-            payload = intended[entity][sid]
-            for key, wanted in (payload.get("links") or {}).items():
-                target_entity = LINK_ENTITY[key]
-                kind = link_kind(entity, key)
-                have = {sid_of[target_entity].get(ref.get("id")) for ref in record.get(DTO_FIELD[key]) or []}
-                lost = []
-                for ref in wanted:
-                    excepted = (target_entity, ref) in quarantine and ref not in found[target_entity]
-                    ok = ref in have
-                    links.add(kind, ok, excepted=excepted)
-                    if not ok and not excepted:
-                        lost.append(ref)
-                if lost:
-                    link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
-            if entity == "deals":
-                kind = services_kind()
-                have_qty = {sid_of["services"].get(s.get("id")): s.get("quantity") for s in record.get("services") or []}
-                lost = []
-                for ref, quantity in payload.get("services") or []:
-                    excepted = ("services", ref) in quarantine and ref not in found["services"]
-                    ok = ref in have_qty and _same_number(have_qty[ref], quantity)
-                    links.add(kind, ok, excepted=excepted)
-                    if not ok and not excepted:
-                        lost.append({"service": ref, "quantity": quantity, "found": have_qty.get(ref)})
-                if lost:
-                    link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
-            have_users = {u.get("id") for u in record.get("users") or []}
-            lost = []
-            for uid in dict.fromkeys(payload.get("users") or []):
-                target_user = users.get(uid)
-                if target_user is None:
-                    unmatched_owner_links += 1
-                ok = target_user is not None and target_user in have_users
-                links.add(OWNER_KIND, ok, excepted=target_user is None)
-                if target_user is not None and not ok:
-                    lost.append(uid)
-            if lost:
-                link_mismatches.append({"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
-            actual: dict[str, list[Any]] = {}
-            for cell in record.get("customFieldValues") or []:
-                actual.setdefault(cell.get("columnId"), []).append(cell.get("value"))
-            for key, value in (payload.get("values") or {}).items():
-                if key == PIPEDRIVE_ID:
-                    continue  # the match key itself
-                column = columns.get((entity, key))
-                if column is None:
-                    values.add("(no column)", False)
-                    value_mismatches.append({"entity": entity, "source_id": sid, "column": key, "type": None, "expected": value, "found": None})
-                    continue
-                expected = value
-                if column["type"] == "singleSelect":
-                    expected = (column.get("options") or {}).get(value, f"(no option {value!r})")
-                got = actual.get(column["id"]) or []
-                ok = expected in got
-                values.add(column["type"], ok)
-                if not ok:
-                    value_mismatches.append(
-                        {"entity": entity, "source_id": sid, "column": column["label"], "type": column["type"], "expected": value, "found": got}
-                    )
-            if payload.get("notes"):
-                ok = record.get("notes") not in (None, "")
-                notes.add(entity, ok)
-                if not ok:
-                    notes_missing.append({"entity": entity, "source_id": sid, "target_id": record["id"]})
 
     lossy = staging.transform_issues()
     ok = not missing and not duplicates and links.complete() and values.complete() and notes.complete()

@@ -464,6 +464,9 @@ class Staging:
         for source_id, payload, digest in rows:
             yield source_id, json.loads(payload), digest
 
+    def count_targets(self, entity: str) -> int:
+        return int(self.con.execute("SELECT count(*) FROM target_records WHERE entity = ?", [entity]).fetchone()[0])
+
     def target_fields(self, entity: str, source_id: str) -> dict[str, Any] | None:
         """One transformed record's built-in fields (its name), or None."""
         row = self.con.execute(
@@ -689,6 +692,18 @@ class Staging:
             {"e": entity, "t": target_ids},
         ).fetchall()
         return {r[0] for r in rows}
+
+    def snapshot_count(self, entity: str) -> int:
+        return int(self.con.execute("SELECT count(*) FROM target_snapshot WHERE entity = ?", [entity]).fetchone()[0])
+
+    def snapshot_unknown(self, entity: str) -> list[tuple[str, str | None]]:
+        """(target id, Pipedrive ID) of target records without a Pipedrive ID, or with one no
+        transformed record has, in the order read."""
+        return self.con.execute(
+            "SELECT target_id, pid FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid)) ORDER BY seq",
+            {"e": entity},
+        ).fetchall()
 
     def migrated_not_in_snapshot(self, entity: str) -> list[str]:
         """Source ids in the id map whose target record the target no longer held, sorted."""
