@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +143,6 @@ class Planner:
         a run keeps only the conflicts, so that a million-record plan is not held)."""
         summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
         records: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
-        deleted_in_pipedrive = [i for i in self.staging.transform_issues() if i["rule"] == "deleted_in_pipedrive"]
         for entity in ENTITY_ORDER:
             for batch in self.staging.iter_target_batches(entity):
                 sids = [sid for sid, _, _ in batch]
@@ -158,10 +156,11 @@ class Planner:
                     summary[entity][item["action"]] += 1
                     if keep is None or keep(item):
                         records[entity].append(item)
-            for issue in deleted_in_pipedrive:
-                if issue["entity"] == entity:
-                    summary[entity]["skip"] += 1
-                    records[entity].append({"source_id": issue["source_id"], "name": "", "action": "skip", "reason": "deleted in Pipedrive", "changes": []})
+            for issue in self.staging.transform_issues(rule="deleted_in_pipedrive", entity=entity):
+                summary[entity]["skip"] += 1
+                item = {"source_id": issue["source_id"], "name": "", "action": "skip", "reason": "deleted in Pipedrive", "changes": []}
+                if keep is None or keep(item):
+                    records[entity].append(item)
         return {"summary": summary, "records": records}
 
     def _plan_record(
@@ -252,11 +251,7 @@ def build_plan(
     """The plan; `keep` chooses which records it lists (all, unless given)."""
     planner = Planner(staging, columns, target, user_map, user_names)
     body = planner.plan(on_target_deleted, keep)
-    issues = staging.transform_issues()
-    lossy: dict[str, dict[str, Any]] = {}
-    for rule, count in Counter(i["rule"] for i in issues).most_common():
-        examples = [i for i in issues if i["rule"] == rule][:5]
-        lossy[rule] = {"count": count, "examples": examples}
+    lossy = {rule: {"count": count, "examples": staging.transform_issues(rule=rule, limit=5)} for rule, count in staging.transform_issue_counts()}
     return {
         "summary": body["summary"],
         "version": PLAN_VERSION,

@@ -486,10 +486,23 @@ class Staging:
         if batch:
             yield batch
 
-    def transform_issues(self) -> list[dict[str, str]]:
+    def transform_issues(self, *, rule: str | None = None, entity: str | None = None, limit: int | None = None) -> list[dict[str, str]]:
+        """The transform's issues (those of one rule, of one entity, the first `limit`), by entity, rule and record."""
         cols = ("entity", "source_id", "field", "rule", "detail")
-        rows = self.con.execute(f"SELECT {', '.join(cols)} FROM transform_issues ORDER BY entity, rule, source_id").fetchall()
+        where = " AND ".join(c for c, v in (("rule = $rule", rule), ("entity = $entity", entity)) if v is not None) or "TRUE"
+        params = {k: v for k, v in (("rule", rule), ("entity", entity)) if v is not None}
+        rows = self.con.execute(
+            f"SELECT {', '.join(cols)} FROM transform_issues WHERE {where} ORDER BY entity, rule, source_id"
+            + (f" LIMIT {int(limit)}" if limit is not None else ""),
+            params,
+        ).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def transform_issue_counts(self) -> list[tuple[str, int]]:
+        """(rule, issues), most first; ties in the order `transform_issues` meets the rules."""
+        return self.con.execute(
+            "SELECT rule, count(*) FROM transform_issues GROUP BY rule ORDER BY count(*) DESC, min(entity), rule"
+        ).fetchall()
 
     # -- load state -----------------------------------------------------------------------
     def column_map(self) -> dict[tuple[str, str], dict[str, Any]]:
