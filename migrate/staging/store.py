@@ -520,10 +520,6 @@ class Staging:
             [entity, key, column["id"], column["label"], column["type"], json.dumps(column.get("options")), created_by_run],
         )
 
-    def id_map(self, entity: str) -> dict[str, tuple[str, str]]:
-        rows = self.con.execute("SELECT source_id, target_id, payload_hash FROM id_map WHERE entity = ?", [entity]).fetchall()
-        return {s: (t, h) for s, t, h in rows}
-
     def id_map_for(self, entity: str, source_ids: list[str]) -> dict[str, tuple[str, str]]:
         """source id → (target id, payload hash) for those of `source_ids` migrated."""
         rows = self.con.execute(
