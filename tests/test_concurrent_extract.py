@@ -104,7 +104,7 @@ def test_close_stops_readers_blocked_on_a_full_queue():
 @pytest.fixture()
 def big_persons(pipedrive):
     persons = pipedrive.collections["persons"]
-    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(persons * 25, start=1)]  # 3,000: 6 pages
+    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(persons * 50, start=1)]  # 6,000: 12 pages
     return pipedrive
 
 
@@ -121,10 +121,18 @@ def extract_persons(pipedrive, tmp_path, name="s.duckdb"):
 
 def test_a_big_collection_is_read_from_both_ends_with_at_most_a_page_per_end_read_twice(big_persons, tmp_path):
     ids = extract_persons(big_persons, tmp_path)
-    assert ids == list(range(1, 3001))
+    assert ids == list(range(1, 6001))
     reads = [r for r in big_persons.requests if r.path == "/api/v2/persons" and r.status == 200]
     assert any(r.query.get("sort_direction") == "desc" for r in reads)
-    assert len(reads) <= 6 + 2  # each end may have a request out when the two meet
+    assert len(reads) <= 12 + 2  # each end may have a request out when the two meet
+
+
+def test_a_collection_of_four_pages_is_read_from_one_end_at_four_requests(pipedrive, tmp_path):
+    persons = pipedrive.collections["persons"]
+    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(persons * 16, start=1)]  # 1,920: 4 pages
+    assert extract_persons(pipedrive, tmp_path) == list(range(1, 1921))
+    reads = [r for r in pipedrive.requests if r.path == "/api/v2/persons"]
+    assert len(reads) == 4 and not any(r.query.get("sort_direction") == "desc" for r in reads)
 
 
 def test_a_one_page_collection_costs_one_request(pipedrive, tmp_path):
@@ -132,10 +140,11 @@ def test_a_one_page_collection_costs_one_request(pipedrive, tmp_path):
     assert len([r for r in pipedrive.requests if r.path == "/api/v2/products"]) == 1
 
 
-@pytest.mark.parametrize("failing_read", [2, 3, 4, 5])
+@pytest.mark.parametrize("failing_read", [3, 5, 6, 9])
 def test_an_extract_interrupted_at_any_page_of_either_end_resumes_to_every_record(big_persons, tmp_path, failing_read):
     """The `failing_read`-th persons request is refused (401: the run stops there); the next run
-    resumes both ends from their checkpoints and stages every record."""
+    resumes both ends from their checkpoints and stages every record. The descending read opens
+    after the fourth ascending page: read 3 fails before it, 5 and 6 as it opens, 9 on either end."""
     served, count = big_persons.handle, {"n": 0}
 
     def handle(method, target, headers):
@@ -149,4 +158,4 @@ def test_an_extract_interrupted_at_any_page_of_either_end_resumes_to_every_recor
     with pytest.raises(PipedriveError):
         extract_persons(big_persons, tmp_path)
     big_persons.handle = served
-    assert extract_persons(big_persons, tmp_path) == list(range(1, 3001))
+    assert extract_persons(big_persons, tmp_path) == list(range(1, 6001))

@@ -546,6 +546,12 @@ def _two_lanes(collection: Collection) -> bool:
     return collection.paging == "cursor" and collection.incremental
 
 
+# The descending read opens once the ascending one has read this many pages and there are more.
+# Meeting in the middle costs up to two requests (the page the two ends share, and the one in
+# flight when they meet): a collection of up to four pages is cheaper read from one end.
+DESCENDING_AFTER_PAGES = 4
+
+
 class Meeting:
     """How far the two reads of one collection have got: the highest id the ascending read has
     seen and the lowest the descending one has. The descending read stops once the gap left is
@@ -584,8 +590,8 @@ def _int_ids(records: list[dict[str, Any]]) -> list[int]:
 @dataclass(frozen=True)
 class Lane:
     """One read of a collection: all of it, or (with a `meeting`) one end of it. An ascending
-    lane that `opens_descending` starts the descending one once its first page shows there is
-    more than one page (a small collection costs no extra request)."""
+    lane that `opens_descending` starts the descending one once it has read
+    `DESCENDING_AFTER_PAGES` pages and there are more (a small collection costs no extra request)."""
 
     collection: Collection
     start: str | None
@@ -629,8 +635,8 @@ class ConcurrentSource:
                     return
                 if stop:
                     break
-                if lane.opens_descending and number == 0 and page.next_cursor is not None:
-                    self._start(Lane(lane.collection, None, "desc", lane.meeting))  # more than a page: read from the top too
+                if lane.opens_descending and number == DESCENDING_AFTER_PAGES - 1 and page.next_cursor is not None:
+                    self._start(Lane(lane.collection, None, "desc", lane.meeting))  # a big collection: read from the top too
         except Exception as exc:  # handed to the consumer, which deals with it in its own thread
             self._put((lane, "error", exc))
             return
