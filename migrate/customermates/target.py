@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from migrate.customermates.client import CustomermatesClient
@@ -20,6 +21,8 @@ from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
 
 ROWS_PER_INSERT = 1000
+# a relation of the create/update bodies → the field a record read back lists those records in
+DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 
 
 class TargetState:
@@ -59,6 +62,12 @@ class TargetState:
     def pids_of(self, target_ids: list[str]) -> dict[str, str]:
         """Customermates id → Pipedrive ID, for those of `target_ids` that carry one."""
         return self.staging.snapshot_pids(target_ids) if self.staging and target_ids else {}
+
+    def pids_of_related(self, dtos: Iterable[dict[str, Any]]) -> dict[str, str]:
+        """Customermates id → Pipedrive ID of every record these records link to (relations and
+        deal services), for those that carry one."""
+        fields = sorted(set(DTO_RELATIONS.values()))
+        return self.pids_of(sorted({ref["id"] for dto in dtos for name in fields for ref in dto.get(name) or []}))
 
     def duplicates(self, entity: str) -> dict[str, list[str]]:
         """Pipedrive IDs on more than one record → those records' ids."""

@@ -240,8 +240,6 @@ class _ConcurrentRun:
             )
             return
         row = collection.name + (DESC if lane.direction == "desc" else "")
-        pages, records = self.totals.get(row, (0, 0))
-        pages, records = pages + 1, records + len(page.records)
         ids = _int_ids(page.records)
         bounds = self.staged[collection.name]
         if ids and lane.direction == "asc":
@@ -249,13 +247,11 @@ class _ConcurrentRun:
         elif ids:
             bounds[1] = min(ids) if bounds[1] is None else min(bounds[1], *ids)
         cursor = json.dumps({"c": page.next_cursor, "b": bounds[0] if lane.direction == "asc" else bounds[1]})
-        # a lane's row is marked done only when the collection is whole (by `consume`): a reader's
-        # decision to stop rests on pages the other lane has read but perhaps not staged yet
-        self.staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, False), self.run_id, collection.key)
-        self.totals[row] = (pages, records)
-        self.summary.pages += 1
-        if self.progress:
-            self.progress(collection.name, len(page.records))
+        # never None, so the row is not done: it is marked done only when the collection is whole (by
+        # `consume`), as a reader's decision to stop rests on pages the other lane may not have staged yet
+        self.totals[row] = _write_page(
+            self.staging, collection, page, row, cursor, self.totals.get(row, (0, 0)), self.run_id, self.summary, self.progress
+        )
         stopping.check()
 
 
@@ -306,16 +302,29 @@ def _stage_page(
     progress: ProgressFn | None,
 ) -> tuple[int, int]:
     """Write one page with the checkpoint past it; returns the new (pages, records) totals."""
-    pages += 1
-    records += len(page.records)
-    done = page.next_cursor is None
-    staging.write_page(
-        collection.name, page.records, Checkpoint(collection.name, page.next_cursor, pages, records, done), run_id, collection.key
-    )
+    totals = _write_page(staging, collection, page, collection.name, page.next_cursor, (pages, records), run_id, summary, progress)
+    stopping.check()  # the page is recorded: a requested stop can happen here
+    return totals
+
+
+def _write_page(
+    staging: Staging,
+    collection: Collection,
+    page: Page,
+    row: str,
+    cursor: str | None,
+    totals: tuple[int, int],
+    run_id: str,
+    summary: ExtractSummary,
+    progress: ProgressFn | None,
+) -> tuple[int, int]:
+    """Stage a page and move checkpoint row `row` (past `totals`) to `cursor`, done when there is
+    none; returns the row's new (pages, records)."""
+    pages, records = totals[0] + 1, totals[1] + len(page.records)
+    staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, cursor is None), run_id, collection.key)
     summary.pages += 1
     if progress:
         progress(collection.name, len(page.records))
-    stopping.check()  # the page is recorded: a requested stop can happen here
     return pages, records
 
 
@@ -357,36 +366,16 @@ def _extract_deal_products(
             # requests run a few chunks ahead (Pipedrive's answer time overlaps); staging stays in order
             while len(ahead) < DEAL_PRODUCT_READERS and index + len(ahead) < len(chunks):
                 ahead.append(pool.submit(fetch, index + len(ahead)))
-            pages, records = _stage_deal_products(staging, ahead.popleft().result(), index, len(chunks), pages, records, run_id, summary, progress)
+            for page in ahead.popleft().result():
+                cursor = _deal_products_cursor(index, len(chunks), page)
+                pages, records = _write_page(staging, DEAL_PRODUCTS, page, DEAL_PRODUCTS.name, cursor, (pages, records), run_id, summary, progress)
 
 
-def _stage_deal_products(
-    staging: Staging,
-    chunk_pages: list[Page],
-    index: int,
-    chunks: int,
-    pages: int,
-    records: int,
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> tuple[int, int]:
-    for page in chunk_pages:
-        pages += 1
-        records += len(page.records)
-        if page.next_cursor is not None:
-            cursor: str | None = f"{index}:{page.next_cursor}"
-        elif index + 1 < chunks:
-            cursor = str(index + 1)
-        else:
-            cursor = None
-        staging.write_page(
-            DEAL_PRODUCTS.name, page.records, Checkpoint(DEAL_PRODUCTS.name, cursor, pages, records, cursor is None), run_id
-        )
-        summary.pages += 1
-        if progress:
-            progress(DEAL_PRODUCTS.name, len(page.records))
-    return pages, records
+def _deal_products_cursor(index: int, chunks: int, page: Page) -> str | None:
+    """The checkpoint past a page of chunk `index`: inside the chunk, the next chunk, or None at the end."""
+    if page.next_cursor is not None:
+        return f"{index}:{page.next_cursor}"
+    return str(index + 1) if index + 1 < chunks else None
 
 
 def _deal_ids_with_products(staging: Staging) -> list[str]:

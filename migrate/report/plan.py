@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.target import TargetState
+from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.errors import MigrateError
 from migrate.staging.store import Staging
 from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
 
 ACTIONS = ("create", "update", "unchanged", "skip", "conflict")
-DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 NAME_FIELDS = {"contacts": ("firstName", "lastName"), "organizations": ("name",), "services": ("name",), "deals": ("name",), "tasks": ("name",)}
 PLAN_VERSION = 1
 
@@ -149,7 +148,7 @@ class Planner:
                 id_map = self.staging.id_map_for(entity, sids)
                 written = self.staging.written_for(entity, sids)
                 held = self.target.records(entity, sids)
-                pid_of = self.target.pids_of(sorted({r["id"] for dtos in held.values() for dto in dtos for r in _related(dto)}))
+                pid_of = self.target.pids_of_related(dto for dtos in held.values() for dto in dtos)
                 for sid, payload, digest in batch:
                     item = self._plan_record(entity, sid, payload, id_map, written.get(sid), held.get(sid, []), pid_of, on_target_deleted)
                     item["hash"] = digest
@@ -218,11 +217,6 @@ def check_saved_plan(saved: dict[str, Any], staging: Staging, target: TargetStat
 
 def _display_name(entity: str, fields: dict[str, Any]) -> str:
     return " ".join(str(fields.get(f) or "") for f in NAME_FIELDS[entity]).strip()
-
-
-def _related(dto: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records a target record links to (relations and deal services), as the DTO lists them."""
-    return [r for name in sorted(set(DTO_RELATIONS.values())) for r in dto.get(name) or []]
 
 
 def _norm(value: Any) -> Any:

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.target import TargetState
+from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.report.run_report import issue_summary
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -35,7 +35,6 @@ from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
 
 EXIT_MISMATCH = 1
-DTO_FIELD = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 OWNER_KIND = "owner→user"
 
 
@@ -76,11 +75,6 @@ class _Tally:
 
     def complete(self) -> bool:
         return all(self.preserved[n] + self.excepted[n] == self.expected[n] for n in self.expected)
-
-
-def _refs(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records a target record links to (relations and deal services)."""
-    return [ref for name in sorted(set(DTO_FIELD.values())) for ref in record.get(name) or []]
 
 
 def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
@@ -134,7 +128,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
             sids = [sid for sid, _, _ in batch]
             found = target.records(entity, sids)
             mapped = staging.id_map_for(entity, sids)
-            pid_of = target.pids_of(sorted({ref["id"] for records in found.values() for r in records for ref in _refs(r)}))
+            pid_of = target.pids_of_related(r for records in found.values() for r in records)
             for sid, payload, _ in batch:
                 records = found.get(sid) or []
                 if not records:
@@ -158,7 +152,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                 for key, wanted in (payload.get("links") or {}).items():
                     target_entity = LINK_ENTITY[key]
                     kind = link_kind(entity, key)
-                    have = {pid_of.get(ref.get("id")) for ref in record.get(DTO_FIELD[key]) or []}
+                    have = {pid_of.get(ref.get("id")) for ref in record.get(DTO_RELATIONS[key]) or []}
                     lost = []
                     for ref in wanted:
                         excepted = (target_entity, ref) in quarantine and not target.records(target_entity, [ref])
