@@ -51,6 +51,12 @@ FIELD_META = {
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
 V1_ENCODED = frozenset({"leads", "leads_archived"})
+# Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
+OWN_TEXTS = {
+    "activities": (("note", "Activity note"), ("public_description", "Public description")),
+    "products": (("description", "Description"),),
+    "persons": (("notes", "Contact notes"),),
+}
 NOTE_TARGET = {"persons": "person_id", "organizations": "org_id", "deals": "deal_id", "deals_archived": "deal_id"}
 RESERVED_LABELS = {
     "contacts": {"first name", "last name", "name", "email", "emails", "notes", "organizations", "users"},
@@ -169,7 +175,7 @@ class Transformer:
         for entity in ENTITY_ORDER:
             reg.declare(ColumnSpec(entity, PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, "plain", always=True))
         reg.declare(ColumnSpec("contacts", "other_emails", "Other emails", "plain"))
-        self._column_of: dict[tuple[str, str], tuple[ColumnSpec, ColumnDecl]] = {}
+        self._column_of: dict[tuple[str, str], tuple[ColumnSpec, ColumnDecl, Field]] = {}
         for collection, mapping in self.mappings.sources.items():
             for decl in mapping.columns:
                 spec = reg.declare(
@@ -182,12 +188,17 @@ class Transformer:
                         template=decl.type == "currency",
                     )
                 )
-                self._column_of[(collection, decl.key)] = (spec, decl)
+                self._column_of[(collection, decl.key)] = (spec, decl, self._source_field(collection, decl))
                 for label in self._declared_options(collection, decl):
                     spec.add_option(label)
         self._custom: dict[str, list[tuple[ColumnSpec, Field, str, str]]] = {}
         for collection, mapping in self.mappings.sources.items():
             self._custom[collection] = self._custom_columns(collection, mapping)
+
+    def _source_field(self, collection: str, decl: ColumnDecl) -> Field:
+        """Where a declared column's values come from, with the labels of their option ids."""
+        option_field = decl.field or (decl.options_from.split(":", 1)[1] if (decl.options_from or "").startswith("field:") else None)
+        return Field(name=decl.source_field, options=self._options(FIELD_META[collection], option_field) if option_field else {})
 
     def _declared_options(self, collection: str, decl: ColumnDecl) -> list[str]:
         source = decl.options_from
@@ -215,7 +226,7 @@ class Transformer:
         meta = FIELD_META.get(collection)
         result = []
         taken = RESERVED_LABELS.get(mapping.entity, set()) | {
-            s.label.casefold() for (c, _), (s, _) in self._column_of.items() if self.mappings.sources[c].entity == mapping.entity
+            s.label.casefold() for (c, _), (s, _, _) in self._column_of.items() if self.mappings.sources[c].entity == mapping.entity
         } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
         for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (kv[1].get("order_nr") or 0, kv[0])):
             if not (definition.get("is_custom_field") or definition.get("edit_flag")) or definition.get("is_subfield"):
@@ -276,29 +287,39 @@ class Transformer:
         notes_by_target = self._notes_for(collection)
         if collection in ("deals", "deals_archived"):
             self.lookups.deal_products = self._deal_products(collection)
-        for record in self.staging.iter_raw(collection):
-            sid = source_id(collection, record)
-            if _deleted(record):
-                self.summary.skipped[mapping.entity] += 1
-                self._issue(mapping.entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
-                continue
-            text = payload_text(self._payload(collection, mapping, record, sid, notes_by_target))
-            self.summary.records[mapping.entity] += 1
-            yield mapping.entity, sid, text, text_hash(text)
+        for batch in _batches(self.staging.iter_raw(collection), NOTES_PER_BATCH):
+            own_markdown = self._own_text_markdown(collection, batch)
+            for record in batch:
+                sid = source_id(collection, record)
+                if _deleted(record):
+                    self.summary.skipped[mapping.entity] += 1
+                    self._issue(mapping.entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
+                    continue
+                text = payload_text(self._payload(collection, mapping, record, sid, notes_by_target, own_markdown))
+                self.summary.records[mapping.entity] += 1
+                yield mapping.entity, sid, text, text_hash(text)
 
-    def _payload(self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str, notes_by_target: SortedGroups[notes.NoteEntry]) -> dict[str, Any]:
+    def _own_text_markdown(self, collection: str, records: list[dict[str, Any]]) -> dict[str, str]:
+        """The kept conversions of these records' own texts (activity notes, descriptions), by md5."""
+        digests = {
+            _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if isinstance(text := record.get(key), str) and text
+        }
+        return self.staging.note_markdown(digests) if digests else {}
+
+    def _payload(
+        self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str,
+        notes_by_target: SortedGroups[notes.NoteEntry], own_markdown: dict[str, str],
+    ) -> dict[str, Any]:
         core = self._core(collection, record)
         out = RecordOut(self.registry)
         for key, value in core.values.items():
             out.put(self.registry.get(mapping.entity, key), value)
         out.put(self.registry.get(mapping.entity, PIPEDRIVE_ID), sid)
         for decl in mapping.columns:
-            spec, _ = self._column_of[(collection, decl.key)]
+            spec, _, fld = self._column_of[(collection, decl.key)]
             value = _get(record, decl.source_field)
             if decl.currency_from:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, decl.currency_from)}
-            option_field = decl.field or (decl.options_from.split(":", 1)[1] if (decl.options_from or "").startswith("field:") else None)
-            fld = Field(name=decl.source_field, options=self._options(FIELD_META[collection], option_field) if option_field else {})
             self._encode(decl.encode, value, record, spec, fld, out)
         custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
         for spec, fld, code, encode in self._custom[collection]:
@@ -308,7 +329,7 @@ class Transformer:
             self._encode(encode, value, record, spec, fld, out)
         for field_name, rule, detail in core.issues + out.issues:
             self._issue(mapping.entity, sid, field_name, rule, detail)
-        note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target)
+        note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target, own_markdown)
         return {
             "fields": core.fields,
             "links": core.links,
@@ -396,15 +417,21 @@ class Transformer:
         return SortedGroups(batches())
 
     def _convert_notes(self) -> None:
-        """Convert every note body not converted yet (by this converter) and keep it: a note is
-        usually on a deal, its person and their organization, and a rerun finds it done."""
-        if not self.staging.has_collection("notes"):
+        """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
+        converter) and keep it, once per distinct text: a note is usually on a deal, its person
+        and their organization, activity notes repeat, and a rerun finds them done."""
+        texts = []
+        if self.staging.has_collection("notes"):
+            texts.append(f"SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)")
+        for collection, fields in OWN_TEXTS.items():
+            if self.staging.has_collection(collection):
+                texts += [f"SELECT data->>'{key}' AS html FROM {raw_table(collection)} WHERE data->>'{key}' <> ''" for key, _ in fields]
+        if not texts:
             return
         con = self.staging.con
         con.execute("DELETE FROM note_markdown WHERE converter <> ?", [notes.MARKDOWN_VERSION])
         bodies = self.staging.stream(
-            f"SELECT DISTINCT md5(html) AS h, html FROM (SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} "
-            "WHERE NOT coalesce(is_deleted, false)) WHERE h NOT IN (SELECT content_hash FROM note_markdown)"
+            f"SELECT DISTINCT md5(html) AS h, html FROM ({' UNION ALL '.join(texts)}) WHERE h NOT IN (SELECT content_hash FROM note_markdown)"
         )
         batch: list[tuple[str, str]] = []
         for digest, html in bodies:
@@ -414,24 +441,39 @@ class Transformer:
                 batch = []
         self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
 
-    def _compose_notes(self, collection: str, record: dict[str, Any], sid: str, entity: str, notes_by_target: SortedGroups[notes.NoteEntry]) -> str | None:
+    def _compose_notes(
+        self, collection: str, record: dict[str, Any], sid: str, entity: str,
+        notes_by_target: SortedGroups[notes.NoteEntry], own_markdown: dict[str, str],
+    ) -> str | None:
         entries = list(notes_by_target.get(str(record.get("id")), []))
         # the record's own texts are dated like the record, so they sort before later notes
         created = _utc_or_none(record.get("add_time"))
-        own = {
-            "activities": (("note", "Activity note"), ("public_description", "Public description")),
-            "products": (("description", "Description"),),
-            "persons": (("notes", "Contact notes"),),
-        }
-        for key, title in own.get(collection, ()):
+        for key, title in OWN_TEXTS.get(collection, ()):
             if (record.get(key) or "").strip():
-                entries.append(notes.NoteEntry(author=None, created=created, html=record[key], title=title))
+                html = record[key]
+                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(_md5(html))))
         if not entries:
             return None
         text, truncated = notes.compose_notes(entries)
         if truncated:
             self._issue(entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)")
         return text or None
+
+
+def _md5(text: str) -> str:
+    """As DuckDB's md5() of the same text (a text it cannot hold just misses the kept conversions)."""
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _batches(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _utc_or_none(value: Any) -> str | None:
