@@ -130,7 +130,7 @@ def cli() -> None:
 @common_options
 @click.option("--dry-run", is_flag=True, help="Extract and transform, then print what would be created; write nothing to Customermates.")
 @click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json and issues.csv (every value not carried exactly: record, field, reason) here.")
 @click.option(
     "--batch-size", type=click.IntRange(1, 100), default=100, show_default=True,
     help="Largest batch per write request; sizes adapt below it to the server's latency.",
@@ -160,6 +160,8 @@ def run(
             settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
             on_conflict=on_conflict, saved_plan=saved_plan, progress=progress,
         )
+    if report_dir:
+        report["issues"]["file"] = str(pipeline.write_issues(settings, report["run_id"], report_dir))
     print_report(report, console)
     if report_dir:
         path = write_json(report, report_dir)
@@ -195,7 +197,7 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     help="Migrated records deleted in Pipedrive since: mark them (a 'Deleted in Pipedrive' date), delete them, or leave them.",
 )
 @click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json and issues.csv here.")
 @click.option(
     "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
     help="Records changed on both sides since the last run.",
@@ -225,6 +227,7 @@ def sync(
             log.error("sync.failed", error=redact(str(exc)), exit_code=exc.exit_code)
         else:
             if report_dir:
+                report["issues"]["file"] = str(pipeline.write_issues(settings, report["run_id"], report_dir))
                 write_json(report, report_dir)
             if log_format() == "json":
                 click.echo(json.dumps({"event": "sync", "line": _sync_line(report), "run_id": report["run_id"], "status": report["status"], "sync": report.get("sync")}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,7 +29,8 @@ from migrate.pipedrive.extract import (
     reconcile_ids,
 )
 from migrate.report.plan import build_plan, check_saved_plan, coverage
-from migrate.report.run_report import issue_summary
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary
+from migrate.report.run_report import write_issues as write_issue_rows
 from migrate.staging.store import Staging
 from migrate.transform.engine import (
     ENTITY_ORDER,
@@ -248,7 +250,6 @@ def build_report(
             "recreated": loaded.recreated[entity],
             "quarantined": sum(1 for q in quarantined if q["entity"] == entity),
         }
-    issues = staging.transform_issues() + staging.load_issues(run_id)
     status = "ok"
     if quarantined:
         status = "partial"
@@ -271,7 +272,7 @@ def build_report(
         "columns_retyped": columns.retyped,
         "unmatched_users": loaded.unmatched_users,
         "duplicates_in_target": loaded.duplicates_in_target,
-        "issues": issue_summary(issues),
+        "issues": issue_summary(staging.run_issue_counts(run_id), staging.run_issue_examples(run_id, ISSUE_EXAMPLES)),
         "quarantined": quarantined,
         "plan": plan,
         "load": {
@@ -331,6 +332,12 @@ def status(settings: Settings) -> dict[str, Any]:
             "pending_batches": staging.pending_batches(),
             "quarantined": staging.quarantined(),
         }
+
+
+def write_issues(settings: Settings, run_id: str, directory: Path) -> Path:
+    """Write every issue of a run to `issues.csv` in `directory`, streamed from the state file."""
+    with Staging(settings.state) as staging:
+        return write_issue_rows(staging.iter_run_issues(run_id), directory)
 
 
 def verify(settings: Settings) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from click.testing import CliRunner, Result
 from migrate.cli import cli
 from tests.crash_harness import values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
+from tests.test_end_to_end import read_issues
 from tests.fakes.pipedrive import CLOUDFLARE_HTML, VALID_TOKEN, FakePipedrive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +245,9 @@ class World:
 
     def report(self, name: str) -> dict[str, Any]:
         return json.loads((self.tmp / name / "report.json").read_text(encoding="utf-8"))
+
+    def issues(self, name: str) -> list[dict[str, str]]:
+        return read_issues(self.tmp / name)
 
 
 @contextmanager
@@ -475,6 +479,7 @@ class DirtyRun:
     account: dict[str, list[dict[str, Any]]]
     first: Result
     report: dict[str, Any]
+    issues: list[dict[str, str]]
     target: dict[tuple[str, str], list[Record]]
     second: Result
     second_report: dict[str, Any]
@@ -491,11 +496,12 @@ def dirty_run(tmp_path_factory: pytest.TempPathFactory) -> DirtyRun:
     with world(tmp, account) as w:
         first = w.run("--report-dir", str(tmp / "first"))
         report = w.report("first")
+        issues = w.issues("first")
         target = read_target(w.cm)
         writes = w.cm.write_count()
         second = w.run("--report-dir", str(tmp / "second"))
         second_writes = w.cm.write_count() - writes
-        return DirtyRun(account, first, report, target, second, w.report("second"), second_writes, read_target(w.cm))
+        return DirtyRun(account, first, report, issues, target, second, w.report("second"), second_writes, read_target(w.cm))
 
 
 def test_the_dirty_account_migrates_whole_and_a_rerun_changes_nothing(dirty_run: DirtyRun) -> None:
@@ -512,14 +518,14 @@ def test_the_dirty_account_migrates_whole_and_a_rerun_changes_nothing(dirty_run:
 def test_every_issue_of_the_dirty_account_is_in_the_catalogue(dirty_run: DirtyRun) -> None:
     """No surprise: what the report lists is what the table expects, nothing more."""
     expected = {issue[:4] for case in DATA_CASES for issue in case.issues}
-    listed = {(i["entity"], i["source_id"], i["field"], i["rule"]) for i in dirty_run.report["issues"]["items"]}
+    listed = {(i["entity"], i["source_id"], i["field"], i["rule"]) for i in dirty_run.issues}
     assert listed == expected
 
 
 @pytest.mark.parametrize("case", DATA_CASES, ids=lambda c: c.name)
 def test_data_case(case: DataCase, dirty_run: DirtyRun) -> None:
     entity, sid = case.record
-    items = [i for i in dirty_run.report["issues"]["items"] if (i["entity"], i["source_id"]) == (entity, sid)]
+    items = [i for i in dirty_run.issues if (i["entity"], i["source_id"]) == (entity, sid)]
     assert len(items) == len(case.issues), items
     for want_entity, want_sid, want_field, want_rule, fragment in case.issues:
         match = [i for i in items if (i["entity"], i["source_id"], i["field"], i["rule"]) == (want_entity, want_sid, want_field, want_rule)]
@@ -613,7 +619,7 @@ def _quarantined_contact(w: World, result: Result) -> None:
     [item] = report["quarantined"]
     assert (item["entity"], item["source_id"]) == ("contacts", "1")
     assert item["message"] == "Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"
-    assert any((i["entity"], i["source_id"], i["rule"]) == ("organizations", "1", "deleted_in_target") for i in report["issues"]["items"])
+    assert any((i["entity"], i["source_id"], i["rule"]) == ("organizations", "1", "deleted_in_target") for i in w.issues("bad"))
 
 
 def _recreated(w: World, report: dict[str, Any]) -> None:

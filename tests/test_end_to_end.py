@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ ENTITY_OF = {"persons": "contacts", "organizations": "organizations", "products"
 def read(snapshot: Path, name: str) -> list[dict[str, Any]]:
     path = snapshot / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def read_issues(report_dir: Path) -> list[dict[str, str]]:
+    """The run's issues as `--report-dir` wrote them (issues.csv, named in report.json)."""
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    with Path(report["issues"]["file"]).open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,6 +104,20 @@ def test_deleted_records_are_counted_not_migrated(migrated, sample_dir):
     assert migrated["entities"]["contacts"]["deleted_skipped"] == deleted_persons
     rules = migrated["issues"]["by_rule"]
     assert rules["deleted_in_pipedrive"] >= deleted_persons
+
+
+def test_every_issue_is_in_issues_csv_and_report_json_keeps_counts_and_a_few_examples(migrated, tmp_path):
+    issues = read_issues(tmp_path / "report")
+    summary = migrated["issues"]
+    assert len(issues) == summary["count"] == sum(summary["by_rule"].values()) > 50
+    assert "items" not in summary  # the list is not held in the report: a big account has a million
+    for rule, count in summary["by_rule"].items():
+        listed = [i for i in issues if i["rule"] == rule]
+        assert len(listed) == count
+        assert summary["examples"][rule] == listed[: len(summary["examples"][rule])]
+        assert 1 <= len(summary["examples"][rule]) <= 3
+    assert all(i["entity"] and i["source_id"] and i["field"] and i["detail"] for i in issues)
+    assert (Path(summary["file"]).stat().st_mode & 0o777) == 0o600  # customer data
 
 
 def test_relationships_arrive(migrated, sample_dir, customermates):
@@ -294,7 +316,7 @@ def test_a_record_deleted_in_the_target_is_reported_or_recreated(env, customerma
     services = by_pipedrive_id(customermates, "services")
     if policy == "report":
         assert victim[0] not in services
-        assert any(i["rule"] == "deleted_in_target" and i["source_id"] == victim[0] for i in report["issues"]["items"])
+        assert any(i["rule"] == "deleted_in_target" and i["source_id"] == victim[0] for i in read_issues(tmp_path / policy))
     else:
         assert len(services[victim[0]]) == 1
         assert report["entities"]["services"]["created"] == 1

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from migrate.cli import cli
 from migrate.staging import store
 from tests.fakes.customermates import VALID_KEY
-from tests.test_end_to_end import by_pipedrive_id, live, read
+from tests.test_end_to_end import by_pipedrive_id, live, read, read_issues
 
 
 def invoke(env, *args):
@@ -129,7 +129,7 @@ def test_conflicts_are_skipped_and_reported_by_default(env, pipedrive, customerm
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["entities"]["contacts"]["conflicts"] == 1
-    assert any(i["rule"] == "conflict_skipped" and i["source_id"] == str(person["id"]) for i in report["issues"]["items"])
+    assert any(i["rule"] == "conflict_skipped" and i["source_id"] == str(person["id"]) for i in read_issues(tmp_path / "r"))
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
 

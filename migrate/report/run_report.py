@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+ISSUES_FILE = "issues.csv"
+ISSUE_COLUMNS = ("entity", "source_id", "field", "rule", "detail")
+ISSUE_EXAMPLES = 3  # per rule, in report.json; every issue is in issues.csv
 
 
 def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
@@ -80,12 +85,13 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
         issues.add_column("rule")
         issues.add_column("count", justify="right")
         issues.add_column("example")
-        examples = {}
-        for item in report["issues"]["items"]:
-            examples.setdefault(item["rule"], f"{item['entity']} {item['source_id']} {item['field']}: {item['detail']}")
         for rule, count in sorted(by_rule.items(), key=lambda kv: -kv[1])[:max_issue_rows]:
-            issues.add_row(rule, str(count), examples.get(rule, "")[:110])
+            first = (report["issues"]["examples"].get(rule) or [{}])[0]
+            example = f"{first['entity']} {first['source_id']} {first['field']}: {first['detail']}" if first else ""
+            issues.add_row(rule, str(count), example[:110])
         console.print(issues)
+        if report["issues"].get("file"):
+            console.print(f"Every issue, with record, field and reason: {report['issues']['file']}")
     if report.get("quarantined"):
         console.print(f"[bold red]Quarantined records[/bold red] ({len(report['quarantined'])}): rejected by Customermates")
         for item in report["quarantined"][:20]:
@@ -101,5 +107,20 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     console.print(f"Status: [bold]{report['status']}[/bold]")
 
 
-def issue_summary(items: list[dict[str, str]]) -> dict[str, Any]:
-    return {"by_rule": dict(Counter(i["rule"] for i in items).most_common()), "items": items}
+def issue_summary(counts: list[tuple[str, int]], examples: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+    """The issues by rule, with the first few of each; the full list is `issues.csv` (`write_issues`)."""
+    return {"count": sum(n for _, n in counts), "by_rule": dict(counts), "examples": examples}
+
+
+def write_issues(rows: Iterable[tuple[str, str, str, str, str]], directory: Path, name: str = ISSUES_FILE) -> Path:
+    """Every issue, one CSV row each (entity, source_id, field, rule, detail), written as the rows
+    stream in: a run with a million issues lists them all without holding them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(ISSUE_COLUMNS)
+        writer.writerows(rows)
+    return path
+

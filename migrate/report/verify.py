@@ -28,7 +28,7 @@ from rich.table import Table
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
-from migrate.report.run_report import issue_summary
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
@@ -219,7 +219,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         row["duplicates"] = sum(1 for d in duplicates if d["entity"] == entity)
         row["extras"] = sum(e.get("count", 1) for e in extras if e["entity"] == entity)
 
-    lossy = staging.transform_issues()
+    lossy = staging.transform_issue_counts()
     ok = not missing and not duplicates and links.complete() and values.complete() and notes.complete()
     problems = []
     if missing:
@@ -247,7 +247,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "value_mismatches": value_mismatches,
         "notes_missing": notes_missing,
         "known_failures": staging.quarantined(),
-        "known_lossy": issue_summary(lossy),
+        "known_lossy": issue_summary(lossy, {rule: staging.transform_issues(rule=rule, limit=ISSUE_EXAMPLES) for rule, _ in lossy}),
         "owner_links_unmatched": unmatched_owner_links,
         "search_requests": reads,
     }

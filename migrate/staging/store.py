@@ -320,7 +320,7 @@ class Staging:
         for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
             yield json.loads(data)
 
-    def stream(self, sql: str, params: list[Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
+    def stream(self, sql: str, params: list[Any] | dict[str, Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
         """Rows of a query, fetched in batches on a cursor of their own (several streams can be
         read side by side, and while the main connection writes)."""
         cursor = self.con.cursor()
@@ -740,6 +740,40 @@ class Staging:
         cols = ("entity", "source_id", "field", "rule", "detail")
         rows = self.con.execute(f"SELECT {', '.join(cols)} FROM load_issues WHERE run_id = ? ORDER BY entity, source_id", [run_id]).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # -- a run's issues: the transform's and those of the run's load -------------------------
+    def _run_issues_sql(self) -> str:
+        return (
+            "(SELECT entity, source_id, field, rule, detail, 0 AS phase FROM transform_issues "
+            "UNION ALL SELECT entity, source_id, field, rule, detail, 1 FROM load_issues WHERE run_id = $run)"
+        )
+
+    def run_issue_counts(self, run_id: str) -> list[tuple[str, int]]:
+        """(rule, issues) of the run, most first."""
+        return self.con.execute(
+            f"SELECT rule, count(*) FROM {self._run_issues_sql()} GROUP BY rule ORDER BY count(*) DESC, rule", {"run": run_id}
+        ).fetchall()
+
+    def run_issue_examples(self, run_id: str, per_rule: int) -> dict[str, list[dict[str, str]]]:
+        """The first `per_rule` issues of each rule, in the order `iter_run_issues` lists them."""
+        cols = ("entity", "source_id", "field", "rule", "detail")
+        rows = self.con.execute(
+            f"SELECT {', '.join(cols)} FROM (SELECT *, row_number() OVER (PARTITION BY rule ORDER BY phase, entity, rule, source_id, field, detail) AS n "
+            f"FROM {self._run_issues_sql()}) WHERE n <= $n ORDER BY rule, n",
+            {"run": run_id, "n": per_rule},
+        ).fetchall()
+        examples: dict[str, list[dict[str, str]]] = {}
+        for row in rows:
+            examples.setdefault(row[3], []).append(dict(zip(cols, row, strict=True)))
+        return examples
+
+    def iter_run_issues(self, run_id: str) -> Iterator[tuple[str, str, str, str, str]]:
+        """Every issue of the run, (entity, source id, field, rule, detail): the transform's by
+        entity, rule and record, then the load's; streamed, however many there are."""
+        yield from self.stream(
+            f"SELECT entity, source_id, field, rule, detail FROM {self._run_issues_sql()} ORDER BY phase, entity, rule, source_id, field, detail",
+            {"run": run_id},
+        )
 
 
 def _identity(record: dict[str, Any], key: str, collection: str) -> str:
