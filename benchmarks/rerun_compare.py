@@ -8,9 +8,11 @@ records (the load alone would take three hours against the fake). So this script
 the state file a finished migration of N records leaves: transformed records (contacts,
 organizations and deals with links and custom values), the id map, the payloads last written,
 and the target as read back (`target_snapshot`, each record as Customermates returns it). It
-then runs the plan a run makes (`build_plan`, keeping only conflicts) and prints its wall time,
-records/s and the peak RSS of the process, one child process per size. Every record must come
-out `unchanged`: the check that the comparison ran on every record.
+then runs the plan a run makes (`build_plan`, keeping only conflicts), and apart from it what
+`migrate plan --report-dir` does (every record spooled to the state file, then plan.json, plan.md
+and plan.html written from there), and prints their wall time, records/s and the peak RSS of the
+process, one child process each. Every record must come out `unchanged`: the check that the
+comparison ran on every record.
 """
 
 from __future__ import annotations
@@ -100,10 +102,13 @@ def build_state(path: Path, size: int) -> dict[str, int]:
     return counts
 
 
-def measure(size: int) -> dict[str, object]:
+def measure(size: int, files: bool) -> dict[str, object]:
+    """The run's plan (conflicts kept), or with `files` what `migrate plan --report-dir` does: the
+    plan with every record spooled to the state file, then plan.json, plan.md and plan.html."""
     from migrate.customermates.columns import ColumnIndex
     from migrate.customermates.target import TargetState
-    from migrate.report.plan import build_plan
+    from migrate.report.plan import SpooledRecords, build_plan
+    from migrate.report.plan_output import write_plan
     from migrate.staging.store import Staging
 
     with tempfile.TemporaryDirectory(prefix="bench-rerun-") as tmp:
@@ -115,7 +120,12 @@ def measure(size: int) -> dict[str, object]:
         columns = ColumnIndex(ids={(e, k): f"col-{e}-{k}" for e in counts for k in (*VALUES, "pipedrive_id")})
         with Staging(state) as staging:
             started = time.perf_counter()
-            plan = build_plan(staging, columns, TargetState(staging, "bench"), {}, {}, keep=lambda r: r["action"] == "conflict")
+            target = TargetState(staging, "bench")
+            if files:
+                plan = build_plan(staging, columns, target, {}, {}, spool=True)
+                written = write_plan(plan, SpooledRecords(staging), Path(tmp) / "plan")
+            else:
+                plan = build_plan(staging, columns, target, {}, {}, keep=lambda r: r["action"] == "conflict")
             seconds = time.perf_counter() - started
         unchanged = sum(plan["summary"][e]["unchanged"] for e in counts)
         if unchanged != sum(counts.values()):
@@ -128,6 +138,7 @@ def measure(size: int) -> dict[str, object]:
             "records_per_second": unchanged / seconds,
             "peak_rss_before_plan_mb": rss_before,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "files_mb": sum(path.stat().st_size for path in written) / 2**20 if files else 0,
         }
 
 
@@ -135,19 +146,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--files", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.files)))
         return
-    print(f"{'migrated records':>18} {'plan':>9} {'records/s':>10} {'peak RSS':>9} {'of which before the plan':>25} {'state file':>11}")
+    print(f"{'':>27} {'migrated records':>16} {'time':>8} {'records/s':>10} {'peak RSS':>9} {'before it':>10} {'state file':>11} {'files':>8}")
     for size in args.records:
-        out = subprocess.run([sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"{r['size']:>18,} {r['plan_seconds']:>8.1f}s {r['records_per_second']:>10,.0f} {r['peak_rss_mb']:>6,.0f} MB "
-            f"{r['peak_rss_before_plan_mb']:>22,.0f} MB {r['state_mb']:>8,.0f} MB",
-            flush=True,
-        )
+        for files, what in ((False, "a run's comparison"), (True, "migrate plan --report-dir")):
+            command = [sys.executable, __file__, "--one", str(size), *(["--files"] if files else [])]
+            out = subprocess.run(command, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(
+                f"{what:>27} {r['size']:>16,} {r['plan_seconds']:>7.1f}s {r['records_per_second']:>10,.0f} {r['peak_rss_mb']:>6,.0f} MB "
+                f"{r['peak_rss_before_plan_mb']:>7,.0f} MB {r['state_mb']:>8,.0f} MB {r['files_mb']:>5,.0f} MB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

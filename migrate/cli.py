@@ -154,11 +154,10 @@ def run(
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
     console = Console()
-    saved_plan = json.loads(plan_file.read_text(encoding="utf-8")) if plan_file else None
     with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
         report = pipeline.run_migration(
             settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
-            on_conflict=on_conflict, saved_plan=saved_plan, progress=progress,
+            on_conflict=on_conflict, saved_plan=plan_file, progress=progress,
         )
     if report_dir:
         report["issues"]["file"] = str(pipeline.write_issues(settings, report["run_id"], report_dir))
@@ -184,10 +183,11 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     Without Customermates settings the plan is made against an empty target."""
     console = Console()
     report = pipeline.run_migration(settings, dry_run=True, use_staged=use_staged, on_target_deleted=on_target_deleted)
-    print_plan(report["plan"], console)
-    if report_dir:
-        for path in write_plan(report["plan"], report_dir):
-            console.print(f"Wrote {path}")
+    with pipeline.plan_records(settings) as records:
+        print_plan(report["plan"], records, console)
+        if report_dir:
+            for path in write_plan(report["plan"], records, report_dir):
+                console.print(f"Wrote {path}")
 
 
 @cli.command()

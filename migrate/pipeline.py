@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,13 @@ from migrate.pipedrive.extract import (
     extract_changes,
     reconcile_ids,
 )
-from migrate.report.plan import build_plan, check_saved_plan, coverage
+from migrate.report.plan import (
+    SpooledRecords,
+    build_plan,
+    check_saved_plan,
+    coverage,
+    saved_plan_fingerprints,
+)
 from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary
 from migrate.report.run_report import write_issues as write_issue_rows
 from migrate.staging.store import Staging
@@ -139,18 +145,20 @@ def run_migration(
     max_batch: int = 100,
     on_target_deleted: str = "report",
     on_conflict: str = "skip",
-    saved_plan: dict[str, Any] | None = None,
+    saved_plan: Path | None = None,
     incremental: bool = False,
     deletes: str | None = None,
     reconcile_every: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The whole migration (or its dry run); returns the run report. With `saved_plan` the run
+    """The whole migration (or its dry run); returns the run report. With `saved_plan` (a plan.json) the run
     goes ahead only if neither side changed since that plan was made. `incremental` (sync)
     extracts only what changed since the last extract, and every `reconcile_every`-th sync also
     checks every id for records that vanished without a trace; `deletes` says what happens to migrated
     records deleted in Pipedrive since (mark, delete, ignore; None leaves them, as `run` does)."""
     started = datetime.now(UTC)
+    if saved_plan is not None:
+        saved_plan_fingerprints(saved_plan)  # a file that is not a plan is refused before any work
     with Staging(settings.state) as staging, ExitStack() as stack:
         run_id = staging.start_run("sync" if incremental else "run --dry-run" if dry_run else "run")
         status = "failed"
@@ -197,7 +205,7 @@ def run_migration(
                         loaded.deleted_in_pipedrive = propagate_deletions(staging, client, mcp, columns, state, deletes, run_id)
             plan = None
             if dry_run:
-                plan = make_plan(staging, columns, target[0] if target else None, on_target_deleted)
+                plan = make_plan(staging, columns, target[0] if target else None, on_target_deleted, spool=True)
                 plan["coverage"] = coverage(staging, mappings.sources, mappings.coverage)
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
@@ -294,11 +302,15 @@ def make_plan(
     on_target_deleted: str,
     state: TargetState | None = None,
     keep: Callable[[dict[str, Any]], bool] | None = None,
+    spool: bool = False,
 ) -> dict[str, Any]:
     """The field-level plan against the target's current state (an empty one without a target);
-    `keep` chooses the records it lists (all, unless given)."""
+    `keep` chooses the records it holds (all, unless given), or `spool` writes them all to the
+    state file (read back with `plan_records`)."""
     if client is None:
-        return build_plan(staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, keep=keep)
+        return build_plan(
+            staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, keep=keep, spool=spool
+        )
     users = client.list_users()
     by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}
     user_map = {
@@ -308,7 +320,7 @@ def make_plan(
     }
     names = {u["id"]: f"{u.get('firstName') or ''} {u.get('lastName') or ''}".strip() for u in users}
     state = state or TargetState.read(client, columns, staging)
-    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, keep=keep)
+    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, keep=keep, spool=spool)
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -332,6 +344,13 @@ def status(settings: Settings) -> dict[str, Any]:
             "pending_batches": staging.pending_batches(),
             "quarantined": staging.quarantined(),
         }
+
+
+@contextmanager
+def plan_records(settings: Settings) -> Iterator[SpooledRecords]:
+    """The records of the last dry run's plan, read from the state file while the context lasts."""
+    with Staging(settings.state) as staging:
+        yield SpooledRecords(staging)
 
 
 def write_issues(settings: Settings, run_id: str, directory: Path) -> Path:

@@ -179,3 +179,13 @@ def test_plan_and_rerun_read_the_target_a_batch_at_a_time(env, pipedrive, custom
     contact = by_pipedrive_id(customermates, "contacts")[str(mover["id"])][0]
     target_org = by_pipedrive_id(customermates, "organizations")[str(new_org)][0]
     assert [o["id"] for o in contact["organizations"]] == [target_org["id"]]
+
+
+def test_a_file_that_is_not_a_plan_is_refused_with_its_name_before_anything_is_read(env, pipedrive, customermates, tmp_path):
+    for name, text in (("broken.json", '{"summary": {"contacts": '), ("other.json", '{"records": {}}')):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        result = invoke(env, "run", "--plan", str(path))
+        assert result.exit_code == 1, result.output
+        assert f"{name} is not a plan.json made by `migrate plan`" in result.output.replace("\n", "")
+    assert customermates.write_count() == 0 and pipedrive.requests == []

@@ -7,6 +7,7 @@ search, the action filter, the expandable diffs, and that the page neither logs 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 import stat
@@ -19,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
-from migrate.report.plan import ACTIONS
-from migrate.report.plan_html import plan_html
+from migrate.report.plan import ACTIONS, ListedRecords
+from migrate.report.plan_html import write_plan_html
 from migrate.report.plan_output import write_plan
 from tests.fakes.customermates import VALID_KEY
 from tests.test_end_to_end import by_pipedrive_id
@@ -309,13 +310,19 @@ def synthetic_plan(records_per_entity: int, *, coverage: Any = None) -> dict[str
     return plan
 
 
+def html_of(plan: dict[str, Any]) -> str:
+    out = io.StringIO()
+    write_plan_html(out, plan, ListedRecords(plan["records"]))
+    return out.getvalue()
+
+
 @needs_chromium
 def test_plan_html_pages_and_stays_fast_with_100k_records(browser_page, tmp_path):
     from playwright.sync_api import expect
 
     plan = synthetic_plan(20_000)
     path = tmp_path / "plan.html"
-    path.write_text(plan_html(plan), encoding="utf-8")
+    path.write_text(html_of(plan), encoding="utf-8")
     page = browser_page.page
     page.goto(path.as_uri())
     expect(page.locator("#rows tr")).to_have_count(200, timeout=10_000)
@@ -339,7 +346,7 @@ def test_the_page_is_self_contained_and_escapes_everything():
     plan["records"]["contacts"][1].update(name=hostile, changes=[{"field": "notes<b>", "before": hostile, "after": None}])
     plan["schema"] = {"columns_to_create": [f"contacts: {hostile} (plain)"], "options_to_add": ["deals: Stage → <img src=x>"]}
     plan["lossy"] = {"email_invalid": {"count": 1, "examples": [{"entity": "contacts", "source_id": "1", "field": "emails", "detail": hostile}]}}
-    page = plan_html(plan)
+    page = html_of(plan)
     assert page.count("<script") == 2  # the data block and the code, nothing from the plan
     assert "<img" not in page and "alert(1)</script>" not in page
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page  # schema and lossy, escaped
@@ -353,17 +360,35 @@ def test_the_page_is_self_contained_and_escapes_everything():
 
 
 def test_coverage_is_a_table_when_present_and_absent_otherwise():
-    assert 'id="coverage"' not in plan_html(synthetic_plan(1))
+    assert 'id="coverage"' not in html_of(synthetic_plan(1))
     rows = [{"entity": "contacts", "pipedrive_field": "Email", "goes_to": "emails", "fields": 3}, {"entity": "deals", "extra": "<x>"}]
-    page = plan_html(synthetic_plan(1, coverage=rows))
+    page = html_of(synthetic_plan(1, coverage=rows))
     section = page[page.index('id="coverage"'):]
     assert re.findall(r"<th>([^<]*)</th>", section[: section.index("</thead>")]) == ["entity", "pipedrive_field", "goes_to", "fields", "extra"]
     assert "&lt;x&gt;" in section and section.count("<tr>") == 3
 
 
 def test_write_plan_writes_plan_html_private(tmp_path):
-    paths = write_plan(synthetic_plan(3), tmp_path / "out")
+    paths = write_plan(plan := synthetic_plan(3), ListedRecords(plan["records"]), tmp_path / "out")
     assert [p.name for p in paths] == ["plan.json", "plan.md", "plan.html"]
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert (tmp_path / "out" / "plan.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_a_plan_spooled_in_the_state_file_writes_the_same_files_as_one_held_in_memory(tmp_path):
+    from migrate.report.plan import SpooledRecords
+    from migrate.staging.store import Staging
+
+    plan = synthetic_plan(40)
+    plan["records"]["contacts"][3]["name"] = '</script> "Zoë" & <b>'
+    held = write_plan(plan, ListedRecords(plan["records"]), tmp_path / "held")
+    header = {k: v for k, v in plan.items() if k != "records"}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.add_plan_records(
+            [(e, n, r["action"], json.dumps(r)) for n, (e, r) in enumerate((e, r) for e, rs in plan["records"].items() for r in rs)]
+        )
+        spooled = write_plan(header, SpooledRecords(staging), tmp_path / "spooled")
+    for a, b in zip(held, spooled, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert json.loads(held[0].read_text(encoding="utf-8")) == plan  # plan.json, written record by record, is the plan

@@ -98,12 +98,13 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
         _start_fresh(staging, names)
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
+    stager = _Stager(staging, run_id, summary, progress)
     if isinstance(source, PipedriveClient):  # live API: several collections at once, one limiter
-        _extract_concurrently(staging, source, checkpoints, run_id, summary, progress)
+        _extract_concurrently(stager, source, checkpoints)
     else:
         for collection in COLLECTIONS:
-            _extract_collection(staging, source, collection, checkpoints[collection.name], run_id, summary, progress)
-    _extract_deal_products(staging, source, checkpoints[DEAL_PRODUCTS.name], run_id, summary, progress)
+            _extract_collection(stager, source, collection, checkpoints[collection.name])
+    _extract_deal_products(stager, source, checkpoints[DEAL_PRODUCTS.name])
     summary.missing += list(getattr(source, "missing", []))
     set_watermarks(staging, run_id)
     for name in names:
@@ -117,44 +118,30 @@ def _start_fresh(staging: Staging, names: list[str]) -> None:
         staging.con.execute(f"DROP TABLE IF EXISTS {raw_table(name)}")
 
 
-def _extract_collection(
-    staging: Staging,
-    source: PageSource,
-    collection: Collection,
-    checkpoint: Checkpoint | None,
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
+def _extract_collection(stager: _Stager, source: PageSource, collection: Collection, checkpoint: Checkpoint | None) -> None:
     if checkpoint and checkpoint.done:
         return
-    pages, records = _begin(staging, collection, checkpoint, summary)
+    totals = stager.begin(collection, checkpoint)
     try:
         for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
-            pages, records = _stage_page(staging, collection, page, pages, records, run_id, summary, progress)
+            totals = stager.stage(collection, page, totals)
     except PipedriveError as exc:
-        _unavailable(staging, source, collection, exc, pages, records, run_id, summary, progress)
+        stager.unavailable(source, collection, exc, totals)
 
 
-def _extract_concurrently(
-    staging: Staging,
-    client: PipedriveClient,
-    checkpoints: dict[str, Checkpoint | None],
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
+def _extract_concurrently(stager: _Stager, client: PipedriveClient, checkpoints: dict[str, Checkpoint | None]) -> None:
     """Every unfinished collection read at once, the big ones from both ends (see `Meeting`);
     pages staged as they arrive, whichever collection they belong to, each lane's own pages in
     order with a checkpoint row of its own (`<collection>` and `<collection>~desc`). A
     collection is done once what is *staged* from both ends overlaps (the readers run ahead)."""
-    run = _ConcurrentRun(staging, client, run_id, summary, progress)
+    staging = stager.staging
+    run = _ConcurrentRun(stager, client)
     lanes: list[Lane] = []
     for collection in COLLECTIONS:
         checkpoint = checkpoints[collection.name]
         if checkpoint and checkpoint.done:
             continue
-        run.totals[collection.name] = _begin(staging, collection, checkpoint, summary)
+        run.totals[collection.name] = stager.begin(collection, checkpoint)
         if not _two_lanes(collection):
             lanes.append(Lane(collection, checkpoint.cursor if checkpoint else None))
             continue
@@ -193,11 +180,8 @@ def _whole(high: int | None, low: int | None) -> bool:
 class _ConcurrentRun:
     """What one concurrent extract keeps while pages arrive from its lanes."""
 
-    staging: Staging
+    stager: _Stager
     client: PipedriveClient
-    run_id: str
-    summary: ExtractSummary
-    progress: ProgressFn | None
     totals: dict[str, tuple[int, int]] = field(default_factory=dict)  # checkpoint row → (pages, records)
     staged: dict[str, list[int | None]] = field(default_factory=dict)  # two-lane collection → [highest id staged ascending, lowest descending]
     finished: set[str] = field(default_factory=set)  # two-lane collections read whole
@@ -206,7 +190,7 @@ class _ConcurrentRun:
         """A two-lane collection is read whole: both its checkpoint rows are done."""
         self.finished.add(name)
         for row in (name, name + DESC):
-            self.staging.finish_checkpoint(row, self.run_id)
+            self.stager.staging.finish_checkpoint(row, self.stager.run_id)
 
     def consume(self, reader: ConcurrentSource) -> None:
         for lane, kind, item in reader.arrivals():
@@ -214,7 +198,7 @@ class _ConcurrentRun:
             if kind == "page":
                 page = item[0]
                 if collection.name in self.finished:  # read ahead by the other lane: keep it, the checkpoints are final
-                    self.staging.upsert_records(collection.name, page.records, collection.key)
+                    self.stager.staging.upsert_records(collection.name, page.records, collection.key)
                     continue
                 self.stage(lane, page)
                 if lane.meeting is not None and (page.next_cursor is None or _whole(*self.staged[collection.name])):
@@ -226,18 +210,14 @@ class _ConcurrentRun:
                     continue
                 if lane.meeting is not None:
                     self.finished.add(collection.name)
-                _unavailable(
-                    self.staging, self.client, collection, item, *self.totals[collection.name], self.run_id, self.summary, self.progress
-                )
+                self.stager.unavailable(self.client, collection, item, self.totals[collection.name])
                 if lane.meeting is not None:
-                    self.staging.finish_checkpoint(collection.name + DESC, self.run_id)
+                    self.stager.staging.finish_checkpoint(collection.name + DESC, self.stager.run_id)
 
     def stage(self, lane: Lane, page: Page) -> None:
         collection = lane.collection
         if lane.meeting is None:
-            self.totals[collection.name] = _stage_page(
-                self.staging, collection, page, *self.totals[collection.name], self.run_id, self.summary, self.progress
-            )
+            self.totals[collection.name] = self.stager.stage(collection, page, self.totals[collection.name])
             return
         row = collection.name + (DESC if lane.direction == "desc" else "")
         ids = _int_ids(page.records)
@@ -249,112 +229,80 @@ class _ConcurrentRun:
         cursor = json.dumps({"c": page.next_cursor, "b": bounds[0] if lane.direction == "asc" else bounds[1]})
         # never None, so the row is not done: it is marked done only when the collection is whole (by
         # `consume`), as a reader's decision to stop rests on pages the other lane may not have staged yet
-        self.totals[row] = _write_page(
-            self.staging, collection, page, row, cursor, self.totals.get(row, (0, 0)), self.run_id, self.summary, self.progress
-        )
+        self.totals[row] = self.stager.write(collection, page, row, cursor, self.totals.get(row, (0, 0)))
         stopping.check()
 
 
-def _begin(staging: Staging, collection: Collection, checkpoint: Checkpoint | None, summary: ExtractSummary) -> tuple[int, int]:
-    """(pages, records) staged so far, from the checkpoint of an interrupted extract."""
-    if checkpoint:
-        summary.resumed.append(collection.name)
-        log.info("extract.resume", collection=collection.name, after_pages=checkpoint.pages)
-    staging.ensure_raw_table(collection.name)
-    return (checkpoint.pages, checkpoint.records) if checkpoint else (0, 0)
+@dataclass
+class _Stager:
+    """Writes pages into staging, each with the checkpoint row that points past it, and counts them."""
+
+    staging: Staging
+    run_id: str
+    summary: ExtractSummary
+    progress: ProgressFn | None
+
+    def begin(self, collection: Collection, checkpoint: Checkpoint | None) -> tuple[int, int]:
+        """(pages, records) staged so far, from the checkpoint of an interrupted extract."""
+        if checkpoint:
+            self.summary.resumed.append(collection.name)
+            log.info("extract.resume", collection=collection.name, after_pages=checkpoint.pages)
+        self.staging.ensure_raw_table(collection.name)
+        return (checkpoint.pages, checkpoint.records) if checkpoint else (0, 0)
+
+    def write(self, collection: Collection, page: Page, row: str, cursor: str | None, totals: tuple[int, int]) -> tuple[int, int]:
+        """Stage a page and move checkpoint row `row` (past `totals`) to `cursor`, done when there is
+        none; returns the row's new (pages, records)."""
+        pages, records = totals[0] + 1, totals[1] + len(page.records)
+        self.staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, cursor is None), self.run_id, collection.key)
+        self.summary.pages += 1
+        if self.progress:
+            self.progress(collection.name, len(page.records))
+        return pages, records
+
+    def stage(self, collection: Collection, page: Page, totals: tuple[int, int]) -> tuple[int, int]:
+        """A page of a collection read from one end: its checkpoint row is the collection's."""
+        totals = self.write(collection, page, collection.name, page.next_cursor, totals)
+        stopping.check()  # the page is recorded: a requested stop can happen here
+        return totals
+
+    def unavailable(self, source: PageSource, collection: Collection, exc: PipedriveError, totals: tuple[int, int]) -> None:
+        """An endpoint that answered 404/410 before its first page: read the fallback, or report an
+        optional collection as not on this account; anything else is raised."""
+        if exc.status not in (404, 410) or totals[0]:
+            raise exc
+        if collection.fallback is not None:
+            log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
+            for page in source.pages(collection.fallback):
+                totals = self.stage(collection.fallback, page, totals)
+        elif collection.optional:
+            self.summary.missing.append(collection.name)
+            log.warning("extract.unavailable", collection=collection.name, reason=str(exc))
+            self.staging.write_page(collection.name, [], Checkpoint(collection.name, None, 0, 0, True), self.run_id, collection.key)
+        else:
+            raise exc
 
 
-def _unavailable(
-    staging: Staging,
-    source: PageSource,
-    collection: Collection,
-    exc: PipedriveError,
-    pages: int,
-    records: int,
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
-    """An endpoint that answered 404/410 before its first page: read the fallback, or report an
-    optional collection as not on this account; anything else is raised."""
-    if exc.status not in (404, 410) or pages:
-        raise exc
-    if collection.fallback is not None:
-        log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
-        for page in source.pages(collection.fallback):
-            pages, records = _stage_page(staging, collection.fallback, page, pages, records, run_id, summary, progress)
-    elif collection.optional:
-        summary.missing.append(collection.name)
-        log.warning("extract.unavailable", collection=collection.name, reason=str(exc))
-        staging.write_page(collection.name, [], Checkpoint(collection.name, None, 0, 0, True), run_id, collection.key)
-    else:
-        raise exc
-
-
-def _stage_page(
-    staging: Staging,
-    collection: Collection,
-    page: Page,
-    pages: int,
-    records: int,
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> tuple[int, int]:
-    """Write one page with the checkpoint past it; returns the new (pages, records) totals."""
-    totals = _write_page(staging, collection, page, collection.name, page.next_cursor, (pages, records), run_id, summary, progress)
-    stopping.check()  # the page is recorded: a requested stop can happen here
-    return totals
-
-
-def _write_page(
-    staging: Staging,
-    collection: Collection,
-    page: Page,
-    row: str,
-    cursor: str | None,
-    totals: tuple[int, int],
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> tuple[int, int]:
-    """Stage a page and move checkpoint row `row` (past `totals`) to `cursor`, done when there is
-    none; returns the row's new (pages, records)."""
-    pages, records = totals[0] + 1, totals[1] + len(page.records)
-    staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, cursor is None), run_id, collection.key)
-    summary.pages += 1
-    if progress:
-        progress(collection.name, len(page.records))
-    return pages, records
-
-
-def _extract_deal_products(
-    staging: Staging,
-    source: PageSource,
-    checkpoint: Checkpoint | None,
-    run_id: str,
-    summary: ExtractSummary,
-    progress: ProgressFn | None,
-) -> None:
+def _extract_deal_products(stager: _Stager, source: PageSource, checkpoint: Checkpoint | None) -> None:
     """Deal products come from /deals/products?deal_ids=…, 100 deals per request, only for
     deals that have products (`products_count`, when the API gave it). A snapshot has them whole."""
     if checkpoint and checkpoint.done:
         return
     if isinstance(source, SnapshotSource):
-        _extract_collection(staging, source, DEAL_PRODUCTS, checkpoint, run_id, summary, progress)
+        _extract_collection(stager, source, DEAL_PRODUCTS, checkpoint)
         return
+    staging = stager.staging
     staging.ensure_raw_table(DEAL_PRODUCTS.name)
     deal_ids = _deal_ids_with_products(staging)
     chunks = [deal_ids[i : i + DEAL_IDS_PER_REQUEST] for i in range(0, len(deal_ids), DEAL_IDS_PER_REQUEST)]
     # checkpoint cursor: "<chunk index>" or "<chunk index>:<cursor inside the chunk>"
     first_chunk, inner = 0, None
-    pages = checkpoint.pages if checkpoint else 0
-    records = checkpoint.records if checkpoint else 0
+    totals = (checkpoint.pages, checkpoint.records) if checkpoint else (0, 0)
     if checkpoint and checkpoint.cursor:
         head, _, rest = checkpoint.cursor.partition(":")
         first_chunk, inner = int(head), rest or None
     if not chunks:
-        staging.write_page(DEAL_PRODUCTS.name, [], Checkpoint(DEAL_PRODUCTS.name, None, pages, records, True), run_id)
+        staging.write_page(DEAL_PRODUCTS.name, [], Checkpoint(DEAL_PRODUCTS.name, None, *totals, True), stager.run_id)
         return
     def fetch(index: int) -> list[Page]:
         extra = {"deal_ids": ",".join(chunks[index])}
@@ -368,7 +316,7 @@ def _extract_deal_products(
                 ahead.append(pool.submit(fetch, index + len(ahead)))
             for page in ahead.popleft().result():
                 cursor = _deal_products_cursor(index, len(chunks), page)
-                pages, records = _write_page(staging, DEAL_PRODUCTS, page, DEAL_PRODUCTS.name, cursor, (pages, records), run_id, summary, progress)
+                totals = stager.write(DEAL_PRODUCTS, page, DEAL_PRODUCTS.name, cursor, totals)
 
 
 def _deal_products_cursor(index: int, chunks: int, page: Page) -> str | None:

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+import ijson
 
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
@@ -137,11 +142,9 @@ class Planner:
         return [f"{q:g} × {self.name_of('services', p) or '#' + str(p)}" for p, q in services]
 
     # -- the plan -------------------------------------------------------------------------
-    def plan(self, on_target_deleted: str = "report", keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        """Every record's action; `keep` chooses the records listed (all of them by default;
-        a run keeps only the conflicts, so that a million-record plan is not held)."""
+    def plan(self, on_target_deleted: str, listed: Callable[[str, dict[str, Any]], None]) -> dict[str, dict[str, int]]:
+        """Every record's action, handed to `listed` (entity, entry) one by one; returns the counts."""
         summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
-        records: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
         for entity in ENTITY_ORDER:
             for batch in self.staging.iter_target_batches(entity):
                 sids = [sid for sid, _, _ in batch]
@@ -153,14 +156,13 @@ class Planner:
                     item = self._plan_record(entity, sid, payload, id_map, written.get(sid), held.get(sid, []), pid_of, on_target_deleted)
                     item["hash"] = digest
                     summary[entity][item["action"]] += 1
-                    if keep is None or keep(item):
-                        records[entity].append(item)
-            for issue in self.staging.transform_issues(rule="deleted_in_pipedrive", entity=entity):
+                    listed(entity, item)
+            for (sid,) in self.staging.stream(
+                "SELECT source_id FROM transform_issues WHERE rule = 'deleted_in_pipedrive' AND entity = $e ORDER BY source_id", {"e": entity}
+            ):
                 summary[entity]["skip"] += 1
-                item = {"source_id": issue["source_id"], "name": "", "action": "skip", "reason": "deleted in Pipedrive", "changes": []}
-                if keep is None or keep(item):
-                    records[entity].append(item)
-        return {"summary": summary, "records": records}
+                listed(entity, {"source_id": sid, "name": "", "action": "skip", "reason": "deleted in Pipedrive", "changes": []})
+        return summary
 
     def _plan_record(
         self,
@@ -200,19 +202,48 @@ class Planner:
         return {**item, "action": "update", "changes": changes}
 
 
-def check_saved_plan(saved: dict[str, Any], staging: Staging, target: TargetState) -> None:
-    """Refuse to apply a plan made on other data: say what changed since."""
+def check_saved_plan(path: Path, staging: Staging, target: TargetState) -> None:
+    """Refuse to apply a plan made on other data: say what changed since. The plan file is read
+    as a stream: a million-record plan.json is not loaded whole."""
     problems = []
-    if saved.get("fingerprints", {}).get("source") != source_fingerprint(staging):
-        planned = {(e, r["source_id"]): r.get("hash") for e, records in saved.get("records", {}).items() for r in records if r.get("hash")}
-        now = {(e, s): h for e, s, h in staging.con.execute("SELECT entity, source_id, payload_hash FROM target_records").fetchall()}
-        changed = sorted(k for k in planned.keys() | now.keys() if planned.get(k) != now.get(k))
-        shown = ", ".join(f"{e} {s}" for e, s in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
-        problems.append(f"Pipedrive changed since the plan was made: {len(changed)} records ({shown})")
-    if saved.get("fingerprints", {}).get("target") != target.fingerprint:
+    fingerprints = saved_plan_fingerprints(path)
+    if fingerprints.get("source") != source_fingerprint(staging):
+        count, first = staging.changed_since_plan(_saved_hashes(path), shown=10)
+        shown = ", ".join(f"{e} {s}" for e, s in first) + (f" and {count - 10} more" if count > 10 else "")
+        problems.append(f"Pipedrive changed since the plan was made: {count} records ({shown})")
+    if fingerprints.get("target") != target.fingerprint:
         problems.append("Customermates changed since the plan was made (records were created, edited or deleted there)")
     if problems:
         raise MigrateError("; ".join(problems) + ". Make a new plan with `migrate plan` and review it.")
+
+
+def saved_plan_fingerprints(path: Path) -> dict[str, Any]:
+    """The fingerprints of a saved plan.json (read from its head); a clear error if it is none."""
+    try:
+        with path.open("rb") as handle:
+            found = next(ijson.items(handle, "fingerprints"), None)
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        raise MigrateError(f"{path} is not a plan.json made by `migrate plan`: {exc}") from None
+    if not isinstance(found, dict):
+        raise MigrateError(f"{path} is not a plan.json made by `migrate plan`: it has no fingerprints")
+    return found
+
+
+def _saved_hashes(path: Path) -> Iterator[tuple[str, str, str]]:
+    """(entity, Pipedrive id, payload hash) of every planned record that has a hash, streamed."""
+    found: dict[str, str]
+    with path.open("rb") as handle:
+        entity, found = "", {}  # the entity and the keys seen of the record being read
+        for prefix, event, value in ijson.parse(handle):
+            parts = prefix.split(".")  # records.<entity>.item[.<key>]
+            if len(parts) < 3 or parts[0] != "records" or parts[2] != "item":
+                continue
+            if len(parts) == 3 and event == "start_map":
+                entity, found = parts[1], {}
+            elif len(parts) == 3 and event == "end_map" and found.get("source_id") and found.get("hash"):
+                yield entity, found["source_id"], found["hash"]
+            elif len(parts) == 4 and parts[3] in ("source_id", "hash") and event in ("string", "number"):
+                found[parts[3]] = str(value)
 
 
 def _display_name(entity: str, fields: dict[str, Any]) -> str:
@@ -241,24 +272,117 @@ def build_plan(
     on_target_deleted: str = "report",
     field_coverage: list[dict[str, str]] | None = None,
     keep: Callable[[dict[str, Any]], bool] | None = None,
+    spool: bool = False,
 ) -> dict[str, Any]:
-    """The plan; `keep` chooses which records it lists (all, unless given)."""
+    """The plan. Its records are held in `plan["records"]` (those `keep` chooses, or all), or with
+    `spool` written to the state file as they are planned and read back by `SpooledRecords`."""
     planner = Planner(staging, columns, target, user_map, user_names)
-    body = planner.plan(on_target_deleted, keep)
+    listed: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
+    if spool:
+        staging.clear_plan_records()
+        with _Spool(staging) as spooled:
+            summary = planner.plan(on_target_deleted, spooled.add)
+    else:
+
+        def hold(entity: str, item: dict[str, Any]) -> None:
+            if keep is None or keep(item):
+                listed[entity].append(item)
+
+        summary = planner.plan(on_target_deleted, hold)
     lossy = {rule: {"count": count, "examples": staging.transform_issues(rule=rule, limit=5)} for rule, count in staging.transform_issue_counts()}
-    return {
-        "summary": body["summary"],
+    plan = {
+        "summary": summary,
         "version": PLAN_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint},
         "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added},
         "lossy": lossy,
         "coverage": field_coverage or [],
-        "records": body["records"],
     }
+    if not spool:
+        plan["records"] = listed
+    return plan
 
 
-def plan_markdown(plan: dict[str, Any], *, max_rows: int = 200) -> str:
+class _Spool:
+    """Writes plan entries into the state file, a few thousand at a time."""
+
+    def __init__(self, staging: Staging, batch: int = 2000):
+        self.staging, self.batch = staging, batch
+        self.rows: list[tuple[str, int, str, str]] = []
+        self.seq = 0
+
+    def add(self, entity: str, item: dict[str, Any]) -> None:
+        self.rows.append((entity, self.seq, item["action"], json.dumps(item, ensure_ascii=False)))
+        self.seq += 1
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        self.staging.add_plan_records(self.rows)
+        self.rows = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+class PlanRecords(Protocol):
+    """A plan's records by entity, in plan order: held in memory or spooled in the state file."""
+
+    def entities(self) -> list[str]: ...
+
+    def actions(self) -> list[str]: ...
+
+    def count(self, entity: str, actions: Sequence[str]) -> int: ...
+
+    def of(self, entity: str, actions: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass
+class ListedRecords:
+    """The records a plan holds (`plan["records"]`)."""
+
+    by_entity: dict[str, list[dict[str, Any]]]
+
+    def entities(self) -> list[str]:
+        return list(self.by_entity)
+
+    def actions(self) -> list[str]:
+        return sorted({str(r.get("action")) for records in self.by_entity.values() for r in records})
+
+    def count(self, entity: str, actions: Sequence[str]) -> int:
+        return sum(1 for _ in self.of(entity, actions))
+
+    def of(self, entity: str, actions: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        chosen = (r for r in self.by_entity.get(entity, []) if actions is None or r.get("action") in actions)
+        return itertools.islice(chosen, limit)
+
+
+@dataclass
+class SpooledRecords:
+    """The records of a plan built with `spool=True`, read from the state file as needed."""
+
+    staging: Staging
+
+    def entities(self) -> list[str]:
+        return list(ENTITY_ORDER)
+
+    def actions(self) -> list[str]:
+        return self.staging.plan_actions()
+
+    def count(self, entity: str, actions: Sequence[str]) -> int:
+        return int(self.staging.con.execute(
+            "SELECT count(*) FROM plan_records WHERE entity = $e AND action IN (SELECT unnest($a))", {"e": entity, "a": list(actions)}
+        ).fetchone()[0])
+
+    def of(self, entity: str, actions: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        return self.staging.plan_records(entity, list(actions) if actions is not None else None, limit)
+
+
+def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int = 200) -> str:
     """plan.md: the summary, the schema changes, lossy values, then every non-trivial record."""
     lines = ["# Migration plan", "", f"Generated {plan['generated_at']}.", "", "| entity | " + " | ".join(ACTIONS) + " |"]
     lines.append("|---|" + "---:|" * len(ACTIONS))
@@ -277,23 +401,23 @@ def plan_markdown(plan: dict[str, Any], *, max_rows: int = 200) -> str:
     if plan.get("coverage"):
         lines += ["", "## Field coverage", "", "| entity | Pipedrive field | type | custom | goes to |", "|---|---|---|---|---|"]
         lines += [f"| {r['entity']} | {r['pipedrive_field']} | {r['type']} | {r['custom']} | {r['goes_to']} |" for r in plan["coverage"]]
-    for entity, records in plan["records"].items():
-        interesting = [r for r in records if r["action"] in ("update", "conflict", "skip")]
-        creates = [r for r in records if r["action"] == "create"]
+    decisions = ("update", "conflict", "skip")
+    for entity in dict.fromkeys([*plan["summary"], *records.entities()]):
+        interesting, creates = records.count(entity, decisions), records.count(entity, ("create",))
         if not interesting and not creates:
             continue
         lines += ["", f"## {entity}", ""]
         if creates:
-            shown = ", ".join(f"{r['name'] or '#' + r['source_id']} ({r['source_id']})" for r in creates[:20])
-            lines.append(f"Create {len(creates)}: {shown}{' …' if len(creates) > 20 else ''}")
+            shown = ", ".join(f"{r['name'] or '#' + r['source_id']} ({r['source_id']})" for r in records.of(entity, ("create",), 20))
+            lines.append(f"Create {creates}: {shown}{' …' if creates > 20 else ''}")
             lines.append("")
-        for record in interesting[:max_rows]:
+        for record in records.of(entity, decisions, max_rows):
             title = f"- **{record['action']}** {record['name'] or ''} (Pipedrive {record['source_id']})"
             lines.append(title + (f": {record['reason']}" if record.get("reason") else ""))
             for change in record["changes"]:
                 lines.append(f"  - {change['field']}: {_md(change['before'])} → {_md(change['after'])}")
-        if len(interesting) > max_rows:
-            lines.append(f"- … {len(interesting) - max_rows} more in plan.json")
+        if interesting > max_rows:
+            lines.append(f"- … {interesting - max_rows} more in plan.json")
     return "\n".join(lines) + "\n"
 
 

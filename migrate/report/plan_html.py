@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import Any
+from typing import Any, TextIO
 
-from migrate.report.plan import ACTIONS
+from migrate.report.plan import ACTIONS, PlanRecords
 
-# Table order: what needs a decision first.
+# Table order: what needs a decision first (then any other action).
 DISPLAY_ORDER = ("conflict", "update", "create", "skip", "unchanged")
 COLOURS = {"create": "#2e7d32", "update": "#1565c0", "unchanged": "#8a9099", "skip": "#b26a00", "conflict": "#c62828"}
 EXTRA_COLOUR = "#6a1b9a"
@@ -26,21 +26,11 @@ PAGE_SIZE = 200
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
 
-def plan_html(plan: dict[str, Any], *, page_size: int = PAGE_SIZE) -> str:
-    """The whole page as a string."""
-    entities = list(dict.fromkeys([*plan.get("summary", {}), *plan.get("records", {})]))
-    actions = list(ACTIONS)
-    for records in plan.get("records", {}).values():
-        for record in records:
-            if record.get("action") not in actions:
-                actions.append(str(record.get("action")))
+def write_plan_html(out: TextIO, plan: dict[str, Any], records: PlanRecords, *, page_size: int = PAGE_SIZE) -> None:
+    """The whole page, written as the records are read (a million-record plan is not held)."""
+    entities = list(dict.fromkeys([*plan.get("summary", {}), *records.entities()]))
+    actions = [*ACTIONS, *(a for a in records.actions() if a not in ACTIONS)]
     summary = {e: {a: int((plan.get("summary", {}).get(e) or {}).get(a, 0)) for a in actions} for e in entities}
-    data = {
-        "actions": actions,
-        "entities": entities,
-        "page_size": page_size,
-        "records": {e: _rows(plan.get("records", {}).get(e, []), actions) for e in entities},
-    }
     colours = {a: COLOURS.get(a, EXTRA_COLOUR) for a in actions}
     totals = {a: sum(summary[e][a] for e in entities) for a in actions}
     badge_css = "\n".join(f".b-{_css_ident(a)}{{background:{c}}}" for a, c in colours.items())
@@ -62,33 +52,39 @@ def plan_html(plan: dict[str, Any], *, page_size: int = PAGE_SIZE) -> str:
         _lossy(plan.get("lossy") or {}),
         _coverage(plan["coverage"]) if "coverage" in plan else "",
         "</main>",
-        f'<script type="application/json" id="plan-data">{_json_for_script(data)}</script>',
-        f"<script>{_JS}</script>",
-        "</body></html>",
     ]
-    return "\n".join(p for p in parts if p) + "\n"
+    out.write("\n".join(p for p in parts if p) + "\n")
+    out.write('<script type="application/json" id="plan-data">')
+    head = _json_for_script({"actions": actions, "entities": entities, "page_size": page_size})
+    out.write(head[:-1] + ',"records":{')
+    index = {a: n for n, a in enumerate(actions)}
+    others = [a for a in actions if a not in DISPLAY_ORDER]
+    for n, entity in enumerate(entities):
+        out.write(("," if n else "") + _json_for_script(entity) + ":[")
+        first = True
+        for chosen in [*([a] for a in DISPLAY_ORDER), others]:  # what needs a decision first
+            for record in records.of(entity, chosen) if chosen else ():
+                out.write(("" if first else ",") + _json_for_script(_row(record, index)))
+                first = False
+        out.write("]")
+    out.write("}}</script>\n")
+    out.write(f"<script>{_JS}</script>\n</body></html>\n")
 
 
 # -- data ----------------------------------------------------------------------------------
 
 
-def _rows(records: list[dict[str, Any]], actions: list[str]) -> list[list[Any]]:
-    """Each record as [action index, name, Pipedrive id, reason, changes, target edits, warning],
-    changes as [field, before, after] display strings; conflicts first, unchanged last."""
-    rank = {a: n for n, a in enumerate(DISPLAY_ORDER)}
-    index = {a: n for n, a in enumerate(actions)}
-    ordered = sorted(records, key=lambda r: rank.get(r.get("action"), len(rank)))
+def _row(record: dict[str, Any], index: dict[str, int]) -> list[Any]:
+    """A record as [action index, name, Pipedrive id, reason, changes, target edits, warning],
+    changes as [field, before, after] display strings."""
     return [
-        [
-            index[str(r.get("action"))],
-            _text(r.get("name")),
-            _text(r.get("source_id")),
-            _text(r.get("reason")),
-            _diffs(r.get("changes")),
-            _diffs(r.get("target_edits")),
-            _text(r.get("warning")),
-        ]
-        for r in ordered
+        index[str(record.get("action"))],
+        _text(record.get("name")),
+        _text(record.get("source_id")),
+        _text(record.get("reason")),
+        _diffs(record.get("changes")),
+        _diffs(record.get("target_edits")),
+        _text(record.get("warning")),
     ]
 
 

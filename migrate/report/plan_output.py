@@ -1,20 +1,25 @@
-"""Showing a plan: the terminal summary and the plan.json / plan.md / plan.html files."""
+"""Showing a plan: the terminal summary and the plan.json / plan.md / plan.html files.
+
+The records come from a `PlanRecords` (held, or spooled in the state file) and are written as
+they are read, so the files of a million-record plan are written in bounded memory."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
-from migrate.report.plan import ACTIONS, plan_markdown
-from migrate.report.plan_html import plan_html
-from migrate.report.run_report import write_json
+from migrate.report.plan import ACTIONS, PlanRecords, plan_markdown
+from migrate.report.plan_html import write_plan_html
 
 
-def print_plan(plan: dict[str, Any], console: Console, *, top_issues: int = 10) -> None:
+def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, top_issues: int = 10) -> None:
     table = Table(title="Plan: what a run would do", title_justify="left")
     table.add_column("entity", no_wrap=True)
     for action in ACTIONS:
@@ -33,22 +38,42 @@ def print_plan(plan: dict[str, Any], console: Console, *, top_issues: int = 10) 
             example = info["examples"][0]
             issues.add_row(rule, str(info["count"]), f"{example['entity']} {example['source_id']}: {example['detail']}"[:100])
         console.print(issues)
-    conflicts = [(e, r) for e, records in plan["records"].items() for r in records if r["action"] == "conflict"]
-    for entity, record in conflicts[:10]:
-        fields = ", ".join(c["field"] for c in record["changes"])
-        console.print(f"[bold yellow]conflict[/bold yellow] {entity} {record['source_id']} {record['name']}: {fields}", highlight=False)
+    shown = 0
+    for entity in plan["summary"]:
+        for record in records.of(entity, ("conflict",), 10 - shown):
+            fields = ", ".join(c["field"] for c in record["changes"])
+            console.print(f"[bold yellow]conflict[/bold yellow] {entity} {record['source_id']} {record['name']}: {fields}", highlight=False)
+            shown += 1
+        if shown >= 10:
+            break
 
 
-def write_plan(plan: dict[str, Any], directory: Path) -> list[Path]:
-    json_path = write_json(plan, directory, "plan.json")
-    md_path = _write_private(directory / "plan.md", plan_markdown(plan))
-    html_path = _write_private(directory / "plan.html", plan_html(plan))
-    return [json_path, md_path, html_path]
+def write_plan(plan: dict[str, Any], records: PlanRecords, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / "plan.json", directory / "plan.md", directory / "plan.html"]
+    with _private(paths[0]) as out:
+        write_plan_json(out, plan, records)
+    with _private(paths[1]) as out:
+        out.write(plan_markdown(plan, records))
+    with _private(paths[2]) as out:
+        write_plan_html(out, plan, records)
+    return paths
 
 
-def _write_private(path: Path, text: str) -> Path:
-    """Write text to path, readable by its owner only (0600, like plan.json)."""
+def write_plan_json(out: TextIO, plan: dict[str, Any], records: PlanRecords) -> None:
+    """plan.json: the plan's keys as they are, then `records` ({entity: [entry, …]}), one entry a line."""
+    header = json.dumps({k: v for k, v in plan.items() if k != "records"}, indent=2, ensure_ascii=False)
+    out.write(header.removesuffix("\n}") + ',\n  "records": {')
+    for n, entity in enumerate(dict.fromkeys([*plan["summary"], *records.entities()])):
+        out.write(("," if n else "") + f"\n    {json.dumps(entity)}: [")
+        out.writelines(("," if m else "") + "\n      " + json.dumps(record, ensure_ascii=False) for m, record in enumerate(records.of(entity)))
+        out.write("\n    ]")
+    out.write("\n  }\n}\n")
+
+
+@contextmanager
+def _private(path: Path) -> Iterator[TextIO]:
+    """A text file readable by its owner only (0600: plans hold customer data)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path
+        yield handle

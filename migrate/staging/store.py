@@ -77,6 +77,9 @@ CREATE TABLE IF NOT EXISTS written_payloads (
 -- No key: an index would hold every id in memory, and lookups go by the batch.
 CREATE TABLE IF NOT EXISTS target_snapshot (
     entity VARCHAR, seq BIGINT, target_id VARCHAR, pid VARCHAR, dto JSON);
+-- The records of the last full plan (`migrate plan`), in plan order: written as they are planned,
+-- read back by the plan's files, so that a plan of a million records is not held in memory.
+CREATE TABLE IF NOT EXISTS plan_records (entity VARCHAR, seq BIGINT, action VARCHAR, item JSON);
 CREATE TABLE IF NOT EXISTS quarantine (
     entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
     quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
@@ -656,6 +659,59 @@ class Staging:
             )
 
     # -- the target as last read ---------------------------------------------------------
+    def changed_since_plan(self, planned: Iterable[tuple[str, str, str]], shown: int) -> tuple[int, list[tuple[str, str]]]:
+        """Records whose transformed payload is not the one planned (entity, source id, hash),
+        or that are new or gone since: how many, and the first `shown`."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE planned_hashes (entity VARCHAR, source_id VARCHAR, payload_hash VARCHAR)")
+
+        def insert(rows: list[tuple[str, str, str]]) -> None:
+            if rows:
+                self.con.execute(
+                    "INSERT INTO planned_hashes SELECT unnest($e), unnest($s), unnest($h)",
+                    {"e": [r[0] for r in rows], "s": [r[1] for r in rows], "h": [r[2] for r in rows]},
+                )
+
+        batch: list[tuple[str, str, str]] = []
+        for row in planned:
+            batch.append(row)
+            if len(batch) >= 5000:
+                insert(batch)
+                batch = []
+        insert(batch)
+        differing = (
+            "SELECT coalesce(p.entity, t.entity) AS entity, coalesce(p.source_id, t.source_id) AS source_id FROM planned_hashes p "
+            "FULL OUTER JOIN target_records t ON p.entity = t.entity AND p.source_id = t.source_id "
+            "WHERE p.payload_hash IS DISTINCT FROM t.payload_hash"
+        )
+        try:
+            count = self.con.execute(f"SELECT count(*) FROM ({differing})").fetchone()[0]
+            first = self.con.execute(f"{differing} ORDER BY 1, 2 LIMIT {int(shown)}").fetchall()
+        finally:
+            self.con.execute("DROP TABLE planned_hashes")
+        return int(count), [(e, s) for e, s in first]
+
+    def clear_plan_records(self) -> None:
+        self.con.execute("DELETE FROM plan_records")
+
+    def add_plan_records(self, rows: list[tuple[str, int, str, str]]) -> None:
+        """(entity, position in the plan, action, the record's plan entry as JSON) rows."""
+        if rows:
+            self.con.execute(
+                "INSERT INTO plan_records SELECT unnest($e), unnest($n), unnest($a), unnest($i)::JSON",
+                {"e": [r[0] for r in rows], "n": [r[1] for r in rows], "a": [r[2] for r in rows], "i": [r[3] for r in rows]},
+            )
+
+    def plan_records(self, entity: str, actions: list[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """An entity's plan entries (of these actions), in plan order; streamed."""
+        where = "entity = $e" + (" AND action IN (SELECT unnest($a))" if actions is not None else "")
+        params: dict[str, Any] = {"e": entity} | ({"a": actions} if actions is not None else {})
+        sql = f"SELECT item FROM plan_records WHERE {where} ORDER BY seq" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        for (item,) in self.stream(sql, params):
+            yield json.loads(item)
+
+    def plan_actions(self) -> list[str]:
+        return [a for (a,) in self.con.execute("SELECT DISTINCT action FROM plan_records ORDER BY action").fetchall()]
+
     def clear_target_snapshot(self) -> None:
         self.con.execute("DELETE FROM target_snapshot")
 

@@ -46,7 +46,8 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   cost; ``x-daily-ratelimit-token-remaining`` never goes below 0. ``reset_daily_budget()`` plays
   "midnight".
 * Burst window: only served requests (anything that got past the limiter, incl. 4xx) occupy the
-  window; 401s, 429s and 403s do not. ``x-ratelimit-reset`` is whole seconds until the oldest
+  window; 401s, 429s and 403s do not. A request is counted at its arrival (the moment the server
+  thread hands it over), not after the requests before it were served. ``x-ratelimit-reset`` is whole seconds until the oldest
   request leaves the window (>= 1). After a 429, more than 3 further limited requests inside the
   window trip the Cloudflare block: 403 ``text/html`` for one full ``window_seconds`` from that
   moment. Every answer (also 401/403/404) carries the ``x-ratelimit-*`` headers.
@@ -398,8 +399,8 @@ class FakePipedrive:
         return headers
 
     def handle(self, method: str, target: str, request_headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        now = time.monotonic()  # a request counts when it arrives, not when the requests before it are served
         with self._lock:
-            now = time.monotonic()
             parts = urlsplit(target)
             path = parts.path
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -432,7 +433,7 @@ class FakePipedrive:
                 return self._cloudflare(now)
             headers["x-ratelimit-remaining"] = "0"
             return 429, {**headers, "content-type": "application/json"}, _json(OVER_LIMIT), 0
-        self._window.append(now)
+        bisect.insort(self._window, now)  # in arrival order (another thread may have arrived later and been served first)
         # 5. daily token budget
         if self.daily_token_budget is not None and self.daily_tokens_spent >= self.daily_token_budget:
             headers = self._rate_headers(now)
