@@ -98,6 +98,34 @@ def test_close_stops_readers_blocked_on_a_full_queue():
     assert not done.is_alive()
 
 
+def test_after_a_hard_error_the_pages_in_flight_are_handed_over_and_no_new_request_starts():
+    """Pipedrive has charged a request that is out: its page is kept (staged by the caller), but
+    no reader asks for another page once the run winds down."""
+    answer = threading.Event()
+    asked: list[str] = []
+
+    class InFlight(ScriptedSource):
+        def pages(self, collection, start=None, extra=None):
+            for n, page in enumerate(super().pages(collection, start, extra)):
+                asked.append(f"{collection.name} {n}")
+                if collection.name == "deals":
+                    assert answer.wait(5)  # the answer comes only after the error was handed over
+                yield page
+
+    source = InFlight({"persons": [[1]], "notes": [[10]], "deals": [[20], [21]]}, fail="notes")
+    reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=3)
+    try:
+        for lane, kind, _ in reader.arrivals():
+            if kind == "error":
+                break
+        threading.Timer(0.2, answer.set).start()  # answered while the reader winds down
+        kept = [(lane.collection.name, item[0].records) for lane, kind, item in reader.leftovers() if kind == "page"]
+    finally:
+        reader.close()
+    assert ("deals", [{"id": 20}]) in kept
+    assert "deals 1" not in asked  # deals' second page was never asked for
+
+
 # -- big collections from both ends, against the fake Pipedrive ---------------------------------
 
 

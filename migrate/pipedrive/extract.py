@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from migrate import stopping
-from migrate.errors import MigrateError, PipedriveError
+from migrate.errors import BudgetExhaustedError, MigrateError, PipedriveError
 from migrate.pipedrive.client import Page, PipedriveClient
 from migrate.pipedrive.collections import (
     COLLECTIONS,
@@ -160,7 +160,7 @@ def _extract_concurrently(stager: _Stager, client: PipedriveClient, checkpoints:
     reader = ConcurrentSource(client, lanes)
     try:
         run.consume(reader)
-    except PipedriveError:  # budget spent, a hard error: keep the pages read before it (fewer tokens next run)
+    except (PipedriveError, BudgetExhaustedError):  # a hard error, the budget spent: keep every page read (fewer tokens next run)
         for lane, kind, item in reader.leftovers():
             if kind == "page" and lane.collection.name not in run.finished:
                 run.stage(lane, item[0])
@@ -555,20 +555,22 @@ class ConcurrentSource:
         self.source = source
         self._box: queue.Queue[tuple[Lane, str, Any]] = queue.Queue(maxsize=depth)
         self._cancelled = threading.Event()
+        self._winding_down = threading.Event()  # readers finish the request they have out, then stop
         self._open = len(plan)  # lanes whose "end" or "error" has not been handed over
         self._count = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
-        for lane in plan:
-            self._pool.submit(self._fill, lane)
+        self._readers = [self._pool.submit(self._fill, lane) for lane in plan]
 
     def _fill(self, lane: Lane) -> None:
+        if self._winding_down.is_set():  # queued behind the readers; no new request now
+            return
         try:
             extra = {"sort_by": "id", "sort_direction": "desc"} if lane.direction == "desc" else None
             for number, page in enumerate(self.source.pages(lane.collection, start=lane.start, extra=extra)):
                 stop = False
                 if lane.meeting is not None:
                     stop = lane.meeting.ascending(page.records) if lane.direction == "asc" else lane.meeting.descending(page.records)
-                if not self._put((lane, "page", (page, stop))):
+                if not self._put((lane, "page", (page, stop))) or self._winding_down.is_set():
                     return
                 if stop:
                     break
@@ -581,8 +583,10 @@ class ConcurrentSource:
 
     def _start(self, lane: Lane) -> None:
         with self._count:
+            if self._winding_down.is_set():
+                return
             self._open += 1
-        self._pool.submit(self._fill, lane)
+            self._readers.append(self._pool.submit(self._fill, lane))
 
     def _put(self, item: tuple[Lane, str, Any]) -> bool:
         while not self._cancelled.is_set():
@@ -607,13 +611,16 @@ class ConcurrentSource:
             yield lane, kind, item
 
     def leftovers(self) -> Iterator[tuple[Lane, str, Any]]:
-        """Stop the readers and hand over what they had read already."""
-        self._cancelled.set()
+        """Let each reader finish the request it has out (Pipedrive has charged it) and stop, and
+        hand over everything read: after a hard error every page paid for is staged."""
+        self._winding_down.set()
         while True:
             try:
-                yield self._box.get_nowait()
+                yield self._box.get(timeout=0.05)
             except queue.Empty:
-                return
+                with self._count:
+                    if all(reader.done() for reader in self._readers) and self._box.empty():
+                        return
 
     def close(self) -> None:
         self._cancelled.set()
