@@ -195,7 +195,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
         out["snapshot_mb"] = sum(p.stat().st_size for p in account.glob("*.jsonl")) / 2**20
 
         with FakeProcess("pipedrive", snapshot_dir=account, burst_limit=burst, window_seconds=WINDOW_SECONDS,
-                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency) as cm:
+                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency, search_cache=True) as cm:
             minimum = pipedrive.ask("minimum")
             out["min_requests"], out["min_tokens"] = minimum["requests"], minimum["tokens"]
             out["fake_pipedrive_rss_mb"] = minimum["rss_mb"]

@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -1136,3 +1137,27 @@ def test_reset_empties_the_tenant_but_keeps_users(cm, api):
     assert cm.records("contacts") == [] and cm.columns() == []
     assert len(api.post("/users/search", json={}).json()["items"]) == 2
     assert create(api, "contacts", [{"firstName": "A", "lastName": "B", "userIds": [JANE_ID]}])[0]["users"][0]["id"] == JANE_ID
+
+
+def test_the_search_cache_answers_as_without_it_and_forgets_at_the_next_write():
+    def read_all(client: httpx.Client) -> list[list[str]]:
+        pages = []
+        for page in (1, 2, 3):
+            body = client.post("/organizations/search", json={"pagination": {"page": page, "pageSize": 10}}).json()
+            pages.append([o["name"] for o in body["items"]])
+        return pages
+
+    answers = []
+    for cached in (False, True):
+        ids = itertools.count(1)
+        with FakeCustomermates(search_cache=cached, id_factory=lambda ids=ids: str(uuid.UUID(int=next(ids)))) as fake, httpx.Client(
+            base_url=fake.url + "/api/v1", headers={"x-api-key": VALID_KEY}, timeout=10
+        ) as client:
+            created = client.post("/organizations/many", json={"organizations": [{"name": f"Org {n:02}"} for n in range(25)]})
+            assert created.status_code == 201, created.text
+            before = read_all(client)
+            assert client.post("/organizations/many", json={"organizations": [{"name": "Org 00a"}]}).status_code == 201
+            answers.append((before, read_all(client)))
+    assert answers[0] == answers[1]
+    (before, after) = answers[1]
+    assert sum(map(len, before)) == 25 and sum(map(len, after)) == 26  # the write was seen

@@ -8,7 +8,6 @@ user deciding to delete data in the target must say so.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -23,7 +22,7 @@ from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.staging.store import Staging, raw_table
-from migrate.transform.engine import ENTITY_ORDER, ENTITY_SOURCES, source_id
+from migrate.transform.engine import ENTITY_ORDER, ENTITY_SOURCES, V1_ENCODED
 
 log = structlog.get_logger(__name__)
 
@@ -33,17 +32,20 @@ BATCH = 100
 
 
 def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
-    """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive."""
-    deleted: dict[str, str] = {}  # source id → deletion date
+    """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive.
+    Matched in SQL: only those two fields of the migrated ones are read, however many were deleted."""
+    gone: dict[str, tuple[str, str]] = {}
     for collection in ENTITY_SOURCES[entity]:
         if not staging.has_collection(collection):
             continue
-        rows = staging.con.execute(f"SELECT data FROM {raw_table(collection)} WHERE is_deleted").fetchall()
-        for (data,) in rows:
-            record = json.loads(data)
-            deleted[source_id(collection, record)] = str(record.get("update_time") or "")[:10]
-    migrated = staging.id_map_for(entity, sorted(deleted)) if deleted else {}
-    return {sid: (migrated[sid][0], day) for sid, day in deleted.items() if sid in migrated}
+        prefix = "lead:" if collection in V1_ENCODED else ""
+        rows = staging.con.execute(
+            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'update_time', ''), 10) FROM {raw_table(collection)} r "
+            "JOIN id_map m ON m.entity = $e AND m.source_id = $p || r.id WHERE r.is_deleted ORDER BY r.id",
+            {"e": entity, "p": prefix},
+        ).fetchall()
+        gone.update({sid: (target_id, day) for sid, target_id, day in rows})
+    return gone
 
 
 def propagate_deletions(

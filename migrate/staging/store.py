@@ -792,11 +792,6 @@ class Staging:
     def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
 
-    def load_issues(self, run_id: str) -> list[dict[str, str]]:
-        cols = ("entity", "source_id", "field", "rule", "detail")
-        rows = self.con.execute(f"SELECT {', '.join(cols)} FROM load_issues WHERE run_id = ? ORDER BY entity, source_id", [run_id]).fetchall()
-        return [dict(zip(cols, r, strict=True)) for r in rows]
-
     # -- a run's issues: the transform's and those of the run's load -------------------------
     def _run_issues_sql(self) -> str:
         return (

@@ -1536,6 +1536,10 @@ class FakeCustomermates:
         Optional explicit mapping ``key -> user id`` (overrides ``api_key``).
         By default ``api_key`` maps to the first user and :data:`VALID_KEY_USER2`
         to the second one.
+    search_cache:
+        Benchmark hook: a search's filtered and sorted records are kept for its next pages until
+        the next request that may write (any but GET and search). Reading 100k records page by
+        page then costs one sort, not one per page; the answers are the same.
     mcp_hang_seconds:
         How long a malformed-JSON request to ``/api/v1/mcp`` is held before the
         connection is closed without any response (the real server never answers).
@@ -1557,6 +1561,7 @@ class FakeCustomermates:
         mcp_hang_seconds: float = 30.0,
         contract_dir: Path | None = None,
         id_factory: "Callable[[], str] | None" = None,
+        search_cache: bool = False,
     ) -> None:
         self._spec = _Spec.get(contract_dir)
         self.users: list[dict] = [_norm_user(u) for u in (users if users is not None else DEFAULT_USERS)]
@@ -1570,6 +1575,9 @@ class FakeCustomermates:
         self.api_key = api_key
         self.api_keys: dict[str, str] = dict(api_keys)
         self.latency_per_item = latency_per_item
+        self.search_cache = search_cache
+        self._searched: dict[tuple[Any, ...], list[dict]] = {}  # (writes seen, query) → records in order
+        self._writes_seen = 0
         self.transaction_timeout = transaction_timeout
         self.mcp_hang_seconds = mcp_hang_seconds
         self._id_factory = id_factory or (lambda: str(uuid.uuid4()))
@@ -1737,6 +1745,15 @@ class FakeCustomermates:
         return response
 
     def _route(self, h: _Handler, method: str, path: str, raw: bytes, rec: RequestRecord) -> _Response:
+        if self.search_cache and method != "GET" and not path.endswith("/search"):
+            self._writes_seen += 1  # before and after: a search made meanwhile is not kept past the write
+            try:
+                return self._route_request(h, method, path, raw, rec)
+            finally:
+                self._writes_seen += 1
+        return self._route_request(h, method, path, raw, rec)
+
+    def _route_request(self, h: _Handler, method: str, path: str, raw: bytes, rec: RequestRecord) -> _Response:
         if not path.startswith("/api/v1/"):
             return _Response(404, b"Not Found", "text/plain")
         parts = [p for p in path[len("/api/v1/"):].split("/") if p]
@@ -2499,15 +2516,20 @@ class FakeCustomermates:
             echo_filters.append(f2)
         has_state = any(k in payload for k in ("filters", "searchTerm", "sortDescriptor", "pagination"))
         sort = payload.get("sortDescriptor") if has_state else DEFAULT_SORT[etype]
-        recs = [r for r in self._data[etype].values() if all(self._match_filter(etype, r, f) for f in echo_filters)]
         term = payload.get("searchTerm")
-        if term:
-            tokens = term.strip().split()
-            if tokens:
-                recs = [r for r in recs if all(self._match_token(etype, r, t.lower()) for t in tokens)]
-        recs.sort(key=lambda r: r["id"])  # what Postgres returned without ORDER BY in the recordings
-        if sort:
-            recs = self._sort(etype, recs, sort)
+        query = (self._writes_seen, etype, json.dumps(echo_filters, sort_keys=True), term, json.dumps(sort, sort_keys=True))
+        recs = self._searched.get(query) if self.search_cache else None
+        if recs is None:
+            recs = [r for r in self._data[etype].values() if all(self._match_filter(etype, r, f) for f in echo_filters)]
+            if term:
+                tokens = term.strip().split()
+                if tokens:
+                    recs = [r for r in recs if all(self._match_token(etype, r, t.lower()) for t in tokens)]
+            recs.sort(key=lambda r: r["id"])  # what Postgres returned without ORDER BY in the recordings
+            if sort:
+                recs = self._sort(etype, recs, sort)
+            if self.search_cache:
+                self._searched = {query: recs}
         page, size = self._page(payload.get("pagination"))
         total = len(recs)
         start = int((page - 1) * size)
