@@ -59,11 +59,12 @@ def write_plan_html(out: TextIO, plan: dict[str, Any], records: PlanRecords, *, 
     out.write(head[:-1] + ',"records":{')
     index = {a: n for n, a in enumerate(actions)}
     others = [a for a in actions if a not in DISPLAY_ORDER]
+    groups = [[a] for a in DISPLAY_ORDER] + ([others] if others else [])  # what needs a decision first
     for n, entity in enumerate(entities):
         out.write(("," if n else "") + _json_for_script(entity) + ":[")
         first = True
-        for chosen in [*([a] for a in DISPLAY_ORDER), others]:  # what needs a decision first
-            for record in records.of(entity, chosen) if chosen else ():
+        for group in groups:
+            for record in records.of(entity, group):
                 out.write(("" if first else ",") + _json_for_script(_row(record, index)))
                 first = False
         out.write("]")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -42,6 +42,21 @@ def order_key(identity: str) -> tuple[int, int, int, str]:
     if _NUMERIC_ID.fullmatch(identity):
         return (0, int(identity), len(identity), identity)
     return (1, 0, 0, identity)
+
+T = TypeVar("T")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter); itertools.batched from Python 3.12."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -480,14 +495,7 @@ class Staging:
     def iter_target_batches(self, entity: str) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
         """`iter_targets` in lists of `TARGET_BATCH`: what a batch needs from other tables (id map,
         last written payloads, the target's records) is read per batch, never for the whole account."""
-        batch: list[tuple[str, dict[str, Any], str]] = []
-        for row in self.iter_targets(entity):
-            batch.append(row)
-            if len(batch) == TARGET_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        yield from batched(self.iter_targets(entity), TARGET_BATCH)
 
     def transform_issues(self, *, rule: str | None = None, entity: str | None = None, limit: int | None = None) -> list[dict[str, str]]:
         """The transform's issues (those of one rule, of one entity, the first `limit`), by entity, rule and record."""

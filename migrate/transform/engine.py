@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.staging.store import Staging, raw_table
+from migrate.staging.store import Staging, batched, raw_table
 from migrate.transform import entities, notes
 from migrate.transform import values as v
 from migrate.transform.columns import (
@@ -287,7 +287,7 @@ class Transformer:
         notes_by_target = self._notes_for(collection)
         if collection in ("deals", "deals_archived"):
             self.lookups.deal_products = self._deal_products(collection)
-        for batch in _batches(self.staging.iter_raw(collection), NOTES_PER_BATCH):
+        for batch in batched(self.staging.iter_raw(collection), NOTES_PER_BATCH):
             own_markdown = self._own_text_markdown(collection, batch)
             for record in batch:
                 sid = source_id(collection, record)
@@ -405,16 +405,7 @@ class Transformer:
                     markdown=markdown[digest],
                 )
 
-        def batches() -> Iterator[tuple[str, notes.NoteEntry]]:
-            batch: list[tuple[Any, ...]] = []
-            for row in rows:
-                batch.append(row)
-                if len(batch) == NOTES_PER_BATCH:
-                    yield from entries(batch)
-                    batch = []
-            yield from entries(batch)
-
-        return SortedGroups(batches())
+        return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
 
     def _convert_notes(self) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
@@ -463,17 +454,6 @@ class Transformer:
 def _md5(text: str) -> str:
     """As DuckDB's md5() of the same text (a text it cannot hold just misses the kept conversions)."""
     return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _batches(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _utc_or_none(value: Any) -> str | None:
