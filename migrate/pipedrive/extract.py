@@ -190,7 +190,7 @@ class _ConcurrentRun:
         """A two-lane collection is read whole: both its checkpoint rows are done."""
         self.finished.add(name)
         for row in (name, name + DESC):
-            self.stager.staging.finish_checkpoint(row, self.stager.run_id)
+            self.stager.finish(row)
 
     def consume(self, reader: ConcurrentSource) -> None:
         for lane, kind, item in reader.arrivals():
@@ -212,7 +212,7 @@ class _ConcurrentRun:
                     self.finished.add(collection.name)
                 self.stager.unavailable(self.client, collection, item, self.totals[collection.name])
                 if lane.meeting is not None:
-                    self.stager.staging.finish_checkpoint(collection.name + DESC, self.stager.run_id)
+                    self.stager.finish(collection.name + DESC)
 
     def stage(self, lane: Lane, page: Page) -> None:
         collection = lane.collection
@@ -259,6 +259,10 @@ class _Stager:
         if self.progress:
             self.progress(collection.name, len(page.records))
         return pages, records
+
+    def finish(self, row: str) -> None:
+        """Mark checkpoint row `row` done (a lane's row, once its collection is read whole)."""
+        self.staging.finish_checkpoint(row, self.run_id)
 
     def stage(self, collection: Collection, page: Page, totals: tuple[int, int]) -> tuple[int, int]:
         """A page of a collection read from one end: its checkpoint row is the collection's."""

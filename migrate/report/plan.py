@@ -374,12 +374,15 @@ class SpooledRecords:
         return self.staging.plan_actions()
 
     def count(self, entity: str, actions: Sequence[str]) -> int:
-        return int(self.staging.con.execute(
-            "SELECT count(*) FROM plan_records WHERE entity = $e AND action IN (SELECT unnest($a))", {"e": entity, "a": list(actions)}
-        ).fetchone()[0])
+        return self.staging.plan_record_count(entity, list(actions))
 
     def of(self, entity: str, actions: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
         return self.staging.plan_records(entity, list(actions) if actions is not None else None, limit)
+
+
+def plan_entities(plan: dict[str, Any], records: PlanRecords) -> list[str]:
+    """The entities a plan's files show, in the summary's order (then any only the records name)."""
+    return list(dict.fromkeys([*plan.get("summary", {}), *records.entities()]))
 
 
 def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int = 200) -> str:
@@ -402,7 +405,7 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
         lines += ["", "## Field coverage", "", "| entity | Pipedrive field | type | custom | goes to |", "|---|---|---|---|---|"]
         lines += [f"| {r['entity']} | {r['pipedrive_field']} | {r['type']} | {r['custom']} | {r['goes_to']} |" for r in plan["coverage"]]
     decisions = ("update", "conflict", "skip")
-    for entity in dict.fromkeys([*plan["summary"], *records.entities()]):
+    for entity in plan_entities(plan, records):
         interesting, creates = records.count(entity, decisions), records.count(entity, ("create",))
         if not interesting and not creates:
             continue

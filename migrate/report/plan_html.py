@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any, TextIO
 
-from migrate.report.plan import ACTIONS, PlanRecords
+from migrate.report.plan import ACTIONS, PlanRecords, plan_entities
 
 # Table order: what needs a decision first (then any other action).
 DISPLAY_ORDER = ("conflict", "update", "create", "skip", "unchanged")
@@ -28,7 +28,7 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'
 
 def write_plan_html(out: TextIO, plan: dict[str, Any], records: PlanRecords, *, page_size: int = PAGE_SIZE) -> None:
     """The whole page, written as the records are read (a million-record plan is not held)."""
-    entities = list(dict.fromkeys([*plan.get("summary", {}), *records.entities()]))
+    entities = plan_entities(plan, records)
     actions = [*ACTIONS, *(a for a in records.actions() if a not in ACTIONS)]
     summary = {e: {a: int((plan.get("summary", {}).get(e) or {}).get(a, 0)) for a in actions} for e in entities}
     colours = {a: COLOURS.get(a, EXTRA_COLOUR) for a in actions}

@@ -6,17 +6,15 @@ they are read, so the files of a million-record plan are written in bounded memo
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
-from migrate.report.plan import ACTIONS, PlanRecords, plan_markdown
+from migrate.report.plan import ACTIONS, PlanRecords, plan_entities, plan_markdown
 from migrate.report.plan_html import write_plan_html
+from migrate.report.run_report import private_file
 
 
 def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, top_issues: int = 10) -> None:
@@ -49,13 +47,12 @@ def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, 
 
 
 def write_plan(plan: dict[str, Any], records: PlanRecords, directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / "plan.json", directory / "plan.md", directory / "plan.html"]
-    with _private(paths[0]) as out:
+    with private_file(paths[0]) as out:
         write_plan_json(out, plan, records)
-    with _private(paths[1]) as out:
+    with private_file(paths[1]) as out:
         out.write(plan_markdown(plan, records))
-    with _private(paths[2]) as out:
+    with private_file(paths[2]) as out:
         write_plan_html(out, plan, records)
     return paths
 
@@ -64,16 +61,9 @@ def write_plan_json(out: TextIO, plan: dict[str, Any], records: PlanRecords) -> 
     """plan.json: the plan's keys as they are, then `records` ({entity: [entry, …]}), one entry a line."""
     header = json.dumps({k: v for k, v in plan.items() if k != "records"}, indent=2, ensure_ascii=False)
     out.write(header.removesuffix("\n}") + ',\n  "records": {')
-    for n, entity in enumerate(dict.fromkeys([*plan["summary"], *records.entities()])):
+    for n, entity in enumerate(plan_entities(plan, records)):
         out.write(("," if n else "") + f"\n    {json.dumps(entity)}: [")
         out.writelines(("," if m else "") + "\n      " + json.dumps(record, ensure_ascii=False) for m, record in enumerate(records.of(entity)))
         out.write("\n    ]")
     out.write("\n  }\n}\n")
 
-
-@contextmanager
-def _private(path: Path) -> Iterator[TextIO]:
-    """A text file readable by its owner only (0600: plans hold customer data)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yield handle

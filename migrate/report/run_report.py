@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
@@ -18,11 +19,18 @@ ISSUE_COLUMNS = ("entity", "source_id", "field", "rule", "detail")
 ISSUE_EXAMPLES = 3  # per rule, in report.json; every issue is in issues.csv
 
 
-def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+@contextmanager
+def private_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A text file written from scratch, readable by its owner only (0600: reports hold customer data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle
+
+
+def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
+    path = directory / name
+    with private_file(path) as handle:
         json.dump(report, handle, indent=2, ensure_ascii=False, sort_keys=False)
         handle.write("\n")
     return path
@@ -115,10 +123,8 @@ def issue_summary(counts: list[tuple[str, int]], examples: dict[str, list[dict[s
 def write_issues(rows: Iterable[tuple[str, str, str, str, str]], directory: Path, name: str = ISSUES_FILE) -> Path:
     """Every issue, one CSV row each (entity, source_id, field, rule, detail), written as the rows
     stream in: a run with a million issues lists them all without holding them."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+    with private_file(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(ISSUE_COLUMNS)
         writer.writerows(rows)

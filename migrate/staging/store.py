@@ -666,26 +666,16 @@ class Staging:
                 {"entity": entity, "s": [r[0] for r in rows], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in rows]},
             )
 
-    # -- the target as last read ---------------------------------------------------------
+    # -- plans --------------------------------------------------------------------------------
     def changed_since_plan(self, planned: Iterable[tuple[str, str, str]], shown: int) -> tuple[int, list[tuple[str, str]]]:
         """Records whose transformed payload is not the one planned (entity, source id, hash),
         or that are new or gone since: how many, and the first `shown`."""
         self.con.execute("CREATE OR REPLACE TEMP TABLE planned_hashes (entity VARCHAR, source_id VARCHAR, payload_hash VARCHAR)")
-
-        def insert(rows: list[tuple[str, str, str]]) -> None:
-            if rows:
-                self.con.execute(
-                    "INSERT INTO planned_hashes SELECT unnest($e), unnest($s), unnest($h)",
-                    {"e": [r[0] for r in rows], "s": [r[1] for r in rows], "h": [r[2] for r in rows]},
-                )
-
-        batch: list[tuple[str, str, str]] = []
-        for row in planned:
-            batch.append(row)
-            if len(batch) >= 5000:
-                insert(batch)
-                batch = []
-        insert(batch)
+        for rows in batched(planned, 5000):
+            self.con.execute(
+                "INSERT INTO planned_hashes SELECT unnest($e), unnest($s), unnest($h)",
+                {"e": [r[0] for r in rows], "s": [r[1] for r in rows], "h": [r[2] for r in rows]},
+            )
         differing = (
             "SELECT coalesce(p.entity, t.entity) AS entity, coalesce(p.source_id, t.source_id) AS source_id FROM planned_hashes p "
             "FULL OUTER JOIN target_records t ON p.entity = t.entity AND p.source_id = t.source_id "
@@ -717,9 +707,16 @@ class Staging:
         for (item,) in self.stream(sql, params):
             yield json.loads(item)
 
+    def plan_record_count(self, entity: str, actions: list[str]) -> int:
+        row = self.con.execute(
+            "SELECT count(*) FROM plan_records WHERE entity = $e AND action IN (SELECT unnest($a))", {"e": entity, "a": actions}
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def plan_actions(self) -> list[str]:
         return [a for (a,) in self.con.execute("SELECT DISTINCT action FROM plan_records ORDER BY action").fetchall()]
 
+    # -- the target as last read ---------------------------------------------------------
     def clear_target_snapshot(self) -> None:
         self.con.execute("DELETE FROM target_snapshot")
 

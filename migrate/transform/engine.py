@@ -300,11 +300,12 @@ class Transformer:
                 yield mapping.entity, sid, text, text_hash(text)
 
     def _own_text_markdown(self, collection: str, records: list[dict[str, Any]]) -> dict[str, str]:
-        """The kept conversions of these records' own texts (activity notes, descriptions), by md5."""
-        digests = {
-            _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if isinstance(text := record.get(key), str) and text
+        """The kept conversions of these records' own texts (activity notes, descriptions), by text."""
+        digest_of = {
+            text: _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if isinstance(text := record.get(key), str) and text
         }
-        return self.staging.note_markdown(digests) if digests else {}
+        kept = self.staging.note_markdown(set(digest_of.values())) if digest_of else {}
+        return {text: kept[digest] for text, digest in digest_of.items() if digest in kept}
 
     def _payload(
         self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str,
@@ -442,7 +443,7 @@ class Transformer:
         for key, title in OWN_TEXTS.get(collection, ()):
             if (record.get(key) or "").strip():
                 html = record[key]
-                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(_md5(html))))
+                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(html)))
         if not entries:
             return None
         text, truncated = notes.compose_notes(entries)
