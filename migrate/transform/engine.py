@@ -26,7 +26,7 @@ from migrate.transform.columns import (
     ColumnRegistry,
     ColumnSpec,
 )
-from migrate.transform.encoders import ENCODERS, Field, Lookups, RecordOut
+from migrate.transform.encoders import ENCODERS, Encoder, Field, Lookups, RecordOut
 from migrate.transform.lookups import IdSet, NameTable, SortedGroups
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
 
@@ -175,8 +175,9 @@ class Transformer:
         for entity in ENTITY_ORDER:
             reg.declare(ColumnSpec(entity, PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, "plain", always=True))
         reg.declare(ColumnSpec("contacts", "other_emails", "Other emails", "plain"))
-        self._column_of: dict[tuple[str, str], tuple[ColumnSpec, ColumnDecl, Field]] = {}
+        self._declared: dict[str, list[_DeclaredColumn]] = {}
         for collection, mapping in self.mappings.sources.items():
+            columns = self._declared[collection] = []
             for decl in mapping.columns:
                 spec = reg.declare(
                     ColumnSpec(
@@ -188,7 +189,7 @@ class Transformer:
                         template=decl.type == "currency",
                     )
                 )
-                self._column_of[(collection, decl.key)] = (spec, decl, self._source_field(collection, decl))
+                columns.append(_DeclaredColumn.of(decl, spec, self._source_field(collection, decl)))
                 for label in self._declared_options(collection, decl):
                     spec.add_option(label)
         self._custom: dict[str, list[tuple[ColumnSpec, Field, str, str]]] = {}
@@ -226,7 +227,10 @@ class Transformer:
         meta = FIELD_META.get(collection)
         result = []
         taken = RESERVED_LABELS.get(mapping.entity, set()) | {
-            s.label.casefold() for (c, _), (s, _, _) in self._column_of.items() if self.mappings.sources[c].entity == mapping.entity
+            column.spec.label.casefold()
+            for c, columns in self._declared.items()
+            if self.mappings.sources[c].entity == mapping.entity
+            for column in columns
         } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
         for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (kv[1].get("order_nr") or 0, kv[0])):
             if not (definition.get("is_custom_field") or definition.get("edit_flag")) or definition.get("is_subfield"):
@@ -316,18 +320,17 @@ class Transformer:
         for key, value in core.values.items():
             out.put(self.registry.get(mapping.entity, key), value)
         out.put(self.registry.get(mapping.entity, PIPEDRIVE_ID), sid)
-        for decl in mapping.columns:
-            spec, _, fld = self._column_of[(collection, decl.key)]
-            value = _get(record, decl.source_field)
-            if decl.currency_from:
-                value = None if value in (None, "") else {"value": value, "currency": _get(record, decl.currency_from)}
-            self._encode(decl.encode, value, record, spec, fld, out)
+        for column in self._declared[collection]:
+            value = _get(record, column.path)
+            if column.currency_path:
+                value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
+            self._encode(column.encoder, value, record, column.spec, column.field, out)
         custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
         for spec, fld, code, encode in self._custom[collection]:
             value = _v1_value(custom_values, code, spec.type) if collection in V1_ENCODED else custom_values.get(code)
             if value is None or value == "" or value == []:
                 continue
-            self._encode(encode, value, record, spec, fld, out)
+            self._encode(ENCODERS[encode], value, record, spec, fld, out)
         for field_name, rule, detail in core.issues + out.issues:
             self._issue(mapping.entity, sid, field_name, rule, detail)
         note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target, own_markdown)
@@ -340,11 +343,11 @@ class Transformer:
             "notes": note_text,
         }
 
-    def _encode(self, encode: str, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
+    def _encode(self, encoder: Encoder, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
         """Run one encoder. A value it cannot read (text where a number belongs, say) is kept as
         text in '<column> (as entered)' and reported with its record and field: never a traceback."""
         try:
-            ENCODERS[encode](value, record, spec, fld, self.lookups, out)
+            encoder(value, record, spec, fld, self.lookups, out)
         except (ValueError, TypeError, AttributeError) as exc:
             text = _as_entered(value)
             fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
@@ -353,19 +356,19 @@ class Transformer:
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
-        builders = {
-            "persons": lambda: entities.contact_core(record, known),
-            "organizations": lambda: entities.organization_core(record, known),
-            "products": lambda: entities.service_core(record, known),
-            "deals": lambda: entities.deal_core(record, known, lookups.deal_products),
-            "deals_archived": lambda: entities.deal_core(record, known, lookups.deal_products),
-            "leads": lambda: entities.lead_core(record, known),
-            "leads_archived": lambda: entities.lead_core(record, known),
-            "activities": lambda: entities.task_core(record, known, lookups.activity_types),
-        }
-        if collection not in builders:
-            raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
-        return builders[collection]()
+        if collection == "persons":
+            return entities.contact_core(record, known)
+        if collection == "organizations":
+            return entities.organization_core(record, known)
+        if collection == "products":
+            return entities.service_core(record, known)
+        if collection in ("deals", "deals_archived"):
+            return entities.deal_core(record, known, lookups.deal_products)
+        if collection in V1_ENCODED:
+            return entities.lead_core(record, known)
+        if collection == "activities":
+            return entities.task_core(record, known, lookups.activity_types)
+        raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
 
     def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
         self.summary.issues[rule] += 1
@@ -476,13 +479,29 @@ def _deleted(record: dict[str, Any]) -> bool:
     return bool(record.get("is_deleted") or record.get("status") == "deleted" or record.get("active_flag") is False)
 
 
-def _get(record: dict[str, Any], path: str) -> Any:
+def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = record
-    for part in path.split("."):
+    for part in path:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
     return value
+
+
+@dataclass(frozen=True)
+class _DeclaredColumn:
+    """A declared column as the record loop reads it: its encoder and source paths resolved once."""
+
+    encoder: Encoder
+    path: tuple[str, ...]
+    currency_path: tuple[str, ...] | None
+    spec: ColumnSpec
+    field: Field
+
+    @classmethod
+    def of(cls, decl: ColumnDecl, spec: ColumnSpec, fld: Field) -> _DeclaredColumn:
+        currency = tuple(decl.currency_from.split(".")) if decl.currency_from else None
+        return cls(ENCODERS[decl.encode], tuple(decl.source_field.split(".")), currency, spec, fld)
 
 
 def _v1_value(record: dict[str, Any], code: str, column_type: str) -> Any:
