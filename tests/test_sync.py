@@ -7,6 +7,7 @@ import random
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
 from tests.fakes.customermates import FakeCustomermates
 from tests.test_end_to_end import by_pipedrive_id
@@ -231,3 +232,49 @@ def test_json_logs_give_one_json_line_per_sync(env):
     assert result.exit_code == 0, result.output
     line = json.loads(result.output.strip().splitlines()[-1])
     assert line["event"] == "sync" and line["status"] == "ok" and "created 0" in line["line"]
+
+
+def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_archived_copy(env, pipedrive, customermates):
+    assert invoke(env, "run").exit_code == 0
+    deal = next(d for d in pipedrive.collections["deals"] if not d.get("is_deleted"))
+    lead = next(d for d in pipedrive.collections["leads"] if not d.get("is_deleted"))
+    archived = {
+        "deals": dict(deal, is_archived=True, title=deal["title"] + " (archived)", update_time=NOW),
+        "leads": dict(lead, is_archived=True, title=lead["title"] + " (archived)", update_time="2026-11-28T12:00:00.000Z"),
+    }
+    for name, record in (("deals", deal), ("leads", lead)):
+        pipedrive.collections[name].remove(record)
+        pipedrive.collections[f"{name}_archived"].append(archived[name])
+    result = invoke(env, "sync")
+    assert result.exit_code == 0, result.output
+    deals = by_pipedrive_id(customermates, "deals")
+    assert [d["name"] for d in deals[str(deal["id"])]] == [archived["deals"]["title"]]
+    assert [d["name"] for d in deals[f"lead:{lead['id']}"]] == [archived["leads"]["title"]]
+
+    restored = dict(archived["deals"], is_archived=False, title=deal["title"], update_time="2026-11-28T13:00:00Z")
+    pipedrive.collections["deals_archived"].remove(archived["deals"])
+    pipedrive.collections["deals"].append(restored)
+    result = invoke(env, "sync", "--reconcile-every", "1", "--deletes", "delete")
+    assert result.exit_code == 0, result.output
+    deals = by_pipedrive_id(customermates, "deals")
+    assert [d["name"] for d in deals[str(deal["id"])]] == [deal["title"]]
+    assert [d["name"] for d in deals[f"lead:{lead['id']}"]] == [archived["leads"]["title"]]
+
+
+def test_a_state_file_holding_both_copies_of_an_archived_deal_keeps_the_newer(tmp_path):
+    state = tmp_path / "state.duckdb"
+    with Staging(state) as staging:
+        staging.upsert_records("deals", [{"id": 7, "title": "old", "update_time": "2026-01-01T00:00:00Z"}])
+        staging.upsert_records("deals_archived", [{"id": 8, "title": "only archived", "update_time": "2026-01-01T00:00:00Z"}])
+        # as an older version staged them: both lists hold deal 7
+        staging.con.execute(
+            "INSERT INTO raw_deals_archived SELECT '7', '{\"id\": 7, \"title\": \"new\"}', false, '2026-02-01T00:00:00Z', now(), 7"
+        )
+    with Staging(state) as staging:
+        assert [r["title"] for r in staging.iter_raw("deals")] == []
+        assert [r["title"] for r in staging.iter_raw("deals_archived")] == ["new", "only archived"]
+        staging.upsert_records("deals", [{"id": 7, "title": "stale", "update_time": "2026-01-15T00:00:00Z"}])
+        assert [r["title"] for r in staging.iter_raw("deals")] == []
+        staging.upsert_records("deals", [{"id": 7, "title": "restored", "update_time": "2026-03-01T00:00:00Z"}])
+        assert [r["title"] for r in staging.iter_raw("deals")] == ["restored"]
+        assert [r["title"] for r in staging.iter_raw("deals_archived")] == ["only archived"]

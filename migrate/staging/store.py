@@ -27,6 +27,8 @@ SCHEMA_VERSION = 1
 DUCKDB_MEMORY_LIMIT = "160MB"
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 TARGET_BATCH = 2000  # target records handled at a time by the plan and the load (`iter_target_batches`)
+# A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
+ARCHIVE_PAIRS = {"deals": "deals_archived", "deals_archived": "deals", "leads": "leads_archived", "leads_archived": "leads"}
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
 
@@ -150,6 +152,7 @@ class Staging:
         self.con.execute(_SCHEMA)
         self._check_version()
         self._add_numeric_ids()
+        self.settle_archive_pairs()
 
     def _add_numeric_ids(self) -> None:
         """State files written before `num_id` existed get it, filled from the ids, once."""
@@ -236,10 +239,18 @@ class Staging:
             raise
 
     def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
-        """Insert or replace records by `key` (one statement, so atomic)."""
-        self._upsert(collection, self.ensure_raw_table(collection), records, key)
+        """Insert or replace records by `key`, in one transaction."""
+        table = self.ensure_raw_table(collection)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self._upsert(collection, table, records, key)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _upsert(self, collection: str, table: str, records: list[dict[str, Any]], key: str) -> None:
+        records = self._claim_from_sibling(collection, records, key)
         if not records:
             return
         self.con.execute(
@@ -254,6 +265,39 @@ class Staging:
                 "at": now(),
             },
         )
+
+    def _claim_from_sibling(self, collection: str, records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+        """A deal or lead moves between the main list and the archived one when it is archived or
+        restored: the pair keeps one copy of it, the newer by `update_time` (a tie goes to the
+        copy read last). Returns the records to stage; their older copies in the other list go."""
+        sibling = ARCHIVE_PAIRS.get(collection)
+        if not records or sibling is None or not self.has_collection(sibling):
+            return records
+        ids = [_identity(r, key, collection) for r in records]
+        held = dict(
+            self.con.execute(
+                f"SELECT id, coalesce(update_time, '') FROM {raw_table(sibling)} WHERE id IN (SELECT unnest($ids))", {"ids": ids}
+            ).fetchall()
+        )
+        if not held:
+            return records
+        newer = [r for i, r in zip(ids, records, strict=True) if i not in held or str(r.get("update_time") or "") >= held[i]]
+        stale = [i for i, r in zip(ids, records, strict=True) if i in held and str(r.get("update_time") or "") >= held[i]]
+        self.con.execute(f"DELETE FROM {raw_table(sibling)} WHERE id IN (SELECT unnest($ids))", {"ids": stale})
+        return newer
+
+    def settle_archive_pairs(self) -> None:
+        """State files written before `_claim_from_sibling` may hold a record in both lists of a
+        pair: the older copy goes (once; nothing to do afterwards)."""
+        for main, archived in (("deals", "deals_archived"), ("leads", "leads_archived")):
+            if not (self.has_collection(main) and self.has_collection(archived)):
+                continue
+            m, a = raw_table(main), raw_table(archived)
+            self.con.execute(
+                f"DELETE FROM {m} WHERE id IN (SELECT x.id FROM {m} x JOIN {a} y ON x.id = y.id "
+                "WHERE (coalesce(x.update_time, ''), x.extracted_at) <= (coalesce(y.update_time, ''), y.extracted_at))"
+            )
+            self.con.execute(f"DELETE FROM {a} WHERE id IN (SELECT id FROM {m})")
 
     def checkpoint(self, collection: str) -> Checkpoint | None:
         row = self.con.execute(
