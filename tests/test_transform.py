@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from migrate.pipedrive.extract import SnapshotSource, extract
+from migrate.errors import MigrateError
+from migrate.staging import store
 from migrate.staging.store import Staging
 from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
@@ -196,3 +198,39 @@ def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(s
     monkeypatch.setattr(engine, "ISSUES_PER_FLUSH", 3)
     monkeypatch.setattr(engine, "NOTES_PER_BATCH", 3)
     assert len(whole[0]) > 30 and output() == whole
+
+
+def test_the_transform_output_is_replaced_within_the_memory_limit_however_many_records_it_had(tmp_path, monkeypatch):
+    """At 30 MB a key on target_records overflowed the limit at 150,000 records (the old and the
+    new rows each indexed in the one transaction), as at 160 MB near a million."""
+    monkeypatch.setattr(store, "DUCKDB_MEMORY_LIMIT", "30MB")
+    payload = json.dumps({"fields": {"name": "x" * 40}, "values": {"note": "y" * 200}})
+    rows = [("contacts", str(i), payload, f"{i:032x}") for i in range(150_000)]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for _ in range(2):
+            staging.replace_transform_output(iter(rows), lambda: ([], []))
+        assert staging.count_targets("contacts") == 150_000
+        assert staging.target_fields("contacts", "149999") == {"name": "x" * 40}
+
+
+def test_a_record_the_transform_gives_twice_is_named_and_the_previous_output_kept(tmp_path):
+    rows = [("deals", "7", "{}", "a"), ("deals", "8", "{}", "b"), ("deals", "7", "{}", "c")]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.replace_transform_output(iter(rows[:2]), lambda: ([], []))
+        with pytest.raises(MigrateError, match="deals 7 2 times"):
+            staging.replace_transform_output(iter(rows), lambda: ([], []))
+        assert staging.count_targets("deals") == 2
+
+
+def test_a_state_file_with_a_key_on_target_records_is_rewritten_without_it_keeping_its_rows(tmp_path):
+    state = tmp_path / "state.duckdb"
+    with Staging(state) as staging:
+        staging.replace_transform_output(iter([("deals", "7", "{}", "a")]), lambda: ([], []))
+        staging.con.execute("CREATE TABLE keyed (entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT, PRIMARY KEY (entity, source_id))")
+        staging.con.execute("INSERT INTO keyed SELECT * FROM target_records")
+        staging.con.execute("DROP TABLE target_records")
+        staging.con.execute("ALTER TABLE keyed RENAME TO target_records")
+    with Staging(state) as staging:
+        keys = staging.con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'target_records' AND constraint_type = 'PRIMARY KEY'").fetchone()
+        assert keys == (0,)
+        assert [(sid, digest) for sid, _, digest in staging.iter_targets("deals")] == [("7", "a")]

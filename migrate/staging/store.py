@@ -68,9 +68,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS extract_checkpoints (
     collection VARCHAR PRIMARY KEY, cursor VARCHAR, pages INTEGER, records BIGINT,
     done BOOLEAN, run_id VARCHAR, updated_at TIMESTAMP);
+-- The transform's output, replaced whole by each transform in one transaction. No key: the
+-- transaction would hold two indexes of every record (the rows it deletes and those it adds)
+-- in memory, past the memory limit at a million records; the transform checks uniqueness.
 CREATE TABLE IF NOT EXISTS target_records (
-    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT,
-    PRIMARY KEY (entity, source_id));
+    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT);
 CREATE TABLE IF NOT EXISTS target_columns (
     entity VARCHAR, key VARCHAR, spec JSON, PRIMARY KEY (entity, key));
 CREATE TABLE IF NOT EXISTS note_markdown (
@@ -152,6 +154,7 @@ class Staging:
         self.con.execute(_SCHEMA)
         self._check_version()
         self._add_numeric_ids()
+        self._drop_target_records_key()
         self.settle_archive_pairs()
 
     def _add_numeric_ids(self) -> None:
@@ -167,6 +170,22 @@ class Staging:
             self.con.execute(
                 f"UPDATE {table} SET num_id = CAST({key} AS BIGINT) WHERE regexp_full_match({key}, '{NUMERIC_ID}')"
             )
+
+    def _drop_target_records_key(self) -> None:
+        """State files written with a key on `target_records` get the table without it, once."""
+        keyed = self.con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'target_records' AND constraint_type = 'PRIMARY KEY'"
+        ).fetchone()[0]
+        if keyed:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute("CREATE TABLE target_records_unkeyed AS SELECT * FROM target_records")
+                self.con.execute("DROP TABLE target_records")
+                self.con.execute("ALTER TABLE target_records_unkeyed RENAME TO target_records")
+                self.con.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
 
     def _check_version(self) -> None:
         row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -482,6 +501,7 @@ class Staging:
                     self._insert_targets(buffer)
                     buffer = []
             self._insert_targets(buffer)
+            self._check_unique_targets()
             columns, issues = finish()
             if columns:
                 self.con.execute(
@@ -493,6 +513,14 @@ class Staging:
         except BaseException:
             self._rollback()
             raise
+
+    def _check_unique_targets(self) -> None:
+        twice = self.con.execute(
+            "SELECT entity, source_id, count(*) FROM target_records GROUP BY entity, source_id HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
+        ).fetchone()
+        if twice:
+            entity, sid, times = twice
+            raise MigrateError(f"internal error: the transform gave {entity} {sid} {times} times; nothing was replaced")
 
     def add_transform_issues(self, issues: list[tuple[str, str, str, str, str]]) -> None:
         """(entity, source id, field, rule, detail) rows; inside `replace_transform_output` they
@@ -531,8 +559,12 @@ class Staging:
 
     def target_fields(self, entity: str, source_id: str) -> dict[str, Any] | None:
         """One transformed record's built-in fields (its name), or None."""
+        number = numeric_id(source_id)
+        # without a key, num_id (sorted as written) lets DuckDB skip the row groups that cannot hold it
         row = self.con.execute(
-            "SELECT payload->'fields' FROM target_records WHERE entity = ? AND source_id = ?", [entity, source_id]
+            "SELECT payload->'fields' FROM target_records WHERE entity = ? AND source_id = ? AND "
+            + ("num_id = ?" if number is not None else "num_id IS NULL"),
+            [entity, source_id, *([number] if number is not None else [])],
         ).fetchone()
         return json.loads(row[0]) if row and row[0] is not None else None
 
