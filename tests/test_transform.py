@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.errors import MigrateError
+from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.staging import store
 from migrate.staging.store import Staging
 from migrate.transform.engine import transform
