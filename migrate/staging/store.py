@@ -304,23 +304,32 @@ class Staging:
             self._rollback()
             raise
 
-    def staged_ids(self, collection: str) -> set[str]:
-        if not self.has_collection(collection):
-            return set()
-        return {r[0] for r in self.con.execute(f"SELECT id FROM {raw_table(collection)}").fetchall()}
+    def staged_among(self, collection: str, ids: list[str]) -> set[str]:
+        """Those of `ids` staged for `collection`."""
+        rows = self.con.execute(f"SELECT id FROM {raw_table(collection)} WHERE id IN (SELECT unnest($ids))", {"ids": ids}).fetchall()
+        return {r[0] for r in rows}
 
-    def flag_missing_as_deleted(self, collection: str, present_ids: list[str]) -> int:
-        """Mark staged records whose id is not in `present_ids` as deleted (in the flag and in
-        the record, `is_deleted: true, vanished: true`, where the transform looks)."""
+    def start_present_ids(self) -> None:
+        """Begin the list of ids a full read of a collection found (`add_present_ids`), kept in the
+        state file rather than in memory, for `flag_missing_as_deleted`."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE present_ids (id VARCHAR)")
+
+    def add_present_ids(self, ids: list[str]) -> None:
+        self.con.execute("INSERT INTO present_ids SELECT unnest($ids)", {"ids": ids})
+
+    def flag_missing_as_deleted(self, collection: str) -> int:
+        """Mark staged records whose id `add_present_ids` did not list as deleted (in the flag and
+        in the record, `is_deleted: true, vanished: true`, where the transform looks); the list
+        is dropped."""
         table = raw_table(collection)
-        where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT unnest($ids))"
-        count = self.con.execute(f"SELECT count(*) FROM {table} {where}", {"ids": present_ids}).fetchone()[0]
+        where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT id FROM present_ids)"
+        count = self.con.execute(f"SELECT count(*) FROM {table} {where}").fetchone()[0]
         if count:
             self.con.execute(
                 f"UPDATE {table} SET is_deleted = true, "
-                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}",
-                {"ids": present_ids},
+                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}"
             )
+        self.con.execute("DROP TABLE present_ids")
         return int(count)
 
     def has_collection(self, collection: str) -> bool:
