@@ -323,7 +323,7 @@ def status_command(settings: Settings) -> None:
 
 @cli.command()
 @common_options
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json and extras.csv (every target record without a known Pipedrive ID) here.")
 def verify(settings: Settings, report_dir: Path | None) -> None:
     """Read Customermates back and compare it with what was migrated: records, links, values, notes.
 
@@ -331,6 +331,8 @@ def verify(settings: Settings, report_dir: Path | None) -> None:
     Customermates, or a relationship, custom value or notes text does not match."""
     console = Console()
     result = pipeline.verify(settings)
+    if report_dir:
+        result["extras"]["file"] = str(pipeline.write_verify_extras(settings, report_dir))
     print_verify(result, console)
     if report_dir:
         path = write_json(result, report_dir, "verify.json")

@@ -370,6 +370,14 @@ def verify(settings: Settings) -> dict[str, Any]:
         return verify_target(staging, client)
 
 
+def write_verify_extras(settings: Settings, directory: Path) -> Path:
+    """Write every extra record the last verify found to `extras.csv` in `directory`, streamed from the state file."""
+    from migrate.report.verify import write_extras
+
+    with Staging(settings.state) as staging:
+        return write_extras(staging, directory)
+
+
 def undo(
     settings: Settings, *, run_id: str | None = None, execute: bool = False, force: bool = False, columns: bool = False
 ) -> dict[str, Any]:

@@ -775,14 +775,20 @@ class Staging:
     def snapshot_count(self, entity: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM target_snapshot WHERE entity = ?", [entity]).fetchone()[0])
 
-    def snapshot_unknown(self, entity: str) -> list[tuple[str, str | None]]:
+    def _unknown_sql(self) -> str:
+        return (
+            "FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid))"
+        )
+
+    def snapshot_unknown(self, entity: str, limit: int | None = None) -> Iterator[tuple[str, str | None]]:
         """(target id, Pipedrive ID) of target records without a Pipedrive ID, or with one no
-        transformed record has, in the order read."""
-        return self.con.execute(
-            "SELECT target_id, pid FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
-            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid)) ORDER BY seq",
-            {"e": entity},
-        ).fetchall()
+        transformed record has, in the order read (the first `limit`); streamed."""
+        sql = f"SELECT target_id, pid {self._unknown_sql()} ORDER BY seq" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        yield from self.stream(sql, {"e": entity})
+
+    def snapshot_unknown_count(self, entity: str) -> int:
+        return int(self.con.execute(f"SELECT count(*) {self._unknown_sql()}", {"e": entity}).fetchone()[0])
 
     def migrated_not_in_snapshot(self, entity: str) -> list[str]:
         """Source ids in the id map whose target record the target no longer held, sorted."""
