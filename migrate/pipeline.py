@@ -17,6 +17,7 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
+from migrate.customermates.undo import UndoRecords
 from migrate.errors import LockHeldError, MigrateError
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
@@ -389,6 +390,13 @@ def undo(
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, mcp = customermates_clients(settings, stack)
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
+
+
+@contextmanager
+def undo_records(settings: Settings) -> Iterator[UndoRecords]:
+    """The records of the last undo, with what happened to each, read from the state file while the context lasts."""
+    with Staging(settings.state) as staging:
+        yield UndoRecords(staging)
 
 
 def _text(value: Any) -> Any:
