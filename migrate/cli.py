@@ -21,7 +21,7 @@ from rich.table import Table
 
 from migrate import pipeline, stopping
 from migrate.config import Settings, load_settings
-from migrate.customermates.undo import print_undo
+from migrate.customermates.undo import print_undo, write_undo
 from migrate.errors import Interrupted, MigrateError
 from migrate.logs import configure, log_format, redact, register_secret
 from migrate.progress import ProgressDisplay
@@ -323,7 +323,7 @@ def status_command(settings: Settings) -> None:
 
 @cli.command()
 @common_options
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json and extras.csv (every target record without a known Pipedrive ID) here.")
 def verify(settings: Settings, report_dir: Path | None) -> None:
     """Read Customermates back and compare it with what was migrated: records, links, values, notes.
 
@@ -331,6 +331,8 @@ def verify(settings: Settings, report_dir: Path | None) -> None:
     Customermates, or a relationship, custom value or notes text does not match."""
     console = Console()
     result = pipeline.verify(settings)
+    if report_dir:
+        result["extras"]["file"] = str(pipeline.write_verify_extras(settings, report_dir))
     print_verify(result, console)
     if report_dir:
         path = write_json(result, report_dir, "verify.json")
@@ -354,10 +356,11 @@ def undo(settings: Settings, run_id: str | None, yes: bool, force: bool, columns
     Exit code 1 if a record or column could not be deleted."""
     console = Console()
     result = pipeline.undo(settings, run_id=run_id, execute=yes, force=force, columns=columns)
-    print_undo(result, console)
-    if report_dir:
-        path = write_json(result, report_dir, "undo.json")
-        console.print(f"Report: {path}")
+    with pipeline.undo_records(settings) as records:
+        print_undo(result, records, console)
+        if report_dir:
+            path = write_undo(result, records, report_dir)
+            console.print(f"Report: {path}")
     if result["status"] == "partial":
         sys.exit(1)
 

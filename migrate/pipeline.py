@@ -17,6 +17,7 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
+from migrate.customermates.undo import UndoRecords
 from migrate.errors import LockHeldError, MigrateError
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
@@ -370,6 +371,14 @@ def verify(settings: Settings) -> dict[str, Any]:
         return verify_target(staging, client)
 
 
+def write_verify_extras(settings: Settings, directory: Path) -> Path:
+    """Write every extra record the last verify found to `extras.csv` in `directory`, streamed from the state file."""
+    from migrate.report.verify import write_extras
+
+    with Staging(settings.state) as staging:
+        return write_extras(staging, directory)
+
+
 def undo(
     settings: Settings, *, run_id: str | None = None, execute: bool = False, force: bool = False, columns: bool = False
 ) -> dict[str, Any]:
@@ -381,6 +390,13 @@ def undo(
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, mcp = customermates_clients(settings, stack)
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
+
+
+@contextmanager
+def undo_records(settings: Settings) -> Iterator[UndoRecords]:
+    """The records of the last undo, with what happened to each, read from the state file while the context lasts."""
+    with Staging(settings.state) as staging:
+        yield UndoRecords(staging)
 
 
 def _text(value: Any) -> Any:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
 from tests.fakes.customermates import FakeCustomermates
@@ -111,6 +114,41 @@ def test_records_that_vanish_without_a_trace_are_caught_by_id_reconciliation(env
     result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
     assert result.exit_code == 0, result.output
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
+
+
+def test_id_reconciliation_holds_a_page_of_ids_at_a_time_and_still_catches_every_vanished_record(
+    env, pipedrive, customermates, monkeypatch, tmp_path
+):
+    """The ids read are checked against the state file page by page and the missing ones found
+    in SQL: records vanished from the first and the last of several pages are both caught, and
+    one without update_time arrives."""
+    pipedrive.collections["persons"] = [dict(p, id=i) for i, p in enumerate(pipedrive.collections["persons"] * 10, start=1)]
+    assert invoke(env, "run").exit_code == 0
+    live = live_persons(pipedrive)
+    vanished = [live[0], live[-1]]
+    for person in vanished:
+        pipedrive.collections["persons"].remove(person)
+    pipedrive.collections["persons"].append(dict(live[1], id=99999, name="No Stamp", first_name="No", last_name="Stamp", update_time=None))
+    asked: list[int] = []
+    staged_among = Staging.staged_among
+
+    def counting(self, collection, ids):
+        if collection == "persons":
+            asked.append(len(ids))
+        return staged_among(self, collection, ids)
+
+    monkeypatch.setattr(Staging, "staged_among", counting)
+
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1", "--report-dir", str(tmp_path / "out"))
+
+    assert result.exit_code == 0, result.output
+    assert len(asked) == math.ceil(len(pipedrive.collections["persons"]) / PAGE_LIMIT) >= 3
+    assert max(asked) <= PAGE_LIMIT
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["sync"]["vanished"]["persons"] == 2
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert all(str(person["id"]) not in contacts for person in vanished)
+    assert contacts["99999"][0]["lastName"] == "Stamp"
 
 
 def test_a_sync_with_many_changes_reads_and_writes_in_proportion(env, pipedrive, customermates):

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.customermates import undo as undo_module
+from migrate.staging.store import Staging
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 
 ENTITIES = ("organizations", "contacts", "services", "deals", "tasks")
@@ -162,7 +163,7 @@ def test_records_already_deleted_by_a_user_are_reported_not_fatal(migrated, cust
     raced: list[str] = []
 
     def page_through_then_a_user_deletes_one(client, entity, id_column):
-        records = real_page_through(client, entity, id_column)
+        records = list(real_page_through(client, entity, id_column))
         if entity == "contacts":  # deleted between the listing and the delete: the batch gets a 400 naming it
             raced.append(records[0]["id"])
             api(customermates, "DELETE", "/contacts/many", {"ids": raced})
@@ -179,3 +180,47 @@ def test_records_already_deleted_by_a_user_are_reported_not_fatal(migrated, cust
     assert outcomes[raced[0]] == "already_gone"
     assert sum(1 for o in outcomes.values() if o == "deleted") == len(outcomes) - 2
     assert state(migrated, "SELECT count(*) FROM id_map") == [(0,)]
+
+
+def test_undo_plans_and_reports_in_batches_from_the_state_file_in_the_order_of_a_whole_listing(migrated, customermates, monkeypatch, tmp_path):
+    """The target is read into the state file a few records at a time and the plan read back in
+    small batches, yet undo.json lists every record as before: per entity (tasks first) those to
+    delete, then those kept as edited, then those already gone, each group by source id as text."""
+    monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
+    monkeypatch.setattr(undo_module, "READ_BATCH", 3)
+    undo_records = Staging.undo_records
+    monkeypatch.setattr(Staging, "undo_records", lambda self, *args, **kwargs: undo_records(self, *args, **{**kwargs, "batch_size": 4}))
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    edited, gone = customermates.records("contacts")[:2]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": edited["id"], "firstName": "Edited"}]})
+    api(customermates, "DELETE", "/contacts/many", {"ids": [gone["id"]]})
+    ids = {e: {r["id"] for r in customermates.records(e)} for e in ENTITIES}
+    mapped = dict(state(migrated, "SELECT target_id, source_id FROM id_map WHERE entity = 'contacts'"))
+
+    result = invoke(["undo", "--report-dir", str(tmp_path / "plan")], migrated)
+
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "plan" / "undo.json").read_text())["records"]
+    assert [r["entity"] for r in records] == sorted((r["entity"] for r in records), key=undo_module.UNDO_ORDER.index)
+    contacts = [r for r in records if r["entity"] == "contacts"]
+    would = sorted(s for t, s in mapped.items() if t not in (edited["id"], gone["id"]))
+    assert [(r["source_id"], r["action"]) for r in contacts] == [
+        *((s, "would delete") for s in would), (mapped[edited["id"]], "kept (edited)"), (mapped[gone["id"]], "already gone")
+    ]
+    assert set(contacts[-2]) == {"entity", "source_id", "target_id", "updated_at", "written_at", "action"}
+    for entity in ENTITIES:
+        listed = [r for r in records if r["entity"] == entity]
+        assert [r["source_id"] for r in listed if r["action"] == "would delete"] == sorted(r["source_id"] for r in listed if r["action"] == "would delete")
+        assert {r["target_id"] for r in listed} == ids[entity] | ({gone["id"]} if entity == "contacts" else set())
+
+    result = invoke(["undo", "--yes", "--report-dir", str(tmp_path / "done")], migrated)
+
+    assert result.exit_code == 0, result.output
+    done = json.loads((tmp_path / "done" / "undo.json").read_text())
+    assert [(r["source_id"], r["action"]) for r in done["records"] if r["entity"] == "contacts"] == [
+        *((s, "deleted") for s in would), (mapped[edited["id"]], "kept (edited)"), (mapped[gone["id"]], "already gone")
+    ]
+    assert done["entities"]["contacts"] == {
+        "created_by_run": len(mapped), "delete": len(would), "kept_edited": 1, "already_gone": 1, "deleted": len(would), "failed": 0
+    }
+    assert [r["id"] for r in customermates.records("contacts")] == [edited["id"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_a_duplicate_pipedrive_id_is_listed_and_an_extra_record_is_not_a_failure
     code, report, output = verify(env, tmp_path / "extra")
     assert code == 0, output
     assert report["entities"]["organizations"]["extras"] == 1
-    assert report["extras"][0]["pipedrive_id"] is None
+    assert report["extras"]["count"] == 1 and report["extras"]["examples"][0]["pipedrive_id"] is None
 
     copy_ = api(
         customermates, "POST", "/organizations/many",
@@ -180,6 +181,38 @@ def test_a_link_removed_in_the_target_is_listed_when_records_are_checked_a_batch
     assert (lost["kind"], lost["source_id"]) == ("contact→organization", pipedrive_id(customermates, "contacts", contact))
     for kind, tally in report["links"].items():
         assert kind == "contact→organization" or tally["percent"] in (100.0, None), kind
-    assert report["missing"] == [] and report["duplicates"] == [] and report["extras"] == []
+    assert report["missing"] == [] and report["duplicates"] == [] and report["extras"]["count"] == 0
     assert all(r["matched"] == r["source"] == r["target"] for r in report["entities"].values())
     assert "Lost links" in output
+
+
+def test_every_extra_record_is_listed_in_extras_csv_and_verify_json_keeps_their_count_and_a_few_examples(migrated, customermates, tmp_path):
+    """Extras are not held: counted in SQL, a few per entity in verify.json, all of them streamed
+    from the state file to extras.csv, in the order read."""
+    env = migrated
+    names = [f"Created by a user {n}" for n in range(5)]
+    made = api(customermates, "POST", "/organizations/many", {"organizations": [{"name": name} for name in names]})
+    column_id = column(customermates, "contacts", "Pipedrive ID")["id"]
+    stray = api(
+        customermates, "POST", "/contacts/many",
+        {"contacts": [{"firstName": "Not", "lastName": "Migrated", "customFieldValues": [{"columnId": column_id, "value": "999999"}]}]},
+    )[0]
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 0, output
+    path = tmp_path / "out" / "extras.csv"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["entity"], r["target_id"], r["pipedrive_id"]) for r in rows} == {
+        *(("organizations", m["id"], "") for m in made), ("contacts", stray["id"], "999999")
+    }
+    assert [r["entity"] for r in rows] == ["organizations"] * 5 + ["contacts"]  # entity order, then the order read
+    extras = report["extras"]
+    assert extras["count"] == 6 and extras["file"] == str(path)
+    assert (report["entities"]["organizations"]["extras"], report["entities"]["contacts"]["extras"]) == (5, 1)
+    assert extras["examples"] == [
+        {"entity": r["entity"], "target_id": r["target_id"], "pipedrive_id": r["pipedrive_id"] or None} for r in rows[:3] + rows[5:]
+    ]
+    assert f"not a failure): 6 (listed in {path})" in " ".join(output.split())

@@ -16,11 +16,20 @@ contacts, organizations. A batch is all-or-nothing and an unknown id fails it wi
 names the id: those ids are dropped and reported as already gone, the rest is sent again.
 Every batch deleted is logged in `undone` and removed from the id map in one transaction, so a
 later `migrate run` creates those records again and an interrupted undo can simply be rerun.
+
+Nothing is held whole: the target's ids and timestamps are read into the state file, where the
+plan is made and each record's outcome kept (`undo_records`); the report is written from there.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -35,7 +44,8 @@ from migrate.customermates.client import (
 )
 from migrate.customermates.mcp import McpClient
 from migrate.errors import ConfigError, MigrateError
-from migrate.staging.store import Staging
+from migrate.report.run_report import private_file
+from migrate.staging.store import Staging, batched
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
 
@@ -44,6 +54,8 @@ log = structlog.get_logger(__name__)
 UNDO_ORDER = tuple(reversed(ENTITY_ORDER))  # tasks, deals, services, contacts, organizations
 EDIT_SLACK = timedelta(seconds=5)
 DELETE_BATCH = 100
+READ_BATCH = 2000  # target records written to the state file, and planned records handled, at a time
+BUCKETS = ("delete", "edited", "gone")  # a record's place in the plan, and in the report's order per entity
 
 
 def _utc(value: Any) -> datetime | None:
@@ -58,10 +70,10 @@ def _utc(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def edited_since_written(record: dict[str, Any], written_at: datetime | None) -> bool:
+def edited_since_written(created_at: Any, updated_at: Any, written_at: datetime | None) -> bool:
     """The rule in the module docstring. A record without timestamps is treated as edited (kept)."""
-    updated = _utc(record.get("updatedAt"))
-    baseline = max((t for t in (_utc(record.get("createdAt")), _utc(written_at)) if t is not None), default=None)
+    updated = _utc(updated_at)
+    baseline = max((t for t in (_utc(created_at), _utc(written_at)) if t is not None), default=None)
     if updated is None or baseline is None:
         return True
     return updated > baseline + EDIT_SLACK
@@ -77,47 +89,29 @@ def undo(
     force: bool = False,
     columns: bool = False,
 ) -> dict[str, Any]:
-    """Plan (and with `execute`, carry out) the undo of one run; returns what was (or would be) done."""
+    """Plan (and with `execute`, carry out) the undo of one run; returns what was (or would be)
+    done. Its records, each with what happened to it, stay in the state file (`UndoRecords`)."""
+    staging.clear_undo_records()
     if run_id is None:
         run_id = staging.latest_creating_run()
         if run_id is None:
-            return {"run_id": None, "dry_run": not execute, "entities": {}, "records": [], "columns": [], "status": "nothing"}
+            return {"run_id": None, "dry_run": not execute, "entities": {}, "columns": [], "status": "nothing"}
     elif staging.con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] == 0:
         raise ConfigError(f"no run {run_id!r} in the state file {staging.path} (see `migrate status`)")
     column_map = staging.column_map()
-    plan: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for entity in UNDO_ORDER:
-        created = staging.created_by(run_id, entity)
-        buckets: dict[str, list[dict[str, Any]]] = {"delete": [], "edited": [], "gone": []}
-        plan[entity] = buckets
-        if not created:
-            continue
-        present = {r["id"]: r for r in _page_through(client, entity, column_map.get((entity, PIPEDRIVE_ID)))}
-        for sid, (tid, written_at) in sorted(created.items()):
-            item = {"entity": entity, "source_id": sid, "target_id": tid}
-            record = present.get(tid)
-            if record is None:
-                buckets["gone"].append(item)
-            elif edited_since_written(record, written_at):
-                item["updated_at"] = record.get("updatedAt")
-                item["written_at"] = _utc(written_at).isoformat(timespec="seconds") if written_at else None
-                buckets["edited"].append(item)
-            else:
-                buckets["delete"].append(item)
+        if staging.created_count(run_id, entity):
+            _plan(staging, client, entity, run_id, column_map.get((entity, PIPEDRIVE_ID)), force=force)
 
     undo_run = staging.start_run(f"undo {run_id}") if execute else None
-    outcome: dict[str, dict[str, list[dict[str, Any]]]] = {e: {"deleted": [], "gone": [], "failed": []} for e in UNDO_ORDER}
     status = "ok"
     try:
         if execute:
             for entity in UNDO_ORDER:
-                buckets = plan[entity]
-                staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in buckets["gone"]], run_id, "already_gone")
-                outcome[entity]["gone"].extend(buckets["gone"])
-                targets = buckets["delete"] + (buckets["edited"] if force else [])
-                _delete(staging, client, entity, targets, run_id, outcome[entity])
-        column_rows = _columns(staging, client, mcp, run_id, plan, columns=columns, execute=execute, force=force)
-        if any(o["failed"] for o in outcome.values()) or any(c["action"] == "failed" for c in column_rows):
+                _carry_out(staging, client, entity, run_id, force=force)
+        entities = _entities(staging, execute=execute, force=force)
+        column_rows = _columns(staging, client, mcp, run_id, entities, columns=columns, execute=execute, force=force)
+        if any(row["failed"] for row in entities.values()) or any(c["action"] == "failed" for c in column_rows):
             status = "partial"
     except BaseException:
         status = "failed"
@@ -125,86 +119,121 @@ def undo(
     finally:
         if undo_run is not None:
             staging.finish_run(undo_run, status, {"undone_run": run_id})
-
-    entities = {}
-    records = []
-    for entity in UNDO_ORDER:
-        buckets, done = plan[entity], outcome[entity]
-        to_delete = buckets["delete"] + (buckets["edited"] if force else [])
-        entities[entity] = {
-            "created_by_run": sum(len(b) for b in buckets.values()),
-            "delete": len(to_delete),
-            "kept_edited": 0 if force else len(buckets["edited"]),
-            "already_gone": len(done["gone"]) if execute else len(buckets["gone"]),
-            "deleted": len(done["deleted"]),
-            "failed": len(done["failed"]),
-        }
-        deleted_ids = {i["target_id"] for i in done["deleted"]}
-        failed = {i["target_id"]: i.get("message") for i in done["failed"]}
-        late_gone = {i["target_id"] for i in done["gone"]} - {i["target_id"] for i in buckets["gone"]}
-        for item in to_delete:
-            if not execute:
-                action = "would delete"
-            elif item["target_id"] in deleted_ids:
-                action = "deleted"
-            elif item["target_id"] in late_gone:
-                action = "already gone"
-            else:
-                action = "failed"
-            records.append({**item, "action": action, **({"message": failed[item["target_id"]]} if item["target_id"] in failed else {})})
-        if not force:
-            records.extend({**i, "action": "kept (edited)"} for i in buckets["edited"])
-        records.extend({**i, "action": "already gone"} for i in buckets["gone"])
-    return {
-        "run_id": run_id,
-        "dry_run": not execute,
-        "force": force,
-        "status": status,
-        "entities": entities,
-        "records": records,
-        "columns": column_rows,
-    }
+    return {"run_id": run_id, "dry_run": not execute, "force": force, "status": status, "entities": entities, "columns": column_rows}
 
 
-def _page_through(client: CustomermatesClient, entity: str, id_column: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _plan(staging: Staging, client: CustomermatesClient, entity: str, run_id: str, id_column: dict[str, Any] | None, *, force: bool) -> None:
+    """Sort the entity's records the run created into delete, edited and gone (`undo_records`),
+    reading the target's ids and timestamps into the state file a page at a time."""
+    staging.start_undo_target()
+    read = ((n, r["id"], r.get("createdAt"), r.get("updatedAt")) for n, r in enumerate(_page_through(client, entity, id_column)))
+    for rows in batched(read, READ_BATCH):
+        staging.add_undo_target(rows)
+    staging.plan_undo(run_id, entity)
+    action = "would delete" if force else "kept (edited)"
+    for rows in batched(staging.undo_records(entity, "delete"), READ_BATCH):
+        staging.mark_undo_edited([r["seq"] for r in rows if edited_since_written(r["created_at"], r["updated_at"], r["written_at"])], action)
+
+
+def _page_through(client: CustomermatesClient, entity: str, id_column: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
     # sorted by the unique Pipedrive ID column so offset paging neither repeats nor skips rows
     sort = (id_column["id"], "asc") if id_column else ("createdAt", "asc")
-    return list(client.iter_records(entity, sort=sort))
+    return client.iter_records(entity, sort=sort)
 
 
-def _delete(
-    staging: Staging, client: CustomermatesClient, entity: str, items: list[dict[str, Any]], run_id: str, done: dict[str, list]
-) -> None:
-    for start in range(0, len(items), DELETE_BATCH):
-        batch = items[start : start + DELETE_BATCH]
-        while batch:
-            try:
-                client.delete_many(entity, [i["target_id"] for i in batch])
-            except BatchRejectedError as exc:
-                named: dict[int, list[str]] = {}
-                for issue in exc.issues:
-                    index = issue.item_index()
-                    if index is not None and index < len(batch):
-                        named.setdefault(index, []).append(issue.message)
-                if not named:
-                    raise
-                gone = [batch[n] for n, msgs in sorted(named.items()) if any("not found" in m.lower() for m in msgs)]
-                failed = [
-                    {**batch[n], "message": "; ".join(msgs)} for n, msgs in sorted(named.items()) if not any("not found" in m.lower() for m in msgs)
-                ]
-                staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in gone], run_id, "already_gone")
-                done["gone"].extend(gone)
-                done["failed"].extend(failed)
-                log.warning("undo.dropped", entity=entity, already_gone=len(gone), failed=len(failed))
-                batch = [item for n, item in enumerate(batch) if n not in named]
-                continue
-            except CustomermatesError as exc:
-                raise MigrateError(
-                    f"{exc}. Everything deleted before this batch is recorded; run `migrate undo --run {run_id} --yes` again to finish"
-                ) from None
-            staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in batch], run_id, "deleted")
-            done["deleted"].extend(batch)
-            break
+def _carry_out(staging: Staging, client: CustomermatesClient, entity: str, run_id: str, *, force: bool) -> None:
+    """Log the records already gone, then delete the rest (the edited ones too with `force`)."""
+    for rows in batched(staging.undo_records(entity, "gone"), READ_BATCH):
+        staging.record_undone(entity, [(r["source_id"], r["target_id"]) for r in rows], run_id, "already_gone")
+    targets = itertools.chain(staging.undo_records(entity, "delete"), staging.undo_records(entity, "edited") if force else ())
+    for batch in batched(targets, DELETE_BATCH):
+        _delete(staging, client, entity, batch, run_id)
+
+
+def _delete(staging: Staging, client: CustomermatesClient, entity: str, batch: list[dict[str, Any]], run_id: str) -> None:
+    """Delete one batch; ids the server names are dropped from it (not found: already gone;
+    otherwise failed) and the rest sent again. Each record's outcome goes to `undo_records`."""
+    while batch:
+        try:
+            client.delete_many(entity, [i["target_id"] for i in batch])
+        except BatchRejectedError as exc:
+            named: dict[int, list[str]] = {}
+            for issue in exc.issues:
+                index = issue.item_index()
+                if index is not None and index < len(batch):
+                    named.setdefault(index, []).append(issue.message)
+            if not named:
+                raise
+            gone = [batch[n] for n, msgs in sorted(named.items()) if any("not found" in m.lower() for m in msgs)]
+            failed = [(batch[n], "; ".join(msgs)) for n, msgs in sorted(named.items()) if not any("not found" in m.lower() for m in msgs)]
+            staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in gone], run_id, "already_gone")
+            staging.set_undo_outcomes([(i["seq"], "already gone", None) for i in gone] + [(i["seq"], "failed", m) for i, m in failed])
+            log.warning("undo.dropped", entity=entity, already_gone=len(gone), failed=len(failed))
+            batch = [item for n, item in enumerate(batch) if n not in named]
+            continue
+        except CustomermatesError as exc:
+            raise MigrateError(
+                f"{exc}. Everything deleted before this batch is recorded; run `migrate undo --run {run_id} --yes` again to finish"
+            ) from None
+        staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in batch], run_id, "deleted")
+        staging.set_undo_outcomes([(i["seq"], "deleted", None) for i in batch])
+        break
+
+
+def _entities(staging: Staging, *, execute: bool, force: bool) -> dict[str, dict[str, int]]:
+    """The counts per entity the undo reports, from its records."""
+    counts = staging.undo_counts()
+    entities = {}
+    for entity in UNDO_ORDER:
+        n = Counter(counts.get(entity))
+        entities[entity] = {
+            "created_by_run": n["records"],
+            "delete": n["delete"] + (n["edited"] if force else 0),
+            "kept_edited": 0 if force else n["edited"],
+            "already_gone": n["already_gone"] if execute else n["gone"],
+            "deleted": n["deleted"],
+            "failed": n["failed"],
+        }
+    return entities
+
+
+@dataclass
+class UndoRecords:
+    """The records of the last undo with what happened to each (undo.json's `records`): per
+    entity those to delete, the edited ones, those already gone; read from the state file."""
+
+    staging: Staging
+
+    def of(self, action: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        rows = (r for e in UNDO_ORDER for bucket in BUCKETS for r in self.staging.undo_records(e, bucket, action))
+        return (_entry(r) for r in itertools.islice(rows, limit))
+
+
+def _entry(row: dict[str, Any]) -> dict[str, Any]:
+    item = {"entity": row["entity"], "source_id": row["source_id"], "target_id": row["target_id"]}
+    if row["bucket"] == "edited":
+        item["updated_at"] = row["updated_at"]
+        item["written_at"] = _utc(row["written_at"]).isoformat(timespec="seconds") if row["written_at"] else None
+    item["action"] = row["action"]
+    if row["action"] == "failed":
+        item["message"] = row["message"]
+    return item
+
+
+def write_undo(result: dict[str, Any], records: UndoRecords, directory: Path) -> Path:
+    """undo.json: the result's keys, with `records` (every record and what happened to it, one a
+    line, streamed from the state file) before `columns`."""
+    path = directory / "undo.json"
+    with private_file(path) as out:
+        for n, (key, value) in enumerate(result.items()):
+            if key == "columns":
+                out.write(',\n  "records": [')
+                out.writelines(("," if m else "") + "\n    " + json.dumps(r, ensure_ascii=False) for m, r in enumerate(records.of()))
+                out.write("\n  ]")
+            text = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            out.write(("," if n else "{") + f"\n  {json.dumps(key)}: {text}")
+        out.write("\n}\n")
+    return path
 
 
 def _columns(
@@ -212,7 +241,7 @@ def _columns(
     client: CustomermatesClient,
     mcp: McpClient | None,
     run_id: str,
-    plan: dict[str, dict[str, list[dict[str, Any]]]],
+    entities: dict[str, dict[str, int]],
     *,
     columns: bool,
     execute: bool,
@@ -228,9 +257,7 @@ def _columns(
         if execute:
             remaining = staging.migrated_count(entity)
         else:
-            buckets = plan.get(entity) or {}
-            leaving = len(buckets.get("delete", [])) + len(buckets.get("gone", [])) + (len(buckets.get("edited", [])) if force else 0)
-            remaining = staging.migrated_count(entity) - leaving
+            remaining = staging.migrated_count(entity) - entities[entity]["delete"] - entities[entity]["already_gone"]
         existing = {c["id"] for c in client.configuration(entity).get("customColumns") or []}
         for column in (c for c in created if c["entity"] == entity):
             if remaining > 0 and not force:
@@ -254,7 +281,7 @@ def _columns(
     return rows
 
 
-def print_undo(result: dict[str, Any], console: Console, *, max_rows: int = 20) -> None:
+def print_undo(result: dict[str, Any], records: UndoRecords, console: Console, *, max_rows: int = 20) -> None:
     if result["status"] == "nothing":
         console.print("Nothing to undo: no run in the state file created records or columns.")
         return
@@ -271,15 +298,15 @@ def print_undo(result: dict[str, Any], console: Console, *, max_rows: int = 20) 
             cells.append(str(row["failed"]))
         table.add_row(entity, *cells)
     console.print(table)
-    kept = [r for r in result["records"] if r["action"] == "kept (edited)"]
+    kept = sum(row["kept_edited"] for row in result["entities"].values())
     if kept:
-        console.print(f"[bold yellow]Kept: edited in Customermates since migrated[/bold yellow] ({len(kept)}; --force deletes them too):")
-        for item in kept[:max_rows]:
+        console.print(f"[bold yellow]Kept: edited in Customermates since migrated[/bold yellow] ({kept}; --force deletes them too):")
+        for item in records.of("kept (edited)", max_rows):
             console.print(f"  • {SINGULAR[item['entity']]} {item['source_id']} ({item['target_id']}): updated {item['updated_at']}", highlight=False)
-    failed = [r for r in result["records"] if r["action"] == "failed"]
+    failed = sum(row["failed"] for row in result["entities"].values())
     if failed:
-        console.print(f"[bold red]Not deleted[/bold red] ({len(failed)}):")
-        for item in failed[:max_rows]:
+        console.print(f"[bold red]Not deleted[/bold red] ({failed}):")
+        for item in records.of("failed", max_rows):
             console.print(f"  • {SINGULAR[item['entity']]} {item['source_id']} ({item['target_id']}): {item.get('message')}", highlight=False)
     columns = result["columns"]
     if columns and all(c["action"] == "kept (no --columns)" for c in columns):

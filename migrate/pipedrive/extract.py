@@ -461,19 +461,20 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
     for collection in COLLECTIONS:
         if not collection.incremental or not staging.has_collection(collection.name):
             continue
-        staged = staging.staged_ids(collection.name)
-        present: list[str] = []
+        staging.start_present_ids()  # in the state file: a page's ids at a time in memory
         try:
             for page in client.pages(collection):
-                present.extend(str(r[collection.key]) for r in page.records)
+                ids = [str(r[collection.key]) for r in page.records]
+                staged = staging.staged_among(collection.name, ids)
                 # records no window can show: new ones without update_time, or never staged
-                unseen = [r for r in page.records if str(r[collection.key]) not in staged or not r.get("update_time")]
+                unseen = [r for i, r in zip(ids, page.records, strict=True) if i not in staged or not r.get("update_time")]
                 staging.upsert_records(collection.name, unseen, collection.key)
+                staging.add_present_ids(ids)
         except PipedriveError as exc:
             if exc.status in (404, 410) and collection.optional:
                 continue
             raise
-        vanished[collection.name] = staging.flag_missing_as_deleted(collection.name, present)
+        vanished[collection.name] = staging.flag_missing_as_deleted(collection.name)
     return vanished
 
 

@@ -121,12 +121,16 @@ def issue_summary(counts: list[tuple[str, int]], examples: dict[str, list[dict[s
 
 
 def write_issues(rows: Iterable[tuple[str, str, str, str, str]], directory: Path, name: str = ISSUES_FILE) -> Path:
-    """Every issue, one CSV row each (entity, source_id, field, rule, detail), written as the rows
-    stream in: a run with a million issues lists them all without holding them."""
-    path = directory / name
+    """Every issue, one CSV row each (entity, source_id, field, rule, detail)."""
+    return write_csv(rows, ISSUE_COLUMNS, directory / name)
+
+
+def write_csv(rows: Iterable[tuple[Any, ...]], columns: tuple[str, ...], path: Path) -> Path:
+    """A CSV file of `columns`, written as the rows stream in: a report file of a million rows
+    lists them all without holding them."""
     with private_file(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(ISSUE_COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
     return path
 

@@ -9,7 +9,8 @@ the check says what Customermates holds now whatever the state file believes.
 What counts as a failure (exit code 1): a record of staging missing in the target (quarantined
 ones included: they are listed as known failures), a Pipedrive ID on two or more target
 records, a relationship, custom value or notes text of a found record that is not there.
-Extras (target records without a Pipedrive ID, or with one staging does not know) are listed,
+Extras (target records without a Pipedrive ID, or with one staging does not know) are counted,
+with a few examples, and listed in `extras.csv` (`write_extras`, streamed from the state file),
 not failures: users create records. Values the transform could not carry exactly are already
 carried as the transform wrote them (the payload is the reference), so they compare equal; the
 rules that fired (`transform_issues`) are listed as known and lossy. Links to a quarantined
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -28,7 +30,7 @@ from rich.table import Table
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, write_csv
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
@@ -36,6 +38,9 @@ from migrate.transform.entities import LINK_ENTITY
 
 EXIT_MISMATCH = 1
 OWNER_KIND = "owner→user"
+EXTRAS_FILE = "extras.csv"
+EXTRA_COLUMNS = ("entity", "target_id", "pipedrive_id")
+EXTRA_EXAMPLES = 3  # per entity, in verify.json; every extra record is in extras.csv
 
 
 def link_kind(entity: str, key: str) -> str:
@@ -99,18 +104,22 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
     pid_columns = ColumnIndex(ids={key: column["id"] for key, column in columns.items() if key[1] == PIPEDRIVE_ID})
     target = TargetState.read(client, pid_columns, staging)
     entities: dict[str, dict[str, Any]] = {}
-    extras: list[dict[str, Any]] = []
+    extras: dict[str, int] = {}
+    examples: list[dict[str, Any]] = []
     for entity in ENTITY_ORDER:
         if (entity, PIPEDRIVE_ID) not in pid_columns.ids:
             # nothing was ever set up for this entity: whatever the target holds has no Pipedrive ID
             total = int(client.search(entity, page=1, page_size=5)["pagination"]["total"])
             reads += 1
+            extras[entity] = total
             if total:
-                extras.append({"entity": entity, "target_id": None, "pipedrive_id": None, "count": total})
+                examples.append({"entity": entity, "target_id": None, "pipedrive_id": None, "count": total})
         else:
             total = staging.snapshot_count(entity)
             reads += max(1, -(-total // 100))
-            extras.extend({"entity": entity, "target_id": t, "pipedrive_id": p} for t, p in staging.snapshot_unknown(entity))
+            extras[entity] = staging.snapshot_unknown_count(entity)
+            unknown = staging.snapshot_unknown(entity, EXTRA_EXAMPLES)
+            examples.extend({"entity": entity, "target_id": t, "pipedrive_id": p} for t, p in unknown)
         entities[entity] = {"source": staging.count_targets(entity), "target": total}
 
     # 2. records (matched, missing, duplicates), then the links, values and notes of each found
@@ -217,7 +226,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         row["missing"] = sum(1 for m in missing if m["entity"] == entity)
         row["quarantined"] = sum(1 for m in missing if m["entity"] == entity and m["quarantined"])
         row["duplicates"] = sum(1 for d in duplicates if d["entity"] == entity)
-        row["extras"] = sum(e.get("count", 1) for e in extras if e["entity"] == entity)
+        row["extras"] = extras[entity]
 
     lossy = staging.transform_issue_counts()
     ok = not missing and not duplicates and links.complete() and values.complete() and notes.complete()
@@ -242,7 +251,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "notes": notes.to_json(),
         "missing": missing,
         "duplicates": duplicates,
-        "extras": extras,
+        "extras": {"count": sum(extras.values()), "examples": examples},
         "link_mismatches": link_mismatches,
         "value_mismatches": value_mismatches,
         "notes_missing": notes_missing,
@@ -251,6 +260,14 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "owner_links_unmatched": unmatched_owner_links,
         "search_requests": reads,
     }
+
+
+def write_extras(staging: Staging, directory: Path) -> Path:
+    """Every extra record the last read of the target found (`extras.csv`: entity, target id,
+    Pipedrive ID), streamed from the state file. An entity nothing was migrated to is not read
+    (verify.json gives its count)."""
+    rows = ((entity, t, p) for entity in ENTITY_ORDER for t, p in staging.snapshot_unknown(entity))
+    return write_csv(rows, EXTRA_COLUMNS, directory / EXTRAS_FILE)
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -297,9 +314,10 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = 15
                 console.print(f"  • {line(item)}"[:200], highlight=False)
             if len(items) > max_rows:
                 console.print(f"  … and {len(items) - max_rows} more (see verify.json)")
-    extras = sum(row["extras"] for row in result["entities"].values())
-    if extras:
-        console.print(f"Extras (in Customermates without a known Pipedrive ID, not a failure): {extras}")
+    extras = result["extras"]
+    if extras["count"]:
+        listed = f" (listed in {extras['file']})" if extras.get("file") else ""
+        console.print(f"Extras (in Customermates without a known Pipedrive ID, not a failure): {extras['count']}{listed}", highlight=False)
     if result["known_failures"]:
         console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {len(result['known_failures'])}")
     by_rule = result["known_lossy"]["by_rule"]

@@ -104,6 +104,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS load_issues (
     run_id VARCHAR, entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
+-- The records of the last `migrate undo`: planned (bucket delete, edited or gone; numbered in source id order),
+-- then given what happened to each (`action`); read back for its report, so that an undo is not held in memory.
+CREATE TABLE IF NOT EXISTS undo_records (
+    entity VARCHAR, seq BIGINT, source_id VARCHAR, target_id VARCHAR, bucket VARCHAR, created_at VARCHAR,
+    updated_at VARCHAR, written_at TIMESTAMP, action VARCHAR, message VARCHAR);
 CREATE TABLE IF NOT EXISTS undone (
     entity VARCHAR, source_id VARCHAR, target_id VARCHAR, run_id VARCHAR, undone_at TIMESTAMP, outcome VARCHAR);
 -- Added without a schema bump: which run first created the record (an update keeps it; `run_id` is the last writer).
@@ -367,23 +372,32 @@ class Staging:
             self._rollback()
             raise
 
-    def staged_ids(self, collection: str) -> set[str]:
-        if not self.has_collection(collection):
-            return set()
-        return {r[0] for r in self.con.execute(f"SELECT id FROM {raw_table(collection)}").fetchall()}
+    def staged_among(self, collection: str, ids: list[str]) -> set[str]:
+        """Those of `ids` staged for `collection`."""
+        rows = self.con.execute(f"SELECT id FROM {raw_table(collection)} WHERE id IN (SELECT unnest($ids))", {"ids": ids}).fetchall()
+        return {r[0] for r in rows}
 
-    def flag_missing_as_deleted(self, collection: str, present_ids: list[str]) -> int:
-        """Mark staged records whose id is not in `present_ids` as deleted (in the flag and in
-        the record, `is_deleted: true, vanished: true`, where the transform looks)."""
+    def start_present_ids(self) -> None:
+        """Begin the list of ids a full read of a collection found (`add_present_ids`), kept in the
+        state file rather than in memory, for `flag_missing_as_deleted`."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE present_ids (id VARCHAR)")
+
+    def add_present_ids(self, ids: list[str]) -> None:
+        self.con.execute("INSERT INTO present_ids SELECT unnest($ids)", {"ids": ids})
+
+    def flag_missing_as_deleted(self, collection: str) -> int:
+        """Mark staged records whose id `add_present_ids` did not list as deleted (in the flag and
+        in the record, `is_deleted: true, vanished: true`, where the transform looks); the list
+        is dropped."""
         table = raw_table(collection)
-        where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT unnest($ids))"
-        count = self.con.execute(f"SELECT count(*) FROM {table} {where}", {"ids": present_ids}).fetchone()[0]
+        where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT id FROM present_ids)"
+        count = self.con.execute(f"SELECT count(*) FROM {table} {where}").fetchone()[0]
         if count:
             self.con.execute(
                 f"UPDATE {table} SET is_deleted = true, "
-                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}",
-                {"ids": present_ids},
+                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}"
             )
+        self.con.execute("DROP TABLE present_ids")
         return int(count)
 
     def has_collection(self, collection: str) -> bool:
@@ -643,15 +657,83 @@ class Staging:
         ).fetchone()
         return row[0] if row else None
 
-    def created_by(self, run_id: str, entity: str) -> dict[str, tuple[str, datetime]]:
-        """source id → (target id, last written at, naive UTC) of the records `run_id` created.
+    def created_count(self, run_id: str, entity: str) -> int:
+        """How many records of `entity` in the id map `run_id` created (rows from before
+        `created_by_run` existed count for the run that last wrote them)."""
+        return int(
+            self.con.execute(
+                "SELECT count(*) FROM id_map WHERE entity = ? AND coalesce(created_by_run, run_id) = ?", [entity, run_id]
+            ).fetchone()[0]
+        )
 
-        Rows from before `created_by_run` existed count for the run that last wrote them."""
+    def start_undo_target(self) -> None:
+        """Begin a read of the target for `plan_undo` (`add_undo_target`), kept in the state file."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE undo_target (seq BIGINT, target_id VARCHAR, created_at VARCHAR, updated_at VARCHAR)")
+
+    def add_undo_target(self, rows: list[tuple[int, str, str | None, str | None]]) -> None:
+        """(position in the read, target id, createdAt, updatedAt) rows."""
+        if rows:
+            self.con.execute(
+                "INSERT INTO undo_target SELECT unnest($n), unnest($t), unnest($c), unnest($u)",
+                {"n": [r[0] for r in rows], "t": [r[1] for r in rows], "c": [r[2] for r in rows], "u": [r[3] for r in rows]},
+            )
+
+    def plan_undo(self, run_id: str, entity: str) -> None:
+        """Add the records of `entity` that `run_id` created to `undo_records`, numbered in source id
+        order (as text) after those there: bucket 'delete' with the timestamps of the target read
+        (`add_undo_target`; a record read twice counts as last read), or 'gone' when it was not
+        read. The read is dropped."""
+        self.con.execute(
+            "INSERT INTO undo_records SELECT $e, (SELECT coalesce(max(seq), 0) FROM undo_records) + row_number() OVER (ORDER BY m.source_id), "
+            "m.source_id, m.target_id, CASE WHEN t.target_id IS NULL THEN 'gone' ELSE 'delete' END, t.created_at, t.updated_at, "
+            "m.written_at, CASE WHEN t.target_id IS NULL THEN 'already gone' ELSE 'would delete' END, NULL "
+            "FROM id_map m LEFT JOIN (SELECT target_id, arg_max_null(created_at, seq) AS created_at, "
+            "arg_max_null(updated_at, seq) AS updated_at FROM undo_target GROUP BY target_id) t ON t.target_id = m.target_id "
+            "WHERE m.entity = $e AND coalesce(m.created_by_run, m.run_id) = $run",
+            {"e": entity, "run": run_id},
+        )
+        self.con.execute("DROP TABLE undo_target")
+
+    def clear_undo_records(self) -> None:
+        self.con.execute("DELETE FROM undo_records")
+
+    def undo_records(self, entity: str, bucket: str, action: str | None = None, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+        """The last undo's records of `entity` in one bucket (of this action), in order; read a batch
+        at a time, each batch a query of its own, so that the undo can mark them as it goes."""
+        cols = ("seq", "entity", "source_id", "target_id", "bucket", "created_at", "updated_at", "written_at", "action", "message")
+        where = "entity = $e AND bucket = $b AND seq > $after" + (" AND action = $a" if action is not None else "")
+        params: dict[str, Any] = {"e": entity, "b": bucket, "after": 0} | ({"a": action} if action is not None else {})
+        sql = f"SELECT {', '.join(cols)} FROM undo_records WHERE {where} ORDER BY seq LIMIT {int(batch_size)}"
+        while rows := self.con.execute(sql, params).fetchall():
+            yield from (dict(zip(cols, row, strict=True)) for row in rows)
+            params["after"] = rows[-1][0]
+
+    def mark_undo_edited(self, seqs: list[int], action: str) -> None:
+        """Move these records of the last undo to bucket 'edited', with `action`."""
+        if seqs:
+            self.con.execute(
+                "UPDATE undo_records SET bucket = 'edited', action = $a WHERE seq IN (SELECT unnest($s))", {"a": action, "s": seqs}
+            )
+
+    def set_undo_outcomes(self, rows: list[tuple[int, str, str | None]]) -> None:
+        """(seq, action, message) of records of the last undo, once carried out."""
+        if rows:
+            self.con.execute(
+                "UPDATE undo_records SET action = o.action, message = o.message "
+                "FROM (SELECT unnest($s) AS seq, unnest($a) AS action, unnest($m) AS message) o WHERE undo_records.seq = o.seq",
+                {"s": [r[0] for r in rows], "a": [r[1] for r in rows], "m": [r[2] for r in rows]},
+            )
+
+    def undo_counts(self) -> dict[str, dict[str, int]]:
+        """Per entity, the last undo's records: all, per bucket (delete, edited, gone) and per
+        outcome (deleted, failed, already_gone)."""
         rows = self.con.execute(
-            "SELECT source_id, target_id, written_at FROM id_map WHERE entity = ? AND coalesce(created_by_run, run_id) = ?",
-            [entity, run_id],
+            "SELECT entity, count(*), count(*) FILTER (WHERE bucket = 'delete'), count(*) FILTER (WHERE bucket = 'edited'), "
+            "count(*) FILTER (WHERE bucket = 'gone'), count(*) FILTER (WHERE action = 'deleted'), "
+            "count(*) FILTER (WHERE action = 'failed'), count(*) FILTER (WHERE action = 'already gone') FROM undo_records GROUP BY entity"
         ).fetchall()
-        return {s: (t, w) for s, t, w in rows}
+        keys = ("records", "delete", "edited", "gone", "deleted", "failed", "already_gone")
+        return {row[0]: dict(zip(keys, map(int, row[1:]), strict=True)) for row in rows}
 
     def record_undone(self, entity: str, rows: list[tuple[str, str]], run_id: str, outcome: str) -> None:
         """Log (source_id, target_id) rows as undone and drop them from the id map, in one transaction."""
@@ -842,14 +924,20 @@ class Staging:
     def snapshot_count(self, entity: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM target_snapshot WHERE entity = ?", [entity]).fetchone()[0])
 
-    def snapshot_unknown(self, entity: str) -> list[tuple[str, str | None]]:
+    def _unknown_sql(self) -> str:
+        return (
+            "FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid))"
+        )
+
+    def snapshot_unknown(self, entity: str, limit: int | None = None) -> Iterator[tuple[str, str | None]]:
         """(target id, Pipedrive ID) of target records without a Pipedrive ID, or with one no
-        transformed record has, in the order read."""
-        return self.con.execute(
-            "SELECT target_id, pid FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
-            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid)) ORDER BY seq",
-            {"e": entity},
-        ).fetchall()
+        transformed record has, in the order read (the first `limit`); streamed."""
+        sql = f"SELECT target_id, pid {self._unknown_sql()} ORDER BY seq" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        yield from self.stream(sql, {"e": entity})
+
+    def snapshot_unknown_count(self, entity: str) -> int:
+        return int(self.con.execute(f"SELECT count(*) {self._unknown_sql()}", {"e": entity}).fetchone()[0])
 
     def migrated_not_in_snapshot(self, entity: str) -> list[str]:
         """Source ids in the id map whose target record the target no longer held, sorted."""
