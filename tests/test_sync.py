@@ -304,7 +304,8 @@ def test_a_state_file_holding_both_copies_of_an_archived_deal_keeps_the_newer(tm
     with Staging(state) as staging:
         staging.upsert_records("deals", [{"id": 7, "title": "old", "update_time": "2026-01-01T00:00:00Z"}])
         staging.upsert_records("deals_archived", [{"id": 8, "title": "only archived", "update_time": "2026-01-01T00:00:00Z"}])
-        # as an older version staged them: both lists hold deal 7
+        # as an older version staged them: both lists hold deal 7, and the file was never settled
+        staging.con.execute("DELETE FROM meta WHERE key = 'archive_pairs_settled'")
         staging.con.execute(
             "INSERT INTO raw_deals_archived SELECT '7', '{\"id\": 7, \"title\": \"new\"}', false, '2026-02-01T00:00:00Z', now(), 7"
         )

@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ DUCKDB_MEMORY_LIMIT = "160MB"
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 TARGET_BATCH = 2000  # target records handled at a time by the plan and the load (`iter_target_batches`)
 # A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
-ARCHIVE_PAIRS = {"deals": "deals_archived", "deals_archived": "deals", "leads": "leads_archived", "leads_archived": "leads"}
+ARCHIVED_LIST = {"deals": "deals_archived", "leads": "leads_archived"}
+ARCHIVE_PAIRS = {**ARCHIVED_LIST, **{archived: main for main, archived in ARCHIVED_LIST.items()}}
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
 
@@ -182,15 +184,10 @@ class Staging:
             "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'target_records' AND constraint_type = 'PRIMARY KEY'"
         ).fetchone()[0]
         if keyed:
-            self.con.execute("BEGIN TRANSACTION")
-            try:
+            with self._transaction():
                 self.con.execute("CREATE TABLE target_records_unkeyed AS SELECT * FROM target_records")
                 self.con.execute("DROP TABLE target_records")
                 self.con.execute("ALTER TABLE target_records_unkeyed RENAME TO target_records")
-                self.con.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
 
     def _check_version(self) -> None:
         row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -204,6 +201,17 @@ class Staging:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction around the block: committed at its end, rolled back if it raises."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+            self.con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         """Roll back the open transaction, if there still is one: a COMMIT that failed (disk
@@ -250,28 +258,18 @@ class Staging:
         """Upsert one page (records identified by `key`) and move its checkpoint row (named by
         `checkpoint.collection`: the collection, or one lane of it), atomically."""
         table = self.ensure_raw_table(collection)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             self._upsert(collection, table, records, key)
             self.con.execute(
                 "INSERT OR REPLACE INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()],
             )
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
         """Insert or replace records by `key`, in one transaction."""
         table = self.ensure_raw_table(collection)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             self._upsert(collection, table, records, key)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def _upsert(self, collection: str, table: str, records: list[dict[str, Any]], key: str) -> None:
         records = self._claim_from_sibling(collection, records, key)
@@ -305,23 +303,27 @@ class Staging:
         )
         if not held:
             return records
-        newer = [r for i, r in zip(ids, records, strict=True) if i not in held or str(r.get("update_time") or "") >= held[i]]
-        stale = [i for i, r in zip(ids, records, strict=True) if i in held and str(r.get("update_time") or "") >= held[i]]
+        claims = [i not in held or str(r.get("update_time") or "") >= held[i] for i, r in zip(ids, records, strict=True)]
+        stale = [i for i, claim in zip(ids, claims, strict=True) if claim and i in held]
         self.con.execute(f"DELETE FROM {raw_table(sibling)} WHERE id IN (SELECT unnest($ids))", {"ids": stale})
-        return newer
+        return [r for r, claim in zip(records, claims, strict=True) if claim]
 
     def settle_archive_pairs(self) -> None:
         """State files written before `_claim_from_sibling` may hold a record in both lists of a
-        pair: the older copy goes (once; nothing to do afterwards)."""
-        for main, archived in (("deals", "deals_archived"), ("leads", "leads_archived")):
-            if not (self.has_collection(main) and self.has_collection(archived)):
-                continue
-            m, a = raw_table(main), raw_table(archived)
-            self.con.execute(
-                f"DELETE FROM {m} WHERE id IN (SELECT x.id FROM {m} x JOIN {a} y ON x.id = y.id "
-                "WHERE (coalesce(x.update_time, ''), x.extracted_at) <= (coalesce(y.update_time, ''), y.extracted_at))"
-            )
-            self.con.execute(f"DELETE FROM {a} WHERE id IN (SELECT id FROM {m})")
+        pair: the older copy goes, once (marked in `meta`)."""
+        if self.con.execute("SELECT 1 FROM meta WHERE key = 'archive_pairs_settled'").fetchone():
+            return
+        with self._transaction():
+            for main, archived in ARCHIVED_LIST.items():
+                if not (self.has_collection(main) and self.has_collection(archived)):
+                    continue
+                m, a = raw_table(main), raw_table(archived)
+                self.con.execute(
+                    f"DELETE FROM {m} WHERE id IN (SELECT x.id FROM {m} x JOIN {a} y ON x.id = y.id "
+                    "WHERE (coalesce(x.update_time, ''), x.extracted_at) <= (coalesce(y.update_time, ''), y.extracted_at))"
+                )
+                self.con.execute(f"DELETE FROM {a} WHERE id IN (SELECT id FROM {m})")
+            self.con.execute("INSERT INTO meta VALUES ('archive_pairs_settled', 'true')")
 
     def checkpoint(self, collection: str) -> Checkpoint | None:
         row = self.con.execute(
@@ -359,18 +361,13 @@ class Staging:
         """Replace a collection's records in one transaction: all of them, or with `where_json`
         (a JSON field and its values) only the rows whose field has one of those values."""
         table = self.ensure_raw_table(collection)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             if where_json is None:
                 self.con.execute(f"DELETE FROM {table}")
             else:
                 field_name, values = where_json
                 self.con.execute(f"DELETE FROM {table} WHERE data->>'{field_name}' IN (SELECT unnest($v))", {"v": values})
             self._upsert(collection, table, records, key)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def staged_among(self, collection: str, ids: list[str]) -> set[str]:
         """Those of `ids` staged for `collection`."""
@@ -504,8 +501,7 @@ class Staging:
         """Replace the transform output in one transaction. `records` (entity, source id, payload
         JSON text, payload hash) stream in; `finish` is called once they are consumed and returns
         the columns and issues they gave rise to."""
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             for table in ("target_records", "target_columns", "transform_issues"):
                 self.con.execute(f"DELETE FROM {table}")
             buffer: list[tuple[str, str, str, str]] = []
@@ -523,10 +519,6 @@ class Staging:
                     {"e": [c["entity"] for c in columns], "k": [c["key"] for c in columns], "s": [json.dumps(c) for c in columns]},
                 )
             self.add_transform_issues(issues)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def _check_unique_targets(self) -> None:
         twice = self.con.execute(
@@ -739,17 +731,12 @@ class Staging:
         """Log (source_id, target_id) rows as undone and drop them from the id map, in one transaction."""
         if not rows:
             return
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             self.con.execute(
                 "INSERT INTO undone SELECT $entity, unnest($s), unnest($t), $run, $at, $outcome",
                 {"entity": entity, "s": [r[0] for r in rows], "t": [r[1] for r in rows], "run": run_id, "at": now(), "outcome": outcome},
             )
             self._drop_identity(entity, [r[0] for r in rows])
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.con.execute(
@@ -784,8 +771,7 @@ class Staging:
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
         uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             if written:
                 sender = self.con.execute("SELECT run_id FROM pending_batches WHERE batch_id = ?", [batch_id]).fetchone() if batch_id else None
                 self.con.execute(
@@ -811,10 +797,6 @@ class Staging:
                 )
             if batch_id:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
-            self.con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def save_written(self, entity: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """Remember the transformed payload last written per record (the plan's 'written' state)."""
