@@ -216,3 +216,15 @@ def test_every_extra_record_is_listed_in_extras_csv_and_verify_json_keeps_their_
         {"entity": r["entity"], "target_id": r["target_id"], "pipedrive_id": r["pipedrive_id"] or None} for r in rows[:3] + rows[5:]
     ]
     assert f"not a failure): 6 (listed in {path})" in " ".join(output.split())
+
+
+def test_the_state_file_gives_back_one_kind_of_finding_in_the_order_found_a_batch_at_a_time(tmp_path):
+    with store.Staging(tmp_path / "state.duckdb") as staging:
+        staging.add_verify_findings([("missing", "contacts", n, json.dumps({"n": n})) for n in range(10, 20)])
+        staging.add_verify_findings([("missing", "organizations", n, json.dumps({"n": n})) for n in range(10)])
+        staging.add_verify_findings([("duplicates", "contacts", 20, json.dumps({"n": 20}))])
+
+        assert [f["n"] for f in staging.verify_findings("missing", batch_size=3)] == list(range(20))
+
+        staging.clear_verify_findings()
+        assert list(staging.verify_findings("missing")) == []
