@@ -323,7 +323,7 @@ def status_command(settings: Settings) -> None:
 
 @cli.command()
 @common_options
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json and extras.csv (every target record without a known Pipedrive ID) here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json, extras.csv and every failure, a CSV file per kind (missing.csv, duplicates.csv, …), here.")
 def verify(settings: Settings, report_dir: Path | None) -> None:
     """Read Customermates back and compare it with what was migrated: records, links, values, notes.
 
@@ -332,7 +332,8 @@ def verify(settings: Settings, report_dir: Path | None) -> None:
     console = Console()
     result = pipeline.verify(settings)
     if report_dir:
-        result["extras"]["file"] = str(pipeline.write_verify_extras(settings, report_dir))
+        for key, path in pipeline.write_verify_lists(settings, report_dir).items():
+            result[key]["file"] = str(path)
     print_verify(result, console)
     if report_dir:
         path = write_json(result, report_dir, "verify.json")

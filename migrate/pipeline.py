@@ -371,12 +371,13 @@ def verify(settings: Settings) -> dict[str, Any]:
         return verify_target(staging, client)
 
 
-def write_verify_extras(settings: Settings, directory: Path) -> Path:
-    """Write every extra record the last verify found to `extras.csv` in `directory`, streamed from the state file."""
-    from migrate.report.verify import write_extras
+def write_verify_lists(settings: Settings, directory: Path) -> dict[str, Path]:
+    """Write every extra record and every failure the last verify found to `directory` (extras.csv,
+    missing.csv, …), streamed from the state file; the paths by their verify.json key."""
+    from migrate.report.verify import write_extras, write_findings
 
     with Staging(settings.state) as staging:
-        return write_extras(staging, directory)
+        return {"extras": write_extras(staging, directory), **write_findings(staging, directory)}
 
 
 def undo(

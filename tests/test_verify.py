@@ -16,9 +16,19 @@ from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.staging import store
+from migrate.transform.engine import ENTITY_ORDER
 from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
 
 SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
+# every kind of failure: its CSV file's columns, and those written as JSON
+FINDING_COLUMNS = {
+    "missing": ["entity", "source_id", "quarantined", "reason"],
+    "duplicates": ["entity", "source_id", "target_ids"],
+    "link_mismatches": ["entity", "source_id", "kind", "missing"],
+    "value_mismatches": ["entity", "source_id", "column", "type", "expected", "found"],
+    "notes_missing": ["entity", "source_id", "target_id"],
+}
+JSON_COLUMNS = {"quarantined", "target_ids", "missing", "expected", "found"}
 
 
 def invoke(args: list[str], env: dict[str, str]):
@@ -28,6 +38,11 @@ def invoke(args: list[str], env: dict[str, str]):
 def verify(env: dict[str, str], report_dir: Path) -> tuple[int, dict[str, Any], str]:
     result = invoke(["verify", "--report-dir", str(report_dir)], env)
     return result.exit_code, json.loads((report_dir / "verify.json").read_text()), result.output
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def column(customermates: FakeCustomermates, entity: str, label: str) -> dict[str, Any]:
@@ -106,8 +121,8 @@ def test_a_record_deleted_in_the_target_is_listed_as_missing(migrated, customerm
 
     assert code == 1
     assert report["status"] == "mismatch"
-    missing = {m["source_id"]: m for m in report["missing"]}
-    assert set(missing) == {gone_sid, quarantined_sid}
+    missing = {m["source_id"]: m for m in report["missing"]["examples"]}
+    assert set(missing) == {gone_sid, quarantined_sid} and report["missing"]["count"] == 2
     assert missing[gone_sid]["reason"] == "deleted in Customermates after it was migrated"
     assert missing[quarantined_sid]["quarantined"] and "rejected by the server" in missing[quarantined_sid]["reason"]
     assert [q["source_id"] for q in report["known_failures"]] == [quarantined_sid]
@@ -134,7 +149,8 @@ def test_a_duplicate_pipedrive_id_is_listed_and_an_extra_record_is_not_a_failure
     )[0]
     code, report, output = verify(env, tmp_path / "dup")
     assert code == 1
-    (duplicate,) = report["duplicates"]
+    (duplicate,) = report["duplicates"]["examples"]
+    assert report["duplicates"]["count"] == 1
     assert (duplicate["entity"], duplicate["source_id"]) == ("organizations", sid)
     assert set(duplicate["target_ids"]) == {original["id"], copy_["id"]}
     assert report["entities"]["organizations"]["duplicates"] == 1
@@ -156,10 +172,11 @@ def test_a_changed_custom_value_lowers_that_column_types_preservation(migrated, 
     assert report["values"]["singleSelect"]["percent"] < 100.0
     assert report["values"]["singleSelect"]["preserved"] == report["values"]["singleSelect"]["expected"] - 1
     assert report["values"]["plain"]["percent"] == 100.0
-    (mismatch,) = report["value_mismatches"]
+    (mismatch,) = report["value_mismatches"]["examples"]
+    assert report["value_mismatches"]["count"] == 1
     assert (mismatch["entity"], mismatch["column"], mismatch["type"]) == ("deals", "Status", "singleSelect")
     assert mismatch["source_id"] == pipedrive_id(customermates, "deals", deal)
-    assert report["missing"] == [] and report["duplicates"] == []
+    assert report["missing"]["count"] == report["duplicates"]["count"] == 0
     assert "Values that differ" in output
 
 
@@ -177,11 +194,12 @@ def test_a_link_removed_in_the_target_is_listed_when_records_are_checked_a_batch
     assert code == 1
     row = report["links"]["contact→organization"]
     assert row["preserved"] == row["expected"] - 1 and row["excepted"] == 0
-    (lost,) = report["link_mismatches"]
+    (lost,) = report["link_mismatches"]["examples"]
+    assert report["link_mismatches"]["count"] == 1
     assert (lost["kind"], lost["source_id"]) == ("contact→organization", pipedrive_id(customermates, "contacts", contact))
     for kind, tally in report["links"].items():
         assert kind == "contact→organization" or tally["percent"] in (100.0, None), kind
-    assert report["missing"] == [] and report["duplicates"] == [] and report["extras"]["count"] == 0
+    assert report["missing"]["count"] == report["duplicates"]["count"] == report["extras"]["count"] == 0
     assert all(r["matched"] == r["source"] == r["target"] for r in report["entities"].values())
     assert "Lost links" in output
 
@@ -216,3 +234,99 @@ def test_every_extra_record_is_listed_in_extras_csv_and_verify_json_keeps_their_
         {"entity": r["entity"], "target_id": r["target_id"], "pipedrive_id": r["pipedrive_id"] or None} for r in rows[:3] + rows[5:]
     ]
     assert f"not a failure): 6 (listed in {path})" in " ".join(output.split())
+
+
+def test_a_verify_before_the_load_lists_every_record_in_missing_csv_and_verify_json_keeps_the_count_and_the_first_few(env, sample_dir, tmp_path):
+    """Nothing arrived: every record is a failure. verify.json and the output hold the count and
+    the first 15; missing.csv every one, streamed from the state file in entity order, then the
+    order verified (the records' id order)."""
+    assert invoke(["run", "--dry-run", "--source", str(sample_dir)], env).exit_code == 0
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1
+    path = tmp_path / "out" / "missing.csv"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    rows = csv_rows(path)
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    staged = con.execute("SELECT entity, source_id FROM target_records").fetchall()
+    con.close()
+    in_order = [(e, sid) for e in ENTITY_ORDER for sid in sorted((s for x, s in staged if x == e), key=store.order_key)]
+    assert [(r["entity"], r["source_id"]) for r in rows] == in_order
+    assert {(r["quarantined"], r["reason"]) for r in rows} == {("false", "not loaded yet")}
+    missing = report["missing"]
+    assert missing["count"] == len(rows) > 15 and missing["file"] == str(path)
+    assert missing["examples"] == [
+        {"entity": r["entity"], "source_id": r["source_id"], "quarantined": False, "reason": r["reason"]} for r in rows[:15]
+    ]
+    assert sum(row["missing"] for row in report["entities"].values()) == len(rows)
+    assert report["summary"] == f"{len(rows)} missing"
+    squashed = "".join(output.split())  # the console folds long lines, even inside a path
+    assert f"MissinginCustomermates({len(rows)},listedin{path}):" in squashed and f"…and{len(rows) - 15}more" in squashed
+    unlisted = " ".join(invoke(["verify"], env).output.split())
+    assert f"Missing in Customermates ({len(rows)}):" in unlisted and f"… and {len(rows) - 15} more; `--report-dir` lists every one" in unlisted
+
+
+def test_every_kind_of_failure_is_a_row_of_its_csv_file_with_nested_values_as_json(migrated, customermates, tmp_path):
+    env = migrated
+    gone = customermates.records("contacts")[0]
+    api(customermates, "DELETE", "/contacts/many", {"ids": [gone["id"]]})
+    original = customermates.records("organizations")[0]
+    pid_column = column(customermates, "organizations", "Pipedrive ID")["id"]
+    api(
+        customermates, "POST", "/organizations/many",
+        {"organizations": [{"name": original["name"], "customFieldValues": [{"columnId": pid_column, "value": pipedrive_id(customermates, "organizations", original)}]}]},
+    )
+    unlinked = [c for c in customermates.records("contacts") if c.get("organizations")][-1]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": unlinked["id"], "organizationIds": []}]})
+    status = column(customermates, "deals", "Status")
+    deal = next(d for d in customermates.records("deals") if any(v["columnId"] == status["id"] for v in d["customFieldValues"]))
+    current = next(v["value"] for v in deal["customFieldValues"] if v["columnId"] == status["id"])
+    other = next(o["value"] for o in status["options"]["options"] if o["value"] != current)
+    api(customermates, "PUT", "/deals/many", {"deals": [{"id": deal["id"], "customFieldValues": [{"columnId": status["id"], "value": other}]}]})
+    noted = next(o for o in customermates.records("organizations") if o.get("notes") and o["id"] != original["id"])
+    api(customermates, "PUT", "/organizations/many", {"organizations": [{"id": noted["id"], "notes": None}]})
+
+    code, report, _ = verify(env, tmp_path / "out")
+
+    assert code == 1
+    for kind, columns in FINDING_COLUMNS.items():
+        path = tmp_path / "out" / f"{kind}.csv"
+        rows = csv_rows(path)
+        assert rows and list(rows[0]) == columns, kind
+        decoded = [{c: json.loads(v) if c in JSON_COLUMNS else v for c, v in row.items()} for row in rows]
+        assert decoded == report[kind]["examples"] and report[kind]["count"] == len(rows), kind
+        assert report[kind]["file"] == str(path)
+    assert (report["missing"]["examples"][0]["source_id"], report["notes_missing"]["examples"][0]["target_id"]) == (
+        pipedrive_id(customermates, "contacts", gone), noted["id"]
+    )
+    assert set(report["duplicates"]["examples"][0]["target_ids"]) > {original["id"]}
+
+
+def test_a_later_verify_replaces_the_earlier_lists_and_writes_every_csv_file_even_when_empty(env, sample_dir, tmp_path):
+    assert invoke(["run", "--dry-run", "--source", str(sample_dir)], env).exit_code == 0
+    assert verify(env, tmp_path / "out")[1]["missing"]["count"] > 0
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 0, output
+    for kind, columns in FINDING_COLUMNS.items():
+        path = tmp_path / "out" / f"{kind}.csv"
+        assert report[kind] == {"count": 0, "examples": [], "file": str(path)}
+        assert path.read_text(encoding="utf-8").splitlines() == [",".join(columns)]
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    assert con.execute("SELECT count(*) FROM verify_findings").fetchone() == (0,)
+    con.close()
+
+
+def test_the_state_file_gives_back_one_kind_of_finding_in_the_order_found_a_batch_at_a_time(tmp_path):
+    with store.Staging(tmp_path / "state.duckdb") as staging:
+        staging.add_verify_findings([("missing", "contacts", n, json.dumps({"n": n})) for n in range(10, 20)])
+        staging.add_verify_findings([("missing", "organizations", n, json.dumps({"n": n})) for n in range(10)])
+        staging.add_verify_findings([("duplicates", "contacts", 20, json.dumps({"n": 20}))])
+
+        assert [f["n"] for f in staging.verify_findings("missing", batch_size=3)] == list(range(20))
+
+        staging.clear_verify_findings()
+        assert list(staging.verify_findings("missing")) == []

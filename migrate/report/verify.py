@@ -9,6 +9,9 @@ the check says what Customermates holds now whatever the state file believes.
 What counts as a failure (exit code 1): a record of staging missing in the target (quarantined
 ones included: they are listed as known failures), a Pipedrive ID on two or more target
 records, a relationship, custom value or notes text of a found record that is not there.
+Failures are written to the state file as they are found (`verify_findings`); the report holds
+their counts and the first few of each kind, and `write_findings` streams every one to a CSV
+file per kind, so a verify of a million records that are not there holds none of them.
 Extras (target records without a Pipedrive ID, or with one staging does not know) are counted,
 with a few examples, and listed in `extras.csv` (`write_extras`, streamed from the state file),
 not failures: users create records. Values the transform could not carry exactly are already
@@ -19,6 +22,7 @@ record and owners without a Customermates user are excepted: counted apart, not 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +45,17 @@ OWNER_KIND = "owner→user"
 EXTRAS_FILE = "extras.csv"
 EXTRA_COLUMNS = ("entity", "target_id", "pipedrive_id")
 EXTRA_EXAMPLES = 3  # per entity, in verify.json; every extra record is in extras.csv
+# The kinds of failure: the key of each in verify.json, and the columns of its CSV file (<key>.csv)
+FINDINGS = {
+    "missing": ("entity", "source_id", "quarantined", "reason"),
+    "duplicates": ("entity", "source_id", "target_ids"),
+    "link_mismatches": ("entity", "source_id", "kind", "missing"),
+    "value_mismatches": ("entity", "source_id", "column", "type", "expected", "found"),
+    "notes_missing": ("entity", "source_id", "target_id"),
+}
+JSON_CELLS = {"quarantined", "target_ids", "missing", "expected", "found"}  # written as JSON in the CSV files
+FINDING_EXAMPLES = 15  # per kind, in verify.json and printed; every failure is in the state file
+FINDINGS_PER_INSERT = 2000
 
 
 def link_kind(entity: str, key: str) -> str:
@@ -80,6 +95,38 @@ class _Tally:
 
     def complete(self) -> bool:
         return all(self.preserved[n] + self.excepted[n] == self.expected[n] for n in self.expected)
+
+
+class _Findings:
+    """The failures verify finds, of each kind (`FINDINGS`): written to the state file a batch at
+    a time, in the order found; only their counts per entity and the first few are held."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.staging = staging
+        self.counts: Counter[tuple[str, str]] = Counter()  # (kind, entity)
+        self.examples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in FINDINGS}
+        self.rows: list[tuple[str, str, int, str]] = []
+        self.seq = 0
+        staging.clear_verify_findings()
+
+    def add(self, kind: str, item: dict[str, Any]) -> None:
+        self.counts[kind, item["entity"]] += 1
+        if len(self.examples[kind]) < FINDING_EXAMPLES:
+            self.examples[kind].append(item)
+        self.rows.append((kind, item["entity"], self.seq, json.dumps(item, ensure_ascii=False)))
+        self.seq += 1
+        if len(self.rows) >= FINDINGS_PER_INSERT:
+            self.flush()
+
+    def flush(self) -> None:
+        self.staging.add_verify_findings(self.rows)
+        self.rows = []
+
+    def count(self, kind: str, entity: str | None = None) -> int:
+        return sum(n for (k, e), n in self.counts.items() if k == kind and entity in (None, e))
+
+    def to_json(self, kind: str) -> dict[str, Any]:
+        return {"count": self.count(kind), "examples": self.examples[kind]}
 
 
 def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
@@ -123,16 +170,12 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         entities[entity] = {"source": staging.count_targets(entity), "target": total}
 
     # 2. records (matched, missing, duplicates), then the links, values and notes of each found
-    missing: list[dict[str, Any]] = []
-    duplicates: list[dict[str, Any]] = []
+    findings = _Findings(staging)
     links, values, notes = _Tally(), _Tally(), _Tally()
-    link_mismatches: list[dict[str, Any]] = []
-    value_mismatches: list[dict[str, Any]] = []
-    notes_missing: list[dict[str, Any]] = []
     unmatched_owner_links = 0
     undone = set(staging.con.execute("SELECT entity, source_id FROM undone").fetchall())
     for entity in ENTITY_ORDER:
-        matched = 0
+        matched = quarantined = 0
         for batch in staging.iter_target_batches(entity):
             sids = [sid for sid, _, _ in batch]
             found = target.records(entity, sids)
@@ -144,16 +187,17 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     q = quarantine.get((entity, sid))
                     if q is not None:
                         known = f"quarantined: {q['message']}"
+                        quarantined += 1
                     elif sid in mapped:
                         known = "deleted in Customermates after it was migrated"
                     elif (entity, sid) in undone:
                         known = "removed by `migrate undo`; `migrate run` creates it again"
                     else:
                         known = "not loaded yet"
-                    missing.append({"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
+                    findings.add("missing", {"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
                     continue
                 if len(records) > 1:
-                    duplicates.append({"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
+                    findings.add("duplicates", {"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
                 else:
                     matched += 1
                 written = mapped.get(sid, (None, None))[0]
@@ -170,7 +214,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                         if not ok and not excepted:
                             lost.append(ref)
                     if lost:
-                        link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+                        findings.add("link_mismatches", {"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
                 if entity == "deals":
                     kind = services_kind()
                     have_qty = {pid_of.get(s.get("id")): s.get("quantity") for s in record.get("services") or []}
@@ -182,7 +226,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                         if not ok and not excepted:
                             lost.append({"service": ref, "quantity": quantity, "found": have_qty.get(ref)})
                     if lost:
-                        link_mismatches.append({"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
+                        findings.add("link_mismatches", {"kind": kind, "entity": entity, "source_id": sid, "missing": lost})
                 have_users = {u.get("id") for u in record.get("users") or []}
                 lost = []
                 for uid in dict.fromkeys(payload.get("users") or []):
@@ -194,7 +238,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     if target_user is not None and not ok:
                         lost.append(uid)
                 if lost:
-                    link_mismatches.append({"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
+                    findings.add("link_mismatches", {"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
                 actual: dict[str, list[Any]] = {}
                 for cell in record.get("customFieldValues") or []:
                     actual.setdefault(cell.get("columnId"), []).append(cell.get("value"))
@@ -204,7 +248,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     column = columns.get((entity, key))
                     if column is None:
                         values.add("(no column)", False)
-                        value_mismatches.append({"entity": entity, "source_id": sid, "column": key, "type": None, "expected": value, "found": None})
+                        findings.add("value_mismatches", {"entity": entity, "source_id": sid, "column": key, "type": None, "expected": value, "found": None})
                         continue
                     expected = value
                     if column["type"] == "singleSelect":
@@ -213,34 +257,38 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     ok = expected in got
                     values.add(column["type"], ok)
                     if not ok:
-                        value_mismatches.append(
+                        findings.add(
+                            "value_mismatches",
                             {"entity": entity, "source_id": sid, "column": column["label"], "type": column["type"], "expected": value, "found": got}
                         )
                 if payload.get("notes"):
                     ok = record.get("notes") not in (None, "")
                     notes.add(entity, ok)
                     if not ok:
-                        notes_missing.append({"entity": entity, "source_id": sid, "target_id": record["id"]})
+                        findings.add("notes_missing", {"entity": entity, "source_id": sid, "target_id": record["id"]})
         row = entities[entity]
         row["matched"] = matched
-        row["missing"] = sum(1 for m in missing if m["entity"] == entity)
-        row["quarantined"] = sum(1 for m in missing if m["entity"] == entity and m["quarantined"])
-        row["duplicates"] = sum(1 for d in duplicates if d["entity"] == entity)
+        row["missing"] = findings.count("missing", entity)
+        row["quarantined"] = quarantined
+        row["duplicates"] = findings.count("duplicates", entity)
         row["extras"] = extras[entity]
 
+    findings.flush()
+
     lossy = staging.transform_issue_counts()
+    missing, duplicates = findings.count("missing"), findings.count("duplicates")
     ok = not missing and not duplicates and links.complete() and values.complete() and notes.complete()
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing")
+        problems.append(f"{missing} missing")
     if duplicates:
-        problems.append(f"{len(duplicates)} duplicated")
+        problems.append(f"{duplicates} duplicated")
     if not links.complete():
-        problems.append(f"{len(link_mismatches)} records with lost links")
+        problems.append(f"{findings.count('link_mismatches')} records with lost links")
     if not values.complete():
-        problems.append(f"{len(value_mismatches)} values differ")
+        problems.append(f"{findings.count('value_mismatches')} values differ")
     if not notes.complete():
-        problems.append(f"{len(notes_missing)} notes missing")
+        problems.append(f"{findings.count('notes_missing')} notes missing")
     return {
         "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "status": "ok" if ok else "mismatch",
@@ -249,12 +297,12 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "links": links.to_json(),
         "values": values.to_json(),
         "notes": notes.to_json(),
-        "missing": missing,
-        "duplicates": duplicates,
+        "missing": findings.to_json("missing"),
+        "duplicates": findings.to_json("duplicates"),
         "extras": {"count": sum(extras.values()), "examples": examples},
-        "link_mismatches": link_mismatches,
-        "value_mismatches": value_mismatches,
-        "notes_missing": notes_missing,
+        "link_mismatches": findings.to_json("link_mismatches"),
+        "value_mismatches": findings.to_json("value_mismatches"),
+        "notes_missing": findings.to_json("notes_missing"),
         "known_failures": staging.quarantined(),
         "known_lossy": issue_summary(lossy, {rule: staging.transform_issues(rule=rule, limit=ISSUE_EXAMPLES) for rule, _ in lossy}),
         "owner_links_unmatched": unmatched_owner_links,
@@ -270,6 +318,21 @@ def write_extras(staging: Staging, directory: Path) -> Path:
     return write_csv(rows, EXTRA_COLUMNS, directory / EXTRAS_FILE)
 
 
+def write_findings(staging: Staging, directory: Path) -> dict[str, Path]:
+    """Every failure the last verify found, a CSV file per kind (`FINDINGS`: missing.csv, …; by
+    verify.json key), streamed from the state file in entity order, then the order found. Each
+    file is written even when empty, so that a directory never keeps an earlier verify's list."""
+    paths = {}
+    for kind, columns in FINDINGS.items():
+        rows = (tuple(_cell(item[c], c) for c in columns) for item in staging.verify_findings(kind))
+        paths[kind] = write_csv(rows, columns, directory / f"{kind}.csv")
+    return paths
+
+
+def _cell(value: Any, column: str) -> Any:
+    return json.dumps(value, ensure_ascii=False) if column in JSON_CELLS else value
+
+
 def _same_number(a: Any, b: Any) -> bool:
     try:
         return abs(float(a) - float(b)) < 1e-9
@@ -281,7 +344,7 @@ def _pct(row: dict[str, Any]) -> str:
     return "—" if row["percent"] is None else f"{row['percent']:.1f}%"
 
 
-def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = 15) -> None:
+def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = FINDING_EXAMPLES) -> None:
     table = Table(title="Records: staging vs Customermates", title_justify="left")
     headers = ("entity", "in staging", "in target", "matched", "missing", "duplicates", "extras")
     for n, header in enumerate(headers):
@@ -301,19 +364,23 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = 15
             tally.add_row(name, str(row["expected"]), str(row["preserved"]), str(row["excepted"]), _pct(row), style=style)
         console.print(tally)
     sections = (
-        ("Missing in Customermates", result["missing"], lambda m: f"{m['entity']} {m['source_id']}: {m['reason']}"),
-        ("Duplicated in Customermates", result["duplicates"], lambda d: f"{d['entity']} {d['source_id']}: {', '.join(d['target_ids'])}"),
-        ("Lost links", result["link_mismatches"], lambda m: f"{m['kind']} on {m['entity'][:-1]} {m['source_id']}: {m['missing']}"),
-        ("Values that differ", result["value_mismatches"], lambda m: f"{m['entity']} {m['source_id']} {m['column']} ({m['type']}): expected {m['expected']!r}, found {m['found']!r}"),
-        ("Notes missing", result["notes_missing"], lambda m: f"{m['entity']} {m['source_id']}"),
+        ("Missing in Customermates", "missing", lambda m: f"{m['entity']} {m['source_id']}: {m['reason']}"),
+        ("Duplicated in Customermates", "duplicates", lambda d: f"{d['entity']} {d['source_id']}: {', '.join(d['target_ids'])}"),
+        ("Lost links", "link_mismatches", lambda m: f"{m['kind']} on {m['entity'][:-1]} {m['source_id']}: {m['missing']}"),
+        ("Values that differ", "value_mismatches", lambda m: f"{m['entity']} {m['source_id']} {m['column']} ({m['type']}): expected {m['expected']!r}, found {m['found']!r}"),
+        ("Notes missing", "notes_missing", lambda m: f"{m['entity']} {m['source_id']}"),
     )
-    for title, items, line in sections:
-        if items:
-            console.print(f"[bold red]{title}[/bold red] ({len(items)}):")
-            for item in items[:max_rows]:
+    for title, key, line in sections:
+        found = result[key]
+        if found["count"]:
+            listed = f", listed in {found['file']}" if found.get("file") else ""
+            console.print(f"[bold red]{title}[/bold red] ({found['count']}{listed}):", highlight=False)
+            shown = found["examples"][:max_rows]
+            for item in shown:
                 console.print(f"  • {line(item)}"[:200], highlight=False)
-            if len(items) > max_rows:
-                console.print(f"  … and {len(items) - max_rows} more (see verify.json)")
+            if found["count"] > len(shown):
+                where = "" if found.get("file") else "; `--report-dir` lists every one"
+                console.print(f"  … and {found['count'] - len(shown)} more{where}", highlight=False)
     extras = result["extras"]
     if extras["count"]:
         listed = f" (listed in {extras['file']})" if extras.get("file") else ""

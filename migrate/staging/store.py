@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS load_issues (
 CREATE TABLE IF NOT EXISTS undo_records (
     entity VARCHAR, seq BIGINT, source_id VARCHAR, target_id VARCHAR, bucket VARCHAR, created_at VARCHAR,
     updated_at VARCHAR, written_at TIMESTAMP, action VARCHAR, message VARCHAR);
+-- The failures the last `migrate verify` found (`kind`: missing, duplicates, link_mismatches, value_mismatches,
+-- notes_missing), numbered in the order found: written as found, read back for its CSV files, so that a verify
+-- of a million records that are not there does not hold them.
+CREATE TABLE IF NOT EXISTS verify_findings (kind VARCHAR, entity VARCHAR, seq BIGINT, item JSON);
 CREATE TABLE IF NOT EXISTS undone (
     entity VARCHAR, source_id VARCHAR, target_id VARCHAR, run_id VARCHAR, undone_at TIMESTAMP, outcome VARCHAR);
 -- Added without a schema bump: which run first created the record (an update keeps it; `run_id` is the last writer).
@@ -942,6 +946,27 @@ class Staging:
 
     def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
+
+    # -- the last verify's findings ---------------------------------------------------------
+    def clear_verify_findings(self) -> None:
+        self.con.execute("DELETE FROM verify_findings")
+
+    def add_verify_findings(self, rows: list[tuple[str, str, int, str]]) -> None:
+        """(kind, entity, position in the verify, the finding as JSON) rows."""
+        if rows:
+            self.con.execute(
+                "INSERT INTO verify_findings SELECT unnest($k), unnest($e), unnest($n), unnest($i)::JSON",
+                {"k": [r[0] for r in rows], "e": [r[1] for r in rows], "n": [r[2] for r in rows], "i": [r[3] for r in rows]},
+            )
+
+    def verify_findings(self, kind: str, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+        """The last verify's findings of one kind, in the order found; read a batch at a time, each
+        the next `batch_size` by `seq` (sorting a million of them at once added 70 MB of peak RSS)."""
+        params: dict[str, Any] = {"k": kind, "after": -1}
+        sql = f"SELECT seq, item FROM verify_findings WHERE kind = $k AND seq > $after ORDER BY seq LIMIT {int(batch_size)}"
+        while rows := self.con.execute(sql, params).fetchall():
+            yield from (json.loads(item) for _, item in rows)
+            params["after"] = rows[-1][0]
 
     # -- a run's issues: the transform's and those of the run's load -------------------------
     def _run_issues_sql(self) -> str:
