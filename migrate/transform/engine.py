@@ -143,7 +143,7 @@ class Transformer:
             return NameTable(())
         return NameTable(
             (str(identity), name if name else entities.NO_NAME)
-            for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)}")
+            for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)} ORDER BY num_id")
         )
 
     def _deal_products(self, collection: str) -> SortedGroups[dict[str, Any]]:

@@ -6,7 +6,7 @@ memory than the whole run should take, so:
 
 * `IdSet` keeps numeric ids as bits (a 10-million id range is 1.25 MB) and only the others
   (lead UUIDs) as strings;
-* `NameTable` keeps names in one string with an offset array, found by binary search;
+* `NameTable` keeps names in one UTF-8 buffer with an offset array, found by binary search;
 * `SortedGroups` reads rows grouped by the record they belong to (notes, deal products) from a
   stream sorted the way the records are read, holding one record's group at a time.
 """
@@ -67,23 +67,38 @@ def _number(identity: str) -> int | None:
 
 
 class NameTable:
-    """id → name for many records: one joined string, offsets and sorted numeric ids."""
+    """id → name for many records: the names as one UTF-8 buffer with offsets, by sorted numeric id.
+
+    UTF-8, not one joined str: a single name outside Latin-1 would make a str take two or four
+    bytes for every character of every name. Pairs given in ascending numeric id order (as the
+    transform reads them) are stored as they come; others are sorted once at the end."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]]):
-        numeric: list[tuple[int, str]] = []
         self._others: dict[str, str] = {}
+        self._ids = array("q")
+        self._offsets = array("q", [0])
+        self._text = bytearray()
+        ascending = True
         for identity, name in pairs:
             number = _number(identity)
             if number is None:
                 self._others[identity] = name
-            else:
-                numeric.append((number, name))
-        numeric.sort()
-        self._ids = array("q", (n for n, _ in numeric))
-        self._offsets = array("q", [0])
-        for _, name in numeric:
-            self._offsets.append(self._offsets[-1] + len(name))
-        self._text = "".join(name for _, name in numeric)
+                continue
+            ascending = ascending and (not self._ids or self._ids[-1] <= number)
+            self._ids.append(number)
+            self._text += name.encode()
+            self._offsets.append(len(self._text))
+        if not ascending:
+            self._sort()
+
+    def _sort(self) -> None:
+        order = sorted(range(len(self._ids)), key=self._ids.__getitem__)
+        ids, offsets, text = array("q"), array("q", [0]), bytearray()
+        for at in order:
+            ids.append(self._ids[at])
+            text += self._text[self._offsets[at] : self._offsets[at + 1]]
+            offsets.append(len(text))
+        self._ids, self._offsets, self._text = ids, offsets, text
 
     def get(self, identity: str, default: str | None = None) -> str | None:
         number = _number(identity)
@@ -92,7 +107,7 @@ class NameTable:
         at = bisect.bisect_left(self._ids, number)
         if at == len(self._ids) or self._ids[at] != number:
             return default
-        return self._text[self._offsets[at] : self._offsets[at + 1]]
+        return self._text[self._offsets[at] : self._offsets[at + 1]].decode()
 
     def __len__(self) -> int:
         return len(self._ids) + len(self._others)
