@@ -30,6 +30,13 @@ def read_issues(report_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def read_quarantine(report_dir: Path) -> list[dict[str, str]]:
+    """Every quarantined record as `--report-dir` wrote them (quarantine.csv, named in report.json)."""
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    with Path(report["quarantined"]["file"]).open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if not r.get("is_deleted") and r.get("status") != "deleted"]
 
@@ -279,7 +286,7 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     result = run_cli(env, "--report-dir", str(tmp_path / "q"), "--on-conflict", "source-wins")
     assert result.exit_code == 3, result.output
     report = json.loads((tmp_path / "q" / "report.json").read_text())
-    [quarantined] = report["quarantined"]
+    [quarantined] = report["quarantined"]["examples"]
     assert quarantined["source_id"] == str(person["id"])
     assert "Organization ID not found" in quarantined["message"]
 

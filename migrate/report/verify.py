@@ -34,7 +34,7 @@ from rich.table import Table
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, write_csv
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, quarantine_summary, write_csv
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
@@ -303,7 +303,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "link_mismatches": findings.to_json("link_mismatches"),
         "value_mismatches": findings.to_json("value_mismatches"),
         "notes_missing": findings.to_json("notes_missing"),
-        "known_failures": staging.quarantined(),
+        "known_failures": quarantine_summary(staging),
         "known_lossy": issue_summary(lossy, {rule: staging.transform_issues(rule=rule, limit=ISSUE_EXAMPLES) for rule, _ in lossy}),
         "owner_links_unmatched": unmatched_owner_links,
         "search_requests": reads,
@@ -385,8 +385,10 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = FI
     if extras["count"]:
         listed = f" (listed in {extras['file']})" if extras.get("file") else ""
         console.print(f"Extras (in Customermates without a known Pipedrive ID, not a failure): {extras['count']}{listed}", highlight=False)
-    if result["known_failures"]:
-        console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {len(result['known_failures'])}")
+    known = result["known_failures"]
+    if known["count"]:
+        listed = f" (listed in {known['file']})" if known.get("file") else ""
+        console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {known['count']}{listed}", highlight=False)
     by_rule = result["known_lossy"]["by_rule"]
     if by_rule:
         parts = [f"{rule} {count}" for rule, count in by_rule.items()]
