@@ -744,6 +744,13 @@ class Staging:
             )
             self._drop_identity(entity, [r[0] for r in rows])
 
+    def undone_among(self, entity: str, source_ids: list[str]) -> set[str]:
+        """Those of `source_ids` a `migrate undo` removed."""
+        rows = self.con.execute(
+            "SELECT DISTINCT source_id FROM undone WHERE entity = $e AND source_id IN (SELECT unnest($s))", {"e": entity, "s": source_ids}
+        ).fetchall()
+        return {r[0] for r in rows}
+
     def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.con.execute(
             "SELECT entity, key, column_id, label, type FROM column_map WHERE created_by_run = ? ORDER BY entity, label", [run_id]
@@ -965,6 +972,14 @@ class Staging:
     def quarantine_counts(self) -> dict[str, int]:
         """Quarantined records per entity (only the entities that have some)."""
         return dict(self.con.execute("SELECT entity, count(*) FROM quarantine GROUP BY entity").fetchall())
+
+    def quarantine_messages(self, entity: str, source_ids: list[str]) -> dict[str, str]:
+        """source id → the server's message, for those of `source_ids` quarantined."""
+        rows = self.con.execute(
+            "SELECT source_id, message FROM quarantine WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"e": entity, "s": source_ids},
+        ).fetchall()
+        return dict(rows)
 
     def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
