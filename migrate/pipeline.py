@@ -358,7 +358,10 @@ def write_run_lists(settings: Settings, run_id: str, directory: Path) -> dict[st
     """Write every issue of a run and every quarantined record to `directory` (issues.csv,
     quarantine.csv), streamed from the state file; the paths by their report.json key."""
     with Staging(settings.state) as staging:
-        return {"issues": write_issue_rows(staging.iter_run_issues(run_id), directory), "quarantined": write_quarantine(staging, directory)}
+        return {
+            "issues": write_issue_rows(staging.iter_run_issues(run_id), directory),
+            "quarantined": write_quarantine(staging, directory),
+        }
 
 
 def verify(settings: Settings) -> dict[str, Any]:
