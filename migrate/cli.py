@@ -130,7 +130,7 @@ def cli() -> None:
 @common_options
 @click.option("--dry-run", is_flag=True, help="Extract and transform, then print what would be created; write nothing to Customermates.")
 @click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json and issues.csv (every value not carried exactly: record, field, reason) here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json, issues.csv (every value not carried exactly: record, field, reason) and quarantine.csv (every record Customermates rejected) here.")
 @click.option(
     "--batch-size", type=click.IntRange(1, 100), default=100, show_default=True,
     help="Largest batch per write request; sizes adapt below it to the server's latency.",
@@ -160,7 +160,8 @@ def run(
             on_conflict=on_conflict, saved_plan=plan_file, progress=progress,
         )
     if report_dir:
-        report["issues"]["file"] = str(pipeline.write_issues(settings, report["run_id"], report_dir))
+        for key, path in pipeline.write_run_lists(settings, report["run_id"], report_dir).items():
+            report[key]["file"] = str(path)
     print_report(report, console)
     if report_dir:
         path = write_json(report, report_dir)
@@ -197,7 +198,7 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     help="Migrated records deleted in Pipedrive since: mark them (a 'Deleted in Pipedrive' date), delete them, or leave them.",
 )
 @click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json and issues.csv here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json, issues.csv and quarantine.csv here.")
 @click.option(
     "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
     help="Records changed on both sides since the last run.",
@@ -227,7 +228,8 @@ def sync(
             log.error("sync.failed", error=redact(str(exc)), exit_code=exc.exit_code)
         else:
             if report_dir:
-                report["issues"]["file"] = str(pipeline.write_issues(settings, report["run_id"], report_dir))
+                for key, path in pipeline.write_run_lists(settings, report["run_id"], report_dir).items():
+                    report[key]["file"] = str(path)
                 write_json(report, report_dir)
             if log_format() == "json":
                 click.echo(json.dumps({"event": "sync", "line": _sync_line(report), "run_id": report["run_id"], "status": report["status"], "sync": report.get("sync")}))
@@ -315,15 +317,19 @@ def status_command(settings: Settings) -> None:
     console.print("Migrated: " + ", ".join(f"{n} {e}" for e, n in info["migrated"].items()))
     if info["pending_batches"]:
         console.print(f"[yellow]Pending batches (settled on the next run):[/yellow] {len(info['pending_batches'])}")
-    if info["quarantined"]:
-        console.print(f"[red]Quarantined records:[/red] {len(info['quarantined'])}")
-        for item in info["quarantined"]:
+    quarantined = info["quarantined"]
+    if quarantined["count"]:
+        console.print(f"[red]Quarantined records:[/red] {quarantined['count']}")
+        for item in quarantined["examples"]:
             console.print(f"  • {item['entity']} {item['source_id']}: {item['message']}", highlight=False)
+        if quarantined["count"] > len(quarantined["examples"]):
+            more = quarantined["count"] - len(quarantined["examples"])
+            console.print(f"  … and {more} more (`--report-dir` of run, sync or verify lists every one in quarantine.csv)", highlight=False)
 
 
 @cli.command()
 @common_options
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json, extras.csv and every failure, a CSV file per kind (missing.csv, duplicates.csv, …), here.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json, extras.csv, quarantine.csv and every failure, a CSV file per kind (missing.csv, duplicates.csv, …), here.")
 def verify(settings: Settings, report_dir: Path | None) -> None:
     """Read Customermates back and compare it with what was migrated: records, links, values, notes.
 

@@ -36,7 +36,7 @@ from migrate.report.plan import (
     coverage,
     saved_plan_fingerprints,
 )
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, quarantine_summary, write_quarantine
 from migrate.report.run_report import write_issues as write_issue_rows
 from migrate.staging.store import Staging
 from migrate.transform.engine import (
@@ -236,7 +236,7 @@ def build_report(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     entities: dict[str, Any] = {}
-    quarantined = staging.quarantined()
+    quarantined = staging.quarantine_counts()
     for entity in ENTITY_ORDER:
         sources = {name: staging.count_raw(name)[0] for name in ENTITY_SOURCES[entity]}
         to_migrate = transformed.records[entity]
@@ -257,7 +257,7 @@ def build_report(
             "deleted_in_target": loaded.deleted_in_target[entity],
             "conflicts": loaded.conflicts[entity],
             "recreated": loaded.recreated[entity],
-            "quarantined": sum(1 for q in quarantined if q["entity"] == entity),
+            "quarantined": quarantined.get(entity, 0),
         }
     status = "ok"
     if quarantined:
@@ -282,7 +282,7 @@ def build_report(
         "unmatched_users": loaded.unmatched_users,
         "duplicates_in_target": loaded.duplicates_in_target,
         "issues": issue_summary(staging.run_issue_counts(run_id), staging.run_issue_examples(run_id, ISSUE_EXAMPLES)),
-        "quarantined": quarantined,
+        "quarantined": quarantine_summary(staging),
         "plan": plan,
         "load": {
             "records_written": loaded.records_written,
@@ -343,7 +343,7 @@ def status(settings: Settings) -> dict[str, Any]:
             "checkpoints": [dict(zip(("collection", "pages", "records", "done", "updated_at"), map(_text, r), strict=True)) for r in checkpoints],
             "migrated": {e: migrated.get(e, 0) for e in ENTITY_ORDER},
             "pending_batches": staging.pending_batches(),
-            "quarantined": staging.quarantined(),
+            "quarantined": quarantine_summary(staging),
         }
 
 
@@ -354,10 +354,14 @@ def plan_records(settings: Settings) -> Iterator[SpooledRecords]:
         yield SpooledRecords(staging)
 
 
-def write_issues(settings: Settings, run_id: str, directory: Path) -> Path:
-    """Write every issue of a run to `issues.csv` in `directory`, streamed from the state file."""
+def write_run_lists(settings: Settings, run_id: str, directory: Path) -> dict[str, Path]:
+    """Write every issue of a run and every quarantined record to `directory` (issues.csv,
+    quarantine.csv), streamed from the state file; the paths by their report.json key."""
     with Staging(settings.state) as staging:
-        return write_issue_rows(staging.iter_run_issues(run_id), directory)
+        return {
+            "issues": write_issue_rows(staging.iter_run_issues(run_id), directory),
+            "quarantined": write_quarantine(staging, directory),
+        }
 
 
 def verify(settings: Settings) -> dict[str, Any]:
@@ -372,12 +376,16 @@ def verify(settings: Settings) -> dict[str, Any]:
 
 
 def write_verify_lists(settings: Settings, directory: Path) -> dict[str, Path]:
-    """Write every extra record and every failure the last verify found to `directory` (extras.csv,
-    missing.csv, …), streamed from the state file; the paths by their verify.json key."""
+    """Write every extra record and every failure the last verify found, and every quarantined
+    record, to `directory` (extras.csv, missing.csv, …, quarantine.csv), streamed from the state
+    file; the paths by their verify.json key."""
     from migrate.report.verify import write_extras, write_findings
 
     with Staging(settings.state) as staging:
-        return {"extras": write_extras(staging, directory), **write_findings(staging, directory)}
+        return {
+            "extras": write_extras(staging, directory), **write_findings(staging, directory),
+            "known_failures": write_quarantine(staging, directory),
+        }
 
 
 def undo(

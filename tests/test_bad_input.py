@@ -35,7 +35,7 @@ from click.testing import CliRunner, Result
 from migrate.cli import cli
 from tests.crash_harness import values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
-from tests.test_end_to_end import read_issues
+from tests.test_end_to_end import read_issues, read_quarantine
 from tests.fakes.pipedrive import CLOUDFLARE_HTML, VALID_TOKEN, FakePipedrive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -507,7 +507,7 @@ def dirty_run(tmp_path_factory: pytest.TempPathFactory) -> DirtyRun:
 def test_the_dirty_account_migrates_whole_and_a_rerun_changes_nothing(dirty_run: DirtyRun) -> None:
     assert dirty_run.first.exit_code == 0, dirty_run.first.output
     assert "Traceback" not in dirty_run.first.output
-    assert dirty_run.report["status"] == "ok" and dirty_run.report["quarantined"] == []
+    assert dirty_run.report["status"] == "ok" and dirty_run.report["quarantined"]["count"] == 0
     assert_each_arrived_once(dirty_run.target, dirty_run.account)
     assert dirty_run.second.exit_code == 0, dirty_run.second.output
     assert dirty_run.second_writes == 0
@@ -616,14 +616,15 @@ def _delete_an_organization_in_the_target(w: World, env: dict[str, str]) -> None
 
 def _quarantined_contact(w: World, result: Result) -> None:
     report = w.report("bad")
-    [item] = report["quarantined"]
-    assert (item["entity"], item["source_id"]) == ("contacts", "1")
+    [item] = report["quarantined"]["examples"]
+    assert (item["entity"], item["source_id"]) == ("contacts", "1") and report["quarantined"]["count"] == 1
     assert item["message"] == "Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"
+    assert read_quarantine(w.tmp / "bad") == [item]
     assert any((i["entity"], i["source_id"], i["rule"]) == ("organizations", "1", "deleted_in_target") for i in w.issues("bad"))
 
 
 def _recreated(w: World, report: dict[str, Any]) -> None:
-    assert report["quarantined"] == [] and report["entities"]["organizations"]["recreated"] == 1
+    assert report["quarantined"]["count"] == 0 and report["entities"]["organizations"]["recreated"] == 1
     [anna] = read_target(w.cm)[("contacts", "1")]
     assert anna.links["organizations"] == ["1"] and anna.values["Job title"] == "Head of Sales"
 
@@ -757,7 +758,7 @@ RUN_CASES: list[RunCase] = [
     RunCase("customermates_rejects_a_record", "a contact's organization was deleted in Customermates between runs and the contact "
             "changed in Pipedrive (written with --on-conflict source-wins): the server answers 400",
             _delete_an_organization_in_the_target, 3,
-            ("Quarantined records (1): rejected by Customermates", "contacts 1: Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"),
+            ("Quarantined records (1, listed in", "contacts 1: Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"),
             _quarantined_contact, args=("--on-conflict", "source-wins"),
             rerun_args=("--on-target-deleted", "recreate", "--on-conflict", "source-wins"), after_rerun=_recreated),
     RunCase("customermates_500_during_load", "one contacts batch answers 500 with an empty body (settled by lookup, sent again)",

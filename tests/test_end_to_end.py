@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -27,6 +29,13 @@ def read_issues(report_dir: Path) -> list[dict[str, str]]:
     """The run's issues as `--report-dir` wrote them (issues.csv, named in report.json)."""
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     with Path(report["issues"]["file"]).open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_quarantine(report_dir: Path) -> list[dict[str, str]]:
+    """Every quarantined record as `--report-dir` wrote them (quarantine.csv, named in report.json)."""
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    with Path(report["quarantined"]["file"]).open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -279,9 +288,46 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     result = run_cli(env, "--report-dir", str(tmp_path / "q"), "--on-conflict", "source-wins")
     assert result.exit_code == 3, result.output
     report = json.loads((tmp_path / "q" / "report.json").read_text())
-    [quarantined] = report["quarantined"]
+    [quarantined] = report["quarantined"]["examples"]
     assert quarantined["source_id"] == str(person["id"])
     assert "Organization ID not found" in quarantined["message"]
+
+
+def test_a_run_whose_every_record_is_rejected_lists_every_one_in_quarantine_csv_and_the_first_20_in_report_json(env, customermates, tmp_path):
+    """report.json, the printed report and `migrate status` hold the count and the first 20;
+    quarantine.csv every one, by entity and source id; a sync's --report-dir rewrites it."""
+    customermates.fail_next(1_000_000, status=400, path_contains="/many")  # every write refused, nothing written
+
+    result = run_cli(env, "--report-dir", str(tmp_path / "run"))
+
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    path = tmp_path / "run" / "quarantine.csv"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    rows = read_quarantine(tmp_path / "run")
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    staged = con.execute("SELECT entity, source_id FROM target_records").fetchall()
+    con.close()
+    assert [(r["entity"], r["source_id"]) for r in rows] == sorted(staged)
+    assert {r["run_id"] for r in rows} == {report["run_id"]} and customermates.records("contacts") == []
+    assert report["quarantined"] == {"count": len(rows), "examples": rows[:20], "file": str(path)} and len(rows) > 20
+    assert {e: row["quarantined"] for e, row in report["entities"].items()} == Counter(e for e, _ in staged)
+    assert report["status"] == "partial"
+    printed = " ".join(result.output.split())
+    assert f"Quarantined records ({len(rows)}, listed in" in printed and f"… and {len(rows) - 20} more" in printed
+    assert all(f"{r['entity']} {r['source_id']}: " in printed for r in rows[:20]) and f"{rows[20]['entity']} {rows[20]['source_id']}: " not in printed
+
+    status = " ".join(CliRunner().invoke(cli, ["status"], env=env).output.split())
+    assert f"Quarantined records: {len(rows)}" in status and f"… and {len(rows) - 20} more" in status
+    assert status.count("• ") == 20
+
+    synced = CliRunner().invoke(cli, ["sync", "--report-dir", str(tmp_path / "sync")], env=env)
+
+    assert synced.exit_code == 3, synced.output  # a sync retries them: refused again
+    again = read_quarantine(tmp_path / "sync")
+    sync_report = json.loads((tmp_path / "sync" / "report.json").read_text())
+    assert [(r["entity"], r["source_id"]) for r in again] == sorted(staged) and {r["run_id"] for r in again} == {sync_report["run_id"]}
+    assert sync_report["quarantined"] == {"count": len(rows), "examples": again[:20], "file": str(tmp_path / "sync" / "quarantine.csv")}
 
 
 def test_random_faults_end_in_the_same_state_as_a_clean_run(env, sample_dir, customermates, tmp_path):

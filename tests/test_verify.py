@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.report.verify import link_kind, services_kind
 from migrate.staging import store
 from migrate.transform.engine import ENTITY_ORDER
+from migrate.transform.entities import LINK_ENTITY
 from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
 
 SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "deal", "services": "service", "tasks": "task"}
@@ -125,10 +128,60 @@ def test_a_record_deleted_in_the_target_is_listed_as_missing(migrated, customerm
     assert set(missing) == {gone_sid, quarantined_sid} and report["missing"]["count"] == 2
     assert missing[gone_sid]["reason"] == "deleted in Customermates after it was migrated"
     assert missing[quarantined_sid]["quarantined"] and "rejected by the server" in missing[quarantined_sid]["reason"]
-    assert [q["source_id"] for q in report["known_failures"]] == [quarantined_sid]
+    assert report["known_failures"]["count"] == 1
+    assert [q["source_id"] for q in report["known_failures"]["examples"]] == [quarantined_sid]
     row = report["entities"]["contacts"]
     assert (row["missing"], row["quarantined"], row["matched"]) == (2, 1, row["source"] - 2)
     assert "Missing in Customermates" in output and gone_sid in output
+
+
+def test_links_to_quarantined_records_are_excepted_and_each_missing_record_says_why_when_checked_a_batch_at_a_time(
+    migrated, customermates, tmp_path, monkeypatch
+):
+    """Verify looks the quarantine and `migrate undo`'s log up per batch of records (batches of 5
+    here, so links cross batches): an organization and a service the load quarantined are missing
+    as quarantined and every link to them is excepted; a task undone and one a user deleted are
+    missing, each with its reason; nothing else fails."""
+    env = migrated
+    monkeypatch.setattr(store, "TARGET_BATCH", 5)
+    con = duckdb.connect(env["MIGRATE_STATE"])
+    payloads = {(e, s): json.loads(p) for e, s, p in con.execute("SELECT entity, source_id, payload FROM target_records").fetchall()}
+    refs = Counter((LINK_ENTITY[key], ref) for payload in payloads.values() for key, wanted in payload["links"].items() for ref in wanted)
+    refs.update(("services", ref) for (entity, _), payload in payloads.items() if entity == "deals" for ref, _ in payload["services"])
+    org = max((r for r in refs if r[0] == "organizations"), key=refs.__getitem__)
+    service = max((r for r in refs if r[0] == "services"), key=refs.__getitem__)
+    deleted, undone = sorted((key for key in payloads if key[0] == "tasks"), key=lambda key: store.order_key(key[1]))[:2]
+    target_id = dict(((e, s), t) for e, s, t in con.execute("SELECT entity, source_id, target_id FROM id_map").fetchall())
+    for entity, sid in (org, service, deleted, undone):
+        api(customermates, "DELETE", f"/{entity}/many", {"ids": [target_id[entity, sid]]})
+    for entity, sid in (org, service):  # as if the load had quarantined them
+        con.execute("DELETE FROM id_map WHERE entity = ? AND source_id = ?", [entity, sid])
+        con.execute("INSERT INTO quarantine VALUES (?, ?, ?, '{}', 'r', now())", [entity, sid, f"rejected {entity}"])
+    con.execute("DELETE FROM id_map WHERE entity = 'tasks' AND source_id = ?", [undone[1]])  # as `migrate undo` does
+    con.execute("INSERT INTO undone VALUES ('tasks', ?, ?, 'r', now(), 'deleted')", [undone[1], target_id[undone]])
+    con.close()
+    excepted: Counter[str] = Counter()  # the links of the records still there to the two quarantined ones
+    for (entity, sid), payload in payloads.items():
+        if (entity, sid) in (org, service, deleted, undone):
+            continue
+        excepted.update(link_kind(entity, key) for key, wanted in payload["links"].items() for ref in wanted if (LINK_ENTITY[key], ref) in (org, service))
+        excepted.update(services_kind() for ref, _ in payload.get("services") or [] if ("services", ref) == service)
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1 and report["summary"] == "4 missing"
+    reasons = {(m["entity"], m["source_id"]): (m["quarantined"], m["reason"]) for m in report["missing"]["examples"]}
+    assert reasons == {
+        org: (True, "quarantined: rejected organizations"),
+        service: (True, "quarantined: rejected services"),
+        deleted: (False, "deleted in Customermates after it was migrated"),
+        undone: (False, "removed by `migrate undo`; `migrate run` creates it again"),
+    }
+    assert {e: r["quarantined"] for e, r in report["entities"].items()} == {e: int(e in (org[0], service[0])) for e in ENTITY_ORDER}
+    assert excepted[link_kind("contacts", "organizationIds")] and excepted[services_kind()]
+    assert {kind: report["links"][kind]["excepted"] for kind in excepted} == dict(excepted)
+    assert all(row["preserved"] + row["excepted"] == row["expected"] for row in report["links"].values())
+    assert report["link_mismatches"]["count"] == report["duplicates"]["count"] == report["value_mismatches"]["count"] == 0
 
 
 def test_a_duplicate_pipedrive_id_is_listed_and_an_extra_record_is_not_a_failure(migrated, customermates, tmp_path):
@@ -267,6 +320,25 @@ def test_a_verify_before_the_load_lists_every_record_in_missing_csv_and_verify_j
     assert f"Missing in Customermates ({len(rows)}):" in unlisted and f"… and {len(rows) - 15} more; `--report-dir` lists every one" in unlisted
 
 
+def test_verify_after_a_run_whose_every_record_was_rejected_keeps_the_known_failures_count_and_first_20_and_lists_every_one_in_quarantine_csv(
+    env, sample_dir, customermates, tmp_path
+):
+    customermates.fail_next(1_000_000, status=400, path_contains="/many")  # every write refused
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 3
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1
+    path = tmp_path / "out" / "quarantine.csv"
+    rows = csv_rows(path)
+    missing = csv_rows(tmp_path / "out" / "missing.csv")
+    assert sorted((r["entity"], r["source_id"]) for r in missing) == [(r["entity"], r["source_id"]) for r in rows]
+    assert {r["quarantined"] for r in missing} == {"true"} and all(m["reason"].startswith("quarantined: ") for m in missing)
+    assert report["known_failures"] == {"count": len(rows), "examples": rows[:20], "file": str(path)} and len(rows) > 20
+    assert all(row["quarantined"] == row["missing"] == row["source"] for row in report["entities"].values())
+    assert f"counted as missing): {len(rows)} (listed in" in " ".join(output.split())
+
+
 def test_every_kind_of_failure_is_a_row_of_its_csv_file_with_nested_values_as_json(migrated, customermates, tmp_path):
     env = migrated
     gone = customermates.records("contacts")[0]
@@ -330,3 +402,18 @@ def test_the_state_file_gives_back_one_kind_of_finding_in_the_order_found_a_batc
 
         staging.clear_verify_findings()
         assert list(staging.verify_findings("missing")) == []
+
+
+def test_the_state_file_gives_back_quarantined_records_by_entity_and_source_id_a_batch_at_a_time_and_looks_them_up_by_the_batch(tmp_path):
+    with store.Staging(tmp_path / "state.duckdb") as staging:
+        for entity, sid in [("tasks", "2"), ("contacts", "10"), ("contacts", "9"), ("organizations", "1"), ("contacts", "1"), ("tasks", "1")]:
+            staging.quarantine(entity, sid, f"no {entity} {sid}", {}, "r")
+        staging.record_undone("contacts", [("5", "t5")], "r", "deleted")
+        in_order = [("contacts", "1"), ("contacts", "10"), ("contacts", "9"), ("organizations", "1"), ("tasks", "1"), ("tasks", "2")]
+
+        assert [(q["entity"], q["source_id"]) for q in staging.quarantined(batch_size=2)] == in_order
+        assert [(q["entity"], q["source_id"]) for q in staging.quarantined(limit=3, batch_size=2)] == in_order[:3]
+        assert next(staging.quarantined()) == {"entity": "contacts", "source_id": "1", "message": "no contacts 1", "run_id": "r"}
+        assert staging.quarantine_counts() == {"contacts": 3, "organizations": 1, "tasks": 2}
+        assert staging.quarantine_messages("contacts", ["9", "1", "2", "5"]) == {"9": "no contacts 9", "1": "no contacts 1"}
+        assert staging.undone_among("contacts", ["9", "5"]) == {"5"} and staging.undone_among("tasks", ["5"]) == set()

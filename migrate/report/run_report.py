@@ -14,9 +14,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from migrate.staging.store import Staging
+
 ISSUES_FILE = "issues.csv"
 ISSUE_COLUMNS = ("entity", "source_id", "field", "rule", "detail")
 ISSUE_EXAMPLES = 3  # per rule, in report.json; every issue is in issues.csv
+QUARANTINE_FILE = "quarantine.csv"
+QUARANTINE_COLUMNS = ("entity", "source_id", "message", "run_id")
+QUARANTINE_EXAMPLES = 20  # in report.json, `migrate status` and verify.json; every one is in quarantine.csv
 
 
 @contextmanager
@@ -100,10 +105,15 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
         console.print(issues)
         if report["issues"].get("file"):
             console.print(f"Every issue, with record, field and reason: {report['issues']['file']}")
-    if report.get("quarantined"):
-        console.print(f"[bold red]Quarantined records[/bold red] ({len(report['quarantined'])}): rejected by Customermates")
-        for item in report["quarantined"][:20]:
-            console.print(f"  • {item['entity']} {item['source_id']}: {item['message'][:160]}")
+    quarantined = report["quarantined"]
+    if quarantined["count"]:
+        listed = f", listed in {quarantined['file']}" if quarantined.get("file") else ""
+        console.print(f"[bold red]Quarantined records[/bold red] ({quarantined['count']}{listed}): rejected by Customermates", highlight=False)
+        for item in quarantined["examples"]:
+            console.print(f"  • {item['entity']} {item['source_id']}: {item['message'][:160]}", highlight=False)
+        if quarantined["count"] > len(quarantined["examples"]):
+            where = "" if quarantined.get("file") else "; `--report-dir` lists every one"
+            console.print(f"  … and {quarantined['count'] - len(quarantined['examples'])} more{where}", highlight=False)
     load = report.get("load") or {}
     if load.get("records_written"):
         console.print(
@@ -118,6 +128,18 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
 def issue_summary(counts: list[tuple[str, int]], examples: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
     """The issues by rule, with the first few of each; the full list is `issues.csv` (`write_issues`)."""
     return {"count": sum(n for _, n in counts), "by_rule": dict(counts), "examples": examples}
+
+
+def quarantine_summary(staging: Staging) -> dict[str, Any]:
+    """The quarantined records: how many, and the first few; every one is in quarantine.csv (`write_quarantine`)."""
+    return {"count": sum(staging.quarantine_counts().values()), "examples": list(staging.quarantined(QUARANTINE_EXAMPLES))}
+
+
+def write_quarantine(staging: Staging, directory: Path) -> Path:
+    """Every quarantined record, one CSV row each (entity, source_id, message, run_id), streamed
+    from the state file by entity and source id."""
+    rows = (tuple(item[c] for c in QUARANTINE_COLUMNS) for item in staging.quarantined())
+    return write_csv(rows, QUARANTINE_COLUMNS, directory / QUARANTINE_FILE)
 
 
 def write_issues(rows: Iterable[tuple[str, str, str, str, str]], directory: Path, name: str = ISSUES_FILE) -> Path:

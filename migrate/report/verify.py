@@ -34,7 +34,7 @@ from rich.table import Table
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, write_csv
+from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, quarantine_summary, write_csv
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
@@ -143,7 +143,6 @@ def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
 def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
     """Compare the target with staging; returns the verify report (see the module docstring)."""
     columns = staging.column_map()
-    quarantine = {(q["entity"], q["source_id"]): q for q in staging.quarantined()}
     users = _user_map(staging, client)
     reads = 0
 
@@ -173,7 +172,6 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
     findings = _Findings(staging)
     links, values, notes = _Tally(), _Tally(), _Tally()
     unmatched_owner_links = 0
-    undone = set(staging.con.execute("SELECT entity, source_id FROM undone").fetchall())
     for entity in ENTITY_ORDER:
         matched = quarantined = 0
         for batch in staging.iter_target_batches(entity):
@@ -181,20 +179,24 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
             found = target.records(entity, sids)
             mapped = staging.id_map_for(entity, sids)
             pid_of = target.pids_of_related(r for records in found.values() for r in records)
+            absent = [sid for sid in sids if not found.get(sid)]
+            rejected = staging.quarantine_messages(entity, absent) if absent else {}
+            undone = staging.undone_among(entity, absent) if absent else set()
+            rejected_refs = _quarantined_refs(staging, entity, [payload for sid, payload, _ in batch if found.get(sid)])
             for sid, payload, _ in batch:
                 records = found.get(sid) or []
                 if not records:
-                    q = quarantine.get((entity, sid))
-                    if q is not None:
-                        known = f"quarantined: {q['message']}"
+                    message = rejected.get(sid)
+                    if message is not None:
+                        known = f"quarantined: {message}"
                         quarantined += 1
                     elif sid in mapped:
                         known = "deleted in Customermates after it was migrated"
-                    elif (entity, sid) in undone:
+                    elif sid in undone:
                         known = "removed by `migrate undo`; `migrate run` creates it again"
                     else:
                         known = "not loaded yet"
-                    findings.add("missing", {"entity": entity, "source_id": sid, "quarantined": q is not None, "reason": known})
+                    findings.add("missing", {"entity": entity, "source_id": sid, "quarantined": message is not None, "reason": known})
                     continue
                 if len(records) > 1:
                     findings.add("duplicates", {"entity": entity, "source_id": sid, "target_ids": [r["id"] for r in records]})
@@ -208,7 +210,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     have = {pid_of.get(ref.get("id")) for ref in record.get(DTO_RELATIONS[key]) or []}
                     lost = []
                     for ref in wanted:
-                        excepted = (target_entity, ref) in quarantine and not target.records(target_entity, [ref])
+                        excepted = (target_entity, ref) in rejected_refs and not target.records(target_entity, [ref])
                         ok = ref in have
                         links.add(kind, ok, excepted=excepted)
                         if not ok and not excepted:
@@ -220,7 +222,7 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                     have_qty = {pid_of.get(s.get("id")): s.get("quantity") for s in record.get("services") or []}
                     lost = []
                     for ref, quantity in payload.get("services") or []:
-                        excepted = ("services", ref) in quarantine and not target.records("services", [ref])
+                        excepted = ("services", ref) in rejected_refs and not target.records("services", [ref])
                         ok = ref in have_qty and _same_number(have_qty[ref], quantity)
                         links.add(kind, ok, excepted=excepted)
                         if not ok and not excepted:
@@ -303,11 +305,23 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
         "link_mismatches": findings.to_json("link_mismatches"),
         "value_mismatches": findings.to_json("value_mismatches"),
         "notes_missing": findings.to_json("notes_missing"),
-        "known_failures": staging.quarantined(),
+        "known_failures": quarantine_summary(staging),
         "known_lossy": issue_summary(lossy, {rule: staging.transform_issues(rule=rule, limit=ISSUE_EXAMPLES) for rule, _ in lossy}),
         "owner_links_unmatched": unmatched_owner_links,
         "search_requests": reads,
     }
+
+
+def _quarantined_refs(staging: Staging, entity: str, payloads: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(entity, source id) of the records these payloads link to that are quarantined: one
+    lookup per linked entity, for a batch of records."""
+    refs: dict[str, set[str]] = {}
+    for payload in payloads:
+        for key, wanted in (payload.get("links") or {}).items():
+            refs.setdefault(LINK_ENTITY[key], set()).update(wanted)
+        if entity == "deals":
+            refs.setdefault("services", set()).update(ref for ref, _ in payload.get("services") or [])
+    return {(linked, ref) for linked, ids in refs.items() if ids for ref in staging.quarantine_messages(linked, list(ids))}
 
 
 def write_extras(staging: Staging, directory: Path) -> Path:
@@ -385,8 +399,10 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = FI
     if extras["count"]:
         listed = f" (listed in {extras['file']})" if extras.get("file") else ""
         console.print(f"Extras (in Customermates without a known Pipedrive ID, not a failure): {extras['count']}{listed}", highlight=False)
-    if result["known_failures"]:
-        console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {len(result['known_failures'])}")
+    known = result["known_failures"]
+    if known["count"]:
+        listed = f" (listed in {known['file']})" if known.get("file") else ""
+        console.print(f"[yellow]Known failures[/yellow] (quarantined by the load, counted as missing): {known['count']}{listed}", highlight=False)
     by_rule = result["known_lossy"]["by_rule"]
     if by_rule:
         parts = [f"{rule} {count}" for rule, count in by_rule.items()]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -743,6 +744,13 @@ class Staging:
             )
             self._drop_identity(entity, [r[0] for r in rows])
 
+    def undone_among(self, entity: str, source_ids: list[str]) -> set[str]:
+        """Those of `source_ids` a `migrate undo` removed."""
+        rows = self.con.execute(
+            "SELECT DISTINCT source_id FROM undone WHERE entity = $e AND source_id IN (SELECT unnest($s))", {"e": entity, "s": source_ids}
+        ).fetchall()
+        return {r[0] for r in rows}
+
     def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.con.execute(
             "SELECT entity, key, column_id, label, type FROM column_map WHERE created_by_run = ? ORDER BY entity, label", [run_id]
@@ -941,9 +949,37 @@ class Staging:
             [entity, source_id, message, json.dumps(payload, ensure_ascii=False), run_id, now()],
         )
 
-    def quarantined(self) -> list[dict[str, str]]:
-        rows = self.con.execute("SELECT entity, source_id, message, run_id FROM quarantine ORDER BY entity, source_id").fetchall()
-        return [dict(zip(("entity", "source_id", "message", "run_id"), r, strict=True)) for r in rows]
+    def quarantined(self, limit: int | None = None, batch_size: int = 2000) -> Iterator[dict[str, str]]:
+        """The quarantined records (entity, source_id, message, run_id) by entity and source id,
+        the first `limit` or all; read a batch at a time, each the next `batch_size` by (entity,
+        source id): DuckDB sorts that few in a heap, where sorting a million at once takes its
+        whole memory limit."""
+        columns = ("entity", "source_id", "message", "run_id")
+        sql = (
+            f"SELECT {', '.join(columns)} FROM quarantine WHERE entity > $e OR (entity = $e AND source_id > $s) "
+            f"ORDER BY entity, source_id LIMIT {int(min(batch_size, limit or batch_size))}"
+        )
+        params = {"e": "", "s": ""}
+
+        def rows() -> Iterator[tuple[str, ...]]:
+            while batch := self.con.execute(sql, params).fetchall():
+                yield from batch
+                params["e"], params["s"] = batch[-1][0], batch[-1][1]
+
+        for row in islice(rows(), limit):
+            yield dict(zip(columns, row, strict=True))
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined records per entity (only the entities that have some)."""
+        return dict(self.con.execute("SELECT entity, count(*) FROM quarantine GROUP BY entity").fetchall())
+
+    def quarantine_messages(self, entity: str, source_ids: list[str]) -> dict[str, str]:
+        """source id → the server's message, for those of `source_ids` quarantined."""
+        rows = self.con.execute(
+            "SELECT source_id, message FROM quarantine WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"e": entity, "s": source_ids},
+        ).fetchall()
+        return dict(rows)
 
     def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
