@@ -537,11 +537,16 @@ class Staging:
     def add_transform_issues(self, issues: list[tuple[str, str, str, str, str]]) -> None:
         """(entity, source id, field, rule, detail) rows; inside `replace_transform_output` they
         join its transaction (the transform flushes them as it goes, to keep memory flat)."""
-        if issues:
-            self.con.execute(
-                "INSERT INTO transform_issues SELECT unnest($a), unnest($b), unnest($c), unnest($d), unnest($e)",
-                {k: [r[i] for r in issues] for i, k in enumerate("abcde")},
-            )
+        self._insert_rows("transform_issues", issues)
+
+    def _insert_rows(self, table: str, rows: list[tuple[Any, ...]], json_column: int | None = None) -> None:
+        """Insert rows (tuples in the table's column order) in one statement: a list parameter per
+        column, unnested side by side; `json_column` is cast to JSON."""
+        if not rows:
+            return
+        width = len(rows[0])
+        select = ", ".join(f"unnest($c{i})" + ("::JSON" if i == json_column else "") for i in range(width))
+        self.con.execute(f"INSERT INTO {table} SELECT {select}", {f"c{i}": [r[i] for r in rows] for i in range(width)})
 
     def _insert_targets(self, rows: list[tuple[str, str, str, str]]) -> None:
         if rows:
@@ -670,11 +675,7 @@ class Staging:
 
     def add_undo_target(self, rows: list[tuple[int, str, str | None, str | None]]) -> None:
         """(position in the read, target id, createdAt, updatedAt) rows."""
-        if rows:
-            self.con.execute(
-                "INSERT INTO undo_target SELECT unnest($n), unnest($t), unnest($c), unnest($u)",
-                {"n": [r[0] for r in rows], "t": [r[1] for r in rows], "c": [r[2] for r in rows], "u": [r[3] for r in rows]},
-            )
+        self._insert_rows("undo_target", rows)
 
     def plan_undo(self, run_id: str, entity: str) -> None:
         """Add the records of `entity` that `run_id` created to `undo_records`, numbered in source id
@@ -825,10 +826,7 @@ class Staging:
         or that are new or gone since: how many, and the first `shown`."""
         self.con.execute("CREATE OR REPLACE TEMP TABLE planned_hashes (entity VARCHAR, source_id VARCHAR, payload_hash VARCHAR)")
         for rows in batched(planned, 5000):
-            self.con.execute(
-                "INSERT INTO planned_hashes SELECT unnest($e), unnest($s), unnest($h)",
-                {"e": [r[0] for r in rows], "s": [r[1] for r in rows], "h": [r[2] for r in rows]},
-            )
+            self._insert_rows("planned_hashes", rows)
         differing = (
             "SELECT coalesce(p.entity, t.entity) AS entity, coalesce(p.source_id, t.source_id) AS source_id FROM planned_hashes p "
             "FULL OUTER JOIN target_records t ON p.entity = t.entity AND p.source_id = t.source_id "
@@ -846,11 +844,7 @@ class Staging:
 
     def add_plan_records(self, rows: list[tuple[str, int, str, str]]) -> None:
         """(entity, position in the plan, action, the record's plan entry as JSON) rows."""
-        if rows:
-            self.con.execute(
-                "INSERT INTO plan_records SELECT unnest($e), unnest($n), unnest($a), unnest($i)::JSON",
-                {"e": [r[0] for r in rows], "n": [r[1] for r in rows], "a": [r[2] for r in rows], "i": [r[3] for r in rows]},
-            )
+        self._insert_rows("plan_records", rows, json_column=3)
 
     def plan_records(self, entity: str, actions: list[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """An entity's plan entries (of these actions), in plan order; streamed."""
@@ -990,11 +984,7 @@ class Staging:
 
     def add_verify_findings(self, rows: list[tuple[str, str, int, str]]) -> None:
         """(kind, entity, position in the verify, the finding as JSON) rows."""
-        if rows:
-            self.con.execute(
-                "INSERT INTO verify_findings SELECT unnest($k), unnest($e), unnest($n), unnest($i)::JSON",
-                {"k": [r[0] for r in rows], "e": [r[1] for r in rows], "n": [r[2] for r in rows], "i": [r[3] for r in rows]},
-            )
+        self._insert_rows("verify_findings", rows, json_column=3)
 
     def verify_findings(self, kind: str, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
         """The last verify's findings of one kind, in the order found; read a batch at a time, each
