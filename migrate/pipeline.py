@@ -36,7 +36,12 @@ from migrate.report.plan import (
     coverage,
     saved_plan_fingerprints,
 )
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, quarantine_summary, write_quarantine
+from migrate.report.run_report import (
+    ISSUE_EXAMPLES,
+    issue_summary,
+    quarantine_summary,
+    write_quarantine,
+)
 from migrate.report.run_report import write_issues as write_issue_rows
 from migrate.staging.store import Staging
 from migrate.transform.engine import (

@@ -34,7 +34,12 @@ from rich.table import Table
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import DTO_RELATIONS, TargetState
-from migrate.report.run_report import ISSUE_EXAMPLES, issue_summary, quarantine_summary, write_csv
+from migrate.report.run_report import (
+    ISSUE_EXAMPLES,
+    issue_summary,
+    quarantine_summary,
+    write_csv,
+)
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
