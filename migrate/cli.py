@@ -26,7 +26,13 @@ from migrate.errors import Interrupted, MigrateError
 from migrate.logs import configure, log_format, redact, register_secret
 from migrate.progress import ProgressDisplay
 from migrate.report.plan_output import print_plan, write_plan
-from migrate.report.run_report import pipedrive_usage, print_report, write_json
+from migrate.report.run_report import (
+    pipedrive_usage,
+    print_listed,
+    print_report,
+    quarantine_line,
+    write_json,
+)
 from migrate.report.verify import EXIT_MISMATCH, print_verify
 from migrate.staging.store import Staging
 
@@ -317,14 +323,10 @@ def status_command(settings: Settings) -> None:
     console.print("Migrated: " + ", ".join(f"{n} {e}" for e, n in info["migrated"].items()))
     if info["pending_batches"]:
         console.print(f"[yellow]Pending batches (settled on the next run):[/yellow] {len(info['pending_batches'])}")
-    quarantined = info["quarantined"]
-    if quarantined["count"]:
-        console.print(f"[red]Quarantined records:[/red] {quarantined['count']}")
-        for item in quarantined["examples"]:
-            console.print(f"  • {item['entity']} {item['source_id']}: {item['message']}", highlight=False)
-        if quarantined["count"] > len(quarantined["examples"]):
-            more = quarantined["count"] - len(quarantined["examples"])
-            console.print(f"  … and {more} more (`--report-dir` of run, sync or verify lists every one in quarantine.csv)", highlight=False)
+    print_listed(
+        console, "[red]Quarantined records[/red]", info["quarantined"], quarantine_line,
+        unlisted="`--report-dir` of run, sync or verify lists every one in quarantine.csv",
+    )
 
 
 @cli.command()

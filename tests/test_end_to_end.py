@@ -318,7 +318,7 @@ def test_a_run_whose_every_record_is_rejected_lists_every_one_in_quarantine_csv_
     assert all(f"{r['entity']} {r['source_id']}: " in printed for r in rows[:20]) and f"{rows[20]['entity']} {rows[20]['source_id']}: " not in printed
 
     status = " ".join(CliRunner().invoke(cli, ["status"], env=env).output.split())
-    assert f"Quarantined records: {len(rows)}" in status and f"… and {len(rows) - 20} more" in status
+    assert f"Quarantined records ({len(rows)})" in status and f"… and {len(rows) - 20} more" in status
     assert status.count("• ") == 20
 
     synced = CliRunner().invoke(cli, ["sync", "--report-dir", str(tmp_path / "sync")], env=env)

@@ -14,8 +14,10 @@ import duckdb
 import httpx
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from migrate.cli import cli
+from migrate.report.run_report import print_listed
 from migrate.report.verify import link_kind, services_kind
 from migrate.staging import store
 from migrate.transform.engine import ENTITY_ORDER
@@ -318,6 +320,22 @@ def test_a_verify_before_the_load_lists_every_record_in_missing_csv_and_verify_j
     assert f"MissinginCustomermates({len(rows)},listedin{path}):" in squashed and f"…and{len(rows) - 15}more" in squashed
     unlisted = " ".join(invoke(["verify"], env).output.split())
     assert f"Missing in Customermates ({len(rows)}):" in unlisted and f"… and {len(rows) - 15} more; `--report-dir` lists every one" in unlisted
+
+
+def test_a_listed_kind_prints_its_count_file_first_examples_cut_to_200_characters_and_how_many_more():
+    found = {"count": 7, "examples": [{"id": str(n), "text": "x" * 300} for n in range(5)], "file": "/out/kind.csv"}
+    console = Console(width=400, record=True)
+    print_listed(console, "[bold red]Kind[/bold red]", found, lambda item: f"{item['id']}: {item['text']}", after=":", max_rows=3)
+    lines = console.export_text().splitlines()
+    assert lines[0] == "Kind (7, listed in /out/kind.csv):"
+    assert lines[1:4] == [("  • " + f"{n}: " + "x" * 300)[:200] for n in range(3)]
+    assert lines[4:] == ["  … and 4 more"]
+    console = Console(width=400, record=True)
+    print_listed(console, "Kind", {**found, "file": None}, lambda item: item["id"], unlisted="ask for the file")
+    assert console.export_text().splitlines() == ["Kind (7)", "  • 0", "  • 1", "  • 2", "  • 3", "  • 4", "  … and 2 more; ask for the file"]
+    console = Console(width=400, record=True)
+    print_listed(console, "Kind", {"count": 0, "examples": [], "file": None}, lambda item: item["id"])
+    assert console.export_text() == ""
 
 
 def test_verify_after_a_run_whose_every_record_was_rejected_keeps_the_known_failures_count_and_first_20_and_lists_every_one_in_quarantine_csv(

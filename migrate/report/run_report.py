@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +31,28 @@ def private_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle:
         yield handle
+
+
+def print_listed(
+    console: Console, title: str, found: dict[str, Any], line: Callable[[dict[str, Any]], str], *,
+    after: str = "", max_rows: int | None = None, unlisted: str = "`--report-dir` lists every one",
+) -> None:
+    """A list kept as `{count, examples, file}`: its title and count, where the whole list is, the
+    examples (one line each, cut to 200 characters) and how many more there are."""
+    if not found["count"]:
+        return
+    listed = f", listed in {found['file']}" if found.get("file") else ""
+    console.print(f"{title} ({found['count']}{listed}){after}", highlight=False)
+    shown = found["examples"][:max_rows]
+    for item in shown:
+        console.print(f"  • {line(item)}"[:200], highlight=False)
+    if found["count"] > len(shown):
+        where = "" if found.get("file") else f"; {unlisted}"
+        console.print(f"  … and {found['count'] - len(shown)} more{where}", highlight=False)
+
+
+def quarantine_line(item: dict[str, Any]) -> str:
+    return f"{item['entity']} {item['source_id']}: {item['message']}"
 
 
 def write_json(report: dict[str, Any], directory: Path, name: str = "report.json") -> Path:
@@ -105,15 +127,7 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
         console.print(issues)
         if report["issues"].get("file"):
             console.print(f"Every issue, with record, field and reason: {report['issues']['file']}")
-    quarantined = report["quarantined"]
-    if quarantined["count"]:
-        listed = f", listed in {quarantined['file']}" if quarantined.get("file") else ""
-        console.print(f"[bold red]Quarantined records[/bold red] ({quarantined['count']}{listed}): rejected by Customermates", highlight=False)
-        for item in quarantined["examples"]:
-            console.print(f"  • {item['entity']} {item['source_id']}: {item['message'][:160]}", highlight=False)
-        if quarantined["count"] > len(quarantined["examples"]):
-            where = "" if quarantined.get("file") else "; `--report-dir` lists every one"
-            console.print(f"  … and {quarantined['count'] - len(quarantined['examples'])} more{where}", highlight=False)
+    print_listed(console, "[bold red]Quarantined records[/bold red]", report["quarantined"], quarantine_line, after=": rejected by Customermates")
     load = report.get("load") or {}
     if load.get("records_written"):
         console.print(

@@ -37,6 +37,7 @@ from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.report.run_report import (
     ISSUE_EXAMPLES,
     issue_summary,
+    print_listed,
     quarantine_summary,
     write_csv,
 )
@@ -390,16 +391,7 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = FI
         ("Notes missing", "notes_missing", lambda m: f"{m['entity']} {m['source_id']}"),
     )
     for title, key, line in sections:
-        found = result[key]
-        if found["count"]:
-            listed = f", listed in {found['file']}" if found.get("file") else ""
-            console.print(f"[bold red]{title}[/bold red] ({found['count']}{listed}):", highlight=False)
-            shown = found["examples"][:max_rows]
-            for item in shown:
-                console.print(f"  • {line(item)}"[:200], highlight=False)
-            if found["count"] > len(shown):
-                where = "" if found.get("file") else "; `--report-dir` lists every one"
-                console.print(f"  … and {found['count'] - len(shown)} more{where}", highlight=False)
+        print_listed(console, f"[bold red]{title}[/bold red]", result[key], line, after=":", max_rows=max_rows)
     extras = result["extras"]
     if extras["count"]:
         listed = f" (listed in {extras['file']})" if extras.get("file") else ""
