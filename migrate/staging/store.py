@@ -425,6 +425,16 @@ class Staging:
         while rows := cursor.fetchmany(batch_size):
             yield from rows
 
+    def _keyset_pages(
+        self, sql: str, params: dict[str, Any], after: Callable[[tuple[Any, ...]], dict[str, Any]]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql`, a query ordered by a key and limited to a page, page after page: each
+        page a query of its own, run with the parameters `after(last row of the page before)`. A
+        page is sorted in a small heap, and the caller may write to the tables between pages."""
+        while rows := self.con.execute(sql, params).fetchall():
+            yield from rows
+            params = params | after(rows[-1])
+
     def scan_in_id_order(
         self, columns: str, table: str, key: str, where: str = "TRUE", params: list[Any] | None = None, batch_size: int = 2000
     ) -> Iterator[tuple[Any, ...]]:
@@ -703,9 +713,8 @@ class Staging:
         where = "entity = $e AND bucket = $b AND seq > $after" + (" AND action = $a" if action is not None else "")
         params: dict[str, Any] = {"e": entity, "b": bucket, "after": 0} | ({"a": action} if action is not None else {})
         sql = f"SELECT {', '.join(cols)} FROM undo_records WHERE {where} ORDER BY seq LIMIT {int(batch_size)}"
-        while rows := self.con.execute(sql, params).fetchall():
-            yield from (dict(zip(cols, row, strict=True)) for row in rows)
-            params["after"] = rows[-1][0]
+        for row in self._keyset_pages(sql, params, lambda last: {"after": last[0]}):
+            yield dict(zip(cols, row, strict=True))
 
     def mark_undo_edited(self, seqs: list[int], action: str) -> None:
         """Move these records of the last undo to bucket 'edited', with `action`."""
@@ -953,14 +962,8 @@ class Staging:
             f"SELECT {', '.join(columns)} FROM quarantine WHERE entity > $e OR (entity = $e AND source_id > $s) "
             f"ORDER BY entity, source_id LIMIT {int(min(batch_size, limit or batch_size))}"
         )
-        params = {"e": "", "s": ""}
-
-        def rows() -> Iterator[tuple[str, ...]]:
-            while batch := self.con.execute(sql, params).fetchall():
-                yield from batch
-                params["e"], params["s"] = batch[-1][0], batch[-1][1]
-
-        for row in islice(rows(), limit):
+        rows = self._keyset_pages(sql, {"e": "", "s": ""}, lambda last: {"e": last[0], "s": last[1]})
+        for row in islice(rows, limit):
             yield dict(zip(columns, row, strict=True))
 
     def quarantine_counts(self) -> dict[str, int]:
@@ -991,9 +994,8 @@ class Staging:
         the next `batch_size` by `seq` (sorting a million of them at once added 70 MB of peak RSS)."""
         params: dict[str, Any] = {"k": kind, "after": -1}
         sql = f"SELECT seq, item FROM verify_findings WHERE kind = $k AND seq > $after ORDER BY seq LIMIT {int(batch_size)}"
-        while rows := self.con.execute(sql, params).fetchall():
-            yield from (json.loads(item) for _, item in rows)
-            params["after"] = rows[-1][0]
+        for _, item in self._keyset_pages(sql, params, lambda last: {"after": last[0]}):
+            yield json.loads(item)
 
     # -- a run's issues: the transform's and those of the run's load -------------------------
     def _run_issues_sql(self) -> str:
