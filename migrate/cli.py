@@ -21,7 +21,6 @@ from rich.table import Table
 
 from migrate import pipeline, stopping
 from migrate.config import Settings, load_settings
-from migrate.customermates.undo import print_undo, write_undo
 from migrate.errors import Interrupted, MigrateError
 from migrate.logs import configure, log_format, redact, register_secret
 from migrate.progress import ProgressDisplay
@@ -33,6 +32,7 @@ from migrate.report.run_report import (
     quarantine_line,
     write_json,
 )
+from migrate.report.undo_report import print_undo, write_undo
 from migrate.report.verify import EXIT_MISMATCH, print_verify
 from migrate.staging.store import Staging
 

@@ -17,7 +17,6 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
-from migrate.customermates.undo import UndoRecords
 from migrate.errors import LockHeldError, MigrateError
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
@@ -43,6 +42,7 @@ from migrate.report.run_report import (
     write_quarantine,
 )
 from migrate.report.run_report import write_issues as write_issue_rows
+from migrate.report.undo_report import UndoRecords
 from migrate.staging.store import Staging
 from migrate.transform.engine import (
     ENTITY_ORDER,
