@@ -205,6 +205,7 @@ def test_phone_that_cannot_be_made_exact_is_none(raw, region):
         ("2024-02-29T12:00:00+0530", "2024-02-29T06:30:00Z"),
         ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59Z"),  # leap second clamped
         ("2024-01-01t00:00:00z", "2024-01-01T00:00:00Z"),
+        ("2024-02-29 23:59:59.999999", "2024-02-29T23:59:59Z"),
     ],
 )
 def test_timestamp_converted_to_utc_z(value, expected):
@@ -253,6 +254,7 @@ def test_missing_timestamp_is_none(value):
     [
         "yesterday",
         "2023-02-30 10:00:00",
+        "0000-01-01 00:00:00",
         "2024-13-01T00:00:00Z",
         "2024-01-01T25:00:00Z",
         "2024-01-01T10:61:00Z",

@@ -53,6 +53,7 @@ _DATETIME = re.compile(
     r" ?(?P<tz>[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?",
     re.ASCII,
 )
+_UTC_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?Z?", re.ASCII)
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?", re.ASCII)
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
@@ -165,7 +166,18 @@ def to_utc_datetime(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _utc_text(value: str) -> str:
-    """Timestamps repeat (add_time, due dates, imports made in one go): each is parsed once."""
+    """Timestamps repeat (add_time, due dates, imports made in one go): each is parsed once.
+    Most are UTC already (v1 `YYYY-MM-DD HH:MM:SS`, v2 `…Z`): checked as a calendar date and
+    time, their text is the answer; the others (offsets, a leap second) are converted."""
+    match = _UTC_TIMESTAMP.fullmatch(value)
+    if match is not None:
+        y, mo, d, h, mi, s = match.groups()
+        try:
+            datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
+        except ValueError:
+            pass  # the general path raises it with its reason
+        else:
+            return f"{y}-{mo}-{d}T{h}:{mi}:{s}Z"
     moment, _ = _parse_datetime(value)
     return _format_utc(moment)
 
