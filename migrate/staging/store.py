@@ -13,7 +13,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -789,8 +789,12 @@ class Staging:
             for b, e, o, s, h in rows
         ]
 
-    def commit_batch(self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str) -> None:
-        """Store (source_id, target_id, hash) rows and clear the pending intent in one transaction.
+    def commit_batch(
+        self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str,
+        payloads: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> None:
+        """Store (source_id, target_id, hash) rows and the transformed payloads written (the plan's
+        'written' state), and clear the pending intent, in one transaction.
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
         uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
@@ -818,16 +822,13 @@ class Staging:
                     "DELETE FROM quarantine WHERE entity = $entity AND source_id IN (SELECT unnest($s))",
                     {"entity": entity, "s": [w[0] for w in written]},
                 )
+            if payloads:
+                self.con.execute(
+                    "INSERT OR REPLACE INTO written_payloads SELECT $entity, unnest($s), unnest($p)::JSON",
+                    {"entity": entity, "s": [r[0] for r in payloads], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in payloads]},
+                )
             if batch_id:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
-
-    def save_written(self, entity: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        """Remember the transformed payload last written per record (the plan's 'written' state)."""
-        if rows:
-            self.con.execute(
-                "INSERT OR REPLACE INTO written_payloads SELECT $entity, unnest($s), unnest($p)::JSON",
-                {"entity": entity, "s": [r[0] for r in rows], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in rows]},
-            )
 
     # -- plans --------------------------------------------------------------------------------
     def changed_since_plan(self, planned: Iterable[tuple[str, str, str]], shown: int) -> tuple[int, list[tuple[str, str]]]:
