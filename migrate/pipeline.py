@@ -294,6 +294,8 @@ def build_report(
             "write_requests": loaded.write_requests,
             "write_seconds": round(loaded.write_seconds, 3),
             "records_per_second": round(loaded.records_per_second, 1),
+            "seconds": round(loaded.seconds, 3),
+            "records_per_second_overall": round(loaded.records_per_second_overall, 1),
         },
     }
     if not dry_run and not columns.ids and any(transformed.records.values()):

@@ -105,6 +105,10 @@ def test_every_live_record_arrives_exactly_once(migrated, sample_dir, customerma
         assert all(len(records) == 1 for records in index.values()), f"duplicates in {entity}"
         assert migrated["entities"][entity]["created"] == len(ids)
         assert migrated["entities"][entity]["quarantined"] == 0
+    load = migrated["load"]
+    assert load["records_written"] == sum(len(ids) for ids in expected.values())
+    assert 0 < load["write_seconds"] <= load["seconds"]  # the whole load includes its requests
+    assert load["records_per_second_overall"] <= load["records_per_second"]
 
 
 def test_deleted_records_are_counted_not_migrated(migrated, sample_dir):

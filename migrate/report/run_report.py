@@ -132,7 +132,7 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     if load.get("records_written"):
         console.print(
             f"Load: {load['records_written']} records in {load['write_requests']} requests, "
-            f"{load['records_per_second']:.1f} records/s while writing"
+            f"{load['records_per_second']:.1f} records/s while writing, {load['records_per_second_overall']:.1f} over the whole load"
         )
     for warning in report.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
