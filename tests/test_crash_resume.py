@@ -25,3 +25,25 @@ def test_killed_runs_resume_to_the_same_target_without_duplicates(reference, tmp
     assert tally.kills + tally.finished_before_kill == 4
     assert tally.kills >= 1
     assert (tally.duplicates, tally.missing, tally.extra, tally.different) == (0, 0, 0, 0), tally.examples[:10]
+
+
+def test_a_batch_is_recorded_whole_or_not_at_all_id_map_rows_and_written_payloads_together(tmp_path: Path):
+    """The id map and the payloads last written (the plan's 'written' state) change in one
+    transaction: when the second part fails, the first is rolled back and the batch stays pending,
+    so the next run settles it from the target."""
+    from migrate.staging.store import Staging
+
+    with Staging(tmp_path / "state.duckdb") as staging:
+        run_id = staging.start_run("run")
+        batch = staging.record_pending("contacts", "create", ["1", "2"], ["h1", "h2"], run_id)
+        written = [("1", "t-1", "h1"), ("2", "t-2", "h2")]
+        with pytest.raises(TypeError):
+            staging.commit_batch(batch, "contacts", written, run_id, [("1", {"name": "A"}), ("2", {"bad": {1, 2}})])
+        assert staging.id_map_for("contacts", ["1", "2"]) == {}
+        assert staging.written_for("contacts", ["1", "2"]) == {}
+        assert [b["batch_id"] for b in staging.pending_batches()] == [batch]
+
+        staging.commit_batch(batch, "contacts", written, run_id, [("1", {"name": "A"}), ("2", {"name": "B"})])
+        assert {sid: row[0] for sid, row in staging.id_map_for("contacts", ["1", "2"]).items()} == {"1": "t-1", "2": "t-2"}
+        assert staging.written_for("contacts", ["1", "2"]) == {"1": {"name": "A"}, "2": {"name": "B"}}
+        assert staging.pending_batches() == []
