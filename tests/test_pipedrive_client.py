@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from migrate.errors import BudgetExhaustedError, PipedriveError
-from migrate.pipedrive.client import PipedriveClient
+from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
 from migrate.pipedrive.extract import extract
 from migrate.staging.store import Staging
@@ -180,20 +181,20 @@ def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_
     assert fake.count_429 <= 4 and fake.count_403 == 0
 
 
-def test_no_more_than_four_requests_are_out_at_once_whatever_the_readers():
-    """After a 429 the requests already sent draw 429s too; Cloudflare blocks a client that
-    piles them up, so eight readers still have at most four requests out."""
+def requests_out_at_once(burst_limit: int, readers: int, seconds_each: float, each: int = 3) -> tuple[FakePipedrive, int]:
+    """`readers` threads share one client; every answer takes `seconds_each`. Returns the stopped
+    fake and the most requests that were out at once."""
     import threading
 
     out, most, guard = [0], [0], threading.Lock()
-    with FakePipedrive(SAMPLE, burst_limit=1000) as fake:
+    with FakePipedrive(SAMPLE, burst_limit=burst_limit) as fake:
         serve = fake.handle
 
         def counted(*args):
             with guard:
                 out[0] += 1
                 most[0] = max(most[0], out[0])
-            time.sleep(0.02)
+            time.sleep(seconds_each)
             try:
                 return serve(*args)
             finally:
@@ -201,13 +202,69 @@ def test_no_more_than_four_requests_are_out_at_once_whatever_the_readers():
                     out[0] -= 1
 
         fake.handle = counted
-        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=1000) as client:
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(5)]) for _ in range(8)]
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=burst_limit) as client:
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(each)]) for _ in range(readers)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-    assert len(fake.requests) == 40 and most[0] == 4
+    return fake, most[0]
+
+
+def test_as_many_requests_are_out_at_once_as_the_rate_needs_at_the_time_a_request_takes():
+    """40 per 2 s is 20 a second; at 0.3 s a request that needs 6 out at once, 8 with the margin:
+    four (the start) would reach two thirds of the rate."""
+    fake, most = requests_out_at_once(burst_limit=40, readers=12, seconds_each=0.3)
+    assert len(fake.requests) == 36 and fake.count_429 == 0
+    assert most == 8
+
+
+def test_requests_out_at_once_start_at_four_reach_a_quarter_of_the_limit_at_most_and_fall_back_to_four_after_a_429():
+    limiter = BurstLimiter(120)
+    assert limiter.in_flight_cap() == 4  # nothing measured yet
+    limiter.done([math.inf, time.monotonic() - 0.35])
+    assert limiter.in_flight_cap() == 27  # ⌈60/s × 0.35 s × 1.25⌉
+    limiter.done([math.inf, time.monotonic() - 3.0])
+    assert limiter.in_flight_cap() == 30  # a quarter of the limit at most
+    limiter.pause(0.0)
+    assert limiter.in_flight_cap() == 4  # a 429: the requests out draw theirs too, and Cloudflare counts them
+    lite = BurstLimiter(20)
+    lite.done([math.inf, time.monotonic() - 0.05])
+    assert lite.in_flight_cap() == 4  # fast answers: four are plenty
+
+
+def test_thirty_readers_at_ultimate_with_slow_and_late_arrivals_draw_no_429():
+    """Answers 0.3 s slow and requests reaching Pipedrive up to 0.2 s later than counted (past the
+    0.1 s allowance). More requests out at once fill the window, where a late arrival can tip it
+    over; the margin kept short of the limit absorbs that. Without it: 429s and a Cloudflare block."""
+    import random
+    import threading
+
+    rng = random.Random(1)
+    with FakePipedrive(SAMPLE, burst_limit=120, latency=0.3) as fake:
+        serve = fake.handle
+
+        def late(*args):
+            time.sleep(rng.uniform(0, 0.2))
+            return serve(*args)
+
+        fake.handle = late
+        with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=120) as client:
+            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(12)]) for _ in range(30)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert client.limiter.in_flight_cap() > 4
+    assert len(fake.requests) == 360
+    assert fake.count_429 == 0 and fake.count_403 == 0
+
+
+def test_eight_readers_with_fast_answers_have_four_requests_out_at_once():
+    """After a 429 the requests already sent draw 429s too, and Cloudflare blocks a client that
+    piles them up: no more are out than the rate needs."""
+    fake, most = requests_out_at_once(burst_limit=20, readers=8, seconds_each=0.02, each=5)
+    assert len(fake.requests) == 40 and most == 4
 
 
 def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):

@@ -58,9 +58,15 @@ class BurstLimiter:
     network. Counting from the answer instead would waste Pipedrive's whole response time in
     every window.
 
-    At most `max_in_flight` requests are out at once, however many readers there are: when one
-    draws a 429, the others already sent draw theirs too, and Pipedrive's firewall blocks clients
-    that keep going after 429s (the fake blocks after 3 more)."""
+    Few requests are out at once, however many readers there are: when one draws a 429, the
+    others already sent draw theirs too, and Pipedrive's firewall blocks clients that keep going
+    after 429s (the fake blocks after 3 more). `max_in_flight` (4) at first; then as many as the
+    window's rate needs at the time a request takes (limit ÷ window × seconds per request, a
+    quarter more), up to a quarter of the limit: at Ultimate's 120 per 2 s and 0.35 s a request,
+    4 at once would reach a sixth of the rate. Each one out beyond `max_in_flight` keeps the window
+    one request short of the limit, so that requests reaching Pipedrive later than counted cannot
+    make it see more than the limit unless more of them do so at once than are out beyond the
+    four. After a 429, `max_in_flight` and the whole limit again, for good."""
 
     def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1, max_in_flight: int = 4):
         self.limit = max(1, limit)
@@ -70,6 +76,15 @@ class BurstLimiter:
         self._slots: list[list[float]] = []  # [counted from, sent at]; counted from = inf while in flight
         self._lock = threading.Condition()
         self._paused_until = 0.0
+        self._request_seconds: float | None = None  # moving average, send to answer
+        self._limited = False  # a 429 came: `max_in_flight` from then on
+
+    def in_flight_cap(self) -> int:
+        """How many requests may be out at once now (see the class docstring)."""
+        if self._limited or self._request_seconds is None:
+            return self.max_in_flight
+        needed = math.ceil(self.limit / self.window * self._request_seconds * 1.25)
+        return max(self.max_in_flight, min(needed, self.limit // 4))
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back (after a 429: the other threads must not keep sending), and
@@ -77,6 +92,7 @@ class BurstLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
             self.arrival_bound = min(self.window / 2, self.arrival_bound * 2)
+            self._limited = True
 
     def acquire(self) -> list[float]:
         """Wait for a free slot; pass it to `done` when the answer is in."""
@@ -85,12 +101,12 @@ class BurstLimiter:
                 moment = time.monotonic()
                 if moment < self._paused_until:
                     delay = self._paused_until - moment
-                elif sum(1 for s in self._slots if s[0] == math.inf) >= self.max_in_flight:
+                elif sum(1 for s in self._slots if s[0] == math.inf) >= (cap := self.in_flight_cap()):
                     self._lock.wait(timeout=1.0)  # `done` wakes us
                     continue
                 else:
                     self._slots = [s for s in self._slots if moment - s[0] < self.window]
-                    if len(self._slots) < self.limit:
+                    if len(self._slots) < self.limit - (cap - self.max_in_flight):
                         slot = [math.inf, moment]
                         self._slots.append(slot)
                         return slot
@@ -100,7 +116,10 @@ class BurstLimiter:
 
     def done(self, slot: list[float]) -> None:
         with self._lock:
-            slot[0] = min(time.monotonic(), slot[1] + self.arrival_bound)
+            moment = time.monotonic()
+            slot[0] = min(moment, slot[1] + self.arrival_bound)
+            took = moment - slot[1]
+            self._request_seconds = took if self._request_seconds is None else 0.8 * self._request_seconds + 0.2 * took
             self._lock.notify_all()
 
     def learn(self, limit_header: str | None) -> None:
