@@ -53,7 +53,6 @@ _DATETIME = re.compile(
     r" ?(?P<tz>[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?",
     re.ASCII,
 )
-_UTC_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?Z?", re.ASCII)
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?", re.ASCII)
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
@@ -169,9 +168,9 @@ def _utc_text(value: str) -> str:
     """Timestamps repeat (add_time, due dates, imports made in one go): each is parsed once.
     Most are UTC already (v1 `YYYY-MM-DD HH:MM:SS`, v2 `…Z`): checked as a calendar date and
     time, their text is the answer; the others (offsets, a leap second) are converted."""
-    match = _UTC_TIMESTAMP.fullmatch(value)
-    if match is not None:
-        y, mo, d, h, mi, s = match.groups()
+    match = _DATETIME.fullmatch(value.strip())
+    if match is not None and match["tz"] in (None, "Z", "z") and match["s"] != "60":
+        y, mo, d, h, mi, s = match["y"], match["mo"], match["d"], match["h"], match["mi"], match["s"] or "00"
         try:
             datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
         except ValueError:
