@@ -520,13 +520,13 @@ class Staging:
         with self._transaction():
             for table in ("target_records", "target_columns", "transform_issues"):
                 self.con.execute(f"DELETE FROM {table}")
-            buffer: list[tuple[str, str, str, str]] = []
-            for record in records:
-                buffer.append(record)
+            buffer: list[tuple[str, str, str, str, int | None]] = []
+            for entity, sid, payload, digest in records:
+                buffer.append((entity, sid, payload, digest, numeric_id(sid)))
                 if len(buffer) >= chunk:
-                    self._insert_targets(buffer)
+                    self._insert_rows("target_records", buffer, json_column=2)
                     buffer = []
-            self._insert_targets(buffer)
+            self._insert_rows("target_records", buffer, json_column=2)
             self._check_unique_targets()
             columns, issues = finish()
             if columns:
@@ -557,19 +557,6 @@ class Staging:
         width = len(rows[0])
         select = ", ".join(f"unnest($c{i})" + ("::JSON" if i == json_column else "") for i in range(width))
         self.con.execute(f"INSERT INTO {table} SELECT {select}", {f"c{i}": [r[i] for r in rows] for i in range(width)})
-
-    def _insert_targets(self, rows: list[tuple[str, str, str, str]]) -> None:
-        if rows:
-            self.con.execute(
-                "INSERT INTO target_records SELECT unnest($e), unnest($s), unnest($p)::JSON, unnest($h), unnest($n)",
-                {
-                    "e": [r[0] for r in rows],
-                    "s": [r[1] for r in rows],
-                    "n": [numeric_id(r[1]) for r in rows],
-                    "p": [r[2] for r in rows],
-                    "h": [r[3] for r in rows],
-                },
-            )
 
     def target_columns(self) -> list[dict[str, Any]]:
         return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
