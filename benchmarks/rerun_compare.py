@@ -88,7 +88,8 @@ def build_state(path: Path, size: int) -> dict[str, int]:
         for entity, n in counts.items():
             payload, dto = _payload_sql(entity, counts["organizations"])
             con.execute(
-                f"INSERT INTO target_records SELECT '{entity}', i::VARCHAR, {payload}::JSON, md5(i::VARCHAR), i FROM range(1, {n + 1}) t(i)"
+                "INSERT INTO target_records (entity, source_id, payload, payload_hash, num_id) "
+                f"SELECT '{entity}', i::VARCHAR, {payload}::JSON, md5(i::VARCHAR), i FROM range(1, {n + 1}) t(i)"
             )
             con.execute(
                 f"INSERT INTO id_map SELECT '{entity}', i::VARCHAR, '{entity}-' || i, md5(i::VARCHAR), 'bench', now(), 'bench' "

@@ -205,7 +205,7 @@ def test_the_transform_output_is_replaced_within_the_memory_limit_however_many_r
     new rows each indexed in the one transaction), as at 160 MB near a million."""
     monkeypatch.setattr(store, "DUCKDB_MEMORY_LIMIT", "30MB")
     payload = json.dumps({"fields": {"name": "x" * 40}, "values": {"note": "y" * 200}})
-    rows = [("contacts", str(i), payload, f"{i:032x}") for i in range(150_000)]
+    rows = [("contacts", str(i), payload, f"{i:032x}", None) for i in range(150_000)]
     with Staging(tmp_path / "state.duckdb") as staging:
         for _ in range(2):
             staging.replace_transform_output(iter(rows), lambda: ([], []))
@@ -214,7 +214,7 @@ def test_the_transform_output_is_replaced_within_the_memory_limit_however_many_r
 
 
 def test_a_record_the_transform_gives_twice_is_named_and_the_previous_output_kept(tmp_path):
-    rows = [("deals", "7", "{}", "a"), ("deals", "8", "{}", "b"), ("deals", "7", "{}", "c")]
+    rows = [("deals", "7", "{}", "a", None), ("deals", "8", "{}", "b", None), ("deals", "7", "{}", "c", None)]
     with Staging(tmp_path / "state.duckdb") as staging:
         staging.replace_transform_output(iter(rows[:2]), lambda: ([], []))
         with pytest.raises(MigrateError, match="deals 7 2 times"):
@@ -225,9 +225,9 @@ def test_a_record_the_transform_gives_twice_is_named_and_the_previous_output_kep
 def test_a_state_file_with_a_key_on_target_records_is_rewritten_without_it_keeping_its_rows(tmp_path):
     state = tmp_path / "state.duckdb"
     with Staging(state) as staging:
-        staging.replace_transform_output(iter([("deals", "7", "{}", "a")]), lambda: ([], []))
+        staging.replace_transform_output(iter([("deals", "7", "{}", "a", None)]), lambda: ([], []))
         staging.con.execute("CREATE TABLE keyed (entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT, PRIMARY KEY (entity, source_id))")
-        staging.con.execute("INSERT INTO keyed SELECT * FROM target_records")
+        staging.con.execute("INSERT INTO keyed SELECT entity, source_id, payload, payload_hash, num_id FROM target_records")
         staging.con.execute("DROP TABLE target_records")
         staging.con.execute("ALTER TABLE keyed RENAME TO target_records")
     with Staging(state) as staging:

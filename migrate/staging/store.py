@@ -13,6 +13,7 @@ import json
 import os
 import re
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,14 +75,25 @@ CREATE TABLE IF NOT EXISTS extract_checkpoints (
 -- The transform's output, replaced whole by each transform in one transaction. No key: the
 -- transaction would hold two indexes of every record (the rows it deletes and those it adds)
 -- in memory, past the memory limit at a million records; the transform checks uniqueness.
+-- `lookups`: the records the record looked up, a JSON list of [entity, id] (`transform.incremental`).
 CREATE TABLE IF NOT EXISTS target_records (
-    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT);
+    entity VARCHAR, source_id VARCHAR, payload JSON, payload_hash VARCHAR, num_id BIGINT, lookups VARCHAR);
 CREATE TABLE IF NOT EXISTS target_columns (
     entity VARCHAR, key VARCHAR, spec JSON, PRIMARY KEY (entity, key));
 CREATE TABLE IF NOT EXISTS note_markdown (
     content_hash VARCHAR PRIMARY KEY, converter VARCHAR, markdown VARCHAR);
 CREATE TABLE IF NOT EXISTS transform_issues (
     entity VARCHAR, source_id VARCHAR, field VARCHAR, rule VARCHAR, detail VARCHAR);
+-- What the last transform read, so that the next transforms again only what changed
+-- (`transform.incremental`): a digest of each record, note and deal product row, and the records
+-- each note and deal product belongs to. The transform in progress finds the rows changed since
+-- (`transform_changed`), the records it makes again (`transform_dirty`) and the notes and deal
+-- products they may have (`transform_dirty_groups`).
+CREATE TABLE IF NOT EXISTS transform_inputs (collection VARCHAR, id VARCHAR, digest UBIGINT);
+CREATE TABLE IF NOT EXISTS transform_owners (collection VARCHAR, id VARCHAR, entity VARCHAR, source_id VARCHAR);
+CREATE TABLE IF NOT EXISTS transform_changed (collection VARCHAR, id VARCHAR);
+CREATE TABLE IF NOT EXISTS transform_dirty (entity VARCHAR, source_id VARCHAR);
+CREATE TABLE IF NOT EXISTS transform_dirty_groups (collection VARCHAR, id VARCHAR);
 CREATE TABLE IF NOT EXISTS column_map (
     entity VARCHAR, key VARCHAR, column_id VARCHAR, label VARCHAR, type VARCHAR, options JSON,
     created_by_run VARCHAR, PRIMARY KEY (entity, key));
@@ -166,6 +178,7 @@ class Staging:
         self.con.execute(_SCHEMA)
         self._check_version()
         self._add_numeric_ids()
+        self.con.execute("ALTER TABLE target_records ADD COLUMN IF NOT EXISTS lookups VARCHAR")  # after num_id
         self._drop_target_records_key()
         self.settle_archive_pairs()
 
@@ -409,11 +422,14 @@ class Staging:
             ).fetchone()[0]
         )
 
-    def iter_raw(self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
-        """Stream a collection's records in id order (numeric ids sort numerically)."""
+    def iter_raw(
+        self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000, where: str = "TRUE"
+    ) -> Iterator[dict[str, Any]]:
+        """Stream a collection's records (those `where` holds for) in id order (numeric ids sort numerically)."""
         if not self.has_collection(collection):
             return
-        where = "TRUE" if include_deleted else "NOT coalesce(is_deleted, false)"
+        if not include_deleted:
+            where = f"({where}) AND NOT coalesce(is_deleted, false)"
         for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
             yield json.loads(data)
 
@@ -509,20 +525,27 @@ class Staging:
     # -- transform output -----------------------------------------------------------------
     def replace_transform_output(
         self,
-        records: Iterable[tuple[str, str, str, str]],
+        records: Iterable[tuple[str, str, str, str, str | None]],
         finish: Callable[[], tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]],
         chunk: int = 1000,
+        *,
+        only_dirty: bool = False,
     ) -> None:
         """Replace the transform output in one transaction. `records` (entity, source id, payload
-        JSON text, payload hash) stream in, inserted `chunk` at a time (DuckDB's copy of a chunk's
+        JSON text, payload hash, lookups) stream in, inserted `chunk` at a time (DuckDB's copy of a chunk's
         parameters is several times their size: 5,000 a chunk cost 40 MB more at 1M than 1,000);
-        `finish` is called once they are consumed and returns the columns and issues they gave rise to."""
+        `finish` is called once they are consumed and returns the columns and issues they gave rise to.
+        With `only_dirty`, the output of the records in `transform_dirty` is replaced and the rest kept."""
         with self._transaction():
-            for table in ("target_records", "target_columns", "transform_issues"):
-                self.con.execute(f"DELETE FROM {table}")
-            buffer: list[tuple[str, str, str, str, int | None]] = []
-            for entity, sid, payload, digest in records:
-                buffer.append((entity, sid, payload, digest, numeric_id(sid)))
+            self.con.execute("DELETE FROM target_columns")
+            for table in ("target_records", "transform_issues"):
+                self.con.execute(
+                    f"DELETE FROM {table} USING transform_dirty d WHERE {table}.entity = d.entity AND {table}.source_id = d.source_id"
+                    if only_dirty else f"DELETE FROM {table}"
+                )
+            buffer: list[tuple[str, str, str, str, int | None, str | None]] = []
+            for entity, sid, payload, digest, lookups in records:
+                buffer.append((entity, sid, payload, digest, numeric_id(sid), lookups))
                 if len(buffer) >= chunk:
                     self._insert_rows("target_records", buffer, json_column=2)
                     buffer = []
@@ -548,6 +571,15 @@ class Staging:
         """(entity, source id, field, rule, detail) rows; inside `replace_transform_output` they
         join its transaction (the transform flushes them as it goes, to keep memory flat)."""
         self._insert_rows("transform_issues", issues)
+
+    def transform_counts(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        """The transform output in numbers: target records by entity, records deleted in
+        Pipedrive (skipped) by entity, issues by rule."""
+        records = Counter(dict(self.con.execute("SELECT entity, count(*) FROM target_records GROUP BY entity").fetchall()))
+        skipped = Counter(dict(self.con.execute(
+            "SELECT entity, count(*) FROM transform_issues WHERE rule = 'deleted_in_pipedrive' GROUP BY entity"
+        ).fetchall()))
+        return records, skipped, Counter(dict(self.transform_issue_counts()))
 
     def _insert_rows(self, table: str, rows: list[tuple[Any, ...]], json_column: int | None = None) -> None:
         """Insert rows (tuples in the table's column order) in one statement: a list parameter per

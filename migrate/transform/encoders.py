@@ -39,7 +39,7 @@ class Lookups:
     organization_names: ByKey[str] = field(default_factory=dict)  # a NameTable in a transform
     person_names: ByKey[str] = field(default_factory=dict)
     deal_products: ByKey[list[dict[str, Any]]] = field(default_factory=dict)  # the current deals' lines, streamed
-    product_names: dict[str, str] = field(default_factory=dict)
+    product_names: ByKey[str] = field(default_factory=dict)
     phone_region: str | None = None
 
 

@@ -5,7 +5,8 @@ payload hash tells whether a record changed since it was last written. Records s
 DuckDB and back. What every record may refer to (ids that exist, names) is held compactly
 (`transform.lookups`); notes and deal products stream alongside the records, sorted the same
 way, one record's worth at a time. Each distinct note body is converted to markdown once and
-kept in the state file, so reruns and syncs do not convert it again.
+kept in the state file, so reruns and syncs do not convert it again; and a transform after the
+first makes again only the records whose inputs changed (`transform.incremental`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.staging.store import Staging, batched, raw_table
-from migrate.transform import entities, notes
+from migrate.transform import entities, incremental, notes
 from migrate.transform import values as v
 from migrate.transform.columns import (
     PIPEDRIVE_ID,
@@ -73,6 +74,8 @@ class TransformSummary:
     skipped: Counter[str] = field(default_factory=Counter)  # entity → deleted in Pipedrive
     issues: Counter[str] = field(default_factory=Counter)  # rule → count
     columns: list[dict[str, Any]] = field(default_factory=list)
+    made: int = 0  # staged records transformed this time (the others' output was kept)
+    full_reason: str | None = None  # why every record was transformed; None: only those whose inputs changed
 
 
 def payload_text(payload: dict[str, Any]) -> str:
@@ -96,13 +99,16 @@ class Transformer:
     def __init__(self, staging: Staging, mappings: Mappings, phone_region: str | None = None):
         self.staging = staging
         self.mappings = mappings
+        self.sources: incremental.Sources = {c: (m.entity, "lead:" if c in V1_ENCODED else "") for c, m in mappings.sources.items()}
         self.registry = ColumnRegistry()
+        self.log = incremental.LookupLog()
         self.lookups = self._lookups(phone_region)
-        self.known = self._known_ids()
+        self.known = {entity: self.log.watch(ids, entity) for entity, ids in self._known_ids().items()}
         self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
         self.issues: list[tuple[str, str, str, str, str]] = []
         self.summary = TransformSummary()
         self._writing = False
+        self._only_dirty = False
         self._declare_columns()
 
     # -- reference data -------------------------------------------------------------------
@@ -124,9 +130,9 @@ class Transformer:
             stages=stage_labels,
             activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in st.iter_raw("activityTypes")},
             lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in st.iter_raw("leadLabels")},
-            organization_names=self._names("organizations"),
-            person_names=self._names("persons"),
-            product_names={str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")},
+            organization_names=self.log.watch(self._names("organizations"), "organizations"),
+            person_names=self.log.watch(self._names("persons"), "contacts"),
+            product_names=self.log.watch({str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")}, "services"),
             phone_region=phone_region or self._region_from_users(users),
         )
 
@@ -150,13 +156,17 @@ class Transformer:
         """The deal product lines of the deals, in the order the deals are read (then by position)."""
         if not self.staging.has_collection("deal_products"):
             return SortedGroups(iter(()))
+        where = "data->>'deal_id' IS NOT NULL"
+        if self._only_dirty:
+            where += " AND " + incremental.grouped_filter("deal_products") + " AND " + incremental.dirty_filter("deals", "data->>'deal_id'")
         rows = self.staging.stream_ordered(
-            "data->>'deal_id', data", raw_table("deal_products"), "data->>'deal_id'", "data->>'deal_id' IS NOT NULL",
+            "data->>'deal_id', data", raw_table("deal_products"), "data->>'deal_id'", where,
             then="coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)",
         )
         return SortedGroups((deal, json.loads(data)) for deal, data in rows)
 
     def _known_ids(self) -> dict[str, IdSet]:
+        """The ids of the records that exist (not deleted), by entity."""
         known = {e: IdSet() for e in ENTITY_ORDER}
         for collection, mapping in self.mappings.sources.items():
             if not self.staging.has_collection(collection):
@@ -238,7 +248,6 @@ class Transformer:
             rule = self.mappings.field_types.get(str(definition.get("field_type")))
             name = str(definition.get("field_name") or definition.get("name") or code)
             if rule is None:
-                self.summary.issues["field_type_unsupported"] += 1
                 self.issues.append((mapping.entity, "*", name, "field_type_unsupported", f"field type {definition.get('field_type')!r} has no mapping; values kept as text"))
                 rule_type, rule_encode = "plain", "text"
             else:
@@ -272,36 +281,55 @@ class Transformer:
 
     # -- records --------------------------------------------------------------------------
     def run(self) -> TransformSummary:
+        """Transform the records whose inputs changed since the last transform (`incremental`),
+        or every record when what they all share changed."""
+        self._convert_notes()  # committed before the output transaction: the note streams read it
+        context = incremental.context(self.staging, self.sources, self.mappings, self.lookups.phone_region)
+        self.summary.full_reason = incremental.why_full(self.staging, context)
+        if self.summary.full_reason is None:
+            dirty, staged = incremental.mark_dirty(self.staging, self.sources), self._staged()
+            if dirty > staged // 2:  # then reading them by id costs more than reading everything
+                self.summary.full_reason = f"{dirty:,} of {staged:,} records changed or depend on a change"
+        self._only_dirty = self.summary.full_reason is None
+        if self._only_dirty:
+            incremental.restore_columns(self.registry, self.staging.target_columns())
+            self.issues = []  # the column issues are the kept ones
+
         def finish() -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]:
             self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
+            incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
 
-        self._convert_notes()  # committed before the output transaction: the note streams read it
-        self.staging.replace_transform_output(self._records(), finish)
+        self.staging.replace_transform_output(self._records(), finish, only_dirty=self._only_dirty)
+        self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()
         return self.summary
 
-    def _records(self) -> Iterator[tuple[str, str, str, str]]:
+    def _staged(self) -> int:
+        return sum(self.staging.count_raw(collection)[0] for collection in self.sources)
+
+    def _records(self) -> Iterator[tuple[str, str, str, str, str | None]]:
         self._writing = True  # inside the output transaction: issues may be written as they come
         for entity in ENTITY_ORDER:
             for collection, mapping in self.mappings.sources.items():
                 if mapping.entity == entity:
                     yield from self._collection_records(collection, mapping)
 
-    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, str, str]]:
+    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, str, str, str | None]]:
         notes_by_target = self._notes_for(collection)
         if collection in ("deals", "deals_archived"):
             self.lookups.deal_products = self._deal_products(collection)
-        for batch in batched(self.staging.iter_raw(collection), NOTES_PER_BATCH):
+        entity, prefix = self.sources[collection]
+        where = incremental.dirty_filter(entity, "id", prefix) if self._only_dirty else "TRUE"
+        for batch in batched(self.staging.iter_raw(collection, where=where), NOTES_PER_BATCH):
             own_markdown = self._own_text_markdown(collection, batch)
             for record in batch:
                 sid = source_id(collection, record)
+                self.summary.made += 1
                 if _deleted(record):
-                    self.summary.skipped[mapping.entity] += 1
-                    self._issue(mapping.entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
+                    self._issue(entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
                     continue
                 text = payload_text(self._payload(collection, mapping, record, sid, notes_by_target, own_markdown))
-                self.summary.records[mapping.entity] += 1
-                yield mapping.entity, sid, text, text_hash(text)
+                yield entity, sid, text, text_hash(text), self.log.take(entity, sid)
 
     def _own_text_markdown(self, collection: str, records: list[dict[str, Any]]) -> dict[str, str]:
         """The kept conversions of these records' own texts (activity notes, descriptions), by text."""
@@ -371,7 +399,6 @@ class Transformer:
         raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
 
     def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
-        self.summary.issues[rule] += 1
         self.issues.append((entity, sid, field_name, rule, detail))
         if len(self.issues) >= ISSUES_PER_FLUSH and self._writing:
             self.staging.add_transform_issues(self.issues)
@@ -388,13 +415,20 @@ class Transformer:
         # Each JSON path read parses the whole note, and DuckDB holds a parse per expression per
         # thread: a 3 MB note read six ways took 145 MB. So the note is parsed once, for all six.
         paths = [f"$.{column}", "$.user_id", "$.add_time", f"$.{pin_flag}", "$.user.name", "$.content"]
+        rows_read = "NOT coalesce(is_deleted, false)"
+        if self._only_dirty:  # then only the notes that may belong to a record made again are parsed
+            rows_read += " AND " + incremental.grouped_filter("notes")
         notes_read = (
             "(SELECT try_cast(id AS BIGINT) AS note_id, f[1]->>'$' AS target, f[2]->>'$' AS user_id, f[3]->>'$' AS add_time, "
             "f[4] AS pinned, f[5]->>'$' AS user_name, md5(coalesce(f[6]->>'$', '')) AS digest "
-            f"FROM (SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)))"
+            f"FROM (SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE {rows_read}))"
         )
+        where = "target IS NOT NULL"
+        if self._only_dirty:
+            entity, prefix = self.sources[collection]
+            where += " AND " + incremental.dirty_filter(entity, "target", prefix)
         rows = self.staging.stream_ordered(
-            "target, user_id, add_time, pinned, user_name, digest", notes_read, "target", "target IS NOT NULL", then="note_id"
+            "target, user_id, add_time, pinned, user_name, digest", notes_read, "target", where, then="note_id"
         )
 
         def entries(batch: list[tuple[Any, ...]]) -> Iterator[tuple[str, notes.NoteEntry]]:
