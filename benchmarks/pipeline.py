@@ -317,6 +317,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 rerun = run_migration(settings, progress=progress)
                 out["rerun_seconds"] = time.perf_counter() - started
                 out["rerun_extract_seconds"] = last_extract[0] - started if last_extract[0] else None
+                out["rerun_transform"] = (rerun["transform"]["seconds"], rerun["transform"]["records_made"])
                 out["rerun_status"] = rerun["status"]
                 after = pipedrive.ask("stats")
                 out["rerun_writes"] = cm.ask("stats")["writes"] - writes_before
@@ -413,6 +414,7 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
         rows.append((f"    (rates: {source})", ["" for _ in results]))
     row("NO-OP RERUN wall (full run)", loaded(lambda r: _s(r["rerun_seconds"])))
     row("  of which re-extract", loaded(lambda r: _s(r["rerun_extract_seconds"])))
+    row("  of which transform (records made)", loaded(lambda r: f"{_s(r['rerun_transform'][0])} ({_n(r['rerun_transform'][1])})"))
     row("  write requests", loaded(lambda r: f"{_n(r['rerun_writes'])} ({r['rerun_status']})"))
     row("  Pipedrive requests / 429s", loaded(lambda r: f"{_n(r['rerun_requests'])} / {_n(r['rerun_429'])}"))
     row("PEAK RSS of the tool*", lambda r: f"{r['peak_rss_mb']:,.0f} MB")

@@ -280,7 +280,10 @@ def build_report(
             "missing_collections": extracted.missing if extracted else [],
             "records": extracted.records if extracted else {},
         },
-        "transform": {"records_made": transformed.made, "full": transformed.full_reason is not None, "why_full": transformed.full_reason},
+        "transform": {
+            "records_made": transformed.made, "full": transformed.full_reason is not None, "why_full": transformed.full_reason,
+            "seconds": round(transformed.seconds, 3),
+        },
         "columns_created": columns.created,
         "options_added": columns.options_added,
         "columns_renamed": columns.renamed,

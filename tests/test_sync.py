@@ -317,3 +317,15 @@ def test_a_state_file_holding_both_copies_of_an_archived_deal_keeps_the_newer(tm
         staging.upsert_records("deals", [{"id": 7, "title": "restored", "update_time": "2026-03-01T00:00:00Z"}])
         assert [r["title"] for r in staging.iter_raw("deals")] == ["restored"]
         assert [r["title"] for r in staging.iter_raw("deals_archived")] == ["only archived"]
+
+
+def test_a_sync_transforms_again_only_the_records_whose_inputs_changed_and_says_so(env, pipedrive, customermates, tmp_path):
+    first = invoke(env, "run", "--report-dir", str(tmp_path / "run"))
+    assert "Transform: every record" in first.output and "first transform of this state file" in first.output
+    person = live_persons(pipedrive)[2]
+    person["first_name"], person["update_time"] = "Renamed", NOW
+    assert invoke(env, "sync", "--report-dir", str(tmp_path / "sync")).exit_code == 0
+    transform = json.loads((tmp_path / "sync" / "report.json").read_text())["transform"]
+    assert transform["full"] is False and transform["why_full"] is None
+    staged = json.loads((tmp_path / "run" / "report.json").read_text())["transform"]["records_made"]
+    assert 1 <= transform["records_made"] < staged / 10  # the person and the records that looked it up

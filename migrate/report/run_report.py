@@ -96,8 +96,10 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
         console.print(pipedrive_usage(report["pipedrive"]), highlight=False)
     transform = report.get("transform")
     if transform:
-        scope = f"every record: {transform['why_full']}" if transform["full"] else "those whose inputs changed since the last transform"
-        console.print(f"Transform: {transform['records_made']} staged records made again ({scope}).", highlight=False)
+        made = f"every record ({transform['records_made']:,}): {transform['why_full']}" if transform["full"] else (
+            f"{transform['records_made']:,} records whose inputs changed since the last transform; the others kept"
+        )
+        console.print(f"Transform: {made}.", highlight=False)
     gone = {e: row.get("deleted_in_target", 0) for e, row in report["entities"].items() if row.get("deleted_in_target")}
     if gone:
         console.print(

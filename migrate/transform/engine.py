@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class TransformSummary:
     columns: list[dict[str, Any]] = field(default_factory=list)
     made: int = 0  # staged records transformed this time (the others' output was kept)
     full_reason: str | None = None  # why every record was transformed; None: only those whose inputs changed
+    seconds: float = 0.0
 
 
 def payload_text(payload: dict[str, Any]) -> str:
@@ -283,6 +285,7 @@ class Transformer:
     def run(self) -> TransformSummary:
         """Transform the records whose inputs changed since the last transform (`incremental`),
         or every record when what they all share changed."""
+        started = time.monotonic()
         self._convert_notes()  # committed before the output transaction: the note streams read it
         context = incremental.context(self.staging, self.sources, self.mappings, self.lookups.phone_region)
         self.summary.full_reason = incremental.why_full(self.staging, context)
@@ -302,6 +305,7 @@ class Transformer:
 
         self.staging.replace_transform_output(self._records(), finish, only_dirty=self._only_dirty)
         self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()
+        self.summary.seconds = time.monotonic() - started
         return self.summary
 
     def _staged(self) -> int:
