@@ -62,7 +62,7 @@ class LookupLog:
 class Watched:
     """An id set or name table (`transform.lookups`) whose lookups go into a `LookupLog`."""
 
-    __slots__ = ("_table", "_entity", "_seen")
+    __slots__ = ("_entity", "_seen", "_table")
 
     def __init__(self, table: Any, entity: str, seen: list[tuple[str, str]]):
         self._table, self._entity, self._seen = table, entity, seen
@@ -174,8 +174,10 @@ def mark_dirty(staging: Staging, sources: Sources) -> int:
     )
     found = [
         "SELECT entity, source_id FROM transform_changed_records",
-        "SELECT t.entity, t.source_id FROM (SELECT entity, source_id, unnest(from_json(lookups, '[[\"VARCHAR\"]]')) AS ref "
-        "FROM target_records WHERE lookups IS NOT NULL) t JOIN transform_changed_records c ON t.ref[1] = c.entity AND t.ref[2] = c.source_id",
+        (
+            "SELECT t.entity, t.source_id FROM (SELECT entity, source_id, unnest(from_json(lookups, '[[\"VARCHAR\"]]')) AS ref "
+            "FROM target_records WHERE lookups IS NOT NULL) t JOIN transform_changed_records c ON t.ref[1] = c.entity AND t.ref[2] = c.source_id"
+        ),
         "SELECT o.entity, o.source_id FROM transform_owners o JOIN transform_changed c USING (collection, id)",
         f"SELECT entity, source_id FROM ({_owners_sql(staging, only_changed=True)})",
     ]
