@@ -59,7 +59,6 @@ OWN_TEXTS = {
     "products": (("description", "Description"),),
     "persons": (("notes", "Contact notes"),),
 }
-NOTE_TARGET = {"persons": "person_id", "organizations": "org_id", "deals": "deal_id", "deals_archived": "deal_id"}
 RESERVED_LABELS = {
     "contacts": {"first name", "last name", "name", "email", "emails", "notes", "organizations", "users"},
     "organizations": {"name", "notes", "contacts", "users"},
@@ -170,12 +169,11 @@ class Transformer:
     def _known_ids(self) -> dict[str, IdSet]:
         """The ids of the records that exist (not deleted), by entity."""
         known = {e: IdSet() for e in ENTITY_ORDER}
-        for collection, mapping in self.mappings.sources.items():
+        for collection, (entity, prefix) in self.sources.items():
             if not self.staging.has_collection(collection):
                 continue
             rows = self.staging.stream(f"SELECT id FROM {raw_table(collection)} WHERE NOT coalesce(is_deleted, false)")
-            prefix = "lead:" if collection in V1_ENCODED else ""
-            known[mapping.entity].update(prefix + identity for (identity,) in rows)
+            known[entity].update(prefix + identity for (identity,) in rows)
         return known
 
     def _field_meta(self, meta: str) -> dict[str, dict[str, Any]]:
@@ -412,7 +410,8 @@ class Transformer:
     def _notes_for(self, collection: str) -> SortedGroups[notes.NoteEntry]:
         """Pipedrive notes attached to records of this collection, grouped by record id, in the
         order the records are read. Sorted as narrow rows (the markdown is fetched per batch)."""
-        column = NOTE_TARGET.get(collection) or ("lead_id" if collection in V1_ENCODED else None)
+        # the note field naming a record of this collection: one declaration, which the incremental transform reads too
+        column = next((f for f, entity, prefix in incremental.GROUPED["notes"] if (entity, prefix) == self.sources[collection]), None)
         if column is None or not self.staging.has_collection("notes"):
             return SortedGroups(iter(()))
         pin_flag = {"person_id": "pinned_to_person_flag", "org_id": "pinned_to_organization_flag", "deal_id": "pinned_to_deal_flag", "lead_id": "pinned_to_lead_flag"}[column]

@@ -32,7 +32,9 @@ from migrate.transform.columns import ColumnRegistry, ColumnSpec
 
 CODE_DIR = Path(__file__).parent
 LIBRARIES = ("phonenumbers", "markdownify", "beautifulsoup4")
-GROUPED = {  # collection → (JSON field naming the record it belongs to, that record's entity, id prefix)
+# collection → (JSON field naming the record it belongs to, that record's entity, id prefix); the
+# engine reads which notes belong to a record from here too
+GROUPED = {
     "notes": (("person_id", "contacts", ""), ("org_id", "organizations", ""), ("deal_id", "deals", ""), ("lead_id", "deals", "lead:")),
     "deal_products": (("deal_id", "deals", ""),),
 }
