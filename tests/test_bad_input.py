@@ -45,6 +45,7 @@ SOURCES = {"organizations": "organizations", "persons": "contacts", "products": 
 T0 = "2024-01-02T03:04:05Z"
 JOB_TITLE_FIELD = "a1" * 20  # a custom field named like the standard "Job title" column
 TIER_FIELD = "b2" * 20  # an enum whose options differ only in case
+SCORE_FIELD = "c3" * 20  # a number field
 
 
 # -- the account ------------------------------------------------------------------------------
@@ -301,6 +302,7 @@ def _custom_fields(account: dict[str, list[dict[str, Any]]]) -> None:
             {"field_code": JOB_TITLE_FIELD, "field_name": "Job title", "field_type": "varchar", "is_custom_field": True, "options": None, "subfields": None},
             {"field_code": TIER_FIELD, "field_name": "Tier", "field_type": "enum", "is_custom_field": True, "subfields": None,
              "options": [{"id": 1, "label": "VIP"}, {"id": 2, "label": "vip"}]},
+            {"field_code": SCORE_FIELD, "field_name": "Score", "field_type": "double", "is_custom_field": True, "options": None, "subfields": None},
         ]
 
 
@@ -415,6 +417,12 @@ DATA_CASES: list[DataCase] = [
         _with_custom_fields(person(17, "Two Titles", job_title="Engineer", custom_fields={JOB_TITLE_FIELD: "Chief Tinkerer"})),
         ("contacts", "17"), (),
         lambda r: _expect(r.values["Job title"] == "Engineer" and r.values["Job title (Pipedrive field)"] == "Chief Tinkerer"),
+    ),
+    DataCase(
+        "number_beyond_64_bits", "a number field holding a 30-digit integer (beyond 64 bits: a faster JSON reader, orjson, made it a float)",
+        _with_custom_fields(person(31, "Big Score", custom_fields={SCORE_FIELD: 123456789012345678901234567890})),
+        ("contacts", "31"), (),
+        lambda r: _expect(r.values["Score"] == "123456789012345678901234567890", str(r.values)),
     ),
     DataCase(
         "options_differing_only_in_case", "an enum with options 'VIP' and 'vip': each record keeps its own",
