@@ -211,7 +211,8 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
 )
 @click.option(
     "--reconcile-every", type=click.IntRange(0), default=96, show_default=True,
-    help="Every Nth sync also reads every id, to catch records that vanished without a trace (0: never).",
+    help="Every Nth sync reads both sides whole: every Pipedrive id (records that vanished without a trace) and every "
+    "Customermates record (records deleted there); the others read only what changed (0: never).",
 )
 def sync(
     settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str, reconcile_every: int
@@ -262,12 +263,17 @@ def _sync_line(report: dict[str, Any]) -> str:
     usage = report.get("pipedrive") or {}
     tokens = f", {usage['tokens_spent']:,} tokens" if usage else ""
     left = f" ({usage['budget_remaining']:,} left today)" if usage.get("budget_remaining") is not None else ""
+    target_read = sync_info.get("customermates_read") or {}
+    read = (
+        f"; Customermates records read {target_read['records']:,}" + (" (changed since the last read)" if target_read["since"] else " (all)")
+        if target_read else ""
+    )
     return (
         f"sync {report['run_id']}: {report['status']}; created {sum(r['created'] for r in entities)}, "
         f"updated {sum(r['updated'] for r in entities)}, unchanged {sum(r['unchanged'] for r in entities)}, "
         f"deleted in Pipedrive {deleted} ({sync_info.get('deletes', 'mark')}), "
         f"quarantined {sum(r['quarantined'] for r in entities)}; Pipedrive requests {sync_info.get('pipedrive_requests', 'full extract')}"
-        f"{tokens}{left}"
+        f"{tokens}{left}{read}"
     )
 
 

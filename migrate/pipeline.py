@@ -180,9 +180,11 @@ def run_migration(
             vanished: dict[str, int] = {}
             syncing = incremental and isinstance(source, PipedriveClient) and bool(staging.watermark("persons"))
             tokens = watch_tokens(source, staging, progress, full=not syncing)
+            # every `reconcile_every`-th sync reads both sides whole; the others only what changed
+            reconciling = syncing and bool(reconcile_every) and staging.count_runs("sync") % reconcile_every == 0
             if syncing:
                 changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
-                if reconcile_every and staging.count_runs("sync") % reconcile_every == 0:
+                if reconciling:
                     vanished = reconcile_ids(staging, source, run_id)
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
@@ -190,6 +192,7 @@ def run_migration(
             transformed = transform(staging, mappings, settings.phone_region)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
             loaded = LoadSummary()
+            state: TargetState | None = None
             if target is not None:
                 client, mcp = target
                 if saved_plan is not None and not dry_run:  # checked before anything is written
@@ -197,7 +200,7 @@ def run_migration(
                     check_saved_plan(saved_plan, staging, TargetState.read(client, existing, staging))
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
-                    state = TargetState.read(client, columns, staging)
+                    state = (TargetState.read_changes if syncing and not reconciling else TargetState.read)(client, columns, staging)
                     now = make_plan(staging, columns, client, on_target_deleted, state, keep=lambda r: r["action"] == "conflict")
                     if hasattr(progress, "expect"):
                         for entity, counts in now["summary"].items():
@@ -219,7 +222,8 @@ def run_migration(
             if changes is not None:
                 report["sync"] = {
                     "changed": changes.changed, "reread": changes.reread, "pipedrive_requests": changes.requests,
-                    "reconciled": bool(vanished) or None, "vanished": vanished,
+                    "reconciled": reconciling or None, "vanished": vanished,
+                    "customermates_read": None if state is None else {"since": state.since, "records": state.records_read},
                 }
             if deletes is not None:
                 report["sync"] = {**report.get("sync", {}), "deletes": deletes, "deleted_in_pipedrive": dict(loaded.deleted_in_pipedrive)}

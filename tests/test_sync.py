@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
+from datetime import timedelta
 
+import httpx
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.customermates import target
+from migrate.customermates.client import CustomermatesClient, ServerError
 from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
-from tests.fakes.customermates import FakeCustomermates
-from tests.test_end_to_end import by_pipedrive_id
+from tests.fakes.customermates import VALID_KEY, FakeCustomermates
+from tests.test_end_to_end import by_pipedrive_id, read_issues
 
 NOW = "2026-11-28T12:00:00Z"
 
@@ -329,3 +334,98 @@ def test_a_sync_transforms_again_only_the_records_whose_inputs_changed_and_says_
     assert transform["full"] is False and transform["why_full"] is None
     staged = json.loads((tmp_path / "run" / "report.json").read_text())["transform"]["records_made"]
     assert 1 <= transform["records_made"] < staged / 10  # the person and the records that looked it up
+
+
+def _searches(customermates):
+    return [r for r in customermates.requests if r.path.endswith("/search") and r.path != "/api/v1/users/search"]
+
+
+def _edit_in_customermates(customermates, record, **fields):
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many", json={"contacts": [{"id": record["id"], **fields}]}, headers={"x-api-key": VALID_KEY}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_sync_reads_from_customermates_only_what_changed_there_since_the_last_read(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """Between reconciling syncs, Customermates is searched for records whose updatedAt is at or after
+    the server's clock when the last read began: what the run wrote is read once, then nothing, and
+    an edit made there is still seen (here: a conflict with an edit in Pipedrive, skipped)."""
+    monkeypatch.setattr(target, "READ_SINCE_MARGIN", timedelta(0))  # the fake's clock is the test's own
+    assert invoke(env, "run").exit_code == 0
+    written = sum(len(customermates.records(e)) for e in ("contacts", "organizations", "deals", "services", "tasks"))
+    time.sleep(1.1)  # the server's Date has whole seconds: the next read begins after the run's last write
+    reports = tmp_path / "reports"
+
+    def sync():
+        customermates.clear_requests()
+        result = invoke(env, "sync", "--report-dir", str(reports))
+        assert result.exit_code == 0, result.output
+        return json.loads((reports / "report.json").read_text())["sync"]["customermates_read"], result.output
+
+    first, _ = sync()
+    assert first["since"] is not None and first["records"] == written  # all of it was written after the run's read began
+    second, output = sync()
+    assert second == {"since": second["since"], "records": 0} and second["since"] > first["since"]
+    searches = _searches(customermates)
+    assert len(searches) == 5 and all(r.body["filters"] == [{"field": "updatedAt", "operator": "gte", "value": second["since"]}] for r in searches)
+    assert "Customermates records read 0 (changed since the last read)" in output
+
+    person = next(p for p in live_persons(pipedrive) if p.get("first_name"))
+    _edit_in_customermates(customermates, by_pipedrive_id(customermates, "contacts")[str(person["id"])][0], lastName="Edited-In-Target")
+    person["first_name"] += "-Src"
+    person["name"], person["update_time"] = f"{person['first_name']} {person.get('last_name') or ''}".strip(), NOW
+    third, _ = sync()
+    assert third["records"] == 1
+    report = json.loads((reports / "report.json").read_text())
+    assert report["entities"]["contacts"]["conflicts"] == 1
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
+
+
+def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_next_reconciling_sync(env, pipedrive, customermates, tmp_path):
+    """A deletion leaves no updatedAt to find, so a read of what changed cannot see it. A deleted record
+    that changed in Pipedrive is found when the server refuses its update (reported, not quarantined);
+    an unchanged one by the whole read of every `--reconcile-every`-th sync."""
+    assert invoke(env, "run").exit_code == 0
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    changed, unchanged = live_persons(pipedrive)[2:4]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    response = httpx.request(
+        "DELETE", f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
+        json={"ids": [contacts[str(p["id"])][0]["id"] for p in (changed, unchanged)]},
+    )
+    assert response.status_code == 200, response.text
+    changed["first_name"], changed["update_time"] = "Changed-After-Deletion", NOW
+    for reconcile_every, found in (("0", {changed["id"]}), ("1", {changed["id"], unchanged["id"]})):
+        result = invoke(env, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / reconcile_every))
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / reconcile_every / "report.json").read_text())
+        assert (report["sync"]["customermates_read"]["since"] is None) == (reconcile_every == "1")
+        assert report["entities"]["contacts"]["deleted_in_target"] == len(found) and report["quarantined"]["count"] == 0
+        reported = {i["source_id"] for i in read_issues(tmp_path / reconcile_every) if i["rule"] == "deleted_in_target"}
+        assert reported == {str(i) for i in found}
+
+
+def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """A whole read forgets where reads of changes start before it clears the kept records, and
+    notes it again only when complete: after a read that failed half way, the next read is whole."""
+    assert invoke(env, "run").exit_code == 0
+    with Staging(tmp_path / "state.duckdb") as staging:
+        assert staging.target_read_since() is not None
+    iter_records = CustomermatesClient.iter_records
+
+    def deals_unreadable(self, entity, **kwargs):
+        if entity == "deals":
+            raise ServerError("Customermates answered HTTP 500 to POST /deals/search 5 times")
+        return iter_records(self, entity, **kwargs)
+
+    monkeypatch.setattr(CustomermatesClient, "iter_records", deals_unreadable)
+    result = invoke(env, "sync", "--reconcile-every", "1")
+    assert result.exit_code != 0 and "POST /deals/search" in result.output
+    monkeypatch.setattr(CustomermatesClient, "iter_records", iter_records)
+    with Staging(tmp_path / "state.duckdb") as staging:
+        assert staging.target_read_since() is None
+    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["customermates_read"]["since"] is None

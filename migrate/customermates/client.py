@@ -19,6 +19,8 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self
 
 import httpx
@@ -340,6 +342,8 @@ class CustomermatesClient(HttpSession):
 
     read_wait: tenacity.wait.wait_base
     """Wait strategy between read retries (patch with ``tenacity.wait_none()`` in tests)."""
+    last_read_date: datetime | None
+    """The server's clock (its HTTP ``Date`` header, to the second) when it answered the last read; None if it sent none."""
 
     def __init__(
         self,
@@ -359,6 +363,7 @@ class CustomermatesClient(HttpSession):
         self.read_retries = read_retries
         self.read_wait = _default_read_wait()
         self.write_requests = 0
+        self.last_read_date = None
         self._lock = threading.Lock()
         headers = {"accept": "application/json", "user-agent": USER_AGENT}
         if api_key:  # an empty key is the same as none for the server (401); send none
@@ -522,6 +527,7 @@ class CustomermatesClient(HttpSession):
                 f"after {attempts} attempt(s): {type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
             ) from exc
         self._raise_for_status(response, what=what, kind=kind)
+        self.last_read_date = _http_date(response.headers.get("date"))
         return self._json(response, what=what, kind=kind)
 
     def _write(self, method: str, path: str, body: Any, *, what: str) -> Any:
@@ -671,3 +677,10 @@ def _total_pages(data: Mapping[str, Any]) -> int:
         return int(pagination.get("totalPages") or 1)
     except (TypeError, ValueError):
         return 1
+
+
+def _http_date(value: str | None) -> datetime | None:
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None

@@ -250,19 +250,22 @@ class Loader:
         for sid, ids in sorted(self.target.duplicates(entity).items()):
             self._report_duplicate(entity, sid, ids)
         gone = self.target.migrated_but_gone(entity)
-        if not gone:
-            return
+        if gone:
+            self._deleted_in_target(entity, gone, "run with --on-target-deleted recreate to create it again")
+
+    def _deleted_in_target(self, entity: str, gone: list[str], advice: str) -> None:
+        """Migrated records the target no longer holds: forgotten, so they are created again, or
+        reported and left alone."""
         self.summary.deleted_in_target[entity] += len(gone)
         if self.on_target_deleted == "recreate":
             self.staging.forget(entity, gone)
             self.summary.recreated[entity] += len(gone)
             return
-        self.gone[entity] = set(gone)
+        self.gone.setdefault(entity, set()).update(gone)
         for sid in gone:
             self.staging.add_load_issue(
                 self.run_id, entity, sid, "*", "deleted_in_target",
-                f"{entity[:-1]} {sid} was deleted in Customermates after it was migrated; not recreated "
-                "(run with --on-target-deleted recreate to create it again)",
+                f"{entity[:-1]} {sid} was deleted in Customermates after it was migrated; not recreated ({advice})",
             )
 
     def load_entity(self, entity: str) -> None:
@@ -373,6 +376,10 @@ class Loader:
         """Load what is valid, quarantine what the server rejects (with its message)."""
         if len(items) == 1:
             item = items[0]
+            if operation == "update" and _record_not_found(entity, error):
+                # deleted there since the target was last read (a sync reads only what changed)
+                self._deleted_in_target(entity, [item.source_id], "with --on-target-deleted recreate the next run creates it again")
+                return
             message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
             self.summary.quarantined[entity] += 1
@@ -447,3 +454,9 @@ class Loader:
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
             self._settle(batch["batch_id"], entity, "create", items)
+
+
+def _record_not_found(entity: str, error: BatchRejectedError) -> bool:
+    """The server's answer to an update of one record it no longer has: "<Entity> ID not found
+    or not accessible." at `<entity>[0].id`, and nothing else."""
+    return bool(error.issues) and all(i.path == f"{entity}[0].id" and "not found" in i.message for i in error.issues)

@@ -1,17 +1,23 @@
-"""A read of the whole target: every record of every entity, by Pipedrive ID.
+"""A read of the target: every record of every entity, by Pipedrive ID.
 
 One page-through per entity sorted by the Pipedrive ID column (⌈records/100⌉ searches);
 shared by the plan (field diffs, conflicts), the loader (records deleted or duplicated in
 Customermates) and deletions. The records go to the state file as they are read
 (`target_snapshot`) and are looked up from there a batch at a time, so a million-record
 target costs no memory (kept in Python, even compressed, it took about 1 KiB a record).
+
+A sync may read only what changed since (`read_changes`): the records whose `updatedAt` is at
+or after the server's clock when the last read began, less `READ_SINCE_MARGIN`, merged into the
+snapshot. That finds every record created or edited there since, by anyone; not a record deleted
+there, which only a whole read sees.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from migrate.customermates.client import CustomermatesClient
@@ -21,6 +27,9 @@ from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
 
 ROWS_PER_INSERT = 1000
+# Covers what the server's Date header does not: its second resolution, a write's transaction
+# committing after later ones began, app servers whose clocks differ a little.
+READ_SINCE_MARGIN = timedelta(minutes=5)
 # a relation of the create/update bodies → the field a record read back lists those records in
 DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 
@@ -30,30 +39,54 @@ class TargetState:
 
     Without a staging file it is an empty target (a dry run with no Customermates to read)."""
 
-    def __init__(self, staging: Staging | None = None, fingerprint: str = ""):
+    def __init__(self, staging: Staging | None = None, fingerprint: str = "", *, since: str | None = None, records_read: int = 0):
         self.staging = staging
         self.fingerprint = fingerprint
+        self.since = since  # None: the whole target was read; else only what changed from then on
+        self.records_read = records_read
 
     @classmethod
     def read(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
+        """Read the whole target."""
+        staging.set_target_read_since(None)  # a read cut short leaves part of a snapshot: the next must be whole
         staging.clear_target_snapshot()
         digest = hashlib.sha256()
+        clock = _ReadClock(client)
         seq = 0
         for entity in ENTITY_ORDER:
-            column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-            if column_id is None:
-                continue
             rows: list[tuple[int, str, str | None, str]] = []
-            for dto in client.iter_records(entity, sort=(column_id, "asc")):
-                pid = next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+            for pid, dto in clock.records(columns, entity):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
-                rows.append((seq, dto["id"], pid, json.dumps(dto, separators=(",", ":"), ensure_ascii=False)))
+                rows.append((seq, dto["id"], pid, _dto_text(dto)))
                 seq += 1
                 if len(rows) >= ROWS_PER_INSERT:
                     staging.add_to_target_snapshot(entity, rows)
                     rows = []
             staging.add_to_target_snapshot(entity, rows)
-        return cls(staging, digest.hexdigest()[:32])
+        staging.set_target_read_since(clock.since())
+        return cls(staging, digest.hexdigest()[:32], records_read=seq)
+
+    @classmethod
+    def read_changes(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
+        """Read only the records created or edited in the target since the last read began, and
+        merge them into what that read kept; the whole target when no complete read is kept."""
+        since = staging.target_read_since()
+        if since is None:
+            return cls.read(client, columns, staging)
+        changed = [{"field": "updatedAt", "operator": "gte", "value": since}]
+        clock = _ReadClock(client)
+        read = 0
+        for entity in ENTITY_ORDER:
+            rows: list[tuple[int, str, str | None, str]] = []
+            for pid, dto in clock.records(columns, entity, changed):
+                rows.append((len(rows), dto["id"], pid, _dto_text(dto)))
+                read += 1
+                if len(rows) >= ROWS_PER_INSERT:
+                    staging.merge_into_target_snapshot(entity, rows)
+                    rows = []
+            staging.merge_into_target_snapshot(entity, rows)
+        staging.set_target_read_since(clock.since())
+        return cls(staging, staging.snapshot_fingerprint(), since=since, records_read=read)
 
     def records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Pipedrive ID → the records carrying it (usually one; the first read first)."""
@@ -80,3 +113,35 @@ class TargetState:
     def migrated_but_gone(self, entity: str) -> list[str]:
         """Source ids migrated to a record the target no longer holds (deleted there), sorted."""
         return self.staging.migrated_not_in_snapshot(entity) if self.staging else []
+
+
+class _ReadClock:
+    """Pages through the target and notes the server's clock when the read began: the next read
+    of what changed starts from there (less a margin), so a record written while this read went
+    on, whichever page it fell on, is read again next time."""
+
+    def __init__(self, client: CustomermatesClient):
+        self.client = client
+        self.began: datetime | None = None
+        client.last_read_date = None
+
+    def records(self, columns: ColumnIndex, entity: str, filters: list[dict[str, Any]] | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """(Pipedrive ID or None, record) of the entity's records, sorted by the Pipedrive ID column."""
+        column_id = columns.ids.get((entity, PIPEDRIVE_ID))
+        if column_id is None:
+            return
+        for dto in self.client.iter_records(entity, filters=filters, sort=(column_id, "asc")):
+            self.began = self.began or self.client.last_read_date  # the first page's answer
+            yield next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None), dto
+        self.began = self.began or self.client.last_read_date  # no records: the empty page's answer
+
+    def since(self) -> str | None:
+        """When the next read of what changed starts, as the server's filters take it (a `Z` time)."""
+        if self.began is None:  # no answer carried a date: the next read is whole
+            return None
+        began = self.began if self.began.tzinfo else self.began.replace(tzinfo=UTC)
+        return (began.astimezone(UTC) - READ_SINCE_MARGIN).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _dto_text(dto: dict[str, Any]) -> str:
+    return json.dumps(dto, separators=(",", ":"), ensure_ascii=False)

@@ -904,6 +904,48 @@ class Staging:
                 {"e": entity, "n": [r[0] for r in rows], "t": [r[1] for r in rows], "p": [r[2] for r in rows], "d": [r[3] for r in rows]},
             )
 
+    def merge_into_target_snapshot(self, entity: str, rows: list[tuple[int, str, str | None, str]]) -> None:
+        """Rows as for `add_to_target_snapshot`, read again since: each replaces the record of its
+        target id (which keeps its place in the read order), a new one comes after the others."""
+        if not rows:
+            return
+        with self._transaction():
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE snapshot_merge AS SELECT * FROM (SELECT unnest($n) AS n, unnest($t) AS target_id, "
+                "unnest($p) AS pid, unnest($d)::JSON AS dto) QUALIFY row_number() OVER (PARTITION BY target_id ORDER BY n DESC) = 1",
+                {"n": [r[0] for r in rows], "t": [r[1] for r in rows], "p": [r[2] for r in rows], "d": [r[3] for r in rows]},
+            )
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE snapshot_merged AS SELECT coalesce(old.seq, (SELECT coalesce(max(seq), -1) + 1 "
+                "FROM target_snapshot) + m.n) AS seq, m.target_id, m.pid, m.dto FROM snapshot_merge m "
+                "LEFT JOIN target_snapshot old ON old.entity = $e AND old.target_id = m.target_id",
+                {"e": entity},
+            )
+            self.con.execute(
+                "DELETE FROM target_snapshot WHERE entity = $e AND target_id IN (SELECT target_id FROM snapshot_merged)", {"e": entity}
+            )
+            self.con.execute("INSERT INTO target_snapshot SELECT $e, seq, target_id, pid, dto FROM snapshot_merged", {"e": entity})
+            self.con.execute("DROP TABLE snapshot_merge")
+            self.con.execute("DROP TABLE snapshot_merged")
+
+    def target_read_since(self) -> str | None:
+        """From when a read of what changed in the target must start (None: read it whole)."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'target_read_since'").fetchone()
+        return row[0] if row else None
+
+    def set_target_read_since(self, since: str | None) -> None:
+        self.con.execute("DELETE FROM meta WHERE key = 'target_read_since'")
+        if since is not None:
+            self.con.execute("INSERT INTO meta VALUES ('target_read_since', ?)", [since])
+
+    def snapshot_fingerprint(self) -> str:
+        """A digest of the target as held: every record's id and updatedAt, in read order."""
+        row = self.con.execute(
+            "SELECT md5(coalesce(string_agg(entity || ':' || target_id || ':' || coalesce(dto->>'updatedAt', ''), chr(10) "
+            "ORDER BY entity, seq), '')) FROM target_snapshot"
+        ).fetchone()
+        return str(row[0])
+
     def snapshot_records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Pipedrive ID → the target records carrying it, in the order they were read."""
         rows = self.con.execute(
