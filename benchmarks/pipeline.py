@@ -178,7 +178,8 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
         step = max(1, len(answered) // int(question.split()[1]))
         return {"requests": [(r.path, r.body) for r in answered[::step]]}
     if kind == "customermates":
-        return {"writes": fake.write_count(), "write_seconds": fake._write.seconds}
+        return {"writes": fake.write_count(), "write_seconds": fake._write.seconds,
+                "reads": sum(1 for r in fake.requests if r.path.endswith("/search"))}
     if question == "minimum":
         requests, tokens = minimum_extract(fake.collections)
         return {"requests": requests, "tokens": tokens, "rss_mb": _rss_now_mb()}
@@ -208,6 +209,7 @@ def bare_loop(cm: FakeProcess, requests: int) -> tuple[float, float]:
 
 def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency: float = 0.0) -> dict[str, Any]:
     from migrate.config import Settings
+    from migrate.customermates.target import TargetState
     from migrate.logs import configure
     from migrate.pipedrive import client as pipedrive_client
     from migrate.pipeline import run_extract, run_migration
@@ -324,6 +326,24 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 out["rerun_requests"] = after["requests"] - before["requests"]
                 out["rerun_429"] = after["count_429"] - before["count_429"]
 
+                # -- a sync with nothing changed (what `migrate sync --every 15m` does each time)
+                target_read = _Timer(TargetState.__dict__["read"].__func__)
+                TargetState.read = classmethod(target_read)  # type: ignore[method-assign, assignment]
+                try:
+                    cm_before, before = cm.ask("stats"), pipedrive.ask("stats")
+                    started = time.perf_counter()
+                    synced = run_migration(settings, incremental=True, deletes="mark")
+                    out["sync_seconds"] = time.perf_counter() - started
+                finally:
+                    TargetState.read = classmethod(target_read.func)  # type: ignore[method-assign, assignment]
+                cm_after = cm.ask("stats")
+                out["sync_status"] = synced["status"]
+                out["sync_target_read_seconds"] = target_read.seconds
+                out["sync_transform"] = (synced["transform"]["seconds"], synced["transform"]["records_made"])
+                out["sync_pipedrive_requests"] = pipedrive.ask("stats")["requests"] - before["requests"]
+                out["sync_reads"] = cm_after["reads"] - cm_before["reads"]
+                out["sync_writes"] = cm_after["writes"] - cm_before["writes"]
+
                 # -- the bare loop last: it writes its records a second time
                 out["bare_rps"], out["bare_server_share"] = bare_loop(cm, BARE_LOOP_REQUESTS)
     out["peak_rss_mb"] = _peak_rss_mb()
@@ -417,6 +437,10 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  of which transform (records made)", loaded(lambda r: f"{_s(r['rerun_transform'][0])} ({_n(r['rerun_transform'][1])})"))
     row("  write requests", loaded(lambda r: f"{_n(r['rerun_writes'])} ({r['rerun_status']})"))
     row("  Pipedrive requests / 429s", loaded(lambda r: f"{_n(r['rerun_requests'])} / {_n(r['rerun_429'])}"))
+    row("SYNC, nothing changed (migrate sync)", loaded(lambda r: f"{_s(r['sync_seconds'])} ({r['sync_status']})"))
+    row("  of which reading Customermates back", loaded(lambda r: f"{_s(r['sync_target_read_seconds'])} ({_n(r['sync_reads'])} search requests)"))
+    row("  of which transform (records made)", loaded(lambda r: f"{_s(r['sync_transform'][0])} ({_n(r['sync_transform'][1])})"))
+    row("  Pipedrive requests / write requests", loaded(lambda r: f"{_n(r['sync_pipedrive_requests'])} / {_n(r['sync_writes'])}"))
     row("PEAK RSS of the tool*", lambda r: f"{r['peak_rss_mb']:,.0f} MB")
     row("  of which by the end of extract", lambda r: f"{r['extract_peak_rss_mb']:,.0f} MB")
     row("  of which by the end of transform", lambda r: f"{r['transform_peak_rss_mb']:,.0f} MB")
