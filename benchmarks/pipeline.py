@@ -12,8 +12,9 @@ real pipeline into the fake Customermates with `latency_per_item` seconds of wor
 
 Phases are timed one by one: `run_extract` on a fresh state file, then `transform` on the staged
 data, then `run_migration(use_staged=True)` (the load; it transforms again, which is cheap next to
-the writes), then a full `run_migration` again (the no-op rerun, which extracts again), then the
-bare loop: 20 of the load's own create-many requests, spread over every entity, sent again to the
+the writes), then a full `run_migration` again (the no-op rerun, which extracts again), then a
+sync with nothing changed (`run_migration(incremental=True)`; the rerun and the sync come ten
+minutes after the load by the fake Customermates' clock), then the bare loop: 20 of the load's own create-many requests, spread over every entity, sent again to the
 same fake one after another with nothing else around them. "load ÷ bare" compares records/s over
 the whole load (users, columns, bodies, writes, the state file) with that loop's; the fake also
 times its own side of every write (parse, validate, the per-item work), so the table says how much
@@ -51,6 +52,7 @@ WINDOW_SECONDS = 2.0
 CALIBRATION_SIZE = 10_000  # --skip-load projects bigger sizes at the load rate measured here
 BARE_LOOP_REQUESTS = 20  # the load's create-many requests replayed by the bare loop, spread over the load
 RESULT_TAG = "RESULT "
+RERUN_AFTER_SECONDS = 600  # the no-op rerun and the sync, this long after the load by the fake Customermates' clock
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +179,8 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
         answered = [r for r in fake.requests if r.method == "POST" and r.path.endswith("/many") and r.status == 201]
         step = max(1, len(answered) // int(question.split()[1]))
         return {"requests": [(r.path, r.body) for r in answered[::step]]}
+    if kind == "customermates" and question.startswith("advance_clock "):
+        fake.advance_clock(float(question.split()[1]))
     if kind == "customermates":
         return {"writes": fake.write_count(), "write_seconds": fake._write.seconds,
                 "reads": sum(1 for r in fake.requests if r.path.endswith("/search"))}
@@ -308,6 +312,9 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 out["load_server_seconds"] = cm.ask("stats")["write_seconds"] - server_before
                 out["load_peak_rss_mb"] = _peak_rss_mb()
 
+                # the rerun and the sync come ten minutes after the load, by the server's clock: a sync
+                # reads back what changed since the last read began, less five minutes (TargetState)
+                cm.ask(f"advance_clock {RERUN_AFTER_SECONDS}")
                 writes_before, before = cm.ask("stats")["writes"], pipedrive.ask("stats")
                 last_extract = [0.0]
 
@@ -437,7 +444,7 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  of which transform (records made)", loaded(lambda r: f"{_s(r['rerun_transform'][0])} ({_n(r['rerun_transform'][1])})"))
     row("  write requests", loaded(lambda r: f"{_n(r['rerun_writes'])} ({r['rerun_status']})"))
     row("  Pipedrive requests / 429s", loaded(lambda r: f"{_n(r['rerun_requests'])} / {_n(r['rerun_429'])}"))
-    row("SYNC, nothing changed (migrate sync)", loaded(lambda r: f"{_s(r['sync_seconds'])} ({r['sync_status']})"))
+    row("SYNC, nothing changed (migrate sync)†", loaded(lambda r: f"{_s(r['sync_seconds'])} ({r['sync_status']})"))
     row("  of which reading Customermates back", loaded(lambda r: f"{_s(r['sync_target_read_seconds'])} ({_n(r['sync_reads'])} search requests)"))
     row("  of which transform (records made)", loaded(lambda r: f"{_s(r['sync_transform'][0])} ({_n(r['sync_transform'][1])})"))
     row("  Pipedrive requests / write requests", loaded(lambda r: f"{_n(r['sync_pipedrive_requests'])} / {_n(r['sync_writes'])}"))
@@ -537,6 +544,8 @@ def main() -> None:
     print("limiter, the big collections from both ends.")
     print("Rolling-window floor: the first `burst` requests of a rolling window go at once, so request i cannot leave")
     print("before 2 s × ⌊i/burst⌋; it is below requests ÷ (burst/2 s) by up to one window, which matters at small N.")
+    print(f"† the rerun and the sync run {RERUN_AFTER_SECONDS // 60} minutes after the load by the fake Customermates' clock (advanced,")
+    print("  not waited for): a sync reads back the records changed there since the last read began, less five minutes.")
     print("Minimum requests/tokens: every collection in pages of 500 (one request when empty); deal products in")
     print("requests of 100 deal ids for the non-deleted deals that have products.")
     if any(r["size"] >= 1_000_000 for r in results):

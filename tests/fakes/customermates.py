@@ -1392,6 +1392,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, by the fake server's clock."""
+        fake: FakeCustomermates = self.server.fake  # type: ignore[attr-defined]
+        return super().date_time_string(fake.now() if timestamp is None else timestamp)
+
     def _handle(self, method: str) -> None:
         fake: FakeCustomermates = self.server.fake  # type: ignore[attr-defined]
         body = self._read_body()
@@ -1576,6 +1581,7 @@ class FakeCustomermates:
         self.api_keys: dict[str, str] = dict(api_keys)
         self.latency_per_item = latency_per_item
         self.search_cache = search_cache
+        self.clock_offset = 0.0
         self._searched: dict[tuple[Any, ...], list[dict]] = {}  # (writes seen, query) → records in order
         self._writes_seen = 0
         self.transaction_timeout = transaction_timeout
@@ -1890,8 +1896,16 @@ class FakeCustomermates:
 
     # ------------------------------------------------------------------ clock
 
+    def now(self) -> float:
+        """The fake server's clock: the machine's, moved on by `advance_clock`."""
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Test hook: let `seconds` pass for the server (its timestamps and its Date header)."""
+        self.clock_offset += seconds
+
     def _tick(self) -> int:
-        now = int(time.time() * 1000)
+        now = int(self.now() * 1000)
         self._last_ms = max(now, self._last_ms + 1)
         return self._last_ms
 
