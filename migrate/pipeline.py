@@ -201,7 +201,7 @@ def run_migration(
                 columns = ensure_columns(staging, client, mcp, run_id, dry_run=dry_run)
                 if not dry_run:
                     state = (TargetState.read_changes if syncing and not reconciling else TargetState.read)(client, columns, staging)
-                    now = make_plan(staging, columns, client, on_target_deleted, state, keep=lambda r: r["action"] == "conflict")
+                    now = make_plan(staging, columns, client, on_target_deleted, state, conflicts_only=True)
                     if hasattr(progress, "expect"):
                         for entity, counts in now["summary"].items():
                             progress.expect(f"load {entity}", counts["create"] + counts["update"])
@@ -317,15 +317,15 @@ def make_plan(
     client: CustomermatesClient | None,
     on_target_deleted: str,
     state: TargetState | None = None,
-    keep: Callable[[dict[str, Any]], bool] | None = None,
+    conflicts_only: bool = False,
     spool: bool = False,
 ) -> dict[str, Any]:
     """The field-level plan against the target's current state (an empty one without a target);
-    `keep` chooses the records it holds (all, unless given), or `spool` writes them all to the
-    state file (read back with `plan_records`)."""
+    it holds every record's entry, or with `conflicts_only` the conflicts (`build_plan`), or with
+    `spool` writes them all to the state file (read back with `plan_records`)."""
     if client is None:
         return build_plan(
-            staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, keep=keep, spool=spool
+            staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool
         )
     users = client.list_users()
     by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}
@@ -336,7 +336,7 @@ def make_plan(
     }
     names = {u["id"]: f"{u.get('firstName') or ''} {u.get('lastName') or ''}".strip() for u in users}
     state = state or TargetState.read(client, columns, staging)
-    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, keep=keep, spool=spool)
+    return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool)
 
 
 def status(settings: Settings) -> dict[str, Any]:

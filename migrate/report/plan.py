@@ -142,11 +142,15 @@ class Planner:
         return [f"{q:g} × {self.name_of('services', p) or '#' + str(p)}" for p, q in services]
 
     # -- the plan -------------------------------------------------------------------------
-    def plan(self, on_target_deleted: str, listed: Callable[[str, dict[str, Any]], None]) -> dict[str, dict[str, int]]:
-        """Every record's action, handed to `listed` (entity, entry) one by one; returns the counts."""
+    def plan(
+        self, on_target_deleted: str, listed: Callable[[str, dict[str, Any]], None], *, changed_only: bool = False
+    ) -> dict[str, dict[str, int]]:
+        """Every record's action, handed to `listed` (entity, entry) one by one; returns the counts.
+        With `changed_only`, only the records whose payload changed since it was last written
+        (or never was): the others cannot be a conflict, and a run sends them nothing."""
         summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
         for entity in ENTITY_ORDER:
-            for batch in self.staging.iter_target_batches(entity):
+            for batch in self.staging.iter_target_batches(entity, changed_since_written=changed_only):
                 sids = [sid for sid, _, _ in batch]
                 id_map = self.staging.id_map_for(entity, sids)
                 written = self.staging.written_for(entity, sids)
@@ -271,11 +275,13 @@ def build_plan(
     *,
     on_target_deleted: str = "report",
     field_coverage: list[dict[str, str]] | None = None,
-    keep: Callable[[dict[str, Any]], bool] | None = None,
+    conflicts_only: bool = False,
     spool: bool = False,
 ) -> dict[str, Any]:
-    """The plan. Its records are held in `plan["records"]` (those `keep` chooses, or all), or with
-    `spool` written to the state file as they are planned and read back by `SpooledRecords`."""
+    """The plan. Its records are held in `plan["records"]` (all, or with `conflicts_only` the
+    conflicts, looked for among the records whose payload changed since last written, so its
+    counts are of those records), or with `spool` written to the state file as they are planned
+    and read back by `SpooledRecords`."""
     planner = Planner(staging, columns, target, user_map, user_names)
     listed: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
     if spool:
@@ -285,10 +291,10 @@ def build_plan(
     else:
 
         def hold(entity: str, item: dict[str, Any]) -> None:
-            if keep is None or keep(item):
+            if not conflicts_only or item["action"] == "conflict":
                 listed[entity].append(item)
 
-        summary = planner.plan(on_target_deleted, hold)
+        summary = planner.plan(on_target_deleted, hold, changed_only=conflicts_only)
     lossy = {rule: {"count": count, "examples": staging.transform_issues(rule=rule, limit=5)} for rule, count in staging.transform_issue_counts()}
     plan = {
         "summary": summary,

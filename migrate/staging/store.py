@@ -593,9 +593,24 @@ class Staging:
     def target_columns(self) -> list[dict[str, Any]]:
         return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
 
-    def iter_targets(self, entity: str, batch_size: int = 2000) -> Iterator[tuple[str, dict[str, Any], str]]:
+    def iter_targets(
+        self, entity: str, batch_size: int = 2000, *, changed_since_written: bool = False
+    ) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """An entity's target records in id order; with `changed_since_written`, only those whose
+        payload is not the one last written (or that were never written)."""
+        where = "entity = ?"
+        if changed_since_written:
+            # digests, not payloads, are joined: the join's table stays small at a million records;
+            # a table, not a temporary one, so that the scan's cursors see it
+            self.con.execute(
+                "CREATE OR REPLACE TABLE targets_changed AS SELECT t.source_id FROM target_records t "
+                "LEFT JOIN (SELECT source_id, md5(payload::VARCHAR) AS digest FROM written_payloads WHERE entity = $e) w "
+                "USING (source_id) WHERE t.entity = $e AND (w.digest IS NULL OR w.digest <> md5(t.payload::VARCHAR))",
+                {"e": entity},
+            )
+            where += " AND source_id IN (SELECT source_id FROM targets_changed)"
         rows = self.scan_in_id_order(
-            "source_id, payload, payload_hash", "target_records", "source_id", "entity = ?", params=[entity], batch_size=batch_size
+            "source_id, payload, payload_hash", "target_records", "source_id", where, params=[entity], batch_size=batch_size
         )
         for source_id, payload, digest in rows:
             yield source_id, json.loads(payload), digest
@@ -614,10 +629,12 @@ class Staging:
         ).fetchone()
         return json.loads(row[0]) if row and row[0] is not None else None
 
-    def iter_target_batches(self, entity: str) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
+    def iter_target_batches(
+        self, entity: str, *, changed_since_written: bool = False
+    ) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
         """`iter_targets` in lists of `TARGET_BATCH`: what a batch needs from other tables (id map,
         last written payloads, the target's records) is read per batch, never for the whole account."""
-        yield from batched(self.iter_targets(entity), TARGET_BATCH)
+        yield from batched(self.iter_targets(entity, changed_since_written=changed_since_written), TARGET_BATCH)
 
     def transform_issues(self, *, rule: str | None = None, entity: str | None = None, limit: int | None = None) -> list[dict[str, str]]:
         """The transform's issues (those of one rule, of one entity, the first `limit`), by entity, rule and record."""
