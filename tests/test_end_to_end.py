@@ -354,7 +354,15 @@ def test_random_faults_end_in_the_same_state_as_a_clean_run(env, sample_dir, cus
 @pytest.mark.parametrize("policy", ["report", "recreate"])
 def test_a_record_deleted_in_the_target_is_reported_or_recreated(env, customermates, tmp_path, policy):
     assert run_cli(env).exit_code == 0
-    victim = next(iter(by_pipedrive_id(customermates, "services").items()))
+    deals = by_pipedrive_id(customermates, "deals")
+
+    def deals_with(service_id: str) -> set[str]:
+        return {pid for pid, dtos in deals.items() if any(s["id"] == service_id for s in dtos[0].get("services") or [])}
+
+    # the service on the most deals: when it is created again, those deals must name its new id
+    victim = max(by_pipedrive_id(customermates, "services").items(), key=lambda item: len(deals_with(item[1][0]["id"])))
+    on_deals = deals_with(victim[1][0]["id"])
+    assert on_deals
     response = httpx.request(
         "DELETE", f"{customermates.url}/api/v1/services/many", json={"ids": [victim[1][0]["id"]]}, headers={"x-api-key": VALID_KEY}
     )
@@ -370,6 +378,8 @@ def test_a_record_deleted_in_the_target_is_reported_or_recreated(env, customerma
     else:
         assert len(services[victim[0]]) == 1
         assert report["entities"]["services"]["created"] == 1
+        deals = by_pipedrive_id(customermates, "deals")
+        assert deals_with(services[victim[0]][0]["id"]) == on_deals
 
 
 def test_new_pipeline_stage_adds_an_option_and_keeps_existing_option_ids(env, pipedrive, customermates):

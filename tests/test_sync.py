@@ -425,3 +425,23 @@ def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, custom
     result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["customermates_read"]["since"] is None
+
+
+def test_a_user_invited_after_the_migration_is_assigned_their_records_by_the_next_sync(env, pipedrive, customermates, tmp_path):
+    """What a record's request body holds besides the record itself (the user map, the columns)
+    changed, so the sync compares every record, not only those that changed in Pipedrive."""
+    assert invoke(env, "run").exit_code == 0
+    owner = pipedrive.collections["users"][0]
+    owned = {str(p["id"]) for p in live_persons(pipedrive) if p.get("owner_id") == owner["id"]}
+    assert owned
+    joined = customermates.add_user(
+        {"id": "33333333-3333-4333-8333-333333333333", "email": owner["email"].upper(), "firstName": "Katrin", "lastName": "Vogel"}
+    )
+    assert invoke(env, "sync", "--report-dir", str(tmp_path / "r")).exit_code == 0
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert {pid for pid, dtos in contacts.items() if any(u["id"] == joined["id"] for u in dtos[0]["users"])} == owned
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["entities"]["contacts"]["updated"] == len(owned)
+    writes = customermates.write_count()
+    assert invoke(env, "sync").exit_code == 0
+    assert customermates.write_count() == writes  # and the next sync is back to reading what changed

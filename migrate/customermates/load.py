@@ -13,11 +13,15 @@ The protocol (see README, "Crash safety"):
 4. A 400 is certain (the batch is all-or-nothing and nothing was written): the batch is split
    to isolate the records the server names, the others are loaded and each failing record is
    quarantined with the server's message.
-5. A rerun skips records whose body hash is unchanged and updates the changed ones.
+5. A rerun skips records whose body hash is unchanged and updates the changed ones. When the
+   users and columns are those of the last complete load, it builds bodies only for the records
+   that may have changed (`Staging.mark_load_candidates`); the others are counted unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,6 +131,7 @@ class Loader:
         self.progress = progress
         self.summary = LoadSummary()
         self.user_map: dict[str, str] = {}
+        self.only_candidates = False
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -134,11 +139,7 @@ class Loader:
         match are reported once each, with the number of records they own."""
         by_email = {str(u.get("email") or "").lower(): u["id"] for u in self.client.list_users() if u.get("email")}
         pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
-        referenced: Counter[str] = Counter()
-        for entity in ENTITY_ORDER:
-            for _, payload, _ in self.staging.iter_targets(entity):
-                referenced.update(payload.get("users") or [])
-        for uid, count in sorted(referenced.items()):
+        for uid, count in sorted(self.staging.referenced_users().items()):
             user = pipedrive_users.get(uid)
             match = by_email.get(str((user or {}).get("email") or "").lower())
             if match:
@@ -233,10 +234,25 @@ class Loader:
         started = time.monotonic()
         self.match_users()
         self.resolve_pending()
+        context = self._body_context()
+        self.only_candidates = self.staging.load_context() == context
+        if not self.only_candidates:  # until this load is complete, bodies may be of either context
+            self.staging.set_load_context(None)
         for entity in ENTITY_ORDER:
             self.load_entity(entity)
+        self.staging.set_load_context(context)
         self.summary.seconds = time.monotonic() - started
         return self.summary
+
+    def _body_context(self) -> str:
+        """A digest of what request bodies depend on besides the records and the ids of the
+        records they link to: the user map and the columns with their options."""
+        context = {
+            "users": sorted(self.user_map.items()),
+            "columns": sorted([*key, column_id] for key, column_id in self.columns.ids.items()),
+            "options": sorted([*key, sorted(options.items())] for key, options in self.columns.options.items()),
+        }
+        return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
 
     def scan_target(self, entity: str) -> None:
         """Compare the id map with what the target holds now, in one page-through sorted by the
@@ -269,12 +285,20 @@ class Loader:
             )
 
     def load_entity(self, entity: str) -> None:
+        """Write the entity's records that are new or whose body changed. When users and columns
+        are as at the last complete load, only the records whose body may have changed are read
+        (`mark_load_candidates`); the others are unchanged."""
         self.scan_target(entity)
         gone = self.gone.get(entity, set())
         creates: list[_Item] = []
         updates: list[_Item] = []
         conflicts = self.conflicts.get(entity, set())
-        for batch in self.staging.iter_target_batches(entity):
+        among = None
+        if self.only_candidates:
+            self.staging.mark_load_candidates(entity, LINK_ENTITY)
+            among = "load_candidates"
+            self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
+        for batch in self.staging.iter_target_batches(entity, among=among):
             known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
             linked = self.linked_records(batch)
             for source_id, payload, _ in batch:

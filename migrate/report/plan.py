@@ -150,7 +150,9 @@ class Planner:
         (or never was): the others cannot be a conflict, and a run sends them nothing."""
         summary = {e: dict.fromkeys(ACTIONS, 0) for e in ENTITY_ORDER}
         for entity in ENTITY_ORDER:
-            for batch in self.staging.iter_target_batches(entity, changed_since_written=changed_only):
+            if changed_only:
+                self.staging.mark_changed_since_written(entity)
+            for batch in self.staging.iter_target_batches(entity, among="targets_changed" if changed_only else None):
                 sids = [sid for sid, _, _ in batch]
                 id_map = self.staging.id_map_for(entity, sids)
                 written = self.staging.written_for(entity, sids)

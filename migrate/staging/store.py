@@ -593,27 +593,76 @@ class Staging:
     def target_columns(self) -> list[dict[str, Any]]:
         return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
 
-    def iter_targets(
-        self, entity: str, batch_size: int = 2000, *, changed_since_written: bool = False
-    ) -> Iterator[tuple[str, dict[str, Any], str]]:
-        """An entity's target records in id order; with `changed_since_written`, only those whose
-        payload is not the one last written (or that were never written)."""
-        where = "entity = ?"
-        if changed_since_written:
-            # digests, not payloads, are joined: the join's table stays small at a million records;
-            # a table, not a temporary one, so that the scan's cursors see it
-            self.con.execute(
-                "CREATE OR REPLACE TABLE targets_changed AS SELECT t.source_id FROM target_records t "
-                "LEFT JOIN (SELECT source_id, md5(payload::VARCHAR) AS digest FROM written_payloads WHERE entity = $e) w "
-                "USING (source_id) WHERE t.entity = $e AND (w.digest IS NULL OR w.digest <> md5(t.payload::VARCHAR))",
-                {"e": entity},
-            )
-            where += " AND source_id IN (SELECT source_id FROM targets_changed)"
+    def iter_targets(self, entity: str, batch_size: int = 2000, *, among: str | None = None) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """An entity's target records in id order; with `among`, only those whose source id is in
+        that table (made by `mark_changed_since_written` or `mark_load_candidates`)."""
+        where = "entity = ?" + (f" AND source_id IN (SELECT source_id FROM {among})" if among else "")
         rows = self.scan_in_id_order(
             "source_id, payload, payload_hash", "target_records", "source_id", where, params=[entity], batch_size=batch_size
         )
         for source_id, payload, digest in rows:
             yield source_id, json.loads(payload), digest
+
+    # Tables of source ids, not temporary ones, so that the scans' cursors see them. Digests, not
+    # payloads, are joined: the joins' tables stay small at a million records.
+    _CHANGED_SINCE_WRITTEN = (
+        "SELECT t.source_id FROM target_records t LEFT JOIN id_map m ON m.entity = $e AND m.source_id = t.source_id "
+        "LEFT JOIN (SELECT source_id, md5(payload::VARCHAR) AS digest FROM written_payloads WHERE entity = $e) w "
+        "ON w.source_id = t.source_id WHERE t.entity = $e AND (m.source_id IS NULL OR w.digest IS NULL OR w.digest <> md5(t.payload::VARCHAR))"
+    )
+
+    def mark_changed_since_written(self, entity: str) -> None:
+        """Table `targets_changed`: the entity's target records never written (or forgotten since),
+        or whose payload is not the one last written."""
+        self.con.execute(f"CREATE OR REPLACE TABLE targets_changed AS {self._CHANGED_SINCE_WRITTEN}", {"e": entity})
+
+    def mark_load_candidates(self, entity: str, link_entities: dict[str, str]) -> int:
+        """Table `load_candidates`: the entity's target records whose request body may differ from
+        the one last written, given the same users and columns: those `mark_changed_since_written`
+        marks, and those linking (payload links, by `link_entities`: link key → entity, and deal
+        services) to a record whose id map row is missing or was written at or after theirs (its
+        Customermates id may be new). Returns how many."""
+        links = ", ".join(f'"{key}": ["VARCHAR"]' for key in link_entities)
+        linked = " UNION ALL ".join(
+            f"SELECT source_id, '{linked_entity}' AS entity, unnest(p.links.{key}) AS pid FROM parsed"
+            for key, linked_entity in link_entities.items()
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TABLE load_candidates AS {self._CHANGED_SINCE_WRITTEN} UNION "
+            "SELECT l.source_id FROM (WITH parsed AS (SELECT source_id, from_json(payload, "
+            f"'{{\"links\": {{{links}}}, \"services\": [[\"VARCHAR\"]]}}') AS p FROM target_records WHERE entity = $e) "
+            f"{linked} UNION ALL SELECT source_id, 'services', unnest(list_transform(p.services, lambda line: line[1])) FROM parsed) l "
+            "JOIN id_map m ON m.entity = $e AND m.source_id = l.source_id "
+            "LEFT JOIN id_map lm ON lm.entity = l.entity AND lm.source_id = l.pid "
+            "WHERE lm.source_id IS NULL OR lm.written_at >= m.written_at",
+            {"e": entity},
+        )
+        return int(self.con.execute("SELECT count(*) FROM load_candidates").fetchone()[0])
+
+    def referenced_users(self) -> Counter[str]:
+        """Pipedrive user id → the target records naming it among their users."""
+        return Counter(dict(self.con.execute(
+            "SELECT uid, count(*) FROM (SELECT unnest(from_json(payload->'users', '[\"VARCHAR\"]')) AS uid FROM target_records) "
+            "GROUP BY uid"
+        ).fetchall()))
+
+    def load_context(self) -> str | None:
+        """What request bodies depended on at the last complete load (`Loader._body_context`)."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'load_context'").fetchone()
+        return row[0] if row else None
+
+    def set_load_context(self, context: str | None) -> None:
+        self.con.execute("DELETE FROM meta WHERE key = 'load_context'")
+        if context is not None:
+            self.con.execute("INSERT INTO meta VALUES ('load_context', ?)", [context])
+
+    def count_targets_outside(self, entity: str, table: str, excluding: Iterable[str] = ()) -> int:
+        """The entity's target records whose source id is neither in `table` nor in `excluding`."""
+        return int(self.con.execute(
+            f"SELECT count(*) FROM target_records WHERE entity = $e AND source_id NOT IN (SELECT source_id FROM {table}) "
+            "AND source_id NOT IN (SELECT unnest($x::VARCHAR[]))",
+            {"e": entity, "x": sorted(excluding)},
+        ).fetchone()[0])
 
     def count_targets(self, entity: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM target_records WHERE entity = ?", [entity]).fetchone()[0])
@@ -629,12 +678,10 @@ class Staging:
         ).fetchone()
         return json.loads(row[0]) if row and row[0] is not None else None
 
-    def iter_target_batches(
-        self, entity: str, *, changed_since_written: bool = False
-    ) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
+    def iter_target_batches(self, entity: str, *, among: str | None = None) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
         """`iter_targets` in lists of `TARGET_BATCH`: what a batch needs from other tables (id map,
         last written payloads, the target's records) is read per batch, never for the whole account."""
-        yield from batched(self.iter_targets(entity, changed_since_written=changed_since_written), TARGET_BATCH)
+        yield from batched(self.iter_targets(entity, among=among), TARGET_BATCH)
 
     def transform_issues(self, *, rule: str | None = None, entity: str | None = None, limit: int | None = None) -> list[dict[str, str]]:
         """The transform's issues (those of one rule, of one entity, the first `limit`), by entity, rule and record."""

@@ -1900,6 +1900,14 @@ class FakeCustomermates:
         """The fake server's clock: the machine's, moved on by `advance_clock`."""
         return time.time() + self.clock_offset
 
+    def add_user(self, user: dict) -> dict:
+        """Test hook: a user joins the company (invited and accepted); missing fields get defaults."""
+        with self._state:
+            added = _norm_user(user)
+            self.users.append(added)
+            self._users_by_id[added["id"]] = added
+            return added
+
     def advance_clock(self, seconds: float) -> None:
         """Test hook: let `seconds` pass for the server (its timestamps and its Date header)."""
         self.clock_offset += seconds
