@@ -39,11 +39,20 @@ class TargetState:
 
     Without a staging file it is an empty target (a dry run with no Customermates to read)."""
 
-    def __init__(self, staging: Staging | None = None, fingerprint: str = "", *, since: str | None = None, records_read: int = 0):
+    def __init__(
+        self, staging: Staging | None = None, fingerprint: str | None = "", *, since: str | None = None, records_read: int = 0
+    ):
         self.staging = staging
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint  # None: computed from the snapshot when asked for
         self.since = since  # None: the whole target was read; else only what changed from then on
         self.records_read = records_read
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the target as read (what a saved plan was made against)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.staging.snapshot_fingerprint() if self.staging else ""
+        return self._fingerprint
 
     @classmethod
     def read(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
@@ -86,7 +95,7 @@ class TargetState:
                     rows = []
             staging.merge_into_target_snapshot(entity, rows)
         staging.set_target_read_since(clock.since())
-        return cls(staging, staging.snapshot_fingerprint(), since=since, records_read=read)
+        return cls(staging, None, since=since, records_read=read)
 
     def records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Pipedrive ID → the records carrying it (usually one; the first read first)."""

@@ -302,7 +302,8 @@ def build_plan(
         "summary": summary,
         "version": PLAN_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint},
+        # what a saved plan is checked against (a run's own plan of conflicts is never saved)
+        **({} if conflicts_only else {"fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint}}),
         "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added},
         "lossy": lossy,
         "coverage": field_coverage or [],
