@@ -10,6 +10,7 @@ import httpx
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.customermates import target
 from migrate.customermates.client import CustomermatesClient, ServerError
 from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
@@ -408,7 +409,7 @@ def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, custom
     notes it again only when complete: after a read that failed half way, the next read is whole."""
     assert invoke(env, "run").exit_code == 0
     with Staging(tmp_path / "state.duckdb") as staging:
-        assert staging.target_read_since() is not None
+        assert staging.meta(target.READ_SINCE_KEY) is not None
     iter_records = CustomermatesClient.iter_records
 
     def deals_unreadable(self, entity, **kwargs):
@@ -421,7 +422,7 @@ def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, custom
     assert result.exit_code != 0 and "POST /deals/search" in result.output
     monkeypatch.setattr(CustomermatesClient, "iter_records", iter_records)
     with Staging(tmp_path / "state.duckdb") as staging:
-        assert staging.target_read_since() is None
+        assert staging.meta(target.READ_SINCE_KEY) is None
     result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["customermates_read"]["since"] is None

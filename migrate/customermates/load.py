@@ -53,6 +53,7 @@ START_BATCH = 50  # the recorded server took ~0.75 s for 50 contacts; the size a
 SLOW_BATCH_SECONDS = 2.5  # the server's transaction limit is 5 s: stay well under it
 FAST_BATCH_SECONDS = 2.0
 MAX_UNCERTAIN_RETRIES = 6
+LOAD_CONTEXT_KEY = "load_context"  # in the state file's meta: what bodies depended on at the last complete load
 
 
 @dataclass
@@ -235,12 +236,12 @@ class Loader:
         self.match_users()
         self.resolve_pending()
         context = self._body_context()
-        self.only_candidates = self.staging.load_context() == context
+        self.only_candidates = self.staging.meta(LOAD_CONTEXT_KEY) == context
         if not self.only_candidates:  # until this load is complete, bodies may be of either context
-            self.staging.set_load_context(None)
+            self.staging.set_meta(LOAD_CONTEXT_KEY, None)
         for entity in ENTITY_ORDER:
             self.load_entity(entity)
-        self.staging.set_load_context(context)
+        self.staging.set_meta(LOAD_CONTEXT_KEY, context)
         self.summary.seconds = time.monotonic() - started
         return self.summary
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ ROWS_PER_INSERT = 1000
 # Covers what the server's Date header does not: its second resolution, a write's transaction
 # committing after later ones began, app servers whose clocks differ a little.
 READ_SINCE_MARGIN = timedelta(minutes=5)
+READ_SINCE_KEY = "target_read_since"  # in the state file's meta: where the next read of what changed starts
 # a relation of the create/update bodies → the field a record read back lists those records in
 DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 
@@ -57,44 +58,31 @@ class TargetState:
     @classmethod
     def read(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
         """Read the whole target."""
-        staging.set_target_read_since(None)  # a read cut short leaves part of a snapshot: the next must be whole
+        staging.set_meta(READ_SINCE_KEY, None)  # a read cut short leaves part of a snapshot: the next must be whole
         staging.clear_target_snapshot()
         digest = hashlib.sha256()
         clock = _ReadClock(client)
         seq = 0
         for entity in ENTITY_ORDER:
-            rows: list[tuple[int, str, str | None, str]] = []
-            for pid, dto in clock.records(columns, entity):
+            for dto in clock.store(columns, entity, staging.add_to_target_snapshot, seq):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
-                rows.append((seq, dto["id"], pid, _dto_text(dto)))
                 seq += 1
-                if len(rows) >= ROWS_PER_INSERT:
-                    staging.add_to_target_snapshot(entity, rows)
-                    rows = []
-            staging.add_to_target_snapshot(entity, rows)
-        staging.set_target_read_since(clock.since())
+        staging.set_meta(READ_SINCE_KEY, clock.since())
         return cls(staging, digest.hexdigest()[:32], records_read=seq)
 
     @classmethod
     def read_changes(cls, client: CustomermatesClient, columns: ColumnIndex, staging: Staging) -> TargetState:
         """Read only the records created or edited in the target since the last read began, and
         merge them into what that read kept; the whole target when no complete read is kept."""
-        since = staging.target_read_since()
+        since = staging.meta(READ_SINCE_KEY)
         if since is None:
             return cls.read(client, columns, staging)
         changed = [{"field": "updatedAt", "operator": "gte", "value": since}]
         clock = _ReadClock(client)
         read = 0
         for entity in ENTITY_ORDER:
-            rows: list[tuple[int, str, str | None, str]] = []
-            for pid, dto in clock.records(columns, entity, changed):
-                rows.append((len(rows), dto["id"], pid, _dto_text(dto)))
-                read += 1
-                if len(rows) >= ROWS_PER_INSERT:
-                    staging.merge_into_target_snapshot(entity, rows)
-                    rows = []
-            staging.merge_into_target_snapshot(entity, rows)
-        staging.set_target_read_since(clock.since())
+            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, changed))
+        staging.set_meta(READ_SINCE_KEY, clock.since())
         return cls(staging, None, since=since, records_read=read)
 
     def records(self, entity: str, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -144,13 +132,25 @@ class _ReadClock:
             yield next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None), dto
         self.began = self.began or self.client.last_read_date  # no records: the empty page's answer
 
+    def store(
+        self, columns: ColumnIndex, entity: str, write: Callable[[str, list[tuple[int, str, str | None, str]]], None],
+        first: int, filters: list[dict[str, Any]] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Page through the entity's records into `write` (rows numbered from `first` in read
+        order, `ROWS_PER_INSERT` at a time), yielding each record as it is read."""
+        rows: list[tuple[int, str, str | None, str]] = []
+        for pid, dto in self.records(columns, entity, filters):
+            rows.append((first + len(rows), dto["id"], pid, json.dumps(dto, separators=(",", ":"), ensure_ascii=False)))
+            yield dto
+            if len(rows) >= ROWS_PER_INSERT:
+                write(entity, rows)
+                first += len(rows)
+                rows = []
+        write(entity, rows)
+
     def since(self) -> str | None:
         """When the next read of what changed starts, as the server's filters take it (a `Z` time)."""
         if self.began is None:  # no answer carried a date: the next read is whole
             return None
         began = self.began if self.began.tzinfo else self.began.replace(tzinfo=UTC)
         return (began.astimezone(UTC) - READ_SINCE_MARGIN).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _dto_text(dto: dict[str, Any]) -> str:
-    return json.dumps(dto, separators=(",", ":"), ensure_ascii=False)

@@ -646,15 +646,16 @@ class Staging:
             "GROUP BY uid"
         ).fetchall()))
 
-    def load_context(self) -> str | None:
-        """What request bodies depended on at the last complete load (`Loader._body_context`)."""
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'load_context'").fetchone()
+    def meta(self, key: str) -> str | None:
+        """A value the state file keeps about itself (None: not set)."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
-    def set_load_context(self, context: str | None) -> None:
-        self.con.execute("DELETE FROM meta WHERE key = 'load_context'")
-        if context is not None:
-            self.con.execute("INSERT INTO meta VALUES ('load_context', ?)", [context])
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, forget) a `meta` value."""
+        self.con.execute("DELETE FROM meta WHERE key = ?", [key])
+        if value is not None:
+            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
 
     def count_targets_outside(self, entity: str, table: str, excluding: Iterable[str] = ()) -> int:
         """The entity's target records whose source id is neither in `table` nor in `excluding`."""
@@ -991,16 +992,6 @@ class Staging:
             self.con.execute("INSERT INTO target_snapshot SELECT $e, seq, target_id, pid, dto FROM snapshot_merged", {"e": entity})
             self.con.execute("DROP TABLE snapshot_merge")
             self.con.execute("DROP TABLE snapshot_merged")
-
-    def target_read_since(self) -> str | None:
-        """From when a read of what changed in the target must start (None: read it whole)."""
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'target_read_since'").fetchone()
-        return row[0] if row else None
-
-    def set_target_read_since(self, since: str | None) -> None:
-        self.con.execute("DELETE FROM meta WHERE key = 'target_read_since'")
-        if since is not None:
-            self.con.execute("INSERT INTO meta VALUES ('target_read_since', ?)", [since])
 
     def snapshot_fingerprint(self) -> str:
         """A digest of the target as held: every record's id and updatedAt, in read order."""
