@@ -39,11 +39,11 @@ def migrate_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, stat
     }
 
 
-def run_migrate(env: dict[str, str], kill_after: float | None = None, timeout: float = 300) -> int | None:
-    """Run `migrate run`; with `kill_after`, SIGKILL it after that many seconds. Returns the
-    exit code, or None when it was killed."""
+def run_migrate(env: dict[str, str], kill_after: float | None = None, timeout: float = 300, command: str = "run") -> int | None:
+    """Run `migrate run` (or `command`); with `kill_after`, SIGKILL it after that many seconds.
+    Returns the exit code, or None when it was killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "migrate", "run", "--log-format", "json"],
+        [sys.executable, "-m", "migrate", command, "--log-format", "json"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
     )
     try:
@@ -56,7 +56,7 @@ def run_migrate(env: dict[str, str], kill_after: float | None = None, timeout: f
     stderr = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     if proc.returncode != 0:
-        raise AssertionError(f"migrate run exited {proc.returncode}: {stderr[-2000:]}")
+        raise AssertionError(f"migrate {command} exited {proc.returncode}: {stderr[-2000:]}")
     return proc.returncode
 
 
