@@ -208,13 +208,13 @@ class Staging:
                 self.con.execute("ALTER TABLE target_records_unkeyed RENAME TO target_records")
 
     def _check_version(self) -> None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        elif int(row[0]) > SCHEMA_VERSION:
+        version = self.meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) > SCHEMA_VERSION:
             raise MigrateError(
                 f"the state file {self.path} was written by a newer version of migrate "
-                f"(schema {row[0]}, this version understands {SCHEMA_VERSION}); upgrade migrate or use another state file"
+                f"(schema {version}, this version understands {SCHEMA_VERSION}); upgrade migrate or use another state file"
             )
 
     def close(self) -> None:
@@ -329,7 +329,7 @@ class Staging:
     def settle_archive_pairs(self) -> None:
         """State files written before `_claim_from_sibling` may hold a record in both lists of a
         pair: the older copy goes, once (marked in `meta`)."""
-        if self.con.execute("SELECT 1 FROM meta WHERE key = 'archive_pairs_settled'").fetchone():
+        if self.meta("archive_pairs_settled"):
             return
         with self._transaction():
             for main, archived in ARCHIVED_LIST.items():
@@ -341,7 +341,7 @@ class Staging:
                     "WHERE (coalesce(x.update_time, ''), x.extracted_at) <= (coalesce(y.update_time, ''), y.extracted_at))"
                 )
                 self.con.execute(f"DELETE FROM {a} WHERE id IN (SELECT id FROM {m})")
-            self.con.execute("INSERT INTO meta VALUES ('archive_pairs_settled', 'true')")
+            self.set_meta("archive_pairs_settled", "true")
 
     def checkpoint(self, collection: str) -> Checkpoint | None:
         row = self.con.execute(

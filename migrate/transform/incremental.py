@@ -32,6 +32,7 @@ from migrate.transform.columns import ColumnRegistry, ColumnSpec
 
 CODE_DIR = Path(__file__).parent
 LIBRARIES = ("phonenumbers", "markdownify", "beautifulsoup4")
+CONTEXT_KEY = "transform_context"  # in the state file's meta: the digest of each shared part
 # collection → (JSON field naming the record it belongs to, that record's entity, id prefix); the
 # engine reads which notes belong to a record from here too
 GROUPED = {
@@ -118,10 +119,10 @@ def _row_digest() -> str:
 
 def why_full(staging: Staging, parts: dict[str, str]) -> str | None:
     """Why this transform must make every record again, or None when it need not."""
-    row = staging.con.execute("SELECT value FROM meta WHERE key = 'transform_context'").fetchone()
-    if row is None:
+    kept_text = staging.meta(CONTEXT_KEY)
+    if kept_text is None:
         return "first transform of this state file"
-    kept = json.loads(row[0])
+    kept = json.loads(kept_text)
     changed = [name for name, digest in parts.items() if kept.get(name) != digest] + [name for name in kept if name not in parts]
     return f"{', '.join(changed)} changed" if changed else None
 
@@ -219,7 +220,7 @@ def keep_inputs(staging: Staging, sources: Sources, parts: dict[str, str], only_
         )
     con.execute(f"INSERT INTO transform_inputs {_inputs_sql(staging, sources, only_changed)}")
     con.execute(f"INSERT INTO transform_owners {_owners_sql(staging, only_changed)}")
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('transform_context', ?)", [json.dumps(parts, sort_keys=True)])
+    staging.set_meta(CONTEXT_KEY, json.dumps(parts, sort_keys=True))
 
 
 def restore_columns(registry: ColumnRegistry, kept: Iterable[dict[str, Any]]) -> None:
