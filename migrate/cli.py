@@ -214,8 +214,14 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     help="Every Nth sync reads both sides whole: every Pipedrive id (records that vanished without a trace) and every "
     "Customermates record (records deleted there); the others read only what changed (0: never).",
 )
+@click.option(
+    "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
+    help="Migrated records a user has since deleted in Customermates: found when their update is refused, or by a "
+    "reconciling sync's whole read.",
+)
 def sync(
-    settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str, reconcile_every: int
+    settings: Settings, deletes: str, interval: str | None, report_dir: Path | None, on_conflict: str, reconcile_every: int,
+    on_target_deleted: str,
 ) -> None:
     """Bring Customermates up to date with what changed in Pipedrive since the last run.
 
@@ -227,7 +233,8 @@ def sync(
         started = time.monotonic()
         try:
             report = pipeline.run_migration(
-                settings, incremental=True, deletes=deletes, on_conflict=on_conflict, reconcile_every=reconcile_every
+                settings, incremental=True, deletes=deletes, on_conflict=on_conflict, reconcile_every=reconcile_every,
+                on_target_deleted=on_target_deleted,
             )
         except MigrateError as exc:
             if seconds is None:

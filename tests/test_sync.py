@@ -404,6 +404,31 @@ def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_n
         assert reported == {str(i) for i in found}
 
 
+def test_a_record_whose_update_is_refused_as_deleted_is_created_again_by_the_same_sync_under_recreate(env, pipedrive, customermates, tmp_path):
+    """With --on-target-deleted recreate, a record deleted in Customermates that changed in Pipedrive
+    is created again by the sync that finds it gone (its update refused), not left to the next run:
+    the report's "recreated" is what Customermates holds when the sync ends."""
+    assert invoke(env, "run").exit_code == 0
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    person = live_persons(pipedrive)[2]
+    old_id = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["id"]
+    response = httpx.request("DELETE", f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY}, json={"ids": [old_id]})
+    assert response.status_code == 200, response.text
+    person["first_name"], person["update_time"] = "Changed-After-Deletion", NOW
+    args = ("sync", "--reconcile-every", "0", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "sync"))
+    result = invoke(env, *args)
+    assert result.exit_code == 0, result.output
+    contacts = json.loads((tmp_path / "sync" / "report.json").read_text())["entities"]["contacts"]
+    assert (contacts["deleted_in_target"], contacts["recreated"], contacts["created"]) == (1, 1, 1)
+    [recreated] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+    assert recreated["id"] != old_id and recreated["firstName"] == "Changed-After-Deletion"
+    with Staging(tmp_path / "state.duckdb") as staging:
+        assert staging.id_map_for("contacts", [str(person["id"])])[str(person["id"])][0] == recreated["id"]
+    writes = customermates.write_count()
+    assert invoke(env, *args).exit_code == 0  # and the next sync has nothing left to do
+    assert customermates.write_count() == writes and len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1
+
+
 def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A whole read forgets where reads of changes start before it clears the kept records, and
     notes it again only when complete: after a read that failed half way, the next read is whole."""

@@ -92,6 +92,7 @@ class _Item:
     digest: str
     target_id: str | None = None  # set for updates
     payload: dict[str, Any] | None = None  # the transformed payload the body was built from
+    create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
 
 
 ProgressFn = Callable[[str, int], None]
@@ -317,7 +318,7 @@ class Loader:
                     self.summary.unchanged[entity] += 1
                     continue
                 else:
-                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload))
+                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
                 if len(creates) >= self.batch_size:
                     self._send(entity, "create", creates)
                     creates = []
@@ -404,6 +405,8 @@ class Loader:
             if operation == "update" and _record_not_found(entity, error):
                 # deleted there since the target was last read (a sync reads only what changed)
                 self._deleted_in_target(entity, [item.source_id], "with --on-target-deleted recreate the next run creates it again")
+                if self.on_target_deleted == "recreate" and item.create_body is not None:
+                    self._send(entity, "create", [_Item(item.source_id, item.create_body, item.digest, payload=item.payload)])
                 return
             message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
