@@ -35,3 +35,12 @@ def test_a_rerun_shows_tokens_spent_against_the_estimate_and_the_budget_left(pip
     task = next(t for t in progress._bars.tasks if t.description == "pipedrive tokens")
     assert task.total == report["pipedrive"]["tokens_estimated"] == task.completed
     assert task.fields["rate"] == f"{50_000 - pipedrive.tokens_spent:,} left today"
+
+
+def test_a_task_that_does_more_than_expected_grows_its_total_instead_of_running_past_it():
+    with ProgressDisplay(enabled=False) as progress:
+        progress.expect("load contacts", 10)
+        progress("load contacts", 8)
+        progress("load contacts", 4)
+    [task] = progress._bars.tasks
+    assert (task.completed, task.total) == (12, 12)
