@@ -34,7 +34,7 @@ from migrate.report.run_report import (
 )
 from migrate.report.undo_report import print_undo, write_undo
 from migrate.report.verify import EXIT_MISMATCH, print_verify
-from migrate.staging.store import Staging
+from migrate.staging.store import MEMORY_LIMIT_ENV, Staging
 
 EXIT_PARTIAL = 3
 log = structlog.get_logger(__name__)
@@ -73,6 +73,13 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(settings=settings, **kwargs)
         except MigrateError as exc:
             _fail(str(exc), exc.exit_code)
+        except duckdb.OutOfMemoryException as exc:
+            _fail(
+                f"the state file {state} needs more memory than DuckDB was given: {str(exc).splitlines()[0]} "
+                f"Set {MEMORY_LIMIT_ENV} to more megabytes (e.g. {MEMORY_LIMIT_ENV}=2000) and run again: "
+                "what was committed before is kept and the run resumes from there",
+                1,
+            )
         except (duckdb.OperationalError, duckdb.FatalException, duckdb.PermissionException) as exc:
             _fail(
                 f"cannot write the state file {state}: {exc}. Free disk space (or fix its permissions) and run again: "

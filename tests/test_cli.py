@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -164,3 +165,23 @@ def test_doctor_warns_about_active_webhooks(env, customermates):
     result = invoke(["doctor"], env)
     assert result.exit_code == 0, result.output
     assert "WARN Customermates webhooks: 1 active" in result.output
+
+
+def test_a_run_out_of_duckdb_memory_names_the_setting_that_gives_more_and_the_next_run_uses_it(env, monkeypatch, tmp_path):
+    from migrate import pipeline
+    from migrate.staging.store import MEMORY_LIMIT_ENV, Staging
+
+    def out_of_memory(*args, **kwargs):
+        raise duckdb.OutOfMemoryException(
+            "Out of Memory Error: failed to allocate data of size 16.0 MiB (145.4 MiB/152.5 MiB used)\n\nPossible solutions: ..."
+        )
+
+    monkeypatch.setattr(pipeline, "transform", out_of_memory)
+    result = CliRunner().invoke(cli, ["run"], env=env)
+    assert result.exit_code == 1
+    line = " ".join(result.output.split())
+    assert "needs more memory than DuckDB was given: Out of Memory Error: failed to allocate data of size 16.0 MiB" in line
+    assert f"Set {MEMORY_LIMIT_ENV} to more megabytes (e.g. {MEMORY_LIMIT_ENV}=2000) and run again" in line
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "2000")
+    with Staging(tmp_path / "state.duckdb") as staging:
+        assert staging.memory_limit_mb() == 2000

@@ -23,8 +23,10 @@ from migrate.customermates.client import (
     Issue,
     PermissionDeniedError,
     RequestRejectedError,
+    RequestTooLargeError,
     ServerError,
     UncertainWriteError,
+    encoded_size,
     parse_issues,
 )
 from tests.recorded import (
@@ -519,6 +521,18 @@ def test_a_400_on_a_read_is_not_retried():
     with pytest.raises(RequestRejectedError) as caught:
         client.search("tasks", sort=("name", "asc"))
     assert caught.value.issues == [Issue("Sort field not found or not accessible.", "sortDescriptor.field")]
+    assert len(handler.requests) == 1
+
+
+def test_a_413_on_a_write_is_a_refusal_with_nothing_written_that_gives_the_bodys_size():
+    """Vercel refuses a body over its limit before the app runs (FUNCTION_PAYLOAD_TOO_LARGE)."""
+    client, handler = mock(httpx.Response(413, text="Request Entity Too Large\n\nFUNCTION_PAYLOAD_TOO_LARGE\n"))
+    items = [{"firstName": "A", "lastName": "", "notes": "x" * 1000}]
+    with pytest.raises(RequestTooLargeError) as caught:
+        client.create_many("contacts", items)
+    assert isinstance(caught.value, BatchRejectedError) and caught.value.issues == []
+    assert caught.value.size == len(handler.requests[0].content) == encoded_size({"contacts": items})
+    assert "HTTP 413, nothing was written" in str(caught.value) and f"{caught.value.size:,} bytes" in str(caught.value)
     assert len(handler.requests) == 1
 
 

@@ -1161,3 +1161,14 @@ def test_the_search_cache_answers_as_without_it_and_forgets_at_the_next_write():
     assert answers[0] == answers[1]
     (before, after) = answers[1]
     assert sum(map(len, before)) == 25 and sum(map(len, after)) == 26  # the write was seen
+
+
+def test_a_body_over_the_hosts_limit_is_refused_with_413_before_the_app_and_nothing_written(cm, api):
+    """Vercel functions take about 4.5 MB (contract §10): the fake refuses a bigger body as Vercel does."""
+    long_notes = "x" * 60_000
+    contacts = [{"firstName": f"N{i}", "lastName": "", "notes": long_notes} for i in range(76)]  # 4.56 MB
+    response = api.post("/contacts/many", json={"contacts": contacts})
+    assert response.status_code == 413 and b"FUNCTION_PAYLOAD_TOO_LARGE" in response.content
+    assert cm.records("contacts") == []
+    assert api.post("/contacts/many", json={"contacts": contacts[:70]}).status_code == 201  # 4.2 MB
+    assert len(cm.records("contacts")) == 70

@@ -429,6 +429,25 @@ def test_a_record_whose_update_is_refused_as_deleted_is_created_again_by_the_sam
     assert customermates.write_count() == writes and len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1
 
 
+def test_a_reconciling_sync_under_recreate_creates_again_an_unchanged_record_deleted_in_customermates(env, pipedrive, customermates, tmp_path):
+    """An unchanged record deleted in Customermates is seen only by a reconciling sync's whole read;
+    under recreate that sync creates it again, and the records linking to it link to the new one."""
+    assert invoke(env, "run").exit_code == 0
+    organization = next(o for o in pipedrive.collections["organizations"] if not o.get("is_deleted")
+                        and any(p.get("org_id") == o["id"] for p in live_persons(pipedrive)))
+    members = {str(p["id"]) for p in live_persons(pipedrive) if p.get("org_id") == organization["id"]}
+    old_id = by_pipedrive_id(customermates, "organizations")[str(organization["id"])][0]["id"]
+    response = httpx.request("DELETE", f"{customermates.url}/api/v1/organizations/many", headers={"x-api-key": VALID_KEY}, json={"ids": [old_id]})
+    assert response.status_code == 200, response.text
+    result = invoke(env, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["organizations"]
+    assert (row["deleted_in_target"], row["recreated"], row["created"]) == (1, 1, 1)
+    [recreated] = by_pipedrive_id(customermates, "organizations")[str(organization["id"])]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert all([o["id"] for o in contacts[sid][0]["organizations"]] == [recreated["id"]] for sid in members)
+
+
 def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A whole read forgets where reads of changes start before it clears the kept records, and
     notes it again only when complete: after a read that failed half way, the next read is whole."""

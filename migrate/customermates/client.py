@@ -38,7 +38,9 @@ __all__ = [
     "AuthenticationError",
     "PermissionDeniedError",
     "BatchRejectedError",
+    "RequestTooLargeError",
     "RequestRejectedError",
+    "encoded_size",
     "UncertainWriteError",
     "ServerError",
     "CustomermatesClient",
@@ -59,6 +61,10 @@ SINGULAR: dict[str, str] = {
 
 MAX_BATCH = 100
 """Largest batch the server accepts for ``/many`` endpoints (§3.6)."""
+
+MAX_REQUEST_BYTES = 4_000_000
+"""Largest write body the loader sends: the app sets no limit, but Vercel functions (customermates.com)
+take about 4.5 MB (§10). A hundred records with long notes (up to 65,535 characters each) exceed that."""
 
 REJECTED_KEY_MESSAGE = (
     "Customermates rejected the API key (HTTP 500 with an empty body: the key is invalid, expired or disabled, "
@@ -178,6 +184,15 @@ class BatchRejectedError(_IssuesError):
     """400 on a write. Validation is all-or-nothing: nothing of the batch was written."""
 
 
+class RequestTooLargeError(BatchRejectedError):
+    """413 on a write: the host refused the body for its size before the app saw it (Vercel functions
+    take about 4.5 MB, contract §10), so nothing was written. ``size`` is the body's length in bytes."""
+
+    def __init__(self, message: str, *, size: int, body: str = "") -> None:
+        super().__init__(message, issues=[], status=413, body=body)
+        self.size = size
+
+
 class RequestRejectedError(_IssuesError):
     """400 on a read (search, configuration): a bad filter, sort field, page size, …"""
 
@@ -246,6 +261,11 @@ def _make_http(
 def _dumps(body: Any) -> bytes:
     """Compact JSON. NaN/Infinity are refused (ValueError) since they would make the body invalid JSON."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes `value` takes in a request body, as this client writes it."""
+    return len(_dumps(value))
 
 
 class _Scrubber:
@@ -548,6 +568,13 @@ class CustomermatesClient(HttpSession):
                 f"({self._scrub(str(exc)) or 'no detail'}); {hint}. Reconcile before retrying.",
                 cause=exc,
             ) from exc
+        if response.status_code == 413:
+            raise RequestTooLargeError(
+                f"Customermates' host refused {what} (HTTP 413, nothing was written): the request body, "
+                f"{len(content):,} bytes, is over its size limit",
+                size=len(content),
+                body=self._scrub(response.text),
+            )
         self._raise_for_status(response, what=what, kind="write")
         return self._json(response, what=what, kind="write")
 

@@ -32,9 +32,12 @@ import structlog
 
 from migrate import stopping
 from migrate.customermates.client import (
+    MAX_REQUEST_BYTES,
     BatchRejectedError,
     CustomermatesClient,
+    RequestTooLargeError,
     UncertainWriteError,
+    encoded_size,
 )
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.target import TargetState
@@ -93,6 +96,7 @@ class _Item:
     target_id: str | None = None  # set for updates
     payload: dict[str, Any] | None = None  # the transformed payload the body was built from
     create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
+    size: int = 0  # bytes of `body` in a request, once measured
 
 
 ProgressFn = Callable[[str, int], None]
@@ -107,6 +111,7 @@ class Loader:
         run_id: str,
         *,
         max_batch: int = MAX_BATCH,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         on_target_deleted: str = "report",
         target: TargetState | None = None,
         conflicts: dict[str, set[str]] | None = None,
@@ -130,6 +135,7 @@ class Loader:
         self.min_batch = min(MIN_BATCH, self.max_batch)
         self.batch_size = min(START_BATCH, self.max_batch)
         self.ceiling = self.max_batch  # lowered below any size whose write failed uncertainly
+        self.max_request_bytes = max_request_bytes  # lowered when the host refuses a body as too large
         self.progress = progress
         self.summary = LoadSummary()
         self.user_map: dict[str, str] = {}
@@ -350,6 +356,10 @@ class Loader:
             self._send(entity, operation, head, attempt)
         if not items:
             return
+        if len(items) > 1 and self._request_bytes(entity, items) > self.max_request_bytes:
+            for part in self._by_size(entity, items):
+                self._send(entity, operation, part, attempt)
+            return
         stopping.check()  # a requested stop happens between batches, never inside one
         batch_id = self.staging.record_pending(entity, operation, [i.source_id for i in items], [i.digest for i in items], self.run_id)
         started = time.monotonic()
@@ -387,6 +397,21 @@ class Loader:
         if self.progress:
             self.progress(entity, len(items))
 
+    def _request_bytes(self, entity: str, items: list[_Item]) -> int:
+        for item in items:
+            item.size = item.size or encoded_size(item.body)
+        return len(f'{{"{entity}":[]}}') + sum(i.size for i in items) + len(items) - 1
+
+    def _by_size(self, entity: str, items: list[_Item]) -> list[list[_Item]]:
+        """`items` in consecutive parts whose request bodies fit `max_request_bytes` (a record
+        bigger than that alone goes alone: the host says whether it takes it)."""
+        parts: list[list[_Item]] = [[]]
+        for item in items:
+            if parts[-1] and self._request_bytes(entity, [*parts[-1], item]) > self.max_request_bytes:
+                parts.append([])
+            parts[-1].append(item)
+        return parts
+
     def _tune(self, elapsed: float, size: int) -> None:
         """Adapt the batch size to the observed latency: shrink when a batch was slow, grow only
         when the next size is predicted (per-item time × size) to stay fast, and never back up
@@ -400,6 +425,10 @@ class Loader:
 
     def _isolate(self, entity: str, operation: str, items: list[_Item], error: BatchRejectedError) -> None:
         """Load what is valid, quarantine what the server rejects (with its message)."""
+        if isinstance(error, RequestTooLargeError) and error.size // 2 < self.max_request_bytes:
+            # a host with a smaller body limit than Customermates' own (a proxy's 1 MB, say): learn it
+            self.max_request_bytes = max(1, error.size // 2)
+            log.warning("load.request_too_large", entity=entity, bytes=error.size, max_request_bytes=self.max_request_bytes)
         if len(items) == 1:
             item = items[0]
             if operation == "update" and _record_not_found(entity, error):

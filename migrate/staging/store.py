@@ -13,7 +13,7 @@ import json
 import os
 import re
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,10 @@ import duckdb
 from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
-DUCKDB_MEMORY_LIMIT = "160MB"
+DUCKDB_MEMORY_LIMIT_MB = 160  # the least; more when a state file's rows are big (`Staging.memory_limit_mb`)
+MEMORY_LIMIT_ENV = "MIGRATE_DUCKDB_MEMORY_MB"  # a higher floor, should a query still run out
+VECTOR_ROWS = 2048  # DuckDB scans rows a vector at a time and holds a vector's values together
+VECTOR_BYTES_KEY = "largest_vector_bytes"
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 TARGET_BATCH = 2000  # target records handled at a time by the plan and the load (`iter_target_batches`)
 # A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
@@ -155,6 +158,26 @@ class Checkpoint:
     done: bool
 
 
+class _RowWindow:
+    """The bytes of the last `VECTOR_ROWS` rows written to one table: what a scan's vector of them holds."""
+
+    def __init__(self) -> None:
+        self.sizes: deque[int] = deque(maxlen=VECTOR_ROWS)
+        self.total = 0
+
+    def add(self, texts: Iterable[str]) -> int:
+        """Add rows of these texts; the most bytes the window held meanwhile."""
+        most = self.total
+        for text in texts:
+            if len(self.sizes) == VECTOR_ROWS:
+                self.total -= self.sizes[0]
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            self.sizes.append(size)
+            self.total += size
+            most = max(most, self.total)
+        return most
+
+
 class Staging:
     """One open DuckDB state file. Not thread-safe: one run, one connection."""
 
@@ -172,10 +195,14 @@ class Staging:
         if fresh and self.path.exists():
             os.chmod(self.path, 0o600)
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would write into our output
-        # DuckDB would cache up to 80 % of RAM; a million-record state file then fills it. Above this
-        # it spills to <state>.tmp instead, so the run's memory stays flat at any account size.
-        self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        # DuckDB would cache up to 80 % of RAM; a million-record state file then fills it. Above the
+        # limit it spills to <state>.tmp instead, so the run's memory stays flat at any account size.
+        self._windows: dict[str, _RowWindow] = {}
+        self._vector_bytes = 0
+        self._apply_memory_limit()
         self.con.execute(_SCHEMA)
+        self._vector_bytes = int(self.meta(VECTOR_BYTES_KEY) or 0)
+        self._apply_memory_limit()
         self._check_version()
         self._add_numeric_ids()
         self.con.execute("ALTER TABLE target_records ADD COLUMN IF NOT EXISTS lookups VARCHAR")  # after num_id
@@ -219,6 +246,27 @@ class Staging:
 
     def close(self) -> None:
         self.con.close()
+
+    # -- memory ---------------------------------------------------------------------------
+    def memory_limit_mb(self) -> int:
+        """DuckDB's memory limit for this state file. A vector of rows is held whole, and each JSON
+        function over it keeps a parse of every row of the vector (about 3.7 times its text): a
+        vector of 120 contacts with 117 KB notes each, read twice, took 105 MB. The least limit
+        holds vectors up to 8 MB (rows of 4 KB); beyond, it grows by eight times the biggest vector written."""
+        floor = max(DUCKDB_MEMORY_LIMIT_MB, int(os.environ.get(MEMORY_LIMIT_ENV) or 0))
+        return floor + max(0, 8 * self._vector_bytes // 2**20 - 64)
+
+    def _apply_memory_limit(self) -> None:
+        self.con.execute(f"SET memory_limit = '{self.memory_limit_mb()}MB'")
+
+    def _note_row_sizes(self, table: str, texts: Iterable[str]) -> None:
+        """Keep the biggest vector of rows written (in the state file's meta, for later runs) and
+        raise the memory limit to fit it."""
+        most = self._windows.setdefault(table, _RowWindow()).add(texts)
+        if most > self._vector_bytes * 1.1:
+            self._vector_bytes = most
+            self.set_meta(VECTOR_BYTES_KEY, str(most))
+            self._apply_memory_limit()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -293,13 +341,15 @@ class Staging:
         records = self._claim_from_sibling(collection, records, key)
         if not records:
             return
+        data = [json.dumps(r, ensure_ascii=False) for r in records]
+        self._note_row_sizes(table, data)
         self.con.execute(
             f"INSERT OR REPLACE INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), unnest($updated), $at, "
             "unnest($num)",
             {
                 "ids": (ids := [_identity(r, key, collection) for r in records]),
                 "num": [numeric_id(i) for i in ids],
-                "data": [json.dumps(r, ensure_ascii=False) for r in records],
+                "data": data,
                 "deleted": [_is_deleted(r) for r in records],
                 "updated": [r.get("update_time") for r in records],
                 "at": now(),
@@ -547,8 +597,10 @@ class Staging:
             for entity, sid, payload, digest, lookups in records:
                 buffer.append((entity, sid, payload, digest, numeric_id(sid), lookups))
                 if len(buffer) >= chunk:
+                    self._note_row_sizes("target_records", (row[2] for row in buffer))
                     self._insert_rows("target_records", buffer, json_column=2)
                     buffer = []
+            self._note_row_sizes("target_records", (row[2] for row in buffer))
             self._insert_rows("target_records", buffer, json_column=2)
             self._check_unique_targets()
             columns, issues = finish()
@@ -964,6 +1016,7 @@ class Staging:
     def add_to_target_snapshot(self, entity: str, rows: list[tuple[int, str, str | None, str]]) -> None:
         """(position in the read, target id, Pipedrive ID or None, the record as JSON) rows."""
         if rows:
+            self._note_row_sizes("target_snapshot", (r[3] for r in rows))
             self.con.execute(
                 "INSERT INTO target_snapshot SELECT $e, unnest($n), unnest($t), unnest($p), unnest($d)::JSON",
                 {"e": entity, "n": [r[0] for r in rows], "t": [r[1] for r in rows], "p": [r[2] for r in rows], "d": [r[3] for r in rows]},
@@ -974,6 +1027,7 @@ class Staging:
         target id (which keeps its place in the read order), a new one comes after the others."""
         if not rows:
             return
+        self._note_row_sizes("target_snapshot", (r[3] for r in rows))
         with self._transaction():
             self.con.execute(
                 "CREATE OR REPLACE TEMP TABLE snapshot_merge AS SELECT * FROM (SELECT unnest($n) AS n, unnest($t) AS target_id, "

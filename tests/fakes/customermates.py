@@ -1300,6 +1300,7 @@ def _bad_request(issues: list) -> _Response:
 
 
 NOT_AUTHENTICATED = "Not authenticated"
+VERCEL_BODY_LIMIT = 4_500_000  # "4.5 MB" read as the smaller of 4.5 × 10^6 and 4.5 × 2^20
 
 
 @dataclass
@@ -1553,6 +1554,11 @@ class FakeCustomermates:
         overridable with the ``CUSTOMERMATES_CONTRACT_DIR`` environment variable).
     id_factory:
         Test hook: produces the ids of new records, columns and options (default: uuid4).
+    max_body_bytes:
+        The host's request-body limit. The app sets none; Vercel functions (customermates.com) take
+        about 4.5 MB (contract §10), so a bigger body is refused with 413 before the app sees it,
+        nothing written (the status and text are Vercel's ``FUNCTION_PAYLOAD_TOO_LARGE``; the
+        contract names only the limit). ``None``: no limit (self-hosted without a proxy).
     """
 
     def __init__(
@@ -1567,8 +1573,10 @@ class FakeCustomermates:
         contract_dir: Path | None = None,
         id_factory: "Callable[[], str] | None" = None,
         search_cache: bool = False,
+        max_body_bytes: int | None = VERCEL_BODY_LIMIT,
     ) -> None:
         self._spec = _Spec.get(contract_dir)
+        self.max_body_bytes = max_body_bytes
         self.users: list[dict] = [_norm_user(u) for u in (users if users is not None else DEFAULT_USERS)]
         self._users_by_id = {u["id"]: u for u in self.users}
         if api_keys is None:
@@ -1737,7 +1745,10 @@ class FakeCustomermates:
             headers={k.lower(): v for k, v in h.headers.items()},
         )
         try:
-            response = self._route(h, method, path, raw, rec)
+            if self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
+                response = _Response(413, b"Request Entity Too Large\n\nFUNCTION_PAYLOAD_TOO_LARGE\n", "text/plain; charset=utf-8")
+            else:
+                response = self._route(h, method, path, raw, rec)
         except Exception as exc:  # pragma: no cover - a bug in the fake
             import traceback
 
