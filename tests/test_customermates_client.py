@@ -536,6 +536,26 @@ def test_a_413_on_a_write_is_a_refusal_with_nothing_written_that_gives_the_bodys
     assert len(handler.requests) == 1
 
 
+def test_a_write_refused_with_429_is_sent_again_after_the_retry_after_it_gives():
+    client, handler = mock(httpx.Response(429, headers={"retry-after": "7"}), httpx.Response(429), ok([{"id": "x"}], 201))
+    waits: list[float] = []
+    client.sleep = waits.append
+    assert client.create_many("contacts", [{"firstName": "A", "lastName": ""}]) == [{"id": "x"}]
+    assert waits == [7.0, 1.0] and len(handler.requests) == 3 == client.write_requests
+    assert handler.requests[0].content == handler.requests[2].content
+
+
+def test_a_write_refused_with_429_every_time_stops_saying_nothing_was_written():
+    client, handler = mock(httpx.Response(429, headers={"retry-after": "600"}), read_retries=2)
+    waits: list[float] = []
+    client.sleep = waits.append
+    with pytest.raises(CustomermatesError) as caught:
+        client.update_many("contacts", [{"id": "x", "firstName": "A"}])
+    assert not isinstance(caught.value, (UncertainWriteError, BatchRejectedError)) and caught.value.status == 429
+    assert "HTTP 429, too many requests, 3 times; nothing of it was written" in str(caught.value)
+    assert waits == [60.0, 60.0] and len(handler.requests) == 3
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_writes_are_never_retried_and_a_5xx_is_an_uncertain_write(status):
     client, handler = mock(httpx.Response(status), ok([{"id": "x"}], 201))

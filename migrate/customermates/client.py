@@ -7,6 +7,8 @@ Behaviour that matters to callers (see the Customermates contract, §1, §4, §1
   an answer) raises :class:`UncertainWriteError`; the load layer reconciles by external id before trying again.
 * Reads (``GET`` and ``POST …/search``) are retried on transport errors, timeouts, 5xx and 429 with bounded
   exponential backoff and jitter. The wait strategy is the ``read_wait`` attribute, so tests can make it instant.
+* A write refused with 429 (the app has no rate limit, §10, but its host may) was not processed: it is sent again
+  after the ``Retry-After`` the answer gives, or a backoff, as often as reads are retried.
 * Every body is valid JSON; the real server answers an empty or malformed body with an empty 500.
 * The API key is never put into a message, a log line or a repr.
 """
@@ -17,6 +19,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -382,6 +385,7 @@ class CustomermatesClient(HttpSession):
         self._scrub = _Scrubber(api_key or "")
         self.read_retries = read_retries
         self.read_wait = _default_read_wait()
+        self.sleep = time.sleep  # between writes refused with 429 (tests make it instant)
         self.write_requests = 0
         self.last_read_date = None
         self._lock = threading.Lock()
@@ -552,10 +556,35 @@ class CustomermatesClient(HttpSession):
 
     def _write(self, method: str, path: str, body: Any, *, what: str) -> Any:
         content = _dumps(body)  # ValueError before anything is sent (e.g. NaN)
+        for attempt in range(self.read_retries + 1):
+            response = self._write_once(method, path, content, what=what)
+            if response.status_code != 429 or attempt == self.read_retries:
+                break
+            wait = min(60.0, _retry_after(response.headers.get("retry-after")) or 0.5 * 2**attempt)
+            log.warning("customermates.write_rate_limited", request=what, attempt=attempt + 1, wait_seconds=wait)
+            self.sleep(wait)
+        if response.status_code == 429:
+            raise CustomermatesError(
+                f"Customermates (or its host) refused {what} with HTTP 429, too many requests, {self.read_retries + 1} "
+                "times; nothing of it was written. Run again later: the run resumes where it stopped",
+                status=429,
+                body=self._scrub(response.text),
+            )
+        if response.status_code == 413:
+            raise RequestTooLargeError(
+                f"Customermates' host refused {what} (HTTP 413, nothing was written): the request body, "
+                f"{len(content):,} bytes, is over its size limit",
+                size=len(content),
+                body=self._scrub(response.text),
+            )
+        self._raise_for_status(response, what=what, kind="write")
+        return self._json(response, what=what, kind="write")
+
+    def _write_once(self, method: str, path: str, content: bytes, *, what: str) -> httpx.Response:
         with self._lock:
             self.write_requests += 1
         try:
-            response = self._send(method, path, content)
+            return self._send(method, path, content)
         except httpx.RequestError as exc:
             if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
                 hint = "the connection could not be opened, so the request was most likely not sent"
@@ -568,15 +597,6 @@ class CustomermatesClient(HttpSession):
                 f"({self._scrub(str(exc)) or 'no detail'}); {hint}. Reconcile before retrying.",
                 cause=exc,
             ) from exc
-        if response.status_code == 413:
-            raise RequestTooLargeError(
-                f"Customermates' host refused {what} (HTTP 413, nothing was written): the request body, "
-                f"{len(content):,} bytes, is over its size limit",
-                size=len(content),
-                body=self._scrub(response.text),
-            )
-        self._raise_for_status(response, what=what, kind="write")
-        return self._json(response, what=what, kind="write")
 
     def _raise_for_status(self, response: httpx.Response, *, what: str, kind: _Kind) -> None:
         status = response.status_code
@@ -704,6 +724,17 @@ def _total_pages(data: Mapping[str, Any]) -> int:
         return int(pagination.get("totalPages") or 1)
     except (TypeError, ValueError):
         return 1
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds, or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = _http_date(value)
+        return None if when is None else max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
 def _http_date(value: str | None) -> datetime | None:
