@@ -83,6 +83,22 @@ def test_records_with_long_notes_go_in_requests_under_the_hosts_body_limit(env, 
     assert all("契約は年末まで延長されました。" in note_text(contacts[sid][0]["notes"]) for sid in persons if sid not in truncated)
 
 
+def test_records_with_long_notes_are_read_back_in_smaller_pages_when_a_hundred_are_over_the_hosts_limit(env, pipedrive, customermates, tmp_path):
+    """A search page of 100 such contacts is a 12 MB answer, which Vercel fails with a 500: a rerun
+    (which reads every record back) reads the rest in pages of 25 and finds nothing to write."""
+    _with_long_contact_notes(pipedrive)
+    assert CliRunner().invoke(cli, ["run"], env=env, catch_exceptions=False).exit_code == 0
+    customermates.clear_requests()
+    result = CliRunner().invoke(cli, ["run", "--report-dir", str(tmp_path / "r")], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    searches = [r for r in customermates.requests if r.path == "/api/v1/contacts/search"]
+    assert any(r.status == 500 and r.body["pagination"]["pageSize"] == 100 for r in searches)
+    assert searches[-1].status == 200 and searches[-1].body["pagination"]["pageSize"] == 25
+    assert not _writes(customermates, "contacts")
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
+    assert (row["created"], row["updated"], row["unchanged"]) == (0, 0, len(customermates.records("contacts")))
+
+
 def test_a_proxy_with_a_smaller_body_limit_is_learned_from_its_413s(env, pipedrive, customermates, tmp_path):
     """Behind a proxy taking 1 MiB (nginx's default), a refused body (413, nothing written) is split and
     the limit learned: every record arrives, none quarantined, after a few refusals only."""

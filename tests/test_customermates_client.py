@@ -516,6 +516,27 @@ def test_the_default_read_wait_is_small_bounded_exponential_backoff_with_jitter(
     assert 8.0 <= waits[3] <= 8.5
 
 
+def test_a_page_that_keeps_failing_is_read_again_in_smaller_pages_from_where_it_began():
+    """Vercel fails an answer over about 4.5 MB with a 500: a hundred records with long notes."""
+    records = [{"id": str(n)} for n in range(150)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        pagination = json.loads(request.content)["pagination"]
+        page, size = pagination["page"], pagination["pageSize"]
+        if size == 100 and page == 2:
+            return httpx.Response(500, text="FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE")
+        return ok(page_of(records, page, size))
+
+    client, handler = mock(answer, read_retries=1)
+    assert [r["id"] for r in client.iter_records("contacts")] == [str(n) for n in range(150)]
+    asked = [(json.loads(r.content)["pagination"]["page"], json.loads(r.content)["pagination"]["pageSize"]) for r in handler.requests]
+    assert asked == [(1, 100), (2, 100), (2, 100), (5, 25), (6, 25)]
+
+
+def page_of(records: list[dict], number: int, size: int) -> dict:
+    return page(records[(number - 1) * size : number * size], number, -(-len(records) // size), len(records))
+
+
 def test_a_400_on_a_read_is_not_retried():
     client, handler = mock(httpx.Response(400, json="✖ Sort field not found or not accessible.\n  → at sortDescriptor.field"))
     with pytest.raises(RequestRejectedError) as caught:

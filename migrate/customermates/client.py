@@ -44,6 +44,7 @@ __all__ = [
     "RequestTooLargeError",
     "RequestRejectedError",
     "encoded_size",
+    "PAGE_SIZES",
     "UncertainWriteError",
     "ServerError",
     "CustomermatesClient",
@@ -65,9 +66,13 @@ SINGULAR: dict[str, str] = {
 MAX_BATCH = 100
 """Largest batch the server accepts for ``/many`` endpoints (§3.6)."""
 
-MAX_REQUEST_BYTES = 4_000_000
-"""Largest write body the loader sends: the app sets no limit, but Vercel functions (customermates.com)
-take about 4.5 MB (§10). A hundred records with long notes (up to 65,535 characters each) exceed that."""
+MAX_REQUEST_BYTES = 2_000_000
+"""Largest write body the loader sends. The app sets no limit, but Vercel functions (customermates.com) take
+about 4.5 MB each way (§10), and the answer, the records with their notes as Tiptap JSON, is bigger than the
+request. A hundred records with long notes (up to 65,535 characters each) are far over it."""
+
+PAGE_SIZES = (100, 25, 10, 5)
+"""The page sizes search accepts, largest first (§4)."""
 
 REJECTED_KEY_MESSAGE = (
     "Customermates rejected the API key (HTTP 500 with an empty body: the key is invalid, expired or disabled, "
@@ -460,15 +465,28 @@ class CustomermatesClient(HttpSession):
         sort: tuple[str, str] = ("createdAt", "asc"),
         page_size: int = 100,
     ) -> Iterator[dict]:
-        """Every record matching ``filters``, page after page (full DTOs)."""
-        page = 1
+        """Every record matching ``filters``, page after page (full DTOs).
+
+        A page the server keeps failing with a 5xx is read again in smaller pages, from there on: the host
+        answers a response over its size limit with a 500 (Vercel, about 4.5 MB: a hundred records with
+        long notes)."""
+        offset, size = 0, page_size
         while True:
-            data = self.search(entity, filters=filters, page=page, page_size=page_size, sort=sort)
+            page = offset // size + 1
+            try:
+                data = self.search(entity, filters=filters, page=page, page_size=size, sort=sort)
+            except ServerError as exc:
+                smaller = next((s for s in PAGE_SIZES if s < size and offset % s == 0), None)
+                if exc.status is None or smaller is None:
+                    raise
+                log.warning("customermates.smaller_pages", entity=entity, page_size=smaller, after=str(exc))
+                size = smaller
+                continue
             items = data.get("items") or []
             yield from items
+            offset += len(items)
             if not items or page >= _total_pages(data):
                 return
-            page += 1
 
     def find_by_column(self, entity: str, column_id: str, value: str, *, page_size: int = 5) -> list[dict]:
         """Records whose custom column ``column_id`` equals ``value`` exactly (case-sensitive).

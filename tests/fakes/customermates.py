@@ -1559,6 +1559,10 @@ class FakeCustomermates:
         about 4.5 MB (contract §10), so a bigger body is refused with 413 before the app sees it,
         nothing written (the status and text are Vercel's ``FUNCTION_PAYLOAD_TOO_LARGE``; the
         contract names only the limit). ``None``: no limit (self-hosted without a proxy).
+    max_response_bytes:
+        The same limit on answers: Vercel fails a function whose response is over it with a 500
+        (``FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE``), after a write has been applied. Search pages and
+        write answers carry the notes as Tiptap JSON, so long notes reach it.
     """
 
     def __init__(
@@ -1574,9 +1578,11 @@ class FakeCustomermates:
         id_factory: "Callable[[], str] | None" = None,
         search_cache: bool = False,
         max_body_bytes: int | None = VERCEL_BODY_LIMIT,
+        max_response_bytes: int | None = VERCEL_BODY_LIMIT,
     ) -> None:
         self._spec = _Spec.get(contract_dir)
         self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
         self.users: list[dict] = [_norm_user(u) for u in (users if users is not None else DEFAULT_USERS)]
         self._users_by_id = {u["id"]: u for u in self.users}
         if api_keys is None:
@@ -1749,6 +1755,8 @@ class FakeCustomermates:
                 response = _Response(413, b"Request Entity Too Large\n\nFUNCTION_PAYLOAD_TOO_LARGE\n", "text/plain; charset=utf-8")
             else:
                 response = self._route(h, method, path, raw, rec)
+            if self.max_response_bytes is not None and response.action == "send" and len(response.body) > self.max_response_bytes:
+                response = _Response(500, b"FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE\n", "text/plain; charset=utf-8")
         except Exception as exc:  # pragma: no cover - a bug in the fake
             import traceback
 
