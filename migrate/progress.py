@@ -65,7 +65,7 @@ class ProgressDisplay:
             # an expectation, not a promise: a load also rewrites records whose own content did not
             # change but whose linked records were created again (new ids), which no plan counts
             self._bars.update(task, total=state.completed)
-        speed = self._bars.tasks[task].speed
+        speed = state.speed
         self._bars.update(task, rate=self._details.get(name) or (f"{speed:,.0f}/s" if speed else ""))
 
     def _task(self, name: str, total: int | None) -> TaskID:

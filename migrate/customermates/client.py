@@ -581,20 +581,6 @@ class CustomermatesClient(HttpSession):
             wait = min(60.0, _retry_after(response.headers.get("retry-after")) or 0.5 * 2**attempt)
             log.warning("customermates.write_rate_limited", request=what, attempt=attempt + 1, wait_seconds=wait)
             self.sleep(wait)
-        if response.status_code == 429:
-            raise CustomermatesError(
-                f"Customermates (or its host) refused {what} with HTTP 429, too many requests, {self.read_retries + 1} "
-                "times; nothing of it was written. Run again later: the run resumes where it stopped",
-                status=429,
-                body=self._scrub(response.text),
-            )
-        if response.status_code == 413:
-            raise RequestTooLargeError(
-                f"Customermates' host refused {what} (HTTP 413, nothing was written): the request body, "
-                f"{len(content):,} bytes, is over its size limit",
-                size=len(content),
-                body=self._scrub(response.text),
-            )
         self._raise_for_status(response, what=what, kind="write")
         return self._json(response, what=what, kind="write")
 
@@ -633,6 +619,21 @@ class CustomermatesClient(HttpSession):
             raise PermissionDeniedError(
                 f"Customermates denied {what} (HTTP 403): {server_text}. Use a key whose user has an admin "
                 f"(system) role.",
+                status=status,
+                body=text,
+            )
+        if status == 413 and kind == "write":
+            size = len(response.request.content)
+            raise RequestTooLargeError(
+                f"Customermates' host refused {what} (HTTP 413, nothing was written): the request body, "
+                f"{size:,} bytes, is over its size limit",
+                size=size,
+                body=text,
+            )
+        if status == 429 and kind == "write":
+            raise CustomermatesError(
+                f"Customermates (or its host) refused {what} with HTTP 429, too many requests, {self.read_retries + 1} "
+                "times; nothing of it was written. Run again later: the run resumes where it stopped",
                 status=status,
                 body=text,
             )

@@ -400,15 +400,18 @@ class Loader:
     def _request_bytes(self, entity: str, items: list[_Item]) -> int:
         for item in items:
             item.size = item.size or encoded_size(item.body)
-        return len(f'{{"{entity}":[]}}') + sum(i.size for i in items) + len(items) - 1
+        return _envelope_bytes(entity) + sum(i.size for i in items) + max(0, len(items) - 1)  # commas between
 
     def _by_size(self, entity: str, items: list[_Item]) -> list[list[_Item]]:
-        """`items` in consecutive parts whose request bodies fit `max_request_bytes` (a record
-        bigger than that alone goes alone: the host says whether it takes it)."""
+        """`items` (sizes measured by `_request_bytes`) in consecutive parts whose request bodies fit
+        `max_request_bytes` (a record bigger than that alone goes alone: the host says whether it takes it)."""
         parts: list[list[_Item]] = [[]]
+        used = _envelope_bytes(entity)
         for item in items:
-            if parts[-1] and self._request_bytes(entity, [*parts[-1], item]) > self.max_request_bytes:
+            if parts[-1] and used + 1 + item.size > self.max_request_bytes:
                 parts.append([])
+                used = _envelope_bytes(entity)
+            used += item.size + (1 if parts[-1] else 0)
             parts[-1].append(item)
         return parts
 
@@ -511,6 +514,11 @@ class Loader:
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
             self._settle(batch["batch_id"], entity, "create", items)
+
+
+def _envelope_bytes(entity: str) -> int:
+    """Bytes of a write body around its records: `{"<entity>":[...]}`."""
+    return len(f'{{"{entity}":[]}}')
 
 
 def _record_not_found(entity: str, error: BatchRejectedError) -> bool:

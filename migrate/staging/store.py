@@ -198,8 +198,6 @@ class Staging:
         # DuckDB would cache up to 80 % of RAM; a million-record state file then fills it. Above the
         # limit it spills to <state>.tmp instead, so the run's memory stays flat at any account size.
         self._windows: dict[str, _RowWindow] = {}
-        self._vector_bytes = 0
-        self._apply_memory_limit()
         self.con.execute(_SCHEMA)
         self._vector_bytes = int(self.meta(VECTOR_BYTES_KEY) or 0)
         self._apply_memory_limit()
