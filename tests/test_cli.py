@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import tenacity
 from click.testing import CliRunner
 
 from migrate.cli import cli
@@ -57,7 +58,8 @@ def test_wrong_pipedrive_token_is_one_clear_line(env, customermates):
     assert customermates.write_count() == 0
 
 
-def test_unreachable_customermates_is_one_clear_line(env):
+def test_unreachable_customermates_is_one_clear_line(env, monkeypatch):
+    monkeypatch.setattr("migrate.customermates.client._default_read_wait", tenacity.wait_none)  # the retries, without their backoff
     env["CUSTOMERMATES_URL"] = "http://127.0.0.1:9"
     result = invoke(["run"], env)
     assert result.exit_code == 1
