@@ -115,7 +115,7 @@ def test_after_a_hard_error_the_pages_in_flight_are_handed_over_and_no_new_reque
     source = InFlight({"persons": [[1]], "notes": [[10]], "deals": [[20], [21]]}, fail="notes")
     reader = ConcurrentSource(source, [Lane(PERSONS, None), Lane(NOTES, None), Lane(DEALS, None)], workers=3)
     try:
-        for lane, kind, _ in reader.arrivals():
+        for _lane, kind, _ in reader.arrivals():
             if kind == "error":
                 break
         threading.Timer(0.2, answer.set).start()  # answered while the reader winds down

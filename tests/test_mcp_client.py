@@ -70,6 +70,9 @@ def recorded(index: int, name: str = MCP) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+FIRST_PIPEDRIVE_ID_COLUMN = "e9231ae5-dbde-43ad-861a-7a26051414b2"  # the contact column "Pipedrive ID" made first
+
+
 @needs_cassettes
 def test_create_custom_column_returns_the_new_id_for_all_ten_types():
     calls = [
@@ -87,7 +90,7 @@ def test_create_custom_column_returns_the_new_id_for_all_ten_types():
         (("task", "Time slot", "dateTimeRange"), {}),
     ]
     expected_ids = [
-        "e9231ae5-dbde-43ad-861a-7a26051414b2",
+        FIRST_PIPEDRIVE_ID_COLUMN,
         "19fc425f-f404-4f6e-a3f3-e413d24024ab",
         "b421c9c9-5aa9-4530-acee-6e2adf91802e",
         "7fa32286-940a-4975-addf-9d6153c9b56b",
@@ -109,7 +112,8 @@ def test_create_custom_column_returns_the_new_id_for_all_ten_types():
 def test_the_same_label_twice_makes_a_second_column():
     with replay() as cassette, mcp_at(13) as client:
         second = client.create_custom_column("contact", "Pipedrive ID", "plain")
-    assert second == "9f668244-b1dc-44e3-9aee-f9d9e37dbe48" != "e9231ae5-dbde-43ad-861a-7a26051414b2"
+    assert second == "9f668244-b1dc-44e3-9aee-f9d9e37dbe48"
+    assert second != FIRST_PIPEDRIVE_ID_COLUMN
     assert cassette.play_count == 1
 
 

@@ -1178,15 +1178,13 @@ def convert_notes(notes: Any) -> Any:
             raise ValueError("notesExceedsMaxLength")
         try:
             return jsonb(markdown_to_tiptap(notes))
-        except InvalidNotes:
-            raise ValueError("notesInvalidFormat")
-        except RecursionError:  # pragma: no cover
-            raise ValueError("notesInvalidFormat")
+        except (InvalidNotes, RecursionError):
+            raise ValueError("notesInvalidFormat") from None
     parsed = json.loads(notes) if isinstance(notes, str) else notes
     try:
         check_tiptap_json(parsed)
     except (InvalidNotes, RecursionError):
-        raise ValueError("notesInvalidFormat")
+        raise ValueError("notesInvalidFormat") from None
     if js_len(js_json(parsed)) > MAX_NOTES_JSON_SIZE:
         raise ValueError("notesExceedsMaxLength")
     return jsonb(parsed)

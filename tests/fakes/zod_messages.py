@@ -407,7 +407,7 @@ def _translate_union(error, path, sub, inst) -> list[Issue]:
         if not isinstance(inst, dict):
             return [_type_issue("object", inst, path)]
         value = inst.get(disc, _MISSING)
-        for idx, branch in enumerate(branches):
+        for branch in branches:
             if value is not _MISSING and _accepts_const((branch.get("properties") or {}).get(disc, {}), value):
                 # Validate against the matching branch only.
                 issues: list[Issue] = []
