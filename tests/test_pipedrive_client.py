@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime, timedelta
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from migrate.errors import BudgetExhaustedError, PipedriveError
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
-from migrate.pipedrive.extract import extract
+from migrate.pipedrive.extract import extract, since_params
 from migrate.staging.store import Staging
 from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
 
@@ -121,6 +122,73 @@ def test_full_page_without_next_cursor_is_refused(fake):
     fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
     with client_for(fake) as client, pytest.raises(PipedriveError, match="next_cursor"):
         all_records(client, "persons")
+
+
+def _many_notes(fake: FakePipedrive, count: int) -> list[dict]:
+    """`count` notes, ids 1..count, each edited a second after the one before."""
+    template = fake.collections["notes"][0]
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    fake.collections["notes"] = [
+        dict(template, id=i, update_time=(first + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S")) for i in range(1, count + 1)
+    ]
+    return fake.collections["notes"]
+
+
+def _on_notes_request(fake: FakePipedrive, number: int, edit) -> None:
+    """Run `edit` once, right after the `number`th notes request was served (before the next one)."""
+    served = []
+
+    def after(record):
+        if record.path.endswith("/notes") and record.status == 200:
+            served.append(record)
+            if len(served) == number:
+                edit()
+
+    fake.after_serving = after
+
+
+def test_notes_deleted_while_the_list_is_read_do_not_make_the_next_page_skip_others(fake):
+    notes = _many_notes(fake, 1200)
+    gone = {10, 20, 30}  # from the first page, once it was read: offset 500 now starts at note 504
+    _on_notes_request(fake, 1, lambda: notes.__setitem__(slice(None), [n for n in notes if n["id"] not in gone]))
+    with client_for(fake) as client:
+        read = all_records(client, "notes")
+    assert set(range(1, 1201)) - gone - {n["id"] for n in read} == set()  # the deleted ones were read before they went
+    assert [r.query["start"] for r in fake.requests] == ["0", "499", "0", "499", "998"]  # the list moved: a page back
+
+
+def test_a_note_edited_while_changed_notes_are_read_by_update_time_is_read_and_none_after_it_is_skipped(fake):
+    notes = _many_notes(fake, 1200)
+    later = (datetime(2026, 1, 2, tzinfo=UTC)).strftime("%Y-%m-%d %H:%M:%S")
+
+    def edit():  # two notes of the first page move to the end of the update_time order
+        for note in notes[4:6]:
+            note["update_time"] = later
+
+    _on_notes_request(fake, 1, edit)
+    with client_for(fake) as client:
+        read = [r for page in client.pages(BY_NAME["notes"], extra=since_params(BY_NAME["notes"], "2025-12-31T00:00:00Z")) for r in page.records]
+    assert {n["id"] for n in read} == set(range(1, 1201))
+    assert [n["update_time"] for n in read if n["id"] in (5, 6)][-2:] == [later, later]
+
+
+def test_more_rows_removed_than_a_page_holds_are_stepped_back_over_a_page_at_a_time(fake):
+    notes = _many_notes(fake, 2000)
+    gone = set(range(300, 820))  # 520 notes, some read already, some not yet
+    _on_notes_request(fake, 2, lambda: notes.__setitem__(slice(None), [n for n in notes if n["id"] not in gone]))
+    with client_for(fake) as client:
+        read = all_records(client, "notes")
+    assert set(range(1, 2001)) - gone - {n["id"] for n in read} == set()
+    assert [r.query["start"] for r in fake.requests] == ["0", "499", "998", "498", "0", "499", "998"]
+
+
+def test_offset_pages_overlap_by_one_row_that_is_not_handed_out_twice(fake):
+    _many_notes(fake, 1200)
+    with client_for(fake) as client:
+        pages = [[n["id"] for n in page.records] for page in client.pages(BY_NAME["notes"])]
+    assert [len(p) for p in pages] == [500, 499, 201]
+    assert sum(pages, []) == list(range(1, 1201))
+    assert [r.query["start"] for r in fake.requests] == ["0", "499", "998"]
 
 
 def test_unreachable_host_is_one_line():

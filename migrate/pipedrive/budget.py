@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from migrate.pipedrive.client import PipedriveClient, PipedriveError
-from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, PAGE_LIMIT
+from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, PAGE_LIMIT, Collection
 from migrate.staging.store import Staging
 
 UNBOUNDED = frozenset({"leads", "leads_archived"})  # UUID ids: no highest id to read
@@ -50,17 +50,25 @@ class CostEstimate:
 
 def extract_cost(counts: Mapping[str, int], deals_with_products: int | None = None) -> tuple[int, int]:
     """(requests, tokens) of a full extract for these collection sizes: every list in pages of
-    500 (one request when empty), unpaged lists in one request, deal products in requests of 100
+    500 (one request when empty; v1 pages after the first overlap the one before by a row), unpaged lists in one request, deal products in requests of 100
     deal ids for the deals that have products (all live deals when that is unknown)."""
     requests = tokens = 0
     for collection in COLLECTIONS:
-        pages = 1 if collection.paging == "none" else max(1, math.ceil(counts.get(collection.name, 0) / PAGE_LIMIT))
+        pages = _pages(collection, counts.get(collection.name, 0))
         requests += pages
         tokens += pages * collection.cost
     if deals_with_products is None:
         deals_with_products = counts.get("deals", 0) + counts.get("deals_archived", 0)
     product_requests = math.ceil(deals_with_products / DEAL_IDS_PER_REQUEST)
     return requests + product_requests, tokens + product_requests * DEAL_PRODUCTS.cost
+
+
+def _pages(collection: Collection, count: int) -> int:
+    if collection.paging == "none":
+        return 1
+    if collection.paging == "offset" and count > PAGE_LIMIT:  # each page after the first starts a row early
+        return 1 + math.ceil((count - PAGE_LIMIT) / (PAGE_LIMIT - 1))
+    return max(1, math.ceil(count / PAGE_LIMIT))
 
 
 def estimate_from_staging(staging: Staging) -> CostEstimate | None:

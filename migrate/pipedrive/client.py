@@ -244,6 +244,7 @@ class PipedriveClient:
     def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
         """Yield the collection page by page from `start` (a cursor or an offset)."""
         cursor = start
+        last: dict[str, Any] | None = None  # offset paging: the last record handed out
         while True:
             params: dict[str, Any] = {**collection.params, **(extra or {})}
             if collection.paging == "cursor":
@@ -252,15 +253,71 @@ class PipedriveClient:
                     params["cursor"] = cursor
             elif collection.paging == "offset":
                 params["limit"] = PAGE_LIMIT
-                params["start"] = int(cursor or 0)
+                params["start"] = int(cursor or 0) - (1 if last is not None and int(cursor or 0) > 0 else 0)
             body = self.get(collection.path, params, cost=collection.cost)
-            data = body.get("data") or []
-            if isinstance(data, dict):
-                data = [data]
+            data = _rows(body)
+            if collection.paging == "offset" and last is not None:
+                body, data = self._join_on(collection, params, body, data, last)
             cursor = _next_cursor(collection, body, len(data))
             yield Page(records=data, next_cursor=cursor)
+            if data:
+                last = data[-1]
             if cursor is None:
                 return
+
+    def _join_on(
+        self, collection: Collection, params: dict[str, Any], body: dict[str, Any], data: list[dict[str, Any]], last: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """An offset page asked from one row early: the rows after `last`, the record handed out last.
+
+        A row removed before the offset while the list is read (a deleted note, an archived lead,
+        a row an edit moved to the end of an update_time order) shifts every later row one place
+        back, and a page asked at the next offset would start past a row never read. So each
+        page starts one row early; when that row is not `last`, the list moved, and the read steps
+        back a page at a time until the page begins no later than `last` in the list's order
+        (or, when that order is not known, one page), handing out what it read again: records
+        are staged by id, and a record read twice is staged once."""
+        key = collection.key
+        if data and data[0].get(key) == last.get(key):
+            return body, data[1:]
+        field = _ascending_sort_field(params)
+        ask = params["start"]
+        while ask > 0:
+            ask = max(0, ask - PAGE_LIMIT)
+            body = self.get(collection.path, {**params, "start": ask}, cost=collection.cost)
+            data = _rows(body)
+            if field is None or (data and _not_after(data[0].get(field), last.get(field))):
+                break
+        log.warning("pipedrive.list_moved", path=collection.path, last_id=last.get(key), read_again_from=ask)
+        return body, data
+
+
+def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
+    data = body.get("data") or []
+    return [data] if isinstance(data, dict) else data
+
+
+def _ascending_sort_field(params: dict[str, Any]) -> str | None:
+    """The field a v1 `sort` ("field ASC, field2 DESC") orders by first, when ascending."""
+    first = str(params.get("sort") or "").split(",")[0].split()
+    return first[0] if first and (len(first) == 1 or first[1].upper() == "ASC") else None
+
+
+def _not_after(value: Any, bound: Any) -> bool:
+    """`value` ≤ `bound` in a list's ascending order: numbers, or v1 timestamps (`YYYY-MM-DD HH:MM:SS`,
+    ISO 8601). Values that cannot be compared count as not after (the step back stops there)."""
+    if isinstance(value, (int, float)) and isinstance(bound, (int, float)):
+        return value <= bound
+    if isinstance(value, str) and isinstance(bound, str):
+        return _instant(value) <= _instant(bound)
+    return True
+
+
+def _instant(text: str) -> str:
+    """A timestamp as comparable text: `YYYY-MM-DDTHH:MM:SS.ffffff` (UTC, as Pipedrive writes them)."""
+    clean = text.strip().replace(" ", "T", 1).removesuffix("Z").removesuffix("z")
+    head, _, fraction = clean.partition(".")
+    return f"{head}.{fraction.ljust(6, '0')[:6]}"
 
 
 def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> str | None:

@@ -58,7 +58,7 @@ COLLECTIONS: tuple[Collection, ...] = (
         {"status": "open,won,lost,deleted", "include_fields": "products_count"}, optional=True, incremental=True,
     ),
     Collection("activities", "/api/v2/activities", "cursor", 10, {"include_fields": "attendees"}, incremental=True),
-    Collection("notes", "/api/v1/notes", "offset", 20, incremental=True),
+    Collection("notes", "/api/v1/notes", "offset", 20, {"sort": "id ASC"}, incremental=True),
     Collection("leads", "/api/v1/leads", "offset", 20, optional=True, incremental=True),
     Collection("leads_archived", "/api/v1/leads/archived", "offset", 40, optional=True),
 )

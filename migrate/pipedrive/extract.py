@@ -371,7 +371,7 @@ def extract_changes(
     for collection in COLLECTIONS:
         if collection.incremental and staging.watermark(collection.name):
             since = _minus(staging.watermark(collection.name) or "", overlap_seconds)
-            extra = _since_params(collection, since)
+            extra = since_params(collection, since)
             count = 0
             try:
                 for page in client.pages(collection, extra=extra):
@@ -430,7 +430,7 @@ def _read_whole(client: PipedriveClient, collection: Collection) -> list[dict[st
         raise
 
 
-def _since_params(collection: Collection, since: str) -> dict[str, str]:
+def since_params(collection: Collection, since: str) -> dict[str, str]:
     if collection.paging == "cursor":
         return {"updated_since": since, "sort_by": "update_time", "sort_direction": "asc"}
     return {"updated_since": since, "sort": "update_time ASC"}

@@ -57,6 +57,9 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   ``products_count`` only when asked for (computed from the ``deal_products`` collection).
 * ``RequestRecord.time`` is ``time.monotonic()``.
 
+``after_serving`` (a callable, None by default) runs under the lock after each request is served:
+a test edits ``collections`` there to play an account that changes between two pages.
+
 ``latency`` adds that many seconds to every answer, after it was counted and served (the
 network and Pipedrive's own work; other requests are served meanwhile).
 
@@ -76,7 +79,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -303,6 +306,8 @@ class FakePipedrive:
         self._limited: deque[float] = deque()
         self._blocked_until = 0.0
         self._injections: list[_Injection] = []
+        # called under the lock after each request is served: a test edits the account between two pages
+        self.after_serving: Callable[[RequestRecord], None] | None = None
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -405,7 +410,9 @@ class FakePipedrive:
             path = parts.path
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             status, headers, body, cost = self._dispatch(method, target, path, query, request_headers, now)
-            self.requests.append(RequestRecord(method, path, query, status, cost, now, dict(request_headers)))
+            self.requests.append(record := RequestRecord(method, path, query, status, cost, now, dict(request_headers)))
+            if self.after_serving is not None:
+                self.after_serving(record)
             return status, headers, body
 
     def _dispatch(self, method, target, path, query, request_headers, now):
