@@ -448,6 +448,70 @@ def test_a_reconciling_sync_under_recreate_creates_again_an_unchanged_record_del
     assert all([o["id"] for o in contacts[sid][0]["organizations"]] == [recreated["id"]] for sid in members)
 
 
+def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the_read_miss_others(env, pipedrive, customermates, tmp_path):
+    """Searches page by number: two contacts of the first page deleted once it was read move every
+    later contact two places back, so the second page starts two contacts late. Those two are
+    looked up by Pipedrive ID before they count as deleted: neither reported nor created again."""
+    assert invoke(env, "run").exit_code == 0
+    contacts = sorted(customermates.records("contacts"), key=lambda r: by_pid_value(customermates, r))
+    assert len(contacts) > 100  # two pages
+    deleted = [contacts[10]["id"], contacts[20]["id"]]
+    shifted = {by_pid_value(customermates, r) for r in contacts[100:102]}  # the second page's first two, until then
+
+    def delete_after_the_first_page(entity, body):
+        if entity == "contact" and not body.get("filters") and body["pagination"]["page"] == 1 and customermates.after_search:
+            customermates.after_search = None
+            customermates.delete_records("contacts", deleted)
+
+    customermates.after_search = delete_after_the_first_page
+    result = invoke(env, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert customermates.after_search is None  # the deletion happened mid-read
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
+    assert (row["deleted_in_target"], row["recreated"], row["created"]) == (0, 0, 0)  # the deleted two were read before they went
+    index = by_pipedrive_id(customermates, "contacts")
+    assert all(len(index[pid]) == 1 for pid in shifted)  # not created a second time
+    assert len(customermates.records("contacts")) == len(contacts) - 2
+
+
+def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_duplicates(env, pipedrive, customermates):
+    """An uncertain write is settled by reading the entity back when that takes fewer searches than
+    one per record. Contacts of the first page deleted once it was read move the rest back until the
+    second page is empty, so the read ends before the new contacts (last by Pipedrive ID): its count
+    differs from the total, and what it did not see is looked up one by one before it is sent again."""
+    assert invoke(env, "run").exit_code == 0
+    template = live_persons(pipedrive)[0]
+    pipedrive.collections["persons"] += [
+        dict(template, id=99991 + i, name=f"Neu {i}", first_name="Neu", last_name=str(i), add_time=NOW, update_time=NOW) for i in range(5)
+    ]
+    customermates.drop_after_apply(1, path_contains="/contacts/many")  # the create is written, its answer lost
+
+    def delete_after_the_first_page(entity, body):
+        if entity == "contact" and not body.get("filters") and body["pagination"] == {"page": 1, "pageSize": 100}:
+            customermates.after_search = None
+            contacts = sorted(customermates.records("contacts"), key=lambda r: by_pid_value(customermates, r))
+            customermates.delete_records("contacts", [r["id"] for r in contacts[: len(contacts) - 100]])  # page 2 now empty
+
+    customermates.after_search = delete_after_the_first_page
+    result = invoke(env, "sync", "--reconcile-every", "0")
+    assert result.exit_code == 0, result.output
+    assert customermates.after_search is None  # the settling read was moved under
+    index = by_pipedrive_id(customermates, "contacts")
+    assert [len(index[str(99991 + i)]) for i in range(5)] == [1] * 5
+
+
+def test_a_record_read_twice_in_one_page_through_is_not_a_duplicate(tmp_path):
+    """A record created before the read's offset moves the later ones a place on: one is read twice."""
+    staging = Staging(tmp_path / "state.duckdb")
+    staging.add_to_target_snapshot("contacts", [(0, "t1", "7", "{}"), (1, "t2", "8", "{}"), (2, "t2", "8", "{}"), (3, "t3", "8", "{}")])
+    assert staging.snapshot_duplicates("contacts") == {"8": ["t2", "t3"]}
+
+
+def by_pid_value(customermates, record) -> str:
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
+    return next(v["value"] for v in record["customFieldValues"] if v["columnId"] == column)
+
+
 def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A whole read forgets where reads of changes start before it clears the kept records, and
     notes it again only when complete: after a read that failed half way, the next read is whole."""

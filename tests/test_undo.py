@@ -182,6 +182,28 @@ def test_records_already_deleted_by_a_user_are_reported_not_fatal(migrated, cust
     assert state(migrated, "SELECT count(*) FROM id_map") == [(0,)]
 
 
+def test_a_record_a_user_deletes_while_the_undo_lists_the_target_makes_it_miss_none(migrated, customermates):
+    """The listing pages by number: a contact of the first page deleted once it was read moves the
+    rest a place back, so the second page starts one contact late. That contact is looked up by its
+    Pipedrive ID before it counts as already gone, and is deleted with the others."""
+    assert len(customermates.records("contacts")) > 100  # two pages
+    raced: list[str] = []
+
+    def delete_after_the_first_page(entity, body):
+        if entity == "contact" and body["pagination"] == {"page": 1, "pageSize": 100} and not raced:
+            column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
+            pid = lambda r: next(v["value"] for v in r["customFieldValues"] if v["columnId"] == column)  # noqa: E731
+            raced.append(min(customermates.records("contacts"), key=pid)["id"])  # the first of the first page
+            customermates.delete_records("contacts", raced)
+
+    customermates.after_search = delete_after_the_first_page
+    result = invoke(["undo", "--yes"], migrated)
+    assert result.exit_code == 0, result.output
+    assert raced and counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    outcomes = dict(state(migrated, "SELECT target_id, outcome FROM undone"))
+    assert [t for t, o in outcomes.items() if o == "already_gone"] == raced  # the one the user deleted, none other
+
+
 def test_undo_plans_and_reports_in_batches_from_the_state_file_in_the_order_of_a_whole_listing(migrated, customermates, monkeypatch, tmp_path):
     """The target is read into the state file a few records at a time and the plan read back in
     small batches, yet undo.json lists every record as before: per entity (tasks first) those to

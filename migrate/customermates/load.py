@@ -40,7 +40,7 @@ from migrate.customermates.client import (
     encoded_size,
 )
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.target import TargetState
+from migrate.customermates.target import TargetState, pid_of
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -485,10 +485,19 @@ class Loader:
                 if hits:
                     matches[sid] = [h["id"] for h in hits]
         else:
+            read = 0
             for record in self.client.iter_records(entity, sort=(column_id, "asc")):
-                sid = next((v["value"] for v in record.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
-                if sid in wanted:
+                read += 1
+                sid = pid_of(record, column_id)
+                if sid in wanted and record["id"] not in matches.get(sid, []):  # read twice if the list moved
                     matches.setdefault(sid, []).append(record["id"])
+            if read != total:
+                # records came or went while it was read: pages by number then skip a record where
+                # the list moved back, so what was not seen is looked up one by one
+                for sid in sorted(wanted - matches.keys()):
+                    hits = self.client.find_by_column(entity, column_id, sid)
+                    if hits:
+                        matches[sid] = [h["id"] for h in hits]
         result = {}
         for sid, ids in matches.items():
             if len(ids) > 1:

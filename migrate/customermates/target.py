@@ -20,11 +20,15 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
+
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
+
+log = structlog.get_logger(__name__)
 
 ROWS_PER_INSERT = 1000
 # Covers what the server's Date header does not: its second resolution, a write's transaction
@@ -65,6 +69,9 @@ class TargetState:
         seq = 0
         for entity in ENTITY_ORDER:
             for dto in clock.store(columns, entity, staging.add_to_target_snapshot, seq):
+                digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
+                seq += 1
+            for dto in _look_up_unseen(client, columns, staging, entity, seq):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
                 seq += 1
         staging.set_meta(READ_SINCE_KEY, clock.since())
@@ -112,6 +119,34 @@ class TargetState:
         return self.staging.migrated_not_in_snapshot(entity) if self.staging else []
 
 
+def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: Staging, entity: str, first: int) -> list[dict[str, Any]]:
+    """Migrated records a whole read did not see, looked up by Pipedrive ID; those found go into
+    the snapshot after the others (numbered from `first`) and are returned.
+
+    Searches page by number: a record deleted in Customermates while the read goes on moves every
+    later record one place back, and the next page starts one record late. Such a record would
+    count as deleted there: reported, or, with `--on-target-deleted recreate`, created a second
+    time. So every record the read missed is looked up (one search each) before it counts as gone."""
+    column_id = columns.ids.get((entity, PIPEDRIVE_ID))
+    unseen = staging.migrated_not_in_snapshot(entity) if column_id is not None else []
+    found: dict[str, dict[str, Any]] = {}
+    for pid in unseen:
+        for dto in client.find_by_column(entity, column_id, pid):
+            found.setdefault(dto["id"], dto)
+    held = staging.snapshot_has(entity, list(found)) if found else set()
+    fresh = [dto for target_id, dto in found.items() if target_id not in held]
+    if unseen:
+        log.info("target.unseen_looked_up", entity=entity, unseen=len(unseen), found=len(fresh))
+    rows = [(first + n, dto["id"], pid_of(dto, column_id), json.dumps(dto, separators=(",", ":"), ensure_ascii=False)) for n, dto in enumerate(fresh)]
+    staging.add_to_target_snapshot(entity, rows)
+    return fresh
+
+
+def pid_of(dto: dict[str, Any], column_id: str | None) -> str | None:
+    """The record's value in the Pipedrive ID column."""
+    return next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None)
+
+
 class _ReadClock:
     """Pages through the target and notes the server's clock when the read began: the next read
     of what changed starts from there (less a margin), so a record written while this read went
@@ -129,7 +164,7 @@ class _ReadClock:
             return
         for dto in self.client.iter_records(entity, filters=filters, sort=(column_id, "asc")):
             self.began = self.began or self.client.last_read_date  # the first page's answer
-            yield next((v["value"] for v in dto.get("customFieldValues") or [] if v.get("columnId") == column_id), None), dto
+            yield pid_of(dto, column_id), dto
         self.began = self.began or self.client.last_read_date  # no records: the empty page's answer
 
     def store(

@@ -120,8 +120,18 @@ def _plan(staging: Staging, client: CustomermatesClient, entity: str, run_id: st
     reading the target's ids and timestamps into the state file a page at a time."""
     staging.start_undo_target()
     read = ((n, r["id"], r.get("createdAt"), r.get("updatedAt")) for n, r in enumerate(_page_through(client, entity, id_column)))
+    count = 0
     for rows in batched(read, READ_BATCH):
         staging.add_undo_target(rows)
+        count += len(rows)
+    if id_column:
+        # a record deleted there while the listing went on moves the later ones back a place, and the
+        # next page starts one late: what was not seen is looked up before it counts as already gone
+        found = [
+            hit for source_id, target_id in staging.undo_unseen(run_id, entity)
+            for hit in client.find_by_column(entity, id_column["id"], source_id) if hit["id"] == target_id
+        ]
+        staging.add_undo_target([(count + n, r["id"], r.get("createdAt"), r.get("updatedAt")) for n, r in enumerate(found)])
     staging.plan_undo(run_id, entity)
     action = "would delete" if force else "kept (edited)"
     for rows in batched(staging.undo_records(entity, "delete"), READ_BATCH):
@@ -129,7 +139,7 @@ def _plan(staging: Staging, client: CustomermatesClient, entity: str, run_id: st
 
 
 def _page_through(client: CustomermatesClient, entity: str, id_column: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    # sorted by the unique Pipedrive ID column so offset paging neither repeats nor skips rows
+    # sorted by the unique Pipedrive ID column: records created meanwhile (without one) come last
     sort = (id_column["id"], "asc") if id_column else ("createdAt", "asc")
     return client.iter_records(entity, sort=sort)
 

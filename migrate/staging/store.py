@@ -831,6 +831,15 @@ class Staging:
         """(position in the read, target id, createdAt, updatedAt) rows."""
         self._insert_rows("undo_target", rows)
 
+    def undo_unseen(self, run_id: str, entity: str) -> list[tuple[str, str]]:
+        """(source id, target id) of the records of `entity` that `run_id` created and the target
+        read (`add_undo_target`) did not see."""
+        return self.con.execute(
+            "SELECT source_id, target_id FROM id_map WHERE entity = $e AND coalesce(created_by_run, run_id) = $run "
+            "AND target_id NOT IN (SELECT target_id FROM undo_target) ORDER BY source_id",
+            {"e": entity, "run": run_id},
+        ).fetchall()
+
     def plan_undo(self, run_id: str, entity: str) -> None:
         """Add the records of `entity` that `run_id` created to `undo_records`, numbered in source id
         order (as text) after those there: bucket 'delete' with the timestamps of the target read
@@ -1082,10 +1091,11 @@ class Staging:
         return dict(rows)
 
     def snapshot_duplicates(self, entity: str) -> dict[str, list[str]]:
-        """Pipedrive IDs carried by more than one target record → their target ids, in read order."""
+        """Pipedrive IDs carried by more than one target record → their target ids, in read order.
+        A record read twice (a page-through the list moved under) is one record."""
         rows = self.con.execute(
-            "SELECT pid, list(target_id ORDER BY seq) FROM target_snapshot WHERE entity = ? AND pid IS NOT NULL "
-            "GROUP BY pid HAVING count(*) > 1",
+            "SELECT pid, list(target_id ORDER BY seq) FROM (SELECT pid, target_id, min(seq) AS seq FROM target_snapshot "
+            "WHERE entity = ? AND pid IS NOT NULL GROUP BY pid, target_id) GROUP BY pid HAVING count(*) > 1",
             [entity],
         ).fetchall()
         return dict(rows)

@@ -1607,6 +1607,8 @@ class FakeCustomermates:
         self._req_lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._random_fault_rate = 0.0
+        # test hook, called after a search was answered (under the state lock): (entity type, request body)
+        self.after_search: Callable[[str, dict], None] | None = None
         self.webhooks: list[dict] = []  # what list_webhooks answers: {id, url, description, events, enabled, createdAt, updatedAt}
         self._random_faults = random.Random(0)
         self._random_stall = 3.0
@@ -1924,6 +1926,13 @@ class FakeCustomermates:
             self.users.append(added)
             self._users_by_id[added["id"]] = added
             return added
+
+    def delete_records(self, entity: str, ids: list[str]) -> None:
+        """Test hook: a user deletes these records in the app (as `DELETE /v1/<entity>/many` would)."""
+        with self._state:
+            for rid in ids:
+                self._delete_record(entity.removesuffix("s"), rid)
+            self._writes_seen += 1
 
     def advance_clock(self, seconds: float) -> None:
         """Test hook: let `seconds` pass for the server (its timestamps and its Date header)."""
@@ -2455,7 +2464,10 @@ class FakeCustomermates:
                 issues.extend(self._refine_query(etype, payload))
             if issues:
                 return _bad_request(issues)
-            return _json_response(200, self._run_search(etype, payload))
+            answer = self._run_search(etype, payload)
+            if self.after_search is not None:
+                self.after_search(etype, payload)
+            return _json_response(200, answer)
 
     def _refine_query(self, etype: str, payload: dict) -> list:
         issues: list = []
