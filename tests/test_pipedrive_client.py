@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 from migrate.errors import BudgetExhaustedError, PipedriveError
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
-from migrate.pipedrive.extract import extract, since_params
+from migrate.pipedrive.extract import extract, extract_changes, since_params
 from migrate.staging.store import Staging
 from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
 
@@ -122,6 +123,32 @@ def test_full_page_without_next_cursor_is_refused(fake):
     fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
     with client_for(fake) as client, pytest.raises(PipedriveError, match="next_cursor"):
         all_records(client, "persons")
+
+
+def test_an_edit_made_during_the_extract_to_a_record_already_read_arrives_with_the_next_sync(fake, tmp_path):
+    """The extract reads by id, so a person edited after its page was read is staged as it was. The
+    next sync reads what changed since the extract began, not since the newest update_time staged:
+    a person edited later still, on a page read after that, would put that past the first edit."""
+    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 10, start=1)]
+    early, late = fake.collections["persons"][0], fake.collections["persons"][-1]
+    began = datetime.now(UTC).replace(microsecond=0)
+
+    def edit_once_the_first_page_was_read(record):
+        if record.path == "/api/v2/persons" and "cursor" not in record.query and early["name"] != "Edited Meanwhile":
+            early.update(name="Edited Meanwhile", update_time=(began + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            late.update(update_time=(began + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ"))  # a long extract
+
+    fake.after_serving = edit_once_the_first_page_was_read
+    staging = Staging(tmp_path / "s.duckdb")
+    with client_for(fake) as client:
+        extract(staging, client, "run1")
+        assert staging_record(staging, "persons", early["id"])["name"] != "Edited Meanwhile"  # read before the edit
+        extract_changes(staging, client, "sync1")
+    assert staging_record(staging, "persons", early["id"])["name"] == "Edited Meanwhile"
+
+
+def staging_record(staging: Staging, collection: str, record_id: int) -> dict:
+    return json.loads(staging.con.execute(f"SELECT data FROM raw_{collection} WHERE id = ?", [str(record_id)]).fetchone()[0])
 
 
 def _many_notes(fake: FakePipedrive, count: int) -> list[dict]:

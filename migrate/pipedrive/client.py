@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -158,6 +160,7 @@ class PipedriveClient:
         self.rate_limited = 0
         self.budget_remaining: int | None = None  # x-daily-ratelimit-token-remaining, when Pipedrive sends it
         self.on_tokens: Callable[[int], None] | None = None  # told the cost of every charged request
+        self.first_answer_at: datetime | None = None  # Pipedrive's clock (its Date header) at the first answer
         self._counters = threading.Lock()  # extract reads several collections at once
 
     def close(self) -> None:
@@ -201,6 +204,8 @@ class PipedriveClient:
             self.limiter.done(slot)
         with self._counters:
             self.requests_sent += 1
+            if self.first_answer_at is None:
+                self.first_answer_at = _server_time(response.headers.get("date"))
             remaining = response.headers.get("x-daily-ratelimit-token-remaining", "")
             if remaining.isdigit():  # optional: missing for a while after long inactivity (contract §4)
                 self.budget_remaining = int(remaining)
@@ -348,6 +353,14 @@ def _ssl_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
             return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
     return verify
+
+
+def _server_time(value: str | None) -> datetime | None:
+    """An HTTP Date header (`Sun, 29 Nov 2026 23:40:00 GMT`) as an aware UTC datetime."""
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC) if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _seconds(value: str | None) -> float | None:

@@ -36,6 +36,7 @@ from migrate.staging.store import Checkpoint, Staging, raw_table
 log = structlog.get_logger(__name__)
 
 DEAL_PRODUCT_READERS = 4  # deal-product requests in flight at once
+EXTRACT_BEGAN_KEY = "extract_began"  # in the state file's meta: when the current (or last) full extract began
 
 
 class PageSource(Protocol):
@@ -96,6 +97,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
     checkpoints = {n: staging.checkpoint(n) for n in names}
     if all(cp is not None and cp.done for cp in checkpoints.values()) or all(cp is None for cp in checkpoints.values()):
         _start_fresh(staging, names)
+        staging.set_meta(EXTRACT_BEGAN_KEY, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
     stager = _Stager(staging, run_id, summary, progress)
@@ -106,7 +108,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
             _extract_collection(stager, source, collection, checkpoints[collection.name])
     _extract_deal_products(stager, source, checkpoints[DEAL_PRODUCTS.name])
     summary.missing += list(getattr(source, "missing", []))
-    set_watermarks(staging, run_id)
+    set_watermarks(staging, run_id, _began(staging, source))
     for name in names:
         summary.records[name] = staging.count_raw(name)[0]
     return summary
@@ -410,12 +412,24 @@ def extract_changes(
     return summary
 
 
-def set_watermarks(staging: Staging, run_id: str) -> None:
-    """After a full extract: each incremental collection's watermark is its newest update_time."""
+def set_watermarks(staging: Staging, run_id: str, began: str | None = None) -> None:
+    """After a full extract: each incremental collection's watermark is its newest update_time, or
+    the time the extract `began` when that is earlier. Pages are read by id, so a record edited
+    after its page was read is staged as it was; a record edited later still, on a page read after,
+    can make the newest update_time later than that edit, and a sync from there would never read it."""
     for collection in COLLECTIONS:
         newest = staging.latest_update_time(collection.name) if collection.incremental else None
         if newest:
-            staging.set_watermark(collection.name, _utc(newest), run_id)
+            staging.set_watermark(collection.name, min(_utc(newest), began or "9999"), run_id)
+
+
+def _began(staging: Staging, source: PageSource) -> str | None:
+    """When the extract began: this machine's clock at its fresh start (kept in the state file, for a
+    resumed one), or Pipedrive's at its first answer in this process, whichever is earlier."""
+    began = [staging.meta(EXTRACT_BEGAN_KEY)]
+    if isinstance(source, PipedriveClient) and source.first_answer_at is not None:
+        began.append(source.first_answer_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return min((b for b in began if b), default=None)
 
 
 def _read_whole(client: PipedriveClient, collection: Collection) -> list[dict[str, Any]] | None:
