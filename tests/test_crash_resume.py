@@ -29,7 +29,7 @@ def reference(tmp_path_factory):
     return reference_run(SAMPLE, tmp_path_factory.mktemp("reference"))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("seed", [1, 2, 3])  # benchmarks/crash_resume.py kills 200 times
 def test_killed_runs_resume_to_the_same_target_without_duplicates(reference, tmp_path, seed):
     target, seconds = reference
     tally = CrashTally()
