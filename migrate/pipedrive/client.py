@@ -35,6 +35,7 @@ from migrate.pipedrive.collections import PAGE_LIMIT, Collection
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "pipedrive-to-customermates/0.1"
+FIRST_STEP_BACK = 10  # rows an offset read steps back first when the list moved under it
 
 
 class _Retryable(Exception):
@@ -276,23 +277,29 @@ class PipedriveClient:
         """An offset page asked from one row early: the rows after `last`, the record handed out last.
 
         A row removed before the offset while the list is read (a deleted note, an archived lead,
-        a row an edit moved to the end of an update_time order) shifts every later row one place
-        back, and a page asked at the next offset would start past a row never read. So each
-        page starts one row early; when that row is not `last`, the list moved, and the read steps
-        back a page at a time until the page begins no later than `last` in the list's order
-        (or, when that order is not known, one page), handing out what it read again: records
-        are staged by id, and a record read twice is staged once."""
+        a row an edit moved to the end of an update_time order) shifts every later row back, and a
+        page asked at the next offset would start past a row never read. So each page starts one
+        row early; when that row is not `last`, the list moved, and the read steps back (10 rows,
+        then twice as far each time) until the page holds `last`, or begins before it in the list's
+        order (`last` itself is gone). Without a known order it steps back at most a page. Short
+        first steps keep the read moving on even while rows go all the time."""
         key = collection.key
         if data and data[0].get(key) == last.get(key):
             return body, data[1:]
         field = _ascending_sort_field(params)
-        ask = params["start"]
+        start = ask = params["start"]
+        step = FIRST_STEP_BACK
         while ask > 0:
-            ask = max(0, ask - PAGE_LIMIT)
+            ask = max(0, start - step)
             body = self.get(collection.path, {**params, "start": ask}, cost=collection.cost)
             data = _rows(body)
-            if field is None or (data and _not_after(data[0].get(field), last.get(field))):
+            at = next((n for n, row in enumerate(data) if row.get(key) == last.get(key)), None)
+            if at is not None:
+                data = data[at + 1 :]
                 break
+            if (data and field is not None and _not_after(data[0].get(field), last.get(field))) or (field is None and step >= PAGE_LIMIT):
+                break
+            step *= 2
         log.warning("pipedrive.list_moved", path=collection.path, last_id=last.get(key), read_again_from=ask)
         return body, data
 
