@@ -76,13 +76,16 @@ def test_extract_resumes_from_the_last_committed_page(fake, tmp_path):
         extract(staging, client, "run1")
     done_before = {c for c in ("users", "activityTypes", "currencies", "leadLabels") if staging.checkpoint(c).done}
     assert done_before == {"users", "activityTypes", "currencies", "leadLabels"}
+    began = staging.meta("extract_began")
     requests_before = len(fake.requests)
+    time.sleep(1.1)
     with client_for(fake) as client:
         summary = extract(staging, client, "run2")
     resumed = fake.requests[requests_before:]
     assert not any(r.path == "/api/v1/users" for r in resumed)
     assert summary.records["persons"] == 1200
     assert summary.resumed
+    assert staging.meta("extract_began") == began  # the first start: edits since then are for the next sync
 
 
 @pytest.mark.parametrize(
