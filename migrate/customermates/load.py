@@ -479,25 +479,21 @@ class Loader:
         total = self.client.search(entity, page=1, page_size=5)["pagination"]["total"]
         wanted = set(source_ids)
         matches: dict[str, list[str]] = {}
-        if len(source_ids) <= (total + 99) // 100:
-            for sid in source_ids:
-                hits = self.client.find_by_column(entity, column_id, sid)
-                if hits:
-                    matches[sid] = [h["id"] for h in hits]
-        else:
+        look_up = source_ids
+        if len(source_ids) > (total + 99) // 100:
             read = 0
             for record in self.client.iter_records(entity, sort=(column_id, "asc")):
                 read += 1
                 sid = pid_of(record, column_id)
                 if sid in wanted and record["id"] not in matches.get(sid, []):  # read twice if the list moved
                     matches.setdefault(sid, []).append(record["id"])
-            if read != total:
-                # records came or went while it was read: pages by number then skip a record where
-                # the list moved back, so what was not seen is looked up one by one
-                for sid in sorted(wanted - matches.keys()):
-                    hits = self.client.find_by_column(entity, column_id, sid)
-                    if hits:
-                        matches[sid] = [h["id"] for h in hits]
+            # records came or went while it was read: pages by number then skip a record where the
+            # list moved back, so what was not seen is looked up one by one
+            look_up = sorted(wanted - matches.keys()) if read != total else []
+        for sid in look_up:
+            hits = self.client.find_by_column(entity, column_id, sid)
+            if hits:
+                matches[sid] = [h["id"] for h in hits]
         result = {}
         for sid, ids in matches.items():
             if len(ids) > 1:

@@ -259,7 +259,8 @@ class PipedriveClient:
                     params["cursor"] = cursor
             elif collection.paging == "offset":
                 params["limit"] = PAGE_LIMIT
-                params["start"] = int(cursor or 0) - (1 if last is not None and int(cursor or 0) > 0 else 0)
+                offset = int(cursor or 0)
+                params["start"] = offset - 1 if last is not None and offset > 0 else offset  # a row early: see _join_on
             body = self.get(collection.path, params, cost=collection.cost)
             data = _rows(body)
             if collection.paging == "offset" and last is not None:

@@ -97,7 +97,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
     checkpoints = {n: staging.checkpoint(n) for n in names}
     if all(cp is not None and cp.done for cp in checkpoints.values()) or all(cp is None for cp in checkpoints.values()):
         _start_fresh(staging, names)
-        staging.set_meta(EXTRACT_BEGAN_KEY, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        staging.set_meta(EXTRACT_BEGAN_KEY, _stamp(datetime.now(UTC)))
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
     stager = _Stager(staging, run_id, summary, progress)
@@ -420,7 +420,8 @@ def set_watermarks(staging: Staging, run_id: str, began: str | None = None) -> N
     for collection in COLLECTIONS:
         newest = staging.latest_update_time(collection.name) if collection.incremental else None
         if newest:
-            staging.set_watermark(collection.name, min(_utc(newest), began or "9999"), run_id)
+            mark = _utc(newest)
+            staging.set_watermark(collection.name, min(mark, began) if began else mark, run_id)
 
 
 def _began(staging: Staging, source: PageSource) -> str | None:
@@ -428,7 +429,7 @@ def _began(staging: Staging, source: PageSource) -> str | None:
     resumed one), or Pipedrive's at its first answer in this process, whichever is earlier."""
     began = [staging.meta(EXTRACT_BEGAN_KEY)]
     if isinstance(source, PipedriveClient) and source.first_answer_at is not None:
-        began.append(source.first_answer_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        began.append(_stamp(source.first_answer_at))
     return min((b for b in began if b), default=None)
 
 
@@ -457,12 +458,16 @@ def _utc(value: str) -> str:
     moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _stamp(moment)
 
 
 def _minus(timestamp: str, seconds: int) -> str:
-    moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _stamp(datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - timedelta(seconds=seconds))
+
+
+def _stamp(moment: datetime) -> str:
+    """An aware datetime as a watermark: `YYYY-MM-DDTHH:MM:SSZ` in UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dict[str, int]:
