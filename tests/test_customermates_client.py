@@ -29,6 +29,7 @@ from migrate.customermates.client import (
     encoded_size,
     parse_issues,
 )
+from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.recorded import (
     ADMIN_KEY,
     CASSETTES,
@@ -531,6 +532,77 @@ def test_a_page_that_keeps_failing_is_read_again_in_smaller_pages_from_where_it_
     assert [r["id"] for r in client.iter_records("contacts")] == [str(n) for n in range(150)]
     asked = [(json.loads(r.content)["pagination"]["page"], json.loads(r.content)["pagination"]["pageSize"]) for r in handler.requests]
     assert asked == [(1, 100), (2, 100), (2, 100), (5, 25), (6, 25)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What changed since: paged by updatedAt, against the fake server
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def contacts_in(fake: FakeCustomermates, client: CustomermatesClient, count: int) -> list[dict]:
+    made: list[dict] = []
+    while len(made) < count:
+        batch = [{"firstName": f"C{n}", "lastName": "x"} for n in range(len(made), min(count, len(made) + 100))]
+        made += client.create_many("contacts", batch)
+    return made
+
+
+def test_a_read_of_what_changed_misses_nothing_when_records_read_are_deleted_or_edited_while_it_reads():
+    """Paged by number, each record of the first page deleted or edited (an edit moves it to the end)
+    once that page was read moves the rest one place back, and the second page starts one record
+    late. Paged by the last updatedAt read, every record still there is read; an edited one again,
+    as it is now."""
+    with FakeCustomermates() as fake, CustomermatesClient(fake.url, VALID_KEY) as client:
+        made = contacts_in(fake, client, 250)
+        deleted, edited = [made[3]["id"], made[50]["id"]], [made[7]["id"], made[60]["id"]]
+
+        def meddle_after_the_first_page(entity, body):
+            fake.after_search = None
+            fake.delete_records("contacts", deleted)
+            fake.edit_records("contacts", [{"id": rid, "lastName": "edited"} for rid in edited])
+
+        fake.after_search = meddle_after_the_first_page
+        read = list(client.iter_updated_since("contacts", made[0]["updatedAt"]))
+    assert fake.after_search is None
+    ids = [r["id"] for r in read]
+    assert set(ids) == {r["id"] for r in made}  # the deleted two were read before they went
+    assert len(ids) == 252 and [r["lastName"] for r in read[-2:]] == ["edited", "edited"]
+    assert [r["id"] for r in read[-2:]] == edited
+
+
+def test_a_full_page_of_records_changed_at_one_instant_is_read_by_page_then_the_read_goes_on_after_it():
+    with FakeCustomermates() as fake, CustomermatesClient(fake.url, VALID_KEY) as client:
+        made = contacts_in(fake, client, 150)
+        instant = made[10]["updatedAt"]
+        fake.stamp_updated_at("contacts", [r["id"] for r in made[10:130]], instant)  # one instant, more than a page
+        fake.clear_requests()
+        read = [r["id"] for r in client.iter_updated_since("contacts", made[0]["updatedAt"])]
+        bodies = [r.body for r in fake.requests]
+    assert sorted(read) == sorted(r["id"] for r in made) and len(read) == 150
+    filters = [[(f["operator"], f["value"]) for f in b["filters"]] for b in bodies]
+    assert filters == [
+        [("gte", made[0]["updatedAt"])],
+        [("gte", instant)],  # ten records before the instant, then ninety of it; now a full page of it
+        [("gte", instant), ("lte", instant)],  # so the instant is read by page number
+        [("gte", instant), ("lte", instant)],
+        [("gt", instant)],
+    ]
+
+
+def test_a_read_of_what_changed_takes_smaller_pages_when_a_page_keeps_failing():
+    records = [{"id": str(n), "updatedAt": f"2026-11-30T00:00:{n:02d}.000Z"} for n in range(30)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        size, bound = body["pagination"]["pageSize"], body["filters"][0]
+        if size == 100:
+            return httpx.Response(500, text="FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE")
+        matching = [r for r in records if r["updatedAt"] >= bound["value"]]
+        return ok(page_of(matching, 1, size))
+
+    client, handler = mock(answer, read_retries=1)
+    assert [r["id"] for r in client.iter_updated_since("tasks", "2026-11-30T00:00:00.000Z")] == [str(n) for n in range(30)]
+    assert [json.loads(r.content)["pagination"]["pageSize"] for r in handler.requests] == [100, 100, 25, 25]
 
 
 def page_of(records: list[dict], number: int, size: int) -> dict:

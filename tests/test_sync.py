@@ -380,6 +380,41 @@ def test_a_sync_reads_from_customermates_only_what_changed_there_since_the_last_
     assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
 
 
+def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_deletion_moves(env, pipedrive, customermates, tmp_path):
+    """A sync reads what changed in Customermates since the last read. Paged by number, a contact
+    deleted there once the first page was read made the second page start one contact late: that
+    contact's edit there was never read, and the sync wrote Pipedrive's edit over it instead of
+    reporting a conflict. Paged by the last updatedAt read, every edit is read: each is a conflict."""
+    assert invoke(env, "run").exit_code == 0
+    customermates.advance_clock(600)
+    assert invoke(env, "sync").exit_code == 0  # reads what the run wrote; the next read starts after it
+    customermates.advance_clock(600)
+    index = by_pipedrive_id(customermates, "contacts")
+    persons = sorted((p for p in live_persons(pipedrive) if str(p["id"]) in index and p.get("first_name")), key=lambda p: p["id"])
+    assert len(persons) > 101  # two pages of edits
+    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    gone = next(p for p in persons if str(p["id"]) not in linked)  # deleted there, no record refers to it
+    edited = [p for p in persons if p is not gone]
+    customermates.edit_records("contacts", [{"id": index[str(p["id"])][0]["id"], "lastName": "Edited-In-Target"} for p in [gone, *edited]])
+    for person in edited:
+        person["first_name"] += "-Src"
+        person["name"], person["update_time"] = f"{person['first_name']} {person.get('last_name') or ''}".strip(), NOW
+
+    def delete_after_the_first_page(entity, body):
+        if entity == "contact" and body.get("filters"):
+            customermates.after_search = None
+            customermates.delete_records("contacts", [index[str(gone["id"])][0]["id"]])
+
+    customermates.after_search = delete_after_the_first_page
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert customermates.after_search is None  # the deletion happened mid-read
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["conflicts"] == len(edited)
+    after = by_pipedrive_id(customermates, "contacts")
+    kept = [after[str(p["id"])][0] for p in edited]
+    assert all(r["lastName"] == "Edited-In-Target" and not r["firstName"].endswith("-Src") for r in kept)
+
+
 def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_next_reconciling_sync(env, pipedrive, customermates, tmp_path):
     """A deletion leaves no updatedAt to find, so a read of what changed cannot see it. A deleted record
     that changed in Pipedrive is found when the server refuses its update (reported, not quarantined);

@@ -488,6 +488,46 @@ class CustomermatesClient(HttpSession):
             if not items or page >= _total_pages(data):
                 return
 
+    def iter_updated_since(self, entity: str, since: str, *, page_size: int = 100) -> Iterator[dict]:
+        """Every record whose ``updatedAt`` is at or after ``since`` (a ``Z`` datetime), oldest change first.
+
+        Paged by the last ``updatedAt`` read, not by page number: each search asks for page 1 of the
+        records at or after it. Paged by number, a record deleted while the read goes on, or edited
+        (which moves it to the end), moves every later record one place back, and the next page
+        starts one record late, past a change never read. The records of the instant a page ended
+        on come again at the top of the next and are not handed out twice; a record edited during
+        the read is handed out again, as it is now. A full page of one instant (the server stamps
+        rows about 1 ms apart, a few alike) cannot move the bound: that instant is read by page
+        number (only its own records could shift), then the read goes on after it."""
+        bound: dict[str, Any] = {"field": "updatedAt", "operator": "gte", "value": since}
+        handed: set[tuple[str, Any]] = set()  # (id, updatedAt) of the records read at the bound's instant
+        size = page_size
+        while True:
+            try:
+                data = self.search(entity, filters=[bound], page=1, page_size=size, sort=("updatedAt", "asc"))
+            except ServerError as exc:
+                smaller = next((s for s in PAGE_SIZES if s < size), None)
+                if exc.status is None or smaller is None:
+                    raise
+                log.warning("customermates.smaller_pages", entity=entity, page_size=smaller, after=str(exc))
+                size = smaller
+                continue
+            items = data.get("items") or []
+            yield from (item for item in items if (item["id"], item.get("updatedAt")) not in handed)
+            if not items or _total_pages(data) <= 1:
+                return
+            last = items[-1].get("updatedAt")
+            if not isinstance(last, str):
+                raise CustomermatesError(f"Unexpected answer to POST /{entity}/search: record {items[-1].get('id')} has no updatedAt to page by")
+            at_last = {(item["id"], last) for item in items if item.get("updatedAt") == last}
+            if len(at_last) == len(items):
+                handed |= at_last
+                instant = [{"field": "updatedAt", "operator": op, "value": last} for op in ("gte", "lte")]
+                yield from (item for item in self.iter_records(entity, filters=instant) if (item["id"], last) not in handed)
+                bound, handed = {"field": "updatedAt", "operator": "gt", "value": last}, set()
+            else:
+                bound, handed = {"field": "updatedAt", "operator": "gte", "value": last}, at_last
+
     def find_by_column(self, entity: str, column_id: str, value: str, *, page_size: int = 5) -> list[dict]:
         """Records whose custom column ``column_id`` equals ``value`` exactly (case-sensitive).
 

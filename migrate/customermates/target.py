@@ -8,8 +8,8 @@ target costs no memory (kept in Python, even compressed, it took about 1 KiB a r
 
 A sync may read only what changed since (`read_changes`): the records whose `updatedAt` is at
 or after the server's clock when the last read began, less `READ_SINCE_MARGIN`, merged into the
-snapshot. That finds every record created or edited there since, by anyone; not a record deleted
-there, which only a whole read sees.
+snapshot, paged by `updatedAt` (`CustomermatesClient.iter_updated_since`). That finds every record
+created or edited there since, by anyone; not a record deleted there, which only a whole read sees.
 """
 
 from __future__ import annotations
@@ -84,11 +84,10 @@ class TargetState:
         since = staging.meta(READ_SINCE_KEY)
         if since is None:
             return cls.read(client, columns, staging)
-        changed = [{"field": "updatedAt", "operator": "gte", "value": since}]
         clock = _ReadClock(client)
         read = 0
         for entity in ENTITY_ORDER:
-            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, changed))
+            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, since))
         staging.set_meta(READ_SINCE_KEY, clock.since())
         return cls(staging, None, since=since, records_read=read)
 
@@ -157,24 +156,29 @@ class _ReadClock:
         self.began: datetime | None = None
         client.last_read_date = None
 
-    def records(self, columns: ColumnIndex, entity: str, filters: list[dict[str, Any]] | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        """(Pipedrive ID or None, record) of the entity's records, sorted by the Pipedrive ID column."""
+    def records(self, columns: ColumnIndex, entity: str, since: str | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """(Pipedrive ID or None, record) of the entity's records, sorted by the Pipedrive ID column;
+        with `since`, those changed since, in the order they changed (`iter_updated_since`)."""
         column_id = columns.ids.get((entity, PIPEDRIVE_ID))
         if column_id is None:
             return
-        for dto in self.client.iter_records(entity, filters=filters, sort=(column_id, "asc")):
+        if since is None:
+            dtos = self.client.iter_records(entity, sort=(column_id, "asc"))
+        else:
+            dtos = self.client.iter_updated_since(entity, since)
+        for dto in dtos:
             self.began = self.began or self.client.last_read_date  # the first page's answer
             yield pid_of(dto, column_id), dto
         self.began = self.began or self.client.last_read_date  # no records: the empty page's answer
 
     def store(
         self, columns: ColumnIndex, entity: str, write: Callable[[str, list[tuple[int, str, str | None, str]]], None],
-        first: int, filters: list[dict[str, Any]] | None = None,
+        first: int, since: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Page through the entity's records into `write` (rows numbered from `first` in read
         order, `ROWS_PER_INSERT` at a time), yielding each record as it is read."""
         rows: list[tuple[int, str, str | None, str]] = []
-        for pid, dto in self.records(columns, entity, filters):
+        for pid, dto in self.records(columns, entity, since):
             rows.append((first + len(rows), dto["id"], pid, json.dumps(dto, separators=(",", ":"), ensure_ascii=False)))
             yield dto
             if len(rows) >= ROWS_PER_INSERT:

@@ -1934,6 +1934,21 @@ class FakeCustomermates:
                 self._delete_record(entity.removesuffix("s"), rid)
             self._writes_seen += 1
 
+    def edit_records(self, entity: str, items: list[dict]) -> None:
+        """Test hook: a user edits these records in the app (as `PUT /v1/<entity>/many` would, without
+        its validation: `items` are valid update items, notes left as they are)."""
+        with self._state:
+            for item in items:
+                self._update_record(entity.removesuffix("s"), item, False, None)
+            self._writes_seen += 1
+
+    def stamp_updated_at(self, entity: str, ids: list[str], when: str) -> None:
+        """Test hook: these records were last written at one instant (`when`, a `Z` datetime), as
+        rows of one batch sometimes are (contract, end: collisions of 2–3 rows)."""
+        with self._state:
+            for rid in ids:
+                self._data[SINGULAR.get(entity, entity)][rid]["updatedAt"] = int(parse_js_date_ms(when))
+
     def advance_clock(self, seconds: float) -> None:
         """Test hook: let `seconds` pass for the server (its timestamps and its Date header)."""
         self.clock_offset += seconds
