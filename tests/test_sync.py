@@ -509,6 +509,27 @@ def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the
     assert len(customermates.records("contacts")) == len(contacts) - 2
 
 
+def test_records_deleted_in_customermates_are_looked_up_once_not_at_every_whole_read(env, pipedrive, customermates, tmp_path):
+    """A whole read looks up each migrated record it did not see before it counts as deleted there.
+    Once found gone, a record is not looked up again: a team that deleted 2,000 contacts would
+    otherwise pay 2,000 searches at every reconciling sync. Each sync still reports them."""
+    assert invoke(env, "run").exit_code == 0
+    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    index = by_pipedrive_id(customermates, "contacts")
+    gone = [index[pid][0]["id"] for pid in sorted(index) if pid not in linked][:5]
+    customermates.delete_records("contacts", gone)
+
+    def reconciling_sync():
+        customermates.clear_requests()
+        result = invoke(env, "sync", "--reconcile-every", "1", "--report-dir", str(tmp_path / "r"))
+        assert result.exit_code == 0, result.output
+        lookups = [r for r in _searches(customermates) if any(f["operator"] == "equals" for f in r.body.get("filters") or [])]
+        return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
+
+    assert reconciling_sync() == (5, 5)
+    assert reconciling_sync() == (5, 0)
+
+
 def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_duplicates(env, pipedrive, customermates):
     """An uncertain write is settled by reading the entity back when that takes fewer searches than
     one per record. Contacts of the first page deleted once it was read move the rest back until the

@@ -125,13 +125,16 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     Searches page by number: a record deleted in Customermates while the read goes on moves every
     later record one place back, and the next page starts one record late. Such a record would
     count as deleted there: reported, or, with `--on-target-deleted recreate`, created a second
-    time. So every record the read missed is looked up (one search each) before it counts as gone."""
+    time. So every record the read missed is looked up (one search each) before it counts as gone;
+    once, as a record id never comes back: later reads do not look up those found gone again
+    (records a team deleted there would otherwise cost a search each at every whole read)."""
     column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-    unseen = staging.migrated_not_in_snapshot(entity) if column_id is not None else []
+    unseen = staging.migrated_not_in_snapshot(entity, unless_known_gone=True) if column_id is not None else []
     found: dict[str, dict[str, Any]] = {}
     for pid in unseen:
         for dto in client.find_by_column(entity, column_id, pid):
             found.setdefault(dto["id"], dto)
+    staging.note_gone(entity, unseen, still_there=list(found))
     held = staging.snapshot_has(entity, list(found)) if found else set()
     fresh = [dto for target_id, dto in found.items() if target_id not in held]
     if unseen:

@@ -114,6 +114,9 @@ CREATE TABLE IF NOT EXISTS written_payloads (
 -- No key: an index would hold every id in memory, and lookups go by the batch.
 CREATE TABLE IF NOT EXISTS target_snapshot (
     entity VARCHAR, seq BIGINT, target_id VARCHAR, pid VARCHAR, dto JSON);
+-- Migrated records a lookup by Pipedrive ID found deleted in Customermates: a record id never comes
+-- back, so later whole reads that miss them do not look them up again.
+CREATE TABLE IF NOT EXISTS target_gone (entity VARCHAR, target_id VARCHAR, PRIMARY KEY (entity, target_id));
 -- The records of the last full plan (`migrate plan`), in plan order: written as they are planned,
 -- read back by the plan's files, so that a plan of a million records is not held in memory.
 CREATE TABLE IF NOT EXISTS plan_records (entity VARCHAR, seq BIGINT, action VARCHAR, item JSON);
@@ -1126,14 +1129,26 @@ class Staging:
     def snapshot_unknown_count(self, entity: str) -> int:
         return int(self.con.execute(f"SELECT count(*) {self._unknown_sql()}", {"e": entity}).fetchone()[0])
 
-    def migrated_not_in_snapshot(self, entity: str) -> list[str]:
-        """Source ids in the id map whose target record the target no longer held, sorted."""
+    def migrated_not_in_snapshot(self, entity: str, *, unless_known_gone: bool = False) -> list[str]:
+        """Source ids in the id map whose target record the target no longer held, sorted; with
+        `unless_known_gone`, not those whose record a lookup found gone before (`note_gone`)."""
+        known_gone = "AND target_id NOT IN (SELECT target_id FROM target_gone WHERE entity = $e) " if unless_known_gone else ""
         rows = self.con.execute(
             "SELECT source_id FROM id_map WHERE entity = $e AND target_id NOT IN "
-            "(SELECT target_id FROM target_snapshot WHERE entity = $e) ORDER BY source_id",
+            f"(SELECT target_id FROM target_snapshot WHERE entity = $e) {known_gone}ORDER BY source_id",
             {"e": entity},
         ).fetchall()
         return [r[0] for r in rows]
+
+    def note_gone(self, entity: str, source_ids: list[str], still_there: list[str]) -> None:
+        """These migrated records were looked up: their target records are gone unless among the
+        target ids `still_there` (another record may carry the Pipedrive ID)."""
+        if source_ids:
+            self.con.execute(
+                "INSERT OR IGNORE INTO target_gone SELECT entity, target_id FROM id_map WHERE entity = $e "
+                "AND source_id IN (SELECT unnest($s)) AND target_id NOT IN (SELECT unnest($t))",
+                {"e": entity, "s": source_ids, "t": still_there},
+            )
 
     def quarantine(self, entity: str, source_id: str, message: str, payload: dict[str, Any], run_id: str) -> None:
         self.con.execute(
