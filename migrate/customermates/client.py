@@ -472,21 +472,26 @@ class CustomermatesClient(HttpSession):
         long notes)."""
         offset, size = 0, page_size
         while True:
-            page = offset // size + 1
+            data, size = self._page_at(entity, filters, offset, size, sort)
+            last_page = offset // size + 1 >= _total_pages(data)
+            items = data.get("items") or []
+            yield from items
+            offset += len(items)
+            if not items or last_page:
+                return
+
+    def _page_at(self, entity: str, filters: list[dict] | None, offset: int, size: int, sort: tuple[str, str]) -> tuple[dict, int]:
+        """The page of ``size`` records that starts at ``offset``, and its size: a page the server
+        keeps failing with a 5xx is asked again in the next smaller size a page can start there with."""
+        while True:
             try:
-                data = self.search(entity, filters=filters, page=page, page_size=size, sort=sort)
+                return self.search(entity, filters=filters, page=offset // size + 1, page_size=size, sort=sort), size
             except ServerError as exc:
                 smaller = next((s for s in PAGE_SIZES if s < size and offset % s == 0), None)
                 if exc.status is None or smaller is None:
                     raise
                 log.warning("customermates.smaller_pages", entity=entity, page_size=smaller, after=str(exc))
                 size = smaller
-                continue
-            items = data.get("items") or []
-            yield from items
-            offset += len(items)
-            if not items or page >= _total_pages(data):
-                return
 
     def iter_updated_since(self, entity: str, since: str, *, page_size: int = 100) -> Iterator[dict]:
         """Every record whose ``updatedAt`` is at or after ``since`` (a ``Z`` datetime), oldest change first.
@@ -503,15 +508,7 @@ class CustomermatesClient(HttpSession):
         handed: set[tuple[str, Any]] = set()  # (id, updatedAt) of the records read at the bound's instant
         size = page_size
         while True:
-            try:
-                data = self.search(entity, filters=[bound], page=1, page_size=size, sort=("updatedAt", "asc"))
-            except ServerError as exc:
-                smaller = next((s for s in PAGE_SIZES if s < size), None)
-                if exc.status is None or smaller is None:
-                    raise
-                log.warning("customermates.smaller_pages", entity=entity, page_size=smaller, after=str(exc))
-                size = smaller
-                continue
+            data, size = self._page_at(entity, [bound], 0, size, ("updatedAt", "asc"))
             items = data.get("items") or []
             yield from (item for item in items if (item["id"], item.get("updatedAt")) not in handed)
             if not items or _total_pages(data) <= 1:
