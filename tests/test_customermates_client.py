@@ -873,6 +873,19 @@ def test_find_by_column_pages_through_duplicates():
     assert json.loads(handler.requests[1].content)["pagination"] == {"page": 2, "pageSize": 5}
 
 
+def test_a_users_list_that_lost_a_user_while_it_was_read_is_read_again():
+    """Users page by number: one removed after the first page moved the next page one user late
+    (u100 was never read). The pages' totals disagree, so the list is read again."""
+    before = [{"id": f"u{i}", "email": f"u{i}@x.com"} for i in range(102)]
+    after = before[:5] + before[6:]
+    client, handler = mock(
+        ok(page(before[:100], 1, 2, 102)), ok(page(after[100:], 2, 2, 101)),
+        ok(page(after[:100], 1, 2, 101)), ok(page(after[100:], 2, 2, 101)),
+    )
+    assert [u["id"] for u in client.list_users()] == [u["id"] for u in after]
+    assert len(handler.requests) == 4
+
+
 def test_find_by_column_with_no_match_is_empty():
     client, handler = mock(ok(page([], 1, 1, 0)))
     assert client.find_by_column("contacts", "col", "9") == []

@@ -71,6 +71,8 @@ MAX_REQUEST_BYTES = 2_000_000
 about 4.5 MB each way (§10), and the answer, the records with their notes as Tiptap JSON, is bigger than the
 request. A hundred records with long notes (up to 65,535 characters each) are far over it."""
 
+USER_READS = 3  # reads of the users list, should users be removed while it is read (`list_users`)
+
 PAGE_SIZES = (100, 25, 10, 5)
 """The page sizes search accepts, largest first (§4)."""
 
@@ -411,8 +413,21 @@ class CustomermatesClient(HttpSession):
         return self._expect(data, dict, "GET /users/me")
 
     def list_users(self) -> list[dict]:
-        """Every user of the company (``POST /v1/users/search``, pages of 100, oldest first)."""
+        """Every user of the company (``POST /v1/users/search``, pages of 100, oldest first).
+
+        Pages go by number (users search takes no filters to page by), so a user removed while
+        they are read moves every later one a place back, and the next page starts one user late:
+        a read whose pages disagree on the total is read again, up to ``USER_READS`` times."""
+        for _ in range(USER_READS):
+            users, totals = self._users_once()
+            if len(set(totals)) <= 1:
+                break
+            log.warning("customermates.users_moved", totals=totals)
+        return users
+
+    def _users_once(self) -> tuple[list[dict], list[Any]]:
         users: list[dict] = []
+        totals = []
         page = 1
         while True:
             body = {"pagination": {"page": page, "pageSize": 100}, "sortDescriptor": _sort(("createdAt", "asc"))}
@@ -421,8 +436,9 @@ class CustomermatesClient(HttpSession):
             )
             items = data.get("items") or []
             users.extend(items)
+            totals.append((data.get("pagination") or {}).get("total"))
             if not items or page >= _total_pages(data):
-                return users
+                return users, totals
             page += 1
 
     def configuration(self, entity: str) -> dict:
