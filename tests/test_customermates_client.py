@@ -163,7 +163,7 @@ def test_create_many_returns_the_dtos_in_input_order_for_every_entity():
             items = recorded_request_body(HAPPY, requests[entity])[entity]
             created = client.create_many(entity, items)
             assert len(created) == len(items)
-            for item, dto in zip(items, created):
+            for item, dto in zip(items, created, strict=True):
                 if entity == "contacts":
                     assert (dto["firstName"], dto["lastName"]) == (item["firstName"], item["lastName"])
                 else:

@@ -105,7 +105,7 @@ class IdMap:
             for key in real.keys() & fake.keys():
                 self.walk(real[key], fake[key])
         elif isinstance(real, list) and isinstance(fake, list):
-            for a, b in zip(real, fake):
+            for a, b in zip(real, fake, strict=False):
                 self.walk(a, b)
         elif isinstance(real, str) and isinstance(fake, str):
             if UUID_ANY.fullmatch(real) and UUID_ANY.fullmatch(fake):
@@ -114,7 +114,7 @@ class IdMap:
                 # TOON text of MCP answers (and other texts): map ids by position
                 ra, fa = UUID_ANY.findall(real), UUID_ANY.findall(fake)
                 if len(ra) == len(fa):
-                    for a, b in zip(ra, fa):
+                    for a, b in zip(ra, fa, strict=True):
                         self.learn(a, b)
 
     def to_fake(self, text: str) -> str:
@@ -187,7 +187,7 @@ def _first_diff(a: Any, b: Any, path: str = "$") -> str:
     if isinstance(a, list):
         if len(a) != len(b):
             return f"{path}: length {len(a)} != {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             if not _same(x, y):
                 return _first_diff(x, y, f"{path}[{i}]")
     return f"{path}: {str(a)[:300]!r} != {str(b)[:300]!r}"

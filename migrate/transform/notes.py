@@ -477,7 +477,7 @@ def _table_delimiters(lines: list[str], states: list[int]) -> list[tuple[int, in
 def _image_starts(lines: list[str], states: list[int]) -> list[int]:
     """Positions (in the joined text) of each unescaped ``!`` followed by ``[`` outside fences."""
     starts, offset = [], 0
-    for line, state in zip(lines, states):
+    for line, state in zip(lines, states, strict=True):
         if state == _NORMAL and "![" in line:
             starts.extend(offset + m.start() for m in _IMAGE_OPEN.finditer(line) if not _escaped(line, m.start()))
         offset += len(line) + 1
@@ -534,7 +534,7 @@ def _tidy(markdown: str) -> str:
     states, _ = _fence_state(lines)
     out: list[str] = []
     hard: list[bool] = []
-    for line, state in zip(lines, states):
+    for line, state in zip(lines, states, strict=True):
         in_fence = state != _NORMAL
         stripped = line.rstrip()
         if not stripped:
