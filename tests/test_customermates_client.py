@@ -605,6 +605,22 @@ def test_a_read_of_what_changed_takes_smaller_pages_when_a_page_keeps_failing():
     assert [json.loads(r.content)["pagination"]["pageSize"] for r in handler.requests] == [100, 100, 25, 25]
 
 
+@pytest.mark.parametrize(
+    "first_page",
+    [
+        [{"id": str(n), "updatedAt": f"2026-11-30T00:{n // 60:02d}:{n % 60:02d}.000Z"} for n in range(100)],  # from before `since`
+        [{"id": str(n), "updatedAt": "2026-11-30T01:00:00.000Z"} for n in range(100)],  # at `since`, whatever the filter
+        [{"id": str(n)} for n in range(100)],  # no updatedAt
+    ],
+)
+def test_a_read_of_what_changed_stops_with_an_error_when_the_answers_do_not_let_it_move_on(first_page):
+    """A server that ignored the filters would hand out the same page for ever."""
+    client, handler = mock(lambda request: ok(page(first_page, 1, 2, 150)))
+    with pytest.raises(CustomermatesError, match="cannot read on from there"):
+        list(client.iter_updated_since("contacts", "2026-11-30T01:00:00.000Z"))
+    assert len(handler.requests) <= 4
+
+
 def page_of(records: list[dict], number: int, size: int) -> dict:
     return page(records[(number - 1) * size : number * size], number, -(-len(records) // size), len(records))
 

@@ -530,9 +530,12 @@ class CustomermatesClient(HttpSession):
             if not items or _total_pages(data) <= 1:
                 return
             last = items[-1].get("updatedAt")
-            if not isinstance(last, str):
-                raise CustomermatesError(f"Unexpected answer to POST /{entity}/search: record {items[-1].get('id')} has no updatedAt to page by")
             at_last = {(item["id"], last) for item in items if item.get("updatedAt") == last}
+            if not (_later(last, bound["value"]) or (bound["operator"] == "gte" and len(at_last) == len(items))):
+                raise CustomermatesError(
+                    f"Unexpected answer to POST /{entity}/search: asked for records with updatedAt {bound['operator']} "
+                    f"{bound['value']} sorted by it, the page ends on {items[-1].get('id')} at {last!r}: cannot read on from there"
+                )
             if len(at_last) == len(items):
                 handed |= at_last
                 instant = [{"field": "updatedAt", "operator": op, "value": last} for op in ("gte", "lte")]
@@ -788,6 +791,14 @@ def _sort(sort: tuple[str, str]) -> dict[str, str]:
     if direction not in ("asc", "desc"):
         raise ValueError(f"sort direction must be 'asc' or 'desc', got {direction!r}")
     return {"field": field, "direction": direction}
+
+
+def _later(value: Any, than: str) -> bool:
+    """Whether the ISO datetime `value` is after `than`; False when it is not a datetime."""
+    try:
+        return datetime.fromisoformat(value) > datetime.fromisoformat(than)
+    except (TypeError, ValueError):
+        return False
 
 
 def _total_pages(data: Mapping[str, Any]) -> int:
