@@ -530,6 +530,34 @@ def test_records_deleted_in_customermates_are_looked_up_once_not_at_every_whole_
     assert reconciling_sync() == (5, 0)
 
 
+def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_gone_and_is_looked_up_once(env, pipedrive, customermates, tmp_path):
+    """A user deleted a migrated contact and made another by hand with its Pipedrive ID. The lookup
+    finds that other contact, which is kept with what was read; the migrated one is still gone,
+    reported, and not looked up again."""
+    assert invoke(env, "run").exit_code == 0
+    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    index = by_pipedrive_id(customermates, "contacts")
+    pid = next(pid for pid in sorted(index) if pid not in linked)
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
+    customermates.delete_records("contacts", [index[pid][0]["id"]])
+    made = httpx.post(
+        f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
+        json={"contacts": [{"firstName": "By", "lastName": "Hand", "customFieldValues": [{"columnId": column, "value": pid}]}]},
+    )
+    assert made.status_code == 201, made.text
+
+    def reconciling_sync():
+        customermates.clear_requests()
+        result = invoke(env, "sync", "--reconcile-every", "1", "--report-dir", str(tmp_path / "r"))
+        assert result.exit_code == 0, result.output
+        lookups = [r for r in _searches(customermates) if any(f["operator"] == "equals" for f in r.body.get("filters") or [])]
+        return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
+
+    assert reconciling_sync() == (1, 1)
+    assert reconciling_sync() == (1, 0)
+    assert [r["lastName"] for r in by_pipedrive_id(customermates, "contacts")[pid]] == ["Hand"]  # left alone
+
+
 def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_duplicates(env, pipedrive, customermates):
     """An uncertain write is settled by reading the entity back when that takes fewer searches than
     one per record. Contacts of the first page deleted once it was read move the rest back until the
