@@ -392,7 +392,7 @@ def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_de
     index = by_pipedrive_id(customermates, "contacts")
     persons = sorted((p for p in live_persons(pipedrive) if str(p["id"]) in index and p.get("first_name")), key=lambda p: p["id"])
     assert len(persons) > 101  # two pages of edits
-    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    linked = _persons_referred_to(pipedrive)
     gone = next(p for p in persons if str(p["id"]) not in linked)  # deleted there, no record refers to it
     edited = [p for p in persons if p is not gone]
     customermates.edit_records("contacts", [{"id": index[str(p["id"])][0]["id"], "lastName": "Edited-In-Target"} for p in [gone, *edited]])
@@ -509,25 +509,32 @@ def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the
     assert len(customermates.records("contacts")) == len(contacts) - 2
 
 
+def _persons_referred_to(pipedrive) -> set[str]:
+    """Ids of the persons a deal, lead or activity refers to (their contacts are linked to others)."""
+    return {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+
+
+def _reconciling_sync(env, customermates, tmp_path) -> tuple[int, int]:
+    """A sync that reads both sides whole: (contacts reported deleted in Customermates, lookups by Pipedrive ID)."""
+    customermates.clear_requests()
+    result = invoke(env, "sync", "--reconcile-every", "1", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    lookups = [r for r in _searches(customermates) if any(f["operator"] == "equals" for f in r.body.get("filters") or [])]
+    return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
+
+
 def test_records_deleted_in_customermates_are_looked_up_once_not_at_every_whole_read(env, pipedrive, customermates, tmp_path):
     """A whole read looks up each migrated record it did not see before it counts as deleted there.
     Once found gone, a record is not looked up again: a team that deleted 2,000 contacts would
     otherwise pay 2,000 searches at every reconciling sync. Each sync still reports them."""
     assert invoke(env, "run").exit_code == 0
-    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    linked = _persons_referred_to(pipedrive)
     index = by_pipedrive_id(customermates, "contacts")
     gone = [index[pid][0]["id"] for pid in sorted(index) if pid not in linked][:5]
     customermates.delete_records("contacts", gone)
 
-    def reconciling_sync():
-        customermates.clear_requests()
-        result = invoke(env, "sync", "--reconcile-every", "1", "--report-dir", str(tmp_path / "r"))
-        assert result.exit_code == 0, result.output
-        lookups = [r for r in _searches(customermates) if any(f["operator"] == "equals" for f in r.body.get("filters") or [])]
-        return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
-
-    assert reconciling_sync() == (5, 5)
-    assert reconciling_sync() == (5, 0)
+    assert _reconciling_sync(env, customermates, tmp_path) == (5, 5)
+    assert _reconciling_sync(env, customermates, tmp_path) == (5, 0)
 
 
 def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_gone_and_is_looked_up_once(env, pipedrive, customermates, tmp_path):
@@ -535,7 +542,7 @@ def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_go
     finds that other contact, which is kept with what was read; the migrated one is still gone,
     reported, and not looked up again."""
     assert invoke(env, "run").exit_code == 0
-    linked = {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    linked = _persons_referred_to(pipedrive)
     index = by_pipedrive_id(customermates, "contacts")
     pid = next(pid for pid in sorted(index) if pid not in linked)
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
@@ -546,15 +553,8 @@ def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_go
     )
     assert made.status_code == 201, made.text
 
-    def reconciling_sync():
-        customermates.clear_requests()
-        result = invoke(env, "sync", "--reconcile-every", "1", "--report-dir", str(tmp_path / "r"))
-        assert result.exit_code == 0, result.output
-        lookups = [r for r in _searches(customermates) if any(f["operator"] == "equals" for f in r.body.get("filters") or [])]
-        return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
-
-    assert reconciling_sync() == (1, 1)
-    assert reconciling_sync() == (1, 0)
+    assert _reconciling_sync(env, customermates, tmp_path) == (1, 1)
+    assert _reconciling_sync(env, customermates, tmp_path) == (1, 0)
     assert [r["lastName"] for r in by_pipedrive_id(customermates, "contacts")[pid]] == ["Hand"]  # left alone
 
 
