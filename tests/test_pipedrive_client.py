@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from migrate.errors import BudgetExhaustedError, PipedriveError
+from migrate.httpdate import parse_http_date
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
 from migrate.pipedrive.extract import extract, extract_changes, since_params
@@ -408,3 +409,10 @@ def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path
         summary = extract(Staging(tmp_path / "s.duckdb"), client, "run")
     assert "deals_archived" in summary.missing
     assert summary.records["deals"] == len(fake.collections["deals"])
+
+
+def test_http_dates_are_read_as_aware_utc_datetimes_and_unreadable_ones_as_none():
+    assert parse_http_date("Sun, 29 Nov 2026 23:40:00 GMT") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)
+    assert parse_http_date("Mon, 30 Nov 2026 01:40:00 +0200") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)
+    assert parse_http_date("Sun, 29 Nov 2026 23:40:00 -0000") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)  # no zone: UTC
+    assert [parse_http_date(v) for v in (None, "", "yesterday")] == [None, None, None]

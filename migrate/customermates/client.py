@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self
 
 import httpx
@@ -31,6 +30,7 @@ import structlog
 import tenacity
 
 from migrate import errors as _errors
+from migrate.httpdate import parse_http_date
 
 __all__ = [
     "ENTITIES",
@@ -531,12 +531,13 @@ class CustomermatesClient(HttpSession):
                 return
             last = items[-1].get("updatedAt")
             at_last = {(item["id"], last) for item in items if item.get("updatedAt") == last}
-            if not (_later(last, bound["value"]) or (bound["operator"] == "gte" and len(at_last) == len(items))):
+            one_instant = len(at_last) == len(items)  # the bound cannot move past it
+            if not (_later(last, bound["value"]) or (bound["operator"] == "gte" and one_instant)):
                 raise CustomermatesError(
                     f"Unexpected answer to POST /{entity}/search: asked for records with updatedAt {bound['operator']} "
                     f"{bound['value']} sorted by it, the page ends on {items[-1].get('id')} at {last!r}: cannot read on from there"
                 )
-            if len(at_last) == len(items):
+            if one_instant:
                 handed |= at_last
                 instant = [{"field": "updatedAt", "operator": op, "value": last} for op in ("gte", "lte")]
                 yield from (item for item in self.iter_records(entity, filters=instant) if (item["id"], last) not in handed)
@@ -625,7 +626,7 @@ class CustomermatesClient(HttpSession):
                 f"after {attempts} attempt(s): {type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
             ) from exc
         self._raise_for_status(response, what=what, kind=kind)
-        self.last_read_date = _http_date(response.headers.get("date"))
+        self.last_read_date = parse_http_date(response.headers.get("date"))
         return self._json(response, what=what, kind=kind)
 
     def _write(self, method: str, path: str, body: Any, *, what: str) -> Any:
@@ -816,12 +817,6 @@ def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = _http_date(value)
+        when = parse_http_date(value)
         return None if when is None else max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
-
-def _http_date(value: str | None) -> datetime | None:
-    try:
-        return parsedate_to_datetime(value) if value else None
-    except (TypeError, ValueError):
-        return None

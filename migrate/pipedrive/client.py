@@ -16,8 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -30,6 +29,7 @@ from tenacity import (
 )
 
 from migrate.errors import BudgetExhaustedError, PipedriveError
+from migrate.httpdate import parse_http_date
 from migrate.pipedrive.collections import PAGE_LIMIT, Collection
 
 log = structlog.get_logger(__name__)
@@ -206,7 +206,7 @@ class PipedriveClient:
         with self._counters:
             self.requests_sent += 1
             if self.first_answer_at is None:
-                self.first_answer_at = _server_time(response.headers.get("date"))
+                self.first_answer_at = parse_http_date(response.headers.get("date"))
             remaining = response.headers.get("x-daily-ratelimit-token-remaining", "")
             if remaining.isdigit():  # optional: missing for a while after long inactivity (contract §4)
                 self.budget_remaining = int(remaining)
@@ -361,14 +361,6 @@ def _ssl_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
             return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
     return verify
-
-
-def _server_time(value: str | None) -> datetime | None:
-    """An HTTP Date header (`Sun, 29 Nov 2026 23:40:00 GMT`) as an aware UTC datetime."""
-    try:
-        return parsedate_to_datetime(value).astimezone(UTC) if value else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _seconds(value: str | None) -> float | None:
