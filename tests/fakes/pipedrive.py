@@ -87,6 +87,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 __all__ = ["FakePipedrive", "RequestRecord", "VALID_TOKEN", "CLOUDFLARE_HTML", "COMPANY"]
 
 VALID_TOKEN = "3f2a9c5e7b1d4f6a8c0e2b4d6f8a1c3e5b7d9f0a"
@@ -836,7 +838,12 @@ class FakePipedrive:
 
 
 def _json(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON: by orjson, eight times json.dumps' speed, so that a benchmark's "fake
+    serving" is not mostly the fake encoding pages; by json.dumps what orjson will not write."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,0 +1,75 @@
+"""The state file's raw pages: what a page writes, whatever the order pages come in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from migrate.staging.store import Checkpoint, Staging
+
+
+def _page(ids: list[int], name: str) -> list[dict]:
+    return [{"id": i, "name": f"{name} {i}", "update_time": "2026-01-02 03:04:05"} for i in ids]
+
+
+def _staged(staging: Staging, collection: str = "persons") -> dict[str, dict]:
+    return {str(r["id"]): r for r in staging.iter_raw(collection)}
+
+
+def test_a_record_met_again_during_a_first_extract_is_staged_once_as_last_read(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_page("persons", _page([1, 2, 3], "first"), Checkpoint("persons", "c1", 1, 3, False), "run")
+        # An offset list that shifted hands record 3 out again, then record 4 with it.
+        staging.write_page("persons", _page([3, 4], "second"), Checkpoint("persons", "c2", 2, 5, False), "run")
+        staging.write_page("persons", _page([5, 5], "third"), Checkpoint("persons", "c3", 3, 7, False), "run")
+        staged = _staged(staging)
+        assert sorted(staged, key=int) == ["1", "2", "3", "4", "5"]
+        assert staged["3"]["name"] == "second 3"
+        assert staging.checkpoint("persons") == Checkpoint("persons", "c3", 3, 7, False)
+
+
+def test_a_page_that_cannot_be_written_leaves_neither_its_records_nor_its_checkpoint(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_page("persons", _page([1], "first"), Checkpoint("persons", "c1", 1, 1, False), "run")
+        with pytest.raises(Exception, match="has no id"):
+            staging.write_page("persons", [*_page([2], "second"), {"name": "no id"}], Checkpoint("persons", "c2", 2, 3, False), "run")
+        assert list(_staged(staging)) == ["1"]
+        assert staging.checkpoint("persons") == Checkpoint("persons", "c1", 1, 1, False)
+
+
+def test_each_lane_keeps_its_own_checkpoint_row_as_its_pages_arrive(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        for page in range(1, 4):
+            staging.write_page("persons", _page([page], "asc"), Checkpoint("persons#asc", f"a{page}", page, page, False), "run")
+            staging.write_page("persons", _page([100 - page], "desc"), Checkpoint("persons#desc", f"d{page}", page, page, False), "run")
+        assert staging.checkpoint("persons#asc") == Checkpoint("persons#asc", "a3", 3, 3, False)
+        assert staging.checkpoint("persons#desc") == Checkpoint("persons#desc", "d3", 3, 3, False)
+        assert staging.con.execute("SELECT count(*) FROM extract_checkpoints").fetchone()[0] == 2
+
+
+def test_raw_records_keep_every_value_exactly_even_past_what_orjson_writes(tmp_path):
+    odd = {
+        "id": 1,
+        "big": 123456789012345678901234567890,  # past 64 bits: written by json instead
+        "float": 0.1 + 0.2,
+        "text": "Zoë 日本 🙂 \"quoted\" \\ back\nslash",
+        "nested": {"list": [1, None, True, 1e-300]},
+    }
+    plain = {"id": 2, "float": 1e16, "text": "Zoë"}
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_page("persons", [odd, plain], Checkpoint("persons", None, 1, 2, True), "run")
+        staged = _staged(staging)
+        text = staging.con.execute("SELECT data::VARCHAR FROM raw_persons WHERE id = '1'").fetchone()[0]
+    assert staged["1"] == odd and staged["2"] == plain
+    assert json.loads(text)["big"] == odd["big"]
+
+
+def test_a_rerun_over_a_staged_collection_replaces_its_records(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Staging(path) as staging:
+        staging.write_page("persons", _page([1, 2], "first"), Checkpoint("persons", None, 1, 2, True), "run1")
+    with Staging(path) as staging:  # a new connection: the table is not empty, pages replace
+        staging.write_page("persons", _page([2, 3], "again"), Checkpoint("persons", None, 1, 2, True), "run2")
+        staged = _staged(staging)
+    assert {i: r["name"] for i, r in staged.items()} == {"1": "first 1", "2": "again 2", "3": "again 3"}
