@@ -416,3 +416,32 @@ def test_http_dates_are_read_as_aware_utc_datetimes_and_unreadable_ones_as_none(
     assert parse_http_date("Mon, 30 Nov 2026 01:40:00 +0200") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)
     assert parse_http_date("Sun, 29 Nov 2026 23:40:00 -0000") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)  # no zone: UTC
     assert [parse_http_date(v) for v in (None, "", "yesterday")] == [None, None, None]
+
+
+def test_values_are_read_exactly_whatever_their_size_or_form(fake):
+    # orjson reads pages unless they hold what it would read differently from json: then json does.
+    odd = {
+        "big": 123456789012345678901234567890,  # past 64 bits: orjson would make it a float
+        "u64": 18446744073709551615,
+        "float": 0.1 + 0.2,
+        "tiny": 5e-324,
+        "text": "Zoë 日本 🙂 \"quoted\" 0123456789012345678901234",
+    }
+    fake.collections["persons"] = [dict(fake.collections["persons"][0], id=1, custom_fields=odd),
+                                   dict(fake.collections["persons"][0], id=2, custom_fields={"small": 7, "float": 1e16})]
+    with client_for(fake) as client:
+        persons = {p["id"]: p["custom_fields"] for p in all_records(client, "persons")}
+    assert persons == {1: odd, 2: {"small": 7, "float": 1e16}}
+    assert type(persons[1]["big"]) is int and type(persons[2]["float"]) is float
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"success": true, "data": [{"id": 1, "x": NaN}], "additional_data": {}}', "nan"),
+    (b'{"success": true, "data": [{"id": 1, "x": 1e400}], "additional_data": {}}', "inf"),
+    (b'{"success": true, "data": [{"id": 1, "x": "\\ud800"}], "additional_data": {}}', "'\\ud800'"),
+])
+def test_a_page_orjson_refuses_is_read_as_json_reads_it(fake, raw, expected):
+    fake.inject(200, path_contains="/api/v1/users", body=raw, content_type="application/json")
+    with client_for(fake) as client:
+        (user,) = all_records(client, "users")
+    assert repr(user["x"]) == expected

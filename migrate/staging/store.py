@@ -500,6 +500,8 @@ class Staging:
         return int(count)
 
     def has_collection(self, collection: str) -> bool:
+        if raw_table(collection) in self._raw_tables:
+            return True
         return bool(
             self.con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [raw_table(collection)]
