@@ -357,13 +357,13 @@ class Staging:
         with self._transaction():
             self._write_records(collection, table, records, key, plain=plain)
             # An UPDATE of the row a lane already has: 1 ms a page, where INSERT OR REPLACE took 3–4.
-            values = [checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now(), checkpoint.collection]
+            row = [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()]
             updated = self.con.execute(
                 "UPDATE extract_checkpoints SET cursor = ?, pages = ?, records = ?, done = ?, run_id = ?, updated_at = ? WHERE collection = ?",
-                values,
+                [*row[1:], row[0]],
             ).fetchone()[0]
             if not updated:
-                self.con.execute("INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", [values[-1], *values[:-1]])
+                self.con.execute("INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
     def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
         """Insert or replace records by `key`, in one transaction."""
@@ -502,13 +502,10 @@ class Staging:
         return int(count)
 
     def has_collection(self, collection: str) -> bool:
-        if raw_table(collection) in self._raw_tables:
+        table = raw_table(collection)
+        if table in self._raw_tables:
             return True
-        return bool(
-            self.con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [raw_table(collection)]
-            ).fetchone()[0]
-        )
+        return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
 
     def iter_raw(
         self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000, where: str = "TRUE"
