@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import duckdb
 import orjson
 
+from migrate import jsontext
 from migrate.errors import MigrateError
 
 SCHEMA_VERSION = 1
@@ -516,7 +517,7 @@ class Staging:
         if not include_deleted:
             where = f"({where}) AND NOT coalesce(is_deleted, false)"
         for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
-            yield json.loads(data)
+            yield jsontext.loads(data)
 
     def stream(self, sql: str, params: list[Any] | dict[str, Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
         """Rows of a query, fetched in batches on a cursor of their own (several streams can be

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrate import jsontext
 from migrate.staging.store import Staging, batched, raw_table
 from migrate.transform import entities, incremental, notes
 from migrate.transform import values as v
@@ -164,7 +165,7 @@ class Transformer:
             "data->>'deal_id', data", raw_table("deal_products"), "data->>'deal_id'", where,
             then="coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)",
         )
-        return SortedGroups((deal, json.loads(data)) for deal, data in rows)
+        return SortedGroups((deal, jsontext.loads(data)) for deal, data in rows)
 
     def _known_ids(self) -> dict[str, IdSet]:
         """The ids of the records that exist (not deleted), by entity."""
