@@ -71,7 +71,7 @@ MAX_REQUEST_BYTES = 2_000_000
 about 4.5 MB each way (§10), and the answer, the records with their notes as Tiptap JSON, is bigger than the
 request. A hundred records with long notes (up to 65,535 characters each) are far over it."""
 
-USER_READS = 3  # reads of the users list, should users be removed while it is read (`list_users`)
+USER_READS = 4  # reads of a users list of several pages: two that agree, should users change while it is read (`list_users`)
 
 PAGE_SIZES = (100, 25, 10, 5)
 """The page sizes search accepts, largest first (§4)."""
@@ -416,13 +416,21 @@ class CustomermatesClient(HttpSession):
         """Every user of the company (``POST /v1/users/search``, pages of 100, oldest first).
 
         Pages go by number (users search takes no filters to page by), so a user removed while
-        they are read moves every later one a place back, and the next page starts one user late:
-        a read whose pages disagree on the total is read again, up to ``USER_READS`` times."""
+        they are read moves every later one a place back, and the next page starts one user late.
+        Its pages' totals then disagree, unless a user was added too. So a list of more than one
+        page is taken only when the next read gives the same users in the same order; a single
+        page is one answer, nothing can move under it. Up to ``USER_READS`` reads."""
+        before: list[Any] | None = None
         for _ in range(USER_READS):
             users, totals = self._users_once()
-            if len(set(totals)) <= 1:
-                break
-            log.warning("customermates.users_moved", totals=totals)
+            if len(totals) == 1:
+                return users
+            ids = [u.get("id") for u in users] if len(set(totals)) == 1 else None
+            if ids is not None and ids == before:
+                return users
+            if before is not None or ids is None:
+                log.warning("customermates.users_moved", totals=totals)
+            before = ids
         return users
 
     def _users_once(self) -> tuple[list[dict], list[Any]]:
