@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import orjson
 
 from migrate import jsontext
 from migrate.errors import MigrateError
@@ -378,7 +377,7 @@ class Staging:
         records = self._claim_from_sibling(collection, records, key)
         if not records:
             return
-        data = [_json_text(r) for r in records]
+        data = [jsontext.dumps(r) for r in records]
         self._note_row_sizes(table, data)
         self.con.execute(
             f"INSERT {'' if plain else 'OR REPLACE '}INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
@@ -1269,15 +1268,6 @@ class Staging:
             f"SELECT entity, source_id, field, rule, detail FROM {self._run_issues_sql()} ORDER BY phase, entity, rule, source_id, field, detail",
             {"run": run_id},
         )
-
-
-def _json_text(record: dict[str, Any]) -> str:
-    """A raw record as JSON text: by orjson, nine times json.dumps' speed, unless it holds what
-    orjson will not write exactly (an integer past 64 bits, a lone surrogate)."""
-    try:
-        return orjson.dumps(record).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(record, ensure_ascii=False)
 
 
 def _identity(record: dict[str, Any], key: str, collection: str) -> str:
