@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.staging.store import Staging
 from migrate.transform import values as v
 from tests.fakes.customermates import VALID_KEY
 
@@ -212,11 +213,14 @@ def test_notes_arrive_as_markdown_on_their_records(migrated, sample_dir, custome
     assert checked > 20
 
 
-def test_rerun_makes_no_write_requests(env, migrated, customermates, tmp_path):
+def test_rerun_makes_no_write_requests(env, migrated, customermates, tmp_path, monkeypatch):
     writes_before = customermates.write_count()
     columns_before = customermates.columns()
+    saved = []  # nor does it rewrite the state file's column rows (a commit each, every run and sync)
+    monkeypatch.setattr(Staging, "save_column", lambda self, *args: saved.append(args))
     result = run_cli(env, "--report-dir", str(tmp_path / "again"))
     assert result.exit_code == 0, result.output
+    assert saved == []
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert customermates.write_count() == writes_before
     assert customermates.columns() == columns_before  # no twin columns, options untouched

@@ -86,7 +86,8 @@ def ensure_columns(
         index.ids[(entity, key)] = column["id"]
         # remember the label Pipedrive gave, not the column's: a later difference then means a
         # rename in Pipedrive, while a rename made in Customermates stays
-        staging.save_column(entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"]}, None)
+        options = remembered["options"] if remembered and remembered["id"] == column["id"] else None
+        _remember(staging, known, entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options})
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
             index.options[(entity, key)] = {o["label"]: o["value"] for o in present}
@@ -116,10 +117,18 @@ def ensure_columns(
                 raise RuntimeError(f"column {entity}.{key} ({column_id}) vanished right after it was created")
             if column.get("type") == "singleSelect":
                 index.options[(entity, key)] = {o["label"]: o["value"] for o in (column.get("options") or {}).get("options") or []}
-                staging.save_column(
-                    entity, key, {"id": column_id, "label": intended_labels[(entity, key)], "type": column["type"], "options": index.options[(entity, key)]}, None
+                _remember(
+                    staging, known, entity, key,
+                    {"id": column_id, "label": intended_labels[(entity, key)], "type": column["type"], "options": index.options[(entity, key)]},
                 )
     return index
+
+
+def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:
+    """Save a column's row in the state file unless it holds that already: every run and sync
+    meets every column, and a write is a commit of its own (a few ms each, a hundred columns)."""
+    if known.get((entity, key)) != column:
+        staging.save_column(entity, key, column, None)
 
 
 def _create(mcp: McpClient, entity: str, spec: dict[str, Any]) -> str:
