@@ -34,7 +34,6 @@ def test_a_text_json_cannot_read_raises_as_json_raises():
         jsontext.loads(b"<html>")
 
 
-
 @pytest.mark.parametrize("value", [
     {"id": 1, "name": "Zoë 日本 🙂", "n": [0.1, 5e-324, 1e16, True, None]},
     {"big": 123456789012345678901234567890},  # orjson cannot write it: json does

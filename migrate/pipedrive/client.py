@@ -381,6 +381,8 @@ def _reason(exc: Exception) -> str:
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
 _HTML_START = re.compile(rb"\s*<(!doctype|html)", re.IGNORECASE)
+
+
 def _is_html(response: httpx.Response) -> bool:
     return "html" in response.headers.get("content-type", "") or _HTML_START.match(response.content) is not None
 
