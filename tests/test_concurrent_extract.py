@@ -6,10 +6,12 @@ import threading
 
 import pytest
 
-from migrate.errors import PipedriveError
+from migrate import stopping
+from migrate.errors import Interrupted, PipedriveError
 from migrate.pipedrive.client import Page
 from migrate.pipedrive.collections import BY_NAME
-from migrate.pipedrive.extract import ConcurrentSource, Lane
+from migrate.pipedrive.extract import ConcurrentSource, ExtractSummary, Lane, _ConcurrentRun, _Stager
+from migrate.staging.store import Checkpoint, Staging
 
 PERSONS, NOTES, DEALS = BY_NAME["persons"], BY_NAME["notes"], BY_NAME["deals"]
 
@@ -187,3 +189,61 @@ def test_an_extract_interrupted_at_any_page_of_either_end_resumes_to_every_recor
         extract_persons(big_persons, tmp_path)
     big_persons.handle = served
     assert extract_persons(big_persons, tmp_path) == list(range(1, 6001))
+
+
+class QueuedArrivals:
+    """A reader whose pages are all waiting at once, as when staging is slower than the reads."""
+
+    def __init__(self, arrivals):
+        self.left = list(arrivals)
+
+    def arrivals(self):
+        while self.left:
+            yield self.left.pop(0)
+
+    def waiting(self):
+        return bool(self.left)
+
+
+def _consume(staging, arrivals, *, stop_after=None) -> tuple[list[int], ExtractSummary]:
+    """Stage the arrivals as an extract does; the sizes of the commits, and the summary. With
+    `stop_after`, a stop is requested once that many pages are committed."""
+    groups: list[int] = []
+    write_pages = staging.write_pages
+
+    def counted(pages, run_id):
+        write_pages(pages, run_id)
+        groups.append(len(pages))
+        if stop_after is not None and sum(groups) >= stop_after:
+            stopping.request("SIGTERM", 15)
+
+    staging.write_pages = counted
+    stager = _Stager(staging, "run", ExtractSummary(), None)
+    try:
+        _ConcurrentRun(stager, client=None, totals={"persons": (0, 0)}).consume(QueuedArrivals(arrivals))
+    finally:
+        stopping.reset()
+    return groups, stager.summary
+
+
+def _pages(lane, count, *, last_ends=True):
+    return [(lane, "page", (Page([{"id": n}], None if last_ends and n == count else str(n)), False)) for n in range(1, count + 1)]
+
+
+def test_pages_waiting_to_be_staged_are_committed_together_at_most_eight_at_a_time(tmp_path):
+    lane = Lane(PERSONS, None)
+    with Staging(tmp_path / "s.duckdb") as staging:
+        groups, summary = _consume(staging, [*_pages(lane, 10), (lane, "end", None)])
+        assert groups == [8, 2]
+        assert summary.pages == 10
+        assert staging.count_raw("persons")[0] == 10
+        assert staging.checkpoint("persons") == Checkpoint("persons", None, 10, 10, True)
+
+
+def test_a_stop_requested_while_pages_wait_comes_after_they_are_committed(tmp_path):
+    lane = Lane(PERSONS, None)
+    with Staging(tmp_path / "s.duckdb") as staging:
+        with pytest.raises(Interrupted):
+            _consume(staging, _pages(lane, 12, last_ends=False), stop_after=1)
+        assert staging.count_raw("persons")[0] == 8  # the first commit's eight pages, and their checkpoint
+        assert staging.checkpoint("persons") == Checkpoint("persons", "8", 8, 8, False)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from migrate.staging.store import Checkpoint, Staging
+from migrate.staging.store import Checkpoint, PageWrite, Staging
 
 
 def _page(ids: list[int], name: str) -> list[dict]:
@@ -36,6 +36,56 @@ def test_a_page_that_cannot_be_written_leaves_neither_its_records_nor_its_checkp
             staging.write_page("persons", [*_page([2], "second"), {"name": "no id"}], Checkpoint("persons", "c2", 2, 3, False), "run")
         assert list(_staged(staging)) == ["1"]
         assert staging.checkpoint("persons") == Checkpoint("persons", "c1", 1, 1, False)
+
+
+def test_pages_written_together_are_staged_with_each_rows_last_checkpoint(tmp_path):
+    pages = [
+        PageWrite("persons", _page([1, 2], "asc"), Checkpoint("persons", "a1", 1, 2, False)),
+        PageWrite("persons", _page([9], "desc"), Checkpoint("persons~desc", "d1", 1, 1, False)),
+        PageWrite("persons", _page([3, 4], "asc"), Checkpoint("persons", "a2", 2, 4, False)),
+        PageWrite("organizations", _page([7], "org"), Checkpoint("organizations", None, 1, 1, True)),
+    ]
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_pages(pages, "run")
+        assert sorted(_staged(staging), key=int) == ["1", "2", "3", "4", "9"]
+        assert list(_staged(staging, "organizations")) == ["7"]
+        assert staging.checkpoint("persons") == Checkpoint("persons", "a2", 2, 4, False)
+        assert staging.checkpoint("persons~desc") == Checkpoint("persons~desc", "d1", 1, 1, False)
+        assert staging.checkpoint("organizations") == Checkpoint("organizations", None, 1, 1, True)
+
+
+def test_pages_written_together_are_all_staged_or_none(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_page("persons", _page([1], "first"), Checkpoint("persons", "c1", 1, 1, False), "run")
+        group = [
+            PageWrite("persons", _page([2], "second"), Checkpoint("persons", "c2", 2, 2, False)),
+            PageWrite("organizations", _page([5], "org"), Checkpoint("organizations", "o1", 1, 1, False)),
+            PageWrite("persons", [{"name": "no id"}], Checkpoint("persons", "c3", 3, 3, False)),
+        ]
+        with pytest.raises(Exception, match="has no id"):
+            staging.write_pages(group, "run")
+        assert list(_staged(staging)) == ["1"]
+        assert staging.checkpoint("persons") == Checkpoint("persons", "c1", 1, 1, False)
+        assert staging.checkpoint("organizations") is None
+        staging.write_pages(group[:2], "run")  # the tables the rollback touched are still there
+        assert sorted(_staged(staging), key=int) == ["1", "2"]
+
+
+def test_a_record_met_twice_among_pages_written_together_is_staged_once_as_last_read(tmp_path):
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_pages(
+            [
+                PageWrite("organizations", _page([7], "org"), Checkpoint("organizations", "o1", 1, 1, False)),
+                PageWrite("persons", _page([1, 2, 3], "asc"), Checkpoint("persons", "a1", 1, 3, False)),
+                PageWrite("persons", _page([5, 4, 3], "desc"), Checkpoint("persons~desc", "d1", 1, 3, False)),  # the lanes met
+            ],
+            "run",
+        )
+        staged = _staged(staging)
+        assert sorted(staged, key=int) == ["1", "2", "3", "4", "5"]
+        assert staged["3"]["name"] == "desc 3"
+        assert list(_staged(staging, "organizations")) == ["7"]
+        assert staging.checkpoint("persons~desc") == Checkpoint("persons~desc", "d1", 1, 3, False)
 
 
 def test_each_lane_keeps_its_own_checkpoint_row_as_its_pages_arrive(tmp_path):

@@ -2,8 +2,9 @@
 
 A source is anything with `pages(collection, start)`: the live API (`PipedriveClient`) or an
 offline snapshot directory (`SnapshotSource`, one JSON Lines file per collection). Each page
-is written together with the checkpoint that points past it, so a crash loses at most the
-page in flight and a rerun resumes where the last committed page ended.
+is written together with the checkpoint that points past it (the pages already read and waiting
+for staging in one commit), so a crash loses at most the pages in flight and a rerun resumes
+where the last committed page ended.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
-from migrate.staging.store import Checkpoint, Staging, raw_table
+from migrate.staging.store import Checkpoint, PageWrite, Staging, raw_table
 
 log = structlog.get_logger(__name__)
 
 DEAL_PRODUCT_READERS = 4  # deal-product requests in flight at once
+PAGES_PER_COMMIT = 8  # pages already read that are written in one transaction, at most
 EXTRACT_BEGAN_KEY = "extract_began"  # in the state file's meta: when the current (or last) full extract began
 
 
@@ -166,6 +168,7 @@ def _extract_concurrently(stager: _Stager, client: PipedriveClient, checkpoints:
         for lane, kind, item in reader.leftovers():
             if kind == "page" and lane.collection.name not in run.finished:
                 run.stage(lane, item[0])
+        stager.flush()
         raise
     finally:
         reader.close()
@@ -195,31 +198,42 @@ class _ConcurrentRun:
             self.stager.finish(row)
 
     def consume(self, reader: ConcurrentSource) -> None:
+        """Stage pages as they arrive: those waiting together in one commit (`_Stager.flush`)."""
         for lane, kind, item in reader.arrivals():
-            collection = lane.collection
-            if kind == "page":
-                page = item[0]
-                if collection.name in self.finished:  # read ahead by the other lane: keep it, the checkpoints are final
-                    self.stager.staging.upsert_records(collection.name, page.records, collection.key)
-                    continue
-                self.stage(lane, page)
-                if lane.meeting is not None and (page.next_cursor is None or _whole(*self.staged[collection.name])):
-                    self.finish(collection.name)
-            elif kind == "error":
-                if not isinstance(item, PipedriveError):
-                    raise item
-                if lane.meeting is not None and collection.name in self.finished:
-                    continue
-                if lane.meeting is not None:
-                    self.finished.add(collection.name)
-                self.stager.unavailable(self.client, collection, item, self.totals[collection.name])
-                if lane.meeting is not None:
-                    self.stager.finish(collection.name + DESC)
+            self.take(lane, kind, item)
+            if not reader.waiting() or len(self.stager.pending) >= PAGES_PER_COMMIT:
+                self.stager.flush()
+                stopping.check()  # the pages are recorded: a requested stop can happen here
+        self.stager.flush()
+
+    def take(self, lane: Lane, kind: str, item: Any) -> None:
+        """Queue a page (or stage what an error leaves), and mark a collection read whole."""
+        collection = lane.collection
+        if kind == "page":
+            page = item[0]
+            if collection.name in self.finished:  # read ahead by the other lane: keep it, the checkpoints are final
+                self.stager.flush()
+                self.stager.staging.upsert_records(collection.name, page.records, collection.key)
+                return
+            self.stage(lane, page)
+            if lane.meeting is not None and (page.next_cursor is None or _whole(*self.staged[collection.name])):
+                self.finish(collection.name)
+        elif kind == "error":
+            if not isinstance(item, PipedriveError):
+                raise item
+            if lane.meeting is not None and collection.name in self.finished:
+                return
+            if lane.meeting is not None:
+                self.finished.add(collection.name)
+            self.stager.unavailable(self.client, collection, item, self.totals[collection.name])
+            if lane.meeting is not None:
+                self.stager.finish(collection.name + DESC)
 
     def stage(self, lane: Lane, page: Page) -> None:
+        """Queue a page for the next commit, with its lane's checkpoint row."""
         collection = lane.collection
         if lane.meeting is None:
-            self.totals[collection.name] = self.stager.stage(collection, page, self.totals[collection.name])
+            self.totals[collection.name] = self.stager.write(collection, page, collection.name, page.next_cursor, self.totals[collection.name])
             return
         row = collection.name + (DESC if lane.direction == "desc" else "")
         ids = _int_ids(page.records)
@@ -232,17 +246,18 @@ class _ConcurrentRun:
         # never None, so the row is not done: it is marked done only when the collection is whole (by
         # `consume`), as a reader's decision to stop rests on pages the other lane may not have staged yet
         self.totals[row] = self.stager.write(collection, page, row, cursor, self.totals.get(row, (0, 0)))
-        stopping.check()
 
 
 @dataclass
 class _Stager:
-    """Writes pages into staging, each with the checkpoint row that points past it, and counts them."""
+    """Writes pages into staging, each with the checkpoint row that points past it, and counts
+    them. Pages queued by `write` are committed together by `flush`."""
 
     staging: Staging
     run_id: str
     summary: ExtractSummary
     progress: ProgressFn | None
+    pending: list[PageWrite] = field(default_factory=list)
 
     def begin(self, collection: Collection, checkpoint: Checkpoint | None) -> tuple[int, int]:
         """(pages, records) staged so far, from the checkpoint of an interrupted extract."""
@@ -253,22 +268,32 @@ class _Stager:
         return (checkpoint.pages, checkpoint.records) if checkpoint else (0, 0)
 
     def write(self, collection: Collection, page: Page, row: str, cursor: str | None, totals: tuple[int, int]) -> tuple[int, int]:
-        """Stage a page and move checkpoint row `row` (past `totals`) to `cursor`, done when there is
-        none; returns the row's new (pages, records)."""
+        """Queue a page, to move checkpoint row `row` (past `totals`) to `cursor`, done when there
+        is none; returns the row's new (pages, records)."""
         pages, records = totals[0] + 1, totals[1] + len(page.records)
-        self.staging.write_page(collection.name, page.records, Checkpoint(row, cursor, pages, records, cursor is None), self.run_id, collection.key)
-        self.summary.pages += 1
-        if self.progress:
-            self.progress(collection.name, len(page.records))
+        self.pending.append(PageWrite(collection.name, page.records, Checkpoint(row, cursor, pages, records, cursor is None), collection.key))
         return pages, records
+
+    def flush(self) -> None:
+        """Commit the queued pages, in one transaction."""
+        if not self.pending:
+            return
+        self.staging.write_pages(self.pending, self.run_id)
+        for page in self.pending:
+            self.summary.pages += 1
+            if self.progress:
+                self.progress(page.collection, len(page.records))
+        self.pending = []
 
     def finish(self, row: str) -> None:
         """Mark checkpoint row `row` done (a lane's row, once its collection is read whole)."""
+        self.flush()
         self.staging.finish_checkpoint(row, self.run_id)
 
     def stage(self, collection: Collection, page: Page, totals: tuple[int, int]) -> tuple[int, int]:
-        """A page of a collection read from one end: its checkpoint row is the collection's."""
+        """Write a page of a collection read from one end: its checkpoint row is the collection's."""
         totals = self.write(collection, page, collection.name, page.next_cursor, totals)
+        self.flush()
         stopping.check()  # the page is recorded: a requested stop can happen here
         return totals
 
@@ -316,13 +341,20 @@ def _extract_deal_products(stager: _Stager, source: PageSource, checkpoint: Chec
 
     with ThreadPoolExecutor(max_workers=DEAL_PRODUCT_READERS, thread_name_prefix="deal-products") as pool:
         ahead: deque[Future[list[Page]]] = deque()
-        for index in range(first_chunk, len(chunks)):
-            # requests run a few chunks ahead (Pipedrive's answer time overlaps); staging stays in order
-            while len(ahead) < DEAL_PRODUCT_READERS and index + len(ahead) < len(chunks):
-                ahead.append(pool.submit(fetch, index + len(ahead)))
-            for page in ahead.popleft().result():
-                cursor = _deal_products_cursor(index, len(chunks), page)
-                totals = stager.write(DEAL_PRODUCTS, page, DEAL_PRODUCTS.name, cursor, totals)
+        try:
+            for index in range(first_chunk, len(chunks)):
+                # requests run a few chunks ahead (Pipedrive's answer time overlaps); staging stays in order
+                while len(ahead) < DEAL_PRODUCT_READERS and index + len(ahead) < len(chunks):
+                    ahead.append(pool.submit(fetch, index + len(ahead)))
+                for page in ahead.popleft().result():
+                    cursor = _deal_products_cursor(index, len(chunks), page)
+                    totals = stager.write(DEAL_PRODUCTS, page, DEAL_PRODUCTS.name, cursor, totals)
+                if not (ahead and ahead[0].done()) or len(stager.pending) >= PAGES_PER_COMMIT:
+                    stager.flush()  # nothing more to take at once
+        except (PipedriveError, BudgetExhaustedError):  # keep every page read
+            stager.flush()
+            raise
+    stager.flush()
 
 
 def _deal_products_cursor(index: int, chunks: int, page: Page) -> str | None:
@@ -620,6 +652,10 @@ class ConcurrentSource:
             except queue.Full:
                 continue
         return False
+
+    def waiting(self) -> bool:
+        """Whether another arrival is there to take at once."""
+        return not self._box.empty()
 
     def arrivals(self) -> Iterator[tuple[Lane, str, Any]]:
         """(lane, "page" | "error" | "end", (page, lane stops) or exception) until every lane

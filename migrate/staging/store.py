@@ -163,6 +163,16 @@ class Checkpoint:
     done: bool
 
 
+@dataclass(frozen=True)
+class PageWrite:
+    """A page of records to stage (identified by `key`) and the checkpoint row that points past it."""
+
+    collection: str
+    records: list[dict[str, Any]]
+    checkpoint: Checkpoint
+    key: str = "id"
+
+
 class _RowWindow:
     """The bytes of the last `VECTOR_ROWS` rows written to one table: what a scan's vector of them holds."""
 
@@ -335,35 +345,45 @@ class Staging:
         self, collection: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str, key: str = "id"
     ) -> None:
         """Upsert one page (records identified by `key`) and move its checkpoint row (named by
-        `checkpoint.collection`: the collection, or one lane of it), atomically.
+        `checkpoint.collection`: the collection, or one lane of it), atomically."""
+        self.write_pages([PageWrite(collection, records, checkpoint, key)], run_id)
+
+    def write_pages(self, pages: Sequence[PageWrite], run_id: str) -> None:
+        """Write pages and move each one's checkpoint row, in order, in one transaction: all of
+        them or none. Commits are a good part of a page's cost (the pages of the 100k benchmark account:
+        34–43 µs a row with a commit each, 28–35 with one for eight), so an extract writes the pages
+        waiting together.
 
         Into a table that was empty when this connection first wrote it (a first extract), pages
         go by plain INSERT, a third cheaper than an upsert; the first record met twice (pages of
-        an offset list that shifted, two lanes meeting) rolls the page back, and from then on that
-        table's pages replace what they find."""
-        table = self.ensure_raw_table(collection)
-        plain = table in self._fresh_tables
-        try:
-            self._write_page(collection, table, records, checkpoint, run_id, key, plain=plain)
-        except duckdb.ConstraintException:
-            if not plain:
-                raise
-            self._fresh_tables.discard(table)
-            self._write_page(collection, table, records, checkpoint, run_id, key, plain=False)
+        an offset list that shifted, two lanes meeting) rolls the transaction back, and from then
+        on that table's pages replace what they find: the pages are written again that way."""
+        tables = [self.ensure_raw_table(page.collection) for page in pages]  # created outside: a rollback would drop them
+        while True:
+            writing = None
+            try:
+                with self._transaction():
+                    for page, table in zip(pages, tables, strict=True):
+                        writing = table
+                        self._write_records(page.collection, table, page.records, page.key, plain=table in self._fresh_tables)
+                    writing = None
+                    for checkpoint in {page.checkpoint.collection: page.checkpoint for page in pages}.values():
+                        self._move_checkpoint(checkpoint, run_id)  # a row's last position is the one that counts
+                return
+            except duckdb.ConstraintException:
+                if writing not in self._fresh_tables:
+                    raise
+                self._fresh_tables.discard(writing)
 
-    def _write_page(
-        self, collection: str, table: str, records: list[dict[str, Any]], checkpoint: Checkpoint, run_id: str, key: str, *, plain: bool
-    ) -> None:
-        with self._transaction():
-            self._write_records(collection, table, records, key, plain=plain)
-            # An UPDATE of the row a lane already has: 1 ms a page, where INSERT OR REPLACE took 3–4.
-            row = [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()]
-            updated = self.con.execute(
-                "UPDATE extract_checkpoints SET cursor = ?, pages = ?, records = ?, done = ?, run_id = ?, updated_at = ? WHERE collection = ?",
-                [*row[1:], row[0]],
-            ).fetchone()[0]
-            if not updated:
-                self.con.execute("INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+    def _move_checkpoint(self, checkpoint: Checkpoint, run_id: str) -> None:
+        # An UPDATE of the row a lane already has: 1 ms a page, where INSERT OR REPLACE took 3–4.
+        row = [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()]
+        updated = self.con.execute(
+            "UPDATE extract_checkpoints SET cursor = ?, pages = ?, records = ?, done = ?, run_id = ?, updated_at = ? WHERE collection = ?",
+            [*row[1:], row[0]],
+        ).fetchone()[0]
+        if not updated:
+            self.con.execute("INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
     def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
         """Insert or replace records by `key`, in one transaction."""
