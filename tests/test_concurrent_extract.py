@@ -10,7 +10,13 @@ from migrate import stopping
 from migrate.errors import Interrupted, PipedriveError
 from migrate.pipedrive.client import Page
 from migrate.pipedrive.collections import BY_NAME
-from migrate.pipedrive.extract import ConcurrentSource, ExtractSummary, Lane, _ConcurrentRun, _Stager
+from migrate.pipedrive.extract import (
+    ConcurrentSource,
+    ExtractSummary,
+    Lane,
+    _ConcurrentRun,
+    _Stager,
+)
 from migrate.staging.store import Checkpoint, Staging
 
 PERSONS, NOTES, DEALS = BY_NAME["persons"], BY_NAME["notes"], BY_NAME["deals"]
