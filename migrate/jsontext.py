@@ -9,12 +9,19 @@ neither reads nor writes lone surrogates; those texts and values go to json.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))  # every digit a "0", the rest " "
 _LONG_NUMBER = b"0" * 19  # 19 digits in a row, as the translation writes them
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, a surrogate is always alone (json joins pairs)
+REPLACEMENT = "\ufffd"
+
+
+class LoneSurrogateError(ValueError):
+    """A string holds a lone UTF-16 surrogate (JSON's "\\ud800" escape), which no UTF-8 text holds."""
 
 
 def loads(text: bytes | str) -> Any:
@@ -31,9 +38,37 @@ def loads(text: bytes | str) -> Any:
 
 def dumps(value: Any) -> str:
     """Compact JSON text of `value` (a raw record), which `loads` reads back equal. NaN and infinities,
-    which no standard JSON text holds, are not carried exactly (orjson writes them null). Not for text
-    that is hashed: its spacing differs from `json.dumps`."""
+    which no standard JSON text holds, are not carried exactly (orjson writes them null); a value with
+    a lone surrogate, which no UTF-8 text holds, raises `LoneSurrogateError`. Not for text that is
+    hashed: its spacing differs from `json.dumps`."""
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate
-        return json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
+    if _LONE_SURROGATE.search(text):
+        raise LoneSurrogateError(f"lone surrogates in {', '.join(lone_surrogate_paths(value))}")
+    return text
+
+
+def lone_surrogate_paths(value: Any, path: str = "") -> list[str]:
+    """Where `value` holds strings with lone surrogates: dotted paths (list items by index)."""
+    if isinstance(value, str):
+        return [path or "(the value)"] if _LONE_SURROGATE.search(value) else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    found = []
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        found += [where] if isinstance(key, str) and _LONE_SURROGATE.search(key) else []
+        found += lone_surrogate_paths(item, where)
+    return found
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """`value` with each lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_lone_surrogates(v) for v in value]
+    return value

@@ -37,8 +37,17 @@ def test_a_text_json_cannot_read_raises_as_json_raises():
 @pytest.mark.parametrize("value", [
     {"id": 1, "name": "Zoë 日本 🙂", "n": [0.1, 5e-324, 1e16, True, None]},
     {"big": 123456789012345678901234567890},  # orjson cannot write it: json does
-    {"x": "\ud800 lone surrogate"},  # nor this
 ])
 def test_dumps_writes_what_loads_reads_back_equal(value):
     text = jsontext.dumps(value)
     assert jsontext.loads(text) == value and json.loads(text) == value
+
+
+def test_dumps_refuses_a_lone_surrogate_and_says_where_it_is():
+    value = json.loads('{"id": 7, "name": "Zo\\ud83d", "emails": [{"value": "a@b.c"}, {"label": "\\udc00x"}]}')
+    with pytest.raises(jsontext.LoneSurrogateError, match=r"name, emails\.1\.label"):
+        jsontext.dumps(value)
+    replaced = jsontext.replace_lone_surrogates(value)
+    assert replaced == {"id": 7, "name": "Zo\ufffd", "emails": [{"value": "a@b.c"}, {"label": "\ufffdx"}]}
+    assert jsontext.loads(jsontext.dumps(replaced)) == replaced
+    assert jsontext.dumps(json.loads('{"pair": "\\ud83d\\ude00"}')) == '{"pair":"\U0001f600"}'  # a whole pair is one character

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from structlog.testing import capture_logs
 
 from migrate.staging.store import Checkpoint, PageWrite, Staging
 
@@ -123,3 +124,14 @@ def test_a_rerun_over_a_staged_collection_replaces_its_records(tmp_path):
         staging.write_page("persons", _page([2, 3], "again"), Checkpoint("persons", None, 1, 2, True), "run2")
         staged = _staged(staging)
     assert {i: r["name"] for i, r in staged.items()} == {"1": "first 1", "2": "again 2", "3": "again 3"}
+
+
+def test_a_lone_surrogate_is_staged_as_a_replacement_character_and_the_record_and_field_named(tmp_path):
+    """Half of an emoji cut in two (Pipedrive sends "\\ud83d" alone): no UTF-8 text holds it, so
+    DuckDB cannot; the record is staged with U+FFFD in its place rather than stopping the extract."""
+    cut = json.loads('{"id": 2, "name": "Zoë \\ud83d", "update_time": "2026-01-02 03:04:05"}')
+    with Staging(tmp_path / "s.duckdb") as staging, capture_logs() as logs:
+        staging.write_page("persons", [*_page([1], "first"), cut], Checkpoint("persons", None, 1, 2, True), "run")
+        staged = _staged(staging)
+    assert staged["2"]["name"] == "Zoë \ufffd" and staged["1"]["name"] == "first 1"
+    assert [(e["event"], e["collection"], e["id"], e["fields"]) for e in logs] == [("staging.character_replaced", "persons", 2, ["name"])]

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import structlog
 
 from migrate import jsontext
 from migrate.errors import MigrateError
+
+log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
 CHECKPOINT_THRESHOLD_MB = 256  # write-ahead log kept before it is written into the file
@@ -397,7 +400,10 @@ class Staging:
         records = self._claim_from_sibling(collection, records, key)
         if not records:
             return
-        data = [jsontext.dumps(r) for r in records]
+        try:
+            data = [jsontext.dumps(r) for r in records]
+        except jsontext.LoneSurrogateError:
+            data = [_storable_text(r, key, collection) for r in records]
         self._note_row_sizes(table, data)
         self.con.execute(
             f"INSERT {'' if plain else 'OR REPLACE '}INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
@@ -1288,6 +1294,20 @@ class Staging:
             f"SELECT entity, source_id, field, rule, detail FROM {self._run_issues_sql()} ORDER BY phase, entity, rule, source_id, field, detail",
             {"run": run_id},
         )
+
+
+def _storable_text(record: dict[str, Any], key: str, collection: str) -> str:
+    """The record's JSON text, each lone surrogate replaced by U+FFFD (DuckDB's JSON cannot hold
+    one, nor can Customermates' database): half of an emoji cut in two, which would otherwise stop
+    the extract. The record and the fields are named in a warning."""
+    try:
+        return jsontext.dumps(record)
+    except jsontext.LoneSurrogateError:
+        log.warning(
+            "staging.character_replaced", collection=collection, id=record.get(key), fields=jsontext.lone_surrogate_paths(record),
+            reason="half of a UTF-16 surrogate pair, which no UTF-8 text can hold; replaced by U+FFFD",
+        )
+        return jsontext.dumps(jsontext.replace_lone_surrogates(record))
 
 
 def _identity(record: dict[str, Any], key: str, collection: str) -> str:
