@@ -253,7 +253,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
             pipedrive_client.BurstLimiter.acquire = lambda self: limiter(self)  # type: ignore[method-assign]
             try:
                 with Staging(settings.state) as staging:
-                    staged = staging.write_page = _Timer(staging.write_page)
+                    staged = staging.write_pages = _Timer(staging.write_pages)
                     run_id = staging.start_run("extract")
                     fake_cpu = pipedrive.ask("stats")["cpu_seconds"]
                     started, cpu = time.perf_counter(), time.process_time()
