@@ -133,5 +133,6 @@ def test_a_lone_surrogate_is_staged_as_a_replacement_character_and_the_record_an
     with Staging(tmp_path / "s.duckdb") as staging, capture_logs() as logs:
         staging.write_page("persons", [*_page([1], "first"), cut], Checkpoint("persons", None, 1, 2, True), "run")
         staged = _staged(staging)
-    assert staged["2"]["name"] == "Zoë \ufffd" and staged["1"]["name"] == "first 1"
+    assert staged["2"]["name"] == "Zoë \ufffd" and staged["2"]["_replaced_characters"] == ["name"]
+    assert staged["1"] == _page([1], "first")[0]
     assert [(e["event"], e["collection"], e["id"], e["fields"]) for e in logs] == [("staging.character_replaced", "persons", 2, ["name"])]

@@ -256,3 +256,13 @@ def test_a_state_file_with_a_key_on_target_records_is_rewritten_without_it_keepi
         keys = staging.con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'target_records' AND constraint_type = 'PRIMARY KEY'").fetchone()
         assert keys == (0,)
         assert [(sid, digest) for sid, _, digest in staging.iter_targets("deals")] == [("7", "a")]
+
+
+def test_a_character_replaced_in_staging_is_an_issue_of_its_record_and_field(tmp_path):
+    """A lone surrogate cannot be staged (`test_staging`): its U+FFFD arrives, and the report says where."""
+    cut = json.loads('{"id": 5, "name": "Zoë \\ud83d", "first_name": "Zoë \\ud83d", "emails": [{"value": "z@example.com", "primary": true}]}')
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [cut], store.Checkpoint("persons", None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        assert targets(staging, "contacts")["5"]["fields"]["firstName"] == "Zoë \ufffd"
+        assert [(i["source_id"], i["field"]) for i in issues(staging, "character_replaced")] == [("5", "name"), ("5", "first_name")]

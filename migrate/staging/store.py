@@ -41,6 +41,7 @@ TARGET_BATCH = 2000  # target records handled at a time by the plan and the load
 # A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
 ARCHIVED_LIST = {"deals": "deals_archived", "leads": "leads_archived"}
 ARCHIVE_PAIRS = {**ARCHIVED_LIST, **{archived: main for main, archived in ARCHIVED_LIST.items()}}
+REPLACED_CHARACTERS = "_replaced_characters"  # added to a staged record whose lone surrogates became U+FFFD: their fields
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
 _NUMERIC_ID = re.compile(NUMERIC_ID)
 
@@ -1299,15 +1300,17 @@ class Staging:
 def _storable_text(record: dict[str, Any], key: str, collection: str) -> str:
     """The record's JSON text, each lone surrogate replaced by U+FFFD (DuckDB's JSON cannot hold
     one, nor can Customermates' database): half of an emoji cut in two, which would otherwise stop
-    the extract. The record and the fields are named in a warning."""
+    the extract. The record keeps where they were (`REPLACED_CHARACTERS`, for the transform's
+    issues), and a warning names it."""
     try:
         return jsontext.dumps(record)
     except jsontext.LoneSurrogateError:
+        fields = jsontext.lone_surrogate_paths(record)
         log.warning(
-            "staging.character_replaced", collection=collection, id=record.get(key), fields=jsontext.lone_surrogate_paths(record),
+            "staging.character_replaced", collection=collection, id=record.get(key), fields=fields,
             reason="half of a UTF-16 surrogate pair, which no UTF-8 text can hold; replaced by U+FFFD",
         )
-        return jsontext.dumps(jsontext.replace_lone_surrogates(record))
+        return jsontext.dumps({**jsontext.replace_lone_surrogates(record), REPLACED_CHARACTERS: fields})
 
 
 def _identity(record: dict[str, Any], key: str, collection: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate import jsontext
-from migrate.staging.store import Staging, batched, raw_table
+from migrate.staging.store import REPLACED_CHARACTERS, Staging, batched, raw_table
 from migrate.transform import entities, incremental, notes
 from migrate.transform import values as v
 from migrate.transform.columns import (
@@ -364,6 +364,8 @@ class Transformer:
             self._encode(ENCODERS[encode], value, record, spec, fld, out)
         for field_name, rule, detail in core.issues + out.issues:
             self._issue(mapping.entity, sid, field_name, rule, detail)
+        for field_name in record.get(REPLACED_CHARACTERS) or ():
+            self._issue(mapping.entity, sid, field_name, "character_replaced", "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD")
         note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target, own_markdown)
         return {
             "fields": core.fields,
