@@ -479,6 +479,13 @@ DATA_CASES: list[DataCase] = [
         ("contacts", "23"), (("contacts", "23", "birthday", "invalid_value_kept_as_text", "'2023-02-30'"),),
         lambda r: _expect(r.values["Birthday (as entered)"] == "2023-02-30" and "Birthday" not in r.values),
     ),
+    DataCase(
+        "half_an_emoji", "a name ending in half of an emoji (a lone UTF-16 surrogate, as a string cut in two leaves it)",
+        _add("persons", person(24, "Zoë \ud83d")),
+        ("contacts", "24"),
+        (("contacts", "24", "name", "character_replaced", "replaced by U+FFFD"), ("contacts", "24", "last_name", "character_replaced", "replaced by U+FFFD")),
+        lambda r: _expect(r.fields["firstName"] == "Zoë" and r.fields["lastName"] == "\ufffd"),
+    ),
 ]
 
 

@@ -76,6 +76,7 @@ import bisect
 import binascii
 import json
 import math
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -839,11 +840,17 @@ class FakePipedrive:
 
 def _json(payload: Any) -> bytes:
     """Compact UTF-8 JSON: by orjson, eight times json.dumps' speed, so that a benchmark's "fake
-    serving" is not mostly the fake encoding pages; by json.dumps what orjson will not write."""
+    serving" is not mostly the fake encoding pages; by json.dumps what orjson will not write. A lone
+    surrogate (half of an emoji cut in two) is escaped, "\\ud83d", as JavaScript's JSON.stringify
+    writes it: no UTF-8 text holds it raw."""
     try:
         return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Handler(BaseHTTPRequestHandler):
