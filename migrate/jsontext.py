@@ -21,7 +21,12 @@ REPLACEMENT = "\ufffd"
 
 
 class LoneSurrogateError(ValueError):
-    """A string holds a lone UTF-16 surrogate (JSON's "\\ud800" escape), which no UTF-8 text holds."""
+    """A string holds a lone UTF-16 surrogate (JSON's "\\ud800" escape), which no UTF-8 text holds;
+    `paths` says where (`lone_surrogate_paths`)."""
+
+    def __init__(self, paths: list[str]):
+        super().__init__(f"lone surrogates in {', '.join(paths)}")
+        self.paths = paths
 
 
 def loads(text: bytes | str) -> Any:
@@ -46,7 +51,7 @@ def dumps(value: Any) -> str:
     except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate
         text = json.dumps(value, ensure_ascii=False)
     if _LONE_SURROGATE.search(text):
-        raise LoneSurrogateError(f"lone surrogates in {', '.join(lone_surrogate_paths(value))}")
+        raise LoneSurrogateError(lone_surrogate_paths(value))
     return text
 
 

@@ -1304,13 +1304,12 @@ def _storable_text(record: dict[str, Any], key: str, collection: str) -> str:
     issues), and a warning names it."""
     try:
         return jsontext.dumps(record)
-    except jsontext.LoneSurrogateError:
-        fields = jsontext.lone_surrogate_paths(record)
+    except jsontext.LoneSurrogateError as exc:
         log.warning(
-            "staging.character_replaced", collection=collection, id=record.get(key), fields=fields,
+            "staging.character_replaced", collection=collection, id=record.get(key), fields=exc.paths,
             reason="half of a UTF-16 surrogate pair, which no UTF-8 text can hold; replaced by U+FFFD",
         )
-        return jsontext.dumps({**jsontext.replace_lone_surrogates(record), REPLACED_CHARACTERS: fields})
+        return jsontext.dumps({**jsontext.replace_lone_surrogates(record), REPLACED_CHARACTERS: exc.paths})
 
 
 def _identity(record: dict[str, Any], key: str, collection: str) -> str:
