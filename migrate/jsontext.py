@@ -17,12 +17,12 @@ import orjson
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))  # every digit a "0", the rest " "
 _LONG_NUMBER = b"0" * 19  # 19 digits in a row, as the translation writes them
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, a surrogate is always alone (json joins pairs)
-REPLACEMENT = "\ufffd"
+_REPLACEMENT = "\ufffd"
 
 
 class LoneSurrogateError(ValueError):
     """A string holds a lone UTF-16 surrogate (JSON's "\\ud800" escape), which no UTF-8 text holds;
-    `paths` says where (`lone_surrogate_paths`)."""
+    `paths` says where (dotted, list items by index)."""
 
     def __init__(self, paths: list[str]):
         super().__init__(f"lone surrogates in {', '.join(paths)}")
@@ -51,11 +51,11 @@ def dumps(value: Any) -> str:
     except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate
         text = json.dumps(value, ensure_ascii=False)
     if _LONE_SURROGATE.search(text):
-        raise LoneSurrogateError(lone_surrogate_paths(value))
+        raise LoneSurrogateError(_lone_surrogate_paths(value))
     return text
 
 
-def lone_surrogate_paths(value: Any, path: str = "") -> list[str]:
+def _lone_surrogate_paths(value: Any, path: str = "") -> list[str]:
     """Where `value` holds strings with lone surrogates: dotted paths (list items by index)."""
     if isinstance(value, str):
         return [path or "(the value)"] if _LONE_SURROGATE.search(value) else []
@@ -64,14 +64,14 @@ def lone_surrogate_paths(value: Any, path: str = "") -> list[str]:
     for key, item in items:
         where = f"{path}.{key}" if path else str(key)
         found += [where] if isinstance(key, str) and _LONE_SURROGATE.search(key) else []
-        found += lone_surrogate_paths(item, where)
+        found += _lone_surrogate_paths(item, where)
     return found
 
 
 def replace_lone_surrogates(value: Any) -> Any:
     """`value` with each lone surrogate in its strings (keys too) replaced by U+FFFD."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub(REPLACEMENT, value)
+        return _LONE_SURROGATE.sub(_REPLACEMENT, value)
     if isinstance(value, dict):
         return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
     if isinstance(value, list):
