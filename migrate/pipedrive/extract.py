@@ -279,9 +279,9 @@ class _Stager:
         if not self.pending:
             return
         self.staging.write_pages(self.pending, self.run_id)
-        for page in self.pending:
-            self.summary.pages += 1
-            if self.progress:
+        self.summary.pages += len(self.pending)
+        if self.progress:
+            for page in self.pending:
                 self.progress(page.collection, len(page.records))
         self.pending = []
 
