@@ -529,7 +529,7 @@ class FakePipedrive:
                 for record in self.collections.get(name, []):
                     if record.get("id") == wanted:
                         spec = V2_LISTS.get(segments[0])
-                        data = self._present(spec, record, query) if spec else record
+                        data = self._presenter(spec, query)(record)
                         return {"success": True, "data": data, "additional_data": None}, 1
             raise _not_found(f"{segments[0][:-1].capitalize()} not found")
         raise _not_found()
@@ -575,12 +575,12 @@ class FakePipedrive:
         rows: Iterable[dict[str, Any]] = self.collections.get(spec.collection, [])
         if spec.positional:
             return self._page_positional(list(rows), query, limit)
-        rows = list(rows)
         filtered = bool(query.get("ids")) or any(query.get(name) for name in spec.filters) or bool(
             spec.since and query.get("updated_since")) or bool(spec.until and query.get("updated_until"))
         index_key = None if filtered else (spec.collection, query.get("status", ""), self.list_deleted_rows)
         if index_key is not None and self.frozen and ("v2", *index_key, query.get("sort_by") or "id") in self._built:
             return self._page_keyset(spec, [], query, limit, index_key=("v2", *index_key))
+        rows = list(rows)
         if spec.status:
             raw = query.get("status", "")
             wanted = [s.strip() for s in raw.split(",") if s.strip()] if raw else ["open", "won", "lost"]
@@ -645,7 +645,8 @@ class FakePipedrive:
             page = [(keys[i], ordered[i]) for i in range(end - 1, max(start, end - limit) - 1, -1)]
             more = end - start > limit
         next_cursor = _encode_cursor({"s": sort_by, "d": direction, "k": page[-1][0]}) if more and page else None
-        data = [self._present(spec, r, query) for _, r in page] if spec else [r for _, r in page]
+        present = self._presenter(spec, query)
+        data = [present(r) for _, r in page]
         return {"success": True, "data": data, "additional_data": {"next_cursor": next_cursor}}
 
     def _sorted(self, rows: list[dict[str, Any]], sort_by: str, cache_key: tuple[Any, ...] | None
@@ -687,28 +688,35 @@ class FakePipedrive:
         rows = [r for deal_id in dict.fromkeys(deal_ids) for r in by_deal.get(deal_id, [])]
         return self._page_keyset(None, rows, query, limit, sorts=("id", "deal_id", "add_time", "update_time"))
 
-    def _present(self, spec: _V2List | None, record: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    def _presenter(self, spec: _V2List | None, query: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """How this request shows a record: the query's field choices read once, not per record."""
         if spec is None:
-            return record
+            return lambda record: record
         include = {x.strip() for x in query.get("include_fields", "").split(",") if x.strip()}
-        out = dict(record)
-        if spec.collection == "activities" and "attendees" not in include:
-            out.pop("attendees", None)
-        if spec.collection in ("deals", "deals_archived"):
-            if "products_count" in include:
-                deal_id = record.get("id")
-                out["products_count"] = len(self._products_by_deal().get(deal_id, []))
-            else:
+        drop_attendees = spec.collection == "activities" and "attendees" not in include
+        deals = spec.collection in ("deals", "deals_archived")
+        count_products = deals and "products_count" in include
+        custom_keys = {k for k in query["custom_fields"].split(",") if k} if query.get("custom_fields") else None
+        labelled = query.get("include_option_labels") == "true" and spec.custom_fields
+
+        def present(record: dict[str, Any]) -> dict[str, Any]:
+            out = dict(record)
+            if drop_attendees:
+                out.pop("attendees", None)
+            if count_products:
+                out["products_count"] = len(self._products_by_deal().get(record.get("id"), []))
+            elif deals:
                 out.pop("products_count", None)
-        if isinstance(out.get("custom_fields"), dict):
-            custom = dict(out["custom_fields"])
-            if query.get("custom_fields"):
-                keys = [k for k in query["custom_fields"].split(",") if k]
-                custom = {k: v for k, v in custom.items() if k in keys}
-            if query.get("include_option_labels") == "true" and spec.custom_fields:
-                custom = self._with_labels(spec.custom_fields, custom)
-            out["custom_fields"] = custom
-        return out
+            if isinstance(out.get("custom_fields"), dict):
+                custom = dict(out["custom_fields"])
+                if custom_keys is not None:
+                    custom = {k: v for k, v in custom.items() if k in custom_keys}
+                if labelled:
+                    custom = self._with_labels(spec.custom_fields, custom)
+                out["custom_fields"] = custom
+            return out
+
+        return present
 
     def _with_labels(self, fields_name: str, custom: dict[str, Any]) -> dict[str, Any]:
         meta = {f.get("field_code"): f for f in self.collections.get(fields_name, [])}
