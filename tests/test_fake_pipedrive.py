@@ -393,8 +393,12 @@ def test_loads_snapshot_directory():
     ("/api/v2/persons", {"limit": 7}),
     ("/api/v2/persons", {"limit": 9, "sort_by": "update_time", "sort_direction": "desc"}),
     ("/api/v2/deals", {"limit": 5, "status": "open,won,lost,deleted", "include_fields": "products_count"}),
+    ("/api/v2/deals", {"limit": 4, "sort_direction": "desc"}),  # the default statuses: deleted deals hidden
+    ("/api/v2/deals", {"limit": 3, "status": "won,lost", "sort_by": "add_time"}),
+    ("/api/v2/activities", {"limit": 6, "include_fields": "attendees"}),
     ("/api/v2/deals/products", {"limit": 3, "deal_ids": "3,1,2,4,5,6,7,8"}),
     ("/api/v1/notes", {"limit": 11}),
+    ("/api/v1/notes", {"limit": 11, "sort": "id ASC"}),
     ("/api/v1/leads", {"limit": 4}),
 ])
 def test_frozen_snapshot_serves_the_same_pages_as_a_live_one(snapshot, path, params):
