@@ -486,6 +486,12 @@ DATA_CASES: list[DataCase] = [
         (("contacts", "24", "name", "character_replaced", "replaced by U+FFFD"), ("contacts", "24", "last_name", "character_replaced", "replaced by U+FFFD")),
         lambda r: _expect(r.fields["firstName"] == "Zoë" and r.fields["lastName"] == "\ufffd"),
     ),
+    DataCase(
+        "half_an_emoji_in_a_note", "a note on a person ending in half of an emoji",
+        lambda a: (_add("persons", person(25, "Noted Person"))(a), _add("notes", note(32, "<p>Signed \ud83d</p>", person_id=25))(a)),
+        ("contacts", "25"), (("contacts", "25", "notes", "character_replaced", "Pipedrive note 32, content: half of a character cut in two"),),
+        lambda r: _expect("Signed \ufffd" in r.notes, r.notes),
+    ),
 ]
 
 

@@ -266,3 +266,17 @@ def test_a_character_replaced_in_staging_is_an_issue_of_its_record_and_field(tmp
         transform(staging, load_mappings())
         assert targets(staging, "contacts")["5"]["fields"]["firstName"] == "Zoë \ufffd"
         assert [(i["source_id"], i["field"]) for i in issues(staging, "character_replaced")] == [("5", "name"), ("5", "first_name")]
+
+
+def test_a_character_replaced_in_a_note_is_an_issue_of_each_record_the_note_joins(tmp_path):
+    cut = json.loads('{"id": 41, "content": "<p>Call back \\ud83d</p>", "person_id": 5, "org_id": 9, "add_time": "2024-01-02 10:00:00"}')
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [{"id": 5, "name": "Zoë", "org_id": 9}], store.Checkpoint("persons", None, 1, 1, True), "run")
+        staging.write_page("organizations", [{"id": 9, "name": "Acme"}], store.Checkpoint("organizations", None, 1, 1, True), "run")
+        staging.write_page("notes", [cut, {"id": 42, "content": "<p>fine</p>", "person_id": 5}], store.Checkpoint("notes", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        assert "Call back \ufffd" in targets(staging, "contacts")["5"]["notes"]
+        assert [(i["entity"], i["source_id"], i["field"], i["detail"].split(":")[0]) for i in issues(staging, "character_replaced")] == [
+            ("contacts", "5", "notes", "Pipedrive note 41, content"),
+            ("organizations", "9", "notes", "Pipedrive note 41, content"),
+        ]

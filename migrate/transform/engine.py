@@ -54,6 +54,7 @@ FIELD_META = {
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
 V1_ENCODED = frozenset({"leads", "leads_archived"})
+CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
 # Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
 OWN_TEXTS = {
     "activities": (("note", "Activity note"), ("public_description", "Public description")),
@@ -365,7 +366,7 @@ class Transformer:
         for field_name, rule, detail in core.issues + out.issues:
             self._issue(mapping.entity, sid, field_name, rule, detail)
         for field_name in record.get(REPLACED_CHARACTERS) or ():
-            self._issue(mapping.entity, sid, field_name, "character_replaced", "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD")
+            self._issue(mapping.entity, sid, field_name, "character_replaced", CHARACTER_REPLACED)
         note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target, own_markdown)
         return {
             "fields": core.fields,
@@ -420,13 +421,13 @@ class Transformer:
         pin_flag = {"person_id": "pinned_to_person_flag", "org_id": "pinned_to_organization_flag", "deal_id": "pinned_to_deal_flag", "lead_id": "pinned_to_lead_flag"}[column]
         # Each JSON path read parses the whole note, and DuckDB holds a parse per expression per
         # thread: a 3 MB note read six ways took 145 MB. So the note is parsed once, for all six.
-        paths = [f"$.{column}", "$.user_id", "$.add_time", f"$.{pin_flag}", "$.user.name", "$.content"]
+        paths = [f"$.{column}", "$.user_id", "$.add_time", f"$.{pin_flag}", "$.user.name", "$.content", f"$.{REPLACED_CHARACTERS}"]
         rows_read = "NOT coalesce(is_deleted, false)"
         if self._only_dirty:  # then only the notes that may belong to a record made again are parsed
             rows_read += " AND " + incremental.grouped_filter("notes")
         notes_read = (
             "(SELECT try_cast(id AS BIGINT) AS note_id, f[1]->>'$' AS target, f[2]->>'$' AS user_id, f[3]->>'$' AS add_time, "
-            "f[4] AS pinned, f[5]->>'$' AS user_name, md5(coalesce(f[6]->>'$', '')) AS digest "
+            "f[4] AS pinned, f[5]->>'$' AS user_name, md5(coalesce(f[6]->>'$', '')) AS digest, f[7] AS replaced "
             f"FROM (SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE {rows_read}))"
         )
         where = "target IS NOT NULL"
@@ -434,12 +435,12 @@ class Transformer:
             entity, prefix = self.sources[collection]
             where += " AND " + incremental.dirty_filter(entity, "target", prefix)
         rows = self.staging.stream_ordered(
-            "target, user_id, add_time, pinned, user_name, digest", notes_read, "target", where, then="note_id"
+            "target, user_id, add_time, pinned, user_name, digest, replaced, note_id", notes_read, "target", where, then="note_id"
         )
 
         def entries(batch: list[tuple[Any, ...]]) -> Iterator[tuple[str, notes.NoteEntry]]:
             markdown = self.staging.note_markdown({r[5] for r in batch})
-            for target, user_id, add_time, pinned, user_name, digest in batch:
+            for target, user_id, add_time, pinned, user_name, digest, replaced, note_id in batch:
                 author = self.lookups.users.get(str(user_id))
                 yield target, notes.NoteEntry(
                     author=(author or {}).get("name") or user_name,
@@ -447,6 +448,7 @@ class Transformer:
                     html="",
                     title="Pinned" if pinned is not None and json.loads(pinned) else None,
                     markdown=markdown[digest],
+                    replaced=None if replaced is None else f"Pipedrive note {note_id}, {', '.join(json.loads(replaced))}",
                 )
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
@@ -489,6 +491,9 @@ class Transformer:
                 entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(html)))
         if not entries:
             return None
+        for entry in entries:
+            if entry.replaced:
+                self._issue(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}")
         text, truncated = notes.compose_notes(entries)
         if truncated:
             self._issue(entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)")
