@@ -73,9 +73,9 @@ between requests leave it False, and every page sees the edit.
 from __future__ import annotations
 
 import base64
+import binascii
 import bisect
 import itertools
-import binascii
 import json
 import math
 import re
