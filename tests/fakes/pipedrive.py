@@ -268,6 +268,20 @@ def _sort_key(record: dict[str, Any], sort_by: str) -> list[Any]:
     return [value is not None, value if value is not None else 0, rid]
 
 
+def _with_labels(fields: dict[str, dict[str, Any]], custom: dict[str, Any]) -> dict[str, Any]:
+    """Custom values with their option labels (`include_option_labels`); `fields` by field code."""
+    out = {}
+    for key, value in custom.items():
+        field_meta = fields.get(key) or {}
+        labels = {o.get("id"): o.get("label") for o in field_meta.get("options") or []}
+        if field_meta.get("field_type") == "enum" and value is not None:
+            value = {"id": value, "label": labels.get(value)}
+        elif field_meta.get("field_type") == "set" and isinstance(value, list):
+            value = [{"id": v, "label": labels.get(v)} for v in value]
+        out[key] = value
+    return out
+
+
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client killed mid-request (the crash tests do that) resets its socket: expected, not news."""
@@ -719,6 +733,7 @@ class FakePipedrive:
         count_products = deals and "products_count" in include
         custom_keys = {k for k in query["custom_fields"].split(",") if k} if query.get("custom_fields") else None
         labelled = query.get("include_option_labels") == "true" and spec.custom_fields
+        fields = {f.get("field_code"): f for f in self.collections.get(spec.custom_fields, [])} if labelled else {}
 
         def present(record: dict[str, Any]) -> dict[str, Any]:
             out = dict(record)
@@ -733,24 +748,11 @@ class FakePipedrive:
                 if custom_keys is not None:
                     custom = {k: v for k, v in custom.items() if k in custom_keys}
                 if labelled:
-                    custom = self._with_labels(spec.custom_fields, custom)
+                    custom = _with_labels(fields, custom)
                 out["custom_fields"] = custom
             return out
 
         return present
-
-    def _with_labels(self, fields_name: str, custom: dict[str, Any]) -> dict[str, Any]:
-        meta = {f.get("field_code"): f for f in self.collections.get(fields_name, [])}
-        out = {}
-        for key, value in custom.items():
-            field_meta = meta.get(key) or {}
-            labels = {o.get("id"): o.get("label") for o in field_meta.get("options") or []}
-            if field_meta.get("field_type") == "enum" and value is not None:
-                value = {"id": value, "label": labels.get(value)}
-            elif field_meta.get("field_type") == "set" and isinstance(value, list):
-                value = [{"id": v, "label": labels.get(v)} for v in value]
-            out[key] = value
-        return out
 
     # -- v1 --------------------------------------------------------------------------------------------
 
