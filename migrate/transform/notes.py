@@ -651,7 +651,7 @@ class NoteEntry:
     html: str
     title: str | None = None
     markdown: str | None = None  # the converted html, when the caller already has it
-    replaced: str | None = None  # where staging replaced half of a character cut in two (a lone surrogate), e.g. "note 7, content"
+    replaced: str | None = None  # where staging replaced half of a character cut in two (a lone surrogate), e.g. "Pipedrive note 7, content"
 
 
 def _header(entry: NoteEntry) -> str:
