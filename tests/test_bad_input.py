@@ -665,6 +665,9 @@ class _FullDisk:
 
     def __init__(self, con: Any, path: str):
         self._con, self._path = con, path
+        # DuckDB looks up a Python variable a query names (staging's page columns) in the frame
+        # that calls `execute`: this wrapper's frame sits in between, so DuckDB looks further up.
+        con.execute("SET python_scan_all_frames = true")
         self._storing_ids = False
         self.full = False
 

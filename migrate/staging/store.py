@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import numpy
 import structlog
 
 from migrate import jsontext
@@ -406,18 +407,9 @@ class Staging:
         except jsontext.LoneSurrogateError:
             data = [_storable_text(r, key, collection) for r in records]
         self._note_row_sizes(table, data)
-        self.con.execute(
-            f"INSERT {'' if plain else 'OR REPLACE '}INTO {table} SELECT unnest($ids), unnest($data)::JSON, unnest($deleted), "
-            "unnest($updated), $at, unnest($num)",
-            {
-                "ids": (ids := [_identity(r, key, collection) for r in records]),
-                "num": [numeric_id(i) for i in ids],
-                "data": data,
-                "deleted": [_is_deleted(r) for r in records],
-                "updated": [r.get("update_time") for r in records],
-                "at": now(),
-            },
-        )
+        ids = [_identity(r, key, collection) for r in records]
+        columns = [ids, data, [_is_deleted(r) for r in records], [r.get("update_time") for r in records], [numeric_id(i) for i in ids]]
+        self._insert_columns(table, columns, "c0, c1::JSON, c2, c3, $at, c4", {"at": now()}, replace=not plain)
 
     def _claim_from_sibling(self, collection: str, records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         """A deal or lead moves between the main list and the archived one when it is archived or
@@ -696,13 +688,24 @@ class Staging:
         return records, skipped, Counter(dict(self.transform_issue_counts()))
 
     def _insert_rows(self, table: str, rows: list[tuple[Any, ...]], json_column: int | None = None) -> None:
-        """Insert rows (tuples in the table's column order) in one statement: a list parameter per
-        column, unnested side by side; `json_column` is cast to JSON."""
-        if not rows:
-            return
-        width = len(rows[0])
-        select = ", ".join(f"unnest($c{i})" + ("::JSON" if i == json_column else "") for i in range(width))
-        self.con.execute(f"INSERT INTO {table} SELECT {select}", {f"c{i}": [r[i] for r in rows] for i in range(width)})
+        """Insert rows (tuples in the table's column order) in one statement; `json_column` is cast to JSON."""
+        if rows:
+            width = len(rows[0])
+            select = ", ".join(f"c{i}" + ("::JSON" if i == json_column else "") for i in range(width))
+            self._insert_columns(table, list(zip(*rows, strict=True)), select)
+
+    def _insert_columns(
+        self, table: str, columns: Sequence[Sequence[Any]], select: str, params: dict[str, Any] | None = None, *, replace: bool = False
+    ) -> None:
+        """Insert rows given column by column, named c0, c1, ... in `select`, in one statement; with
+        `replace` a row replaces the one with its key. The columns go to DuckDB as NumPy arrays, which
+        it reads where they lie: a list parameter per column, unnested, took 7–8 µs a row to bind for a
+        page of 500 persons, the arrays 1.7."""
+        page_columns = {f"c{i}": numpy.fromiter(c, dtype=object, count=len(c)) for i, c in enumerate(columns)}  # noqa: F841
+        # DuckDB finds `page_columns` among the variables of the frame that calls it (a replacement
+        # scan). Registering them as a view instead would keep every page's arrays alive until the
+        # transaction ends: a transform's output is one transaction.
+        self.con.execute(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} SELECT {select} FROM page_columns", params)
 
     def target_columns(self) -> list[dict[str, Any]]:
         return [json.loads(s) for (s,) in self.con.execute("SELECT spec FROM target_columns ORDER BY entity, key").fetchall()]
