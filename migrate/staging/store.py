@@ -640,9 +640,9 @@ class Staging:
         only_dirty: bool = False,
     ) -> None:
         """Replace the transform output in one transaction. `records` (entity, source id, payload
-        JSON text, payload hash, lookups) stream in, inserted `chunk` at a time (DuckDB's copy of a chunk's
-        parameters is several times their size: 5,000 a chunk cost 40 MB more at 1M than 1,000);
-        `finish` is called once they are consumed and returns the columns and issues they gave rise to.
+        JSON text, payload hash, lookups) stream in, inserted `chunk` at a time (a chunk's rows are what
+        is held of them at once); `finish` is called once they are consumed and returns the columns and
+        issues they gave rise to.
         With `only_dirty`, the output of the records in `transform_dirty` is replaced and the rest kept."""
         with self._transaction():
             self.con.execute("DELETE FROM target_columns")
