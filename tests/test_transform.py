@@ -268,6 +268,25 @@ def test_a_character_replaced_in_staging_is_an_issue_of_its_record_and_field(tmp
         assert [(i["source_id"], i["field"]) for i in issues(staging, "character_replaced")] == [("5", "name"), ("5", "first_name")]
 
 
+def test_a_character_replaced_in_reference_data_is_an_issue_of_every_record(tmp_path):
+    """A user's, a stage's or a custom field's name is not a record of its own: the report names
+    the row and its field, for every record (`*`), as it does for a field type with no mapping."""
+    user = json.loads('{"id": 3, "name": "Zo\\ud83d", "email": "z@example.com", "active_flag": true}')
+    stage = json.loads('{"id": 7, "name": "Won \\udc00", "pipeline_id": 1, "order_nr": 1}')
+    field = json.loads('{"field_code": "abc", "field_name": "Region \\ud83d", "field_type": "varchar", "is_custom_field": true}')
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, record, key in (("users", user, "id"), ("stages", stage, "id"), ("personFields", field, "field_code")):
+            staging.write_page(collection, [record], store.Checkpoint(collection, None, 1, 1, True), "run", key=key)
+        staging.write_page("persons", [{"id": 5, "name": "Ann", "owner_id": 3}], store.Checkpoint("persons", None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        assert sorted((i["entity"], i["source_id"], i["field"], i["detail"].split(":")[0]) for i in issues(staging, "character_replaced")) == [
+            ("*", "*", "personFields.field_name", "Pipedrive personFields abc"),
+            ("*", "*", "stages.name", "Pipedrive stages 7"),
+            ("*", "*", "users.name", "Pipedrive users 3"),
+        ]
+        assert columns(staging, "contacts")["Region \ufffd"]["key"] == "cf:abc"
+
+
 def test_a_character_replaced_in_a_note_is_an_issue_of_each_record_the_note_joins(tmp_path):
     cut = json.loads('{"id": 41, "content": "<p>Call back \\ud83d</p>", "person_id": 5, "org_id": 9, "add_time": "2024-01-02 10:00:00"}')
     with Staging(tmp_path / "state.duckdb") as staging:

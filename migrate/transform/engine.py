@@ -54,6 +54,8 @@ FIELD_META = {
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
 V1_ENCODED = frozenset({"leads", "leads_archived"})
+# Staged collections the transform reads for names, labels and field definitions, not as records
+REFERENCE_COLLECTIONS = ("users", "pipelines", "stages", "activityTypes", "leadLabels", *sorted(set(FIELD_META.values())))
 CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
 # Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
 OWN_TEXTS = {
@@ -108,7 +110,7 @@ class Transformer:
         self.lookups = self._lookups(phone_region)
         self.known = {entity: self.log.watch(ids, entity) for entity, ids in self._known_ids().items()}
         self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
-        self.issues: list[tuple[str, str, str, str, str]] = []
+        self.issues: list[tuple[str, str, str, str, str]] = self._reference_issues()
         self.summary = TransformSummary()
         self._writing = False
         self._only_dirty = False
@@ -138,6 +140,19 @@ class Transformer:
             product_names=self.log.watch({str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")}, "services"),
             phone_region=phone_region or self._region_from_users(users),
         )
+
+    def _reference_issues(self) -> list[tuple[str, str, str, str, str]]:
+        """A character replaced in reference data (a user's name, a stage's, a field's label) shows
+        wherever it is used: one issue for every record (`*`), on field `<collection>.<field>`."""
+        found = []
+        for collection in REFERENCE_COLLECTIONS:
+            if not self.staging.has_collection(collection):
+                continue
+            where = f"(data->'{REPLACED_CHARACTERS}') IS NOT NULL"
+            for identity, paths in self.staging.scan_in_id_order(f"id, data->>'{REPLACED_CHARACTERS}'", raw_table(collection), "id", where):
+                detail = f"Pipedrive {collection} {identity}: {CHARACTER_REPLACED}"
+                found += [("*", "*", f"{collection}.{path}", "character_replaced", detail) for path in json.loads(paths)]
+        return found
 
     @staticmethod
     def _region_from_users(users: dict[str, dict[str, Any]]) -> str | None:
