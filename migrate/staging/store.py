@@ -84,8 +84,8 @@ CREATE TABLE IF NOT EXISTS extract_checkpoints (
     done BOOLEAN, run_id VARCHAR, updated_at TIMESTAMP);
 -- Columns of records' JSON are compressed with zstd rather than what DuckDB picks (FSST): the 1M
 -- benchmark account's raw records took 161 MB of the file, not 589, its transform output 127 MB,
--- not 370; writing the extract's pages alone, the longest wait on a checkpoint fell from 3.8 s to 1.5; the
--- transform that reads them took no longer (113.5 s against 115.0).
+-- not 370; with the extract's pages written alone, the longest wait on a checkpoint fell from
+-- 3.8 s to 1.5; the transform that reads them took no longer (113.5 s against 115.0).
 -- The transform's output, replaced whole by each transform in one transaction. No key: the
 -- transaction would hold two indexes of every record (the rows it deletes and those it adds)
 -- in memory, past the memory limit at a million records; the transform checks uniqueness.
