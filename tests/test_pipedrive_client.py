@@ -328,10 +328,11 @@ def requests_out_at_once(burst_limit: int, readers: int, seconds_each: float, ea
 
 def test_as_many_requests_are_out_at_once_as_the_rate_needs_at_the_time_a_request_takes():
     """40 per 2 s is 20 a second; at 0.3 s a request that needs 6 out at once, 8 with the margin:
-    four (the start) would reach two thirds of the rate."""
+    four (the start) would reach two thirds of the rate. A busy machine makes requests take longer
+    than 0.3 s, and the limiter lets out more, up to a quarter of the limit (10)."""
     fake, most = requests_out_at_once(burst_limit=40, readers=12, seconds_each=0.3)
     assert len(fake.requests) == 36 and fake.count_429 == 0
-    assert most == 8
+    assert 8 <= most <= 10
 
 
 def test_requests_out_at_once_start_at_four_reach_a_quarter_of_the_limit_at_most_and_fall_back_to_four_after_a_429():
