@@ -126,6 +126,23 @@ def test_a_rerun_over_a_staged_collection_replaces_its_records(tmp_path):
     assert {i: r["name"] for i, r in staged.items()} == {"1": "first 1", "2": "again 2", "3": "again 3"}
 
 
+def test_a_raw_table_an_earlier_version_made_with_a_json_column_takes_and_gives_records_alike(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Staging(path) as staging:
+        staging.con.execute(
+            "CREATE TABLE raw_persons (id VARCHAR PRIMARY KEY, data JSON USING COMPRESSION zstd, is_deleted BOOLEAN, "
+            "update_time VARCHAR, extracted_at TIMESTAMP, num_id BIGINT)"
+        )
+        staging.con.execute("INSERT INTO raw_persons VALUES ('1', '{\"id\": 1, \"name\": \"old 1\"}', false, NULL, now(), 1)")
+    with Staging(path) as staging:
+        staging.write_page("persons", _page([1, 2], "new"), Checkpoint("persons", None, 1, 2, True), "run")
+        staged = _staged(staging)
+        names = staging.con.execute("SELECT data->>'name' FROM raw_persons ORDER BY num_id").fetchall()
+        kind = staging.con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'raw_persons' AND column_name = 'data'").fetchone()[0]
+    assert {i: r["name"] for i, r in staged.items()} == {"1": "new 1", "2": "new 2"}
+    assert names == [("new 1",), ("new 2",)] and kind == "JSON"
+
+
 def test_a_lone_surrogate_is_staged_as_a_replacement_character_and_the_record_and_field_named(tmp_path):
     """Half of an emoji cut in two (Pipedrive sends "\\ud83d" alone): no UTF-8 text holds it, so
     DuckDB cannot; the record is staged with U+FFFD in its place rather than stopping the extract."""
