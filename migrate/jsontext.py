@@ -9,6 +9,7 @@ neither reads nor writes lone surrogates; those texts and values go to json.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -49,10 +50,24 @@ def dumps(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate
-        text = json.dumps(value, ensure_ascii=False)
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or an infinity beside it, which json would write as no JSON text holds
+            text = json.dumps(_finite(value), ensure_ascii=False)
     if _LONE_SURROGATE.search(text):
         raise LoneSurrogateError(_lone_surrogate_paths(value))
     return text
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities null, as orjson writes them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _lone_surrogate_paths(value: Any, path: str = "") -> list[str]:

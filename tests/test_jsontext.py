@@ -43,6 +43,15 @@ def test_dumps_writes_what_loads_reads_back_equal(value):
     assert jsontext.loads(text) == value and json.loads(text) == value
 
 
+def test_dumps_writes_nan_and_infinities_null_beside_an_integer_only_json_writes():
+    """The text is staged as it is, and DuckDB's JSON functions refuse NaN: it must be JSON."""
+    value = {"big": 123456789012345678901234567890, "n": [float("nan"), 1.5], "x": {"y": float("-inf")}}
+    text = jsontext.dumps(value)
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} written")) == {
+        "big": 123456789012345678901234567890, "n": [None, 1.5], "x": {"y": None}}
+    assert jsontext.dumps({"n": float("nan")}) == '{"n":null}'  # as orjson writes it alone
+
+
 def test_dumps_refuses_a_lone_surrogate_and_says_where_it_is():
     value = json.loads('{"id": 7, "name": "Zo\\ud83d", "emails": [{"value": "a@b.c"}, {"label": "\\udc00x"}]}')
     with pytest.raises(jsontext.LoneSurrogateError, match=r"name, emails\.1\.label"):

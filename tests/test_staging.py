@@ -116,6 +116,16 @@ def test_raw_records_keep_every_value_exactly_even_past_what_orjson_writes(tmp_p
     assert json.loads(text)["big"] == odd["big"]
 
 
+def test_a_record_json_would_write_nan_in_is_staged_as_json_duckdb_reads(tmp_path):
+    record = {"id": 1, "big": 123456789012345678901234567890, "score": float("nan"), "name": "Zoë"}
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.write_page("persons", [record], Checkpoint("persons", None, 1, 1, True), "run")
+        valid, name = staging.con.execute("SELECT json_valid(data), data->>'name' FROM raw_persons").fetchone()
+        staged = _staged(staging)["1"]
+    assert valid and name == "Zoë"
+    assert staged == {**record, "score": None}  # NaN is carried as null, as for any other record
+
+
 def test_a_rerun_over_a_staged_collection_replaces_its_records(tmp_path):
     path = tmp_path / "s.duckdb"
     with Staging(path) as staging:
