@@ -384,6 +384,16 @@ DATA_CASES: list[DataCase] = [
         lambda r: _expect(r.fields["amount"] == 0.01 and r.values["Prices"] == "0 EUR"),
     ),
     DataCase(
+        "product_price_not_a_number", "a product whose prices are text with a decimal comma and a number past what a double holds",
+        _add("products", {"id": 21, "name": "Odd prices", "owner_id": 1, "is_deleted": False, "add_time": T0, "update_time": T0,
+                          "prices": [{"price": "12,50", "currency": "EUR"}, {"price": "1e999", "currency": "USD"}], "custom_fields": {}}),
+        ("services", "21"),
+        (("services", "21", "prices", "product_zero_price",
+          "price is '12,50' (not a number) EUR; '1e999' (past what a number holds) USD; Customermates needs an amount > 0, so amount is 0.01"),
+         ("services", "21", "prices", "invalid_value_kept_as_text", "kept as text in 'Prices (as entered)'")),
+        lambda r: _expect(r.fields["amount"] == 0.01 and r.values["Prices (as entered)"] == "12,50 EUR, 1e999 USD" and "Prices" not in r.values, str(r)),
+    ),
+    DataCase(
         "currency_not_in_customermates", "a deal value in RUB (not one of Customermates' 27 currencies)",
         _add("deals", deal(20, "Moscow rollout", value=1250000, currency="RUB")),
         ("deals", "20"), (("deals", "20", "value", "currency_unsupported", "1250000 RUB: Customermates has no RUB currency; kept as text in 'Value (other currency)'"),),

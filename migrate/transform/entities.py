@@ -10,6 +10,7 @@ from the other side would erase them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,12 +112,12 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
         name = NO_NAME
         core.issues.append(("name", "name_missing", f"the product has no name; named {NO_NAME!r}"))
     prices = [p for p in record.get("prices") or [] if isinstance(p, dict)]
-    positive = [p for p in prices if _number(p.get("price")) > 0]
+    positive = [amount for p in prices if (amount := _amount(p.get("price"))) is not None and amount > 0]
     if positive:
-        amount = _number(positive[0].get("price"))
+        amount = positive[0]
     else:
         amount = MIN_AMOUNT
-        shown = "; ".join(f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() for p in prices) or "no price"
+        shown = "; ".join(f"{_shown_price(p.get('price'))} {p.get('currency') or ''}".strip() for p in prices) or "no price"
         core.issues.append(
             ("prices", "product_zero_price", f"price is {shown}; Customermates needs an amount > 0, so amount is {MIN_AMOUNT} (prices kept in 'Prices')")
         )
@@ -125,11 +126,41 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
     return core
 
 
-def _number(value: Any) -> float:
+def _amount(value: Any) -> float | None:
+    """A price as a finite number; None when there is none or it is no number (text such as
+    "12,50", a boolean, or past what a double holds)."""
+    if isinstance(value, bool):
+        return None
     try:
-        return float(value)
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past what a double holds
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown_price(value: Any) -> str:
+    """A price as the zero-price issue shows it: the number, or what it is and why it is not one."""
+    if value in (None, ""):
+        return "0"
+    if _amount(value) is None:
+        too_large = not isinstance(value, bool) and isinstance(value, (int, float, str)) and _is_infinite(value)
+        return f"{value!r} ({'past what a number holds' if too_large else 'not a number'})"
+    return v.decimal_string(value) or "0"
+
+
+def _is_infinite(value: float | str) -> bool:
+    try:
+        return math.isinf(float(value))
+    except OverflowError:
+        return True
     except (TypeError, ValueError):
-        return 0.0
+        return False
+
+
+def _number(value: Any) -> float:
+    """A quantity as a finite number, 0 when it is none: a payload holds no infinity."""
+    number = _amount(value)
+    return 0.0 if number is None else number
 
 
 def deal_core(record: dict[str, Any], known: Known, deal_products: ByKey[list[dict[str, Any]]]) -> Core:
