@@ -394,6 +394,18 @@ DATA_CASES: list[DataCase] = [
         lambda r: _expect(r.fields["amount"] == 0.01 and r.values["Prices (as entered)"] == "12,50 EUR, 1e999 USD" and "Prices" not in r.values, str(r)),
     ),
     DataCase(
+        "organization_named_by_a_number", "an organization whose name is a JSON number (4711), not text",
+        _add("organizations", {"id": 41, "name": 4711, "owner_id": 1, "add_time": T0, "update_time": T0, "is_deleted": False, "custom_fields": {}}),
+        ("organizations", "41"), (),
+        lambda r: _expect(r.fields["name"] == "4711", str(r)),
+    ),
+    DataCase(
+        "deal_titled_by_a_list", "a deal whose title is a JSON list, not text (carried as its JSON, not lost)",
+        _add("deals", deal(41, ["Phase", 2])),  # type: ignore[arg-type]
+        ("deals", "41"), (),
+        lambda r: _expect(r.fields["name"] == '["Phase", 2]', str(r)),
+    ),
+    DataCase(
         "currency_not_in_customermates", "a deal value in RUB (not one of Customermates' 27 currencies)",
         _add("deals", deal(20, "Moscow rollout", value=1250000, currency="RUB")),
         ("deals", "20"), (("deals", "20", "value", "currency_unsupported", "1250000 RUB: Customermates has no RUB currency; kept as text in 'Value (other currency)'"),),

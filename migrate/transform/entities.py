@@ -10,6 +10,7 @@ from the other side would erase them.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def _owner(core: Core, record: dict[str, Any], key: str = "owner_id") -> None:
 
 def contact_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
-    first, last = v.split_name(record.get("name"), record.get("first_name"), record.get("last_name"))
+    first, last = v.split_name(*(_plain_text(record.get(key)) for key in ("name", "first_name", "last_name")))
     if not first and last:
         first, last = last, ""
     emails = [e for e in (record.get("emails") or record.get("email") or []) if isinstance(e, dict) and e.get("value")]
@@ -93,7 +94,7 @@ def contact_core(record: dict[str, Any], known: Known) -> Core:
 
 def organization_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
-    name = (record.get("name") or "").strip()
+    name = _plain_text(record.get("name"))
     if not name:
         name = NO_NAME
         core.issues.append(("name", "name_missing", f"the organization has no name; named {NO_NAME!r}"))
@@ -107,7 +108,7 @@ MIN_AMOUNT = 0.01
 
 def service_core(record: dict[str, Any], known: Known) -> Core:
     core = Core()
-    name = (record.get("name") or "").strip()
+    name = _plain_text(record.get("name"))
     if not name:
         name = NO_NAME
         core.issues.append(("name", "name_missing", f"the product has no name; named {NO_NAME!r}"))
@@ -197,7 +198,7 @@ def lead_core(record: dict[str, Any], known: Known) -> Core:
 
 def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) -> Core:
     core = Core()
-    subject = (record.get("subject") or "").strip()
+    subject = _plain_text(record.get("subject"))
     if not subject:
         subject = type_names.get(str(record.get("type")), "") or "(no subject)"
         core.issues.append(("subject", "name_missing", f"the activity has no subject; named {subject!r}"))
@@ -213,8 +214,20 @@ def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) 
     return core
 
 
+def _plain_text(value: Any) -> str:
+    """A name or title as text, stripped. Pipedrive sends text; anything else is carried rather
+    than lost or fatal: a number as written, a list or object as its JSON."""
+    if isinstance(value, str):
+        return value.strip()
+    if value is None or value is False or value == [] or value == {}:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _title(record: dict[str, Any], core: Core, kind: str) -> str:
-    title = (record.get("title") or "").strip()
+    title = _plain_text(record.get("title"))
     if not title:
         title = f"(untitled {kind})"
         core.issues.append(("title", "name_missing", f"the {kind} has no title; named {title!r}"))
