@@ -299,3 +299,25 @@ def test_a_character_replaced_in_a_note_is_an_issue_of_each_record_the_note_join
             ("contacts", "5", "notes", "Pipedrive note 41, content"),
             ("organizations", "9", "notes", "Pipedrive note 41, content"),
         ]
+
+
+def test_fields_of_the_wrong_json_type_are_carried_or_reported_and_never_stop_the_transform(sample_staging):
+    """Pipedrive sends these as text, lists and objects; a record that does not is still transformed."""
+    staging = sample_staging
+    odd = {
+        "persons": {"id": 900, "name": 4711, "emails": "solo@example.com", "notes": 12.5, "custom_fields": 7},
+        "products": {"id": 900, "name": ["Kit", 2], "prices": {"price": 10, "currency": "EUR"}, "description": 99},
+        "activities": {"id": 900, "subject": 5, "participants": 3, "note": ["call", "back"], "public_description": True},
+    }
+    for collection, record in odd.items():
+        staging.upsert_records(collection, [record])
+    transform(staging, load_mappings())
+    person, product, task = (targets(staging, e)["900"] for e in ("contacts", "services", "tasks"))
+    assert person["fields"]["firstName"] == "4711" and person["fields"]["emails"] == ["solo@example.com"]
+    assert person["notes"] == "Contact notes\n\n12\\.5"  # markdown: "12." would begin a numbered list
+    assert product["fields"] == {"name": '["Kit", 2]', "amount": 10.0} and product["notes"] == "Description\n\n99"
+    assert task["fields"]["name"] == "5"
+    assert task["notes"] == 'Activity note\n\n\\["call", "back"\\]\n\n---\n\nPublic description\n\ntrue'
+    unreadable = issues(staging, "custom_fields_unreadable")
+    assert [(i["entity"], i["source_id"], i["field"]) for i in unreadable] == [("contacts", "900", "custom_fields")]
+    assert "'7', not an object" in unreadable[0]["detail"]

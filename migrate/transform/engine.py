@@ -352,9 +352,7 @@ class Transformer:
 
     def _own_text_markdown(self, collection: str, records: list[dict[str, Any]]) -> dict[str, str]:
         """The kept conversions of these records' own texts (activity notes, descriptions), by text."""
-        digest_of = {
-            text: _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if isinstance(text := record.get(key), str) and text
-        }
+        digest_of = {text: _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if (text := v.as_plain_text(record.get(key)))}
         kept = self.staging.note_markdown(set(digest_of.values())) if digest_of else {}
         return {text: kept[digest] for text, digest in digest_of.items() if digest in kept}
 
@@ -373,6 +371,9 @@ class Transformer:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
             self._encode(column.encoder, value, record, column.spec, column.field, out)
         custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
+        if not isinstance(custom_values, dict):
+            out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {_as_entered(custom_values)!r}, not an object: no custom field value could be read")
+            custom_values = {}
         for spec, fld, code, encode in self._custom[collection]:
             value = _v1_value(custom_values, code, spec.type) if collection in V1_ENCODED else custom_values.get(code)
             if value is None or value == "" or value == []:
@@ -501,8 +502,7 @@ class Transformer:
         # the record's own texts are dated like the record, so they sort before later notes
         created = _utc_or_none(record.get("add_time"))
         for key, title in OWN_TEXTS.get(collection, ()):
-            if (record.get(key) or "").strip():
-                html = record[key]
+            if (html := v.as_plain_text(record.get(key))).strip():
                 entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(html)))
         if not entries:
             return None

@@ -10,7 +10,6 @@ from the other side would erase them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
@@ -67,7 +66,9 @@ def contact_core(record: dict[str, Any], known: Known) -> Core:
     first, last = v.split_name(*(_plain_text(record.get(key)) for key in ("name", "first_name", "last_name")))
     if not first and last:
         first, last = last, ""
-    emails = [e for e in (record.get("emails") or record.get("email") or []) if isinstance(e, dict) and e.get("value")]
+    given = v.as_list(record.get("emails") or record.get("email"))
+    emails = [e if isinstance(e, dict) else {"value": v.as_plain_text(e)} for e in given]
+    emails = [e for e in emails if e.get("value")]
     emails.sort(key=lambda e: not e.get("primary"))
     valid: list[str] = []
     invalid: list[str] = []
@@ -112,7 +113,7 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
     if not name:
         name = NO_NAME
         core.issues.append(("name", "name_missing", f"the product has no name; named {NO_NAME!r}"))
-    prices = [p for p in record.get("prices") or [] if isinstance(p, dict)]
+    prices = [p for p in v.as_list(record.get("prices")) if isinstance(p, dict)]
     positive = [amount for p in prices if (amount := _amount(p.get("price"))) is not None and amount > 0]
     if positive:
         amount = positive[0]
@@ -203,7 +204,7 @@ def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) 
         subject = type_names.get(str(record.get("type")), "") or "(no subject)"
         core.issues.append(("subject", "name_missing", f"the activity has no subject; named {subject!r}"))
     core.fields = {"name": subject}
-    people = [record.get("person_id")] + [p.get("person_id") for p in record.get("participants") or [] if isinstance(p, dict)]
+    people = [record.get("person_id")] + [p.get("person_id") for p in v.as_list(record.get("participants")) if isinstance(p, dict)]
     for person in people:
         _link(core, "contactIds", person, known, "participants")
     _link(core, "organizationIds", record.get("org_id"), known, "org_id")
@@ -215,15 +216,8 @@ def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) 
 
 
 def _plain_text(value: Any) -> str:
-    """A name or title as text, stripped. Pipedrive sends text; anything else is carried rather
-    than lost or fatal: a number as written, a list or object as its JSON."""
-    if isinstance(value, str):
-        return value.strip()
-    if value is None or value is False or value == [] or value == {}:
-        return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
+    """A name or title as text (`values.as_plain_text`), stripped."""
+    return v.as_plain_text(value).strip()
 
 
 def _title(record: dict[str, Any], core: Core, kind: str) -> str:

@@ -8,16 +8,20 @@ except where the docstring says the function answers ``None`` instead.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
 
 import phonenumbers
 
 __all__ = [
     "CUSTOMERMATES_CURRENCIES",
     "EMAIL_PATTERN",
+    "as_list",
+    "as_plain_text",
     "combine_date_time",
     "date_range",
     "decimal_string",
@@ -392,6 +396,27 @@ def format_time_range(value: dict | str | None, until: str | None = None) -> str
     text = parts[0] if not parts[1] else f"{parts[0]}–{parts[1]}"
     zone = _timezone_name(value)
     return f"{text} {zone}" if zone else text
+
+
+def as_plain_text(value: Any) -> str:
+    """A value that should be text (a name, a title, a note) as text. Pipedrive sends text; anything
+    else is carried rather than lost or fatal: a number as written, a list or object as its JSON;
+    nothing (None, false, empty) as ""."""
+    if isinstance(value, str):
+        return value
+    if value is None or value is False or value == [] or value == {}:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A value that should be a list (emails, prices, participants): one item alone becomes a list of
+    it, nothing an empty list."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None or value == "" else [value]
 
 
 def split_name(name: str | None, first: str | None, last: str | None) -> tuple[str, str]:
