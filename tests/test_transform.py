@@ -321,3 +321,20 @@ def test_fields_of_the_wrong_json_type_are_carried_or_reported_and_never_stop_th
     unreadable = issues(staging, "custom_fields_unreadable")
     assert [(i["entity"], i["source_id"], i["field"]) for i in unreadable] == [("contacts", "900", "custom_fields")]
     assert "'7', not an object" in unreadable[0]["detail"]
+
+
+def test_reference_data_of_the_wrong_json_type_is_read_as_far_as_it_goes_and_never_stops_the_transform(sample_staging):
+    """A user named by a number, a stage ordered by text, a custom field whose options are not a list."""
+    staging = sample_staging
+    user = next(u for u in staging.iter_raw("users") if u["id"] == 1)
+    stage = next(s for s in staging.iter_raw("stages") if s["id"] == 2)
+    field = next(f for f in staging.iter_raw("personFields") if f.get("is_custom_field") and f.get("options"))
+    staging.upsert_records("users", [dict(user, name=4711)])
+    staging.upsert_records("stages", [dict(stage, order_nr="second")])
+    staging.upsert_records("personFields", [dict(field, options=5)], key="field_code")
+    transform(staging, load_mappings())
+    note_of_user_1 = targets(staging, "contacts")["53"]["notes"]
+    assert note_of_user_1.startswith("**4711** · 2021-01-12 16:15 UTC")
+    stages = columns(staging, "deals")["Stage"]["options"]
+    assert stages.index(f"{next(iter(staging.iter_raw('pipelines')))['name']} / {stage['name']}") == 0  # no number: first
+    assert columns(staging, "contacts")[field["field_name"]]["options"] == []

@@ -123,7 +123,7 @@ class Transformer:
         pipelines = {str(p["id"]): p for p in st.iter_raw("pipelines")}
         stages = sorted(
             st.iter_raw("stages"),
-            key=lambda s: (pipelines.get(str(s.get("pipeline_id")), {}).get("order_nr") or 0, s.get("pipeline_id") or 0, s.get("order_nr") or 0, s["id"]),
+            key=lambda s: (_rank(pipelines.get(str(s.get("pipeline_id")), {}).get("order_nr")), _rank(s.get("pipeline_id")), _rank(s.get("order_nr")), _rank(s["id"]), str(s["id"])),
         )
         stage_labels = {
             str(s["id"]): f"{pipelines.get(str(s.get('pipeline_id')), {}).get('name') or 'Pipeline #' + str(s.get('pipeline_id'))} / {s.get('name')}"
@@ -131,7 +131,7 @@ class Transformer:
         }
         return Lookups(
             users=users,
-            pipelines={pid: p.get("name") or f"Pipeline #{pid}" for pid, p in sorted(pipelines.items(), key=lambda kv: (kv[1].get("order_nr") or 0, int(kv[0])))},
+            pipelines={pid: p.get("name") or f"Pipeline #{pid}" for pid, p in sorted(pipelines.items(), key=lambda kv: (_rank(kv[1].get("order_nr")), _rank(kv[0]), kv[0]))},
             stages=stage_labels,
             activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in st.iter_raw("activityTypes")},
             lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in st.iter_raw("leadLabels")},
@@ -247,7 +247,7 @@ class Transformer:
 
     def _options(self, meta: str, field_code: str) -> dict[str, str]:
         definition = self.fields.get(meta, {}).get(field_code) or {}
-        return {str(o.get("id")): str(o.get("label")) for o in definition.get("options") or [] if isinstance(o, dict)}
+        return {str(o.get("id")): str(o.get("label")) for o in v.as_list(definition.get("options")) if isinstance(o, dict)}
 
     def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[tuple[ColumnSpec, Field, str, str]]:
         """One column per Pipedrive custom field, typed by `field_types.yaml`."""
@@ -259,7 +259,7 @@ class Transformer:
             if self.mappings.sources[c].entity == mapping.entity
             for column in columns
         } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
-        for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (kv[1].get("order_nr") or 0, kv[0])):
+        for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (_rank(kv[1].get("order_nr")), kv[0])):
             if not (definition.get("is_custom_field") or definition.get("edit_flag")) or definition.get("is_subfield"):
                 continue
             rule = self.mappings.field_types.get(str(definition.get("field_type")))
@@ -459,7 +459,7 @@ class Transformer:
             for target, user_id, add_time, pinned, user_name, digest, replaced, note_id in batch:
                 author = self.lookups.users.get(str(user_id))
                 yield target, notes.NoteEntry(
-                    author=(author or {}).get("name") or user_name,
+                    author=v.as_plain_text((author or {}).get("name") or user_name) or None,
                     created=_utc_or_none(add_time),
                     html="",
                     title="Pinned" if pinned is not None and json.loads(pinned) else None,
@@ -518,6 +518,16 @@ class Transformer:
 def _md5(text: str) -> str:
     """As DuckDB's md5() of the same text (a text it cannot hold just misses the kept conversions)."""
     return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _rank(value: Any) -> float:
+    """An order number or id as a number to sort by (Pipedrive sends integers); 0 when it is no number."""
+    if isinstance(value, bool):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
 
 
 def _utc_or_none(value: Any) -> str | None:
