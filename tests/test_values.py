@@ -16,6 +16,7 @@ from migrate.transform.values import (
     combine_date_time,
     date_range,
     decimal_string,
+    finite_number,
     format_address,
     format_time_range,
     format_time_value,
@@ -511,3 +512,11 @@ def test_truncate_plain_needs_a_positive_limit():
     with pytest.raises(ValueError):
         truncate_plain("x", 0)
 
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [(12, 12.0), ("12.50", 12.5), (-0.5, -0.5), ("12,50", None), (True, None), ("NaN", None), ("1e999", None), (10**400, None), (None, None), ([1], None)],
+)
+def test_finite_number_reads_numbers_and_numeric_text_and_nothing_else(value, number):
+    assert finite_number(value) == number

@@ -522,12 +522,7 @@ def _md5(text: str) -> str:
 
 def _rank(value: Any) -> float:
     """An order number or id as a number to sort by (Pipedrive sends integers); 0 when it is no number."""
-    if isinstance(value, bool):
-        return 0.0
-    try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
+    return v.finite_number(value) or 0.0
 
 
 def _utc_or_none(value: Any) -> str | None:

@@ -114,7 +114,7 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
         name = NO_NAME
         core.issues.append(("name", "name_missing", f"the product has no name; named {NO_NAME!r}"))
     prices = [p for p in v.as_list(record.get("prices")) if isinstance(p, dict)]
-    positive = [amount for p in prices if (amount := _amount(p.get("price"))) is not None and amount > 0]
+    positive = [amount for p in prices if (amount := v.finite_number(p.get("price"))) is not None and amount > 0]
     if positive:
         amount = positive[0]
     else:
@@ -128,29 +128,16 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
     return core
 
 
-def _amount(value: Any) -> float | None:
-    """A price as a finite number; None when there is none or it is no number (text such as
-    "12,50", a boolean, or past what a double holds)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past what a double holds
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _shown_price(value: Any) -> str:
     """A price as the zero-price issue shows it: the number, or what it is and why it is not one."""
     if value in (None, ""):
         return "0"
-    if _amount(value) is None:
-        too_large = not isinstance(value, bool) and isinstance(value, (int, float, str)) and _is_infinite(value)
-        return f"{value!r} ({'past what a number holds' if too_large else 'not a number'})"
+    if v.finite_number(value) is None:
+        return f"{value!r} ({'past what a number holds' if _is_infinite(value) else 'not a number'})"
     return v.decimal_string(value) or "0"
 
 
-def _is_infinite(value: float | str) -> bool:
+def _is_infinite(value: Any) -> bool:
     try:
         return math.isinf(float(value))
     except OverflowError:
@@ -161,7 +148,7 @@ def _is_infinite(value: float | str) -> bool:
 
 def _number(value: Any) -> float:
     """A quantity as a finite number, 0 when it is none: a payload holds no infinity."""
-    number = _amount(value)
+    number = v.finite_number(value)
     return 0.0 if number is None else number
 
 

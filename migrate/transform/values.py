@@ -25,6 +25,7 @@ __all__ = [
     "combine_date_time",
     "date_range",
     "decimal_string",
+    "finite_number",
     "format_address",
     "format_time_range",
     "format_time_value",
@@ -409,6 +410,19 @@ def as_plain_text(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return json.dumps(value, ensure_ascii=False)
+
+
+def finite_number(value: Any) -> float | None:
+    """A value that should be a number (a price, a quantity, an order number) as a finite float;
+    ``None`` when it is none: missing, text such as ``"12,50"``, a boolean, NaN, or past what a
+    double holds."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past what a double holds
+        return None
+    return number if math.isfinite(number) else None
 
 
 def as_list(value: Any) -> list[Any]:
