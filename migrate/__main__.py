@@ -1,3 +1,4 @@
 from migrate.cli import main
 
-main()
+if __name__ == "__main__":  # the transform's worker processes import the main module again
+    main()

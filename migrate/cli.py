@@ -50,6 +50,10 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--customermates-url", "customermates_url", help="Customermates base URL [env CUSTOMERMATES_URL]."),
         click.option("--customermates-key", "customermates_api_key", help="Customermates API key of an Admin [env CUSTOMERMATES_API_KEY]."),
         click.option("--phone-region", help="Country for phone numbers without a country code, e.g. DE (default: from the Pipedrive users' locale)."),
+        click.option(
+            "--transform-workers", type=int,
+            help="Processes that make target records beside the main one (default: one per core from 20,000 records; 0: none).",
+        ),
         click.option("--mappings", type=click.Path(path_type=Path, file_okay=False), help="Directory with your own columns.yaml and field_types.yaml."),
         click.option("--ca-bundle", type=click.Path(path_type=Path, dir_okay=False), help="CA bundle for self-hosted TLS certificates."),
         click.option("--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True),

@@ -44,6 +44,7 @@ class Settings(BaseModel):
     ca_bundle: Path | None = None
     mappings: Path | None = None
     pipedrive_burst_limit: int = 20
+    transform_workers: int | None = None  # None: one per core when there are many records to make
 
     @field_validator("pipedrive_base_url", "customermates_url")
     @classmethod
@@ -53,6 +54,13 @@ class Settings(BaseModel):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+    @field_validator("transform_workers")
+    @classmethod
+    def _workers(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 64:
+            raise ValueError(f"must be from 0 (none: records are made in the main process) to 64 (got {value})")
         return value
 
     @field_validator("pipedrive_api_token", "customermates_api_key")

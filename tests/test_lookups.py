@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from migrate.staging.store import Staging, order_key
+from migrate.staging.keys import order_key
+from migrate.staging.store import Staging
 from migrate.transform.lookups import IdSet, NameTable, SortedGroups
 
 IDS = [

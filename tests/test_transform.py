@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import duckdb
 import pytest
+from pydantic import ValidationError
 
+from migrate.config import Settings
 from migrate.errors import MigrateError
 from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.staging import store
 from migrate.staging.store import Staging
+from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
 
@@ -199,6 +203,59 @@ def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(s
     monkeypatch.setattr(engine, "ISSUES_PER_FLUSH", 3)
     monkeypatch.setattr(engine, "NOTES_PER_BATCH", 3)
     assert len(whole[0]) > 30 and output() == whole
+
+
+def test_records_made_in_worker_processes_are_byte_for_byte_those_made_in_the_main_process(sample_staging, monkeypatch):
+    """In batches of 7 the two workers each make some of every collection, and each finds column
+    options and variants (an enum option, a currency column) the other does not know; merged in
+    the order of the batches they come out as one process gives them, notes converted alike."""
+    from migrate.transform import engine
+
+    def output(workers: int) -> tuple[int, list[tuple], list[tuple], list[str]]:
+        sample_staging.con.execute("DELETE FROM meta WHERE key = 'transform_context'")  # a full transform each time
+        sample_staging.con.execute("DELETE FROM note_markdown")
+        summary = transform(sample_staging, load_mappings(), workers=workers)
+        con = sample_staging.con
+        return (
+            summary.made,
+            con.execute("SELECT entity, source_id, payload::VARCHAR, payload_hash, lookups FROM target_records ORDER BY ALL").fetchall(),
+            con.execute("SELECT * FROM transform_issues ORDER BY ALL").fetchall(),
+            [json.dumps(column) for column in sample_staging.target_columns()],  # with their options in order
+        )
+
+    in_process = output(0)
+    monkeypatch.setattr(engine, "RECORDS_PER_BATCH", 7)
+    monkeypatch.setattr(engine, "NOTES_PER_CONVERSION", 5)
+    in_workers = output(2)
+    assert in_workers == in_process
+    made, records, issues, columns = in_workers
+    assert made > len(records) > 300 and len(issues) > 30 and any('"value:eur"' in c for c in columns)
+
+
+def test_a_registry_merging_the_changes_of_its_copies_batch_by_batch_lists_options_in_the_order_of_the_records():
+    main = ColumnRegistry()
+    tier = main.declare(ColumnSpec("deals", "tier", "Tier", "singleSelect", options=["Gold"]))
+    first, second = copy.deepcopy(main), copy.deepcopy(main)  # two workers' copies
+    mark = first.mark()
+    for option in ("Silver", "Gold", "Bronze"):
+        first.get("deals", "tier").add_option(option)
+    first_batch = first.changes_since(mark)
+    mark = second.mark()
+    for option in ("Bronze", "Iron"):
+        second.get("deals", "tier").add_option(option)
+    second.variant(second.get("deals", "tier"), "as_entered", "as entered", "plain").used = True
+    second_batch = second.changes_since(mark)
+
+    main.merge(first_batch)
+    main.merge(second_batch)
+    assert tier.options == ["Gold", "Silver", "Bronze", "Iron"]
+    assert main.get("deals", "tier:as_entered").used and main.get("deals", "tier:as_entered").label == "Tier (as entered)"
+    assert [c.key for c in first.changes_since(first.mark())] == []
+
+
+def test_transform_workers_out_of_range_are_refused_with_the_setting_named():
+    with pytest.raises(ValidationError, match="transform_workers"):
+        Settings(transform_workers=-1)
 
 
 def test_the_transform_output_is_replaced_within_the_memory_limit_however_many_records_it_had(tmp_path, monkeypatch):

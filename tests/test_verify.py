@@ -19,7 +19,7 @@ from rich.console import Console
 from migrate.cli import cli
 from migrate.report.run_report import print_listed
 from migrate.report.verify import link_kind, services_kind
-from migrate.staging import store
+from migrate.staging import keys, store
 from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
 from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
@@ -152,7 +152,7 @@ def test_links_to_quarantined_records_are_excepted_and_each_missing_record_says_
     refs.update(("services", ref) for (entity, _), payload in payloads.items() if entity == "deals" for ref, _ in payload["services"])
     org = max((r for r in refs if r[0] == "organizations"), key=refs.__getitem__)
     service = max((r for r in refs if r[0] == "services"), key=refs.__getitem__)
-    deleted, undone = sorted((key for key in payloads if key[0] == "tasks"), key=lambda key: store.order_key(key[1]))[:2]
+    deleted, undone = sorted((key for key in payloads if key[0] == "tasks"), key=lambda key: keys.order_key(key[1]))[:2]
     target_id = dict(((e, s), t) for e, s, t in con.execute("SELECT entity, source_id, target_id FROM id_map").fetchall())
     for entity, sid in (org, service, deleted, undone):
         api(customermates, "DELETE", f"/{entity}/many", {"ids": [target_id[entity, sid]]})
@@ -306,7 +306,7 @@ def test_a_verify_before_the_load_lists_every_record_in_missing_csv_and_verify_j
     con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
     staged = con.execute("SELECT entity, source_id FROM target_records").fetchall()
     con.close()
-    in_order = [(e, sid) for e in ENTITY_ORDER for sid in sorted((s for x, s in staged if x == e), key=store.order_key)]
+    in_order = [(e, sid) for e in ENTITY_ORDER for sid in sorted((s for x, s in staged if x == e), key=keys.order_key)]
     assert [(r["entity"], r["source_id"]) for r in rows] == in_order
     assert {(r["quarantined"], r["reason"]) for r in rows} == {("false", "not loaded yet")}
     missing = report["missing"]

@@ -45,8 +45,9 @@ from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.encoders import user_label
-from migrate.transform.engine import ENTITY_ORDER, payload_hash
+from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
+from migrate.transform.records import payload_hash
 
 log = structlog.get_logger(__name__)
 

@@ -28,6 +28,7 @@ import structlog
 
 from migrate import jsontext
 from migrate.errors import MigrateError
+from migrate.staging.keys import NUMERIC_ID, REPLACED_CHARACTERS, numeric_id
 
 log = structlog.get_logger(__name__)
 
@@ -42,22 +43,7 @@ TARGET_BATCH = 2000  # target records handled at a time by the plan and the load
 # A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
 ARCHIVED_LIST = {"deals": "deals_archived", "leads": "leads_archived"}
 ARCHIVE_PAIRS = {**ARCHIVED_LIST, **{archived: main for main, archived in ARCHIVED_LIST.items()}}
-REPLACED_CHARACTERS = "_replaced_characters"  # added to a staged record whose lone surrogates became U+FFFD: their fields
-NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
-_NUMERIC_ID = re.compile(NUMERIC_ID)
 
-
-def numeric_id(identity: str) -> int | None:
-    """The id as a number when it is one (kept beside it as `num_id`, the sort key)."""
-    return int(identity) if _NUMERIC_ID.fullmatch(identity) else None
-
-
-def order_key(identity: str) -> tuple[int, int, int, str]:
-    """The order records are read in: numeric ids as numbers (shorter first on a tie, "12"
-    before "012"), then the others (lead UUIDs) as text."""
-    if _NUMERIC_ID.fullmatch(identity):
-        return (0, int(identity), len(identity), identity)
-    return (1, 0, 0, identity)
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 COLUMN_TYPES = frozenset(
@@ -73,6 +73,28 @@ class ColumnRegistry:
         return self.declare(
             ColumnSpec(entity=base.entity, key=f"{base.key}:{suffix}", label=f"{base.label} ({label_suffix})", type=type_, **extra)
         )
+
+    def mark(self) -> dict[tuple[str, str], tuple[int, bool]]:
+        """Where each column stands (options, used), for `changes_since`."""
+        return {k: (len(s.options), s.used) for k, s in self._specs.items()}
+
+    def changes_since(self, mark: dict[tuple[str, str], tuple[int, bool]]) -> list[ColumnSpec]:
+        """The columns declared, used or given options since `mark`, each with only its new options:
+        what `merge` replays into another registry, in the order the options came."""
+        changes = []
+        for k, spec in self._specs.items():
+            options, used = mark.get(k, (0, False))
+            if k not in mark or len(spec.options) > options or spec.used > used:
+                changes.append(replace(spec, options=spec.options[options:]))
+        return changes
+
+    def merge(self, changes: list[ColumnSpec]) -> None:
+        """Take in what another registry (a worker's copy of this one) changed (`changes_since`)."""
+        for change in changes:
+            spec = self.declare(replace(change, options=[]))
+            for option in change.options:
+                spec.add_option(option)
+            spec.used = spec.used or change.used
 
     def find(self, entity: str, key: str) -> ColumnSpec | None:
         return self._specs.get((entity, key))

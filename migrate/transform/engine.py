@@ -11,16 +11,17 @@ first makes again only the records whose inputs changed (`transform.incremental`
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate import jsontext
-from migrate.staging.store import REPLACED_CHARACTERS, Staging, batched, raw_table
+from migrate.staging.keys import REPLACED_CHARACTERS
+from migrate.staging.store import Staging, batched, raw_table
 from migrate.transform import entities, incremental, notes
 from migrate.transform import values as v
 from migrate.transform.columns import (
@@ -29,9 +30,23 @@ from migrate.transform.columns import (
     ColumnRegistry,
     ColumnSpec,
 )
-from migrate.transform.encoders import ENCODERS, Encoder, Field, Lookups, RecordOut
-from migrate.transform.lookups import IdSet, NameTable, SortedGroups
+from migrate.transform.encoders import Field, Lookups
+from migrate.transform.lookups import IdSet, LookupLog, NameTable, SortedGroups
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
+from migrate.transform.records import (
+    CHARACTER_REPLACED,
+    OWN_TEXTS,
+    V1_ENCODED,
+    Batch,
+    CustomColumn,
+    DeclaredColumn,
+    Issue,
+    Made,
+    MakerPool,
+    RecordMaker,
+    TargetRow,
+    utc_or_none,
+)
 
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
 ENTITY_SOURCES = {
@@ -53,16 +68,11 @@ FIELD_META = {
 }
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
-V1_ENCODED = frozenset({"leads", "leads_archived"})
+NOTES_PER_CONVERSION = 200  # note texts converted to markdown at a time
+RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when there are workers)
+PARALLEL_FROM = 20_000  # records to make from which worker processes pay for their start (about a second)
 # Staged collections the transform reads for names, labels and field definitions, not as records
 REFERENCE_COLLECTIONS = ("users", "pipelines", "stages", "activityTypes", "leadLabels", *sorted(set(FIELD_META.values())))
-CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
-# Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
-OWN_TEXTS = {
-    "activities": (("note", "Activity note"), ("public_description", "Public description")),
-    "products": (("description", "Description"),),
-    "persons": (("notes", "Contact notes"),),
-}
 RESERVED_LABELS = {
     "contacts": {"first name", "last name", "name", "email", "emails", "notes", "organizations", "users"},
     "organizations": {"name", "notes", "contacts", "users"},
@@ -83,38 +93,23 @@ class TransformSummary:
     seconds: float = 0.0
 
 
-def payload_text(payload: dict[str, Any]) -> str:
-    """The payload as stored (and hashed): sorted keys, so equal payloads are equal text."""
-    return json.dumps(payload, sort_keys=True, ensure_ascii=False)
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def payload_hash(payload: dict[str, Any]) -> str:
-    return text_hash(payload_text(payload))
-
-
-def source_id(collection: str, record: dict[str, Any]) -> str:
-    return f"lead:{record['id']}" if collection in V1_ENCODED else str(record["id"])
-
-
 class Transformer:
-    def __init__(self, staging: Staging, mappings: Mappings, phone_region: str | None = None):
+    def __init__(self, staging: Staging, mappings: Mappings, phone_region: str | None = None, *, workers: int | None = None):
         self.staging = staging
+        self.workers = workers
         self.mappings = mappings
         self.sources: incremental.Sources = {c: (m.entity, "lead:" if c in V1_ENCODED else "") for c, m in mappings.sources.items()}
         self.registry = ColumnRegistry()
-        self.log = incremental.LookupLog()
+        self.log = LookupLog()
         self.lookups = self._lookups(phone_region)
         self.known = {entity: self.log.watch(ids, entity) for entity, ids in self._known_ids().items()}
         self.fields = {meta: self._field_meta(meta) for meta in set(FIELD_META.values())}
-        self.issues: list[tuple[str, str, str, str, str]] = self._reference_issues()
+        self.issues: list[Issue] = self._reference_issues()
         self.summary = TransformSummary()
         self._writing = False
         self._only_dirty = False
         self._declare_columns()
+        self.maker = RecordMaker(self.mappings, self.sources, self.registry, self.lookups, self.known, self.log, self._declared, self._custom)
 
     # -- reference data -------------------------------------------------------------------
     def _lookups(self, phone_region: str | None) -> Lookups:
@@ -141,7 +136,7 @@ class Transformer:
             phone_region=phone_region or self._region_from_users(users),
         )
 
-    def _reference_issues(self) -> list[tuple[str, str, str, str, str]]:
+    def _reference_issues(self) -> list[Issue]:
         """A character replaced in reference data (a user's name, a stage's, a field's label) shows
         wherever it is used: one issue for every record (`*`), on field `<collection>.<field>`."""
         found = []
@@ -170,8 +165,8 @@ class Transformer:
             for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)} ORDER BY num_id")
         )
 
-    def _deal_products(self, collection: str) -> SortedGroups[dict[str, Any]]:
-        """The deal product lines of the deals, in the order the deals are read (then by position)."""
+    def _deal_products(self) -> SortedGroups[str]:
+        """The deal product lines (JSON) of the deals, in the order the deals are read (then by position)."""
         if not self.staging.has_collection("deal_products"):
             return SortedGroups(iter(()))
         where = "data->>'deal_id' IS NOT NULL"
@@ -181,7 +176,7 @@ class Transformer:
             "data->>'deal_id', data", raw_table("deal_products"), "data->>'deal_id'", where,
             then="coalesce(try_cast(data->>'order_nr' AS DOUBLE), 0), coalesce(try_cast(data->>'id' AS BIGINT), 0)",
         )
-        return SortedGroups((deal, jsontext.loads(data)) for deal, data in rows)
+        return SortedGroups(iter(rows))
 
     def _known_ids(self) -> dict[str, IdSet]:
         """The ids of the records that exist (not deleted), by entity."""
@@ -202,7 +197,7 @@ class Transformer:
         for entity in ENTITY_ORDER:
             reg.declare(ColumnSpec(entity, PIPEDRIVE_ID, PIPEDRIVE_ID_LABEL, "plain", always=True))
         reg.declare(ColumnSpec("contacts", "other_emails", "Other emails", "plain"))
-        self._declared: dict[str, list[_DeclaredColumn]] = {}
+        self._declared: dict[str, list[DeclaredColumn]] = {}
         for collection, mapping in self.mappings.sources.items():
             columns = self._declared[collection] = []
             for decl in mapping.columns:
@@ -216,10 +211,10 @@ class Transformer:
                         template=decl.type == "currency",
                     )
                 )
-                columns.append(_DeclaredColumn.of(decl, spec, self._source_field(collection, decl)))
+                columns.append(DeclaredColumn.of(decl, spec, self._source_field(collection, decl)))
                 for label in self._declared_options(collection, decl):
                     spec.add_option(label)
-        self._custom: dict[str, list[tuple[ColumnSpec, Field, str, str]]] = {}
+        self._custom: dict[str, list[CustomColumn]] = {}
         for collection, mapping in self.mappings.sources.items():
             self._custom[collection] = self._custom_columns(collection, mapping)
 
@@ -249,7 +244,7 @@ class Transformer:
         definition = self.fields.get(meta, {}).get(field_code) or {}
         return {str(o.get("id")): str(o.get("label")) for o in v.as_list(definition.get("options")) if isinstance(o, dict)}
 
-    def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[tuple[ColumnSpec, Field, str, str]]:
+    def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[CustomColumn]:
         """One column per Pipedrive custom field, typed by `field_types.yaml`."""
         meta = FIELD_META.get(collection)
         result = []
@@ -278,7 +273,7 @@ class Transformer:
             if rule_type == "singleSelect":
                 for option in options.values():
                     spec.add_option(option)
-            result.append((spec, Field(name=name, options=options), code, rule_encode))
+            result.append(CustomColumn(spec, Field(name=name, options=options), code, rule_encode))
         return result
 
     def _free_label(self, entity: str, name: str, taken: set[str], key: str) -> str:
@@ -301,24 +296,29 @@ class Transformer:
         """Transform the records whose inputs changed since the last transform (`incremental`),
         or every record when what they all share changed."""
         started = time.monotonic()
-        self._convert_notes()  # committed before the output transaction: the note streams read it
         context = incremental.context(self.staging, self.sources, self.mappings, self.lookups.phone_region)
         self.summary.full_reason = incremental.why_full(self.staging, context)
+        to_make = staged = self._staged()
         if self.summary.full_reason is None:
-            dirty, staged = incremental.mark_dirty(self.staging, self.sources), self._staged()
-            if dirty > staged // 2:  # then reading them by id costs more than reading everything
-                self.summary.full_reason = f"{dirty:,} of {staged:,} records changed or depend on a change"
+            to_make = incremental.mark_dirty(self.staging, self.sources)
+            if to_make > staged // 2:  # then reading them by id costs more than reading everything
+                self.summary.full_reason = f"{to_make:,} of {staged:,} records changed or depend on a change"
+                to_make = staged
         self._only_dirty = self.summary.full_reason is None
         if self._only_dirty:
             incremental.restore_columns(self.registry, self.staging.target_columns())
             self.issues = []  # the column issues are the kept ones
 
-        def finish() -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]]]:
+        def finish() -> tuple[list[dict[str, Any]], list[Issue]]:
             self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
             incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
 
-        self.staging.replace_transform_output(self._records(), finish, only_dirty=self._only_dirty)
+        workers = self.workers if self.workers is not None else (os.cpu_count() or 1) - 1 if to_make >= PARALLEL_FROM else 0
+        with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
+            self._convert_notes(pool)  # committed before the output transaction: the note streams read it
+            made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
+            self.staging.replace_transform_output(self._target_rows(made), finish, only_dirty=self._only_dirty)
         self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()
         self.summary.seconds = time.monotonic() - started
         return self.summary
@@ -326,99 +326,39 @@ class Transformer:
     def _staged(self) -> int:
         return sum(self.staging.count_raw(collection)[0] for collection in self.sources)
 
-    def _records(self) -> Iterator[tuple[str, str, str, str, str | None]]:
+    def _target_rows(self, made: Iterator[Made]) -> Iterator[TargetRow]:
         self._writing = True  # inside the output transaction: issues may be written as they come
+        for batch in made:
+            self.registry.merge(batch.columns)
+            self.summary.made += batch.made
+            for issue in batch.issues:
+                self._issue(*issue)
+            yield from batch.rows
+
+    def _batches(self) -> Iterator[Batch]:
+        """The records to make, collection by collection in `ENTITY_ORDER`, each with its notes
+        and deal product rows, and the kept conversions of its own texts."""
         for entity in ENTITY_ORDER:
             for collection, mapping in self.mappings.sources.items():
                 if mapping.entity == entity:
-                    yield from self._collection_records(collection, mapping)
+                    yield from self._collection_batches(collection)
 
-    def _collection_records(self, collection: str, mapping: SourceMapping) -> Iterator[tuple[str, str, str, str, str | None]]:
+    def _collection_batches(self, collection: str) -> Iterator[Batch]:
+        if not self.staging.has_collection(collection):
+            return
         notes_by_target = self._notes_for(collection)
-        if collection in ("deals", "deals_archived"):
-            self.lookups.deal_products = self._deal_products(collection)
+        products = self._deal_products() if collection in ("deals", "deals_archived") else SortedGroups[str](iter(()))
         entity, prefix = self.sources[collection]
         where = incremental.dirty_filter(entity, "id", prefix) if self._only_dirty else "TRUE"
-        for batch in batched(self.staging.iter_raw(collection, where=where), NOTES_PER_BATCH):
-            own_markdown = self._own_text_markdown(collection, batch)
-            for record in batch:
-                sid = source_id(collection, record)
-                self.summary.made += 1
-                if _deleted(record):
-                    self._issue(entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated")
-                    continue
-                text = payload_text(self._payload(collection, mapping, record, sid, notes_by_target, own_markdown))
-                yield entity, sid, text, text_hash(text), self.log.take(entity, sid)
-
-    def _own_text_markdown(self, collection: str, records: list[dict[str, Any]]) -> dict[str, str]:
-        """The kept conversions of these records' own texts (activity notes, descriptions), by text."""
-        digest_of = {text: _md5(text) for record in records for key, _ in OWN_TEXTS.get(collection, ()) if (text := v.as_plain_text(record.get(key)))}
-        kept = self.staging.note_markdown(set(digest_of.values())) if digest_of else {}
-        return {text: kept[digest] for text, digest in digest_of.items() if digest in kept}
-
-    def _payload(
-        self, collection: str, mapping: SourceMapping, record: dict[str, Any], sid: str,
-        notes_by_target: SortedGroups[notes.NoteEntry], own_markdown: dict[str, str],
-    ) -> dict[str, Any]:
-        core = self._core(collection, record)
-        out = RecordOut(self.registry)
-        for key, value in core.values.items():
-            out.put(self.registry.get(mapping.entity, key), value)
-        out.put(self.registry.get(mapping.entity, PIPEDRIVE_ID), sid)
-        for column in self._declared[collection]:
-            value = _get(record, column.path)
-            if column.currency_path:
-                value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
-            self._encode(column.encoder, value, record, column.spec, column.field, out)
-        custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
-        if not isinstance(custom_values, dict):
-            out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {_as_entered(custom_values)!r}, not an object: no custom field value could be read")
-            custom_values = {}
-        for spec, fld, code, encode in self._custom[collection]:
-            value = _v1_value(custom_values, code, spec.type) if collection in V1_ENCODED else custom_values.get(code)
-            if value is None or value == "" or value == []:
-                continue
-            self._encode(ENCODERS[encode], value, record, spec, fld, out)
-        for field_name, rule, detail in core.issues + out.issues:
-            self._issue(mapping.entity, sid, field_name, rule, detail)
-        for field_name in record.get(REPLACED_CHARACTERS) or ():
-            self._issue(mapping.entity, sid, field_name, "character_replaced", CHARACTER_REPLACED)
-        note_text = self._compose_notes(collection, record, sid, mapping.entity, notes_by_target, own_markdown)
-        return {
-            "fields": core.fields,
-            "links": core.links,
-            "services": core.services,
-            "users": core.users,
-            "values": dict(sorted(out.values.items())),
-            "notes": note_text,
-        }
-
-    def _encode(self, encoder: Encoder, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
-        """Run one encoder. A value it cannot read (text where a number belongs, say) is kept as
-        text in '<column> (as entered)' and reported with its record and field: never a traceback."""
-        try:
-            encoder(value, record, spec, fld, self.lookups, out)
-        except (ValueError, TypeError, AttributeError) as exc:
-            text = _as_entered(value)
-            fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
-            out.put(fallback, text)
-            out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({exc}); kept as text in '{fallback.label}'")
-
-    def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
-        known, lookups = self.known, self.lookups
-        if collection == "persons":
-            return entities.contact_core(record, known)
-        if collection == "organizations":
-            return entities.organization_core(record, known)
-        if collection == "products":
-            return entities.service_core(record, known)
-        if collection in ("deals", "deals_archived"):
-            return entities.deal_core(record, known, lookups.deal_products)
-        if collection in V1_ENCODED:
-            return entities.lead_core(record, known)
-        if collection == "activities":
-            return entities.task_core(record, known, lookups.activity_types)
-        raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
+        own_digests = "".join(f", md5(data->>'{key}')" for key, _ in OWN_TEXTS.get(collection, ()))
+        rows = self.staging.scan_in_id_order(f"id, data{own_digests}", raw_table(collection), "id", where)
+        for batch in batched(rows, RECORDS_PER_BATCH):
+            digests = {digest for _, _, *own in batch for digest in own if digest}
+            yield Batch(
+                collection,
+                [(data, notes_by_target.get(identity, []), products.get(identity, [])) for identity, data, *_ in batch],
+                self.staging.note_markdown(digests) if digests else {},
+            )
 
     def _issue(self, entity: str, sid: str, field_name: str, rule: str, detail: str) -> None:
         self.issues.append((entity, sid, field_name, rule, detail))
@@ -460,7 +400,7 @@ class Transformer:
                 author = self.lookups.users.get(str(user_id))
                 yield target, notes.NoteEntry(
                     author=v.as_plain_text((author or {}).get("name") or user_name) or None,
-                    created=_utc_or_none(add_time),
+                    created=utc_or_none(add_time),
                     html="",
                     title="Pinned" if pinned is not None and json.loads(pinned) else None,
                     markdown=markdown[digest],
@@ -469,10 +409,10 @@ class Transformer:
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
 
-    def _convert_notes(self) -> None:
+    def _convert_notes(self, pool: MakerPool | None) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
         converter) and keep it, once per distinct text: a note is usually on a deal, its person
-        and their organization, activity notes repeat, and a rerun finds them done."""
+        and their organization, activity notes repeat, and a rerun finds them done. With a `pool`, the workers convert."""
         texts = []
         if self.staging.has_collection("notes"):
             texts.append(f"SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)")
@@ -486,38 +426,13 @@ class Transformer:
         bodies = self.staging.stream(
             f"SELECT DISTINCT md5(html) AS h, html FROM ({' UNION ALL '.join(texts)}) WHERE h NOT IN (SELECT content_hash FROM note_markdown)"
         )
-        batch: list[tuple[str, str]] = []
-        for digest, html in bodies:
-            batch.append((digest, notes.html_to_markdown(html)))
-            if len(batch) >= 1000:
-                self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
-                batch = []
-        self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
-
-    def _compose_notes(
-        self, collection: str, record: dict[str, Any], sid: str, entity: str,
-        notes_by_target: SortedGroups[notes.NoteEntry], own_markdown: dict[str, str],
-    ) -> str | None:
-        entries = list(notes_by_target.get(str(record.get("id")), []))
-        # the record's own texts are dated like the record, so they sort before later notes
-        created = _utc_or_none(record.get("add_time"))
-        for key, title in OWN_TEXTS.get(collection, ()):
-            if (html := v.as_plain_text(record.get(key))).strip():
-                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(html)))
-        if not entries:
-            return None
-        for entry in entries:
-            if entry.replaced:
-                self._issue(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}")
-        text, truncated = notes.compose_notes(entries)
-        if truncated:
-            self._issue(entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)")
-        return text or None
+        batches = batched(bodies, NOTES_PER_CONVERSION)
+        for converted in pool.map(_to_markdown, batches, _to_markdown) if pool else map(_to_markdown, batches):
+            self.staging.save_markdown(converted, notes.MARKDOWN_VERSION)
 
 
-def _md5(text: str) -> str:
-    """As DuckDB's md5() of the same text (a text it cannot hold just misses the kept conversions)."""
-    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
+def _to_markdown(bodies: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(digest, notes.html_to_markdown(html)) for digest, html in bodies]
 
 
 def _rank(value: Any) -> float:
@@ -525,63 +440,8 @@ def _rank(value: Any) -> float:
     return v.finite_number(value) or 0.0
 
 
-def _utc_or_none(value: Any) -> str | None:
-    try:
-        return v.to_utc_datetime(value)
-    except (ValueError, TypeError):
-        return None
-
-
-def _as_entered(value: Any) -> str:
-    if isinstance(value, dict):
-        return " ".join(_as_entered(v) for v in value.values() if v not in (None, "", [], {}))
-    if isinstance(value, list):
-        return ", ".join(_as_entered(v) for v in value)
-    return str(value)
-
-
-def _deleted(record: dict[str, Any]) -> bool:
-    return bool(record.get("is_deleted") or record.get("status") == "deleted" or record.get("active_flag") is False)
-
-
-def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = record
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-@dataclass(frozen=True)
-class _DeclaredColumn:
-    """A declared column as the record loop reads it: its encoder and source paths resolved once."""
-
-    encoder: Encoder
-    path: tuple[str, ...]
-    currency_path: tuple[str, ...] | None
-    spec: ColumnSpec
-    field: Field
-
-    @classmethod
-    def of(cls, decl: ColumnDecl, spec: ColumnSpec, fld: Field) -> _DeclaredColumn:
-        currency = tuple(decl.currency_from.split(".")) if decl.currency_from else None
-        return cls(ENCODERS[decl.encode], tuple(decl.source_field.split(".")), currency, spec, fld)
-
-
-def _v1_value(record: dict[str, Any], code: str, column_type: str) -> Any:
-    """Reassemble a v1 flat custom value (leads) into the v2 shape the encoders read."""
-    value = record.get(code)
-    if value is None:
-        return None
-    if f"{code}_currency" in record:
-        return {"value": value, "currency": record.get(f"{code}_currency")}
-    if f"{code}_until" in record:
-        return {"value": value, "until": record.get(f"{code}_until")}
-    if f"{code}_formatted_address" in record:
-        return {"value": value, "formatted_address": record.get(f"{code}_formatted_address")}
-    return value
-
-
-def transform(staging: Staging, mappings: Mappings, phone_region: str | None = None) -> TransformSummary:
-    return Transformer(staging, mappings, phone_region).run()
+def transform(staging: Staging, mappings: Mappings, phone_region: str | None = None, *, workers: int | None = None) -> TransformSummary:
+    """Transform the staged records. `workers`: processes that make records beside this one; by
+    default one per core but one when there are `PARALLEL_FROM` records or more to make, else none.
+    Workers are spawned: a script that calls this must start from `if __name__ == "__main__":`."""
+    return Transformer(staging, mappings, phone_region, workers=workers).run()

@@ -42,44 +42,6 @@ GROUPED = {
 Sources = dict[str, tuple[str, str]]  # record collection → (entity, source id prefix)
 
 
-class LookupLog:
-    """The records looked up while one record is transformed, whether they exist or not: a
-    record that links to a missing organization is made again when that organization arrives."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def watch(self, table: Any, entity: str) -> Watched:
-        return Watched(table, entity, self.seen)
-
-    def take(self, entity: str, source_id: str) -> str | None:
-        """The records looked up since the last take (but the record itself), as JSON [[entity, id], ...]."""
-        if not self.seen:
-            return None
-        refs = set(self.seen)
-        refs.discard((entity, source_id))
-        self.seen.clear()
-        return json.dumps(sorted(refs)) if refs else None
-
-
-class Watched:
-    """An id set or name table (`transform.lookups`) whose lookups go into a `LookupLog`."""
-
-    __slots__ = ("_entity", "_seen", "_table")
-
-    def __init__(self, table: Any, entity: str, seen: list[tuple[str, str]]):
-        self._table, self._entity, self._seen = table, entity, seen
-
-    def __contains__(self, identity: object) -> bool:
-        if isinstance(identity, str):
-            self._seen.append((self._entity, identity))
-        return identity in self._table
-
-    def get(self, identity: str, default: Any = None) -> Any:
-        self._seen.append((self._entity, identity))
-        return self._table.get(identity, default)
-
-
 def context(staging: Staging, sources: Sources, mappings: Any, phone_region: str | None) -> dict[str, str]:
     """A digest of each part every record depends on, by a name a report can show."""
     code = hashlib.sha256()

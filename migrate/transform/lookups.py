@@ -7,6 +7,7 @@ memory than the whole run should take, so:
 * `IdSet` keeps numeric ids as bits (a 10-million id range is 1.25 MB) and only the others
   (lead UUIDs) as strings;
 * `NameTable` keeps names in one UTF-8 buffer with an offset array, found by binary search;
+* `LookupLog` notes which records each record looked up, for the incremental transform;
 * `SortedGroups` reads rows grouped by the record they belong to (notes, deal products) from a
   stream sorted the way the records are read, holding one record's group at a time.
 """
@@ -14,11 +15,12 @@ memory than the whole run should take, so:
 from __future__ import annotations
 
 import bisect
+import json
 from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from migrate.staging.store import order_key
+from migrate.staging.keys import order_key
 
 _MAX_BITMAP_ID = 1 << 31  # ids beyond this (none in Pipedrive) go into the string set
 
@@ -138,3 +140,41 @@ class SortedGroups(Generic[T]):
             self._pending = next(self._rows, None)
         self._current, self._group = group_id, group
         return group
+
+
+class LookupLog:
+    """The records looked up while one record is transformed, whether they exist or not: a
+    record that links to a missing organization is made again when that organization arrives."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def watch(self, table: Any, entity: str) -> Watched:
+        return Watched(table, entity, self.seen)
+
+    def take(self, entity: str, source_id: str) -> str | None:
+        """The records looked up since the last take (but the record itself), as JSON [[entity, id], ...]."""
+        if not self.seen:
+            return None
+        refs = set(self.seen)
+        refs.discard((entity, source_id))
+        self.seen.clear()
+        return json.dumps(sorted(refs)) if refs else None
+
+
+class Watched:
+    """An id set or name table (`transform.lookups`) whose lookups go into a `LookupLog`."""
+
+    __slots__ = ("_entity", "_seen", "_table")
+
+    def __init__(self, table: Any, entity: str, seen: list[tuple[str, str]]):
+        self._table, self._entity, self._seen = table, entity, seen
+
+    def __contains__(self, identity: object) -> bool:
+        if isinstance(identity, str):
+            self._seen.append((self._entity, identity))
+        return identity in self._table
+
+    def get(self, identity: str, default: Any = None) -> Any:
+        self._seen.append((self._entity, identity))
+        return self._table.get(identity, default)

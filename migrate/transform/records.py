@@ -1,0 +1,346 @@
+"""The per-record part of the transform: a staged record, with its notes and deal product rows,
+becomes its target payload, the issues it raises and the records it looked up.
+
+It reads nothing from staging: the engine streams batches of records in (`Batch`) and writes what
+comes out (`Made`). So batches can be made in worker processes as well as in the engine's own,
+with byte for byte the same output (`MakerPool`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+from migrate import jsontext
+from migrate.errors import MigrateError
+from migrate.staging.keys import REPLACED_CHARACTERS
+from migrate.transform import entities, notes
+from migrate.transform import values as v
+from migrate.transform.columns import PIPEDRIVE_ID, ColumnRegistry, ColumnSpec
+from migrate.transform.encoders import ENCODERS, Encoder, Field, Lookups, RecordOut
+from migrate.transform.lookups import LookupLog
+from migrate.transform.mapping import ColumnDecl, Mappings
+
+if TYPE_CHECKING:
+    from migrate.transform.incremental import Sources
+
+T = TypeVar("T")
+R = TypeVar("R")
+V1_ENCODED = frozenset({"leads", "leads_archived"})
+CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
+# Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
+OWN_TEXTS = {
+    "activities": (("note", "Activity note"), ("public_description", "Public description")),
+    "products": (("description", "Description"),),
+    "persons": (("notes", "Contact notes"),),
+}
+Issue = tuple[str, str, str, str, str]  # entity, source id, field, rule, detail
+TargetRow = tuple[str, str, str, str, str | None]  # entity, source id, payload text, payload hash, lookups
+
+
+def payload_text(payload: dict[str, Any]) -> str:
+    """The payload as stored (and hashed): sorted keys, so equal payloads are equal text."""
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    return text_hash(payload_text(payload))
+
+
+def source_id(collection: str, record: dict[str, Any]) -> str:
+    return f"lead:{record['id']}" if collection in V1_ENCODED else str(record["id"])
+
+
+def md5(text: str) -> str:
+    """As DuckDB's md5() of the same text (a text it cannot hold just misses the kept conversions)."""
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def utc_or_none(value: Any) -> str | None:
+    try:
+        return v.to_utc_datetime(value)
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass
+class Batch:
+    """Records of one collection to make, in the order they are read."""
+
+    collection: str
+    records: list[tuple[str, list[notes.NoteEntry], list[str]]]  # record JSON, its notes, its deal product rows (JSON)
+    markdown: dict[str, str]  # kept conversions of the records' own texts (`OWN_TEXTS`), by md5 of the text
+
+
+@dataclass
+class Made:
+    """What a batch gave: target rows (none for a record deleted in Pipedrive), issues, and the
+    columns it declared, used or gave options (to merge into the engine's registry)."""
+
+    made: int = 0  # records read, those deleted in Pipedrive included
+    rows: list[TargetRow] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    columns: list[ColumnSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeclaredColumn:
+    """A declared column as the record loop reads it: its encoder and source paths resolved once."""
+
+    encoder: Encoder
+    path: tuple[str, ...]
+    currency_path: tuple[str, ...] | None
+    spec: ColumnSpec
+    field: Field
+
+    @classmethod
+    def of(cls, decl: ColumnDecl, spec: ColumnSpec, fld: Field) -> DeclaredColumn:
+        currency = tuple(decl.currency_from.split(".")) if decl.currency_from else None
+        return cls(ENCODERS[decl.encode], tuple(decl.source_field.split(".")), currency, spec, fld)
+
+
+@dataclass(frozen=True)
+class CustomColumn:
+    """A Pipedrive custom field's column: where its value is (`code`) and how it is encoded."""
+
+    spec: ColumnSpec
+    field: Field
+    code: str
+    encode: str
+
+
+@dataclass
+class RecordMaker:
+    mappings: Mappings
+    sources: Sources
+    registry: ColumnRegistry
+    lookups: Lookups
+    known: dict[str, Any]  # entity → the ids that exist (watched by `log`)
+    log: LookupLog
+    declared: dict[str, list[DeclaredColumn]]  # by collection
+    custom: dict[str, list[CustomColumn]]  # by collection
+
+    def make(self, batch: Batch) -> Made:
+        mark = self.registry.mark()
+        made = Made(made=len(batch.records))
+        collection = batch.collection
+        entity = self.sources[collection][0]
+        own_markdown = self._own_markdown(collection, batch.markdown)
+        for text, note_entries, product_rows in batch.records:
+            record = jsontext.loads(text)
+            sid = source_id(collection, record)
+            if _deleted(record):
+                made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated"))
+                continue
+            self.lookups.deal_products = {str(record.get("id")): [jsontext.loads(row) for row in product_rows]} if product_rows else {}
+            payload = payload_text(self._payload(collection, record, sid, note_entries, own_markdown, made.issues))
+            made.rows.append((entity, sid, payload, text_hash(payload), self.log.take(entity, sid)))
+        made.columns = self.registry.changes_since(mark)
+        return made
+
+    @staticmethod
+    def _own_markdown(collection: str, by_digest: dict[str, str]) -> Callable[[str], str | None]:
+        if not by_digest or collection not in OWN_TEXTS:
+            return lambda text: None
+        return lambda text: by_digest.get(md5(text))
+
+    def _payload(
+        self, collection: str, record: dict[str, Any], sid: str, note_entries: list[notes.NoteEntry],
+        own_markdown: Callable[[str], str | None], issues: list[Issue],
+    ) -> dict[str, Any]:
+        entity = self.sources[collection][0]
+        core = self._core(collection, record)
+        out = RecordOut(self.registry)
+        for key, value in core.values.items():
+            out.put(self.registry.get(entity, key), value)
+        out.put(self.registry.get(entity, PIPEDRIVE_ID), sid)
+        for column in self.declared[collection]:
+            value = _get(record, column.path)
+            if column.currency_path:
+                value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
+            self._encode(column.encoder, value, record, column.spec, column.field, out)
+        custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
+        if not isinstance(custom_values, dict):
+            out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {_as_entered(custom_values)!r}, not an object: no custom field value could be read")
+            custom_values = {}
+        for custom in self.custom[collection]:
+            value = _v1_value(custom_values, custom.code) if collection in V1_ENCODED else custom_values.get(custom.code)
+            if value is None or value == "" or value == []:
+                continue
+            self._encode(ENCODERS[custom.encode], value, record, custom.spec, custom.field, out)
+        issues += [(entity, sid, field_name, rule, detail) for field_name, rule, detail in core.issues + out.issues]
+        issues += [(entity, sid, field_name, "character_replaced", CHARACTER_REPLACED) for field_name in record.get(REPLACED_CHARACTERS) or ()]
+        return {
+            "fields": core.fields,
+            "links": core.links,
+            "services": core.services,
+            "users": core.users,
+            "values": dict(sorted(out.values.items())),
+            "notes": self._notes(collection, record, entity, sid, note_entries, own_markdown, issues),
+        }
+
+    def _encode(self, encoder: Encoder, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
+        """Run one encoder. A value it cannot read (text where a number belongs, say) is kept as
+        text in '<column> (as entered)' and reported with its record and field: never a traceback."""
+        try:
+            encoder(value, record, spec, fld, self.lookups, out)
+        except (ValueError, TypeError, AttributeError) as exc:
+            text = _as_entered(value)
+            fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
+            out.put(fallback, text)
+            out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({exc}); kept as text in '{fallback.label}'")
+
+    def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
+        known, lookups = self.known, self.lookups
+        if collection == "persons":
+            return entities.contact_core(record, known)
+        if collection == "organizations":
+            return entities.organization_core(record, known)
+        if collection == "products":
+            return entities.service_core(record, known)
+        if collection in ("deals", "deals_archived"):
+            return entities.deal_core(record, known, lookups.deal_products)
+        if collection in V1_ENCODED:
+            return entities.lead_core(record, known)
+        if collection == "activities":
+            return entities.task_core(record, known, lookups.activity_types)
+        raise ValueError(f"mappings name the collection {collection!r}, which has no entity builder")
+
+    def _notes(
+        self, collection: str, record: dict[str, Any], entity: str, sid: str, entries: list[notes.NoteEntry],
+        own_markdown: Callable[[str], str | None], issues: list[Issue],
+    ) -> str | None:
+        entries = list(entries)
+        # the record's own texts are dated like the record, so they sort before later notes
+        created = utc_or_none(record.get("add_time"))
+        for key, title in OWN_TEXTS.get(collection, ()):
+            if (html := v.as_plain_text(record.get(key))).strip():
+                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown(html)))
+        if not entries:
+            return None
+        issues += [(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
+        text, truncated = notes.compose_notes(entries)
+        if truncated:
+            issues.append((entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)"))
+        return text or None
+
+
+class MakerPool:
+    """Worker processes, each with a copy of one `RecordMaker`, and this process beside them,
+    making batches in order: a batch goes to the workers while each has no more than one
+    waiting, else it is made here (by a copy too, so that the column changes of every batch
+    merge in the order of the batches). At most `ahead` batches are out at once.
+
+    Workers are spawned (a fork would copy DuckDB's threads mid-work) and ignore Ctrl-C: the
+    engine stops them."""
+
+    def __init__(self, maker: RecordMaker, workers: int):
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(maker,)
+        )
+        registry, declared, custom = copy.deepcopy((maker.registry, maker.declared, maker.custom))
+        self._here = replace(maker, registry=registry, declared=declared, custom=custom)
+        self.queued = 3 * workers
+        self.ahead = self.queued + 4
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def make(self, batches: Iterable[Batch]) -> Iterator[Made]:
+        return self.map(_make_in_worker, batches, self._here.make)
+
+    def map(self, function: Callable[[T], R], items: Iterable[T], here: Callable[[T], R]) -> Iterator[R]:
+        """`function(item)` in a worker, or `here(item)` in this process, for each item, in order;
+        `items` are read as results are taken."""
+        pending: deque[Future[R] | _Done[R]] = deque()
+        try:
+            for item in items:
+                queued = sum(1 for out in pending if isinstance(out, Future) and not out.done())
+                pending.append(self._executor.submit(function, item) if queued < self.queued else _Done(here(item)))
+                while pending and (pending[0].done() or len(pending) >= self.ahead):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as exc:
+            raise MigrateError(
+                f"a transform worker process ended unexpectedly ({exc}); this transform kept nothing of its own. "
+                "Run again, or with --transform-workers 0 to make the records in the main process"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class _Done(Generic[R]):
+    """A result made in this process, read like a worker's future."""
+
+    value: R
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> R:
+        return self.value
+
+
+_maker: RecordMaker | None = None
+
+
+def _start_worker(maker: RecordMaker) -> None:
+    global _maker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _maker = maker
+
+
+def _make_in_worker(batch: Batch) -> Made:
+    assert _maker is not None
+    return _maker.make(batch)
+
+
+def _as_entered(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(_as_entered(v) for v in value.values() if v not in (None, "", [], {}))
+    if isinstance(value, list):
+        return ", ".join(_as_entered(v) for v in value)
+    return str(value)
+
+
+def _deleted(record: dict[str, Any]) -> bool:
+    return bool(record.get("is_deleted") or record.get("status") == "deleted" or record.get("active_flag") is False)
+
+
+def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _v1_value(record: dict[str, Any], code: str) -> Any:
+    """Reassemble a v1 flat custom value (leads) into the v2 shape the encoders read."""
+    value = record.get(code)
+    if value is None:
+        return None
+    if f"{code}_currency" in record:
+        return {"value": value, "currency": record.get(f"{code}_currency")}
+    if f"{code}_until" in record:
+        return {"value": value, "until": record.get(f"{code}_until")}
+    if f"{code}_formatted_address" in record:
+        return {"value": value, "formatted_address": record.get(f"{code}_formatted_address")}
+    return value
