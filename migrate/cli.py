@@ -52,7 +52,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--phone-region", help="Country for phone numbers without a country code, e.g. DE (default: from the Pipedrive users' locale)."),
         click.option(
             "--transform-workers", type=int,
-            help="Processes that make target records beside the main one (default: one per core from 20,000 records; 0: none).",
+            help="Processes that make target records beside the main one (default: one per core but one, at most 3, from 20,000 records; 0: none).",
         ),
         click.option("--mappings", type=click.Path(path_type=Path, file_okay=False), help="Directory with your own columns.yaml and field_types.yaml."),
         click.option("--ca-bundle", type=click.Path(path_type=Path, dir_okay=False), help="CA bundle for self-hosted TLS certificates."),

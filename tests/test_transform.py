@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -15,9 +16,11 @@ from migrate.errors import MigrateError
 from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.staging import store
 from migrate.staging.store import Staging
+from migrate.transform import engine
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
+from migrate.transform.records import MakerPool
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
 
@@ -189,7 +192,6 @@ def test_notes_and_record_texts_are_converted_once_per_distinct_text_and_kept_fo
 def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(sample_staging, monkeypatch):
     """The transform writes issues as they come and reads notes' markdown per batch; in pieces of
     3 the output is what it is in one piece."""
-    from migrate.transform import engine
 
     def output() -> tuple[list[tuple], list[tuple]]:
         transform(sample_staging, load_mappings())
@@ -208,12 +210,10 @@ def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(s
 def test_records_made_in_worker_processes_are_byte_for_byte_those_made_in_the_main_process(sample_staging, monkeypatch):
     """In batches of 7 the two workers each make some of every collection, and each finds column
     options and variants (an enum option, a currency column) the other does not know; merged in
-    the order of the batches they come out as one process gives them, notes converted alike."""
-    from migrate.transform import engine
+    the order of the batches they come out as one process gives them."""
 
     def output(workers: int) -> tuple[int, list[tuple], list[tuple], list[str]]:
         sample_staging.con.execute("DELETE FROM meta WHERE key = 'transform_context'")  # a full transform each time
-        sample_staging.con.execute("DELETE FROM note_markdown")
         summary = transform(sample_staging, load_mappings(), workers=workers)
         con = sample_staging.con
         return (
@@ -225,11 +225,16 @@ def test_records_made_in_worker_processes_are_byte_for_byte_those_made_in_the_ma
 
     in_process = output(0)
     monkeypatch.setattr(engine, "RECORDS_PER_BATCH", 7)
-    monkeypatch.setattr(engine, "NOTES_PER_CONVERSION", 5)
     in_workers = output(2)
     assert in_workers == in_process
     made, records, issues, columns = in_workers
     assert made > len(records) > 300 and len(issues) > 30 and any('"value:eur"' in c for c in columns)
+
+
+def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_message(sample_staging):
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match="worker process ended unexpectedly.*--transform-workers 0"):
+        list(pool.map(os._exit, [3], here=str))  # the worker process exits with status 3 mid-task
 
 
 def test_a_registry_merging_the_changes_of_its_copies_batch_by_batch_lists_options_in_the_order_of_the_records():

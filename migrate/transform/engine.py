@@ -68,9 +68,9 @@ FIELD_META = {
 }
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
-NOTES_PER_CONVERSION = 200  # note texts converted to markdown at a time
 RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when there are workers)
 PARALLEL_FROM = 20_000  # records to make from which worker processes pay for their start (about a second)
+MAX_WORKERS = 3  # by default: past that the main process, which reads and writes for all of them, sets the pace
 # Staged collections the transform reads for names, labels and field definitions, not as records
 REFERENCE_COLLECTIONS = ("users", "pipelines", "stages", "activityTypes", "leadLabels", *sorted(set(FIELD_META.values())))
 RESERVED_LABELS = {
@@ -314,9 +314,9 @@ class Transformer:
             incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
 
-        workers = self.workers if self.workers is not None else (os.cpu_count() or 1) - 1 if to_make >= PARALLEL_FROM else 0
+        self._convert_notes()  # committed before the output transaction: the note streams read it
+        workers = self.workers if self.workers is not None else min((os.cpu_count() or 1) - 1, MAX_WORKERS) if to_make >= PARALLEL_FROM else 0
         with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
-            self._convert_notes(pool)  # committed before the output transaction: the note streams read it
             made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
             self.staging.replace_transform_output(self._target_rows(made), finish, only_dirty=self._only_dirty)
         self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()
@@ -409,10 +409,11 @@ class Transformer:
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
 
-    def _convert_notes(self, pool: MakerPool | None) -> None:
+    def _convert_notes(self) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
         converter) and keep it, once per distinct text: a note is usually on a deal, its person
-        and their organization, activity notes repeat, and a rerun finds them done. With a `pool`, the workers convert."""
+        and their organization, activity notes repeat, and a rerun finds them done. In this process: converting the longest notes takes a worker
+        process tens of megabytes it would keep."""
         texts = []
         if self.staging.has_collection("notes"):
             texts.append(f"SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)")
@@ -426,13 +427,13 @@ class Transformer:
         bodies = self.staging.stream(
             f"SELECT DISTINCT md5(html) AS h, html FROM ({' UNION ALL '.join(texts)}) WHERE h NOT IN (SELECT content_hash FROM note_markdown)"
         )
-        batches = batched(bodies, NOTES_PER_CONVERSION)
-        for converted in pool.map(_to_markdown, batches, _to_markdown) if pool else map(_to_markdown, batches):
-            self.staging.save_markdown(converted, notes.MARKDOWN_VERSION)
-
-
-def _to_markdown(bodies: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(digest, notes.html_to_markdown(html)) for digest, html in bodies]
+        batch: list[tuple[str, str]] = []
+        for digest, html in bodies:
+            batch.append((digest, notes.html_to_markdown(html)))
+            if len(batch) >= 1000:
+                self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
+                batch = []
+        self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
 
 
 def _rank(value: Any) -> float:
@@ -442,6 +443,7 @@ def _rank(value: Any) -> float:
 
 def transform(staging: Staging, mappings: Mappings, phone_region: str | None = None, *, workers: int | None = None) -> TransformSummary:
     """Transform the staged records. `workers`: processes that make records beside this one; by
-    default one per core but one when there are `PARALLEL_FROM` records or more to make, else none.
+    default one per core but one (at most `MAX_WORKERS`) when there are `PARALLEL_FROM` records or
+    more to make, else none.
     Workers are spawned: a script that calls this must start from `if __name__ == "__main__":`."""
     return Transformer(staging, mappings, phone_region, workers=workers).run()
