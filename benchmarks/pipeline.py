@@ -40,9 +40,10 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,6 +95,12 @@ def _again(figures: tuple[float, int, int, str | None]) -> str:
     return f"{_s(seconds)}: {_n(touched)} rows → {_n(made)} made" + (f" (full: {full_reason})" if full_reason else "")
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the children that ended (the transform's workers; the fakes live on)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
@@ -133,6 +140,58 @@ class _Timer:
             self.calls += 1
 
 
+class _ToolMemory:
+    """Peak RSS of this process and its children but the fakes (the transform's worker processes),
+    summed, sampled five times a second in a thread: `ru_maxrss` sees one process only.
+    `mark()` starts a new phase peak (`phase_mb`); `peak_mb` is over the whole run."""
+
+    def __init__(self, fakes: list[FakeProcess]):
+        self._excluded = {fake.pid for fake in fakes}
+        self.peak_mb = self.phase_mb = 0.0
+        self.phase_split = (0.0, 0.0)  # (this process, its children) at the phase's peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mark(self) -> None:
+        self.phase_mb, self.phase_split = 0.0, (0.0, 0.0)
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.2):
+            children = [pid for pid in _child_pids(me) if pid not in self._excluded]
+            mine, theirs = _rss_of(me), sum(_rss_of(pid) for pid in children)
+            if mine + theirs > self.phase_mb:
+                self.phase_mb, self.phase_split = mine + theirs, (mine, theirs)
+            self.peak_mb = max(self.peak_mb, mine + theirs)
+
+
+def _child_pids(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _rss_of(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class FakeProcess:
     """One fake server in a process of its own, so that its CPU time, GIL and memory are not the
     tool's: the peak RSS and the extract timings measured in the benchmark process are the tool's.
@@ -149,6 +208,10 @@ class FakeProcess:
         self._process.start()
         self.url = self._conn.recv()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def ask(self, question: str) -> dict[str, Any]:
         self._conn.send(question)
@@ -218,8 +281,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
     from migrate.pipedrive import client as pipedrive_client
     from migrate.pipeline import run_extract, run_migration
     from migrate.staging.store import Staging
-    from migrate.transform import notes, values
-    from migrate.transform.engine import transform
+    from migrate.transform.engine import Transformer, transform
     from migrate.transform.mapping import load_mappings
     from tests.fakes.customermates import VALID_KEY
     from tests.fakes.pipedrive import VALID_TOKEN
@@ -235,7 +297,8 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
         out["snapshot_mb"] = sum(p.stat().st_size for p in account.glob("*.jsonl")) / 2**20
 
         with FakeProcess("pipedrive", snapshot_dir=account, burst_limit=burst, window_seconds=WINDOW_SECONDS,
-                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency, search_cache=True) as cm:
+                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency, search_cache=True) as cm, \
+                _ToolMemory([pipedrive, cm]) as memory:
             minimum = pipedrive.ask("minimum")
             out["min_requests"], out["min_tokens"] = minimum["requests"], minimum["tokens"]
             out["fake_pipedrive_rss_mb"] = minimum["rss_mb"]
@@ -275,19 +338,20 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
             out["count_403"] = served["count_403"]
             out["extract_peak_rss_mb"] = _peak_rss_mb()
 
-            # -- transform, on the staged data
-            # (instrumented: the per-value conversions no SQL can do, HTML to markdown and
-            # phone numbers through libphonenumber, are timed on their own)
-            html, phones = _Timer(notes.html_to_markdown), _Timer(values.normalise_phone)
-            notes.html_to_markdown, values.normalise_phone = html, phones  # type: ignore[assignment]
+            # -- transform, on the staged data (with worker processes from 20,000 records: the
+            # CPU time of this process and of the workers, and the note conversion phase, timed)
+            html = _Timer(Transformer._convert_notes)
+            Transformer._convert_notes = lambda self: html(self)  # type: ignore[method-assign]
             try:
                 with Staging(settings.state) as staging:
                     mappings = load_mappings(settings.mappings)
-                    started = time.perf_counter()
+                    memory.mark()
+                    started, cpu, workers_cpu = time.perf_counter(), time.process_time(), _children_cpu()
                     transformed = transform(staging, mappings, settings.phone_region)
                     out["transform_seconds"] = time.perf_counter() - started
-                    out["transform_html"] = (html.seconds, html.calls)
-                    out["transform_phones"] = (phones.seconds, phones.calls)
+                    out["transform_cpu"] = (time.process_time() - cpu, _children_cpu() - workers_cpu)
+                    out["transform_html_seconds"] = html.seconds
+                    out["transform_sampled_rss_mb"] = (memory.phase_mb, *memory.phase_split)
                     # the next transforms make again only what changed: none, then 1 % of the rows
                     for key, share in (("transform_unchanged", 0), ("transform_one_percent", 100)):
                         touched = _touch(staging, share)
@@ -295,7 +359,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                         again = transform(staging, mappings, settings.phone_region)
                         out[key] = (time.perf_counter() - started, touched, again.made, again.full_reason)
             finally:
-                notes.html_to_markdown, values.normalise_phone = html.func, phones.func
+                Transformer._convert_notes = html.func  # type: ignore[method-assign]
             out["target_records"] = sum(transformed.records.values())
             out["transform_peak_rss_mb"] = _peak_rss_mb()
 
@@ -356,6 +420,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
 
                 # -- the bare loop last: it writes its records a second time
                 out["bare_rps"], out["bare_server_share"] = bare_loop(cm, BARE_LOOP_REQUESTS)
+            out["sampled_rss_mb"] = memory.peak_mb
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
@@ -414,9 +479,10 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("TRANSFORM time", lambda r: _s(r["transform_seconds"]))
     row("  staged records/s", lambda r: f"{r['staged_records'] / r['transform_seconds']:,.0f}")
     row("  target records out", lambda r: _n(r["target_records"]))
-    row("  of which HTML → markdown", lambda r: f"{_s(r['transform_html'][0])} ({_n(r['transform_html'][1])} texts)")
-    row("  of which phone numbers", lambda r: f"{_s(r['transform_phones'][0])} ({_n(r['transform_phones'][1])})")
-    row("  the rest, staged records/s", lambda r: f"{r['staged_records'] / (r['transform_seconds'] - r['transform_html'][0] - r['transform_phones'][0]):,.0f}")
+    row("  of which notes to markdown (phase)", lambda r: _s(r["transform_html_seconds"]))
+    row("  CPU: this process / worker processes", lambda r: f"{_s(r['transform_cpu'][0])} / {_s(r['transform_cpu'][1])}")
+    row("  peak RSS with the workers (sampled)‡",
+        lambda r: "{:,.0f} MB (this process {:,.0f}, the others {:,.0f})".format(*r["transform_sampled_rss_mb"]))
     row("TRANSFORM again, nothing changed", lambda r: _again(r["transform_unchanged"]))
     row("  again, 1 % of rows changed", lambda r: _again(r["transform_one_percent"]))
 
@@ -454,6 +520,7 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  of which transform (records made)", loaded(lambda r: f"{_s(r['sync_transform'][0])} ({_n(r['sync_transform'][1])})"))
     row("  Pipedrive requests / write requests", loaded(lambda r: f"{_n(r['sync_pipedrive_requests'])} / {_n(r['sync_writes'])}"))
     row("PEAK RSS of the tool*", lambda r: f"{r['peak_rss_mb']:,.0f} MB")
+    row("  with the transform workers (sampled)‡", lambda r: f"{r['sampled_rss_mb']:,.0f} MB")
     row("  of which by the end of extract", lambda r: f"{r['extract_peak_rss_mb']:,.0f} MB")
     row("  of which by the end of transform", lambda r: f"{r['transform_peak_rss_mb']:,.0f} MB")
     row("  of which by the end of the load", loaded(lambda r: f"{r['load_peak_rss_mb']:,.0f} MB"))
@@ -543,6 +610,8 @@ def main() -> None:
     print()
     print("* peak RSS of the benchmark process of that size: the generator, the tool and DuckDB. Each fake runs in a")
     print("  process of its own (the fake Pipedrive holds the whole snapshot in Python dicts), not counted here.")
+    print("‡ the RSS of the benchmark process and of its children but the fakes (the transform's worker processes and")
+    print("  multiprocessing's resource tracker), added up five times a second: a peak shorter than 0.2 s can be missed.")
     print("Extract figures come from the fake Pipedrive serving a frozen snapshot from memory on loopback, in its own")
     print("process: 'fake serving' is CPU time the real Pipedrive would spend on its side, replaced there by network")
     print("latency per request (add some with --pipedrive-latency). The extractor runs eight readers under one burst")
