@@ -1095,7 +1095,9 @@ def test_transaction_timeout_under_latency_returns_500_and_writes_nothing():
 
 
 def test_concurrent_batches_queue_on_the_company_lock_and_late_ones_time_out():
-    with FakeCustomermates(latency_per_item=0.002, transaction_timeout=0.7) as fake:
+    # 0.5 s a batch: the third ends at 1.5 s, the fourth would at 2.0; a quarter second either side of
+    # the timeout, wide enough for the CPU time a busy machine adds to each batch
+    with FakeCustomermates(latency_per_item=0.005, transaction_timeout=1.75) as fake:
         statuses: list[int] = []
 
         def send(tag: str) -> None:
