@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import duckdb
@@ -235,6 +237,21 @@ def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_mess
     maker = engine.Transformer(sample_staging, load_mappings()).maker
     with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match="worker process ended unexpectedly.*--transform-workers 0"):
         list(pool.map(os._exit, [3], here=str))  # the worker process exits with status 3 mid-task
+
+
+def _pid_after_sigterm(_: object) -> int:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def test_worker_processes_leave_ctrl_c_and_sigterm_to_the_main_process(sample_staging):
+    """Ctrl-C, or a SIGTERM to the process group, reaches the workers too: the main process stops
+    gracefully, so they must not die first and break the transform."""
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with MakerPool(maker, 1) as pool:
+        [worker_pid] = pool.map(_pid_after_sigterm, [None], here=lambda _: os.getpid())
+    assert worker_pid != os.getpid()
 
 
 def test_a_registry_merging_the_changes_of_its_copies_batch_by_batch_lists_options_in_the_order_of_the_records():

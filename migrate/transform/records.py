@@ -244,8 +244,8 @@ class MakerPool:
     waiting, else it is made here (by a copy too, so that the column changes of every batch
     merge in the order of the batches). At most `ahead` batches are out at once.
 
-    Workers are spawned (a fork would copy DuckDB's threads mid-work) and ignore Ctrl-C: the
-    engine stops them."""
+    Workers are spawned (a fork would copy DuckDB's threads mid-work) and ignore Ctrl-C and SIGTERM:
+    the main process stops gracefully on them, and then stops its workers."""
 
     def __init__(self, maker: RecordMaker, workers: int):
         self._executor = ProcessPoolExecutor(
@@ -302,7 +302,8 @@ _maker: RecordMaker | None = None
 
 def _start_worker(maker: RecordMaker) -> None:
     global _maker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the whole process group too: the main process stops us
+        signal.signal(signum, signal.SIG_IGN)
     _maker = maker
 
 
