@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import multiprocessing.context
 import os
 import signal
 import time
@@ -237,6 +239,16 @@ def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_mess
     maker = engine.Transformer(sample_staging, load_mappings()).maker
     with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match="worker process ended unexpectedly.*--transform-workers 0"):
         list(pool.map(os._exit, [3], here=str))  # the worker process exits with status 3 mid-task
+
+
+def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(sample_staging, monkeypatch):
+    def refuse(process: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "_Popen", staticmethod(refuse))
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match=r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"):
+        list(pool.map(str, [1], here=str))
 
 
 def _pid_after_sigterm(_: object) -> int:

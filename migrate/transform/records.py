@@ -272,7 +272,7 @@ class MakerPool:
         try:
             for item in items:
                 queued = sum(1 for out in pending if isinstance(out, Future) and not out.done())
-                pending.append(self._executor.submit(function, item) if queued < self.queued else _Done(here(item)))
+                pending.append(self._submit(function, item) if queued < self.queued else _Done(here(item)))
                 while pending and (pending[0].done() or len(pending) >= self.ahead):
                     yield pending.popleft().result()
             while pending:
@@ -281,6 +281,16 @@ class MakerPool:
             raise MigrateError(
                 f"a transform worker process ended unexpectedly ({exc}); this transform kept nothing of its own. "
                 "Run again, or with --transform-workers 0 to make the records in the main process"
+            ) from exc
+
+
+    def _submit(self, function: Callable[[T], R], item: T) -> Future[R]:
+        try:
+            return self._executor.submit(function, item)  # starts a worker process, the first times
+        except OSError as exc:
+            raise MigrateError(
+                f"cannot start a transform worker process ({exc}). Run again with --transform-workers 0 to make the records "
+                "in the main process"
             ) from exc
 
 
