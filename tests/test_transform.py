@@ -8,6 +8,8 @@ import json
 import multiprocessing.context
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
 from migrate.transform.records import MakerPool
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "pipedrive"
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +252,39 @@ def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(s
     maker = engine.Transformer(sample_staging, load_mappings()).maker
     with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match=r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"):
         list(pool.map(str, [1], here=str))
+
+
+def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path):
+    """A main process killed with SIGKILL (or by the kernel for memory) stops nothing; its worker
+    must not linger (one waiting to send a result back would wait forever)."""
+    script = (
+        "import operator, os\n"
+        "from migrate.transform.columns import ColumnRegistry\n"
+        "from migrate.transform.encoders import Lookups\n"
+        "from migrate.transform.lookups import LookupLog\n"
+        "from migrate.transform.records import MakerPool, RecordMaker\n"
+        "maker = RecordMaker(None, {}, ColumnRegistry(), Lookups(), {}, LookupLog(), {}, {})\n"
+        "pool = MakerPool(maker, 1)\n"
+        "print(next(pool.map(operator.call, [os.getpid], here=operator.call)), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    # a lingering worker holds the output pipe open: the run then times out
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20, cwd=ROOT, check=False)
+    worker = int(done.stdout)
+    assert done.returncode == -9
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended; only its parent (init) has not reaped it yet
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _pid_after_sigterm(_: object) -> int:

@@ -12,7 +12,9 @@ import copy
 import hashlib
 import json
 import multiprocessing
+import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -314,7 +316,17 @@ def _start_worker(maker: RecordMaker) -> None:
     global _maker
     for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the whole process group too: the main process stops us
         signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_the_main_process, daemon=True).start()
     _maker = maker
+
+
+def _exit_with_the_main_process() -> None:
+    """A main process killed outright (SIGKILL, out of memory) does not stop its workers, and one
+    sending a result back would wait for it forever: the worker ends when the main process does."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
 
 
 def _make_in_worker(batch: Batch) -> Made:
