@@ -263,7 +263,7 @@ def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path)
         "from migrate.transform.encoders import Lookups\n"
         "from migrate.transform.lookups import LookupLog\n"
         "from migrate.transform.records import MakerPool, RecordMaker\n"
-        "maker = RecordMaker(None, {}, ColumnRegistry(), Lookups(), {}, LookupLog(), {}, {})\n"
+        "maker = RecordMaker({}, ColumnRegistry(), Lookups(), {}, LookupLog(), {}, {})\n"
         "pool = MakerPool(maker, 1)\n"
         "print(next(pool.map(operator.call, [os.getpid], here=operator.call)), flush=True)\n"
         "os.kill(os.getpid(), 9)\n"

@@ -109,7 +109,7 @@ class Transformer:
         self._writing = False
         self._only_dirty = False
         self._declare_columns()
-        self.maker = RecordMaker(self.mappings, self.sources, self.registry, self.lookups, self.known, self.log, self._declared, self._custom)
+        self.maker = RecordMaker(self.sources, self.registry, self.lookups, self.known, self.log, self._declared, self._custom)
 
     # -- reference data -------------------------------------------------------------------
     def _lookups(self, phone_region: str | None) -> Lookups:

@@ -30,7 +30,7 @@ from migrate.transform import values as v
 from migrate.transform.columns import PIPEDRIVE_ID, ColumnRegistry, ColumnSpec
 from migrate.transform.encoders import ENCODERS, Encoder, Field, Lookups, RecordOut
 from migrate.transform.lookups import LookupLog
-from migrate.transform.mapping import ColumnDecl, Mappings
+from migrate.transform.mapping import ColumnDecl
 
 if TYPE_CHECKING:
     from migrate.transform.incremental import Sources
@@ -126,7 +126,9 @@ class CustomColumn:
 
 @dataclass
 class RecordMaker:
-    mappings: Mappings
+    """Makes batches of records. The engine builds one; each worker process gets a copy, and so do
+    the batches the main process makes beside the workers (their column changes merge in order)."""
+
     sources: Sources
     registry: ColumnRegistry
     lookups: Lookups
