@@ -244,8 +244,8 @@ class RecordMaker:
 
 class MakerPool:
     """Worker processes, each with a copy of one `RecordMaker`, and this process beside them,
-    making batches in order: a batch goes to the workers while each has no more than one
-    waiting, else it is made here (by a copy too, so that the column changes of every batch
+    making batches in order: a batch goes to the workers while they have fewer than three each
+    (`queued`), else it is made here (by a copy too, so that the column changes of every batch
     merge in the order of the batches). At most `ahead` batches are out at once.
 
     Workers are spawned (a fork would copy DuckDB's threads mid-work) and ignore Ctrl-C and SIGTERM:
@@ -286,7 +286,6 @@ class MakerPool:
                 f"a transform worker process ended unexpectedly ({exc}); this transform kept nothing of its own. "
                 "Run again, or with --transform-workers 0 to make the records in the main process"
             ) from exc
-
 
     def _submit(self, function: Callable[[T], R], item: T) -> Future[R]:
         try:
