@@ -174,7 +174,10 @@ class _ToolMemory:
 
 
 def _child_pids(parent: int) -> list[int]:
-    found = []
+    """The processes whose parent is `parent` (Linux /proc; none elsewhere)."""
+    found: list[int] = []
+    if not Path("/proc/self/stat").exists():
+        return found
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
