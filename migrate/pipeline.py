@@ -189,7 +189,7 @@ def run_migration(
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
             mappings = load_mappings(settings.mappings)
-            transformed = transform(staging, mappings, settings.phone_region, workers=settings.transform_workers)
+            transformed = transform(staging, mappings, settings.phone_region, workers=settings.transform_workers, progress=progress)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])
             loaded = LoadSummary()
             state: TargetState | None = None

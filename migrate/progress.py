@@ -1,5 +1,6 @@
 """Progress bars on stderr: one per extracted collection, one for the Pipedrive tokens spent
-(against the estimate, with the budget left today), one per loaded entity.
+(against the estimate, with the budget left today), one for the records transformed, one per
+loaded entity.
 
 Shown only on an interactive terminal with console logs; `--log-format json` and pipes stay
 quiet. The pipeline reports through a plain `(name, records)` callable, so it knows nothing

@@ -1,4 +1,5 @@
-"""Progress bars: one task per extracted collection and loaded entity, totals from the plan."""
+"""Progress bars: one task per extracted collection and loaded entity, totals from the plan, and
+one for the records transformed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.fakes.customermates import VALID_KEY
 from tests.fakes.pipedrive import VALID_TOKEN
 
 
-def test_progress_counts_every_extracted_and_loaded_record(pipedrive, customermates, tmp_path):
+def test_progress_counts_every_extracted_transformed_and_loaded_record(pipedrive, customermates, tmp_path):
     settings = Settings(
         pipedrive_api_token=VALID_TOKEN, pipedrive_base_url=pipedrive.url, customermates_url=customermates.url,
         customermates_api_key=VALID_KEY, state=tmp_path / "s.duckdb", pipedrive_burst_limit=1000,
@@ -18,6 +19,8 @@ def test_progress_counts_every_extracted_and_loaded_record(pipedrive, customerma
         report = run_migration(settings, progress=progress)
     tasks = {t.description: t for t in progress._bars.tasks}
     assert tasks["extract persons"].completed == len(pipedrive.collections["persons"])
+    made = report["transform"]["records_made"]
+    assert made > 0 and tasks["transform records"].total == tasks["transform records"].completed == made
     for entity, row in report["entities"].items():
         task = tasks[f"load {entity}"]
         assert task.total == row["to_migrate"] == task.completed

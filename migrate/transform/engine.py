@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from migrate.transform.records import (
     utc_or_none,
 )
 
+ProgressFn = Callable[[str, int], None]
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
 ENTITY_SOURCES = {
     "organizations": ("organizations",),
@@ -70,6 +71,7 @@ ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
 RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when there are workers)
 PARALLEL_FROM = 20_000  # records to make from which worker processes pay for their start (about a second)
+PROGRESS_TASK = "transform records"
 MAX_WORKERS = 3  # by default: past that the main process, which reads and writes for all of them, sets the pace
 # Staged collections the transform reads for names, labels and field definitions, not as records
 REFERENCE_COLLECTIONS = ("users", "pipelines", "stages", "activityTypes", "leadLabels", *sorted(set(FIELD_META.values())))
@@ -94,9 +96,13 @@ class TransformSummary:
 
 
 class Transformer:
-    def __init__(self, staging: Staging, mappings: Mappings, phone_region: str | None = None, *, workers: int | None = None):
+    def __init__(
+        self, staging: Staging, mappings: Mappings, phone_region: str | None = None, *,
+        workers: int | None = None, progress: ProgressFn | None = None,
+    ):
         self.staging = staging
         self.workers = workers
+        self.progress = progress
         self.mappings = mappings
         self.sources: incremental.Sources = {c: (m.entity, "lead:" if c in V1_ENCODED else "") for c, m in mappings.sources.items()}
         self.registry = ColumnRegistry()
@@ -315,6 +321,8 @@ class Transformer:
             return self.summary.columns, self.issues
 
         self._convert_notes()  # committed before the output transaction: the note streams read it
+        if hasattr(self.progress, "expect"):
+            self.progress.expect(PROGRESS_TASK, to_make)
         workers = self.workers if self.workers is not None else min((os.cpu_count() or 1) - 1, MAX_WORKERS) if to_make >= PARALLEL_FROM else 0
         with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
             made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
@@ -331,6 +339,8 @@ class Transformer:
         for batch in made:
             self.registry.merge(batch.columns)
             self.summary.made += batch.made
+            if self.progress is not None:
+                self.progress(PROGRESS_TASK, batch.made)
             for issue in batch.issues:
                 self._issue(*issue)
             yield from batch.rows
@@ -441,9 +451,13 @@ def _rank(value: Any) -> float:
     return v.finite_number(value) or 0.0
 
 
-def transform(staging: Staging, mappings: Mappings, phone_region: str | None = None, *, workers: int | None = None) -> TransformSummary:
+def transform(
+    staging: Staging, mappings: Mappings, phone_region: str | None = None, *,
+    workers: int | None = None, progress: ProgressFn | None = None,
+) -> TransformSummary:
     """Transform the staged records. `workers`: processes that make records beside this one; by
     default one per core but one (at most `MAX_WORKERS`) when there are `PARALLEL_FROM` records or
     more to make, else none.
-    Workers are spawned: a script that calls this must start from `if __name__ == "__main__":`."""
-    return Transformer(staging, mappings, phone_region, workers=workers).run()
+    Workers are spawned: a script that calls this must start from `if __name__ == "__main__":`.
+    `progress` is told the records made, batch by batch (and how many there will be, if it has `expect`)."""
+    return Transformer(staging, mappings, phone_region, workers=workers, progress=progress).run()
