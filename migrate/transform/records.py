@@ -142,7 +142,6 @@ class RecordMaker:
         made = Made(made=len(batch.records))
         collection = batch.collection
         entity = self.sources[collection][0]
-        own_markdown = self._own_markdown(collection, batch.markdown)
         for text, note_entries, product_rows in batch.records:
             record = jsontext.loads(text)
             sid = source_id(collection, record)
@@ -150,20 +149,14 @@ class RecordMaker:
                 made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated"))
                 continue
             self.lookups.deal_products = {str(record.get("id")): [jsontext.loads(row) for row in product_rows]} if product_rows else {}
-            payload = payload_text(self._payload(collection, record, sid, note_entries, own_markdown, made.issues))
+            payload = payload_text(self._payload(collection, record, sid, note_entries, batch.markdown, made.issues))
             made.rows.append((entity, sid, payload, text_hash(payload), self.log.take(entity, sid)))
         made.columns = self.registry.changes_since(mark)
         return made
 
-    @staticmethod
-    def _own_markdown(collection: str, by_digest: dict[str, str]) -> Callable[[str], str | None]:
-        if not by_digest or collection not in OWN_TEXTS:
-            return lambda text: None
-        return lambda text: by_digest.get(md5(text))
-
     def _payload(
         self, collection: str, record: dict[str, Any], sid: str, note_entries: list[notes.NoteEntry],
-        own_markdown: Callable[[str], str | None], issues: list[Issue],
+        own_markdown: dict[str, str], issues: list[Issue],
     ) -> dict[str, Any]:
         entity = self.sources[collection][0]
         core = self._core(collection, record)
@@ -225,14 +218,14 @@ class RecordMaker:
 
     def _notes(
         self, collection: str, record: dict[str, Any], entity: str, sid: str, entries: list[notes.NoteEntry],
-        own_markdown: Callable[[str], str | None], issues: list[Issue],
+        own_markdown: dict[str, str], issues: list[Issue],
     ) -> str | None:
         entries = list(entries)
         # the record's own texts are dated like the record, so they sort before later notes
         created = utc_or_none(record.get("add_time"))
         for key, title in OWN_TEXTS.get(collection, ()):
             if (html := v.as_plain_text(record.get(key))).strip():
-                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown(html)))
+                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(md5(html))))
         if not entries:
             return None
         issues += [(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
