@@ -520,14 +520,11 @@ class Staging:
             return True
         return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
 
-    def iter_raw(
-        self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000, where: str = "TRUE"
-    ) -> Iterator[dict[str, Any]]:
-        """Stream a collection's records (those `where` holds for) in id order (numeric ids sort numerically)."""
+    def iter_raw(self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+        """Stream a collection's records in id order (numeric ids sort numerically)."""
         if not self.has_collection(collection):
             return
-        if not include_deleted:
-            where = f"({where}) AND NOT coalesce(is_deleted, false)"
+        where = "TRUE" if include_deleted else "NOT coalesce(is_deleted, false)"
         for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
             yield jsontext.loads(data)
 
