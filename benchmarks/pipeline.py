@@ -67,15 +67,6 @@ def _generator() -> Any:
     return module
 
 
-def _rss_now_mb() -> float:
-    """Current resident set size (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _touch(staging: Any, one_in: int) -> int:
     """Change one row in `one_in` of every record collection and the notes (0: none), in a key no
     mapping reads: the rows' digests change, their payloads do not (a later rerun writes nothing)."""
@@ -188,7 +179,8 @@ def _child_pids(parent: int) -> list[int]:
     return found
 
 
-def _rss_of(pid: int) -> float:
+def _rss_of(pid: int | str) -> float:
+    """A process's resident set size now, in MB ("self": this one; Linux /proc, 0 elsewhere)."""
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
@@ -252,7 +244,7 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
                 "reads": sum(1 for r in fake.requests if r.path.endswith("/search"))}
     if question == "minimum":
         requests, tokens = minimum_extract(fake.collections)
-        return {"requests": requests, "tokens": tokens, "rss_mb": _rss_now_mb()}
+        return {"requests": requests, "tokens": tokens, "rss_mb": _rss_of("self")}
     return {"requests": len(fake.requests), "tokens": fake.tokens_spent, "count_429": fake.count_429,
             "count_403": fake.count_403, "serving_seconds": fake._dispatch.seconds, "cpu_seconds": time.process_time()}
 
