@@ -323,13 +323,20 @@ class Transformer:
         self._convert_notes()  # committed before the output transaction: the note streams read it
         if hasattr(self.progress, "expect"):
             self.progress.expect(PROGRESS_TASK, to_make)
-        workers = self.workers if self.workers is not None else min((os.cpu_count() or 1) - 1, MAX_WORKERS) if to_make >= PARALLEL_FROM else 0
+        workers = self._workers(to_make)
         with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
             made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
             self.staging.replace_transform_output(self._target_rows(made), finish, only_dirty=self._only_dirty)
         self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()
         self.summary.seconds = time.monotonic() - started
         return self.summary
+
+    def _workers(self, to_make: int) -> int:
+        """Worker processes: as asked; else one per core but one (at most `MAX_WORKERS`) from
+        `PARALLEL_FROM` records to make, none below."""
+        if self.workers is not None:
+            return self.workers
+        return min((os.cpu_count() or 1) - 1, MAX_WORKERS) if to_make >= PARALLEL_FROM else 0
 
     def _staged(self) -> int:
         return sum(self.staging.count_raw(collection)[0] for collection in self.sources)
@@ -422,8 +429,8 @@ class Transformer:
     def _convert_notes(self) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
         converter) and keep it, once per distinct text: a note is usually on a deal, its person
-        and their organization, activity notes repeat, and a rerun finds them done. In this process: converting the longest notes takes a worker
-        process tens of megabytes it would keep."""
+        and their organization, activity notes repeat, and a rerun finds them done. Done in this
+        process: a worker that converted the longest notes would keep tens of megabytes more."""
         texts = []
         if self.staging.has_collection("notes"):
             texts.append(f"SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)")
