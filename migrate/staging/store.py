@@ -520,12 +520,12 @@ class Staging:
             return True
         return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
 
-    def iter_raw(self, collection: str, *, include_deleted: bool = True, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
-        """Stream a collection's records in id order (numeric ids sort numerically)."""
+    def iter_raw(self, collection: str) -> Iterator[dict[str, Any]]:
+        """Stream a collection's records, those deleted in Pipedrive included, in id order (numeric
+        ids sort numerically)."""
         if not self.has_collection(collection):
             return
-        where = "TRUE" if include_deleted else "NOT coalesce(is_deleted, false)"
-        for (data,) in self.scan_in_id_order("data", raw_table(collection), "id", where, batch_size=batch_size):
+        for (data,) in self.scan_in_id_order("data", raw_table(collection), "id"):
             yield jsontext.loads(data)
 
     def stream(self, sql: str, params: list[Any] | dict[str, Any] | None = None, batch_size: int = 2000) -> Iterator[tuple[Any, ...]]:
