@@ -26,7 +26,7 @@ from migrate.transform import engine
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
-from migrate.transform.records import MakerPool
+from migrate.transform.records import SWITCH_INTERVAL, MakerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "pipedrive"
@@ -250,8 +250,9 @@ def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(s
 
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "_Popen", staticmethod(refuse))
     maker = engine.Transformer(sample_staging, load_mappings()).maker
-    with MakerPool(maker, 1) as pool, pytest.raises(MigrateError, match=r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"):
-        list(pool.map(str, [1], here=str))
+    with pytest.raises(MigrateError, match=r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"):
+        with MakerPool(maker, 1):  # the workers start as the pool is entered
+            pass
 
 
 def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path):
@@ -300,6 +301,15 @@ def test_worker_processes_leave_ctrl_c_and_sigterm_to_the_main_process(sample_st
     with MakerPool(maker, 1) as pool:
         [worker_pid] = pool.map(_pid_after_sigterm, [None], here=lambda _: os.getpid())
     assert worker_pid != os.getpid()
+
+
+def test_a_pool_hands_the_gil_round_sooner_while_it_runs_and_leaves_the_switch_interval_as_it_found_it(sample_staging):
+    before = sys.getswitchinterval()
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with MakerPool(maker, 1) as pool:
+        assert sys.getswitchinterval() == SWITCH_INTERVAL < before
+        assert list(pool.map(str, [1, 2], here=str)) == ["1", "2"]
+    assert sys.getswitchinterval() == before
 
 
 def test_a_registry_merging_the_changes_of_its_copies_batch_by_batch_lists_options_in_the_order_of_the_records():

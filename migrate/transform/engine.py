@@ -320,11 +320,11 @@ class Transformer:
             incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
 
-        self._convert_notes()  # committed before the output transaction: the note streams read it
-        if hasattr(self.progress, "expect"):
-            self.progress.expect(PROGRESS_TASK, to_make)
         workers = self._workers(to_make)
         with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
+            self._convert_notes()  # committed before the output transaction: the note streams read it
+            if hasattr(self.progress, "expect"):
+                self.progress.expect(PROGRESS_TASK, to_make)
             made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
             self.staging.replace_transform_output(self._target_rows(made), finish, only_dirty=self._only_dirty)
         self.summary.records, self.summary.skipped, self.summary.issues = self.staging.transform_counts()

@@ -124,22 +124,24 @@ class SortedGroups(Generic[T]):
         self._rows = rows
         self._pending: tuple[str, T] | None = next(rows, None)
         self._current: str | None = None
+        self._current_key: tuple[int, int, int, str] | None = None
         self._group: list[T] = []
 
     def get(self, group_id: str, default: Any = None) -> list[T]:
         if group_id == self._current:
             return self._group
         key = order_key(group_id)
-        if self._current is not None and key < order_key(self._current):
+        if self._current_key is not None and key < self._current_key:
             raise RuntimeError(f"internal error: group {group_id!r} asked for after {self._current!r}")
-        while self._pending is not None and order_key(self._pending[0]) < key:
+        self._current, self._current_key, self._group = group_id, key, []
+        if self._pending is None:
+            return self._group
+        while self._pending is not None and self._pending[0] != group_id and order_key(self._pending[0]) < key:
             self._pending = next(self._rows, None)
-        group: list[T] = []
         while self._pending is not None and self._pending[0] == group_id:
-            group.append(self._pending[1])
+            self._group.append(self._pending[1])
             self._pending = next(self._rows, None)
-        self._current, self._group = group_id, group
-        return group
+        return self._group
 
 
 class LookupLog:
