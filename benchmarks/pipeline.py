@@ -336,7 +336,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
             # -- transform, on the staged data (with worker processes from 20,000 records: the
             # CPU time of this process and of the workers, and the note conversion phase, timed)
             html = _Timer(Transformer._convert_notes)
-            Transformer._convert_notes = lambda self: html(self)  # type: ignore[method-assign]
+            Transformer._convert_notes = lambda self, pool: html(self, pool)  # type: ignore[method-assign]
             try:
                 with Staging(settings.state) as staging:
                     mappings = load_mappings(settings.mappings)

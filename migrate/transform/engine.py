@@ -69,6 +69,8 @@ FIELD_META = {
 }
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
+TEXTS_PER_BATCH = 500  # note bodies and record texts converted to markdown at a time
+LONG_TEXT = 20_000  # characters of HTML from which a text is converted in the main process
 RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when there are workers)
 PARALLEL_FROM = 20_000  # records to make from which worker processes pay for their start (about a second)
 PROGRESS_TASK = "transform records"
@@ -322,7 +324,7 @@ class Transformer:
 
         workers = self._workers(to_make)
         with MakerPool(self.maker, workers) if workers else contextlib.nullcontext() as pool:
-            self._convert_notes()  # committed before the output transaction: the note streams read it
+            self._convert_notes(pool)  # committed before the output transaction: the note streams read it
             if hasattr(self.progress, "expect"):
                 self.progress.expect(PROGRESS_TASK, to_make)
             made = pool.make(self._batches()) if pool else map(self.maker.make, self._batches())
@@ -426,11 +428,12 @@ class Transformer:
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
 
-    def _convert_notes(self) -> None:
+    def _convert_notes(self, pool: MakerPool | None) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this
         converter) and keep it, once per distinct text: a note is usually on a deal, its person
-        and their organization, activity notes repeat, and a rerun finds them done. Done in this
-        process: a worker that converted the longest notes would keep tens of megabytes more."""
+        and their organization, activity notes repeat, and a rerun finds them done. The workers
+        convert the short texts beside this process; the long ones are converted here, since a
+        worker that converted them would keep tens of megabytes more for the rest of the transform."""
         texts = []
         if self.staging.has_collection("notes"):
             texts.append(f"SELECT coalesce(data->>'content', '') AS html FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)")
@@ -444,13 +447,15 @@ class Transformer:
         bodies = self.staging.stream(
             f"SELECT DISTINCT md5(html) AS h, html FROM ({' UNION ALL '.join(texts)}) WHERE h NOT IN (SELECT content_hash FROM note_markdown)"
         )
-        batch: list[tuple[str, str]] = []
-        for digest, html in bodies:
-            batch.append((digest, notes.html_to_markdown(html)))
-            if len(batch) >= 1000:
-                self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
-                batch = []
-        self.staging.save_markdown(batch, notes.MARKDOWN_VERSION)
+
+        def short_ones() -> Iterator[list[tuple[str, str]]]:
+            for batch in batched(bodies, TEXTS_PER_BATCH):
+                self.staging.save_markdown(notes.markdown_of([text for text in batch if len(text[1]) > LONG_TEXT]), notes.MARKDOWN_VERSION)
+                yield [text for text in batch if len(text[1]) <= LONG_TEXT]
+
+        converted = pool.map(notes.markdown_of, short_ones(), here=notes.markdown_of) if pool else map(notes.markdown_of, short_ones())
+        for markdown in converted:
+            self.staging.save_markdown(markdown, notes.MARKDOWN_VERSION)
 
 
 def _rank(value: Any) -> float:

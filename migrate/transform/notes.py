@@ -588,6 +588,11 @@ def html_to_markdown(html: str) -> str:
     return _neutralise(_tidy(markdown))
 
 
+def markdown_of(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`html_to_markdown` of each (key, HTML) pair, keyed alike."""
+    return [(key, html_to_markdown(html)) for key, html in texts]
+
+
 # --------------------------------------------------------------------------------------------
 # Checking, composing, truncating
 
