@@ -217,25 +217,32 @@ def test_issues_flushed_and_notes_fetched_in_small_pieces_give_the_same_output(s
 def test_records_made_in_worker_processes_are_byte_for_byte_those_made_in_the_main_process(sample_staging, monkeypatch):
     """In batches of 7 the two workers each make some of every collection, and each finds column
     options and variants (an enum option, a currency column) the other does not know; merged in
-    the order of the batches they come out as one process gives them."""
+    the order of the batches they come out as one process gives them. The notes' markdown too,
+    the long texts converted in the main process and the others in the workers."""
 
-    def output(workers: int) -> tuple[int, list[tuple], list[tuple], list[str]]:
-        sample_staging.con.execute("DELETE FROM meta WHERE key = 'transform_context'")  # a full transform each time
-        summary = transform(sample_staging, load_mappings(), workers=workers)
+    def output(workers: int) -> tuple[int, list[tuple], list[tuple], list[str], list[tuple]]:
         con = sample_staging.con
+        con.execute("DELETE FROM meta WHERE key = 'transform_context'")  # a full transform each time
+        con.execute("DELETE FROM note_markdown")
+        summary = transform(sample_staging, load_mappings(), workers=workers)
         return (
             summary.made,
             con.execute("SELECT entity, source_id, payload::VARCHAR, payload_hash, lookups FROM target_records ORDER BY ALL").fetchall(),
             con.execute("SELECT * FROM transform_issues ORDER BY ALL").fetchall(),
             [json.dumps(column) for column in sample_staging.target_columns()],  # with their options in order
+            con.execute("SELECT * FROM note_markdown ORDER BY ALL").fetchall(),
         )
 
     in_process = output(0)
     monkeypatch.setattr(engine, "RECORDS_PER_BATCH", 7)
+    monkeypatch.setattr(engine, "TEXTS_PER_BATCH", 7)
+    monkeypatch.setattr(engine, "LONG_TEXT", 150)
     in_workers = output(2)
     assert in_workers == in_process
-    made, records, issues, columns = in_workers
+    made, records, issues, columns, markdown = in_workers
     assert made > len(records) > 300 and len(issues) > 30 and any('"value:eur"' in c for c in columns)
+    texts = sample_staging.con.execute("SELECT count(*) FILTER (length(data->>'content') > 150), count(*) FROM raw_notes").fetchone()
+    assert 0 < texts[0] < texts[1] and len(markdown) > 50  # long and short texts both
 
 
 def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_message(sample_staging):
