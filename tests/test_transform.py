@@ -272,12 +272,13 @@ def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path)
         "from migrate.transform.lookups import LookupLog\n"
         "from migrate.transform.records import MakerPool, RecordMaker\n"
         "maker = RecordMaker({}, ColumnRegistry(), Lookups(), {}, LookupLog(), {}, {})\n"
-        "pool = MakerPool(maker, 1)\n"
+        "pool = MakerPool(maker, 1).__enter__()\n"
         "print(next(pool.map(operator.call, [os.getpid], here=operator.call)), flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
     # a lingering worker holds the output pipe open: the run then times out
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20, cwd=ROOT, check=False)
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}  # where the pool writes its maker file, left behind by a kill
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20, cwd=ROOT, env=environment, check=False)
     worker = int(done.stdout)
     assert done.returncode == -9
     deadline = time.monotonic() + 10

@@ -13,14 +13,17 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from migrate import jsontext
@@ -248,26 +251,41 @@ class MakerPool:
     merge in the order of the batches). At most `ahead` batches are out at once.
 
     Workers are spawned as the pool is entered (a fork would copy DuckDB's threads mid-work), and
-    ignore Ctrl-C and SIGTERM: the main process stops gracefully on them, and then stops its workers."""
+    ignore Ctrl-C and SIGTERM: the main process stops gracefully on them, and then stops its workers.
+    They read the maker from a file: passed to a spawned process, it would be written down a pipe
+    that the new process reads only once it has imported its modules, the main process waiting
+    meanwhile (half a second at 100k records). The file goes when the pool ends (a main process
+    killed outright leaves it in the temporary directory)."""
 
     def __init__(self, maker: RecordMaker, workers: int):
-        self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(maker,)
-        )
+        self._maker, self._workers = maker, workers
         registry, declared, custom = copy.deepcopy((maker.registry, maker.declared, maker.custom))
         self._here = replace(maker, registry=registry, declared=declared, custom=custom)
         self.queued = 3 * workers
         self.ahead = self.queued + 4
 
     def __enter__(self) -> Self:
-        self._submit(_nothing, None)  # spawns the workers: they load the maker while this process goes on
+        with tempfile.NamedTemporaryFile(prefix="migrate-maker-", suffix=".pickle", delete=False) as file:
+            pickle.dump(self._maker, file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._maker_file = Path(file.name)
+        self._executor = ProcessPoolExecutor(
+            self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(self._maker_file,)
+        )
+        try:
+            self._submit(_nothing, None)  # spawns the workers: they load the maker while this process goes on
+        except BaseException:
+            self._maker_file.unlink()
+            raise
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         return self
 
     def __exit__(self, *exc: object) -> None:
         sys.setswitchinterval(self._switch_interval)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._maker_file.unlink()
 
     def make(self, batches: Iterable[Batch]) -> Iterator[Made]:
         return self.map(_make_in_worker, batches, self._here.make)
@@ -316,12 +334,13 @@ class _Done(Generic[R]):
 _maker: RecordMaker | None = None
 
 
-def _start_worker(maker: RecordMaker) -> None:
+def _start_worker(maker_file: Path) -> None:
     global _maker
     for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the whole process group too: the main process stops us
         signal.signal(signum, signal.SIG_IGN)
     threading.Thread(target=_exit_with_the_main_process, daemon=True).start()
-    _maker = maker
+    with maker_file.open("rb") as file:
+        _maker = pickle.load(file)
 
 
 def _exit_with_the_main_process() -> None:
