@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -251,15 +252,17 @@ def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_mess
         list(pool.map(os._exit, [3], here=str))  # the worker process exits with status 3 mid-task
 
 
-def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(sample_staging, monkeypatch):
+def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(sample_staging, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     def refuse(process: object) -> None:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "_Popen", staticmethod(refuse))
     maker = engine.Transformer(sample_staging, load_mappings()).maker
-    with pytest.raises(MigrateError, match=r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"):
-        with MakerPool(maker, 1):  # the workers start as the pool is entered
-            pass
+    message = r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"
+    with pytest.raises(MigrateError, match=message), MakerPool(maker, 1):  # the workers start as the pool is entered
+        pass
+    assert not list(tmp_path.glob("migrate-maker-*"))  # nor is the maker's file left behind
 
 
 def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path):
