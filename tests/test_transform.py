@@ -265,6 +265,13 @@ def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(s
     assert not list(tmp_path.glob("migrate-maker-*"))  # nor is the maker's file left behind
 
 
+def test_no_room_for_the_workers_reference_data_stops_the_transform_with_a_message(sample_staging, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with pytest.raises(MigrateError, match=r"cannot write the reference data .*/missing \(.*TMPDIR.*--transform-workers 0"):
+        MakerPool(maker, 1).__enter__()
+
+
 def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path):
     """A main process killed with SIGKILL (or by the kernel for memory) stops nothing; its worker
     must not linger (one waiting to send a result back would wait forever)."""

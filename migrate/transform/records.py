@@ -265,9 +265,7 @@ class MakerPool:
         self.ahead = self.queued + 4
 
     def __enter__(self) -> Self:
-        with tempfile.NamedTemporaryFile(prefix="migrate-maker-", suffix=".pickle", delete=False) as file:
-            pickle.dump(self._maker, file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._maker_file = Path(file.name)
+        self._maker_file = self._write_maker()
         self._executor = ProcessPoolExecutor(
             self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(self._maker_file,)
         )
@@ -286,6 +284,21 @@ class MakerPool:
             self._executor.shutdown(wait=True, cancel_futures=True)
         finally:
             self._maker_file.unlink()
+
+    def _write_maker(self) -> Path:
+        path = None
+        try:
+            with tempfile.NamedTemporaryFile(prefix="migrate-maker-", suffix=".pickle", delete=False) as file:
+                path = Path(file.name)
+                pickle.dump(self._maker, file, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise MigrateError(
+                f"cannot write the reference data for the transform worker processes to {tempfile.gettempdir()} ({exc}). "
+                "Free space there, set TMPDIR to another directory, or run with --transform-workers 0"
+            ) from exc
+        return path
 
     def make(self, batches: Iterable[Batch]) -> Iterator[Made]:
         return self.map(_make_in_worker, batches, self._here.make)
