@@ -23,7 +23,7 @@ from migrate.errors import MigrateError
 from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.staging import store
 from migrate.staging.store import Staging
-from migrate.transform import engine
+from migrate.transform import engine, records
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import load_mappings
@@ -252,14 +252,28 @@ def test_a_worker_process_that_ends_unexpectedly_stops_the_transform_with_a_mess
         list(pool.map(os._exit, [3], here=str))  # the worker process exits with status 3 mid-task
 
 
-def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(sample_staging, monkeypatch, tmp_path):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def _refuse_to_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(process: object) -> None:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "_Popen", staticmethod(refuse))
+
+
+def _have_no_semaphores(monkeypatch: pytest.MonkeyPatch) -> None:  # as without /dev/shm
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(records, "ProcessPoolExecutor", refuse)
+
+
+@pytest.mark.parametrize(("failure", "errno_shown"), [(_refuse_to_spawn, 11), (_have_no_semaphores, 38)], ids=["spawn", "semaphores"])
+def test_a_worker_process_that_cannot_start_stops_the_transform_with_a_message(
+    sample_staging, monkeypatch, tmp_path, failure, errno_shown
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    failure(monkeypatch)
     maker = engine.Transformer(sample_staging, load_mappings()).maker
-    message = r"cannot start a transform worker process \(\[Errno 11\].*--transform-workers 0"
+    message = rf"cannot start a transform worker process \(\[Errno {errno_shown}\].*--transform-workers 0"
     with pytest.raises(MigrateError, match=message), MakerPool(maker, 1):  # the workers start as the pool is entered
         pass
     assert not list(tmp_path.glob("migrate-maker-*"))  # nor is the maker's file left behind

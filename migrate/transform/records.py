@@ -8,6 +8,7 @@ with byte for byte the same output (`MakerPool`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -44,7 +45,7 @@ R = TypeVar("R")
 V1_ENCODED = frozenset({"leads", "leads_archived"})
 # The main thread holds the GIL nearly all the time; the pool's own threads, which hand batches to
 # the workers and take results back, wait up to a switch interval for it each time, and the workers
-# idle meanwhile. With 0.5 ms rather than Python's 5 the 1M benchmark transform took 77–83 s, not 89–94.
+# idle meanwhile. With 0.5 ms rather than Python's 5, a 1M state file's transform took 77–83 s, not 88–94.
 SWITCH_INTERVAL = 0.0005
 
 CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
@@ -265,25 +266,25 @@ class MakerPool:
         self.ahead = self.queued + 4
 
     def __enter__(self) -> Self:
-        self._maker_file = self._write_maker()
-        self._executor = ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(self._maker_file,)
-        )
-        try:
+        with contextlib.ExitStack() as undo:  # what is set up so far, undone if the rest fails
+            self._maker_file = self._write_maker()
+            undo.callback(self._maker_file.unlink, missing_ok=True)
+            try:
+                self._executor = ProcessPoolExecutor(
+                    self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(self._maker_file,)
+                )
+            except OSError as exc:  # no semaphores (no /dev/shm), say
+                raise _cannot_start(exc) from exc
+            undo.callback(self._executor.shutdown, wait=True, cancel_futures=True)
             self._submit(_nothing, None)  # spawns the workers: they load the maker while this process goes on
-        except BaseException:
-            self._maker_file.unlink()
-            raise
+            self._undo = undo.pop_all()
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         return self
 
     def __exit__(self, *exc: object) -> None:
         sys.setswitchinterval(self._switch_interval)
-        try:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        finally:
-            self._maker_file.unlink()
+        self._undo.close()  # the workers stopped, then the maker's file removed
 
     def _write_maker(self) -> Path:
         path = None
@@ -325,10 +326,13 @@ class MakerPool:
         try:
             return self._executor.submit(function, item)  # starts a worker process, the first times
         except OSError as exc:
-            raise MigrateError(
-                f"cannot start a transform worker process ({exc}). Run again with --transform-workers 0 to make the records "
-                "in the main process"
-            ) from exc
+            raise _cannot_start(exc) from exc
+
+
+def _cannot_start(exc: OSError) -> MigrateError:
+    return MigrateError(
+        f"cannot start a transform worker process ({exc}). Run again with --transform-workers 0 to make the records in the main process"
+    )
 
 
 @dataclass(frozen=True)
