@@ -134,8 +134,6 @@ class SortedGroups(Generic[T]):
         if self._current_key is not None and key < self._current_key:
             raise RuntimeError(f"internal error: group {group_id!r} asked for after {self._current!r}")
         self._current, self._current_key, self._group = group_id, key, []
-        if self._pending is None:
-            return self._group
         while self._pending is not None and self._pending[0] != group_id and order_key(self._pending[0]) < key:
             self._pending = next(self._rows, None)
         while self._pending is not None and self._pending[0] == group_id:
