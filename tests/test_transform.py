@@ -286,6 +286,18 @@ def test_no_room_for_the_workers_reference_data_stops_the_transform_with_a_messa
         MakerPool(maker, 1).__enter__()
 
 
+def test_a_disk_filling_up_under_the_workers_reference_data_leaves_no_partial_file(sample_staging, monkeypatch, tmp_path):
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(records.pickle, "dump", full)
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    with pytest.raises(MigrateError, match=r"cannot write the reference data .*\[Errno 28\].*--transform-workers 0"):
+        MakerPool(maker, 1).__enter__()
+    assert not list(tmp_path.glob("migrate-maker-*"))
+
+
 def test_worker_processes_end_when_the_main_process_is_killed_outright(tmp_path):
     """A main process killed with SIGKILL (or by the kernel for memory) stops nothing; its worker
     must not linger (one waiting to send a result back would wait forever)."""

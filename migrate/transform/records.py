@@ -267,8 +267,16 @@ class MakerPool:
 
     def __enter__(self) -> Self:
         with contextlib.ExitStack() as undo:  # what is set up so far, undone if the rest fails
-            self._maker_file = self._write_maker()
-            undo.callback(self._maker_file.unlink, missing_ok=True)
+            try:
+                with tempfile.NamedTemporaryFile(prefix="migrate-maker-", suffix=".pickle", delete=False) as file:
+                    self._maker_file = Path(file.name)
+                    undo.callback(self._maker_file.unlink, missing_ok=True)
+                    pickle.dump(self._maker, file, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as exc:
+                raise MigrateError(
+                    f"cannot write the reference data for the transform worker processes to {tempfile.gettempdir()} ({exc}). "
+                    "Free space there, set TMPDIR to another directory, or run with --transform-workers 0"
+                ) from exc
             try:
                 self._executor = ProcessPoolExecutor(
                     self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(self._maker_file,)
@@ -285,21 +293,6 @@ class MakerPool:
     def __exit__(self, *exc: object) -> None:
         sys.setswitchinterval(self._switch_interval)
         self._undo.close()  # the workers stopped, then the maker's file removed
-
-    def _write_maker(self) -> Path:
-        path = None
-        try:
-            with tempfile.NamedTemporaryFile(prefix="migrate-maker-", suffix=".pickle", delete=False) as file:
-                path = Path(file.name)
-                pickle.dump(self._maker, file, protocol=pickle.HIGHEST_PROTOCOL)
-        except OSError as exc:
-            if path is not None:
-                path.unlink(missing_ok=True)
-            raise MigrateError(
-                f"cannot write the reference data for the transform worker processes to {tempfile.gettempdir()} ({exc}). "
-                "Free space there, set TMPDIR to another directory, or run with --transform-workers 0"
-            ) from exc
-        return path
 
     def make(self, batches: Iterable[Batch]) -> Iterator[Made]:
         return self.map(_make_in_worker, batches, self._here.make)
