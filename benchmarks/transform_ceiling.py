@@ -1,0 +1,106 @@
+"""How fast could a set-based transform be? The persons of a synthetic account, made by the tool and by one SQL query.
+
+    .venv/bin/python benchmarks/transform_ceiling.py [--records 100000]
+
+The transform makes every record in Python (about 90 µs a record on this project's machine, on two
+cores). Issue 6 asks for 200,000 records/s, which only a transform in SQL could approach. Before
+such a rewrite, this script measures its ceiling on the same machine, in the same minute:
+
+- the tool: `RecordMaker.make` on every person of the account, in this one process, reading and
+  writing nothing (the batches are read from the state file first);
+- SQL: one DuckDB statement (at the tool's memory cap, on every core) that does a part of the same
+  work for the same persons: reads the twelve standard fields the contacts mapping reads, parses the
+  timestamps and dates, builds a JSON payload, hashes it and writes it into a table. It does not
+  normalise phone numbers, encode custom fields, join notes, check values or report issues, so a
+  whole transform in SQL would be slower than it.
+
+It prints both rates and their ratio, and the time the query spends only parsing the records' JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STANDARD_FIELDS = [
+    "first_name", "last_name", "job_title", "birthday", "owner_id", "org_id",
+    "add_time", "update_time", "emails", "phones", "label_ids", "marketing_status",
+]
+PATHS = "[" + ", ".join(f"'$.{name}'" for name in STANDARD_FIELDS) + "]"
+PAYLOADS = f"""
+CREATE TABLE ceiling AS
+SELECT id, payload, md5(payload) AS payload_hash FROM (
+    SELECT id, to_json(struct_pack(
+        first_name := f[1]->>'$', last_name := f[2]->>'$', job_title := nullif(trim(f[3]->>'$'), ''),
+        birthday := try_strptime(f[4]->>'$', '%Y-%m-%d')::DATE::VARCHAR,
+        owner := f[5]->>'$', organization := f[6]->>'$',
+        add_time := strftime(try_strptime(f[7]->>'$', '%Y-%m-%dT%H:%M:%SZ'), '%Y-%m-%dT%H:%M:%SZ'),
+        update_time := strftime(try_strptime(f[8]->>'$', '%Y-%m-%dT%H:%M:%SZ'), '%Y-%m-%dT%H:%M:%SZ'),
+        emails := f[9], phones := f[10], labels := f[11], marketing_status := f[12]->>'$'
+    ))::VARCHAR AS payload
+    FROM (SELECT id, json_extract(data, {PATHS}) AS f FROM raw_persons WHERE NOT coalesce(is_deleted, false))
+)
+"""
+PARSE_ONLY = f"SELECT count(f[12]) FROM (SELECT json_extract(data, {PATHS}) AS f FROM raw_persons WHERE NOT coalesce(is_deleted, false))"
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "samples" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(records: int, directory: Path) -> None:
+    from migrate.pipedrive.extract import SnapshotSource, extract
+    from migrate.staging.store import Staging
+    from migrate.transform.engine import Transformer
+    from migrate.transform.mapping import load_mappings
+
+    _generator().generate_account(directory / "account", seed=11, scale=records)
+    with Staging(directory / "state.duckdb") as staging:
+        run_id = staging.start_run("extract")
+        extract(staging, SnapshotSource(directory / "account"), run_id)
+        staging.finish_run(run_id, "ok", {})
+
+        transformer = Transformer(staging, load_mappings())
+        transformer._convert_notes(None)  # the notes' markdown, which the persons' batches carry
+        batches = list(transformer._collection_batches("persons"))
+        started = time.process_time()
+        made = sum(transformer.maker.make(batch).made for batch in batches)
+        tool_seconds = time.process_time() - started
+
+        staging.con.execute("SET memory_limit = '160MB'")
+        started = time.perf_counter()
+        staging.con.execute(PARSE_ONLY).fetchall()
+        parse_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        staging.con.execute(PAYLOADS)
+        sql_seconds = time.perf_counter() - started
+        rows = staging.con.execute("SELECT count(*) FROM ceiling").fetchone()[0]
+        threads = staging.con.execute("SELECT current_setting('threads')").fetchone()[0]
+
+    print(f"persons made                                  {made:>12,}")
+    print(f"the tool: RecordMaker.make, one process      {made / tool_seconds:>12,.0f} persons/s  ({tool_seconds:.1f} s CPU)")
+    print(f"SQL: part of the work, DuckDB {threads} threads       {rows / sql_seconds:>12,.0f} persons/s  ({sql_seconds:.1f} s)")
+    print(f"  of which parsing the records' JSON                   {parse_seconds:>8.1f} s")
+    print(f"SQL ÷ tool                                    {(rows / sql_seconds) / (made / tool_seconds):>12.1f}×")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000, help="account size (default 100000)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
+        measure(args.records, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
