@@ -88,7 +88,8 @@ def measure(records: int, directory: Path) -> None:
         rows = staging.con.execute("SELECT count(*) FROM ceiling").fetchone()[0]
         threads = staging.con.execute("SELECT current_setting('threads')").fetchone()[0]
 
-    print(f"persons made                                  {made:>12,}")
+    print(f"persons read by the tool (deleted ones too)   {made:>12,}")
+    print(f"persons written by the statement              {rows:>12,}")
     print(f"the tool: RecordMaker.make, one process      {made / tool_seconds:>12,.0f} persons/s  ({tool_seconds:.1f} s CPU)")
     print(f"SQL: part of the work, DuckDB {threads} threads       {rows / sql_seconds:>12,.0f} persons/s  ({sql_seconds:.1f} s)")
     print(f"  of which parsing the records' JSON                   {parse_seconds:>8.1f} s")
