@@ -59,9 +59,14 @@ Issue = tuple[str, str, str, str, str]  # entity, source id, field, rule, detail
 TargetRow = tuple[str, str, str, str, str | None]  # entity, source id, payload text, payload hash, lookups
 
 
+# One encoder for every payload (`json.dumps` with options builds one a call). A payload is a tree made
+# for its record, so it is not checked for cycles.
+_PAYLOAD_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, check_circular=False)
+
+
 def payload_text(payload: dict[str, Any]) -> str:
     """The payload as stored (and hashed): sorted keys, so equal payloads are equal text."""
-    return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    return _PAYLOAD_JSON.encode(payload)
 
 
 def text_hash(text: str) -> str:
