@@ -60,6 +60,9 @@ _DATETIME = re.compile(
 )
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?", re.ASCII)
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_SPACES = re.compile(r"\s+")
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+_NON_DIGITS = re.compile(r"\D")
 
 # Countries whose addresses put the house number before the street name (used only when Pipedrive
 # gave address parts but neither `formatted_address` nor `value`).
@@ -90,7 +93,7 @@ def normalise_phone(raw: str, default_region: str | None = None) -> str | None:
         return None
     candidates = [(text, default_region)]
     if not text.startswith("+"):
-        digits_only = re.sub(r"\D", "", text)
+        digits_only = _NON_DIGITS.sub("", text)
         if digits_only.startswith("00"):
             candidates.append(("+" + digits_only[2:], None))
     for candidate, region in candidates:
@@ -303,7 +306,7 @@ def date_range(start: str | None, end: str | None) -> str | None:
 
 def _one_line(text: object) -> str:
     """Text as a single line: line breaks become ", ", runs of spaces collapse."""
-    parts = [re.sub(r"\s+", " ", part).strip() for part in re.split(r"[\r\n]+", str(text))]
+    parts = [_SPACES.sub(" ", part).strip() for part in _LINE_BREAKS.split(str(text))]
     return ", ".join(part for part in parts if part)
 
 
@@ -443,7 +446,7 @@ def split_name(name: str | None, first: str | None, last: str | None) -> tuple[s
     """
 
     def clean(text: str | None) -> str:
-        return re.sub(r"\s+", " ", text).strip() if isinstance(text, str) else ""
+        return _SPACES.sub(" ", text).strip() if isinstance(text, str) else ""
 
     first_c, last_c, name_c = clean(first), clean(last), clean(name)
     if first_c:
