@@ -389,6 +389,8 @@ def _deleted(record: dict[str, Any]) -> bool:
 
 
 def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    if len(path) == 1:  # most columns: a field of the record itself
+        return record.get(path[0])
     value: Any = record
     for part in path:
         if not isinstance(value, dict):
