@@ -316,6 +316,22 @@ def test_ignoring_429s_gets_the_cloudflare_403(snapshot):
         assert http.get("/api/v2/stages").status_code == 200
 
 
+def test_another_client_on_the_same_token_takes_places_in_the_burst_window(snapshot):
+    """`shared_rate`: another integration's requests, evenly spaced from the first request, each in
+    the window while there is room. They are not ours: not in `requests`, not charged to us."""
+    with FakePipedrive(collections=snapshot, burst_limit=20, window_seconds=1.0, shared_rate=40) as fake, \
+            httpx.Client(base_url=fake.url, headers={"x-api-token": VALID_TOKEN}) as http:
+        assert http.get("/api/v2/stages").headers["x-ratelimit-remaining"] == "18"  # ours and the other's first
+        time.sleep(0.2)
+        remaining = int(http.get("/api/v2/stages").headers["x-ratelimit-remaining"])
+        assert fake.shared_served >= 8  # one every 25 ms
+        assert remaining == 20 - 2 - fake.shared_served
+        assert len(fake.requests) == 2 and fake.tokens_spent == 2 * 5
+        time.sleep(0.6)  # twice the limit: the other client has filled the window, and ours is refused
+        limited = http.get("/api/v2/stages")
+        assert limited.status_code == 429 and limited.headers["x-ratelimit-remaining"] == "0"
+
+
 TOKEN_TABLE = [
     ("/api/v2/persons", {}, 10), ("/api/v2/organizations", {}, 10), ("/api/v2/deals", {}, 10),
     ("/api/v2/products", {}, 10), ("/api/v2/activities", {}, 10), ("/api/v2/pipelines", {}, 5),

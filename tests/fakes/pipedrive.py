@@ -51,6 +51,11 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   request leaves the window (>= 1). After a 429, more than 3 further limited requests inside the
   window trip the Cloudflare block: 403 ``text/html`` for one full ``window_seconds`` from that
   moment. Every answer (also 401/403/404) carries the ``x-ratelimit-*`` headers.
+* ``shared_rate`` plays another integration on the same API token (the burst limit is per token,
+  contract §4): that many requests a second, evenly spaced from the tool's first request, each taking
+  a place in the burst window when there is one; one the window refuses is sent again as soon as a
+  place frees (a client that keeps to its rate and is never blocked). They are not in ``requests``;
+  ``shared_served`` counts those the window took.
 * v1 ``limit`` above 500 is silently capped to 500 (v2 answers 400). Pagination is nested under
   ``additional_data.pagination`` for every v1 list.
 * ``include_fields``: activities carry ``attendees`` only when asked for; deals carry
@@ -301,8 +306,12 @@ class FakePipedrive:
         daily_token_budget: int | None = None,
         frozen: bool = False,
         latency: float = 0.0,
+        shared_rate: float = 0.0,
     ):
         self.frozen = frozen
+        self.shared_rate = shared_rate
+        self.shared_served = 0
+        self._shared_next: float | None = None
         self.latency = latency  # seconds each answer takes besides the work, outside the lock (network, Pipedrive's own)
         self._built: dict[Any, Any] = {}  # frozen only: sorted lists and deal-product indexes, built once
         self.collections: dict[str, list[dict]] = {}
@@ -406,6 +415,7 @@ class FakePipedrive:
             self._window.clear()
             self._limited.clear()
             self._blocked_until = 0.0
+            self._shared_next = None
 
     def status_counts(self) -> Counter[int]:
         with self._lock:
@@ -421,7 +431,24 @@ class FakePipedrive:
 
     # -- request handling ------------------------------------------------------------------------
 
+    def _take_shared(self, now: float) -> None:
+        """The other integration's requests up to `now` (`shared_rate`), in the window where they fit."""
+        if not self.shared_rate:
+            return
+        if self._shared_next is None:
+            self._shared_next = now
+        while self._shared_next <= now:
+            moment = self._shared_next
+            held = [t for t in self._window if moment - self.window_seconds < t <= moment]
+            if len(held) < self.burst_limit:
+                bisect.insort(self._window, moment)
+                self.shared_served += 1
+                self._shared_next += 1 / self.shared_rate
+            else:  # refused: it tries again as the window frees a place
+                self._shared_next = held[0] + self.window_seconds + 1e-6
+
     def _rate_headers(self, now: float) -> dict[str, str]:
+        self._take_shared(now)
         while self._window and now - self._window[0] >= self.window_seconds:
             self._window.popleft()
         remaining = max(0, self.burst_limit - len(self._window))
