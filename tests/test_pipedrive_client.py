@@ -253,10 +253,9 @@ def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
         assert fake.count_429 == 0
 
 
-def four_threads_arriving_late(late_by: float, window: float, each: int, seed: int) -> tuple[FakePipedrive, float]:
+def four_threads_arriving_late(late_by: float, window: float, each: int, seed: int) -> tuple[FakePipedrive, BurstLimiter]:
     """Four threads share one client (limit 5 per `window`); every request reaches the fake up to
-    `late_by` seconds after it was sent, at random. Returns the stopped fake and the limiter's
-    final arrival allowance."""
+    `late_by` seconds after it was sent, at random. Returns the stopped fake and the client's limiter."""
     import random
     import threading
 
@@ -276,22 +275,24 @@ def four_threads_arriving_late(late_by: float, window: float, each: int, seed: i
                 thread.start()
             for thread in threads:
                 thread.join()
-            return fake, client.limiter.arrival_bound
+            return fake, client.limiter
 
 
 def test_concurrent_readers_with_jittery_arrival_times_are_never_rate_limited():
     """Pipedrive counts a request when it arrives: arrivals 0-60 ms late, within the limiter's
     first allowance (0.1 s), never draw a 429."""
-    fake, _ = four_threads_arriving_late(0.06, window=0.5, each=10, seed=5)
+    fake, limiter = four_threads_arriving_late(0.06, window=0.5, each=10, seed=5)
     assert len(fake.requests) == 40
     assert fake.count_429 == 0
+    assert limiter.shared_most == 0  # its own late requests never look like another client's
 
 
 def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_none():
     """Arrivals up to 0.4 s late: each 429 pauses everyone and doubles the allowance, so the
     429s stop after a couple and Cloudflare never blocks."""
-    fake, allowance = four_threads_arriving_late(0.4, window=1.0, each=15, seed=7)
-    assert allowance > 0.1
+    fake, limiter = four_threads_arriving_late(0.4, window=1.0, each=15, seed=7)
+    assert limiter.arrival_bound > 0.1
+    assert limiter.shared_most == 0
     assert sum(1 for r in fake.requests if r.status == 200) == 60
     assert fake.count_429 <= 4 and fake.count_403 == 0
 
@@ -381,6 +382,57 @@ def test_eight_readers_with_fast_answers_have_four_requests_out_at_once():
     piles them up: no more are out than the rate needs."""
     fake, most = requests_out_at_once(burst_limit=20, readers=8, seconds_each=0.02, each=5)
     assert len(fake.requests) == 40 and most == 4
+
+
+def eight_readers_beside_another_client(share: float) -> tuple[FakePipedrive, BurstLimiter]:
+    """Eight threads share one client (limit 20 per 0.5 s) and send 120 requests, while another
+    client on the same API token sends `share` of the limit (the fake's `shared_rate`)."""
+    import threading
+
+    with FakePipedrive(SAMPLE, burst_limit=20, window_seconds=0.5, shared_rate=share * 20 / 0.5) as fake, \
+            PipedriveClient(fake.url, VALID_TOKEN, burst_limit=20) as client:
+        client.limiter.window = 0.5
+        threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(15)]) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return fake, client.limiter
+
+
+def test_another_client_on_the_same_token_is_left_its_share_of_the_burst_limit():
+    """The burst limit is per token. Counting only its own requests, the client drew 23 429s beside
+    a client taking a quarter of the limit and 37 beside one taking half; reading what Pipedrive
+    counted (`x-ratelimit-remaining`), it leaves the other's places free after the first windows."""
+    for share, most_429 in ((0.25, 3), (0.5, 5)):
+        fake, limiter = eight_readers_beside_another_client(share)
+        assert sum(1 for r in fake.requests if r.status == 200) == 120
+        assert fake.count_429 <= most_429 and fake.count_403 == 0
+        assert limiter.shared_most > 0
+
+
+def test_places_pipedrive_counted_beyond_the_clients_own_requests_are_kept_for_another_client():
+    import threading
+
+    limiter = BurstLimiter(20, window=1.0, max_in_flight=8)
+    mine = [limiter.acquire() for _ in range(8)]
+    for slot in mine[:5]:
+        limiter.done(slot)
+    # 5 answered and 3 still out, sent after the one read: Pipedrive may not have counted those 3 yet
+    limiter.observe("12", mine[4])  # it counted 8: all of them may be this client's
+    assert limiter.shared_most == 0
+    limiter.observe("10", mine[4])  # it counted 10: at least 2 are another's, and up to 5
+    assert limiter.shared_most == 5
+    for slot in mine[5:]:
+        limiter.done(slot)
+    for _ in range(20 - 5 - 8):  # the window's 20 less the other's 5
+        limiter.done(limiter.acquire())
+    late = threading.Thread(target=limiter.acquire, daemon=True)
+    late.start()
+    late.join(timeout=0.3)
+    assert late.is_alive()  # the next place is the other client's until the window moves on
+    late.join(timeout=2.0)
+    assert not late.is_alive()
 
 
 def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, tmp_path):

@@ -14,6 +14,7 @@ import re
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,7 +71,12 @@ class BurstLimiter:
     4 at once would reach a sixth of the rate. Each one out beyond `max_in_flight` keeps the window
     one request short of the limit, so that requests reaching Pipedrive later than counted cannot
     make it see more than the limit unless more of them do so at once than are out beyond the
-    four. After a 429, `max_in_flight` and the whole limit again, for good."""
+    four. After a 429, `max_in_flight` and the whole limit again, for good.
+
+    The limit is per API token, and other integrations may use the same one: what Pipedrive says is
+    left (`x-ratelimit-remaining`, `observe`) beyond what this client's own requests can explain is
+    theirs, and the window keeps that many places free for them until two windows of answers have
+    not shown them."""
 
     def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1, max_in_flight: int = 4):
         self.limit = max(1, limit)
@@ -82,6 +88,9 @@ class BurstLimiter:
         self._paused_until = 0.0
         self._request_seconds: float | None = None  # moving average, send to answer
         self._limited = False  # a 429 came: `max_in_flight` from then on
+        self._recent: deque[list[float]] = deque()  # this client's recent slots; an answered one ends in its answer's time
+        self._shared: deque[tuple[float, int]] = deque()  # (seen at, requests of other clients in Pipedrive's window)
+        self.shared_most = 0  # the most requests of other clients on this token seen in one window
 
     def in_flight_cap(self) -> int:
         """How many requests may be out at once now (see the class docstring)."""
@@ -110,9 +119,10 @@ class BurstLimiter:
                     continue
                 else:
                     self._slots = [s for s in self._slots if moment - s[0] < self.window]
-                    if len(self._slots) < self.limit - (cap - self.max_in_flight):
+                    if len(self._slots) < self.limit - (cap - self.max_in_flight) - self._shared_now():
                         slot = [math.inf, moment]
                         self._slots.append(slot)
+                        self._recent.append(slot)
                         return slot
                     oldest = min(s[0] for s in self._slots)
                     delay = 0.01 if oldest == math.inf else self.window - (moment - oldest) + 0.001
@@ -122,9 +132,45 @@ class BurstLimiter:
         with self._lock:
             moment = time.monotonic()
             slot[0] = min(moment, slot[1] + self.arrival_bound)
+            slot.append(moment)  # answered
             took = moment - slot[1]
             self._request_seconds = took if self._request_seconds is None else 0.8 * self._request_seconds + 0.2 * took
             self._lock.notify_all()
+
+    def observe(self, remaining_header: str | None, slot: list[float]) -> None:
+        """Read Pipedrive's `x-ratelimit-remaining` on the answer to the request of `slot`.
+
+        Pipedrive counted its window when the request arrived, after its send. A request of this
+        client that it counted arrived less than a window before, so it was answered after this
+        one's send less a window, or is still out. What Pipedrive counted beyond those is surely
+        other clients': this client's own requests, however late they arrived, never look like
+        another's. When there surely are others, the places kept for them are what Pipedrive counted
+        beyond this client's requests but those sent after this one and still out (which it may
+        not have counted yet)."""
+        if not (remaining_header and remaining_header.isdigit()):
+            return
+        with self._lock:
+            moment = time.monotonic()
+            while self._recent and self._recent[0][0] != math.inf and moment - self._recent[0][2] > 2 * self.window:
+                self._recent.popleft()
+            since, sent = slot[1] - self.window, slot[1]
+            answered = sum(1 for mine in self._recent if mine[0] != math.inf and mine[2] > since)
+            out_before = sum(1 for mine in self._recent if mine[0] == math.inf and mine[1] <= sent)
+            out_after = sum(1 for mine in self._recent if mine[0] == math.inf and mine[1] > sent)
+            counted = self.limit - int(remaining_header)
+            surely = counted - answered - out_before - out_after
+            others = max(0, counted - answered - out_before) if surely > 0 else 0
+            self._shared.append((moment, others))
+            while moment - self._shared[0][0] > 2 * self.window:
+                self._shared.popleft()
+            if others > self.shared_most:
+                self.shared_most = others
+                log.info("pipedrive.shared_token", other_requests=others, limit=self.limit, window_seconds=self.window)
+
+    def _shared_now(self) -> int:
+        """Places kept for other clients: the most of theirs seen in Pipedrive's window over the two
+        windows up to the last answer read, however long ago (a pause after a 429 reads none)."""
+        return max((others for _, others in self._shared), default=0)
 
     def learn(self, limit_header: str | None) -> None:
         if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:
@@ -213,6 +259,8 @@ class PipedriveClient:
                 self.budget_remaining = int(remaining)
         self.limiter.learn(response.headers.get("x-ratelimit-limit"))
         status = response.status_code
+        if status != 429:  # a 429's remaining is 0 whoever filled the window
+            self.limiter.observe(response.headers.get("x-ratelimit-remaining"), slot)
         if status == 429:
             with self._counters:
                 self.rate_limited += 1
