@@ -124,6 +124,8 @@ class TokenWatch:
             "tokens_estimated": e.tokens if e else None,
             "estimate_basis": e.basis if e else None,
             "rate_limited_429": c.rate_limited,
+            "shared_token_requests": c.limiter.shared_most,
+            "burst_limit": c.limiter.limit,
             "budget_remaining": c.budget_remaining,
         }
 

@@ -33,6 +33,20 @@ def test_the_report_counts_the_requests_and_tokens_the_api_charged(env, pipedriv
     assert f"{usage['tokens_spent']:,} tokens; {usage['budget_remaining']:,} tokens left today" in output
 
 
+def test_the_report_says_when_another_client_used_the_same_api_token(env, pipedrive, tmp_path):
+    """The burst limit is per token: the run leaves another integration its places, and says so."""
+    pipedrive.shared_rate = 300  # of the fake's 1,000 requests per 2 s
+    output, report = run_report(env, tmp_path, "shared")
+    usage = report["pipedrive"]
+    assert usage["shared_token_requests"] > 0 and usage["burst_limit"] == 1000
+    assert pipedrive.count_429 == 0
+    assert f"another client on this API token used up to {usage['shared_token_requests']:,} of its 1,000 requests per 2 s" in output
+    pipedrive.shared_rate = 0
+    pipedrive.reset_limits()
+    _, alone = run_report(env, tmp_path, "alone")
+    assert alone["pipedrive"]["shared_token_requests"] == 0
+
+
 def test_the_estimate_from_the_previous_extract_is_what_the_next_one_costs(env, pipedrive, tmp_path):
     run_report(env, tmp_path, "first")
     spent_before = pipedrive.tokens_spent

@@ -70,6 +70,9 @@ def pipedrive_usage(usage: dict[str, Any]) -> str:
         text += f" (estimated {usage['tokens_estimated']:,} from the {usage['estimate_basis'].removeprefix('sizes of the ')})"
     if usage.get("rate_limited_429"):
         text += f", {usage['rate_limited_429']} rate-limited (429) and retried"
+    if usage.get("shared_token_requests"):
+        text += (f"; another client on this API token used up to {usage['shared_token_requests']:,} of its "
+                 f"{usage['burst_limit']:,} requests per 2 s, and was left them")
     if usage.get("budget_remaining") is not None:
         text += f"; {usage['budget_remaining']:,} tokens left today"
     return text + "."
