@@ -1,7 +1,7 @@
 """The project's performance table: extract, transform and load of synthetic accounts of N records.
 
     .venv/bin/python benchmarks/pipeline.py [--records 10000 100000] [--plan lite|growth|premium|ultimate]
-                                            [--load-latency 0.011] [--skip-load] [--load-rate R]
+                                            [--load-latency 0.011] [--skip-load] [--load-rate R] [--shared S]
 
 For each size N: generates a synthetic Pipedrive account of about N records (samples/generate.py,
 scale mode, streamed to a temp dir), serves it from the fake Pipedrive with the plan's burst limit
@@ -27,6 +27,10 @@ the RSS and the extract timings are the tool's, not the fakes'.
 --skip-load: for sizes above 10,000, the load and rerun rows are skipped and the load time is
 projected at the 10,000-record load rate, measured in the same invocation (a 10,000 column is
 added when none was asked for) unless --load-rate gives that rate from an earlier run.
+
+--shared S: another integration uses the same API token all along, a share S of the burst limit (the fake's
+`shared_rate`; it waits for a place when the window is full). The floor is then the tool's requests at
+the rest of the limit.
 """
 
 from __future__ import annotations
@@ -246,7 +250,8 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
         requests, tokens = minimum_extract(fake.collections)
         return {"requests": requests, "tokens": tokens, "rss_mb": _rss_of("self")}
     return {"requests": len(fake.requests), "tokens": fake.tokens_spent, "count_429": fake.count_429,
-            "count_403": fake.count_403, "serving_seconds": fake._dispatch.seconds, "cpu_seconds": time.process_time()}
+            "count_403": fake.count_403, "serving_seconds": fake._dispatch.seconds, "cpu_seconds": time.process_time(),
+            "shared_served": fake.shared_served}
 
 
 def bare_loop(cm: FakeProcess, requests: int) -> tuple[float, float]:
@@ -269,7 +274,7 @@ def bare_loop(cm: FakeProcess, requests: int) -> tuple[float, float]:
     return items / wall, (cm.ask("stats")["write_seconds"] - server_before) / wall
 
 
-def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency: float = 0.0) -> dict[str, Any]:
+def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency: float = 0.0, shared: float = 0.0) -> dict[str, Any]:
     from migrate.config import Settings
     from migrate.customermates.target import TargetState
     from migrate.logs import configure
@@ -292,7 +297,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
         out["snapshot_mb"] = sum(p.stat().st_size for p in account.glob("*.jsonl")) / 2**20
 
         with FakeProcess("pipedrive", snapshot_dir=account, burst_limit=burst, window_seconds=WINDOW_SECONDS,
-                         frozen=True, latency=pipedrive_latency) as pipedrive, FakeProcess("customermates", latency_per_item=latency, search_cache=True) as cm, \
+                         frozen=True, latency=pipedrive_latency, shared_rate=shared * burst / WINDOW_SECONDS) as pipedrive, FakeProcess("customermates", latency_per_item=latency, search_cache=True) as cm, \
                 _ToolMemory([pipedrive, cm]) as memory:
             minimum = pipedrive.ask("minimum")
             out["min_requests"], out["min_tokens"] = minimum["requests"], minimum["tokens"]
@@ -331,6 +336,9 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
             out["tokens"] = served["tokens"]
             out["count_429"] = served["count_429"]
             out["count_403"] = served["count_403"]
+            out["shared"] = shared
+            out["shared_served"] = served["shared_served"]
+            out["shared_seen"] = (summary.pipedrive or {}).get("shared_token_requests")
             out["extract_peak_rss_mb"] = _peak_rss_mb()
 
             # -- transform, on the staged data (with worker processes from 20,000 records: the
@@ -435,7 +443,8 @@ def _s(value: float | None) -> str:
 
 
 def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[float, float, str] | None) -> list[tuple[str, list[str]]]:
-    rate = burst / WINDOW_SECONDS
+    shared = results[0].get("shared", 0.0) if results else 0.0
+    rate = burst * (1 - shared) / WINDOW_SECONDS  # what another client on the token (--shared) leaves
     rows: list[tuple[str, list[str]]] = []
 
     def row(label: str, fn: Any) -> None:
@@ -451,7 +460,7 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  snapshot on disk", lambda r: f"{r['snapshot_mb']:,.0f} MB")
     row("  generation time", lambda r: _s(r["generate_seconds"]))
     row("EXTRACT wall time", lambda r: _s(r["extract_seconds"]))
-    row("  floor: requests ÷ (burst/2 s)", lambda r: _s(r["requests"] / rate))
+    row("  floor: requests ÷ (burst/2 s)" if not shared else f"  floor: requests ÷ ({1 - shared:.0%} of burst/2 s)", lambda r: _s(r["requests"] / rate))
     row("  wall ÷ floor", lambda r: f"{r['extract_seconds'] / (r['requests'] / rate):.2f}×")
     # In a rolling window the first `burst` requests go at once: request i waits for window × ⌊i/burst⌋.
     row("  rolling-window floor", lambda r: _s(WINDOW_SECONDS * ((r["requests"] - 1) // burst)))
@@ -471,6 +480,9 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("429s at the fake", lambda r: _n(r["count_429"]))
     row("403s at the fake", lambda r: _n(r["count_403"]))
     row("  % of requests 429ed", lambda r: f"{100 * r['count_429'] / r['requests']:.1f} %")
+    if shared:
+        row("another client on the token: requests served", lambda r: _n(r["shared_served"]))
+        row("  most of its requests the tool saw in a window", lambda r: _n(r["shared_seen"]))
     row("TRANSFORM time", lambda r: _s(r["transform_seconds"]))
     row("  staged records/s", lambda r: f"{r['staged_records'] / r['transform_seconds']:,.0f}")
     row("  target records out", lambda r: _n(r["target_records"]))
@@ -535,7 +547,7 @@ def print_table(results: list[dict[str, Any]], rows: list[tuple[str, list[str]]]
 
 def run_child(size: int, args: argparse.Namespace, load: bool) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", str(size), "--plan", args.plan,
-               "--load-latency", str(args.load_latency), "--pipedrive-latency", str(args.pipedrive_latency)]
+               "--load-latency", str(args.load_latency), "--pipedrive-latency", str(args.pipedrive_latency), "--shared", str(args.shared)]
     if not load:
         command.append("--no-load")
     print(f"[{time.strftime('%H:%M:%S')}] N = {size:,}: {'extract, transform, load, rerun' if load else 'extract, transform'} ...",
@@ -562,19 +574,24 @@ def main() -> None:
     parser.add_argument("--load-rate", type=float, nargs=2, metavar=("WRITING", "PHASE"),
                         help="with --skip-load: the 10k rates (records/s while writing, and over the load phase) of an earlier "
                              "run, instead of measuring them now")
+    parser.add_argument("--shared", type=float, default=0.0,
+                        help="share of the burst limit another integration on the same API token uses all along (default 0)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one size, print RESULT json
     parser.add_argument("--no-load", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     burst = PLANS[args.plan]
 
     if args.one is not None:
-        result = measure(args.one, burst, args.load_latency, load=not args.no_load, pipedrive_latency=args.pipedrive_latency)
+        result = measure(args.one, burst, args.load_latency, load=not args.no_load, pipedrive_latency=args.pipedrive_latency,
+                         shared=args.shared)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
     sizes = sorted(set(args.records))
     if any(n <= 0 for n in sizes):
         parser.error("--records: sizes must be positive")
+    if not 0 <= args.shared < 1:
+        parser.error("--shared: a share of the burst limit, at least 0 and below 1")
     if args.skip_load and args.load_rate is None and any(n > CALIBRATION_SIZE for n in sizes) and CALIBRATION_SIZE not in sizes:
         sizes = sorted({*sizes, CALIBRATION_SIZE})  # the measured rate the projection needs
 
@@ -584,7 +601,8 @@ def main() -> None:
     print(f"Pipedrive plan {args.plan}: burst limit {burst} requests per rolling {WINDOW_SECONDS:g} s "
           f"(= {burst / WINDOW_SECONDS:g} req/s; tool's pipedrive_burst_limit = {burst}); "
           f"Customermates write latency {args.load_latency * 1000:g} ms per item; "
-          f"Pipedrive answers take {args.pipedrive_latency * 1000:g} ms more than serving them")
+          f"Pipedrive answers take {args.pipedrive_latency * 1000:g} ms more than serving them"
+          + (f"; another client uses {args.shared:.0%} of the burst limit on the same token" if args.shared else ""))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
 
     results = []
