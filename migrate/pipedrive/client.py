@@ -37,6 +37,7 @@ from migrate.pipedrive.collections import PAGE_LIMIT, Collection
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "pipedrive-to-customermates/0.1"
+SHARED_MEMORY_WINDOWS = 10  # places are kept for another client on the token until this many windows of answers have not shown it
 FIRST_STEP_BACK = 10  # rows an offset read steps back first when the list moved under it
 
 
@@ -73,10 +74,10 @@ class BurstLimiter:
     make it see more than the limit unless more of them do so at once than are out beyond the
     four. After a 429, `max_in_flight` and the whole limit again, for good.
 
-    The limit is per API token, and other integrations may use the same one: what Pipedrive says is
-    left (`x-ratelimit-remaining`, `observe`) beyond what this client's own requests can explain is
-    theirs, and the window keeps that many places free for them until two windows of answers have
-    not shown them."""
+    The limit is per API token, and other integrations may use the same one: what Pipedrive counted
+    (`x-ratelimit-remaining`, `observe`) beyond what this client's own requests can explain is
+    theirs, and the window keeps that many places free for them, one more while they fill it, until
+    `SHARED_MEMORY_WINDOWS` windows of answers have not shown them."""
 
     def __init__(self, limit: int, window: float = 2.0, arrival_bound: float = 0.1, max_in_flight: int = 4):
         self.limit = max(1, limit)
@@ -119,7 +120,8 @@ class BurstLimiter:
                     continue
                 else:
                     self._slots = [s for s in self._slots if moment - s[0] < self.window]
-                    if len(self._slots) < self.limit - (cap - self.max_in_flight) - self._shared_now():
+                    # at least one place: each answer's count is what tells when the other client has gone
+                    if len(self._slots) < max(1, self.limit - (cap - self.max_in_flight) - self._shared_now()):
                         slot = [math.inf, moment]
                         self._slots.append(slot)
                         self._recent.append(slot)
@@ -146,7 +148,11 @@ class BurstLimiter:
         other clients': this client's own requests, however late they arrived, never look like
         another's. When there surely are others, the places kept for them are what Pipedrive counted
         beyond this client's requests but those sent after this one and still out (which it may
-        not have counted yet)."""
+        not have counted yet); one more when its window was full, since they may want more than
+        they got: a client that takes every place left to it is left one more each time, up to what
+        it wants. This client's own answers count a place as free later than Pipedrive does (from
+        the answer, not the arrival), and another client waiting for a place takes it first: left
+        only what it had, it kept the window full and this client drew its 429s."""
         if not (remaining_header and remaining_header.isdigit()):
             return
         with self._lock:
@@ -160,16 +166,19 @@ class BurstLimiter:
             counted = self.limit - int(remaining_header)
             surely = counted - answered - out_before - out_after
             others = max(0, counted - answered - out_before) if surely > 0 else 0
+            if others and counted >= self.limit:  # the window was full: they may want more than they got
+                others += 1
             self._shared.append((moment, others))
-            while moment - self._shared[0][0] > 2 * self.window:
+            while moment - self._shared[0][0] > SHARED_MEMORY_WINDOWS * self.window:
                 self._shared.popleft()
             if others > self.shared_most:
                 self.shared_most = others
                 log.info("pipedrive.shared_token", other_requests=others, limit=self.limit, window_seconds=self.window)
 
     def _shared_now(self) -> int:
-        """Places kept for other clients: the most of theirs seen in Pipedrive's window over the two
-        windows up to the last answer read, however long ago (a pause after a 429 reads none)."""
+        """Places kept for other clients: the most of theirs seen in Pipedrive's window over the
+        `SHARED_MEMORY_WINDOWS` windows up to the last answer read, however long ago (a pause after a
+        429 reads none)."""
         return max((others for _, others in self._shared), default=0)
 
     def learn(self, limit_header: str | None) -> None:
@@ -259,8 +268,7 @@ class PipedriveClient:
                 self.budget_remaining = int(remaining)
         self.limiter.learn(response.headers.get("x-ratelimit-limit"))
         status = response.status_code
-        if status != 429:  # a 429's remaining is 0 whoever filled the window
-            self.limiter.observe(response.headers.get("x-ratelimit-remaining"), slot)
+        self.limiter.observe(response.headers.get("x-ratelimit-remaining"), slot)  # a 429's too: the window was full
         if status == 429:
             with self._counters:
                 self.rate_limited += 1
