@@ -463,9 +463,10 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  floor: requests ÷ (burst/2 s)" if not shared else f"  floor: requests ÷ ({1 - shared:.0%} of burst/2 s)", lambda r: _s(r["requests"] / rate))
     row("  wall ÷ floor", lambda r: f"{r['extract_seconds'] / (r['requests'] / rate):.2f}×")
     # In a rolling window the first `burst` requests go at once: request i waits for window × ⌊i/burst⌋.
-    row("  rolling-window floor", lambda r: _s(WINDOW_SECONDS * ((r["requests"] - 1) // burst)))
+    places = max(1, round(burst * (1 - shared)))  # a window's places the tool has
+    row("  rolling-window floor", lambda r: _s(WINDOW_SECONDS * ((r["requests"] - 1) // places)))
     row("  wall ÷ rolling-window floor",
-        lambda r: f"{r['extract_seconds'] / (WINDOW_SECONDS * ((r['requests'] - 1) // burst)):.2f}×")
+        lambda r: f"{r['extract_seconds'] / (WINDOW_SECONDS * ((r['requests'] - 1) // places)):.2f}×")
     row("  of which waiting in limiter", lambda r: _s(r["extract_limiter_seconds"]))
     row("  of which fake serving (its lock held)", lambda r: _s(r["extract_fake_seconds"]))
     row("  of which DuckDB page writes", lambda r: _s(r["extract_staging_seconds"]))
