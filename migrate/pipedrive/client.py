@@ -160,12 +160,15 @@ class BurstLimiter:
             while self._recent and self._recent[0][0] != math.inf and moment - self._recent[0][2] > 2 * self.window:
                 self._recent.popleft()
             since, sent = slot[1] - self.window, slot[1]
-            answered = sum(1 for mine in self._recent if mine[0] != math.inf and mine[2] > since)
-            out_before = sum(1 for mine in self._recent if mine[0] == math.inf and mine[1] <= sent)
-            out_after = sum(1 for mine in self._recent if mine[0] == math.inf and mine[1] > sent)
+            mine_counted = out_after = 0  # this client's requests it may have counted; of them, those still out sent after
+            for mine in self._recent:
+                if mine[0] != math.inf:
+                    mine_counted += mine[2] > since
+                else:
+                    mine_counted += 1
+                    out_after += mine[1] > sent
             counted = self.limit - int(remaining_header)
-            surely = counted - answered - out_before - out_after
-            others = max(0, counted - answered - out_before) if surely > 0 else 0
+            others = counted - mine_counted + out_after if counted > mine_counted else 0
             if others and counted >= self.limit:  # the window was full: they may want more than they got
                 others += 1
             self._shared.append((moment, others))
