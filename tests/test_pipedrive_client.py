@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -253,12 +254,19 @@ def test_the_burst_limiter_keeps_requests_under_the_plan_limit(tmp_path):
         assert fake.count_429 == 0
 
 
+def users_from_threads(client: PipedriveClient, *, readers: int, each: int) -> None:
+    """`readers` threads share `client`, each asking for the users `each` times."""
+    threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(each)]) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def four_threads_arriving_late(late_by: float, window: float, each: int, seed: int) -> tuple[FakePipedrive, BurstLimiter]:
     """Four threads share one client (limit 5 per `window`); every request reaches the fake up to
     `late_by` seconds after it was sent, at random. Returns the stopped fake and the client's limiter."""
     import random
-    import threading
-
     rng = random.Random(seed)
     with FakePipedrive(SAMPLE, burst_limit=5, window_seconds=window) as fake:
         serve = fake.handle
@@ -270,11 +278,7 @@ def four_threads_arriving_late(late_by: float, window: float, each: int, seed: i
         fake.handle = late
         with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=5) as client:
             client.limiter.window = window
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(each)]) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            users_from_threads(client, readers=4, each=each)
             return fake, client.limiter
 
 
@@ -300,8 +304,6 @@ def test_requests_that_reach_pipedrive_later_than_expected_draw_a_few_429s_then_
 def requests_out_at_once(burst_limit: int, readers: int, seconds_each: float, each: int = 3) -> tuple[FakePipedrive, int]:
     """`readers` threads share one client; every answer takes `seconds_each`. Returns the stopped
     fake and the most requests that were out at once."""
-    import threading
-
     out, most, guard = [0], [0], threading.Lock()
     with FakePipedrive(SAMPLE, burst_limit=burst_limit) as fake:
         serve = fake.handle
@@ -319,11 +321,7 @@ def requests_out_at_once(burst_limit: int, readers: int, seconds_each: float, ea
 
         fake.handle = counted
         with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=burst_limit) as client:
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(each)]) for _ in range(readers)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            users_from_threads(client, readers=readers, each=each)
     return fake, most[0]
 
 
@@ -355,8 +353,6 @@ def test_thirty_readers_at_ultimate_with_slow_and_late_arrivals_draw_no_429():
     0.1 s allowance). More requests out at once fill the window, where a late arrival can tip it
     over; the margin kept short of the limit absorbs that. Without it: 429s and a Cloudflare block."""
     import random
-    import threading
-
     rng = random.Random(1)
     with FakePipedrive(SAMPLE, burst_limit=120, latency=0.3) as fake:
         serve = fake.handle
@@ -367,11 +363,7 @@ def test_thirty_readers_at_ultimate_with_slow_and_late_arrivals_draw_no_429():
 
         fake.handle = late
         with PipedriveClient(fake.url, VALID_TOKEN, burst_limit=120) as client:
-            threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(12)]) for _ in range(30)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            users_from_threads(client, readers=30, each=12)
             assert client.limiter.in_flight_cap() > 4
     assert len(fake.requests) == 360
     assert fake.count_429 == 0 and fake.count_403 == 0
@@ -387,16 +379,10 @@ def test_eight_readers_with_fast_answers_have_four_requests_out_at_once():
 def eight_readers_beside_another_client(share: float) -> tuple[FakePipedrive, BurstLimiter]:
     """Eight threads share one client (limit 20 per 0.5 s) and send 120 requests, while another
     client on the same API token sends `share` of the limit (the fake's `shared_rate`)."""
-    import threading
-
     with FakePipedrive(SAMPLE, burst_limit=20, window_seconds=0.5, shared_rate=share * 20 / 0.5) as fake, \
             PipedriveClient(fake.url, VALID_TOKEN, burst_limit=20) as client:
         client.limiter.window = 0.5
-        threads = [threading.Thread(target=lambda: [client.get("/api/v1/users") for _ in range(15)]) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        users_from_threads(client, readers=8, each=15)
         return fake, client.limiter
 
 
@@ -412,8 +398,6 @@ def test_another_client_on_the_same_token_is_left_its_share_of_the_burst_limit()
 
 
 def test_places_pipedrive_counted_beyond_the_clients_own_requests_are_kept_for_another_client():
-    import threading
-
     limiter = BurstLimiter(20, window=1.0, max_in_flight=8)
     mine = [limiter.acquire() for _ in range(8)]
     for slot in mine[:5]:
