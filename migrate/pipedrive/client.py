@@ -90,7 +90,9 @@ class BurstLimiter:
         self._request_seconds: float | None = None  # moving average, send to answer
         self._limited = False  # a 429 came: `max_in_flight` from then on
         self._recent: deque[list[float]] = deque()  # this client's recent slots; an answered one ends in its answer's time
-        self._shared: deque[tuple[float, int]] = deque()  # (seen at, requests of other clients in Pipedrive's window)
+        # (seen at, requests of other clients in Pipedrive's window), each counting more than every one seen after it:
+        # the first is the most over the memory (`_shared_now`), read by every `acquire` without a walk of them all
+        self._shared: deque[tuple[float, int]] = deque()
         self.shared_most = 0  # the most requests of other clients on this token seen in one window
 
     def in_flight_cap(self) -> int:
@@ -171,6 +173,8 @@ class BurstLimiter:
             others = counted - mine_counted + out_after if counted > mine_counted else 0
             if others and counted >= self.limit:  # the window was full: they may want more than they got
                 others += 1
+            while self._shared and self._shared[-1][1] <= others:  # never the most again while this one is kept
+                self._shared.pop()
             self._shared.append((moment, others))
             while moment - self._shared[0][0] > SHARED_MEMORY_WINDOWS * self.window:
                 self._shared.popleft()
@@ -182,7 +186,7 @@ class BurstLimiter:
         """Places kept for other clients: the most of theirs seen in Pipedrive's window over the
         `SHARED_MEMORY_WINDOWS` windows up to the last answer read, however long ago (a pause after a
         429 reads none)."""
-        return max((others for _, others in self._shared), default=0)
+        return self._shared[0][1] if self._shared else 0
 
     def learn(self, limit_header: str | None) -> None:
         if limit_header and limit_header.isdigit() and int(limit_header) != self.limit:
