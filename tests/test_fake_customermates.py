@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import random
 import re
 import threading
 import time
@@ -22,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fakes import toon
+from tests.fakes import toon, zod_messages
 from tests.fakes.customermates import (
     CONTRACT_DIR,
     DEFAULT_USERS,
@@ -1187,3 +1189,88 @@ def test_an_answer_over_the_hosts_limit_is_a_500_after_the_write_was_applied(cm,
     assert page.status_code == 500
     page = api.post("/contacts/search", json={"pagination": {"page": 1, "pageSize": 25}, "sortDescriptor": {"field": "createdAt", "direction": "asc"}})
     assert page.status_code == 200 and len(page.json()["items"]) == 25
+
+
+# ---------------------------------------------------------------- the fast schema check
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, prefix + (index,))
+    return found
+
+
+def _shortened(value: Any) -> Any:
+    """Lists of up to two items: an item of a batch is checked like the first."""
+    if isinstance(value, dict):
+        return {k: _shortened(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shortened(v) for v in value[:2]]
+    return value
+
+
+TEXT_MUTANTS = ("", "x" * 300, "not-a-uuid", "00000000-0000-4000-8000-000000000000", "a@b", "a@b.co\n", "a@b.co")
+OTHER_MUTANTS = (None, True, 0, -1, 1.5, 10**15, [], [None], {})
+
+
+def _mutations(instance: Any, rng: random.Random, count: int | None) -> list[Any]:
+    """Bodies with one value swapped (a text for every other text, a value of another type) or
+    dropped, at `count` places drawn at random or, with None, at every place."""
+    out = []
+    paths = _paths(instance)
+    for path in paths if count is None else rng.sample(paths, min(count, len(paths))):
+        value = instance
+        for step in path:
+            value = value[step]
+        texts = TEXT_MUTANTS if isinstance(value, str) else rng.sample(TEXT_MUTANTS, 2)
+        for mutant in (*texts, *rng.sample(OTHER_MUTANTS, 3), "drop"):
+            changed = copy.deepcopy(instance)
+            if not path:
+                out.append(mutant if mutant != "drop" else None)
+                continue
+            parent = changed
+            for step in path[:-1]:
+                parent = parent[step]
+            if mutant != "drop":
+                parent[path[-1]] = copy.deepcopy(mutant)
+            elif isinstance(parent, dict):
+                del parent[path[-1]]
+            else:
+                continue
+            out.append(changed)
+    return out
+
+
+def test_the_fast_schema_check_passes_exactly_what_the_full_validation_passes(env, monkeypatch):
+    """The fake skips jsonschema's walk of a body that passes the check fastjsonschema compiled
+    from the same schema, so that check must pass nothing the walk would fault. Every schema and
+    body the fake validated in a run of the sample (writes, searches, MCP tools), and
+    values swapped for other types, lengths, formats or dropped, get the same verdict from both."""
+    from click.testing import CliRunner
+
+    from migrate.cli import cli
+
+    validated: dict[int, list[tuple[dict, Any]]] = {}
+    full = zod_messages.validate
+
+    def recording(schema: dict, instance: Any) -> list:
+        bodies = validated.setdefault(id(schema), [])
+        if len(bodies) < 4:  # the sample creates over a hundred columns through one tool
+            bodies.append((schema, _shortened(instance)))
+        return full(schema, instance)
+
+    monkeypatch.setattr(zod_messages, "validate", recording)
+    assert CliRunner().invoke(cli, ["run"], env=env).exit_code == 0
+    rng = random.Random(7)
+    verdicts = []
+    for schema, instance, first in ((s, i, n == 0) for bodies in validated.values() for n, (s, i) in enumerate(bodies)):
+        for body in [instance, *_mutations(instance, rng, None if first else 6)]:
+            verdicts.append((zod_messages.passes(schema, body), zod_messages.walk_issues(schema, body) == [], schema.get("title"), body))
+    assert len(validated) >= 15
+    assert sum(fast for fast, *_ in verdicts) > 100 and sum(not fast for fast, *_ in verdicts) > 1000
+    assert [v for v in verdicts if v[0] != v[1]] == []
