@@ -19,14 +19,14 @@ import pytest
 from pydantic import ValidationError
 
 from migrate.config import Settings
-from migrate.errors import MigrateError
+from migrate.errors import ConfigError, MigrateError
 from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.staging import store
 from migrate.staging.store import Staging
 from migrate.transform import engine, records
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
-from migrate.transform.mapping import load_mappings
+from migrate.transform.mapping import DEFAULT_DIR, load_mappings
 from migrate.transform.records import SWITCH_INTERVAL, MakerPool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -519,3 +519,16 @@ def test_reference_data_of_the_wrong_json_type_is_read_as_far_as_it_goes_and_nev
     stages = columns(staging, "deals")["Stage"]["options"]
     assert stages.index(f"{next(iter(staging.iter_raw('pipelines')))['name']} / {stage['name']}") == 0  # no number: first
     assert columns(staging, "contacts")[field["field_name"]]["options"] == []
+
+
+def test_a_mapping_file_that_is_not_valid_yaml_is_refused_with_its_name_and_the_line_at_fault(tmp_path):
+    for name in ("columns.yaml", "field_types.yaml"):
+        (tmp_path / name).write_text((DEFAULT_DIR / name).read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_mappings(tmp_path) == load_mappings()
+    with (tmp_path / "columns.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("persons:\n  entity: contacts\n  columns: [{key: x, label: X\n")
+    with pytest.raises(ConfigError) as refused:
+        load_mappings(tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"mapping file {tmp_path / 'columns.yaml'} is not valid YAML")
+    assert "columns: [{key: x, label: X" in message and "^" in message
