@@ -141,6 +141,7 @@ class Loader:
         self.summary = LoadSummary()
         self.user_map: dict[str, str] = {}
         self.only_candidates = False
+        self._issue_rows: list[tuple[str, str, str, str, str, str]] = []  # noted while bodies are built, saved a batch at a time
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -156,11 +157,12 @@ class Loader:
                 continue
             label = user_label(user, uid)
             self.summary.unmatched_users.append({"pipedrive_user": label, "records": count})
-            self.staging.add_load_issue(
-                self.run_id, "users", uid, "owner_id", "owner_unmatched",
+            self._note_issue(
+                "users", uid, "owner_id", "owner_unmatched",
                 f"{label} owns {count} records but has no Customermates user with that email; kept in the "
                 "'Pipedrive owner' column (invite the user and run again to assign)",
             )
+        self._save_issues()
 
     # -- request bodies ---------------------------------------------------------------------
     def build_body(self, entity: str, source_id: str, payload: dict[str, Any], linked: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -173,8 +175,8 @@ class Loader:
             for pid in ids:
                 mapped = linked.get(target_entity, {}).get(pid)
                 if mapped is None:
-                    self.staging.add_load_issue(
-                        self.run_id, entity, source_id, key, "link_target_not_loaded",
+                    self._note_issue(
+                        entity, source_id, key, "link_target_not_loaded",
                         f"{target_entity[:-1]} {pid} was not loaded (quarantined); link dropped",
                     )
                 elif mapped not in resolved:
@@ -185,8 +187,8 @@ class Loader:
             for pid, quantity in payload["services"]:
                 mapped = linked.get("services", {}).get(pid)
                 if mapped is None:
-                    self.staging.add_load_issue(
-                        self.run_id, entity, source_id, "services", "link_target_not_loaded",
+                    self._note_issue(
+                        entity, source_id, "services", "link_target_not_loaded",
                         f"service {pid} was not loaded (quarantined); not linked",
                     )
                 else:
@@ -288,10 +290,11 @@ class Loader:
             return
         self.gone.setdefault(entity, set()).update(gone)
         for sid in gone:
-            self.staging.add_load_issue(
-                self.run_id, entity, sid, "*", "deleted_in_target",
+            self._note_issue(
+                entity, sid, "*", "deleted_in_target",
                 f"{entity[:-1]} {sid} was deleted in Customermates after it was migrated; not recreated ({advice})",
             )
+        self._save_issues()
 
     def load_entity(self, entity: str) -> None:
         """Write the entity's records that are new or whose body changed. When users and columns
@@ -307,35 +310,48 @@ class Loader:
             self.staging.mark_load_candidates(entity, LINK_ENTITY)
             among = "load_candidates"
             self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
-        for batch in self.staging.iter_target_batches(entity, among=among):
-            known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
-            linked = self.linked_records(batch)
-            for source_id, payload, _ in batch:
-                if source_id in gone:
-                    continue
-                existing = known.get(source_id)
-                body = self.build_body(entity, source_id, payload, linked)
-                digest = payload_hash(body)
-                if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
-                    self._keep_target(entity, source_id, existing[0], digest, payload)
-                    continue
-                if existing is None:
-                    creates.append(_Item(source_id, body, digest, payload=payload))
-                elif existing[1] == digest:
-                    self.summary.unchanged[entity] += 1
-                    continue
-                else:
-                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
-                if len(creates) >= self.batch_size:
-                    self._send(entity, "create", creates)
-                    creates = []
-                if len(updates) >= self.batch_size:
-                    self._send(entity, "update", updates)
-                    updates = []
-        if creates:
-            self._send(entity, "create", creates)
-        if updates:
-            self._send(entity, "update", updates)
+        try:
+            for batch in self.staging.iter_target_batches(entity, among=among):
+                known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
+                linked = self.linked_records(batch)
+                self._save_issues()
+                for source_id, payload, _ in batch:
+                    if source_id in gone:
+                        continue
+                    existing = known.get(source_id)
+                    body = self.build_body(entity, source_id, payload, linked)
+                    digest = payload_hash(body)
+                    if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
+                        self._keep_target(entity, source_id, existing[0], digest, payload)
+                        continue
+                    if existing is None:
+                        creates.append(_Item(source_id, body, digest, payload=payload))
+                    elif existing[1] == digest:
+                        self.summary.unchanged[entity] += 1
+                        continue
+                    else:
+                        updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
+                    if len(creates) >= self.batch_size:
+                        self._send(entity, "create", creates)
+                        creates = []
+                    if len(updates) >= self.batch_size:
+                        self._send(entity, "update", updates)
+                        updates = []
+            if creates:
+                self._send(entity, "create", creates)
+            if updates:
+                self._send(entity, "update", updates)
+        finally:  # a run stopped in a batch keeps what the batch noted
+            self._save_issues()
+
+    def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
+        self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
+
+    def _save_issues(self) -> None:
+        """Save the issues noted, in one statement."""
+        if self._issue_rows:
+            self.staging.add_load_issues(self._issue_rows)
+            self._issue_rows = []
 
     def _keep_target(self, entity: str, source_id: str, target_id: str, digest: str, payload: dict[str, Any]) -> None:
         """A conflict (edited on both sides) under skip or target-wins: the target is not written.
@@ -344,8 +360,8 @@ class Loader:
         if self.on_conflict == "target-wins":
             self.staging.commit_batch(None, entity, [(source_id, target_id, digest)], self.run_id, [(source_id, payload)])
             return
-        self.staging.add_load_issue(
-            self.run_id, entity, source_id, "*", "conflict_skipped",
+        self._note_issue(
+            entity, source_id, "*", "conflict_skipped",
             f"{entity[:-1]} {source_id} changed in Pipedrive and was edited in Customermates since the last run; "
             "left as it is (--on-conflict source-wins overwrites, target-wins keeps Customermates' version for good)",
         )
@@ -504,11 +520,12 @@ class Loader:
 
     def _report_duplicate(self, entity: str, source_id: str, target_ids: list[str]) -> None:
         self.summary.duplicates_in_target.append({"entity": entity, "source_id": source_id, "target_ids": target_ids})
-        self.staging.add_load_issue(
-            self.run_id, entity, source_id, PIPEDRIVE_ID, "duplicate_in_target",
+        self._note_issue(
+            entity, source_id, PIPEDRIVE_ID, "duplicate_in_target",
             f"{len(target_ids)} Customermates records carry Pipedrive ID {source_id}: {', '.join(target_ids)}; "
             "the migration keeps writing to the first, the others are left alone",
         )
+        self._save_issues()
 
     def resolve_pending(self) -> None:
         """Settle batches a crashed run left pending (their outcome is unknown)."""

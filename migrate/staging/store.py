@@ -1252,8 +1252,11 @@ class Staging:
         ).fetchall()
         return dict(rows)
 
-    def add_load_issue(self, run_id: str, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
-        self.con.execute("INSERT INTO load_issues VALUES (?, ?, ?, ?, ?, ?)", [run_id, entity, source_id, field, rule, detail])
+    def add_load_issues(self, rows: list[tuple[str, str, str, str, str, str]]) -> None:
+        """(run id, entity, source id, field, rule, detail) rows, in one statement: a statement
+        is a commit of its own, a few milliseconds, and a run can have an issue for each link of
+        each record."""
+        self._insert_rows("load_issues", rows)
 
     # -- the last verify's findings ---------------------------------------------------------
     def clear_verify_findings(self) -> None:
