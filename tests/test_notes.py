@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -594,20 +593,21 @@ def test_truncation_never_uncovers_a_table_or_image():
     assert is_acceptable_notes(markdown) is None
 
 
-def test_three_megabyte_note_converts_and_composes_in_reasonable_time():
+def test_a_note_of_several_times_the_limit_converts_whole_and_is_cut_to_the_limit():
+    """300,000 characters of HTML, about three times the 65,535 characters once converted. How
+    long a note of megabytes takes is for `benchmarks/long_note.py` (7.5–9.4 s a megabyte on this
+    project's machine, in proportion to its length)."""
     chunk = (
         '<div>Call with <b>client</b> about <a href="https://example.com/offer">the offer</a> &amp; pricing | terms</div>'
         "<div>Second line 🚀 with <i>italic</i><br>after a break</div>"
         "<table><tr><th>Item</th><th>Qty</th></tr><tr><td>CRM</td><td>3</td></tr></table>"
         "<ul><li>point a</li><li>point b</li></ul><p><img src='https://img.example/x.png' alt='pic'></p>"
     )
-    html = chunk * (3_000_000 // len(chunk) + 1)
-    assert len(html) >= 3_000_000
-    started = time.monotonic()
+    html = chunk * (300_000 // len(chunk) + 1)
     markdown, truncated = compose_notes([NoteEntry("Anna Schmidt", "2024-03-01T10:20:00Z", html)])
-    elapsed = time.monotonic() - started
     assert truncated
-    assert notes_length(markdown) <= NOTES_LIMIT
+    (cut,) = TRUNCATION_LINE.findall(markdown)
+    assert int(re.search("[0-9]+", cut).group()) > NOTES_LIMIT  # the note was converted whole
+    assert NOTES_LIMIT - 100 < notes_length(markdown) <= NOTES_LIMIT
     assert markdown.startswith("**Anna Schmidt** · 2024-03-01 10:20 UTC\n\nCall with **client**")
     assert_customermates_safe(markdown)
-    assert elapsed < 60, f"3 MB note took {elapsed:.1f} s"
