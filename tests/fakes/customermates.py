@@ -866,6 +866,9 @@ def _link_mark(href: str) -> dict:
     }
 
 
+_INLINE_SPECIAL = re.compile(r"[\\\n`!\[<&*_~]")
+
+
 def _inline_items(text: str) -> list:
     """Tokenise inline markdown into text/break/code/link/delimiter items."""
     items: list = []
@@ -880,6 +883,12 @@ def _inline_items(text: str) -> list:
     n = len(text)
     while i < n:
         ch = text[i]
+        if not _INLINE_SPECIAL.match(ch):  # plain text up to the next character that may start something
+            special = _INLINE_SPECIAL.search(text, i)
+            j = special.start() if special else n
+            buf.append(text[i:j])
+            i = j
+            continue
         if ch == "\\" and i + 1 < n:
             nxt = text[i + 1]
             if nxt == "\n":
