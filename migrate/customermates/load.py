@@ -162,7 +162,6 @@ class Loader:
                 f"{label} owns {count} records but has no Customermates user with that email; kept in the "
                 "'Pipedrive owner' column (invite the user and run again to assign)",
             )
-        self._save_issues()
 
     # -- request bodies ---------------------------------------------------------------------
     def build_body(self, entity: str, source_id: str, payload: dict[str, Any], linked: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -243,14 +242,17 @@ class Loader:
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoadSummary:
         started = time.monotonic()
-        self.match_users()
-        self.resolve_pending()
-        context = self._body_context()
-        self.only_candidates = self.staging.meta(LOAD_CONTEXT_KEY) == context
-        if not self.only_candidates:  # until this load is complete, bodies may be of either context
-            self.staging.set_meta(LOAD_CONTEXT_KEY, None)
-        for entity in ENTITY_ORDER:
-            self.load_entity(entity)
+        try:
+            self.match_users()
+            self.resolve_pending()
+            context = self._body_context()
+            self.only_candidates = self.staging.meta(LOAD_CONTEXT_KEY) == context
+            if not self.only_candidates:  # until this load is complete, bodies may be of either context
+                self.staging.set_meta(LOAD_CONTEXT_KEY, None)
+            for entity in ENTITY_ORDER:
+                self.load_entity(entity)
+        finally:  # a load stopped or failed keeps the issues it noted
+            self._save_issues()
         self.staging.set_meta(LOAD_CONTEXT_KEY, context)
         self.summary.seconds = time.monotonic() - started
         return self.summary
@@ -294,7 +296,6 @@ class Loader:
                 entity, sid, "*", "deleted_in_target",
                 f"{entity[:-1]} {sid} was deleted in Customermates after it was migrated; not recreated ({advice})",
             )
-        self._save_issues()
 
     def load_entity(self, entity: str) -> None:
         """Write the entity's records that are new or whose body changed. When users and columns
@@ -310,45 +311,43 @@ class Loader:
             self.staging.mark_load_candidates(entity, LINK_ENTITY)
             among = "load_candidates"
             self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
-        try:
-            for batch in self.staging.iter_target_batches(entity, among=among):
-                known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
-                linked = self.linked_records(batch)
-                self._save_issues()
-                for source_id, payload, _ in batch:
-                    if source_id in gone:
-                        continue
-                    existing = known.get(source_id)
-                    body = self.build_body(entity, source_id, payload, linked)
-                    digest = payload_hash(body)
-                    if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
-                        self._keep_target(entity, source_id, existing[0], digest, payload)
-                        continue
-                    if existing is None:
-                        creates.append(_Item(source_id, body, digest, payload=payload))
-                    elif existing[1] == digest:
-                        self.summary.unchanged[entity] += 1
-                        continue
-                    else:
-                        updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
-                    if len(creates) >= self.batch_size:
-                        self._send(entity, "create", creates)
-                        creates = []
-                    if len(updates) >= self.batch_size:
-                        self._send(entity, "update", updates)
-                        updates = []
-            if creates:
-                self._send(entity, "create", creates)
-            if updates:
-                self._send(entity, "update", updates)
-        finally:  # a run stopped in a batch keeps what the batch noted
-            self._save_issues()
+        for batch in self.staging.iter_target_batches(entity, among=among):
+            known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
+            linked = self.linked_records(batch)
+            self._save_issues()  # those of the batch before: a batch's worth held at a time
+            for source_id, payload, _ in batch:
+                if source_id in gone:
+                    continue
+                existing = known.get(source_id)
+                body = self.build_body(entity, source_id, payload, linked)
+                digest = payload_hash(body)
+                if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
+                    self._keep_target(entity, source_id, existing[0], digest, payload)
+                    continue
+                if existing is None:
+                    creates.append(_Item(source_id, body, digest, payload=payload))
+                elif existing[1] == digest:
+                    self.summary.unchanged[entity] += 1
+                    continue
+                else:
+                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
+                if len(creates) >= self.batch_size:
+                    self._send(entity, "create", creates)
+                    creates = []
+                if len(updates) >= self.batch_size:
+                    self._send(entity, "update", updates)
+                    updates = []
+        if creates:
+            self._send(entity, "create", creates)
+        if updates:
+            self._send(entity, "update", updates)
 
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
 
     def _save_issues(self) -> None:
-        """Save the issues noted, in one statement."""
+        """Save the issues noted, in one statement (an issue a commit took a few ms each: a run
+        has one for every link of every record to a quarantined one)."""
         if self._issue_rows:
             self.staging.add_load_issues(self._issue_rows)
             self._issue_rows = []
@@ -525,7 +524,6 @@ class Loader:
             f"{len(target_ids)} Customermates records carry Pipedrive ID {source_id}: {', '.join(target_ids)}; "
             "the migration keeps writing to the first, the others are left alone",
         )
-        self._save_issues()
 
     def resolve_pending(self) -> None:
         """Settle batches a crashed run left pending (their outcome is unknown)."""
