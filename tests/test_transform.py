@@ -532,3 +532,55 @@ def test_a_mapping_file_that_is_not_valid_yaml_is_refused_with_its_name_and_the_
     message = str(refused.value)
     assert message.startswith(f"mapping file {tmp_path / 'columns.yaml'} is not valid YAML")
     assert "columns: [{key: x, label: X" in message and "^" in message
+
+
+WRONG_SHAPE_MARK = "shape-marker-7q"
+WRONG_SHAPES = {
+    "text": WRONG_SHAPE_MARK,
+    "an object without value": {"note": WRONG_SHAPE_MARK},
+    "a list of lists": [[WRONG_SHAPE_MARK]],
+    "a list of objects without value": [{"note": WRONG_SHAPE_MARK}],
+}
+
+
+# The links each collection's records make (`transform.entities`), read beside the columns
+LINK_FIELDS = {
+    "persons": ("org_id",), "deals": ("org_id", "person_id"), "deals_archived": ("org_id", "person_id"),
+    "leads": ("organization_id", "person_id"), "leads_archived": ("organization_id", "person_id"),
+    "activities": ("org_id", "person_id", "deal_id"),
+}
+
+
+def test_a_value_of_a_shape_its_column_does_not_read_is_kept_as_text_or_reported(sample_staging):
+    """Pipedrive sends typed values, but one of the wrong shape must not vanish without a word:
+    each value a declared or custom column reads, and each link, in three records of every
+    collection, replaced by text, objects and lists around a marker, shows the marker in the
+    record's payload or in an issue (where an object belongs, by text and lists only: an object
+    there is read as one)."""
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    silent, cases = [], 0
+    for collection in maker.sources:
+        if not sample_staging.has_collection(collection):
+            continue
+        rows = sample_staging.con.execute(
+            f"SELECT data FROM {store.raw_table(collection)} WHERE NOT coalesce(is_deleted, false) ORDER BY num_id, id LIMIT 3"
+        ).fetchall()
+        v1 = collection in records.V1_ENCODED
+        places = [column.path[:1] for column in maker.declared[collection] if column.path != ("id",)]
+        places += [(custom.code,) if v1 else ("custom_fields", custom.code) for custom in maker.custom[collection]]
+        places += [(name,) for name in LINK_FIELDS.get(collection, ())]
+        nested = {column.path[0] for column in maker.declared[collection] if len(column.path) > 1}
+        for (data,) in rows:
+            for path in dict.fromkeys(places):
+                for shape, value in WRONG_SHAPES.items():
+                    if path[-1] in nested and isinstance(value, dict):
+                        continue
+                    record = json.loads(data)
+                    (record.setdefault(path[0], {}) if len(path) > 1 else record)[path[-1]] = value
+                    made = maker.make(records.Batch(collection, [(json.dumps(record), [], [])], {}))
+                    cases += 1
+                    shown = [made.rows[0][2].casefold(), *(issue[4].casefold() for issue in made.issues)]  # a status is capitalised
+                    if not any(WRONG_SHAPE_MARK in text for text in shown):
+                        silent.append((collection, record["id"], ".".join(path), shape))
+    assert cases > 2000
+    assert silent == []

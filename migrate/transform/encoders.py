@@ -56,12 +56,14 @@ class RecordOut:
     registry: ColumnRegistry
     values: dict[str, str] = field(default_factory=dict)
     issues: list[tuple[str, str, str]] = field(default_factory=list)
+    written: int = 0  # values put so far (a value put twice counts twice)
 
     def put(self, spec: ColumnSpec, value: str | None) -> None:
         if value is None or value == "":
             return
         spec.used = True
         self.values[spec.key] = value
+        self.written += 1
 
     def issue(self, field_name: str, rule: str, detail: str) -> None:
         self.issues.append((field_name, rule, detail))
@@ -69,11 +71,16 @@ class RecordOut:
 
 Encoder = Callable[[Any, dict[str, Any], ColumnSpec, Field, Lookups, RecordOut], None]
 ENCODERS: dict[str, Encoder] = {}
+# Encoders whose value is a key to what they write (a deal's id to its product lines), not the
+# content: writing nothing for it is no sign of a value they could not read.
+KEYED: set[Encoder] = set()
 
 
-def encoder(name: str) -> Callable[[Encoder], Encoder]:
+def encoder(name: str, *, keyed: bool = False) -> Callable[[Encoder], Encoder]:
     def register(fn: Encoder) -> Encoder:
         ENCODERS[name] = fn
+        if keyed:
+            KEYED.add(fn)
         return fn
 
     return register
@@ -109,10 +116,21 @@ def _number(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         out.issue(fld.name, "number_kept_as_text", f"{value!r} is not a number; kept as text")
 
 
+def _flag(value: Any) -> bool:
+    """A yes/no value as Pipedrive writes them: a boolean, 0 or 1, or those as text."""
+    if isinstance(value, str):
+        value = value.strip().lower()
+    if value in (True, 1, "1", "true"):
+        return True
+    if value in (False, 0, "0", "false", ""):
+        return False
+    raise ValueError("not a yes/no value")
+
+
 @encoder("yes_no")
 def _yes_no(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value is not None:
-        out.put(spec, "Yes" if value in (True, 1, "1", "true") else "No")
+        out.put(spec, "Yes" if _flag(value) else "No")
 
 
 def _checked(out: RecordOut, spec: ColumnSpec, fld: Field, value: Any, convert: Callable[[Any], str | None]) -> None:
@@ -198,6 +216,8 @@ def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 
 
 def _option_label(value: Any, fld: Field) -> str:
+    if isinstance(value, dict) and value.get("id") is None and not value.get("label"):
+        raise ValueError("an object with neither an option id nor a label")
     key = str(value.get("id") if isinstance(value, dict) else value).strip()
     if key in fld.options:
         return fld.options[key]
@@ -374,7 +394,7 @@ def _deal_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Loo
         _choose(spec, out, DEAL_STATUS_LABELS.get(str(value), str(value).capitalize()))
 
 
-@encoder("lead_status")
+@encoder("lead_status", keyed=True)
 def _lead_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     out.put(spec, DEAL_STATUS_LABELS["lead"])
 
@@ -387,7 +407,7 @@ def _activity_type(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 
 @encoder("done")
 def _done(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, DONE_LABELS[1] if value in (True, 1, "1") else DONE_LABELS[0])
+    out.put(spec, DONE_LABELS[1] if value is not None and _flag(value) else DONE_LABELS[0])
 
 
 @encoder("attendees")
@@ -405,6 +425,8 @@ def _attendees(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Looku
 @encoder("prices")
 def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if isinstance(value, list):
+        if any(isinstance(p, dict) and "price" not in p for p in value):
+            raise ValueError("a price without 'price'")
         parts = [
             f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip()
             for p in value
@@ -413,7 +435,7 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         out.put(spec, "; ".join(parts) or None)
 
 
-@encoder("deal_products")
+@encoder("deal_products", keyed=True)
 def _deal_products(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     rows = lk.deal_products.get(str(value), [])
     parts = []

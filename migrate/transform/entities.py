@@ -45,6 +45,10 @@ def _id(value: Any) -> str | None:
 def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> None:
     target = _id(pipedrive_id)
     if target is None:
+        if isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and any(
+            item not in (None, "", [], {}) for item in pipedrive_id.values()
+        ):
+            core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is an object with neither value nor id; link dropped"))
         return
     entity = LINK_ENTITY[key]
     if target not in known[entity]:

@@ -33,7 +33,14 @@ from migrate.staging.keys import REPLACED_CHARACTERS
 from migrate.transform import entities, notes
 from migrate.transform import values as v
 from migrate.transform.columns import PIPEDRIVE_ID, ColumnRegistry, ColumnSpec
-from migrate.transform.encoders import ENCODERS, Encoder, Field, Lookups, RecordOut
+from migrate.transform.encoders import (
+    ENCODERS,
+    KEYED,
+    Encoder,
+    Field,
+    Lookups,
+    RecordOut,
+)
 from migrate.transform.lookups import LookupLog
 from migrate.transform.mapping import ColumnDecl
 
@@ -181,11 +188,16 @@ class RecordMaker:
         out.put(self.registry.get(entity, PIPEDRIVE_ID), sid)
         for column in self.declared[collection]:
             value = _get(record, column.path)
+            if value is None and len(column.path) > 1 and not isinstance(parent := record.get(column.path[0]), dict) and _content(parent):
+                self._keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
+                continue
             if column.currency_path:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
             self._encode(column.encoder, value, record, column.spec, column.field, out)
-        custom_values = record if collection in V1_ENCODED else (record.get("custom_fields") or {})
-        if not isinstance(custom_values, dict):
+        custom_values = record if collection in V1_ENCODED else record.get("custom_fields")
+        if custom_values is None:
+            custom_values = {}
+        elif not isinstance(custom_values, dict):
             out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {_as_entered(custom_values)!r}, not an object: no custom field value could be read")
             custom_values = {}
         for custom in self.custom[collection]:
@@ -206,14 +218,23 @@ class RecordMaker:
 
     def _encode(self, encoder: Encoder, value: Any, record: dict[str, Any], spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
         """Run one encoder. A value it cannot read (text where a number belongs, say) is kept as
-        text in '<column> (as entered)' and reported with its record and field: never a traceback."""
+        text in '<column> (as entered)' and reported with its record and field: never a traceback.
+        So is a value of a shape it passes over, writing and reporting nothing (an object where text
+        belongs, a list of lists): never dropped without a word."""
+        before = (out.written, len(out.issues))
         try:
             encoder(value, record, spec, fld, self.lookups, out)
         except (ValueError, TypeError, AttributeError) as exc:
-            text = _as_entered(value)
-            fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
-            out.put(fallback, text)
-            out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({exc}); kept as text in '{fallback.label}'")
+            self._keep_as_entered(value, spec, fld, out, str(exc))
+            return
+        if (out.written, len(out.issues)) == before and encoder not in KEYED and _content(value):
+            self._keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
+
+    def _keep_as_entered(self, value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, reason: str) -> None:
+        text = _as_entered(value)
+        fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
+        out.put(fallback, text)
+        out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
@@ -382,6 +403,31 @@ def _as_entered(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_as_entered(v) for v in value)
     return str(value)
+
+
+def _content(value: Any) -> str:
+    """What of a value a column could show: an object's `value` when it has one (the rest is labels
+    and flags, as in an empty phone item), else all of it; "" for null, false and empty shapes."""
+    if value is None or value is False:
+        return ""
+    if isinstance(value, dict):
+        parts = [value["value"]] if "value" in value else list(value.values())
+        return " ".join(text for text in map(_content, parts) if text)
+    if isinstance(value, list):
+        return ", ".join(text for text in map(_content, value) if text)
+    return str(value).strip()
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "text"
 
 
 def _deleted(record: dict[str, Any]) -> bool:
