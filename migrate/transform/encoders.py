@@ -133,15 +133,19 @@ def _yes_no(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         out.put(spec, "Yes" if _flag(value) else "No")
 
 
-def _checked(out: RecordOut, spec: ColumnSpec, fld: Field, value: Any, convert: Callable[[Any], str | None]) -> None:
+def _checked(
+    out: RecordOut, spec: ColumnSpec, fld: Field, value: Any, convert: Callable[[Any], str | None], entered: str | None = None
+) -> None:
+    """Write `convert(value)`; a value it refuses goes verbatim (`entered`, by default the value as
+    text) to '<column> (as entered)', reported."""
     if value is None or value == "":
         return
     try:
         out.put(spec, convert(value))
     except (ValueError, TypeError) as exc:
         fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
-        out.put(fallback, str(value))
-        out.issue(fld.name, "invalid_value_kept_as_text", f"{value!r}: {exc}; kept as text in '{fallback.label}'")
+        out.put(fallback, str(value) if entered is None else entered)
+        out.issue(fld.name, "invalid_value_kept_as_text", f"{value if entered is None else entered!r}: {exc}; kept as text in '{fallback.label}'")
 
 
 @encoder("date")
@@ -156,7 +160,15 @@ def _datetime(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookup
 
 @encoder("due")
 def _due(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    _checked(out, spec, fld, value, lambda d: v.combine_date_time(d, record.get("due_time")))
+    """An activity's `due_date` and `due_time` in one value; refused, both go to 'as entered'."""
+    time = record.get("due_time")
+    if time in (None, ""):
+        _checked(out, spec, fld, value, v.to_date)
+        return
+    entered = f"{'' if value is None else value} {time}".strip()
+    if value in (None, ""):
+        value = entered  # a time without a date: refused below, kept as entered
+    _checked(out, spec, fld, value, lambda d: v.combine_date_time(d, time), entered)
 
 
 @encoder("date_range")

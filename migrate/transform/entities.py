@@ -71,7 +71,8 @@ def contact_core(record: dict[str, Any], known: Known) -> Core:
     if not first and last:
         first, last = last, ""
     given = v.as_list(record.get("emails") or record.get("email"))
-    emails = [e if isinstance(e, dict) else {"value": v.as_plain_text(e)} for e in given]
+    # an item without "value" is kept whole, as text: no address, so it goes with the invalid ones
+    emails = [e if isinstance(e, dict) and "value" in e else {"value": v.as_plain_text(e)} for e in given]
     emails = [e for e in emails if e.get("value")]
     emails.sort(key=lambda e: not e.get("primary"))
     valid: list[str] = []
@@ -195,7 +196,12 @@ def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) 
         subject = type_names.get(str(record.get("type")), "") or "(no subject)"
         core.issues.append(("subject", "name_missing", f"the activity has no subject; named {subject!r}"))
     core.fields = {"name": subject}
-    people = [record.get("person_id")] + [p.get("person_id") for p in v.as_list(record.get("participants")) if isinstance(p, dict)]
+    people = [record.get("person_id")]
+    for participant in v.as_list(record.get("participants")):
+        if isinstance(participant, dict) and "person_id" in participant:
+            people.append(participant["person_id"])
+        elif participant not in (None, "", [], {}):
+            core.issues.append(("participants", "link_unreadable", f"{participant!r} is not a participant (an object with person_id); not linked"))
     for person in people:
         _link(core, "contactIds", person, known, "participants")
     _link(core, "organizationIds", record.get("org_id"), known, "org_id")

@@ -262,7 +262,7 @@ def decimal_string(value: float | int | str | Decimal | None) -> str | None:
 
 
 def _parse_time(value: str) -> tuple[int, int, int]:
-    match = _TIME.fullmatch(value.strip())
+    match = _TIME.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
         raise ValueError(f"not a recognised time: {value!r}")
     hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
