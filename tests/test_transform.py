@@ -124,6 +124,17 @@ def test_zero_price_product_is_carried_with_minimum_amount_and_reported(staged):
     assert targets(staging, "services")[issue["source_id"]]["fields"]["amount"] == 0.01
 
 
+def test_a_deal_product_line_carries_its_discount_tax_billing_terms_and_comment(staged):
+    staging, _ = staged
+    lines = targets(staging, "deals")["22"]["values"]["products"]
+    assert (
+        "3 × Mobile App Add-on @ 18.39 EUR (tax 19% exclusive) (monthly, 12 cycles, from 2022-06-10) (comment: Rabatt laut Rahmenvertrag)"
+        in lines.split("; ")
+    )
+    one_time = targets(staging, "deals")["23"]["values"]["products"].split("; ")
+    assert "3 × Nordlicht CRM Lizenz (pro Nutzer/Monat) @ 49 EUR (discount 5%) (tax 19% inclusive) (comment: Rabatt laut Rahmenvertrag)" in one_time
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3

@@ -457,7 +457,31 @@ def _deal_products(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
         if row.get("discount"):
             unit = "%" if row.get("discount_type") == "percentage" else f" {row.get('currency') or ''}".rstrip()
             text += f" (discount {v.decimal_string(row['discount'])}{unit})"
+        for terms in (_line_tax(row), _line_billing(row)):
+            if terms:
+                text += f" ({terms})"
         if row.get("is_enabled") is False:
             text += " (disabled)"
+        if comment := " ".join(v.as_plain_text(row.get("comments")).split()):
+            text += f" (comment: {comment})"
         parts.append(text)
     out.put(spec, "; ".join(parts) or None)
+
+
+def _line_tax(row: dict[str, Any]) -> str:
+    """A deal product line's tax: "tax 19% inclusive"; "" for none."""
+    tax = row.get("tax")
+    if tax in (None, "", 0):
+        return ""
+    rate = v.decimal_string(tax) if v.finite_number(tax) is not None else v.as_plain_text(tax)
+    method = row.get("tax_method")
+    return f"tax {rate}%" + (f" {method}" if method in ("inclusive", "exclusive") else "")
+
+
+def _line_billing(row: dict[str, Any]) -> str:
+    """A subscription line's billing: "monthly, 12 cycles, from 2024-03-01"; "" for a one-time line."""
+    frequency = v.as_plain_text(row.get("billing_frequency")).strip()
+    if not frequency or frequency == "one-time":
+        return ""
+    cycles, start = row.get("billing_frequency_cycles"), v.as_plain_text(row.get("billing_start_date")).strip()
+    return ", ".join([frequency, *([f"{v.as_plain_text(cycles)} cycles"] if cycles not in (None, "", 0) else []), *([f"from {start}"] if start else [])])
