@@ -135,6 +135,15 @@ def test_a_deal_product_line_carries_its_discount_tax_billing_terms_and_comment(
     assert "3 × Nordlicht CRM Lizenz (pro Nutzer/Monat) @ 49 EUR (discount 5%) (tax 19% inclusive) (comment: Rabatt laut Rahmenvertrag)" in one_time
 
 
+def test_an_activity_keeps_its_video_meeting(staged):
+    staging, _ = staged
+    tasks = targets(staging, "tasks")
+    with_meeting = [p["values"] for p in tasks.values() if "meeting_link" in p["values"]]
+    assert len(with_meeting) == 8  # the sample's activities with a conference_meeting_url
+    assert {"meeting_link": "https://meet.google.com/20a-0027-abc", "meeting_client": "google_meet", "meeting_id": "meet-27"}.items() <= with_meeting[0].items()
+    assert columns(staging, "tasks")["Meeting link"]["type"] == "link"
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3
