@@ -144,6 +144,20 @@ def test_an_activity_keeps_its_video_meeting(staged):
     assert columns(staging, "tasks")["Meeting link"]["type"] == "link"
 
 
+def test_a_deal_keeps_its_recurring_revenue_and_a_lead_whether_it_was_archived(staged):
+    staging, _ = staged
+    deals = targets(staging, "deals")
+    mrr = {sid: p["values"] for sid, p in deals.items() if any(key.startswith("mrr:") for key in p["values"])}
+    staged_deals = [*staging.iter_raw("deals"), *staging.iter_raw("deals_archived")]
+    raw = {str(d["id"]): d for d in staged_deals if d.get("mrr") and not d.get("is_deleted")}
+    assert mrr and set(mrr) == set(raw)
+    sid, deal = next(iter(raw.items()))
+    assert mrr[sid][f"mrr:{deal['currency'].lower()}"] == records.v.decimal_string(deal["mrr"])
+    assert columns(staging, "deals")[f"MRR ({deal['currency'].upper()})"]["type"] == "currency"
+    archived = {p["values"].get("lead_archived") for sid, p in deals.items() if sid.startswith("lead:")}
+    assert archived == {"Yes", "No"}
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3
