@@ -158,6 +158,15 @@ def test_a_deal_keeps_its_recurring_revenue_and_a_lead_whether_it_was_archived(s
     assert archived == {"Yes", "No"}
 
 
+def test_a_lead_keeps_its_source_channel_by_the_deal_fields_label(sample_staging):
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    channel = next(f for f in sample_staging.iter_raw("dealFields") if f.get("field_code") == "channel")
+    option = channel["options"][0]
+    lead = next(sample_staging.iter_raw("leads"))
+    made = maker.make(records.Batch("leads", [(json.dumps({**lead, "channel": option["id"]}), [], [])], {}))
+    assert json.loads(made.rows[0][2])["values"]["channel"] == option["label"]
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3
