@@ -167,6 +167,11 @@ def test_a_lead_keeps_its_source_channel_by_the_deal_fields_label(sample_staging
     assert json.loads(made.rows[0][2])["values"]["channel"] == option["label"]
 
 
+def test_a_service_keeps_every_price_with_its_cost_and_note(staged):
+    staging, _ = staged
+    assert targets(staging, "services")["1"]["values"]["prices"] == "49 EUR (cost 8, Listenpreis); 52 CHF (cost 9, Sonderpreis Schweiz)"
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3

@@ -440,11 +440,23 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         if any(isinstance(p, dict) and "price" not in p for p in value):
             raise ValueError("a price without 'price'")
         parts = [
-            f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip()
+            f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() + _price_terms(p)
             for p in value
             if isinstance(p, dict)
         ]
         out.put(spec, "; ".join(parts) or None)
+
+
+def _price_terms(price: dict[str, Any]) -> str:
+    """A product price's cost, direct cost and note: " (cost 8, Listenpreis)"; "" when none."""
+    terms = [
+        f"{name} {v.decimal_string(amount) if v.finite_number(amount) is not None else v.as_plain_text(amount)}"
+        for name, amount in (("cost", price.get("cost")), ("direct cost", price.get("direct_cost")))
+        if amount not in (None, "", 0)
+    ]
+    if note := " ".join(v.as_plain_text(price.get("notes")).split()):
+        terms.append(note)
+    return f" ({', '.join(terms)})" if terms else ""
 
 
 @encoder("deal_products", keyed=True)
