@@ -172,6 +172,14 @@ def test_a_service_keeps_every_price_with_its_cost_and_note(staged):
     assert targets(staging, "services")["1"]["values"]["prices"] == "49 EUR (cost 8, Listenpreis); 52 CHF (cost 9, Sonderpreis Schweiz)"
 
 
+def test_a_note_whose_records_are_all_gone_is_reported_not_dropped(staged):
+    staging, _ = staged
+    assert [(i["entity"], i["source_id"], i["detail"]) for i in issues(staging, "note_not_attached")] == [
+        ("notes", "40", "Pipedrive note 40 is attached only to deal 32, deleted or missing in Pipedrive; not migrated"),
+        ("notes", "50", "Pipedrive note 50 is attached only to organization 40, deleted or missing in Pipedrive; not migrated"),
+    ]
+
+
 def test_deleted_records_are_not_transformed_but_reported(staged):
     staging, summary = staged
     assert summary.skipped["contacts"] == 3

@@ -139,6 +139,9 @@ ALTER TABLE id_map ADD COLUMN IF NOT EXISTS created_by_run VARCHAR;
 """
 
 
+NOTE_UNATTACHED = "note_not_attached"  # the rule of a note that joins no migrated record
+
+
 def raw_table(collection: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", collection):
         raise ValueError(f"not a collection name: {collection!r}")
@@ -669,6 +672,27 @@ class Staging:
                     {"e": [c["entity"] for c in columns], "k": [c["key"] for c in columns], "s": [json.dumps(c) for c in columns]},
                 )
             self.add_transform_issues(issues)
+
+    def note_unattached_issues(self, targets: Sequence[tuple[str, str, str]]) -> None:
+        """Replace the issues of the notes that join no migrated record: every record the note names
+        (`targets`: the note's JSON field, the record's entity, its id prefix) is deleted or missing
+        in Pipedrive, or it names none. Found in SQL over the whole output, so a transform that made
+        only some records again gives the same rows as one that made them all."""
+        self.con.execute(f"DELETE FROM transform_issues WHERE rule = '{NOTE_UNATTACHED}'")
+        if not self.has_collection("notes"):
+            return
+        attached = " OR ".join(
+            f"coalesce('{prefix}' || (data->>'{field}') IN (SELECT source_id FROM target_records WHERE entity = '{entity}'), false)"
+            for field, entity, prefix in targets
+        )
+        named = ", ".join(f"'{entity[:-1]} {prefix}' || (data->>'{field}')" for field, entity, prefix in targets)
+        self.con.execute(
+            f"INSERT INTO transform_issues SELECT 'notes', id, 'notes', '{NOTE_UNATTACHED}', 'Pipedrive note ' || id || "
+            f"CASE WHEN n = '' THEN ' is attached to no contact, organization, deal or lead' "
+            "ELSE ' is attached only to ' || n || ', deleted or missing in Pipedrive' END || '; not migrated' "
+            f"FROM (SELECT id, concat_ws(', ', {named}) AS n FROM {raw_table('notes')} "
+            f"WHERE NOT coalesce(is_deleted, false) AND NOT ({attached}))"
+        )
 
     def _check_unique_targets(self) -> None:
         twice = self.con.execute(
