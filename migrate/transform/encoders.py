@@ -68,6 +68,13 @@ class RecordOut:
     def issue(self, field_name: str, rule: str, detail: str) -> None:
         self.issues.append((field_name, rule, detail))
 
+    def put_as_entered(self, spec: ColumnSpec, text: str) -> ColumnSpec:
+        """Put `text` verbatim in '<column> (as entered)', where a value goes that `spec` cannot
+        hold; returns that column, which the issue reporting it names."""
+        fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
+        self.put(fallback, text)
+        return fallback
+
 
 Encoder = Callable[[Any, dict[str, Any], ColumnSpec, Field, Lookups, RecordOut], None]
 ENCODERS: dict[str, Encoder] = {}
@@ -143,8 +150,7 @@ def _checked(
     try:
         out.put(spec, convert(value))
     except (ValueError, TypeError) as exc:
-        fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
-        out.put(fallback, str(value) if entered is None else entered)
+        fallback = out.put_as_entered(spec, str(value) if entered is None else entered)
         out.issue(fld.name, "invalid_value_kept_as_text", f"{value if entered is None else entered!r}: {exc}; kept as text in '{fallback.label}'")
 
 
@@ -317,8 +323,7 @@ def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Looku
         good = good[:1]
     out.put(spec, ",".join(good) or None)
     if bad:
-        fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
-        out.put(fallback, ", ".join(bad))
+        fallback = out.put_as_entered(spec, ", ".join(bad))
         for raw in bad:
             out.issue(fld.name, "phone_not_e164", f"{raw!r} cannot be normalised to E.164; kept as text in '{fallback.label}'")
 
@@ -356,8 +361,7 @@ def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
     if url.startswith(("https://", "http://", "mailto:", "tel:")) and " " not in url and "." in url and _parses(url):
         out.put(spec, url)
         return
-    fallback = out.registry.variant(spec, "as_entered", "as entered", "plain")
-    out.put(fallback, text)
+    fallback = out.put_as_entered(spec, text)
     out.issue(fld.name, "link_invalid", f"{text!r} is not a usable URL; kept as text in '{fallback.label}'")
 
 

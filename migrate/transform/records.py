@@ -189,7 +189,7 @@ class RecordMaker:
         for column in self.declared[collection]:
             value = _get(record, column.path)
             if value is None and len(column.path) > 1 and not isinstance(parent := record.get(column.path[0]), dict) and _content(parent):
-                self._keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
+                _keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
                 continue
             if column.currency_path:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
@@ -225,16 +225,10 @@ class RecordMaker:
         try:
             encoder(value, record, spec, fld, self.lookups, out)
         except (ValueError, TypeError, AttributeError) as exc:
-            self._keep_as_entered(value, spec, fld, out, str(exc))
+            _keep_as_entered(value, spec, fld, out, str(exc))
             return
         if (out.written, len(out.issues)) == before and encoder not in KEYED and _content(value):
-            self._keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
-
-    def _keep_as_entered(self, value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, reason: str) -> None:
-        text = _as_entered(value)
-        fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
-        out.put(fallback, text)
-        out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
+            _keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
@@ -403,6 +397,12 @@ def _as_entered(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_as_entered(v) for v in value)
     return str(value)
+
+
+def _keep_as_entered(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, reason: str) -> None:
+    text = _as_entered(value)
+    fallback = out.put_as_entered(spec, text)
+    out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
 
 
 def _content(value: Any) -> str:
