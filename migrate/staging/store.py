@@ -681,17 +681,20 @@ class Staging:
         self.con.execute(f"DELETE FROM transform_issues WHERE rule = '{NOTE_UNATTACHED}'")
         if not self.has_collection("notes"):
             return
+        # each note's JSON parsed once for all its fields (a note can be megabytes: see `_notes_for`)
+        paths = [f"$.{field}" for field, _, _ in targets]
         attached = " OR ".join(
-            f"coalesce('{prefix}' || (data->>'{field}') IN (SELECT source_id FROM target_records WHERE entity = '{entity}'), false)"
-            for field, entity, prefix in targets
+            f"coalesce('{prefix}' || (f[{i}]->>'$') IN (SELECT source_id FROM target_records WHERE entity = '{entity}'), false)"
+            for i, (_, entity, prefix) in enumerate(targets, 1)
         )
-        named = ", ".join(f"'{entity[:-1]} {prefix}' || (data->>'{field}')" for field, entity, prefix in targets)
+        named = ", ".join(f"'{entity[:-1]} {prefix}' || (f[{i}]->>'$')" for i, (_, entity, prefix) in enumerate(targets, 1))
         self.con.execute(
             f"INSERT INTO transform_issues SELECT 'notes', id, 'notes', '{NOTE_UNATTACHED}', 'Pipedrive note ' || id || "
             f"CASE WHEN n = '' THEN ' is attached to no contact, organization, deal or lead' "
             "ELSE ' is attached only to ' || n || ', deleted or missing in Pipedrive' END || '; not migrated' "
-            f"FROM (SELECT id, concat_ws(', ', {named}) AS n FROM {raw_table('notes')} "
-            f"WHERE NOT coalesce(is_deleted, false) AND NOT ({attached}))"
+            f"FROM (SELECT id, concat_ws(', ', {named}) AS n FROM "
+            f"(SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)) "
+            f"WHERE NOT ({attached}))"
         )
 
     def _check_unique_targets(self) -> None:
