@@ -451,10 +451,15 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         out.put(spec, "; ".join(parts) or None)
 
 
+def _amount_text(amount: Any) -> str:
+    """A cost or a tax rate in a line of text: a plain decimal when it is a number, else as given."""
+    return v.decimal_string(amount) if v.finite_number(amount) is not None else v.as_plain_text(amount)
+
+
 def _price_terms(price: dict[str, Any]) -> str:
     """A product price's cost, direct cost and note: " (cost 8, Listenpreis)"; "" when none."""
     terms = [
-        f"{name} {v.decimal_string(amount) if v.finite_number(amount) is not None else v.as_plain_text(amount)}"
+        f"{name} {_amount_text(amount)}"
         for name, amount in (("cost", price.get("cost")), ("direct cost", price.get("direct_cost")))
         if amount not in (None, "", 0)
     ]
@@ -489,9 +494,8 @@ def _line_tax(row: dict[str, Any]) -> str:
     tax = row.get("tax")
     if tax in (None, "", 0):
         return ""
-    rate = v.decimal_string(tax) if v.finite_number(tax) is not None else v.as_plain_text(tax)
     method = row.get("tax_method")
-    return f"tax {rate}%" + (f" {method}" if method in ("inclusive", "exclusive") else "")
+    return f"tax {_amount_text(tax)}%" + (f" {method}" if method in ("inclusive", "exclusive") else "")
 
 
 def _line_billing(row: dict[str, Any]) -> str:
