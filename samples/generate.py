@@ -152,6 +152,7 @@ TIMEZONES = {
     "Europe/Paris": 277, "Europe/Warsaw": 281, "Europe/Prague": 276, "Europe/Copenhagen": 262,
     "Europe/London": 318, "Europe/Stockholm": 279,
 }
+MARKETING_STATUSES = ("subscribed", "no_consent", "no_consent", "subscribed", "unsubscribed", "archived", None)
 FREEMAIL = ("gmx.de", "web.de", "t-online.de", "gmail.com", "outlook.com", "posteo.de", "bluewin.ch", "gmx.at")
 JOB_TITLES = (
     "Geschäftsführer", "Geschäftsführerin", "Einkaufsleiter", "Leiterin Vertrieb", "IT-Leiter",
@@ -1017,6 +1018,9 @@ class _Account:
                 "birthday": d(START - rng.randint(25, 60) * 365 * DAY) if synced and rng.random() < 0.4 else None,
                 "job_title": JOB_TITLES[rng.randrange(len(JOB_TITLES))] if rng.random() < 0.5 else None,
                 "postal_address": self.address(city) if synced and rng.random() < 0.5 else None,
+                # an optional response field (Pipedrive sends it only when `include_fields` names it); from the
+                # id's hash, not the generator's random stream, so that every other value stays as it was
+                "marketing_status": MARKETING_STATUSES[self.h(6, pid) % len(MARKETING_STATUSES)],
             })
 
     def write_products(self) -> None:

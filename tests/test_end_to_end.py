@@ -196,6 +196,21 @@ def test_custom_field_values_arrive_typed(migrated, sample_dir, customermates):
     assert {"enum", "date", "varchar"} <= seen_types
 
 
+def test_an_optional_response_field_is_asked_for_and_arrives(migrated, sample_dir, customermates):
+    """Pipedrive sends a person's `marketing_status` only when `include_fields` names it (contract §7.2)."""
+    options = {o["id"]: o["label"] for f in read(sample_dir, "personFields") if f["field_code"] == "marketing_status" for o in f["options"]}
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Marketing status")
+    labels = {o["value"]: o["label"] for o in column["options"]["options"]}
+    contacts = by_pipedrive_id(customermates, "contacts")
+    expected = {str(p["id"]): options[p["marketing_status"]] for p in live(read(sample_dir, "persons")) if p.get("marketing_status")}
+    arrived = {
+        pid: labels[value["value"]]
+        for pid, (record, *_) in contacts.items()
+        for value in record["customFieldValues"] if value["columnId"] == column["id"] and value["value"]
+    }
+    assert len(expected) > 50 and arrived == expected
+
+
 def test_notes_arrive_as_markdown_on_their_records(migrated, sample_dir, customermates):
     contacts = by_pipedrive_id(customermates, "contacts")
     deals = by_pipedrive_id(customermates, "deals")

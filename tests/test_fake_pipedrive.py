@@ -175,6 +175,9 @@ def test_include_fields_and_option_labels(client, snapshot):
         counts[row["deal_id"]] = counts.get(row["deal_id"], 0) + 1
     assert all(d["products_count"] == counts.get(d["id"], 0) for d in deals)
     assert all("products_count" not in d for d in client.get("/api/v2/deals").json()["data"])
+    assert not any("marketing_status" in p for p in client.get("/api/v2/persons", params={"limit": 500}).json()["data"])
+    asked = client.get("/api/v2/persons", params={"limit": 500, "include_fields": "marketing_status"}).json()["data"]
+    assert [p.get("marketing_status") for p in asked] == [p.get("marketing_status") for p in snapshot["persons"]]
     enum_field = next(f for f in snapshot["dealFields"] if f["is_custom_field"] and f["field_type"] == "enum")
     labelled = client.get("/api/v2/deals", params={"limit": 500, "include_option_labels": "true"}).json()["data"]
     values = [d["custom_fields"][enum_field["field_code"]] for d in labelled if d["custom_fields"][enum_field["field_code"]]]

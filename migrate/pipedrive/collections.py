@@ -47,7 +47,8 @@ COLLECTIONS: tuple[Collection, ...] = (
     Collection("pipelines", "/api/v2/pipelines", "cursor", 5),
     Collection("stages", "/api/v2/stages", "cursor", 5),
     Collection("organizations", "/api/v2/organizations", "cursor", 10, incremental=True),
-    Collection("persons", "/api/v2/persons", "cursor", 10, incremental=True),
+    # `marketing_status` is an optional response field (contract §7.2): sent only when asked for
+    Collection("persons", "/api/v2/persons", "cursor", 10, {"include_fields": "marketing_status"}, incremental=True),
     Collection("products", "/api/v2/products", "cursor", 10, incremental=True),
     Collection(
         "deals", "/api/v2/deals", "cursor", 10,

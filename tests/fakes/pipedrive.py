@@ -58,7 +58,8 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   ``shared_served`` counts those the window took.
 * v1 ``limit`` above 500 is silently capped to 500 (v2 answers 400). Pagination is nested under
   ``additional_data.pagination`` for every v1 list.
-* ``include_fields``: activities carry ``attendees`` only when asked for; deals carry
+* ``include_fields``: a field its *Fields metadata marks ``is_optional_response_field`` (such as a
+  person's ``marketing_status``) comes only when asked for, and so do activities' ``attendees``; deals carry
   ``products_count`` only when asked for (computed from the ``deal_products`` collection).
 * ``RequestRecord.time`` is ``time.monotonic()``.
 
@@ -201,6 +202,10 @@ V2_LISTS: dict[str, _V2List] = {
     "dealFields": _V2List("dealFields", 10, sorts=(), positional=True),
     "productFields": _V2List("productFields", 10, sorts=(), positional=True),
     "activityFields": _V2List("activityFields", 10, sorts=(), positional=True),
+}
+FIELDS_OF = {  # the *Fields collection that describes a list's records
+    "persons": "personFields", "organizations": "organizationFields", "deals": "dealFields", "deals_archived": "dealFields",
+    "products": "productFields", "activities": "activityFields",
 }
 V2_SINGLE = {"persons": ("persons",), "organizations": ("organizations",), "deals": ("deals", "deals_archived"),
              "products": ("products",), "activities": ("activities",), "pipelines": ("pipelines",), "stages": ("stages",)}
@@ -755,7 +760,11 @@ class FakePipedrive:
         if spec is None:
             return lambda record: record
         include = {x.strip() for x in query.get("include_fields", "").split(",") if x.strip()}
-        drop_attendees = spec.collection == "activities" and "attendees" not in include
+        withheld = {  # contract §8.2: a field marked `is_optional_response_field` comes only when asked for
+            f.get("field_code") for f in self.collections.get(FIELDS_OF.get(spec.collection, ""), []) if f.get("is_optional_response_field")
+        } - include - {"products_count"}
+        if spec.collection == "activities" and "attendees" not in include:
+            withheld.add("attendees")
         deals = spec.collection in ("deals", "deals_archived")
         count_products = deals and "products_count" in include
         custom_keys = {k for k in query["custom_fields"].split(",") if k} if query.get("custom_fields") else None
@@ -764,8 +773,8 @@ class FakePipedrive:
 
         def present(record: dict[str, Any]) -> dict[str, Any]:
             out = dict(record)
-            if drop_attendees:
-                out.pop("attendees", None)
+            for name in withheld:
+                out.pop(name, None)
             if count_products:
                 out["products_count"] = len(self._products_by_deal().get(record.get("id"), []))
             elif deals:
