@@ -677,6 +677,22 @@ def test_invalid_custom_values_get_400_with_the_server_message(cm, api, columns,
     assert cm.records("contacts") == []
 
 
+@pytest.mark.parametrize("item", [
+    {"firstName": "An\x00na", "lastName": "B"},
+    {"firstName": "A", "lastName": "B", "customFieldValues": [{"columnId": "plain", "value": "x\x00y"}]},
+    {"firstName": "A", "lastName": "B", "customFieldValues": [{"columnId": "currency", "value": "10000000000000000"}]},
+])
+def test_a_value_postgres_refuses_gets_500_with_an_empty_body_and_writes_nothing(cm, api, columns, item):
+    """Postgres stores no U+0000 in text, and a currency value past its DECIMAL(20,4) overflows:
+    the batch rolls back, and the answer names no record (contract §6, §10)."""
+    item = {**item, "customFieldValues": [{**cv, "columnId": columns[cv["columnId"]]} for cv in item.get("customFieldValues", [])]}
+    response = api.post("/contacts/many", json={"contacts": [{"firstName": "Fine", "lastName": "Row"}, item]})
+    assert response.status_code == 500 and response.content == b""
+    assert cm.records("contacts") == []
+    assert create(api, "contacts", [{"firstName": "A", "lastName": "B", "customFieldValues": [
+        {"columnId": columns["currency"], "value": "9999999999999999.9999"}]}])
+
+
 def test_single_select_takes_option_uuid_and_same_column_twice_stores_both(api, columns):
     option = config_column(api, "contacts", columns["select"])["options"]["options"][0]["value"]
     (contact,) = create(api, "contacts", [{"firstName": "A", "lastName": "B", "customFieldValues": [

@@ -505,6 +505,40 @@ def test_a_character_replaced_in_staging_is_an_issue_of_its_record_and_field(tmp
         assert [(i["source_id"], i["field"]) for i in issues(staging, "character_replaced")] == [("5", "name"), ("5", "first_name")]
 
 
+def test_a_nul_character_is_taken_out_of_every_text_and_reported_where_it_was(tmp_path):
+    """Postgres stores no U+0000 in text, and Customermates answers a batch holding one with a 500
+    that names no record: the character goes, and the report names the record and the field."""
+    person = {"id": 5, "first_name": "An\x00na", "last_name": "Berg", "job_title": "CEO\x00"}
+    deal = {"id": 7, "title": "Rollout\x00", "person_id": 5, "value": 10, "currency": "EUR", "status": "open"}
+    product = {"id": 3, "name": "Widget", "prices": [{"price": 10, "currency": "EUR"}]}
+    line = {"id": 70, "deal_id": 7, "product_id": 3, "name": "Widget", "quantity": 1, "item_price": 10, "currency": "EUR", "comments": "see\x00 below"}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, row in (("persons", person), ("deals", deal), ("products", product), ("deal_products", line)):
+            staging.write_page(collection, [row], store.Checkpoint(collection, None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        contact, made = targets(staging, "contacts")["5"], targets(staging, "deals")["7"]
+        assert "\\u0000" not in json.dumps([contact, made])
+        assert (contact["fields"]["firstName"], made["fields"]["name"]) == ("Anna", "Rollout")
+        assert "comment: see below" in made["values"]["products"]
+        assert sorted((i["entity"], i["source_id"], i["field"]) for i in issues(staging, "character_replaced")) == [
+            ("contacts", "5", "first_name"), ("contacts", "5", "job_title"), ("deals", "7", "products.70.comments"), ("deals", "7", "title"),
+        ]
+
+
+def test_a_currency_value_past_what_the_column_holds_is_kept_as_text(tmp_path):
+    """Customermates also stores a currency value as DECIMAL(20,4), where Postgres refuses 10^16 or
+    more and fails the whole batch with a 500: such a value is kept as text and reported."""
+    deals = [{"id": n, "title": f"D{n}", "value": value, "currency": "EUR", "status": "open"} for n, value in ((1, 12345678901234567), (2, 9999999999999999.5), (3, 1500.25))]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("deals", deals, store.Checkpoint("deals", None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "deals")
+        assert made["3"]["values"]["value:eur"] == "1500.25"
+        assert made["1"]["values"]["value:as_entered"] == "12345678901234567 EUR"
+        assert [key for n in ("1", "2") for key in made[n]["values"] if key.startswith("value:")] == ["value:as_entered"] * 2
+        assert sorted(i["source_id"] for i in issues(staging, "invalid_value_kept_as_text")) == ["1", "2"]
+
+
 def test_a_character_replaced_in_reference_data_is_an_issue_of_every_record(tmp_path):
     """A user's, a stage's or a custom field's name is not a record of its own: the report names
     the row and its field, for every record (`*`), as it does for a field type with no mapping."""

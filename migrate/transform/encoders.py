@@ -211,6 +211,8 @@ def _money(amount: Any, currency: Any, spec: ColumnSpec, fld: Field, out: Record
     code = str(currency or "").strip()
     text = v.decimal_string(amount)
     if code.lower() in v.CUSTOMERMATES_CURRENCIES:
+        if v.past_decimal_20_4(text):
+            raise ValueError(f"{text} {code.upper()} has more than the 16 digits before the point a currency column holds")
         column = out.registry.variant(spec, code.lower(), code.upper(), "currency", currency=code.lower())
         out.put(column, text)
     else:

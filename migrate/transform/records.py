@@ -56,6 +56,7 @@ V1_ENCODED = frozenset({"leads", "leads_archived"})
 SWITCH_INTERVAL = 0.0005
 
 CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
+NUL_REMOVED = "a NUL character (U+0000), which Customermates' database cannot store in text; removed"
 # Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
 OWN_TEXTS = {
     "activities": (("note", "Activity note"), ("public_description", "Public description")),
@@ -82,6 +83,29 @@ def text_hash(text: str) -> str:
 
 def payload_hash(payload: dict[str, Any]) -> str:
     return text_hash(payload_text(payload))
+
+
+_NUL_ESCAPE = "\\u0000"
+
+
+def _without_nul(value: Any, path: str, removed: list[str]) -> Any:
+    """`value` with the NUL characters taken out of its strings (keys too); `removed` gets their
+    dotted paths (list items by index). Postgres refuses U+0000 in text, and Customermates answers
+    a batch holding one with a 500 that names no record."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            removed.append(path or "(the value)")
+            return value.replace("\x00", "")
+        return value
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            items[_without_nul(key, where, removed)] = _without_nul(item, where, removed)
+        return items
+    if isinstance(value, list):
+        return [_without_nul(item, f"{path}.{n}" if path else str(n), removed) for n, item in enumerate(value)]
+    return value
 
 
 def source_id(collection: str, record: dict[str, Any]) -> str:
@@ -170,7 +194,17 @@ class RecordMaker:
             if _deleted(record):
                 made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated"))
                 continue
-            self.lookups.deal_products = {str(record.get("id")): [jsontext.loads(row) for row in product_rows]} if product_rows else {}
+            if _NUL_ESCAPE in text:  # JSON writes U+0000 only escaped: the text tells whether to look
+                record = _without_nul(record, "", removed := [])
+                made.issues += [(entity, sid, path, "character_replaced", NUL_REMOVED) for path in removed]
+            rows = []
+            for row_text in product_rows:
+                row = jsontext.loads(row_text)
+                if _NUL_ESCAPE in row_text:
+                    row = _without_nul(row, f"products.{row.get('id')}", removed := [])
+                    made.issues += [(entity, sid, path, "character_replaced", NUL_REMOVED) for path in removed]
+                rows.append(row)
+            self.lookups.deal_products = {str(record.get("id")): rows} if rows else {}
             payload = payload_text(self._payload(collection, record, sid, note_entries, batch.markdown, made.issues))
             made.rows.append((entity, sid, payload, text_hash(payload), self.log.take(entity, sid)))
         made.columns = self.registry.changes_since(mark)

@@ -216,6 +216,16 @@ def to_date(value: str | None) -> str | None:
     return _parse_date(value).isoformat()
 
 
+def past_decimal_20_4(text: str) -> bool:
+    """A plain decimal string (`decimal_string`) that Customermates' `numericValue DECIMAL(20,4)`
+    cannot hold: rounded to 4 places, 10^16 or more. Postgres refuses it, failing the whole batch."""
+    if len(text) <= 16:
+        return False
+    with localcontext() as ctx:
+        ctx.prec = 1100  # `decimal_string` writes at most 1,000 digits either side of the point
+        return abs(round(Decimal(text), 4)) >= 10**16
+
+
 def decimal_string(value: float | int | str | Decimal | None) -> str | None:
     """A plain decimal string (no exponent, no trailing zeros) for a currency/number value.
 

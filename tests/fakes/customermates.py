@@ -24,6 +24,7 @@ import copy
 import functools
 import html
 import json
+import decimal
 import math
 import os
 import random
@@ -2167,13 +2168,27 @@ class FakeCustomermates:
                 self._stop_event.wait(work)
             with self._state:
                 issues, plan = self._validate_write(op, etype, payload, path_id)
-                if issues or plan["db_error"]:
-                    return _empty(500)  # unique-index violation / vanished reference -> rollback
+                if issues or plan["db_error"] or self._db_refuses(op, etype, payload):
+                    return _empty(500)  # unique-index violation / vanished reference / Postgres refusing a value -> rollback
                 result = self._apply(op, etype, plan)
         finally:
             self._tx.release()
         status = 201 if op in ("create", "create_many") else 200
         return _json_response(status, result)
+
+    def _db_refuses(self, op: str, etype: str, payload: Any) -> bool:
+        """What passes validation but not Postgres, which rolls the batch back (a 500 naming nothing):
+        U+0000 in any text, and a currency value past its `numericValue DECIMAL(20,4)` (contract §6)."""
+        if _holds_nul(payload):
+            return True
+        currency = {c["id"] for c in self._cols_for(etype) if c["type"] == "currency"}
+        items = payload.get(PLURAL[etype]) if op in ("create_many", "update_many") and isinstance(payload, dict) else [payload]
+        for item in items if isinstance(items, list) else []:
+            for cv in (item.get("customFieldValues") or []) if isinstance(item, dict) else []:
+                if isinstance(cv, dict) and cv.get("columnId") in currency and isinstance(cv.get("value"), str) and cv["value"].strip():
+                    if _overflows_decimal_20_4(cv["value"]):
+                        return True
+        return False
 
     def _validate_write(self, op: str, etype: str, payload: Any, path_id: str | None) -> tuple[list, dict]:
         if op == "update":
@@ -2994,6 +3009,24 @@ def _coerce_in_last_days(payload: Any) -> Any:
             f["value"] = int(number) if number.is_integer() else number
         filters.append(f)
     return dict(payload, filters=filters)
+
+
+def _overflows_decimal_20_4(text: str) -> bool:
+    """Postgres rounds to 4 decimal places and then needs at most 16 digits before the point."""
+    try:
+        return abs(round(decimal.Decimal(text.strip(_JS_WS)), 4)) >= 10**16
+    except (decimal.InvalidOperation, ValueError, OverflowError):  # JS-only spellings (hex, Infinity): as a float
+        return abs(js_number_coerce(text)) >= 1e16
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _item_count(op: str, etype: str, payload: Any) -> int | None:
