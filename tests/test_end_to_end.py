@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ def read_quarantine(report_dir: Path) -> list[dict[str, str]]:
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     with Path(report["quarantined"]["file"]).open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+class NoSleep:
+    """`time` for the load with no backoff sleeps: retried writes are retried at once, as many times."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        return None
 
 
 def live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -314,6 +326,36 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     [quarantined] = report["quarantined"]["examples"]
     assert quarantined["source_id"] == str(person["id"])
     assert "Organization ID not found" in quarantined["message"]
+
+
+def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """A 500 names no record. One that fails alone, again after the others went through, is what the
+    server refuses (a value its database cannot hold, say): it is quarantined and the run goes on."""
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    person = live(pipedrive.collections["persons"])[30]
+    person["job_title"] = "Refused by the database"
+    customermates.refuse_text("Refused by the database")
+    result = run_cli(env, "--report-dir", str(tmp_path / "q"))
+    assert result.exit_code == 3, result.output
+    [quarantined] = read_quarantine(tmp_path / "q")
+    assert (quarantined["entity"], quarantined["source_id"]) == ("contacts", str(person["id"]))
+    assert "failed on this record alone, twice, while it wrote others" in quarantined["message"]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert len(contacts) == len(live(pipedrive.collections["persons"])) - 1 and all(len(found) == 1 for found in contacts.values())
+    assert by_pipedrive_id(customermates, "tasks")
+    customermates.refuse_text(None)
+    result = run_cli(env, "--report-dir", str(tmp_path / "again"))
+    assert result.exit_code == 0, result.output
+    assert by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+
+
+def test_customermates_failing_every_write_ends_the_run_without_quarantining_anything(env, customermates, tmp_path, monkeypatch):
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    customermates.fail_next(1000, path_contains="/contacts/many")
+    result = run_cli(env, "--report-dir", str(tmp_path / "down"))
+    assert result.exit_code == 1
+    assert "Customermates failed 10 times in a row writing contacts" in result.output
+    assert customermates.records("contacts") == [] and "Quarantined" not in result.output
 
 
 def test_a_run_whose_every_record_is_rejected_lists_every_one_in_quarantine_csv_and_the_first_20_in_report_json(env, customermates, tmp_path):

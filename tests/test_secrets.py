@@ -87,7 +87,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         run("status", ["status"])
         anna = next(p for p in pd.collections["persons"] if p["id"] == 1)
         anna["job_title"], anna["update_time"] = "Head of Sales", "2024-06-01T00:00:00Z"
-        cm.fail_next(6, status=500, path_contains="/contacts/many")  # Customermates fails every write of the update
+        cm.fail_next(10, status=500, path_contains="/contacts/many")  # Customermates fails every write of the update
         run("run-customermates-500", ["run", "--report-dir", str(tmp / "report-500")])
         pd.inject(401, count=1, path_contains="/api/v2/deals")  # Pipedrive turns the token down in the middle of a run
         run("run-pipedrive-401", ["run", "--report-dir", str(tmp / "report-401")])
@@ -109,7 +109,7 @@ def test_the_session_ran_every_command_and_every_failure(session: dict[str, Any]
     }, session["outputs"]
     outputs = session["outputs"]
     assert "Pipedrive rejected the API token (HTTP 401)" in outputs["run-pipedrive-401"]
-    assert "Customermates failed 6 times in a row writing contacts" in outputs["run-customermates-500"]
+    assert "Customermates failed 10 times in a row writing contacts" in outputs["run-customermates-500"]
     assert '"event": "load.uncertain"' in outputs["run-customermates-500"]  # JSON log lines were written, and checked
     assert "Customermates rejected the API key" in outputs["run-wrong-key"]
 

@@ -56,7 +56,8 @@ MIN_BATCH = 5
 START_BATCH = 50  # the recorded server took ~0.75 s for 50 contacts; the size adapts from there
 SLOW_BATCH_SECONDS = 2.5  # the server's transaction limit is 5 s: stay well under it
 FAST_BATCH_SECONDS = 2.0
-MAX_UNCERTAIN_RETRIES = 6
+MAX_FAILURES_IN_A_ROW = 10  # uncertain writes with no write between: the server is down, not one record
+MAX_BACKOFF_SECONDS = 2.0
 LOAD_CONTEXT_KEY = "load_context"  # in the state file's meta: what bodies depended on at the last complete load
 
 
@@ -142,6 +143,9 @@ class Loader:
         self.user_map: dict[str, str] = {}
         self.only_candidates = False
         self._issue_rows: list[tuple[str, str, str, str, str, str]] = []  # noted while bodies are built, saved a batch at a time
+        self.failures_in_a_row = 0  # uncertain writes since the last write that went through
+        self.writes_done = 0  # write requests that went through
+        self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -341,6 +345,7 @@ class Loader:
             self._send(entity, "create", creates)
         if updates:
             self._send(entity, "update", updates)
+        self._retry_set_aside(entity)
 
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
@@ -365,16 +370,18 @@ class Loader:
             "left as it is (--on-conflict source-wins overwrites, target-wins keeps Customermates' version for good)",
         )
 
-    def _send(self, entity: str, operation: str, items: list[_Item], attempt: int = 0) -> None:
-        """Write one batch (splitting it to the current batch size) and settle every outcome."""
+    def _send(self, entity: str, operation: str, items: list[_Item], set_aside_after: int | None = None) -> None:
+        """Write one batch (splitting it to the current batch size) and settle every outcome.
+        `set_aside_after`: the record is sent again alone after failing alone, with this many
+        writes done then (`_retry_set_aside`)."""
         while len(items) > self.batch_size:
             head, items = items[: self.batch_size], items[self.batch_size :]
-            self._send(entity, operation, head, attempt)
+            self._send(entity, operation, head)
         if not items:
             return
         if len(items) > 1 and self._request_bytes(entity, items) > self.max_request_bytes:
             for part in self._by_size(entity, items):
-                self._send(entity, operation, part, attempt)
+                self._send(entity, operation, part)
             return
         stopping.check()  # a requested stop happens between batches, never inside one
         batch_id = self.staging.record_pending(entity, operation, [i.source_id for i in items], [i.digest for i in items], self.run_id)
@@ -384,23 +391,14 @@ class Loader:
             result = call(entity, [i.body for i in items])
         except BatchRejectedError as exc:
             self.staging.commit_batch(batch_id, entity, [], self.run_id)  # certain: nothing written
+            self.failures_in_a_row = 0  # the server is up: it read the batch and answered
             self._isolate(entity, operation, items, exc)
             return
         except UncertainWriteError as exc:
-            elapsed = time.monotonic() - started
-            log.warning("load.uncertain", entity=entity, items=len(items), error=str(exc), seconds=round(elapsed, 2))
-            self.ceiling = max(self.min_batch, min(self.ceiling, len(items) - 1))
-            self.batch_size = max(self.min_batch, len(items) // 2)
-            missing = self._settle(batch_id, entity, operation, items)
-            if missing:
-                if attempt + 1 >= MAX_UNCERTAIN_RETRIES:
-                    raise CustomermatesError(
-                        f"Customermates failed {MAX_UNCERTAIN_RETRIES} times in a row writing {entity} ({exc}); "
-                        "everything written so far is recorded: run again to resume"
-                    ) from None
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-                self._send(entity, operation, missing, attempt + 1)
+            self._uncertain(entity, operation, items, batch_id, started, exc, set_aside_after)
             return
+        self.failures_in_a_row = 0
+        self.writes_done += 1
         elapsed = time.monotonic() - started
         self._tune(elapsed, len(items))
         written = [(i.source_id, dto["id"], i.digest) for i, dto in zip(items, result, strict=True)]
@@ -412,6 +410,51 @@ class Loader:
         self.summary.records_written += len(items)
         if self.progress:
             self.progress(entity, len(items))
+
+    def _uncertain(
+        self, entity: str, operation: str, items: list[_Item], batch_id: str, started: float,
+        error: UncertainWriteError, set_aside_after: int | None,
+    ) -> None:
+        """A 5xx, a timeout or a lost connection: settle by lookup, then send what is missing
+        again in halves. A record that fails alone is set aside and sent again after the entity's
+        other records; if it fails again while others went through, Customermates refuses that
+        record (a 500 names none: a value its database cannot hold, say), and it is quarantined.
+        `MAX_FAILURES_IN_A_ROW` with nothing written between end the run: the server is down."""
+        elapsed = time.monotonic() - started
+        log.warning("load.uncertain", entity=entity, items=len(items), error=str(error), seconds=round(elapsed, 2))
+        self.failures_in_a_row += 1
+        self.ceiling = max(self.min_batch, min(self.ceiling, len(items) - 1))
+        self.batch_size = max(self.min_batch, len(items) // 2)
+        missing = self._settle(batch_id, entity, operation, items)
+        if not missing:
+            return
+        if len(missing) == 1 and set_aside_after is not None and self.writes_done > set_aside_after:
+            (item,) = missing
+            message = f"Customermates failed on this record alone, twice, while it wrote others ({error})"
+            self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
+            self.summary.quarantined[entity] += 1
+            log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
+            return
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise CustomermatesError(
+                f"Customermates failed {self.failures_in_a_row} times in a row writing {entity} ({error}); "
+                "everything written so far is recorded: run again to resume"
+            ) from None
+        if len(missing) == 1 and set_aside_after is None:
+            self.set_aside.append((operation, missing[0], self.writes_done))
+            return
+        time.sleep(min(MAX_BACKOFF_SECONDS, 0.25 * 2**self.failures_in_a_row))
+        if len(missing) == 1:
+            self._send(entity, operation, missing, set_aside_after)
+            return
+        half = len(missing) // 2
+        for part in (missing[:half], missing[half:]):
+            self._send(entity, operation, part)
+
+    def _retry_set_aside(self, entity: str) -> None:
+        while self.set_aside:
+            operation, item, writes_then = self.set_aside.pop(0)
+            self._send(entity, operation, [item], set_aside_after=writes_then)
 
     def _request_bytes(self, entity: str, items: list[_Item]) -> int:
         for item in items:

@@ -1616,6 +1616,7 @@ class FakeCustomermates:
         self._tx = threading.Lock()
         self._req_lock = threading.Lock()
         self._faults: list[_Fault] = []
+        self.refused_text: str | None = None  # `refuse_text`
         self._random_fault_rate = 0.0
         # test hook, called after a search was answered (under the state lock): (entity type, request body)
         self.after_search: Callable[[str, dict], None] | None = None
@@ -1700,6 +1701,13 @@ class FakeCustomermates:
         """The next ``count`` matching writes answer ``status`` with an empty body and write nothing."""
         with self._state:
             self._faults.append(_Fault("fail", count, status=status, path_contains=path_contains))
+
+    def refuse_text(self, text: str | None) -> None:
+        """Play a value Postgres refuses that nothing before it could foresee: from now on every
+        write whose body holds ``text`` fails as the database would (an empty 500, rolled back).
+        ``None`` ends it."""
+        with self._state:
+            self.refused_text = text
 
     def drop_after_apply(self, count: int = 1, *, path_contains: str | None = None) -> None:
         """The next ``count`` matching writes are processed, then the socket closes without a response."""
@@ -2179,7 +2187,7 @@ class FakeCustomermates:
     def _db_refuses(self, op: str, etype: str, payload: Any) -> bool:
         """What passes validation but not Postgres, which rolls the batch back (a 500 naming nothing):
         U+0000 in any text, and a currency value past its `numericValue DECIMAL(20,4)` (contract §6)."""
-        if _holds_nul(payload):
+        if _holds_nul(payload) or (self.refused_text is not None and self.refused_text in json.dumps(payload, ensure_ascii=False)):
             return True
         currency = {c["id"] for c in self._cols_for(etype) if c["type"] == "currency"}
         items = payload.get(PLURAL[etype]) if op in ("create_many", "update_many") and isinstance(payload, dict) else [payload]
