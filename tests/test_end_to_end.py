@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.customermates.mcp import McpClient
 from migrate.staging.store import Staging
 from migrate.transform import values as v
 from tests.fakes.customermates import VALID_KEY
@@ -221,6 +222,20 @@ def test_an_optional_response_field_is_asked_for_and_arrives(migrated, sample_di
         for value in record["customFieldValues"] if value["columnId"] == column["id"] and value["value"]
     }
     assert len(expected) > 50 and arrived == expected
+
+
+def test_an_existing_one_number_phone_column_is_not_reused_for_a_list_of_numbers(env, customermates):
+    """A 'Phone' column made in Customermates for one number refuses a comma-joined list: reusing it
+    would have the server refuse every contact with two numbers. A column of its own is made."""
+    with McpClient(customermates.url, VALID_KEY) as mcp:
+        own = mcp.create_custom_column("contact", "Phone", "phone", allow_multiple=False)
+    result = run_cli(env)
+    assert result.exit_code == 0, result.output
+    [made] = [c for c in customermates.columns("contact") if c["label"] == "Phone" and c["id"] != own]
+    assert made["options"]["allowMultiple"] is True
+    contacts = by_pipedrive_id(customermates, "contacts")
+    phones = {pid: [v["value"] for v in found[0]["customFieldValues"] if v["columnId"] == made["id"]] for pid, found in contacts.items()}
+    assert sum(1 for values in phones.values() if values and "," in values[0]) > 5
 
 
 def test_notes_arrive_as_markdown_on_their_records(migrated, sample_dir, customermates):

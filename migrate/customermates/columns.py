@@ -1,6 +1,7 @@
 """Make sure every custom column the transform asked for exists in Customermates.
 
-Columns are matched by (entity type, label, type) — labels are not unique in
+Columns are matched by (entity type, label, type, and currency or whether it takes several
+values) — labels are not unique in
 Customermates, so a rerun must find and reuse what an earlier run created instead of
 creating a twin. Missing ones are created through MCP (the only way; contract §6), with
 every single-select option `isDefault: false` so that nothing is written into existing
@@ -43,6 +44,9 @@ def _matches(existing: dict[str, Any], spec: dict[str, Any]) -> bool:
         return False
     if spec["type"] == "currency":
         return ((existing.get("options") or {}).get("currency") or "").lower() == (spec.get("currency") or "")
+    if spec["type"] in ("phone", "email", "link"):
+        # a one-value column refuses a comma-joined list, and a list column splits a value at its commas
+        return bool((existing.get("options") or {}).get("allowMultiple")) == bool(spec.get("allow_multiple"))
     return True
 
 
