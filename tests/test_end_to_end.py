@@ -318,6 +318,19 @@ def test_rerun_after_editing_five_records_sends_exactly_those_updates(env, migra
     assert report["entities"]["contacts"]["updated"] == 5
 
 
+def test_a_last_name_removed_in_pipedrive_is_reported_as_kept(env, migrated, pipedrive, customermates, tmp_path):
+    """Customermates refuses an empty last name on an update: the contact keeps its old one, and the report says so."""
+    person = next(p for p in live(pipedrive.collections["persons"]) if p.get("first_name") and p.get("last_name"))
+    before = person["last_name"]
+    person["name"], person["last_name"], person["update_time"] = person["first_name"], "", "2026-11-28T12:00:00Z"
+    result = run_cli(env, "--report-dir", str(tmp_path / "edit"))
+    assert result.exit_code == 0, result.output
+    assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["lastName"] == before
+    [kept] = [i for i in read_issues(tmp_path / "edit") if i["rule"] == "last_name_not_cleared"]
+    assert (kept["entity"], kept["source_id"], kept["field"]) == ("contacts", str(person["id"]), "last_name")
+    assert repr(before) in kept["detail"]
+
+
 def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path):
     # an email the server rejects (leading dot) but our own check lets through would be a bug in
     # our check; instead make the server reject one contact's organization link by deleting the

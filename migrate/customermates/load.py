@@ -335,6 +335,8 @@ class Loader:
                     continue
                 else:
                     updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
+                    if entity == "contacts" and body.get("lastName") == "":
+                        self._last_name_kept(source_id)
                 if len(creates) >= self.batch_size:
                     self._send(entity, "create", creates)
                     creates = []
@@ -346,6 +348,16 @@ class Loader:
         if updates:
             self._send(entity, "update", updates)
         self._retry_set_aside(entity)
+
+    def _last_name_kept(self, source_id: str) -> None:
+        """An update cannot clear a contact's last name (`as_update`): say so when it had one."""
+        written = self.staging.written_for("contacts", [source_id]).get(source_id) or {}
+        kept = (written.get("fields") or {}).get("lastName")
+        if kept:
+            self._note_issue(
+                "contacts", source_id, "last_name", "last_name_not_cleared",
+                f"the last name is empty in Pipedrive now, and Customermates refuses an empty last name on an update: the contact keeps {kept!r}",
+            )
 
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
