@@ -149,8 +149,8 @@ def cli() -> None:
 @click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json, issues.csv (every value not carried exactly: record, field, reason) and quarantine.csv (every record Customermates rejected) here.")
 @click.option(
-    "--batch-size", type=click.IntRange(1, 100), default=100, show_default=True,
-    help="Largest batch per write request; sizes adapt below it to the server's latency.",
+    "--batch-size", type=click.IntRange(1, 100), default=pipeline.DEFAULT_MAX_BATCH, show_default=True,
+    help="Largest batch per write request (the server takes up to 100); sizes adapt below it to the server's latency.",
 )
 @click.option(
     "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,

@@ -14,7 +14,7 @@ from migrate.config import Settings
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex, ensure_columns
 from migrate.customermates.deletions import propagate_deletions
-from migrate.customermates.load import Loader, LoadSummary
+from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.errors import LockHeldError, MigrateError
@@ -150,7 +150,7 @@ def run_migration(
     *,
     dry_run: bool = False,
     use_staged: bool = False,
-    max_batch: int = 100,
+    max_batch: int = DEFAULT_MAX_BATCH,
     on_target_deleted: str = "report",
     on_conflict: str = "skip",
     saved_plan: Path | None = None,

@@ -26,8 +26,14 @@ def loader(tmp_path) -> Loader:
     return Loader(Staging(tmp_path / "s.duckdb"), client=None, columns=ColumnIndex(), run_id="r")  # type: ignore[arg-type]
 
 
-def test_batches_start_at_fifty_and_grow_while_predicted_fast(tmp_path):
+def test_batches_stay_at_fifty_by_default_as_the_contract_advises(tmp_path):
     load = loader(tmp_path)
+    load._tune(elapsed=0.55, size=50)
+    assert (load.max_batch, load.batch_size) == (50, 50)
+
+
+def test_batches_start_at_fifty_and_grow_while_predicted_fast_up_to_a_higher_cap(tmp_path):
+    load = Loader(Staging(tmp_path / "s.duckdb"), client=None, columns=ColumnIndex(), run_id="r", max_batch=100)  # type: ignore[arg-type]
     assert load.batch_size == 50
     load._tune(elapsed=0.55, size=50)  # 11 ms per item: 63 items ≈ 0.7 s
     assert load.batch_size == 63
@@ -49,7 +55,7 @@ def test_growth_stops_where_the_predicted_time_gets_long(tmp_path):
 
 
 def test_a_size_that_failed_is_never_reached_again(tmp_path):
-    load = loader(tmp_path)
+    load = Loader(Staging(tmp_path / "s.duckdb"), client=None, columns=ColumnIndex(), run_id="r", max_batch=100)  # type: ignore[arg-type]
     load.ceiling = 59  # as after an uncertain failure at 60 items
     load.batch_size = 55
     load._tune(elapsed=0.3, size=55)
