@@ -246,6 +246,26 @@ def test_unpaginated_v1_lists_and_me(client, snapshot):
     assert me["company_domain"] == "nordlicht-systems" and me["is_you"] is True
 
 
+def test_unpaged_v1_lists_can_be_served_in_v1_offset_pages(fake, client, snapshot):
+    fake.paginate_unpaged = {"users": 2}
+    first = client.get("/api/v1/users").json()
+    assert first["data"] == snapshot["users"][:2]
+    assert first["additional_data"]["pagination"] == {"start": 0, "limit": 2, "more_items_in_collection": True, "next_start": 2}
+    seen, start = [], 0
+    while True:
+        body = client.get("/api/v1/users", params={"start": start}).json()
+        seen.extend(body["data"])
+        pagination = body["additional_data"]["pagination"]
+        if not pagination["more_items_in_collection"]:
+            assert "next_start" not in pagination
+            break
+        start = pagination["next_start"]
+    assert seen == snapshot["users"]
+    assert len(client.get("/api/v1/users", params={"limit": 1}).json()["data"]) == 1  # a smaller limit is kept
+    assert len(client.get("/api/v1/users", params={"limit": 500}).json()["data"]) == 2  # a bigger one capped at the page size
+    assert client.get("/api/v1/currencies").json()["data"] == snapshot["currencies"]  # the others still whole
+
+
 def test_v1_field_metadata_has_subfield_rows(client):
     fields = client.get("/api/v1/dealFields", params={"limit": 500}).json()["data"]
     subs = [f for f in fields if f.get("is_subfield")]

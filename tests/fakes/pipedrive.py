@@ -58,6 +58,11 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   ``shared_served`` counts those the window took.
 * v1 ``limit`` above 500 is silently capped to 500 (v2 answers 400). Pagination is nested under
   ``additional_data.pagination`` for every v1 list.
+* The v1 lists the spec calls unpaged (users, activityTypes, currencies, leadLabels) answer whole.
+  Contract §3 leaves open whether ``/v1/users`` is paginated after all: ``fake.paginate_unpaged``
+  (list name -> page size, e.g. ``{"users": 2}``) serves such a list in v1 offset pages of at most
+  that many rows (``start``, ``limit`` up to the page size, the page size when none is sent) with
+  nested ``additional_data.pagination``.
 * ``include_fields``: a field its *Fields metadata marks ``is_optional_response_field`` (such as a
   person's ``marketing_status``) comes only when asked for, and so do activities' ``attendees``; deals carry
   ``products_count`` only when asked for (computed from the ``deal_products`` collection).
@@ -332,6 +337,7 @@ class FakePipedrive:
         self.daily_token_budget = daily_token_budget
         self.company = dict(COMPANY)
         self.list_deleted_rows = True
+        self.paginate_unpaged: dict[str, int] = {}  # unpaged v1 list -> page size it is served in (module docstring)
         self.cloudflare_after = 3  # limited requests tolerated after a 429 before the 403 block
         self.requests: list[RequestRecord] = []
         self.tokens_spent = 0
@@ -607,6 +613,11 @@ class FakePipedrive:
             if rest == "currencies" and query.get("term"):
                 term = query["term"].lower()
                 rows = [r for r in rows if term in str(r.get("code", "")).lower() or term in str(r.get("name", "")).lower()]
+            if rest in self.paginate_unpaged:
+                size = self.paginate_unpaged[rest]
+                limit = _int_param(query, "limit")
+                limit = size if limit is None or limit < 1 else min(limit, size)
+                return self._v1_page(rows, {**query, "limit": str(limit)}), cost
             return {"success": True, "data": rows}, cost
         if rest == "users/me":
             return {"success": True, "data": self._me()}, 2
