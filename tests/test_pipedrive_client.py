@@ -17,7 +17,7 @@ from migrate.httpdate import parse_http_date
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
 from migrate.pipedrive.extract import extract, extract_changes, since_params
-from migrate.staging.store import Staging
+from migrate.staging.store import Checkpoint, Staging
 from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
@@ -237,6 +237,68 @@ def test_offset_pages_overlap_by_one_row_that_is_not_handed_out_twice(fake):
     assert [len(p) for p in pages] == [500, 499, 201]
     assert sum(pages, []) == list(range(1, 1201))
     assert [r.query["start"] for r in fake.requests] == ["0", "499", "998"]
+
+
+UNPAGED = ("users", "activityTypes", "currencies", "leadLabels")
+
+
+def test_users_are_read_from_each_next_start_when_pipedrive_pages_the_user_list(fake):
+    fake.paginate_unpaged = {"users": 2}  # contract §3: /v1/users may be paginated after all
+    with client_for(fake) as client:
+        pages = [[u["id"] for u in page.records] for page in client.pages(BY_NAME["users"])]
+    assert [i for page in pages for i in page] == [u["id"] for u in fake.collections["users"]]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [r.query for r in fake.requests] == [{}, {"start": "2"}, {"start": "4"}]  # no limit asked first, none after
+
+
+def test_an_unpaged_list_follows_v1_pagination_given_flat_in_additional_data_too(fake):
+    users = fake.collections["users"]
+    first = {"success": True, "data": users[:3], "additional_data": {"start": 0, "limit": 3, "more_items_in_collection": True, "next_start": 3}}
+    fake.inject(200, count=1, path_contains="/api/v1/users", body=json.dumps(first), content_type="application/json")
+    fake.paginate_unpaged = {"users": 3}
+    with client_for(fake) as client:
+        read = all_records(client, "users")
+    assert read == users
+    assert [r.query.get("start") for r in fake.requests] == [None, "3"]
+
+
+def test_an_unpaged_list_whose_next_start_does_not_move_on_is_refused(fake):
+    stuck = {"success": True, "data": fake.collections["users"][:2],
+             "additional_data": {"pagination": {"start": 0, "limit": 2, "more_items_in_collection": True, "next_start": 2}}}
+    fake.inject(200, count=5, path_contains="/api/v1/users", body=json.dumps(stuck), content_type="application/json")  # start ignored
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="next_start 2 does not move past start 2"):
+        all_records(client, "users")
+    assert len(fake.requests) == 2
+
+
+def test_every_user_and_reference_row_is_staged_when_pipedrive_pages_the_unpaged_lists(fake, tmp_path):
+    fake.paginate_unpaged = dict.fromkeys(UNPAGED, 2)
+    staging = Staging(tmp_path / "s.duckdb")
+    with client_for(fake) as client:
+        summary = extract(staging, client, "run")
+    assert {name: summary.records[name] for name in UNPAGED} == {name: len(fake.collections[name]) for name in UNPAGED}
+    assert sorted(staging_ids(staging, "users")) == sorted(str(u["id"]) for u in fake.collections["users"])
+    assert all(staging.checkpoint(name).done for name in UNPAGED)
+
+
+def test_an_extract_stopped_between_two_pages_of_users_resumes_from_their_next_start(fake, tmp_path):
+    fake.paginate_unpaged = {"users": 2}
+    staging = Staging(tmp_path / "s.duckdb")
+    fake.inject(401, count=1, path_contains="/api/v1/users?start=4")  # dies on the third page of users
+    with client_for(fake) as client, pytest.raises(PipedriveError):
+        extract(staging, client, "run1")
+    checkpoint = staging.checkpoint("users")
+    assert (checkpoint.cursor, checkpoint.pages, checkpoint.records, checkpoint.done) == ("4", 2, 4, False)
+    requests_before = len(fake.requests)
+    with client_for(fake) as client:
+        summary = extract(staging, client, "run2")
+    assert [r.query for r in fake.requests[requests_before:] if r.path == "/api/v1/users"] == [{"start": "4"}]
+    assert summary.records["users"] == len(fake.collections["users"])
+    assert staging.checkpoint("users") == Checkpoint("users", None, 3, 5, True)
+
+
+def staging_ids(staging: Staging, collection: str) -> list[str]:
+    return [row[0] for row in staging.con.execute(f"SELECT id FROM raw_{collection}").fetchall()]
 
 
 def test_unreachable_host_is_one_line():

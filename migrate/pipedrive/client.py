@@ -312,7 +312,11 @@ class PipedriveClient:
         return body
 
     def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
-        """Yield the collection page by page from `start` (a cursor or an offset)."""
+        """Yield the collection page by page from `start` (a cursor or an offset).
+
+        An unpaged list is asked once without paging parameters; when the answer carries v1
+        pagination anyway, the next pages are asked with `start=<next_start>` alone, no `limit`:
+        the page size stays the one Pipedrive chose, on an endpoint documented to take neither."""
         cursor = start
         last: dict[str, Any] | None = None  # offset paging: the last record handed out
         while True:
@@ -325,11 +329,18 @@ class PipedriveClient:
                 params["limit"] = PAGE_LIMIT
                 offset = int(cursor or 0)
                 params["start"] = offset - 1 if last is not None and offset > 0 else offset  # a row early: see _join_on
+            elif cursor:  # an unpaged list that answered with v1 pagination after all: on from its next_start
+                params["start"] = int(cursor)
             body = self.get(collection.path, params, cost=collection.cost)
             data = _rows(body)
             if collection.paging == "offset" and last is not None:
                 body, data = self._join_on(collection, params, body, data, last)
             cursor = _next_cursor(collection, body, len(data))
+            if collection.paging == "none" and cursor is not None and int(cursor) <= params.get("start", 0):
+                raise PipedriveError(
+                    f"Pipedrive {collection.path}: pagination.next_start {cursor} does not move past start "
+                    f"{params.get('start', 0)}; refusing to read the same rows again"
+                )
             yield Page(records=data, next_cursor=cursor)
             if data:
                 last = data[-1]
@@ -406,15 +417,14 @@ def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> st
                 "refusing to guess whether more records exist"
             )
         return extra.get("next_cursor") or None
-    if collection.paging == "offset":
-        # v1 puts pagination under additional_data.pagination, or flat in additional_data (contract §3).
-        pagination = extra.get("pagination") or extra
-        if pagination.get("more_items_in_collection"):
-            nxt = pagination.get("next_start")
-            if nxt is None:
-                raise PipedriveError(f"Pipedrive {collection.path}: more_items_in_collection without next_start")
-            return str(nxt)
-        return None
+    # v1 puts pagination under additional_data.pagination, or flat in additional_data (contract §3). An
+    # unpaged list follows it too if it ever comes: §3 leaves open whether /v1/users is paginated.
+    pagination = extra.get("pagination") or extra
+    if pagination.get("more_items_in_collection"):
+        nxt = pagination.get("next_start")
+        if nxt is None:
+            raise PipedriveError(f"Pipedrive {collection.path}: more_items_in_collection without next_start")
+        return str(nxt)
     return None
 
 

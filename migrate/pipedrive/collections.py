@@ -1,8 +1,10 @@
 """The Pipedrive collections we extract, declared as data (one row per API list).
 
 `paging` is how the endpoint pages: "cursor" (v2 `cursor`/`next_cursor`), "offset" (v1
-`start`/`next_start`) or "none". `cost` is the documented token cost of one request
-(contract §4). Order matters: field metadata and reference data first.
+`start`/`next_start`) or "none" (one request without paging parameters; should an answer carry
+v1 pagination after all, which contract §3 leaves open for /v1/users, the next pages are asked
+from its `next_start`). `cost` is the documented token cost of one request (contract §4). Order
+matters: field metadata and reference data first.
 
 Field metadata falls back to the v1 endpoints when an account lacks the v2 ones (v2 Fields API
 appeared in late 2025); archived deals, leads and lead labels are optional: an account without
