@@ -8,8 +8,12 @@ import math
 from click.testing import CliRunner
 
 from migrate.cli import cli
-from migrate.pipedrive.budget import extract_cost
+from migrate.pipedrive.budget import estimate_from_staging, extract_cost
+from migrate.pipedrive.client import PipedriveClient
 from migrate.pipedrive.collections import COLLECTIONS, DEAL_PRODUCTS, PAGE_LIMIT
+from migrate.pipedrive.extract import extract
+from migrate.staging.store import Staging
+from tests.fakes.pipedrive import VALID_TOKEN
 
 
 def invoke(env, *args):
@@ -55,6 +59,19 @@ def test_the_estimate_from_the_previous_extract_is_what_the_next_one_costs(env, 
     assert usage["tokens_estimated"] == pipedrive.tokens_spent - spent_before - 2  # users/me is the preflight's
     assert usage["estimate_basis"] == "sizes of the previous extract"
     assert f"(estimated {usage['tokens_estimated']:,} from the previous extract)" in output
+
+
+def test_the_estimate_counts_as_many_requests_for_a_paged_user_list_as_the_previous_extract_took(pipedrive, tmp_path):
+    pipedrive.paginate_unpaged = {"users": 2, "currencies": 5}  # contract §3: /v1/users may be paginated after all
+    with PipedriveClient(pipedrive.url, VALID_TOKEN) as client:
+        with Staging(tmp_path / "s.duckdb") as staging:
+            extract(staging, client, "first")
+        with Staging(tmp_path / "s.duckdb") as staging:  # as the next run opens it
+            estimate = estimate_from_staging(staging)
+            requests_before, spent_before = len(pipedrive.requests), pipedrive.tokens_spent
+            extract(staging, client, "second")
+    assert estimate.requests == len(pipedrive.requests) - requests_before
+    assert estimate.tokens == pipedrive.tokens_spent - spent_before
 
 
 def test_extract_cost_counts_pages_of_500_one_request_per_unpaged_list_and_deal_products_per_100_deals():

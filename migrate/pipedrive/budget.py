@@ -48,13 +48,19 @@ class CostEstimate:
         return text
 
 
-def extract_cost(counts: Mapping[str, int], deals_with_products: int | None = None) -> tuple[int, int]:
+def extract_cost(
+    counts: Mapping[str, int], deals_with_products: int | None = None, unpaged_pages: Mapping[str, int] | None = None
+) -> tuple[int, int]:
     """(requests, tokens) of a full extract for these collection sizes: every list in pages of
-    500 (one request when empty; v1 pages after the first overlap the one before by a row), unpaged lists in one request, deal products in requests of 100
-    deal ids for the deals that have products (all live deals when that is unknown)."""
+    500 (one request when empty; v1 pages after the first overlap the one before by a row), unpaged lists in one request
+    (or in the pages `unpaged_pages` says one took last time: Pipedrive may page /v1/users after all, contract §3, in pages
+    of its choosing), deal products in requests of 100 deal ids for the deals that have products (all live deals when that
+    is unknown)."""
     requests = tokens = 0
     for collection in COLLECTIONS:
         pages = _pages(collection, counts.get(collection.name, 0))
+        if collection.paging == "none" and unpaged_pages:
+            pages = max(pages, unpaged_pages.get(collection.name, 0))
         requests += pages
         tokens += pages * collection.cost
     if deals_with_products is None:
@@ -76,7 +82,8 @@ def estimate_from_staging(staging: Staging) -> CostEstimate | None:
     counts = {c.name: staging.count_raw(c.name)[0] for c in COLLECTIONS}
     if not any(counts.values()):
         return None
-    requests, tokens = extract_cost(counts, staging.deals_with_products())
+    unpaged = {c.name: checkpoint.pages for c in COLLECTIONS if c.paging == "none" and (checkpoint := staging.checkpoint(c.name))}
+    requests, tokens = extract_cost(counts, staging.deals_with_products(), unpaged)
     return CostEstimate(requests, tokens, "sizes of the previous extract")
 
 
