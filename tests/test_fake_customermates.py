@@ -499,6 +499,21 @@ def test_deal_unknown_service_is_reported_for_every_deal(cm, api):
     assert cm.records("deals") == []
 
 
+def test_an_unknown_service_is_reported_at_the_index_of_its_deal_not_of_the_service(cm, api):
+    a, b = create(api, "services", [{"name": "Audit", "amount": 2500}, {"name": "Backup", "amount": 90}])
+    response = api.post("/deals/many", json={"deals": [
+        {"name": "Two known", "services": [{"serviceId": a["id"]}, {"serviceId": b["id"]}]},
+        {"name": "Unknown", "services": [{"serviceId": UNKNOWN_ID}]},
+    ]})
+    # the contract's record: the inner index is deal #1's, not the unknown id's place among the batch's services (2)
+    assert error_text(response) == "\n".join(
+        f"✖ Service ID not found or not accessible.\n  → at deals[{i}].services[1]" for i in range(2)
+    )
+    response = api.post("/deals", json={"name": "One deal", "services": [{"serviceId": a["id"]}, {"serviceId": UNKNOWN_ID}]})
+    assert error_text(response) == "✖ Service ID not found or not accessible.\n  → at services[1]"  # one deal: the service's own
+    assert cm.records("deals") == []
+
+
 def test_service_amount_must_be_positive_and_quantity_non_negative(api):
     assert error_text(api.post("/services/many", json={"services": [{"name": "Free", "amount": 0}]})) == (
         "✖ Too small: expected number to be >0\n  → at services[0].amount"

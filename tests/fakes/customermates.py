@@ -2231,7 +2231,7 @@ class FakeCustomermates:
             items = [data]
             prefixes = [[]]
         update = op in ("update", "update_many")
-        issues.extend(self._refine_items(etype, items, prefixes, update, plan))
+        issues.extend(self._refine_items(etype, items, prefixes, update, plan, many=op in ("create_many", "update_many")))
         plan["items"] = items
         plan["count"] = len(items)
         return issues, plan
@@ -2243,27 +2243,26 @@ class FakeCustomermates:
             return oid in self._users_by_id
         return oid in self._data[other]
 
-    def _refine_items(self, etype: str, items: list, prefixes: list, update: bool, plan: dict) -> list:
+    def _refine_items(self, etype: str, items: list, prefixes: list, update: bool, plan: dict, *, many: bool = False) -> list:
         issues: list = []
         cols = self._cols_for(etype)
-        service_union: list[str] = []
+        unknown_services: list[int] = []  # the inner index of each unknown serviceId, reported for every deal
         if etype == "deal":
-            for item in items:
-                for s in item.get("services") or []:
-                    sid = s.get("serviceId")
-                    if sid not in service_union:
-                        service_union.append(sid)
+            for k, item in enumerate(items):
+                sids = list(dict.fromkeys(s.get("serviceId") for s in item.get("services") or []))
+                # Quirk (create/update many deals, contract "Observed on the real server"): an unknown
+                # serviceId in deal k is reported for every deal of the batch at deals[i].services[k], the
+                # index of the offending deal; a single deal's at services[n], the service's own index. (The
+                # recording has one service a deal, where the index among the batch's services is the same.)
+                unknown_services += [k if many else n for n, sid in enumerate(sids) if not self._exists("service", sid)]
         for idx, item in enumerate(items):
             p = prefixes[idx]
             if update and item.get("id") not in self._data[etype]:
                 issues.append(zm.custom(p + ["id"], MSG[etype]))
             for fld, other in RELATIONS[etype]:
                 if fld == "services":
-                    # Quirk (create/update many deals): the union of every deal's serviceIds is
-                    # checked for every deal, at the union index.
-                    for k, sid in enumerate(service_union):
-                        if not self._exists("service", sid):
-                            issues.append(zm.custom(p + ["services", k], MSG["service"]))
+                    for k in unknown_services:
+                        issues.append(zm.custom(p + ["services", k], MSG["service"]))
                     services = item.get("services") or []
                     sids = [s.get("serviceId") for s in services]
                     if len(sids) != len(set(sids)):
