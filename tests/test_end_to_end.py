@@ -15,6 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
+from migrate.customermates.client import CustomermatesClient
+from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.load import Loader, _Item
 from migrate.customermates.mcp import McpClient
 from migrate.staging.store import Staging
 from migrate.transform import values as v
@@ -384,6 +387,24 @@ def test_customermates_failing_every_write_ends_the_run_without_quarantining_any
     assert result.exit_code == 1
     assert "Customermates failed 10 times in a row writing contacts" in result.output
     assert customermates.records("contacts") == [] and "Quarantined" not in result.output
+
+
+def test_a_deal_naming_an_unknown_service_is_quarantined_alone_and_the_rest_of_its_batch_loads(customermates, tmp_path):
+    """Customermates reports an unknown serviceId for every deal of the batch (at deals[i].services[k], k the offending
+    deal's index, contract "Observed on the real server"): no issue names the deal by its outer index, and the loader
+    finds it by halving the batch."""
+    known = httpx.post(f"{customermates.url}/api/v1/services/many", json={"services": [{"name": "Audit", "amount": 100}]},
+                       headers={"x-api-key": VALID_KEY}).json()[0]["id"]
+    unknown = "9b2f4c1e-7d3a-4e5b-8c6d-0a1b2c3d4e5f"
+    bodies = [{"name": f"Deal {n}", "services": [{"serviceId": unknown if n == 5 else known, "quantity": 1}]} for n in range(8)]
+    with Staging(tmp_path / "s.duckdb") as staging, CustomermatesClient(customermates.url, VALID_KEY) as client:
+        loader = Loader(staging, client, ColumnIndex(), "run")
+        loader._send("deals", "create", [_Item(str(n), body, f"h{n}") for n, body in enumerate(bodies)])
+        assert loader.summary.quarantined["deals"] == 1
+        assert staging.quarantine_messages("deals", [str(n) for n in range(8)]) == {
+            "5": "Service ID not found or not accessible. (at deals[0].services[0])"
+        }
+    assert sorted(d["name"] for d in customermates.records("deals")) == [f"Deal {n}" for n in range(8) if n != 5]
 
 
 def test_a_run_whose_every_record_is_rejected_lists_every_one_in_quarantine_csv_and_the_first_20_in_report_json(env, customermates, tmp_path):
