@@ -122,11 +122,22 @@ def test_transient_5xx_recovers(fake):
         assert len(all_records(client, "users")) == len(fake.collections["users"])
 
 
-def test_full_page_without_next_cursor_is_refused(fake):
-    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 5, start=1)]
-    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(500)) + '],"additional_data":{}}'
+def test_a_full_page_without_next_cursor_is_the_end_of_the_list_as_the_contract_says(fake):
+    """Contract §3: `next_cursor` is null or absent at the end, so a list of exactly 500 ends there."""
+    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(1, 501)) + '],"additional_data":{}}'
     fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
-    with client_for(fake) as client, pytest.raises(PipedriveError, match="next_cursor"):
+    fake.collections["persons"] = [{"id": i, "name": f"P{i}", "custom_fields": {}} for i in range(1, 501)]
+    with client_for(fake) as client:
+        assert [r["id"] for r in all_records(client, "persons")] == list(range(1, 501))
+    [_, probe] = [r for r in fake.requests if "/api/v2/persons" in r.path]  # one record in the other order: the page's last
+    assert (probe.query["limit"], probe.query["sort_direction"]) == ("1", "desc")
+
+
+def test_a_full_page_without_next_cursor_in_the_middle_of_a_list_is_refused(fake):
+    fake.collections["persons"] = [{"id": i, "name": f"P{i}", "custom_fields": {}} for i in range(1, 1201)]
+    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(1, 501)) + '],"additional_data":{}}'
+    fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="its last record in the other order is 1200, not 500"):
         all_records(client, "persons")
 
 

@@ -336,6 +336,8 @@ class PipedriveClient:
             if collection.paging == "offset" and last is not None:
                 body, data = self._join_on(collection, params, body, data, last)
             cursor = _next_cursor(collection, body, len(data))
+            if collection.paging == "cursor" and len(data) >= PAGE_LIMIT and "next_cursor" not in (body.get("additional_data") or {}):
+                self._confirm_end(collection, params, data[-1])
             if collection.paging == "none" and cursor is not None and int(cursor) <= params.get("start", 0):
                 raise PipedriveError(
                     f"Pipedrive {collection.path}: pagination.next_start {cursor} does not move past start "
@@ -346,6 +348,25 @@ class PipedriveClient:
                 last = data[-1]
             if cursor is None:
                 return
+
+    def _confirm_end(self, collection: Collection, params: dict[str, Any], last: dict[str, Any]) -> None:
+        """A full page without `next_cursor`: the end of the list (contract §3: null or absent at
+        the end), or an answer cut short. One record asked in the other order tells: at the end,
+        it is the page's last record."""
+        probe = {k: v for k, v in params.items() if k != "cursor"}
+        probe.update(limit=1, sort_by=params.get("sort_by", "id"), sort_direction="asc" if params.get("sort_direction") == "desc" else "desc")
+        try:
+            first = _rows(self.get(collection.path, probe, cost=collection.cost))
+        except PipedriveError as exc:
+            reason = f"asking for its last record failed: {exc}"
+        else:
+            if not first or first[0].get("id") == last.get("id"):
+                return
+            reason = f"its last record in the other order is {first[0].get('id')!r}, not {last.get('id')!r}"
+        raise PipedriveError(
+            f"Pipedrive {collection.path}: a full page came without additional_data.next_cursor, and the list may go on "
+            f"({reason}); refusing to guess whether more records exist"
+        )
 
     def _join_on(
         self, collection: Collection, params: dict[str, Any], body: dict[str, Any], data: list[dict[str, Any]], last: dict[str, Any]
@@ -411,11 +432,6 @@ def _instant(text: str) -> str:
 def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> str | None:
     extra = body.get("additional_data") or {}
     if collection.paging == "cursor":
-        if "next_cursor" not in extra and count >= PAGE_LIMIT:
-            raise PipedriveError(
-                f"Pipedrive {collection.path}: a full page came without additional_data.next_cursor; "
-                "refusing to guess whether more records exist"
-            )
         return extra.get("next_cursor") or None
     # v1 puts pagination under additional_data.pagination, or flat in additional_data (contract §3). An
     # unpaged list follows it too if it ever comes: §3 leaves open whether /v1/users is paginated.
