@@ -673,3 +673,22 @@ def test_a_value_of_a_shape_its_field_does_not_read_is_kept_as_text_or_reported(
                         silent.append((collection, record["id"], ".".join(path), shape))
     assert cases > 2000
     assert silent == []
+
+
+def test_a_set_value_naming_options_the_field_lacks_is_reported_once_naming_them(tmp_path):
+    """As an enum value is: each id becomes 'Deleted option #<id>' among the labels, and one issue of
+    the record and field names them all."""
+    interests = {"field_code": "abc", "field_name": "Interessen", "field_type": "set", "is_custom_field": True,
+                 "options": [{"id": 105, "label": "CRM"}, {"id": 106, "label": "ERP"}]}
+    persons = [{"id": 5, "name": "Ann", "custom_fields": {"abc": [105, 3, 7]}}, {"id": 6, "name": "Bo", "custom_fields": {"abc": [106, 9]}},
+               {"id": 7, "name": "Cy", "custom_fields": {"abc": [105, 106]}}]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("personFields", [interests], store.Checkpoint("personFields", None, 1, 1, True), "run", key="field_code")
+        staging.write_page("persons", persons, store.Checkpoint("persons", None, 1, 3, True), "run")
+        transform(staging, load_mappings())
+        made = {sid: payload["values"]["cf:abc"] for sid, payload in targets(staging, "contacts").items()}
+        assert made == {"5": "CRM, Deleted option #3, Deleted option #7", "6": "ERP, Deleted option #9", "7": "CRM, ERP"}
+        assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "option_unknown")] == [
+            ("5", "Interessen", "option ids 3, 7 are not among the field's options; carried as 'Deleted option #3', 'Deleted option #7'"),
+            ("6", "Interessen", "option id 9 is not among the field's options; carried as 'Deleted option #9'"),
+        ]

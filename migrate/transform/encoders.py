@@ -235,17 +235,34 @@ def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
         _money(value, None, spec, fld, out)
 
 
-def _option_label(value: Any, fld: Field) -> str:
+def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
+    """An option value's label, and its id when the field's options lack it (then the label is
+    'Deleted option #<id>')."""
     if isinstance(value, dict) and value.get("id") is None and not value.get("label"):
         raise ValueError("an object with neither an option id nor a label")
     key = str(value.get("id") if isinstance(value, dict) else value).strip()
     if key in fld.options:
-        return fld.options[key]
+        return fld.options[key], None
     if isinstance(value, dict) and value.get("label"):
-        return str(value["label"])
+        return str(value["label"]), None
     if not key.lstrip("-").isdigit():
-        return key  # some fields hold the label itself rather than an option id
-    return f"Deleted option #{key}"
+        return key, None  # some fields hold the label itself rather than an option id
+    return f"Deleted option #{key}", key
+
+
+def _report_missing_options(out: RecordOut, fld: Field, missing: list[tuple[str, str]]) -> None:
+    """One issue for the option ids of one value that the field's options lack (id, label carried)."""
+    unknown = list(dict.fromkeys(missing))
+    ids, labels = _ids_and_labels(unknown)
+    verb = "is" if len(unknown) == 1 else "are"
+    out.issue(fld.name, "option_unknown", f"{ids} {verb} not among the field's options; carried as {labels}")
+
+
+def _ids_and_labels(pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    """The ids and the labels carried, for an issue: `option id 9` and `'Deleted option #9'`;
+    `option ids 3, 7` and `'Deleted option #3', 'Deleted option #7'`."""
+    ids = ", ".join(key for key, _ in pairs)
+    return f"option id{'s' if len(pairs) > 1 else ''} {ids}", ", ".join(f"'{label}'" for _, label in pairs)
 
 
 def _choose(spec: ColumnSpec, out: RecordOut, label: str) -> None:
@@ -258,9 +275,9 @@ def _choose(spec: ColumnSpec, out: RecordOut, label: str) -> None:
 def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value is None or value == "":
         return
-    label = _option_label(value, fld)
-    if label.startswith("Deleted option #"):
-        out.issue(fld.name, "option_unknown", f"option id {value!r} is not among the field's options; carried as '{label}'")
+    label, missing = _option_label(value, fld)
+    if missing is not None:
+        _report_missing_options(out, fld, [(missing, label)])
     _choose(spec, out, label)
 
 
@@ -269,7 +286,10 @@ def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
     if value is None or value == "" or value == []:
         return
     items = value if isinstance(value, list) else [p for p in str(value).split(",") if p.strip()]
-    out.put(spec, ", ".join(_option_label(item if isinstance(item, dict) else str(item).strip(), fld) for item in items))
+    labelled = [_option_label(item if isinstance(item, dict) else str(item).strip(), fld) for item in items]
+    out.put(spec, ", ".join(label for label, _ in labelled))
+    if missing := [(key, label) for label, key in labelled if key is not None]:
+        _report_missing_options(out, fld, missing)
 
 
 def _ids(value: Any) -> list[str]:
