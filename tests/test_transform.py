@@ -692,3 +692,31 @@ def test_a_set_value_naming_options_the_field_lacks_is_reported_once_naming_them
             ("5", "Interessen", "option ids 3, 7 are not among the field's options; carried as 'Deleted option #3', 'Deleted option #7'"),
             ("6", "Interessen", "option id 9 is not among the field's options; carried as 'Deleted option #9'"),
         ]
+
+
+def test_an_option_deleted_in_pipedrive_keeps_the_label_its_field_keeps_for_it_and_is_noted(tmp_path):
+    """v1 field metadata keeps the options deleted while records still hold their ids (`options_deleted`):
+    such an id is carried by its label, reported as deleted in Pipedrive (not as unknown), and the label
+    joins a select column's options only when a record carries it."""
+    tier = {"key": "abc", "name": "Tier", "field_type": "enum", "edit_flag": True,
+            "options": [{"id": 1, "label": "Gold"}], "options_deleted": [{"id": 2, "label": "Platin"}, {"id": 4, "label": "Bronze"}]}
+    interests = {"key": "def", "name": "Interessen", "field_type": "set", "edit_flag": True,
+                 "options": [{"id": 105, "label": "CRM"}], "options_deleted": [{"id": 106, "label": "ERP"}, {"id": 107, "label": "BI"}]}
+    persons = [{"id": 5, "name": "Ann", "custom_fields": {"abc": 2, "def": [105, 106, 107, 3]}},
+               {"id": 6, "name": "Bo", "custom_fields": {"abc": 1, "def": [106]}}]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("personFields", [tier, interests], store.Checkpoint("personFields", None, 1, 2, True), "run", key="key")
+        staging.write_page("persons", persons, store.Checkpoint("persons", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        made = {sid: payload["values"] for sid, payload in targets(staging, "contacts").items()}
+        assert made["5"]["cf:abc"] == "Platin" and made["5"]["cf:def"] == "CRM, ERP, BI, Deleted option #3"
+        assert made["6"]["cf:abc"] == "Gold" and made["6"]["cf:def"] == "ERP"
+        assert columns(staging, "contacts")["Tier"]["options"] == ["Gold", "Platin"]
+        assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "option_deleted")] == [
+            ("5", "Tier", "option id 2 was deleted in Pipedrive; carried by the label it had, 'Platin'"),
+            ("5", "Interessen", "option ids 106, 107 were deleted in Pipedrive; carried by the labels they had, 'ERP', 'BI'"),
+            ("6", "Interessen", "option id 106 was deleted in Pipedrive; carried by the label it had, 'ERP'"),
+        ]
+        assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "option_unknown")] == [
+            ("5", "Interessen", "option id 3 is not among the field's options; carried as 'Deleted option #3'"),
+        ]

@@ -49,6 +49,8 @@ class Field:
 
     name: str
     options: dict[str, str] = field(default_factory=dict)  # option id → label
+    # option id → label of an option deleted in Pipedrive whose id records may still hold (v1 `options_deleted`)
+    deleted_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,13 +238,15 @@ def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 
 
 def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
-    """An option value's label, and its id when the field's options lack it (then the label is
-    'Deleted option #<id>')."""
+    """An option value's label, and its id when the field's options lack it: then the label is the
+    one Pipedrive keeps for a deleted option (`Field.deleted_options`), else 'Deleted option #<id>'."""
     if isinstance(value, dict) and value.get("id") is None and not value.get("label"):
         raise ValueError("an object with neither an option id nor a label")
     key = str(value.get("id") if isinstance(value, dict) else value).strip()
     if key in fld.options:
         return fld.options[key], None
+    if key in fld.deleted_options:
+        return fld.deleted_options[key], key
     if isinstance(value, dict) and value.get("label"):
         return str(value["label"]), None
     if not key.lstrip("-").isdigit():
@@ -251,11 +255,19 @@ def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
 
 
 def _report_missing_options(out: RecordOut, fld: Field, missing: list[tuple[str, str]]) -> None:
-    """One issue for the option ids of one value that the field's options lack (id, label carried)."""
-    unknown = list(dict.fromkeys(missing))
-    ids, labels = _ids_and_labels(unknown)
-    verb = "is" if len(unknown) == 1 else "are"
-    out.issue(fld.name, "option_unknown", f"{ids} {verb} not among the field's options; carried as {labels}")
+    """One issue per rule for the option ids of one value that the field's options lack (id, label
+    carried): those deleted in Pipedrive, carried by the label they had (`option_deleted`), and
+    those named nowhere, carried as 'Deleted option #<id>' (`option_unknown`)."""
+    deleted = [(key, label) for key, label in dict.fromkeys(missing) if key in fld.deleted_options]
+    unknown = [(key, label) for key, label in dict.fromkeys(missing) if key not in fld.deleted_options]
+    if unknown:
+        ids, labels = _ids_and_labels(unknown)
+        verb = "is" if len(unknown) == 1 else "are"
+        out.issue(fld.name, "option_unknown", f"{ids} {verb} not among the field's options; carried as {labels}")
+    if deleted:
+        ids, labels = _ids_and_labels(deleted)
+        said = "was deleted in Pipedrive; carried by the label it had" if len(deleted) == 1 else "were deleted in Pipedrive; carried by the labels they had"
+        out.issue(fld.name, "option_deleted", f"{ids} {said}, {labels}")
 
 
 def _ids_and_labels(pairs: list[tuple[str, str]]) -> tuple[str, str]:

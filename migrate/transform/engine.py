@@ -229,7 +229,10 @@ class Transformer:
     def _source_field(self, collection: str, decl: ColumnDecl) -> Field:
         """Where a declared column's values come from, with the labels of their option ids."""
         option_field = decl.field or (decl.options_from.split(":", 1)[1] if (decl.options_from or "").startswith("field:") else None)
-        return Field(name=decl.source_field, options=self._options(FIELD_META[collection], option_field) if option_field else {})
+        if option_field is None:
+            return Field(name=decl.source_field)
+        meta = FIELD_META[collection]
+        return Field(decl.source_field, self._options(meta, option_field), self._options(meta, option_field, "options_deleted"))
 
     def _declared_options(self, collection: str, decl: ColumnDecl) -> list[str]:
         source = decl.options_from
@@ -248,9 +251,12 @@ class Transformer:
             return list(self._options(FIELD_META[collection], source.split(":", 1)[1]).values())
         return []
 
-    def _options(self, meta: str, field_code: str) -> dict[str, str]:
+    def _options(self, meta: str, field_code: str, which: str = "options") -> dict[str, str]:
+        """Option id → label, of a field's `options` or of its `options_deleted` (v1 metadata: the
+        options deleted in Pipedrive, whose ids records may still hold; they become a select
+        column's options only when a record carries one)."""
         definition = self.fields.get(meta, {}).get(field_code) or {}
-        return {str(o.get("id")): str(o.get("label")) for o in v.as_list(definition.get("options")) if isinstance(o, dict)}
+        return {str(o.get("id")): str(o.get("label")) for o in v.as_list(definition.get(which)) if isinstance(o, dict)}
 
     def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[CustomColumn]:
         """One column per Pipedrive custom field, typed by `field_types.yaml`."""
@@ -281,7 +287,7 @@ class Transformer:
             if rule_type == "singleSelect":
                 for option in options.values():
                     spec.add_option(option)
-            result.append(CustomColumn(spec, Field(name=name, options=options), code, rule_encode))
+            result.append(CustomColumn(spec, Field(name, options, self._options(meta, code, "options_deleted")), code, rule_encode))
         return result
 
     def _free_label(self, entity: str, name: str, taken: set[str], key: str) -> str:
