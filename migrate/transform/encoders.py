@@ -78,6 +78,35 @@ class RecordOut:
         return fallback
 
 
+def as_entered(value: Any) -> str:
+    """A value as text for '<column> (as entered)': an object's non-empty values, a list's items, comma-joined."""
+    if isinstance(value, dict):
+        return " ".join(as_entered(v) for v in value.values() if v not in (None, "", [], {}))
+    if isinstance(value, list):
+        return ", ".join(as_entered(v) for v in value)
+    return str(value)
+
+
+def keep_as_entered(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, reason: str) -> None:
+    """Put a value that cannot be read in '<column> (as entered)', reported with why."""
+    text = as_entered(value)
+    fallback = out.put_as_entered(spec, text)
+    out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
+
+
+def content(value: Any) -> str:
+    """What of a value a column could show: an object's `value` when it has one (the rest is labels
+    and flags, as in an empty phone item), else all of it; "" for null, false and empty shapes."""
+    if value is None or value is False:
+        return ""
+    if isinstance(value, dict):
+        parts = [value["value"]] if "value" in value else list(value.values())
+        return " ".join(text for text in map(content, parts) if text)
+    if isinstance(value, list):
+        return ", ".join(text for text in map(content, value) if text)
+    return str(value).strip()
+
+
 Encoder = Callable[[Any, dict[str, Any], ColumnSpec, Field, Lookups, RecordOut], None]
 ENCODERS: dict[str, Encoder] = {}
 # Encoders whose value is a key to what they write (a deal's id to its product lines), not the

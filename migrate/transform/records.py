@@ -40,6 +40,9 @@ from migrate.transform.encoders import (
     Field,
     Lookups,
     RecordOut,
+    as_entered,
+    content,
+    keep_as_entered,
 )
 from migrate.transform.lookups import LookupLog
 from migrate.transform.mapping import ColumnDecl
@@ -222,8 +225,8 @@ class RecordMaker:
         out.put(self.registry.get(entity, PIPEDRIVE_ID), sid)
         for column in self.declared[collection]:
             value = _get(record, column.path)
-            if value is None and len(column.path) > 1 and not isinstance(parent := record.get(column.path[0]), dict) and _content(parent):
-                _keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
+            if value is None and len(column.path) > 1 and not isinstance(parent := record.get(column.path[0]), dict) and content(parent):
+                keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
                 continue
             if column.currency_path:
                 value = None if value in (None, "") else {"value": value, "currency": _get(record, column.currency_path)}
@@ -232,7 +235,7 @@ class RecordMaker:
         if custom_values is None:
             custom_values = {}
         elif not isinstance(custom_values, dict):
-            out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {_as_entered(custom_values)!r}, not an object: no custom field value could be read")
+            out.issue("custom_fields", "custom_fields_unreadable", f"custom_fields is {as_entered(custom_values)!r}, not an object: no custom field value could be read")
             custom_values = {}
         for custom in self.custom[collection]:
             value = _v1_value(custom_values, custom.code) if collection in V1_ENCODED else custom_values.get(custom.code)
@@ -259,10 +262,10 @@ class RecordMaker:
         try:
             encoder(value, record, spec, fld, self.lookups, out)
         except (ValueError, TypeError, AttributeError) as exc:
-            _keep_as_entered(value, spec, fld, out, str(exc))
+            keep_as_entered(value, spec, fld, out, str(exc))
             return
-        if (out.written, len(out.issues)) == before and encoder not in KEYED and _content(value):
-            _keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
+        if (out.written, len(out.issues)) == before and encoder not in KEYED and content(value):
+            keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
@@ -423,33 +426,6 @@ def _nothing(_: object) -> None:
 def _make_in_worker(batch: Batch) -> Made:
     assert _maker is not None
     return _maker.make(batch)
-
-
-def _as_entered(value: Any) -> str:
-    if isinstance(value, dict):
-        return " ".join(_as_entered(v) for v in value.values() if v not in (None, "", [], {}))
-    if isinstance(value, list):
-        return ", ".join(_as_entered(v) for v in value)
-    return str(value)
-
-
-def _keep_as_entered(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, reason: str) -> None:
-    text = _as_entered(value)
-    fallback = out.put_as_entered(spec, text)
-    out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
-
-
-def _content(value: Any) -> str:
-    """What of a value a column could show: an object's `value` when it has one (the rest is labels
-    and flags, as in an empty phone item), else all of it; "" for null, false and empty shapes."""
-    if value is None or value is False:
-        return ""
-    if isinstance(value, dict):
-        parts = [value["value"]] if "value" in value else list(value.values())
-        return " ".join(text for text in map(_content, parts) if text)
-    if isinstance(value, list):
-        return ", ".join(text for text in map(_content, value) if text)
-    return str(value).strip()
 
 
 def _json_kind(value: Any) -> str:
