@@ -720,3 +720,17 @@ def test_an_option_deleted_in_pipedrive_keeps_the_label_its_field_keeps_for_it_a
         assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "option_unknown")] == [
             ("5", "Interessen", "option id 3 is not among the field's options; carried as 'Deleted option #3'"),
         ]
+
+
+def test_an_instant_messaging_entry_of_another_shape_beside_readable_ones_is_kept_as_text_and_reported(tmp_path):
+    """Alone, such an entry goes to 'as entered' as any value a column passes over; beside readable
+    ones it went nowhere, without a word. An entry without a value is an empty one, not reported."""
+    im = [{"value": "@ann", "primary": True, "label": "skype"}, "@ann-old", {"note": "ask for telegram"}, {"value": None, "label": "work"}]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [{"id": 5, "name": "Ann", "im": im}], store.Checkpoint("persons", None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        values = targets(staging, "contacts")["5"]["values"]
+        assert (values["im"], values["im:as_entered"]) == ("@ann (skype)", "@ann-old, ask for telegram")
+        assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "invalid_value_kept_as_text")] == [
+            ("5", "im", "'@ann-old, ask for telegram' cannot be read (not an item with a value); kept as text in 'Instant messaging (as entered)'"),
+        ]

@@ -406,13 +406,14 @@ def _phone(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, 
 
 @encoder("contact_items")
 def _contact_items(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """`[{value, primary, label}]` as "value (label), ..."; an item of another shape beside them
+    goes to '<column> (as entered)', reported (an item without a value is an empty one)."""
     if isinstance(value, list):
-        parts = [
-            f"{i.get('value')} ({i['label']})" if i.get("label") else str(i.get("value"))
-            for i in value
-            if isinstance(i, dict) and i.get("value")
-        ]
+        items = [i for i in value if isinstance(i, dict) and i.get("value")]
+        parts = [f"{i['value']} ({i['label']})" if i.get("label") else str(i["value"]) for i in items]
         out.put(spec, ", ".join(parts) or None)
+        if items and (unread := [i for i in value if not (isinstance(i, dict) and i.get("value")) and content(i)]):
+            keep_as_entered(unread, spec, fld, out, "not an item with a value")
 
 
 @encoder("link")
