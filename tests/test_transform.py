@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from migrate.config import Settings
 from migrate.errors import ConfigError, MigrateError
 from migrate.pipedrive.extract import SnapshotSource, extract
+from migrate.report import plan
 from migrate.staging import store
 from migrate.staging.store import Staging
 from migrate.transform import engine, records
@@ -652,7 +653,7 @@ def test_a_value_of_a_shape_its_field_does_not_read_is_kept_as_text_or_reported(
             f"SELECT data FROM {store.raw_table(collection)} WHERE NOT coalesce(is_deleted, false) ORDER BY num_id, id LIMIT 3"
         ).fetchall()
         v1 = collection in records.V1_ENCODED
-        places = [column.path[:1] for column in maker.declared[collection]]
+        places = [path[:1] for column in maker.declared[collection] for path in (column.path, *column.also)]
         places += [(custom.code,) if v1 else ("custom_fields", custom.code) for custom in maker.custom[collection]]
         coverage = mappings.coverage.get(collection.removesuffix("_archived"), {})
         places += [(name,) for name, goes_to in coverage.items() if "not migrated" not in goes_to]
@@ -734,3 +735,25 @@ def test_an_instant_messaging_entry_of_another_shape_beside_readable_ones_is_kep
         assert [(i["source_id"], i["field"], i["detail"]) for i in issues(staging, "invalid_value_kept_as_text")] == [
             ("5", "im", "'@ann-old, ask for telegram' cannot be read (not an item with a value); kept as text in 'Instant messaging (as entered)'"),
         ]
+
+
+def test_instant_messaging_sent_as_ims_fills_its_column_as_im_does_and_both_show_each_item_once(tmp_path):
+    """Pipedrive's schema names a person's instant messaging `im`, its docs `ims` (contract §7.2)."""
+    skype = {"value": "@ann", "primary": True, "label": "skype"}
+    persons = [
+        {"id": 5, "name": "Ann", "ims": [skype]},
+        {"id": 6, "name": "Bo", "im": [skype], "ims": [dict(skype, primary=False), {"value": "@bo", "primary": False, "label": "telegram"}]},
+        {"id": 7, "name": "Cy", "im": [{"value": "@cy", "primary": True, "label": None}], "ims": None},
+        {"id": 8, "name": "Di", "im": [], "ims": []},
+    ]
+    field = {"field_code": "ims", "field_name": "Instant messenger", "field_type": "varchar", "is_custom_field": False}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", persons, store.Checkpoint("persons", None, 1, 4, True), "run")
+        staging.write_page("personFields", [field], store.Checkpoint("personFields", None, 1, 1, True), "run", key="field_code")
+        mappings = load_mappings()
+        transform(staging, mappings)
+        made = {sid: payload["values"].get("im") for sid, payload in targets(staging, "contacts").items()}
+        assert made == {"5": "@ann (skype)", "6": "@ann (skype), @bo (telegram)", "7": "@cy", "8": None}
+        assert staging.transform_issues() == []
+        [row] = [r for r in plan.coverage(staging, mappings.sources, mappings.coverage) if r["code"] == "ims"]
+        assert row["goes_to"] == "column 'Instant messaging' (plain)"

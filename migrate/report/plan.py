@@ -457,7 +457,7 @@ def coverage(staging: Staging, sources: dict[str, Any], builtin: dict[str, dict[
     columns = {(c["entity"], c["key"]): c for c in staging.target_columns()}
     rows = []
     for entity, collection, meta in FIELD_SOURCES:
-        declared = {d.source_field.split(".")[0]: d for d in sources[collection].columns}
+        declared = {name.split(".")[0]: d for d in sources[collection].columns for name in (d.source_field, *d.also_from)}
         for definition in staging.iter_raw(meta):
             if definition.get("is_subfield"):
                 continue

@@ -411,7 +411,7 @@ def _contact_items(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
     if isinstance(value, list):
         items = [i for i in value if isinstance(i, dict) and i.get("value")]
         parts = [f"{i['value']} ({i['label']})" if i.get("label") else str(i["value"]) for i in items]
-        out.put(spec, ", ".join(parts) or None)
+        out.put(spec, ", ".join(dict.fromkeys(parts)) or None)  # an item twice (differing in its primary flag, say) once
         if items and (unread := [i for i in value if not (isinstance(i, dict) and i.get("value")) and content(i)]):
             keep_as_entered(unread, spec, fld, out, "not an item with a value")
 

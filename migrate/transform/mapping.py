@@ -26,6 +26,7 @@ class ColumnDecl:
     currency_from: str | None = None
     allow_multiple: bool = False
     field: str | None = None  # field metadata whose options label the values (label_ids)
+    also_from: tuple[str, ...] = ()  # other names the field goes by (`from: [im, ims]`): their values are read with its own
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,20 @@ def load_mappings(directory: Path | None = None) -> Mappings:
         decls = []
         for raw in body.get("columns") or []:
             try:
+                names = raw["from"] if isinstance(raw["from"], list) else [raw["from"]]
+                if not names:
+                    raise ConfigError(f"{where}: column {raw['key']!r} reads no field ('from' is an empty list)")
                 decl = ColumnDecl(
                     key=raw["key"],
                     label=raw["label"],
                     type=raw["type"],
-                    source_field=raw["from"],
+                    source_field=names[0],
                     encode=raw["encode"],
                     options_from=raw.get("options_from"),
                     currency_from=raw.get("currency_from"),
                     allow_multiple=bool(raw.get("allow_multiple", False)),
                     field=raw.get("field"),
+                    also_from=tuple(names[1:]),
                 )
             except (KeyError, TypeError) as exc:
                 raise ConfigError(f"{where}: column {raw!r} lacks {exc}") from None

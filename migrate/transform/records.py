@@ -156,11 +156,13 @@ class DeclaredColumn:
     currency_path: tuple[str, ...] | None
     spec: ColumnSpec
     field: Field
+    also: tuple[tuple[str, ...], ...] = ()  # other names of the field (`ColumnDecl.also_from`)
 
     @classmethod
     def of(cls, decl: ColumnDecl, spec: ColumnSpec, fld: Field) -> DeclaredColumn:
         currency = tuple(decl.currency_from.split(".")) if decl.currency_from else None
-        return cls(ENCODERS[decl.encode], tuple(decl.source_field.split(".")), currency, spec, fld)
+        also = tuple(tuple(name.split(".")) for name in decl.also_from)
+        return cls(ENCODERS[decl.encode], tuple(decl.source_field.split(".")), currency, spec, fld, also)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ class RecordMaker:
         out.put(self.registry.get(entity, PIPEDRIVE_ID), sid)
         for column in self.declared[collection]:
             value = _get(record, column.path)
+            if column.also:
+                value = _one_value([value, *(_get(record, path) for path in column.also)])
             if value is None and len(column.path) > 1 and not isinstance(parent := record.get(column.path[0]), dict) and content(parent):
                 keep_as_entered(parent, column.spec, Field(column.path[0], column.field.options), out, "it is not an object")
                 continue
@@ -453,6 +457,20 @@ def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+def _one_value(values: list[Any]) -> Any:
+    """The value of a field that goes by several names (persons' `im`, `ims`): the one present or,
+    when more than one name carries a value, the items of them all, each once."""
+    present = [value for value in values if value not in (None, "", [])]
+    if len(present) < 2:
+        return present[0] if present else values[0]
+    items: list[Any] = []
+    for value in present:
+        for item in value if isinstance(value, list) else [value]:
+            if item not in items:
+                items.append(item)
+    return items
 
 
 def _v1_value(record: dict[str, Any], code: str) -> Any:
