@@ -652,6 +652,7 @@ GOOD_VALUES = [
     ("emails", "a@example.com, b@example.org"), ("date", "2024-02-29"), ("date", "1990-11-02T00:00:00Z"),
     ("dateTime", "2026-05-01T14:30:00Z"), ("dateTime", "2026-05-01T14:30Z"), ("dateTime", "2026-05-01T14:30:00.123Z"),
     ("link", "https://www.linkedin.com/in/x"), ("link", "mailto:a@example.com"), ("link", "tel:+49123"),
+    ("link", "http://192.168.0.1/admin"),
     ("currency", "38901.25"), ("currency", " 12 "), ("currency", "1e3"), ("dateRange", "2024-01-15,2024-01-22"),
     ("dateTimeRange", "2024-01-15T09:00:00Z,2024-01-15T17:00:00Z"), ("plain", "anything at all"),
 ]
@@ -667,6 +668,7 @@ BAD_VALUES = [
     ("currency", "$1234", "The currency value is invalid", ""),
     ("link", "www.example.com", "The URL value is invalid", ""),
     ("link", "javascript:alert(1)", "The URL value is invalid", ""),
+    ("link", "https://shop.acme.24", "The URL value is invalid", ""),  # ends in a number: an IPv4 address, and no valid one
     ("email", "a@example.com, b@example.com", "The email value is invalid", ""),
     ("emails", "a@example.com, nope", "The email value is invalid", "[1]"),
     ("dateRange", "2024-02-01,2024-01-01", "The date range is invalid", ""),

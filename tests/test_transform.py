@@ -29,6 +29,7 @@ from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import DEFAULT_DIR, load_mappings
 from migrate.transform.records import SWITCH_INTERVAL, MakerPool
+from tests.fakes.customermates import is_secure_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "pipedrive"
@@ -757,3 +758,36 @@ def test_instant_messaging_sent_as_ims_fills_its_column_as_im_does_and_both_show
         assert staging.transform_issues() == []
         [row] = [r for r in plan.coverage(staging, mappings.sources, mappings.coverage) if r["code"] == "ims"]
         assert row["goes_to"] == "column 'Instant messaging' (plain)"
+
+
+# A host whose last label is a number is an IPv4 address to a WHATWG URL parser (Customermates
+# checks links with `new URL()`), refused unless it is a valid one: then the server refuses the record.
+LINKS_ENDING_IN_A_NUMBER = {
+    "https://shop.acme.24": False,
+    "shop.acme.24": False,
+    "https://shop.acme.24./cart": False,
+    "http://acme.0x1F": False,
+    "http://1.2.3.4.5": False,
+    "http://256.1.1.1": False,
+    "http://1.2.3.256": False,
+    "http://192.168.0.1": True,
+    "http://192.168.0.1:8080/admin": True,
+    "http://0x7f.0.0.1": True,
+    "http://10.1": True,
+    "https://acme.24.de": True,
+    "https://shop.acme.24h": True,
+}
+
+
+def test_a_link_whose_host_ends_in_a_number_but_is_no_ipv4_address_is_kept_as_text_as_the_server_refuses_it(tmp_path):
+    organizations = [{"id": n, "name": f"Org {n}", "website": url} for n, url in enumerate(LINKS_ENDING_IN_A_NUMBER, 1)]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("organizations", organizations, store.Checkpoint("organizations", None, 1, len(organizations), True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "organizations")
+        refused = {i["source_id"] for i in issues(staging, "link_invalid")}
+        for n, (url, valid) in enumerate(LINKS_ENDING_IN_A_NUMBER.items(), 1):
+            link = url if "://" in url else f"https://{url}"
+            website = {key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}
+            assert (website, str(n) in refused) == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
+            assert is_secure_url(link) is valid, f"the fake Customermates on {link}"

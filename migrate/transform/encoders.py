@@ -7,6 +7,8 @@ every value it cannot carry exactly through `RecordOut.issue` — never a silent
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -431,10 +433,13 @@ def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
 
 # What a URL parser (Customermates checks with `new URL()`) refuses in a host name.
 _FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
+# What the parser's IDNA step (UTS #46) makes a label separator: ideographic and fullwidth full stops
+_DOTS = str.maketrans(dict.fromkeys("\u3002\uff0e\uff61", "."))
 
 
 def _parses(url: str) -> bool:
-    """Whether the server's URL check will take `url`: a host without forbidden characters, a numeric port."""
+    """Whether the server's URL check will take `url`: a host without forbidden characters, one
+    ending in a number a valid IPv4 address, a numeric port."""
     if url.startswith(("mailto:", "tel:")):
         return True
     try:
@@ -443,7 +448,43 @@ def _parses(url: str) -> bool:
     except ValueError:
         return False
     host = parts.hostname or ""
-    return bool(host) and not any(ch in _FORBIDDEN_HOST or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host)
+    if not host or any(ch in _FORBIDDEN_HOST or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host):
+        return False
+    labels = unicodedata.normalize("NFKC", host).translate(_DOTS).split(".")
+    if labels[-1] == "" and len(labels) > 1:
+        labels.pop()  # one trailing dot (a fully qualified name)
+    return not _ends_in_a_number(labels[-1]) or _ipv4(labels)
+
+
+def _ends_in_a_number(label: str) -> bool:
+    """WHATWG URL's "ends in a number" of a host's last label: decimal digits, or 0x and hex digits.
+    Then the parser reads the host as an IPv4 address, or refuses it."""
+    return re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*", label) is not None
+
+
+def _ipv4(labels: list[str]) -> bool:
+    """Whether WHATWG URL's IPv4 parser takes the host: at most four numbers (decimal, 0x hex, 0
+    octal), each but the last below 256, the last filling the bytes left (`10.1` is 10.0.0.1)."""
+    numbers = [_ipv4_number(label) for label in labels]
+    if len(numbers) > 4 or None in numbers:
+        return False
+    *first, last = numbers
+    return all(n < 256 for n in first) and last < 256 ** (5 - len(numbers))
+
+
+_RADIX_DIGITS = {10: frozenset("0123456789"), 16: frozenset("0123456789abcdefABCDEF"), 8: frozenset("01234567")}
+
+
+def _ipv4_number(label: str) -> int | None:
+    """A label as WHATWG URL's IPv4 number parser reads it (`0x1F` hex, `017` octal); None: not a number."""
+    digits, radix = label, 10
+    if label[:2] in ("0x", "0X"):
+        digits, radix = label[2:], 16
+    elif len(label) > 1 and label[0] == "0":
+        digits, radix = label[1:], 8
+    if label == "" or not set(digits) <= _RADIX_DIGITS[radix]:
+        return None
+    return int(digits, radix) if digits else 0
 
 
 @encoder("labels")

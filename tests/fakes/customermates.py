@@ -433,9 +433,47 @@ def whatwg_url_ok(value: str) -> tuple[bool, str]:
         return False, scheme
     if any(ch in _FORBIDDEN_HOST for ch in host):
         return False, scheme
+    if _ends_in_a_number(host) and not _is_ipv4(host):  # an IPv4 address, to the parser, and not a valid one
+        return False, scheme
     if port and (not re.fullmatch(r"[0-9]+", port) or int(port) > 65535):
         return False, scheme
     return True, scheme
+
+
+def _host_labels(host: str) -> list[str]:
+    """The host's labels as the URL parser splits them after IDNA (UTS #46: fullwidth digits, ideographic
+    full stops), one trailing empty label dropped."""
+    labels = unicodedata.normalize("NFKC", host).replace("\u3002", ".").split(".")
+    return labels[:-1] if labels[-1] == "" and len(labels) > 1 else labels
+
+
+def _ipv4_number(part: str) -> int | None:
+    """WHATWG "IPv4 number parser": decimal, 0x/0X hex, leading-0 octal; None on failure."""
+    if part == "":
+        return None
+    if len(part) >= 2 and part[:2] in ("0x", "0X"):
+        part, radix, pattern = part[2:], 16, r"[0-9A-Fa-f]*"
+    elif len(part) >= 2 and part[0] == "0":
+        part, radix, pattern = part[1:], 8, r"[0-7]*"
+    else:
+        radix, pattern = 10, r"[0-9]*"
+    if not re.fullmatch(pattern, part):
+        return None
+    return int(part, radix) if part else 0
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """WHATWG "ends in a number checker": the last label is ASCII digits, or parses as an IPv4 number."""
+    last = _host_labels(host)[-1]
+    return bool(re.fullmatch(r"[0-9]+", last)) or _ipv4_number(last) is not None
+
+
+def _is_ipv4(host: str) -> bool:
+    """WHATWG "IPv4 parser" succeeds: at most four numbers, all but the last < 256, the last < 256**(5-n)."""
+    numbers = [_ipv4_number(part) for part in _host_labels(host)]
+    if len(numbers) > 4 or any(n is None for n in numbers):
+        return False
+    return all(n < 256 for n in numbers[:-1]) and numbers[-1] < 256 ** (5 - len(numbers))
 
 
 def is_secure_url(value: str) -> bool:
