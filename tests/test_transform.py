@@ -724,6 +724,23 @@ def test_an_option_deleted_in_pipedrive_keeps_the_label_its_field_keeps_for_it_a
         ]
 
 
+def test_labels_are_named_from_v1_field_metadata_and_an_unknown_or_deleted_label_is_reported(tmp_path):
+    """v1 metadata keys the labels field `label` (a v1 record's key), where v2 says `label_ids`."""
+    labels = {"key": "label", "name": "Label", "field_type": "set", "edit_flag": False,
+              "options": [{"id": 1, "label": "Kunde"}], "options_deleted": [{"id": 2, "label": "Lieferant"}]}
+    persons = [{"id": 5, "name": "Ann", "label_ids": [1, 2, 9]}, {"id": 6, "name": "Bo", "label_ids": [1]}]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("personFields", [labels], store.Checkpoint("personFields", None, 1, 1, True), "run", key="key")
+        staging.write_page("persons", persons, store.Checkpoint("persons", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        made = {sid: payload["values"]["labels"] for sid, payload in targets(staging, "contacts").items()}
+        assert made == {"5": "Kunde, Lieferant, Label #9", "6": "Kunde"}
+        assert sorted((i["source_id"], i["rule"], i["detail"]) for i in staging.transform_issues() if i["field"] == "label_ids") == [
+            ("5", "option_deleted", "option id 2 was deleted in Pipedrive; carried by the label it had, 'Lieferant'"),
+            ("5", "option_unknown", "option id 9 is not among the field's options; carried as 'Label #9'"),
+        ]
+
+
 def test_an_instant_messaging_entry_of_another_shape_beside_readable_ones_is_kept_as_text_and_reported(tmp_path):
     """Alone, such an entry goes to 'as entered' as any value a column passes over; beside readable
     ones it went nowhere, without a word. An entry without a value is an empty one, not reported."""

@@ -489,7 +489,15 @@ def _ipv4_number(label: str) -> int | None:
 
 @encoder("labels")
 def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(value, fld.options, "Label #{}"))
+    names, missing = [], []
+    for key in _ids(value):
+        name = fld.options.get(key) or fld.deleted_options.get(key)
+        names.append(name or f"Label #{key}")
+        if key not in fld.options:
+            missing.append((key, names[-1]))
+    out.put(spec, ", ".join(names) or None)
+    if missing:
+        _report_missing_options(out, fld, missing)
 
 
 @encoder("lead_labels")

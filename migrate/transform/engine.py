@@ -75,6 +75,9 @@ RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when the
 PARALLEL_FROM = 20_000  # records to make from which worker processes pay for their start (about a second)
 PROGRESS_TASK = "transform records"
 MAX_WORKERS = 3  # by default: past that the main process, which reads and writes for all of them, sets the pace
+# A standard field's key in v1 field metadata (read when an account lacks the v2 one), where it differs
+# from the v2 field code: v1 records call the labels `label` (contract §7.2-§7.4), and v1 keys are record keys (§8.1)
+V1_FIELD_KEYS = {"label_ids": "label"}
 # Staged collections the transform reads for names, labels and field definitions, not as records
 REFERENCE_COLLECTIONS = ("users", "pipelines", "stages", "activityTypes", "leadLabels", *sorted(set(FIELD_META.values())))
 RESERVED_LABELS = {
@@ -255,7 +258,8 @@ class Transformer:
         """Option id → label, of a field's `options` or of its `options_deleted` (v1 metadata: the
         options deleted in Pipedrive, whose ids records may still hold; they become a select
         column's options only when a record carries one)."""
-        definition = self.fields.get(meta, {}).get(field_code) or {}
+        fields = self.fields.get(meta, {})
+        definition = fields.get(field_code) or fields.get(V1_FIELD_KEYS.get(field_code, "")) or {}
         return {str(o.get("id")): str(o.get("label")) for o in v.as_list(definition.get(which)) if isinstance(o, dict)}
 
     def _custom_columns(self, collection: str, mapping: SourceMapping) -> list[CustomColumn]:
