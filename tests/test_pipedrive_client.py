@@ -521,6 +521,16 @@ def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path
     assert summary.records["deals"] == len(fake.collections["deals"])
 
 
+def test_an_account_without_the_leads_feature_is_reported_not_failed(fake, tmp_path):
+    """Contract §2: 415 is Pipedrive's 'feature not enabled'."""
+    body = '{"success":false,"error":"Feature not enabled"}'
+    fake.inject(415, count=100, path_contains="/api/v1/leads", body=body, content_type="application/json")
+    with client_for(fake) as client:
+        summary = extract(Staging(tmp_path / "s.duckdb"), client, "run")
+    assert {"leads", "leads_archived"} <= set(summary.missing)
+    assert summary.records["persons"] == len(fake.collections["persons"])
+
+
 def test_http_dates_are_read_as_aware_utc_datetimes_and_unreadable_ones_as_none():
     assert parse_http_date("Sun, 29 Nov 2026 23:40:00 GMT") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)
     assert parse_http_date("Mon, 30 Nov 2026 01:40:00 +0200") == datetime(2026, 11, 29, 23, 40, tzinfo=UTC)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from migrate.pipedrive.client import PipedriveClient, PipedriveError
-from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, PAGE_LIMIT, Collection
+from migrate.pipedrive.collections import COLLECTIONS, DEAL_IDS_PER_REQUEST, DEAL_PRODUCTS, NOT_ON_THIS_ACCOUNT, PAGE_LIMIT, Collection
 from migrate.staging.store import Staging
 
 UNBOUNDED = frozenset({"leads", "leads_archived"})  # UUID ids: no highest id to read
@@ -103,7 +103,7 @@ def estimate_by_probing(client: PipedriveClient) -> CostEstimate:
         try:
             rows = client.get(collection.path, params, cost=collection.cost).get("data") or []
         except PipedriveError as exc:
-            if collection.optional and exc.status in (404, 410):
+            if collection.optional and exc.status in NOT_ON_THIS_ACCOUNT:
                 continue
             raise
         top = rows[0].get("id") if rows and isinstance(rows[0], dict) else None

@@ -1,7 +1,7 @@
 """A small Pipedrive API client: token in the `x-api-token` header, paging, rate limits.
 
 Retries (tenacity) cover burst 429s, 5xx and network errors. A 429 that means the daily
-token budget is spent, a Cloudflare 403 page, and 401/402/403/404/410 stop at once with
+token budget is spent, a Cloudflare 403 page, and 401/402/403/404/410/415 stop at once with
 one clear sentence: retrying them only makes things worse (contract §2, §4).
 """
 
@@ -510,5 +510,6 @@ def _explain(status: int, path: str, response: httpx.Response) -> str:
         403: f"Pipedrive refused {path} (HTTP 403): {_error_text(response)}; use a global-admin user's token",
         404: f"Pipedrive has no {path} (HTTP 404): check PIPEDRIVE_BASE_URL",
         410: f"Pipedrive removed {path} (HTTP 410 Gone)",
+        415: f"Pipedrive {path}: a feature this account has not enabled (HTTP 415): {_error_text(response)}",
     }
     return messages.get(status, f"Pipedrive {path}: HTTP {status}: {_error_text(response)}")

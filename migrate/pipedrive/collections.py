@@ -72,3 +72,7 @@ DEAL_IDS_PER_REQUEST = 100
 PAGE_LIMIT = 500
 
 BY_NAME = {c.name: c for c in (*COLLECTIONS, DEAL_PRODUCTS)}
+
+# What an endpoint that is not on this account answers (contract §2): 404 unavailable, 410 removed, 415
+# "feature not enabled" (an account without leads, say). An optional collection is then reported missing.
+NOT_ON_THIS_ACCOUNT = (404, 410, 415)

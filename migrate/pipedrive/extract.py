@@ -29,6 +29,7 @@ from migrate.pipedrive.collections import (
     COLLECTIONS,
     DEAL_IDS_PER_REQUEST,
     DEAL_PRODUCTS,
+    NOT_ON_THIS_ACCOUNT,
     PAGE_LIMIT,
     Collection,
 )
@@ -298,9 +299,9 @@ class _Stager:
         return totals
 
     def unavailable(self, source: PageSource, collection: Collection, exc: PipedriveError, totals: tuple[int, int]) -> None:
-        """An endpoint that answered 404/410 before its first page: read the fallback, or report an
+        """An endpoint that answered as not on this account before its first page: read the fallback, or report an
         optional collection as not on this account; anything else is raised."""
-        if exc.status not in (404, 410) or totals[0]:
+        if exc.status not in NOT_ON_THIS_ACCOUNT or totals[0]:
             raise exc
         if collection.fallback is not None:
             log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
@@ -421,7 +422,7 @@ def extract_changes(
                         progress(collection.name, len(page.records))
                     stopping.check()
             except PipedriveError as exc:
-                if exc.status in (404, 410) and collection.optional:
+                if exc.status in NOT_ON_THIS_ACCOUNT and collection.optional:
                     continue
                 raise
             summary.changed[collection.name] = count
@@ -470,9 +471,9 @@ def _read_whole(client: PipedriveClient, collection: Collection) -> list[dict[st
     try:
         return [r for page in client.pages(collection) for r in page.records]
     except PipedriveError as exc:
-        if exc.status in (404, 410) and collection.fallback is not None:
+        if exc.status in NOT_ON_THIS_ACCOUNT and collection.fallback is not None:
             return [r for page in client.pages(collection.fallback) for r in page.records]
-        if exc.status in (404, 410) and collection.optional:
+        if exc.status in NOT_ON_THIS_ACCOUNT and collection.optional:
             return None
         raise
 
@@ -522,7 +523,7 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
                 staging.upsert_records(collection.name, unseen, collection.key)
                 staging.add_present_ids(ids)
         except PipedriveError as exc:
-            if exc.status in (404, 410) and collection.optional:
+            if exc.status in NOT_ON_THIS_ACCOUNT and collection.optional:
                 continue
             raise
         vanished[collection.name] = staging.flag_missing_as_deleted(collection.name)
