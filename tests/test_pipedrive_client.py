@@ -521,6 +521,16 @@ def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path
     assert summary.records["deals"] == len(fake.collections["deals"])
 
 
+def test_a_429_without_headers_after_an_answer_left_less_budget_than_the_request_costs_is_the_daily_budget(fake):
+    """The budget headers can be missing (contract §4): then the budget an earlier answer left tells."""
+    fake.inject(429, count=10, path_contains="/api/v2/persons", body='{"success":false,"error":"Too many requests"}', content_type="application/json")
+    with client_for(fake) as client:
+        client.budget_remaining = 5
+        with pytest.raises(BudgetExhaustedError, match="daily API token budget"):
+            all_records(client, "persons")
+    assert len([r for r in fake.requests if r.path == "/api/v2/persons"]) == 1  # not retried
+
+
 def test_an_account_without_the_leads_feature_is_reported_not_failed(fake, tmp_path):
     """Contract §2: 415 is Pipedrive's 'feature not enabled'."""
     body = '{"success":false,"error":"Feature not enabled"}'

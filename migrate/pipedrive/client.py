@@ -281,7 +281,10 @@ class PipedriveClient:
                 self.rate_limited += 1
             remaining_tokens = response.headers.get("x-daily-ratelimit-token-remaining")
             burst_left = response.headers.get("x-ratelimit-remaining")
-            if remaining_tokens == "0" or (burst_left is not None and burst_left.isdigit() and int(burst_left) > 0):
+            # the daily budget, not the burst window: said by the budget header, or by a window with room
+            # left, or (no header on this answer: it can be missing, contract §4) by what an earlier answer left
+            short = remaining_tokens is None and self.budget_remaining is not None and self.budget_remaining < cost
+            if remaining_tokens == "0" or short or (burst_left is not None and burst_left.isdigit() and int(burst_left) > 0):
                 raise BudgetExhaustedError(
                     "Pipedrive's daily API token budget is used up (HTTP 429); what was extracted is checkpointed, "
                     "run again after the budget resets at midnight (Pipedrive server time)"
