@@ -755,6 +755,20 @@ def test_an_instant_messaging_entry_of_another_shape_beside_readable_ones_is_kep
         ]
 
 
+def test_a_phone_number_given_bare_is_read_and_an_item_of_another_shape_beside_numbers_is_reported(tmp_path):
+    phones = [{"value": "+49 30 1234567", "primary": True, "label": "work"}, "+49 40 7654321", 4989123456, {"label": "fax"}, ["+4930"]]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [{"id": 5, "name": "Ann", "phones": phones}], store.Checkpoint("persons", None, 1, 1, True), "run")
+        transform(staging, load_mappings())
+        values = targets(staging, "contacts")["5"]["values"]
+        assert values["phones"] == "+49301234567,+49407654321"
+        assert values["phones:as_entered"] == "4989123456, fax, +4930"  # no country code and no users' locale to read it in
+        assert [(i["rule"], i["detail"]) for i in staging.transform_issues() if i["field"] == "phones"] == [
+            ("invalid_value_kept_as_text", "'fax, +4930' cannot be read (not a phone number or an item with one); kept as text in 'Phone (as entered)'"),
+            ("phone_not_e164", "'4989123456' cannot be normalised to E.164; kept as text in 'Phone (as entered)'"),
+        ]
+
+
 def test_instant_messaging_sent_as_ims_fills_its_column_as_im_does_and_both_show_each_item_once(tmp_path):
     """Pipedrive's schema names a person's instant messaging `im`, its docs `ims` (contract §7.2)."""
     skype = {"value": "@ann", "primary": True, "label": "skype"}

@@ -74,9 +74,11 @@ class RecordOut:
 
     def put_as_entered(self, spec: ColumnSpec, text: str) -> ColumnSpec:
         """Put `text` verbatim in '<column> (as entered)', where a value goes that `spec` cannot
-        hold; returns that column, which the issue reporting it names."""
+        hold, after what is there already (a list's numbers that are no E.164 and its items of
+        another shape, say); returns that column, which the issue reporting it names."""
         fallback = self.registry.variant(spec, "as_entered", "as entered", "plain")
-        self.put(fallback, text)
+        before = self.values.get(fallback.key)
+        self.put(fallback, f"{before}, {text}" if before and text else text)
         return fallback
 
 
@@ -395,9 +397,15 @@ def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Looku
 
 @encoder("phones")
 def _phones(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """`[{value, primary, label}]`, the primary number first; a number given bare (text or an
+    integer) is read as one too, and an item of another shape goes to '<column> (as entered)', reported."""
     items = value if isinstance(value, list) else []
     ordered = sorted(items, key=lambda i: not (isinstance(i, dict) and i.get("primary")))
-    _phone_values([str(i.get("value")).strip() for i in ordered if isinstance(i, dict) and i.get("value")], spec, fld, lk, out)
+    numbers = [i.get("value") if isinstance(i, dict) else i for i in ordered]
+    readable = [n for n in numbers if isinstance(n, str | int) and not isinstance(n, bool) and str(n).strip()]
+    _phone_values([str(n).strip() for n in readable], spec, fld, lk, out)
+    if readable and (unread := [i for i, n in zip(ordered, numbers, strict=True) if n not in readable and content(i)]):
+        keep_as_entered(unread, spec, fld, out, "not a phone number or an item with one")
 
 
 @encoder("phone")
