@@ -374,6 +374,8 @@ def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_an
     contacts = by_pipedrive_id(customermates, "contacts")
     assert len(contacts) == len(live(pipedrive.collections["persons"])) - 1 and all(len(found) == 1 for found in contacts.values())
     assert by_pipedrive_id(customermates, "tasks")
+    sizes = [r.item_count for r in customermates.requests if r.method == "POST" and r.path == "/api/v1/tasks/many"]
+    assert max(sizes) == 50  # the failures the refused record explains left the batch size as it was
     customermates.refuse_text(None)
     result = run_cli(env, "--report-dir", str(tmp_path / "again"))
     assert result.exit_code == 0, result.output

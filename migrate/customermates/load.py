@@ -100,6 +100,7 @@ class _Item:
     payload: dict[str, Any] | None = None  # the transformed payload the body was built from
     create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
     size: int = 0  # bytes of `body` in a request, once measured
+    failed_in: list[int] = field(default_factory=list)  # sizes of the batches that failed uncertainly with it
 
 
 ProgressFn = Callable[[str, int], None]
@@ -138,6 +139,7 @@ class Loader:
         self.min_batch = min(MIN_BATCH, self.max_batch)
         self.batch_size = min(START_BATCH, self.max_batch)
         self.ceiling = self.max_batch  # lowered below any size whose write failed uncertainly
+        self.failed_sizes: Counter[int] = Counter()  # sizes of the batches that failed uncertainly, but those a record explains
         self.max_request_bytes = max_request_bytes  # lowered when the host refuses a body as too large
         self.progress = progress
         self.summary = LoadSummary()
@@ -436,6 +438,9 @@ class Loader:
         elapsed = time.monotonic() - started
         log.warning("load.uncertain", entity=entity, items=len(items), error=str(error), seconds=round(elapsed, 2))
         self.failures_in_a_row += 1
+        self.failed_sizes[len(items)] += 1
+        for item in items:
+            item.failed_in.append(len(items))
         self.ceiling = max(self.min_batch, min(self.ceiling, len(items) - 1))
         self.batch_size = max(self.min_batch, len(items) // 2)
         missing = self._settle(batch_id, entity, operation, items)
@@ -447,6 +452,7 @@ class Loader:
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
             self.summary.quarantined[entity] += 1
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
+            self._explained_by(item)
             return
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise CustomermatesError(
@@ -455,6 +461,7 @@ class Loader:
             ) from None
         if len(missing) == 1 and set_aside_after is None:
             self.set_aside.append((operation, missing[0], self.writes_done))
+            self._explained_by(missing[0])
             return
         time.sleep(min(MAX_BACKOFF_SECONDS, 0.25 * 2**self.failures_in_a_row))
         if len(missing) == 1:
@@ -463,6 +470,15 @@ class Loader:
         half = len(missing) // 2
         for part in (missing[:half], missing[half:]):
             self._send(entity, operation, part)
+
+    def _explained_by(self, item: _Item) -> None:
+        """A record that failed alone explains the failures of the batches it was in: they say
+        nothing of the batch size, which goes back to what the other failures allow."""
+        self.failed_sizes.subtract(item.failed_in)
+        self.failed_sizes = +self.failed_sizes
+        item.failed_in.clear()
+        self.ceiling = max(self.min_batch, min([self.max_batch, *(size - 1 for size in self.failed_sizes)]))
+        self.batch_size = max(self.batch_size, min(self.ceiling, START_BATCH))
 
     def _retry_set_aside(self, entity: str) -> None:
         while self.set_aside:
