@@ -35,7 +35,7 @@ from click.testing import CliRunner, Result
 from migrate.cli import cli
 from tests.crash_harness import values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
-from tests.test_end_to_end import read_issues, read_quarantine
+from tests.test_end_to_end import NoSleep, read_issues, read_quarantine
 from tests.fakes.pipedrive import CLOUDFLARE_HTML, VALID_TOKEN, FakePipedrive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,20 +206,11 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class _NoSleep:
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        return None
-
-
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """No backoff sleeps: retried requests are retried at once (the same number of times)."""
     monkeypatch.setattr("migrate.pipedrive.client.wait_exponential_jitter", lambda **_: tenacity.wait_none())
     monkeypatch.setattr("migrate.customermates.client._default_read_wait", tenacity.wait_none)
-    monkeypatch.setattr("migrate.customermates.load.time", _NoSleep())
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
 
 
 @pytest.fixture
