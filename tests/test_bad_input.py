@@ -781,8 +781,8 @@ RUN_CASES: list[RunCase] = [
             _truncated_persons_page, 0, ("Status: ok",)),
     RunCase("pipedrive_full_page_without_next_cursor", "a full page of 500 persons without additional_data.next_cursor",
             _full_page_without_cursor, 1,
-            ("error: Pipedrive /api/v2/persons: a full page came without additional_data.next_cursor, and the list may go on "
-             "(its last record in the other order is 2, not 1499); refusing to guess whether more records exist",),
+            (("error: Pipedrive /api/v2/persons: a full page came without additional_data.next_cursor, and the list may go on "
+              "(its last record in the other order is 2, not 1499); refusing to guess whether more records exist"),),
             _nothing_written),
     RunCase("pipedrive_daily_budget_spent", "Pipedrive's daily token budget runs out during the extract",
             _inject(429, count=1, path_contains="/api/v2/deals", headers={"x-ratelimit-remaining": "15", "x-daily-ratelimit-token-remaining": "0"}),

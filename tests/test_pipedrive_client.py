@@ -124,7 +124,7 @@ def test_transient_5xx_recovers(fake):
 
 def test_a_full_page_without_next_cursor_is_the_end_of_the_list_as_the_contract_says(fake):
     """Contract §3: `next_cursor` is null or absent at the end, so a list of exactly 500 ends there."""
-    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(1, 501)) + '],"additional_data":{}}'
+    page = json.dumps({"success": True, "data": [{"id": i} for i in range(1, 501)], "additional_data": {}})
     fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
     fake.collections["persons"] = [{"id": i, "name": f"P{i}", "custom_fields": {}} for i in range(1, 501)]
     with client_for(fake) as client:
@@ -135,7 +135,7 @@ def test_a_full_page_without_next_cursor_is_the_end_of_the_list_as_the_contract_
 
 def test_a_full_page_without_next_cursor_in_the_middle_of_a_list_is_refused(fake):
     fake.collections["persons"] = [{"id": i, "name": f"P{i}", "custom_fields": {}} for i in range(1, 1201)]
-    page = '{"success":true,"data":[' + ",".join('{"id":%d}' % i for i in range(1, 501)) + '],"additional_data":{}}'
+    page = json.dumps({"success": True, "data": [{"id": i} for i in range(1, 501)], "additional_data": {}})
     fake.inject(200, count=1, body=page, content_type="application/json", path_contains="/api/v2/persons")
     with client_for(fake) as client, pytest.raises(PipedriveError, match="its last record in the other order is 1200, not 500"):
         all_records(client, "persons")

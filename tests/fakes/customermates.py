@@ -2231,9 +2231,9 @@ class FakeCustomermates:
         items = payload.get(PLURAL[etype]) if op in ("create_many", "update_many") and isinstance(payload, dict) else [payload]
         for item in items if isinstance(items, list) else []:
             for cv in (item.get("customFieldValues") or []) if isinstance(item, dict) else []:
-                if isinstance(cv, dict) and cv.get("columnId") in currency and isinstance(cv.get("value"), str) and cv["value"].strip():
-                    if _overflows_decimal_20_4(cv["value"]):
-                        return True
+                value = cv.get("value") if isinstance(cv, dict) and cv.get("columnId") in currency else None
+                if isinstance(value, str) and value.strip() and _overflows_decimal_20_4(value):
+                    return True
         return False
 
     def _validate_write(self, op: str, etype: str, payload: Any, path_id: str | None) -> tuple[list, dict]:
