@@ -370,12 +370,15 @@ def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_an
     assert result.exit_code == 3, result.output
     [quarantined] = read_quarantine(tmp_path / "q")
     assert (quarantined["entity"], quarantined["source_id"]) == ("contacts", str(person["id"]))
-    assert "failed on this record alone, twice, while it wrote others" in quarantined["message"]
+    assert "failed on this record alone, twice, while it answered other requests" in quarantined["message"]
     contacts = by_pipedrive_id(customermates, "contacts")
     assert len(contacts) == len(live(pipedrive.collections["persons"])) - 1 and all(len(found) == 1 for found in contacts.values())
     assert by_pipedrive_id(customermates, "tasks")
     sizes = [r.item_count for r in customermates.requests if r.method == "POST" and r.path == "/api/v1/tasks/many"]
     assert max(sizes) == 50  # the failures the refused record explains left the batch size as it was
+    result = run_cli(env, "--report-dir", str(tmp_path / "rerun"))  # it is the only record left to write
+    assert result.exit_code == 3, result.output
+    assert [(q["entity"], q["source_id"]) for q in read_quarantine(tmp_path / "rerun")] == [("contacts", str(person["id"]))]
     customermates.refuse_text(None)
     result = run_cli(env, "--report-dir", str(tmp_path / "again"))
     assert result.exit_code == 0, result.output

@@ -149,6 +149,7 @@ class Loader:
         self.failures_in_a_row = 0  # uncertain writes since the last write that went through
         self.writes_done = 0  # write requests that went through
         self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
+        self.set_aside_alone = False  # the entity's only record set aside: a read may vouch for the server
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -432,8 +433,9 @@ class Loader:
     ) -> None:
         """A 5xx, a timeout or a lost connection: settle by lookup, then send what is missing
         again in halves. A record that fails alone is set aside and sent again after the entity's
-        other records; if it fails again while others went through, Customermates refuses that
-        record (a 500 names none: a value its database cannot hold, say), and it is quarantined.
+        other records; if it fails again while others went through, or, the only one set aside,
+        while the server answers a read, Customermates refuses that record (a 500 names none: a value its database cannot
+        hold, say), and it is quarantined.
         `MAX_FAILURES_IN_A_ROW` with nothing written between end the run: the server is down."""
         elapsed = time.monotonic() - started
         log.warning("load.uncertain", entity=entity, items=len(items), error=str(error), seconds=round(elapsed, 2))
@@ -446,9 +448,9 @@ class Loader:
         missing = self._settle(batch_id, entity, operation, items)
         if not missing:
             return
-        if len(missing) == 1 and set_aside_after is not None and self.writes_done > set_aside_after:
+        if len(missing) == 1 and set_aside_after is not None and (self.writes_done > set_aside_after or (self.set_aside_alone and self._answers_reads(entity))):
             (item,) = missing
-            message = f"Customermates failed on this record alone, twice, while it wrote others ({error})"
+            message = f"Customermates failed on this record alone, twice, while it answered other requests ({error})"
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
             self.summary.quarantined[entity] += 1
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
@@ -471,6 +473,16 @@ class Loader:
         for part in (missing[:half], missing[half:]):
             self._send(entity, operation, part)
 
+    def _answers_reads(self, entity: str) -> bool:
+        """Whether Customermates answers a read now. With no write since the entity's only record
+        set aside was (a rerun whose only new record is that one), this tells a record it refuses
+        from a server that is down."""
+        try:
+            self.client.search(entity, page=1, page_size=5)
+        except CustomermatesError:
+            return False
+        return True
+
     def _explained_by(self, item: _Item) -> None:
         """A record that failed alone explains the failures of the batches it was in: they say
         nothing of the batch size, which goes back to what the other failures allow."""
@@ -481,6 +493,7 @@ class Loader:
         self.batch_size = max(self.batch_size, min(self.ceiling, START_BATCH))
 
     def _retry_set_aside(self, entity: str) -> None:
+        self.set_aside_alone = len(self.set_aside) == 1  # several failing alone with nothing written: the server, more likely
         while self.set_aside:
             operation, item, writes_then = self.set_aside.pop(0)
             self._send(entity, operation, [item], set_aside_after=writes_then)
