@@ -8,13 +8,17 @@ such a rewrite, this script measures its ceiling on the same machine, in the sam
 
 - the tool: `RecordMaker.make` on every person of the account, in this one process, reading and
   writing nothing (the batches are read from the state file first);
+- the floor of any transform in Python: the same batches, each record only read with the tool's
+  reader (`jsontext.loads`), the same twelve fields picked, written as the tool writes a payload
+  (`records.payload_text`) and hashed (`records.text_hash`). Whatever a record-by-record transform
+  in Python does besides, it cannot go faster than this, on one core; two cores at most double it;
 - SQL: one DuckDB statement (at the tool's memory cap, on every core) that does a part of the same
   work for the same persons: reads the twelve standard fields the contacts mapping reads, parses the
   timestamps and dates, builds a JSON payload, hashes it and writes it into a table. It does not
   normalise phone numbers, encode custom fields, join notes, check values or report issues, so a
   whole transform in SQL would be slower than it.
 
-It prints both rates and their ratio, and the time the query spends only parsing the records' JSON. The
+It prints the three rates and the ratios, and the time the query spends only parsing the records' JSON. The
 persons' batches are held in memory for the tool's part: about 1 GB at a million records.
 """
 
@@ -71,6 +75,7 @@ def measure(records: int, directory: Path) -> None:
         started = time.process_time()
         made = sum(transformer.maker.make(batch).made for batch in batches)
         tool_seconds = time.process_time() - started
+        floor_seconds = python_floor(batches)
 
         started = time.perf_counter()
         staging.con.execute(PARSE_ONLY).fetchall()
@@ -84,9 +89,24 @@ def measure(records: int, directory: Path) -> None:
     print(f"persons read by the tool (deleted ones too)   {made:>12,}")
     print(f"persons written by the statement              {rows:>12,}")
     print(f"the tool: RecordMaker.make, one process      {made / tool_seconds:>12,.0f} persons/s  ({tool_seconds:.1f} s CPU)")
+    print(f"floor of Python: read, pick, write, hash      {made / floor_seconds:>12,.0f} persons/s  ({floor_seconds:.1f} s CPU)")
     print(f"SQL: part of the work, DuckDB {threads} threads       {rows / sql_seconds:>12,.0f} persons/s  ({sql_seconds:.1f} s)")
     print(f"  of which parsing the records' JSON                   {parse_seconds:>8.1f} s")
+    print(f"floor of Python ÷ tool                        {tool_seconds / floor_seconds:>12.1f}×")
     print(f"SQL ÷ tool                                    {(rows / sql_seconds) / (made / tool_seconds):>12.1f}×")
+
+
+def python_floor(batches: list) -> float:
+    """CPU seconds to read every record of `batches`, pick the twelve fields and write and hash them."""
+    from migrate import jsontext
+    from migrate.transform.records import payload_text, text_hash
+
+    started = time.process_time()
+    for batch in batches:
+        for text, _notes, _products in batch.records:
+            record = jsontext.loads(text)
+            text_hash(payload_text({name: record.get(name) for name in STANDARD_FIELDS}))
+    return time.process_time() - started
 
 
 def main() -> None:
