@@ -638,3 +638,24 @@ def test_a_user_invited_after_the_migration_is_assigned_their_records_by_the_nex
     writes = customermates.write_count()
     assert invoke(env, "sync").exit_code == 0
     assert customermates.write_count() == writes  # and the next sync is back to reading what changed
+
+
+def _values(record):
+    return {v["columnId"]: v["value"] for v in record["customFieldValues"]}
+
+
+def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_and_not_reported_twice(env, pipedrive, customermates, tmp_path):
+    """`--deletes delete` removes the contact; the target as read kept it, so once the person was
+    restored and created again, every later sync reported two contacts with its Pipedrive ID."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[4]
+    person["is_deleted"], person["update_time"] = True, NOW
+    assert invoke(env, "sync", "--deletes", "delete").exit_code == 0
+    assert str(person["id"]) not in by_pipedrive_id(customermates, "contacts")
+    person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
+    for n in range(2):
+        result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / str(n)))
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / str(n) / "report.json").read_text())
+        assert report["duplicates_in_target"] == [], report["duplicates_in_target"]
+        assert len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1

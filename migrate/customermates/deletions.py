@@ -89,6 +89,7 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
             if chunk:
                 client.delete_many(entity, [target for _, (target, _) in chunk])
         staging.forget(entity, [sid for sid, _ in chunk])
+        staging.drop_from_target_snapshot(entity, [target for _, (target, _) in chunk])  # not held any more
         staging.add_load_issues(
             [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in chunk]
         )

@@ -1165,6 +1165,13 @@ class Staging:
             self.con.execute("DROP TABLE snapshot_merge")
             self.con.execute("DROP TABLE snapshot_merged")
 
+    def drop_from_target_snapshot(self, entity: str, target_ids: list[str]) -> None:
+        """Records this tool deleted in the target: no longer held."""
+        if target_ids:
+            self.con.execute(
+                "DELETE FROM target_snapshot WHERE entity = $e AND target_id IN (SELECT unnest($t))", {"e": entity, "t": target_ids}
+            )
+
     def snapshot_fingerprint(self) -> str:
         """A digest of the target as held: every record's id and updatedAt, in read order."""
         row = self.con.execute(
