@@ -644,6 +644,21 @@ def _values(record):
     return {v["columnId"]: v["value"] for v in record["customFieldValues"]}
 
 
+def test_a_record_restored_in_pipedrive_loses_the_deleted_mark_a_sync_gave_it(env, pipedrive, customermates):
+    """A person deleted in Pipedrive is marked by a sync; restored there (Pipedrive keeps deleted
+    records 30 days), the next sync takes the mark off instead of leaving a date that is no longer true."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[4]
+    person["is_deleted"], person["update_time"] = True, NOW
+    assert invoke(env, "sync").exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])[column] == NOW[:10]
+    person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
+    assert invoke(env, "sync").exit_code == 0
+    [record] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+    assert column not in _values(record)
+
+
 def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_and_not_reported_twice(env, pipedrive, customermates, tmp_path):
     """`--deletes delete` removes the contact; the target as read kept it, so once the person was
     restored and created again, every later sync reported two contacts with its Pipedrive ID."""

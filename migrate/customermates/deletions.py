@@ -64,6 +64,7 @@ def propagate_deletions(
     if policy == "ignore":
         return done
     for entity in reversed(ENTITY_ORDER):
+        _unmark_restored(staging, client, entity, run_id)
         gone = deleted_since_migrated(staging, entity)
         present = state.present(entity, [target_id for target_id, _ in gone.values()])
         gone = {sid: value for sid, value in gone.items() if value[0] in present}
@@ -110,6 +111,27 @@ def _mark(client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[s
     for start in range(0, len(updates), BATCH):
         client.update_many(entity, updates[start : start + BATCH])
     return len(updates)
+
+
+def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str, run_id: str) -> int:
+    """Records a sync marked deleted in Pipedrive that are back there (restored within Pipedrive's 30
+    days): the mark is taken off, as the date it holds is no longer true. Found in the target as read
+    (its marked records whose Pipedrive ID a live staged record has, migrated to that very record)."""
+    column_id = next(
+        (c["id"] for c in client.configuration(entity).get("customColumns") or [] if c.get("label") == MARK_LABEL and c.get("type") == "date"),
+        None,
+    )
+    if column_id is None:
+        return 0
+    restored = staging.marked_but_live(entity, column_id)
+    for start in range(0, len(restored), BATCH):
+        chunk = restored[start : start + BATCH]
+        client.update_many(entity, [{"id": target_id, "customFieldValues": [{"columnId": column_id, "value": None}]} for _, target_id in chunk])
+        staging.add_load_issues(
+            [(run_id, entity, sid, MARK_LABEL, "restored_in_pipedrive", f"{entity[:-1]} {sid} is back in Pipedrive; its deletion mark was taken off")
+             for sid, _ in chunk]
+        )
+    return len(restored)
 
 
 def _mark_column(client: CustomermatesClient, mcp: McpClient, entity: str) -> str:

@@ -1172,6 +1172,18 @@ class Staging:
                 "DELETE FROM target_snapshot WHERE entity = $e AND target_id IN (SELECT unnest($t))", {"e": entity, "t": target_ids}
             )
 
+    def marked_but_live(self, entity: str, column_id: str) -> list[tuple[str, str]]:
+        """(source id, target id) of migrated records whose target record, as last read, has a value in
+        `column_id` (the deletion mark) while their Pipedrive record is live (transformed), by source id."""
+        rows = self.con.execute(
+            "SELECT m.source_id, m.target_id FROM target_snapshot s JOIN id_map m ON m.entity = s.entity AND m.target_id = s.target_id "
+            "WHERE s.entity = $e AND m.source_id IN (SELECT source_id FROM target_records WHERE entity = $e) "
+            "AND len(list_filter(from_json(s.dto->'customFieldValues', '[{\"columnId\": \"VARCHAR\", \"value\": \"VARCHAR\"}]'), "
+            "lambda v: v.columnId = $c AND coalesce(v.value, '') <> '')) > 0 ORDER BY m.source_id",
+            {"e": entity, "c": column_id},
+        ).fetchall()
+        return [(s, t) for s, t in dict(rows).items()]
+
     def snapshot_fingerprint(self) -> str:
         """A digest of the target as held: every record's id and updatedAt, in read order."""
         row = self.con.execute(
