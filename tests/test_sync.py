@@ -674,3 +674,28 @@ def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_
         report = json.loads((tmp_path / str(n) / "report.json").read_text())
         assert report["duplicates_in_target"] == [], report["duplicates_in_target"]
         assert len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1
+
+
+def test_a_sync_stopped_before_it_read_the_deal_products_reads_them_next_time(env, pipedrive, customermates):
+    """The deals that changed are read first, their product lines after; a sync stopped between the
+    two (here Pipedrive fails the product read) has moved the deals' watermark past those deals, so
+    the next sync did not read their product lines again and the old quantity stayed for good."""
+    assert invoke(env, "run").exit_code == 0
+    line = next(
+        p for p in pipedrive.collections["deal_products"]
+        if any(d["id"] == p["deal_id"] and not d.get("is_deleted") for d in pipedrive.collections["deals"])
+        and sum(q["deal_id"] == p["deal_id"] and q["product_id"] == p["product_id"] for q in pipedrive.collections["deal_products"]) == 1
+    )
+    deal = next(d for d in pipedrive.collections["deals"] if d["id"] == line["deal_id"])
+    line["quantity"] = 17
+    deal["title"], deal["update_time"] = deal["title"] + " (more)", NOW
+    later = next(d for d in pipedrive.collections["deals"] if d is not deal and not d.get("is_deleted"))
+    later["title"], later["update_time"] = later["title"] + " (later)", "2026-11-28T13:00:00Z"  # an hour on: past the overlap
+    pipedrive.inject(402, count=1, path_contains="/deals/products")
+    result = invoke(env, "sync")
+    assert result.exit_code != 0
+    assert invoke(env, "sync").exit_code == 0
+    [record] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert record["name"] == deal["title"]
+    service = by_pipedrive_id(customermates, "services")[str(line["product_id"])][0]["id"]
+    assert [s["quantity"] for s in record["services"] if s["id"] == service] == [17]

@@ -110,6 +110,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
         for collection in COLLECTIONS:
             _extract_collection(stager, source, collection, checkpoints[collection.name])
     _extract_deal_products(stager, source, checkpoints[DEAL_PRODUCTS.name])
+    staging.clear_products_due()  # every deal's product lines are read
     summary.missing += list(getattr(source, "missing", []))
     set_watermarks(staging, run_id, _began(staging, source))
     for name in names:
@@ -402,7 +403,6 @@ def extract_changes(
     """
     summary = ChangeSummary()
     requests_before = client.requests_sent
-    changed_deals: set[str] = set()
     for collection in COLLECTIONS:
         if collection.incremental and staging.watermark(collection.name):
             since = _minus(staging.watermark(collection.name) or "", overlap_seconds)
@@ -412,12 +412,12 @@ def extract_changes(
                 for page in client.pages(collection, extra=extra):
                     staging.upsert_records(collection.name, page.records, collection.key)
                     count += len(page.records)
+                    if collection.name in ("deals", "deals_archived"):  # noted before the watermark moves past them
+                        staging.add_products_due([str(r["id"]) for r in page.records if not r.get("is_deleted")])
                     # sorted by update_time ascending: everything up to this page's newest is staged
                     newest_on_page = max((str(r["update_time"]) for r in page.records if r.get("update_time")), default=None)
                     if newest_on_page:
                         staging.set_watermark(collection.name, max(_utc(newest_on_page), staging.watermark(collection.name) or ""), run_id)
-                    if collection.name in ("deals", "deals_archived"):
-                        changed_deals.update(str(r["id"]) for r in page.records if not r.get("is_deleted"))
                     if progress:
                         progress(collection.name, len(page.records))
                     stopping.check()
@@ -435,11 +435,12 @@ def extract_changes(
         newest = staging.latest_update_time(collection.name)
         if collection.incremental and newest:
             staging.set_watermark(collection.name, _utc(newest), run_id)
-    ids = sorted(changed_deals, key=lambda i: int(i) if i.isdigit() else 0)
+    ids = staging.products_due()  # those of this sync's deals, and of a sync stopped before it read them
     for start in range(0, len(ids), DEAL_IDS_PER_REQUEST):
         chunk = ids[start : start + DEAL_IDS_PER_REQUEST]
         rows = [r for page in client.pages(DEAL_PRODUCTS, extra={"deal_ids": ",".join(chunk)}) for r in page.records]
         staging.replace_records(DEAL_PRODUCTS.name, rows, where_json=("deal_id", chunk))
+        staging.clear_products_due(chunk)
         summary.changed[DEAL_PRODUCTS.name] = summary.changed.get(DEAL_PRODUCTS.name, 0) + len(rows)
     summary.requests = client.requests_sent - requests_before
     return summary

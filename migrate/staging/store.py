@@ -105,6 +105,9 @@ CREATE TABLE IF NOT EXISTS pending_batches (
     run_id VARCHAR, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS watermarks (
     collection VARCHAR PRIMARY KEY, updated_at VARCHAR, run_id VARCHAR);
+-- Deals a sync found changed whose product lines it has still to read: kept here before the deals'
+-- watermark moves past them, so that a sync stopped before it read the lines reads them next time.
+CREATE TABLE IF NOT EXISTS deal_products_due (deal_id VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS written_payloads (
     entity VARCHAR, source_id VARCHAR, payload JSON USING COMPRESSION zstd, PRIMARY KEY (entity, source_id));
 -- What Customermates held when last read (every record, in the order read; `pid` its Pipedrive ID).
@@ -502,6 +505,23 @@ class Staging:
                 field_name, values = where_json
                 self.con.execute(f"DELETE FROM {table} WHERE data->>'{field_name}' IN (SELECT unnest($v))", {"v": values})
             self._write_records(collection, table, records, key)
+
+    def add_products_due(self, deal_ids: list[str]) -> None:
+        """Deals whose product lines are to be read again (`products_due`)."""
+        if deal_ids:
+            self.con.execute("INSERT OR IGNORE INTO deal_products_due SELECT DISTINCT unnest($d)", {"d": deal_ids})
+
+    def products_due(self) -> list[str]:
+        """The deals whose product lines a sync has still to read, in id order."""
+        rows = self.con.execute("SELECT deal_id FROM deal_products_due ORDER BY try_cast(deal_id AS BIGINT), deal_id").fetchall()
+        return [r[0] for r in rows]
+
+    def clear_products_due(self, deal_ids: list[str] | None = None) -> None:
+        """These deals' product lines are read (all of them, without `deal_ids`)."""
+        if deal_ids is None:
+            self.con.execute("DELETE FROM deal_products_due")
+        elif deal_ids:
+            self.con.execute("DELETE FROM deal_products_due WHERE deal_id IN (SELECT unnest($d))", {"d": deal_ids})
 
     def staged_among(self, collection: str, ids: list[str]) -> set[str]:
         """Those of `ids` staged for `collection`."""
