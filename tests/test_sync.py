@@ -699,3 +699,35 @@ def test_a_sync_stopped_before_it_read_the_deal_products_reads_them_next_time(en
     assert record["name"] == deal["title"]
     service = by_pipedrive_id(customermates, "services")[str(line["product_id"])][0]["id"]
     assert [s["quantity"] for s in record["services"] if s["id"] == service] == [17]
+
+
+def test_an_edit_stamped_before_the_watermark_arrives_with_the_id_reconciliation(env, pipedrive, customermates):
+    """An edit whose update_time is older than the watermark less the overlap (a Pipedrive server
+    whose clock is behind, a change made visible late) falls outside every updated_since window. The
+    whole read of a reconciling sync sees it: the staged copy's update_time differs, so it is staged."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[3]
+    person["job_title"], person["update_time"] = "Skewed", "2020-01-01T00:00:00Z"
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]).get(column) != "Skewed"  # no window shows it
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]).get(column) == "Skewed"
+
+
+def test_a_record_that_vanished_and_came_back_unchanged_is_live_again_after_the_next_reconciliation(env, pipedrive, customermates):
+    """A record missing from a whole read (out of the token's sight for a while, say) is flagged
+    deleted and marked; when a later whole read finds it again with the same update_time, it was
+    left flagged deleted for good, marked in Customermates, and left out of every later run."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[3]
+    pipedrive.collections["persons"].remove(person)
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert column in _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])
+    pipedrive.collections["persons"].append(person)
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    [record] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+    assert column not in _values(record)
+    with Staging(env["MIGRATE_STATE"]) as staging:
+        assert [r.get("is_deleted") for r in staging.iter_raw("persons") if r["id"] == person["id"]] in ([None], [False])

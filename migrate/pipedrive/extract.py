@@ -33,7 +33,7 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
-from migrate.staging.store import Checkpoint, PageWrite, Staging, raw_table
+from migrate.staging.store import Checkpoint, PageWrite, Staging, is_deleted_record, raw_table
 
 log = structlog.get_logger(__name__)
 
@@ -519,8 +519,10 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
             for page in client.pages(collection):
                 ids = [str(r[collection.key]) for r in page.records]
                 staged = staging.staged_among(collection.name, ids)
-                # records no window can show: new ones without update_time, or never staged
-                unseen = [r for i, r in zip(ids, page.records, strict=True) if i not in staged or not r.get("update_time")]
+                # records no window can show: new ones without update_time, never staged, stamped other than
+                # the staged copy (an update_time behind the watermark: a server's clock behind), or back
+                # after they vanished
+                unseen = [r for i, r in zip(ids, page.records, strict=True) if _unseen(r, staged.get(i))]
                 staging.upsert_records(collection.name, unseen, collection.key)
                 staging.add_present_ids(ids)
         except PipedriveError as exc:
@@ -529,6 +531,14 @@ def reconcile_ids(staging: Staging, client: PipedriveClient, run_id: str) -> dic
             raise
         vanished[collection.name] = staging.flag_missing_as_deleted(collection.name)
     return vanished
+
+
+def _unseen(record: dict[str, Any], staged: tuple[str | None, bool] | None) -> bool:
+    """Whether a record a whole read found differs from its staged copy in a way no window shows."""
+    if staged is None or not record.get("update_time"):
+        return True
+    update_time, deleted = staged
+    return str(record["update_time"]) != str(update_time) or (deleted and not is_deleted_record(record))
 
 
 DESC = "~desc"  # checkpoint row of a collection's descending lane

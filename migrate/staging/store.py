@@ -523,10 +523,12 @@ class Staging:
         elif deal_ids:
             self.con.execute("DELETE FROM deal_products_due WHERE deal_id IN (SELECT unnest($d))", {"d": deal_ids})
 
-    def staged_among(self, collection: str, ids: list[str]) -> set[str]:
-        """Those of `ids` staged for `collection`."""
-        rows = self.con.execute(f"SELECT id FROM {raw_table(collection)} WHERE id IN (SELECT unnest($ids))", {"ids": ids}).fetchall()
-        return {r[0] for r in rows}
+    def staged_among(self, collection: str, ids: list[str]) -> dict[str, tuple[str | None, bool]]:
+        """Those of `ids` staged for `collection`: id → (update_time as staged, deleted)."""
+        rows = self.con.execute(
+            f"SELECT id, update_time, coalesce(is_deleted, false) FROM {raw_table(collection)} WHERE id IN (SELECT unnest($ids))", {"ids": ids}
+        ).fetchall()
+        return {r[0]: (r[1], bool(r[2])) for r in rows}
 
     def start_present_ids(self) -> None:
         """Begin the list of ids a full read of a collection found (`add_present_ids`), kept in the
@@ -1399,6 +1401,11 @@ def _identity(record: dict[str, Any], key: str, collection: str) -> str:
     if value is None or value == "":
         raise MigrateError(f"a {collection} record has no {key}: {json.dumps(record, ensure_ascii=False)[:200]}")
     return str(value)
+
+
+def is_deleted_record(record: dict[str, Any]) -> bool:
+    """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it)."""
+    return _is_deleted(record)
 
 
 def _is_deleted(record: dict[str, Any]) -> bool:
