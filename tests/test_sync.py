@@ -731,3 +731,20 @@ def test_a_record_that_vanished_and_came_back_unchanged_is_live_again_after_the_
     assert column not in _values(record)
     with Staging(env["MIGRATE_STATE"]) as staging:
         assert [r.get("is_deleted") for r in staging.iter_raw("persons") if r["id"] == person["id"]] in ([None], [False])
+
+
+def test_a_quarantined_record_deleted_in_pipedrive_stops_counting_as_quarantined(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """A record the server refused is quarantined; the user deletes it in Pipedrive. It is no longer
+    to be migrated, yet it stayed quarantined: every sync after ended partial (exit 3) for good."""
+    from tests.test_end_to_end import NoSleep
+
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    person = live_persons(pipedrive)[30]
+    person["job_title"] = "Refused by the database"
+    customermates.refuse_text("Refused by the database")
+    assert invoke(env, "run").exit_code == 3
+    person["is_deleted"], person["update_time"] = True, NOW
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["status"] == "ok" and report["quarantined"]["count"] == 0

@@ -253,6 +253,7 @@ class Loader:
         try:
             self.match_users()
             self.resolve_pending()
+            self.staging.release_quarantine_not_to_migrate()
             context = self._body_context()
             self.only_candidates = self.staging.meta(LOAD_CONTEXT_KEY) == context
             if not self.only_candidates:  # until this load is complete, bodies may be of either context

@@ -1312,6 +1312,15 @@ class Staging:
         for row in islice(rows, limit):
             yield dict(zip(columns, row, strict=True))
 
+    def release_quarantine_not_to_migrate(self) -> int:
+        """Quarantined records the transform no longer makes (deleted in Pipedrive since, or gone
+        from it) are no failure left to report: they leave the quarantine. Returns how many."""
+        where = "WHERE NOT EXISTS (SELECT 1 FROM target_records t WHERE t.entity = q.entity AND t.source_id = q.source_id)"
+        count = int(self.con.execute(f"SELECT count(*) FROM quarantine q {where}").fetchone()[0])
+        if count:
+            self.con.execute(f"DELETE FROM quarantine q {where}")
+        return count
+
     def quarantine_counts(self) -> dict[str, int]:
         """Quarantined records per entity (only the entities that have some)."""
         return dict(self.con.execute("SELECT entity, count(*) FROM quarantine GROUP BY entity").fetchall())
