@@ -26,6 +26,7 @@ from migrate.pipedrive.extract import (
     SnapshotSource,
     extract,
     extract_changes,
+    extract_unfinished,
     reconcile_ids,
 )
 from migrate.report.plan import (
@@ -180,7 +181,8 @@ def run_migration(
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
-            syncing = incremental and isinstance(source, PipedriveClient) and bool(staging.watermark("persons"))
+            # a sync reads what changed since a complete extract; one stopped half way (a run's) is finished first
+            syncing = incremental and isinstance(source, PipedriveClient) and bool(staging.watermark("persons")) and not extract_unfinished(staging)
             tokens = watch_tokens(source, staging, progress, full=not syncing)
             # every `reconcile_every`-th sync reads both sides whole; the others only what changed
             reconciling = syncing and bool(reconcile_every) and staging.count_runs("sync") % reconcile_every == 0

@@ -748,3 +748,19 @@ def test_a_quarantined_record_deleted_in_pipedrive_stops_counting_as_quarantined
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["status"] == "ok" and report["quarantined"]["count"] == 0
+
+
+def test_a_sync_after_a_run_stopped_in_its_extract_finishes_that_extract_before_it_writes(env, pipedrive, customermates, tmp_path):
+    """A second `migrate run` starts its extract afresh (the staged records go) and stops half way:
+    Pipedrive's daily budget ran out. The sync that cron starts next must not take the half it staged
+    for the account: it read only what changed since the old watermarks, and wrote the records as made
+    from that half (the notes not staged again were cleared from every organization)."""
+    assert invoke(env, "run").exit_code == 0
+    snapshot_before = snapshot(customermates)
+    pipedrive.daily_token_budget = pipedrive.tokens_spent + 150  # the rerun's extract stops early
+    assert invoke(env, "run").exit_code == 4
+    pipedrive.reset_daily_budget()
+    pipedrive.daily_token_budget = None
+    result = invoke(env, "sync", "--reconcile-every", "0")
+    assert result.exit_code == 0, result.output
+    assert snapshot(customermates) == snapshot_before  # nothing changed in Pipedrive: nothing to write

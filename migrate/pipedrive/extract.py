@@ -118,8 +118,16 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
     return summary
 
 
+def extract_unfinished(staging: Staging) -> bool:
+    """Whether a full extract began and has not finished (it has dropped what was staged before): only
+    its end makes the staged records the account's, and a sync cannot start from the watermarks."""
+    checkpoints = [staging.checkpoint(c.name) for c in (*COLLECTIONS, DEAL_PRODUCTS)]
+    return any(cp is not None for cp in checkpoints) and not all(cp is not None and cp.done for cp in checkpoints)
+
+
 def _start_fresh(staging: Staging, names: list[str]) -> None:
     staging.reset_checkpoints()
+    staging.clear_watermarks()  # they date what is staged, which goes: a sync must not start from them
     for name in names:
         staging.con.execute(f"DROP TABLE IF EXISTS {raw_table(name)}")
 

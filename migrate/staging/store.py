@@ -486,6 +486,9 @@ class Staging:
             [collection, updated_at, run_id],
         )
 
+    def clear_watermarks(self) -> None:
+        self.con.execute("DELETE FROM watermarks")
+
     def latest_update_time(self, collection: str) -> str | None:
         """The newest `update_time` staged for a collection, as the API wrote it."""
         if not self.has_collection(collection):
