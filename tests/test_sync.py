@@ -764,3 +764,17 @@ def test_a_sync_after_a_run_stopped_in_its_extract_finishes_that_extract_before_
     result = invoke(env, "sync", "--reconcile-every", "0")
     assert result.exit_code == 0, result.output
     assert snapshot(customermates) == snapshot_before  # nothing changed in Pipedrive: nothing to write
+
+
+def test_an_archived_lead_deleted_in_pipedrive_is_handled_by_deletes_like_any_other(env, pipedrive, customermates, tmp_path):
+    """Archived leads are read whole at every sync (no updated_since there). One deleted in Pipedrive
+    left the list, and the sync dropped it from the state file without a trace: --deletes never saw
+    it, and its deal stayed in Customermates, unmarked, where a fresh migration has none."""
+    assert invoke(env, "run").exit_code == 0
+    lead = pipedrive.collections["leads_archived"][0]
+    assert f"lead:{lead['id']}" in by_pipedrive_id(customermates, "deals")
+    pipedrive.collections["leads_archived"].remove(lead)
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert f"lead:{lead['id']}" not in by_pipedrive_id(customermates, "deals")
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["deleted_in_pipedrive"] == {"deals": 1}

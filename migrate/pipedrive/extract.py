@@ -33,7 +33,7 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
-from migrate.staging.store import Checkpoint, PageWrite, Staging, is_deleted_record, raw_table
+from migrate.staging.store import ARCHIVE_PAIRS, Checkpoint, PageWrite, Staging, is_deleted_record, raw_table
 
 log = structlog.get_logger(__name__)
 
@@ -438,7 +438,13 @@ def extract_changes(
             records = _read_whole(client, collection)
             if records is None:
                 continue
-            staging.replace_records(collection.name, records, collection.key)
+            if collection.name in ARCHIVE_PAIRS:  # records to migrate (archived leads): one gone from the list is deleted, not forgotten
+                staging.upsert_records(collection.name, records, collection.key)
+                staging.start_present_ids()
+                staging.add_present_ids([str(r[collection.key]) for r in records])
+                staging.flag_missing_as_deleted(collection.name)
+            else:
+                staging.replace_records(collection.name, records, collection.key)
             summary.reread[collection.name] = len(records)
         newest = staging.latest_update_time(collection.name)
         if collection.incremental and newest:
