@@ -778,3 +778,19 @@ def test_an_archived_lead_deleted_in_pipedrive_is_handled_by_deletes_like_any_ot
     assert result.exit_code == 0, result.output
     assert f"lead:{lead['id']}" not in by_pipedrive_id(customermates, "deals")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["deleted_in_pipedrive"] == {"deals": 1}
+
+
+def test_a_link_removed_in_pipedrive_is_removed_in_customermates_by_the_sync(env, pipedrive, customermates):
+    """An update names only the links a record has: a person taken out of their organization, or a
+    deal moved to an organization not (yet) migrated, left the update without `organizationIds`,
+    which Customermates reads as "unchanged": the old link stayed, though the issue said it was dropped."""
+    assert invoke(env, "run").exit_code == 0
+    person = next(p for p in live_persons(pipedrive) if p.get("org_id"))
+    deal = next(d for d in pipedrive.collections["deals"] if not d.get("is_deleted") and d.get("org_id") and d.get("person_id"))
+    assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"]
+    person["org_id"], person["update_time"] = None, NOW
+    deal["org_id"], deal["person_id"], deal["update_time"] = 7777, None, NOW  # an organization not read yet
+    assert invoke(env, "sync").exit_code == 0
+    assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"] == []
+    [record] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert (record["organizations"], record["contacts"]) == ([], [])

@@ -60,6 +60,10 @@ FAST_BATCH_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 10  # uncertain writes with no write between: the server is down, not one record
 MAX_BACKOFF_SECONDS = 2.0
 LOAD_CONTEXT_KEY = "load_context"  # in the state file's meta: what bodies depended on at the last complete load
+# The relations each entity's records set (from their side only: links are symmetric). A body names only
+# the links a record has, and an update without a relation's key leaves it as it is: an update sends each
+# of these, empty when the record has none left.
+LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
 
 
 @dataclass
@@ -236,9 +240,10 @@ class Loader:
         }
 
     def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The update body for a changed record: arrays replace, so they are sent whole;
-        custom values merge per column, so our columns the record no longer uses are cleared."""
-        update = {"id": target_id, **body, "notes": body.get("notes")}
+        """The update body for a changed record: arrays replace, so they are sent whole (and the
+        relations the record no longer has, empty); custom values merge per column, so our columns
+        the record no longer uses are cleared."""
+        update = {"id": target_id, **{key: [] for key in LINKS_SET.get(entity, ())}, **body, "notes": body.get("notes")}
         used = {v["columnId"] for v in body["customFieldValues"]}
         update["customFieldValues"] = body["customFieldValues"] + [
             {"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used
