@@ -48,6 +48,7 @@ from migrate.staging.store import Staging
 from migrate.transform.engine import (
     ENTITY_ORDER,
     ENTITY_SOURCES,
+    V1_ENCODED,
     TransformSummary,
     transform,
 )
@@ -190,6 +191,7 @@ def run_migration(
                 changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
                 if reconciling:
                     vanished = reconcile_ids(staging, source, run_id)
+                    _mark_untraced(staging, read_whole={*vanished, *changes.reread}, vanished=vanished)
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
             mappings = load_mappings(settings.mappings)
@@ -235,6 +237,19 @@ def run_migration(
             return report
         finally:
             staging.finish_run(run_id, status, {k: report.get(k) for k in ("entities", "status")} if report else {})
+
+
+def _mark_untraced(staging: Staging, read_whole: set[str], vanished: dict[str, int]) -> None:
+    """After a reconciling read: migrated records no staged record stands for (gone from Pipedrive while
+    only a full extract ran, which starts afresh) are staged as deleted, for `--deletes`; only where
+    every collection they may come from was just read whole. Counted in `vanished`."""
+    for entity, collections in ENTITY_SOURCES.items():
+        for prefix in sorted({"lead:" if c in V1_ENCODED else "" for c in collections}):
+            group = [c for c in collections if ("lead:" if c in V1_ENCODED else "") == prefix]
+            if all(c in read_whole and staging.has_collection(c) for c in group):
+                found = staging.mark_untraced_as_deleted(entity, prefix, group)
+                if found:
+                    vanished[group[0]] = vanished.get(group[0], 0) + found
 
 
 def build_report(

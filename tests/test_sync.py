@@ -794,3 +794,20 @@ def test_a_link_removed_in_pipedrive_is_removed_in_customermates_by_the_sync(env
     assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"] == []
     [record] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
     assert (record["organizations"], record["contacts"]) == ([], [])
+
+
+def test_a_record_purged_in_pipedrive_before_a_rerun_is_still_handled_by_the_deletes_of_later_syncs(env, pipedrive, customermates):
+    """A person gone from Pipedrive for good (purged 30 days after its deletion) while only `migrate
+    run` ran: its extract starts afresh, so the state file holds no trace of the person, and no later
+    sync, reconciling or not, applied --deletes to its contact, left in Customermates for good."""
+    assert invoke(env, "run").exit_code == 0
+    purged = next(p for p in live_persons(pipedrive) if str(p["id"]) not in _persons_referred_to(pipedrive))
+    pipedrive.collections["persons"].remove(purged)
+    assert invoke(env, "run").exit_code == 0  # a rerun leaves deletions alone
+    assert str(purged["id"]) in by_pipedrive_id(customermates, "contacts")
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0  # marked, with the day it was found gone
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert len(_values(by_pipedrive_id(customermates, "contacts")[str(purged["id"])][0]).get(column) or "") == 10
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
+    assert result.exit_code == 0, result.output
+    assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")

@@ -40,7 +40,7 @@ def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str
             continue
         prefix = "lead:" if collection in V1_ENCODED else ""
         rows = staging.con.execute(
-            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'update_time', ''), 10) FROM {raw_table(collection)} r "
+            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'update_time', r.data->>'vanished_at', ''), 10) FROM {raw_table(collection)} r "
             "JOIN id_map m ON m.entity = $e AND m.source_id = $p || r.id WHERE r.is_deleted ORDER BY r.id",
             {"e": entity, "p": prefix},
         ).fetchall()

@@ -556,6 +556,30 @@ class Staging:
         self.con.execute("DROP TABLE present_ids")
         return int(count)
 
+    def mark_untraced_as_deleted(self, entity: str, prefix: str, collections: Sequence[str]) -> int:
+        """Migrated records of `entity` (source ids with `prefix`; without one, those with none) that
+        none of `collections`, each just read whole, holds: gone from Pipedrive with no trace in the
+        state file (purged while only a full extract ran, which starts afresh). Each is staged in the
+        first collection as deleted (`vanished`, with the day it was found gone), so that deletions
+        reach it. Returns how many."""
+        tables = [raw_table(c) for c in collections]
+        owned = "starts_with(source_id, $p)" if prefix else "NOT contains(source_id, ':')"
+        unstaged = " AND ".join(f"sid NOT IN (SELECT id FROM {t})" for t in tables)
+        ids = [r[0] for r in self.con.execute(
+            f"SELECT sid FROM (SELECT substr(source_id, length($p) + 1) AS sid FROM id_map WHERE entity = $e AND {owned}) "
+            f"WHERE {unstaged} ORDER BY sid",
+            {"e": entity, "p": prefix},
+        ).fetchall()]
+        if ids:
+            day = datetime.now(UTC).strftime("%Y-%m-%d")
+            records = [{"id": int(i) if i.isdigit() else i, "is_deleted": True, "vanished": True, "vanished_at": day} for i in ids]
+            with self._transaction():
+                self._insert_columns(
+                    tables[0], [ids, [jsontext.dumps(r) for r in records], [True] * len(ids), [None] * len(ids), [numeric_id(i) for i in ids]],
+                    "c0, c1, c2, c3, $at, c4", {"at": now()}, replace=True,
+                )
+        return len(ids)
+
     def has_collection(self, collection: str) -> bool:
         table = raw_table(collection)
         if table in self._raw_tables:
