@@ -33,7 +33,14 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
-from migrate.staging.store import ARCHIVE_PAIRS, Checkpoint, PageWrite, Staging, is_deleted_record, raw_table
+from migrate.staging.store import (
+    ARCHIVE_PAIRS,
+    Checkpoint,
+    PageWrite,
+    Staging,
+    is_deleted_record,
+    raw_table,
+)
 
 log = structlog.get_logger(__name__)
 
