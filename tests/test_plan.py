@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import httpx
 from click.testing import CliRunner
@@ -189,3 +190,50 @@ def test_a_file_that_is_not_a_plan_is_refused_with_its_name_before_anything_is_r
         assert result.exit_code == 1, result.output
         assert f"{name} is not a plan.json made by `migrate plan`" in result.output.replace("\n", "")
     assert customermates.write_count() == 0 and pipedrive.requests == []
+
+
+def _invite_an_owner(env, sample_dir, customermates):
+    """Migrate with no Pipedrive user matched, then have the owner of the most records join
+    Customermates (the README's advice for `owner_unmatched`: invite them and run again)."""
+    assert invoke(env, "run").exit_code == 0
+    owners = Counter(str(p["owner_id"]) for p in live(read(sample_dir, "persons")) if p.get("owner_id"))
+    user = next(u for u in read(sample_dir, "users") if str(u["id"]) == owners.most_common(1)[0][0])
+    customermates.add_user({"email": user["email"], "firstName": "Invited", "lastName": "Owner"})
+    return user
+
+
+def test_after_an_owner_joins_customermates_the_plan_shows_the_updates_the_run_then_makes(env, sample_dir, customermates, tmp_path):
+    """The run assigns the owner's records to the new user: the plan says so, field `users`, and
+    does not take the records' missing owner for an edit made in Customermates."""
+    user = _invite_an_owner(env, sample_dir, customermates)
+    owned = {str(p["id"]) for p in live(read(sample_dir, "persons")) if str(p.get("owner_id")) == str(user["id"])}
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    plan = load_plan(tmp_path / "p")
+    updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
+    assert set(updates) == owned
+    assert all(r["changes"] == [{"field": "users", "before": [], "after": ["Invited Owner"]}] for r in updates.values())
+    assert not [r for rs in plan["records"].values() for r in rs if r.get("target_edits")]
+
+    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: row["updated"] for e, row in report["entities"].items()} == {e: c["update"] for e, c in plan["summary"].items()}
+    assert {e: row["unchanged"] for e, row in report["entities"].items()} == {e: c["unchanged"] for e, c in plan["summary"].items()}
+
+
+def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_is_updated_not_a_conflict(
+    env, sample_dir, pipedrive, customermates, tmp_path
+):
+    user = _invite_an_owner(env, sample_dir, customermates)
+    person = next(p for p in live(pipedrive.collections["persons"]) if str(p.get("owner_id")) == str(user["id"]) and p.get("first_name"))
+    person["first_name"] += "-Src"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+
+    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["entities"]["contacts"]["conflicts"] == 0
+    assert not [i for i in read_issues(tmp_path / "r") if i["rule"] == "conflict_skipped"]
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert record["firstName"] == person["first_name"] and [u["email"] for u in record["users"]] == [user["email"]]

@@ -60,6 +60,7 @@ FAST_BATCH_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 10  # uncertain writes with no write between: the server is down, not one record
 MAX_BACKOFF_SECONDS = 2.0
 LOAD_CONTEXT_KEY = "load_context"  # in the state file's meta: what bodies depended on at the last complete load
+LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last complete load wrote bodies with (JSON)
 # The relations each entity's records set (from their side only: links are symmetric). A body names only
 # the links a record has, and an update without a relation's key leaves it as it is: an update sends each
 # of these, empty when the record has none left.
@@ -268,6 +269,8 @@ class Loader:
         finally:  # a load stopped or failed keeps the issues it noted
             self._save_issues()
         self.staging.set_meta(LOAD_CONTEXT_KEY, context)
+        # the plan tells the owners a record was written with from an edit made in Customermates by it
+        self.staging.set_meta(LOAD_USERS_KEY, json.dumps(self.user_map, sort_keys=True))
         self.summary.seconds = time.monotonic() - started
         return self.summary
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol, Self
 import ijson
 
 from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.load import LOAD_USERS_KEY
 from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.errors import MigrateError
 from migrate.staging.store import Staging
@@ -55,6 +56,10 @@ class Planner:
         self.columns = columns
         self.target = target
         self.user_map = user_map
+        # a record was last written with the users matched then: an owner who joined Customermates
+        # since is a change the run makes, not an edit made there (read from the last complete load)
+        written_users = staging.meta(LOAD_USERS_KEY)
+        self.written_user_map: dict[str, str] = json.loads(written_users) if written_users else user_map
         self.user_names = user_names
         self.labels = {key: spec["label"] for spec in staging.target_columns() for key in [(spec["entity"], spec["key"])]}
         self.key_of_column = {cid: key for key, cid in columns.ids.items()}
@@ -69,12 +74,14 @@ class Planner:
         return _display_name(entity, fields) if fields is not None else ""
 
     # -- normal forms ---------------------------------------------------------------------
-    def intended(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def intended(self, payload: dict[str, Any], user_map: dict[str, str] | None = None) -> dict[str, Any]:
+        """The payload in plan form, its users matched by `user_map` (by default the users matched now)."""
+        user_map = self.user_map if user_map is None else user_map
         return {
             "fields": dict(payload["fields"]),
             "links": {k: sorted(v) for k, v in payload["links"].items() if v},
             "services": sorted([str(p), float(q)] for p, q in payload.get("services") or []),
-            "users": sorted({self.user_map[u] for u in payload["users"] if u in self.user_map}),
+            "users": sorted({user_map[u] for u in payload["users"] if u in user_map}),
             "values": dict(payload["values"]),
             "notes": bool(payload.get("notes")),
         }
@@ -194,7 +201,7 @@ class Planner:
         before = self.from_target(entity, dtos[0], after, pid_of)
         changes = self.changes(entity, before, after)
         if written is not None:
-            last = self.intended(written)
+            last = self.intended(written, self.written_user_map)
             source_changed = _canonical(last) != _canonical(after)
             target_edits = self.changes(entity, last, before)
             if target_edits:
