@@ -519,3 +519,23 @@ def test_new_pipeline_stage_adds_an_option_and_keeps_existing_option_ids(env, pi
     target = by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]
     assert {"columnId": stage_column["id"], "value": after[new]} in target["customFieldValues"]
 
+
+
+def test_a_quarantined_record_deleted_in_pipedrive_since_is_no_longer_reported_quarantined(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """Deleted in Pipedrive, it is not to be migrated any more (counted as deleted): the next run
+    leaves nothing out, and says so (status ok, exit 0), where it reported it quarantined for ever."""
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    person = live(pipedrive.collections["persons"])[30]
+    person["job_title"] = "Refused by the database"
+    customermates.refuse_text("Refused by the database")
+    assert run_cli(env).exit_code == 3
+    person["is_deleted"], person["active_flag"], person["update_time"] = True, False, "2026-11-28T12:00:00Z"
+
+    result = run_cli(env, "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["status"] == "ok" and report["quarantined"]["count"] == 0 and read_quarantine(tmp_path / "r") == []
+    contacts = report["entities"]["contacts"]
+    assert contacts["quarantined"] == 0 and contacts["to_migrate"] == contacts["unchanged"]
+    assert contacts["deleted_skipped"] == len(pipedrive.collections["persons"]) - len(live(pipedrive.collections["persons"]))
