@@ -435,3 +435,27 @@ def test_the_state_file_gives_back_quarantined_records_by_entity_and_source_id_a
         assert staging.quarantine_counts() == {"contacts": 3, "organizations": 1, "tasks": 2}
         assert staging.quarantine_messages("contacts", ["9", "1", "2", "5"]) == {"9": "no contacts 9", "1": "no contacts 1"}
         assert staging.undone_among("contacts", ["9", "5"]) == {"5"} and staging.undone_among("tasks", ["5"]) == set()
+
+
+def test_a_records_own_fields_changed_in_the_target_are_listed_as_values_that_differ(migrated, customermates, tmp_path):
+    """A contact's first name and emails, a service's name and amount: the records' own fields are
+    values too; verify said "everything matches" when they differed."""
+    env = migrated
+    contact = next(c for c in customermates.records("contacts") if c["emails"])
+    service = customermates.records("services")[0]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": contact["id"], "firstName": "Edited", "emails": []}]})
+    api(customermates, "PUT", "/services/many", {"services": [{"id": service["id"], "name": "Renamed", "amount": 12345}]})
+
+    code, report, output = verify(env, tmp_path / "out")
+
+    assert code == 1, output
+    found = {(m["entity"], m["source_id"], m["column"]): (m["expected"], m["found"]) for m in csv_rows(tmp_path / "out" / "value_mismatches.csv")}
+    contact_id, service_id = pipedrive_id(customermates, "contacts", contact), pipedrive_id(customermates, "services", service)
+    assert found == {
+        ("contacts", contact_id, "firstName"): (json.dumps(contact["firstName"], ensure_ascii=False), '"Edited"'),
+        ("contacts", contact_id, "emails"): (json.dumps(contact["emails"], ensure_ascii=False), "[]"),
+        ("services", service_id, "name"): (json.dumps(service["name"], ensure_ascii=False), '"Renamed"'),
+        ("services", service_id, "amount"): (json.dumps(float(service["amount"])), "12345"),
+    }
+    assert report["values"]["built-in"]["preserved"] == report["values"]["built-in"]["expected"] - 4
+    assert "everything matches" not in output

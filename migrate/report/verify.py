@@ -8,7 +8,7 @@ the check says what Customermates holds now whatever the state file believes.
 
 What counts as a failure (exit code 1): a record of staging missing in the target (quarantined
 ones included: they are listed as known failures), a Pipedrive ID on two or more target
-records, a relationship, custom value or notes text of a found record that is not there.
+records, a relationship, own field (name, emails, amount), custom value or notes text of a found record that is not there.
 Failures are written to the state file as they are found (`verify_findings`); the report holds
 their counts and the first few of each kind, and `write_findings` streams every one to a CSV
 file per kind, so a verify of a million records that are not there holds none of them.
@@ -48,6 +48,7 @@ from migrate.transform.entities import LINK_ENTITY
 
 EXIT_MISMATCH = 1
 OWNER_KIND = "owner→user"
+BUILT_IN = "built-in"  # a record's own fields (name, first and last name, emails, amount), tallied beside the column types
 EXTRAS_FILE = "extras.csv"
 EXTRA_COLUMNS = ("entity", "target_id", "pipedrive_id")
 EXTRA_EXAMPLES = 3  # per entity, in verify.json; every extra record is in extras.csv
@@ -247,6 +248,17 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
                         lost.append(uid)
                 if lost:
                     findings.add("link_mismatches", {"kind": OWNER_KIND, "entity": entity, "source_id": sid, "missing": lost})
+                for name, wanted_value in (payload.get("fields") or {}).items():
+                    got_value = record.get(name)
+                    # an update cannot clear a contact's last name: it keeps the one it had (rule last_name_not_cleared)
+                    kept = entity == "contacts" and name == "lastName" and wanted_value == "" and bool(got_value)
+                    ok = _same_field(wanted_value, got_value)
+                    values.add(BUILT_IN, ok, excepted=kept and not ok)
+                    if not ok and not kept:
+                        findings.add(
+                            "value_mismatches",
+                            {"entity": entity, "source_id": sid, "column": name, "type": BUILT_IN, "expected": wanted_value, "found": got_value},
+                        )
                 actual: dict[str, list[Any]] = {}
                 for cell in record.get("customFieldValues") or []:
                     actual.setdefault(cell.get("columnId"), []).append(cell.get("value"))
@@ -351,6 +363,16 @@ def write_findings(staging: Staging, directory: Path) -> dict[str, Path]:
 
 def _cell(value: Any, column: str) -> Any:
     return json.dumps(value, ensure_ascii=False) if column in JSON_CELLS else value
+
+
+def _same_field(wanted: Any, got: Any) -> bool:
+    """A record's own field (name, emails, amount) as written and as read back: lists in any
+    order, numbers by value."""
+    if isinstance(wanted, list):
+        return isinstance(got, list) and sorted(map(str, wanted)) == sorted(map(str, got))
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        return got is not None and _same_number(wanted, got)
+    return wanted == got or (wanted in (None, "") and got in (None, ""))
 
 
 def _same_number(a: Any, b: Any) -> bool:
