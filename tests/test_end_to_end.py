@@ -539,3 +539,28 @@ def test_a_quarantined_record_deleted_in_pipedrive_since_is_no_longer_reported_q
     contacts = report["entities"]["contacts"]
     assert contacts["quarantined"] == 0 and contacts["to_migrate"] == contacts["unchanged"]
     assert contacts["deleted_skipped"] == len(pipedrive.collections["persons"]) - len(live(pipedrive.collections["persons"]))
+
+
+def test_a_batch_written_by_a_run_stopped_before_recording_it_is_counted_once_by_the_run_that_resumes(env, customermates, tmp_path, monkeypatch):
+    """The resuming run adopts that batch's records (counted created): it counted them unchanged too,
+    so its contacts added up to more than were staged."""
+    create_many = CustomermatesClient.create_many
+    batches = Counter()
+
+    def stopped_after_the_second_contacts_batch(self, entity, bodies):
+        result = create_many(self, entity, bodies)
+        batches[entity] += 1
+        if entity == "contacts" and batches[entity] == 2:
+            raise KeyboardInterrupt  # written in Customermates, not yet recorded in the state file
+        return result
+
+    monkeypatch.setattr(CustomermatesClient, "create_many", stopped_after_the_second_contacts_batch)
+    assert CliRunner().invoke(cli, ["run"], env=env).exit_code == 130
+    monkeypatch.setattr(CustomermatesClient, "create_many", create_many)
+
+    result = run_cli(env, "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    contacts = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
+    assert contacts["adopted_after_uncertain_write"] > 0
+    assert contacts["created"] + contacts["updated"] + contacts["unchanged"] == contacts["to_migrate"] == len(customermates.records("contacts"))

@@ -155,6 +155,7 @@ class Loader:
         self.writes_done = 0  # write requests that went through
         self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
         self.set_aside_alone = False  # the entity's only record set aside: a read may vouch for the server
+        self.adopted_at_resume: dict[str, set[str]] = {}  # entity → records of a crashed run's batch found written
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -344,7 +345,8 @@ class Loader:
                 if existing is None:
                     creates.append(_Item(source_id, body, digest, payload=payload))
                 elif existing[1] == digest:
-                    self.summary.unchanged[entity] += 1
+                    if source_id not in self.adopted_at_resume.get(entity, ()):
+                        self.summary.unchanged[entity] += 1
                     continue
                 else:
                     updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
@@ -628,7 +630,9 @@ class Loader:
             if batch["operation"] == "update":
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
-            self._settle(batch["batch_id"], entity, "create", items)
+            missing = {i.source_id for i in self._settle(batch["batch_id"], entity, "create", items)}
+            # counted created (adopted) now: not counted unchanged too when the load comes to them
+            self.adopted_at_resume.setdefault(entity, set()).update(i.source_id for i in items if i.source_id not in missing)
 
 
 def _envelope_bytes(entity: str) -> int:
