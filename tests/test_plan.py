@@ -237,3 +237,37 @@ def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_i
     assert not [i for i in read_issues(tmp_path / "r") if i["rule"] == "conflict_skipped"]
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["firstName"] == person["first_name"] and [u["email"] for u in record["users"]] == [user["email"]]
+
+
+def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_are_planned_as_the_updates_the_run_makes(
+    env, pipedrive, customermates, tmp_path
+):
+    """The run writes a record whose payload changed; the plan said unchanged when the change was a
+    note's text (the target's form shows notes only as there or not) or Customermates already held it."""
+    assert invoke(env, "run").exit_code == 0
+    note = next(n for n in pipedrive.collections["notes"] if n.get("active_flag") and n.get("person_id") and not n.get("deal_id"))
+    note["content"] = "<div>Rewritten in Pipedrive.</div>"
+    note["update_time"] = "2026-11-28 12:00:00"
+    both = next(p for p in live(pipedrive.collections["persons"]) if p.get("first_name") and p["id"] != note["person_id"])
+    both["first_name"] += "-Both"
+    both["name"] = f"{both['first_name']} {both.get('last_name') or ''}".strip()
+    record = by_pipedrive_id(customermates, "contacts")[str(both["id"])][0]
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many", json={"contacts": [{"id": record["id"], "firstName": both["first_name"]}]},
+        headers={"x-api-key": VALID_KEY},
+    )
+    assert response.status_code == 200, response.text
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    plan = load_plan(tmp_path / "p")
+    updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
+    assert set(updates) == {str(note["person_id"]), str(both["id"])}
+    assert updates[str(note["person_id"])]["changes"] == [{"field": "notes", "before": "present", "after": "changed"}]
+    assert "already holds" in updates[str(both["id"])]["reason"]
+
+    result = invoke(env, "run", "--plan", str(tmp_path / "p" / "plan.json"), "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
+        e: (c["update"], c["unchanged"]) for e, c in plan["summary"].items()
+    }

@@ -202,7 +202,9 @@ class Planner:
         changes = self.changes(entity, before, after)
         if written is not None:
             last = self.intended(written, self.written_user_map)
-            source_changed = _canonical(last) != _canonical(after)
+            # what the run goes by: the payload as last written (a note's text too, which the
+            # target's form shows only as there or not) and the owners matched then
+            source_changed = _canonical(written) != _canonical(payload) or last["users"] != after["users"]
             target_edits = self.changes(entity, last, before)
             if target_edits:
                 item["target_edits"] = target_edits
@@ -210,6 +212,10 @@ class Planner:
                 return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
             if target_edits and changes:
                 return {**item, "action": "conflict", "changes": changes}
+            if not changes:  # the run writes what changed in Pipedrive all the same
+                if (written.get("notes") or "") != (payload.get("notes") or ""):
+                    return {**item, "action": "update", "changes": [{"field": "notes", "before": "present" if written.get("notes") else None, "after": "changed" if payload.get("notes") else None}]}
+                return {**item, "action": "update", "reason": "Customermates already holds the new values (edited there the same way); written again"}
         if not changes:
             return {**item, "action": "unchanged"}
         return {**item, "action": "update", "changes": changes}
