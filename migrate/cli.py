@@ -171,7 +171,7 @@ def run(
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
     console = Console()
-    with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
+    with _report_if_stopped(settings, report_dir), ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
         report = pipeline.run_migration(
             settings, dry_run=dry_run, use_staged=use_staged, max_batch=batch_size, on_target_deleted=on_target_deleted,
             on_conflict=on_conflict, saved_plan=plan_file, progress=progress,
@@ -243,10 +243,11 @@ def sync(
     while True:
         started = time.monotonic()
         try:
-            report = pipeline.run_migration(
-                settings, incremental=True, deletes=deletes, on_conflict=on_conflict, reconcile_every=reconcile_every,
-                on_target_deleted=on_target_deleted,
-            )
+            with _report_if_stopped(settings, report_dir):
+                report = pipeline.run_migration(
+                    settings, incremental=True, deletes=deletes, on_conflict=on_conflict, reconcile_every=reconcile_every,
+                    on_target_deleted=on_target_deleted,
+                )
         except MigrateError as exc:
             if seconds is None:
                 raise
@@ -263,6 +264,23 @@ def sync(
             if seconds is None:
                 sys.exit(EXIT_PARTIAL if report["status"] == "partial" else 0)
         stopping.wait(max(0.0, seconds - (time.monotonic() - started)))
+
+
+@contextmanager
+def _report_if_stopped(settings: Settings, report_dir: Path | None) -> Iterator[None]:
+    """A run that fails or is stopped once it has begun still writes its report.json (status failed
+    or interrupted, the error, what it wrote, issues and quarantined records so far) to `report_dir`,
+    in place of an earlier run's."""
+    try:
+        yield
+    except (MigrateError, Interrupted, KeyboardInterrupt) as exc:
+        run_id = getattr(exc, "run_id", None)
+        if report_dir is not None and run_id is not None:
+            stopped = isinstance(exc, Interrupted | KeyboardInterrupt)
+            error = str(exc if isinstance(exc, MigrateError | Interrupted) else Interrupted("Ctrl-C", signal.SIGINT))
+            path = pipeline.write_stopped_report(settings, run_id, "interrupted" if stopped else "failed", redact(error), report_dir)
+            Console(stderr=True).print(f"Report: {path}", highlight=False)
+        raise
 
 
 def _duration(text: str) -> float:

@@ -17,7 +17,7 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
-from migrate.errors import LockHeldError, MigrateError
+from migrate.errors import Interrupted, LockHeldError, MigrateError
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
 from migrate.pipedrive.extract import (
@@ -40,6 +40,7 @@ from migrate.report.run_report import (
     ISSUE_EXAMPLES,
     issue_summary,
     quarantine_summary,
+    write_json,
     write_quarantine,
 )
 from migrate.report.run_report import write_issues as write_issue_rows
@@ -235,6 +236,12 @@ def run_migration(
                 report["sync"] = {**report.get("sync", {}), "deletes": deletes, "deleted_in_pipedrive": dict(loaded.deleted_in_pipedrive)}
             status = report["status"]
             return report
+        except BaseException as exc:
+            # the CLI's report of a run that did not end names it (`write_stopped_report`)
+            exc.run_id = run_id  # type: ignore[attr-defined]
+            if isinstance(exc, Interrupted | KeyboardInterrupt):
+                status = "interrupted"
+            raise
         finally:
             staging.finish_run(run_id, status, {k: report.get(k) for k in ("entities", "status")} if report else {})
 
@@ -396,6 +403,31 @@ def write_run_lists(settings: Settings, run_id: str, directory: Path) -> dict[st
             "issues": write_issue_rows(staging.iter_run_issues(run_id), directory),
             "quarantined": write_quarantine(staging, directory),
         }
+
+
+def write_stopped_report(settings: Settings, run_id: str, status: str, error: str, directory: Path) -> Path:
+    """report.json (with issues.csv and quarantine.csv) of a run that failed or was stopped: what
+    it did not finish, the records it wrote before, every issue and quarantined record so far,
+    so that a report directory never keeps an earlier run's report as if it were this one's."""
+    with Staging(settings.state) as staging:
+        row = staging.con.execute("SELECT command, started_at FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        written = dict(staging.con.execute("SELECT entity, count(*) FROM id_map WHERE run_id = ? GROUP BY entity", [run_id]).fetchall())
+        report = {
+            "run_id": run_id,
+            "dry_run": bool(row) and row[0] == "run --dry-run",
+            "status": status,
+            "error": error,
+            "started_at": _text(row[1]) if row else None,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            # written (or found written after an uncertain write) before it stopped; the rest is
+            # written by the next run, which resumes
+            "written_before_it_stopped": {e: written.get(e, 0) for e in ENTITY_ORDER},
+            "issues": issue_summary(staging.run_issue_counts(run_id), staging.run_issue_examples(run_id, ISSUE_EXAMPLES)),
+            "quarantined": quarantine_summary(staging),
+        }
+        report["issues"]["file"] = str(write_issue_rows(staging.iter_run_issues(run_id), directory))
+        report["quarantined"]["file"] = str(write_quarantine(staging, directory))
+    return write_json(report, directory)
 
 
 def verify(settings: Settings) -> dict[str, Any]:

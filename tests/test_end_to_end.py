@@ -564,3 +564,45 @@ def test_a_batch_written_by_a_run_stopped_before_recording_it_is_counted_once_by
     contacts = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
     assert contacts["adopted_after_uncertain_write"] > 0
     assert contacts["created"] + contacts["updated"] + contacts["unchanged"] == contacts["to_migrate"] == len(customermates.records("contacts"))
+
+
+def test_a_run_that_fails_or_is_stopped_writes_its_own_report_in_place_of_the_last_ones(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """report.json said ok, of the run before, after a run that ended with an error or a Ctrl-C:
+    now it names this run, how it ended, what it wrote before, and its issues and quarantined records."""
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    report_dir = tmp_path / "reports"
+    assert run_cli(env, "--report-dir", str(report_dir)).exit_code == 0
+    first = json.loads((report_dir / "report.json").read_text())
+    organizations = pipedrive.collections["organizations"]
+    organizations.append({**live(organizations)[0], "id": 9001, "name": "Neu GmbH"})
+    for person in live(pipedrive.collections["persons"])[:40]:
+        person["name"] += " (edited)"
+    customermates.fail_next(1000, path_contains="/contacts/many")
+
+    result = CliRunner().invoke(cli, ["run", "--report-dir", str(report_dir)], env=env)
+
+    assert result.exit_code == 1, result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["run_id"] != first["run_id"] and report["status"] == "failed"
+    assert "Customermates failed 10 times in a row writing contacts" in report["error"]
+    assert report["written_before_it_stopped"] == {"organizations": 1, "contacts": 0, "services": 0, "deals": 0, "tasks": 0}
+    assert len(read_issues(report_dir)) == report["issues"]["count"] > 0 and read_quarantine(report_dir) == []
+
+    create_many = CustomermatesClient.create_many
+
+    def stopped(self, entity, bodies):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CustomermatesClient, "update_many", stopped)
+    monkeypatch.setattr(CustomermatesClient, "create_many", stopped)
+    result = CliRunner().invoke(cli, ["run", "--report-dir", str(report_dir)], env=env)
+
+    assert result.exit_code == 130, result.output
+    stopped_report = json.loads((report_dir / "report.json").read_text())
+    assert stopped_report["run_id"] != report["run_id"] and stopped_report["status"] == "interrupted"
+    assert "interrupted by Ctrl-C" in stopped_report["error"]
+    monkeypatch.setattr(CustomermatesClient, "create_many", create_many)
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    ended = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
+    con.close()
+    assert (ended[report["run_id"]], ended[stopped_report["run_id"]]) == ("failed", "interrupted")
