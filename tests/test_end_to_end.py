@@ -334,19 +334,24 @@ def test_a_last_name_removed_in_pipedrive_is_reported_as_kept(env, migrated, pip
     assert repr(before) in kept["detail"]
 
 
-def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path):
+def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path, monkeypatch):
     # an email the server rejects (leading dot) but our own check lets through would be a bug in
     # our check; instead make the server reject one contact's organization link by deleting the
-    # organization in the target between runs.
+    # organization in the target while the run goes on, after the run read the organizations
+    # (a link to one deleted before is dropped, and reported).
     result = run_cli(env)
     assert result.exit_code == 0, result.output
     person = next(p for p in pipedrive.collections["persons"] if p.get("org_id") and not p.get("is_deleted"))
     orgs = by_pipedrive_id(customermates, "organizations")
     customermates_org = orgs[str(person["org_id"])][0]["id"]
-    deleted = httpx.request(
-        "DELETE", f"{customermates.url}/api/v1/organizations/many", json={"ids": [customermates_org]}, headers={"x-api-key": VALID_KEY}
-    )
-    assert deleted.status_code == 200
+    scan_target = Loader.scan_target
+
+    def deleted_meanwhile(self, entity):
+        if entity == "contacts":
+            customermates.delete_records("organizations", [customermates_org])
+        return scan_target(self, entity)
+
+    monkeypatch.setattr(Loader, "scan_target", deleted_meanwhile)
     person["name"] = person["name"] + " (edited)"
     person["first_name"] = (person.get("first_name") or "") + " (edited)"
     # deleting the organization also removed the contact's link in Customermates: the contact
@@ -606,3 +611,23 @@ def test_a_run_that_fails_or_is_stopped_writes_its_own_report_in_place_of_the_la
     ended = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
     con.close()
     assert (ended[report["run_id"]], ended[stopped_report["run_id"]]) == ("failed", "interrupted")
+
+
+def test_a_new_record_linked_to_one_deleted_in_customermates_arrives_without_that_link(env, pipedrive, customermates, tmp_path):
+    """The server refuses the deleted organization's id: the new contact was quarantined for it.
+    Now it arrives, and the report names the link dropped and why."""
+    assert run_cli(env).exit_code == 0
+    persons = pipedrive.collections["persons"]
+    person = next(p for p in live(persons) if p.get("org_id"))
+    organization = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])][0]
+    customermates.delete_records("organizations", [organization["id"]])
+    persons.append({**person, "id": 9001, "name": "Neue Person", "first_name": "Neue", "last_name": "Person"})
+
+    result = run_cli(env, "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    assert read_quarantine(tmp_path / "r") == []
+    assert by_pipedrive_id(customermates, "contacts")["9001"][0]["organizations"] == []
+    [dropped] = [i for i in read_issues(tmp_path / "r") if i["rule"] == "link_target_deleted_in_target" and i["source_id"] == "9001"]
+    assert (dropped["entity"], dropped["field"]) == ("contacts", "organizationIds")
+    assert f"organization {person['org_id']} was deleted in Customermates" in dropped["detail"]

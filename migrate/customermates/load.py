@@ -187,7 +187,9 @@ class Loader:
             resolved = []
             for pid in ids:
                 mapped = linked.get(target_entity, {}).get(pid)
-                if mapped is None:
+                if pid in self.gone.get(target_entity, ()):
+                    self._link_to_gone(entity, source_id, key, target_entity, pid)
+                elif mapped is None:
                     self._note_issue(
                         entity, source_id, key, "link_target_not_loaded",
                         f"{target_entity[:-1]} {pid} was not loaded (quarantined); link dropped",
@@ -199,7 +201,9 @@ class Loader:
             services = []
             for pid, quantity in payload["services"]:
                 mapped = linked.get("services", {}).get(pid)
-                if mapped is None:
+                if pid in self.gone.get("services", ()):
+                    self._link_to_gone(entity, source_id, "services", "services", pid)
+                elif mapped is None:
                     self._note_issue(
                         entity, source_id, "services", "link_target_not_loaded",
                         f"service {pid} was not loaded (quarantined); not linked",
@@ -227,6 +231,15 @@ class Loader:
         if payload["notes"]:
             body["notes"] = payload["notes"]
         return body
+
+    def _link_to_gone(self, entity: str, source_id: str, field: str, target_entity: str, pid: str) -> None:
+        """A link to a record deleted in Customermates after it was migrated (and not recreated):
+        the server refuses its id, which would keep this record out; the link is dropped instead."""
+        self._note_issue(
+            entity, source_id, field, "link_target_deleted_in_target",
+            f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped "
+            "(--on-target-deleted recreate creates it again, linked)",
+        )
 
     def linked_records(self, batch: list[tuple[str, dict[str, Any], str]]) -> dict[str, dict[str, str]]:
         """entity → Pipedrive ID → Customermates id, for every record the batch links to."""
