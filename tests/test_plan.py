@@ -271,3 +271,16 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     assert {e: (row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
         e: (c["update"], c["unchanged"]) for e, c in plan["summary"].items()
     }
+
+
+def test_the_plan_lists_the_owners_the_run_will_report_without_a_customermates_user(env, customermates, tmp_path):
+    """owner_unmatched is a value not carried exactly: the plan (against a target, whose users it
+    reads) left it out, and the run then reported it."""
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    planned = load_plan(tmp_path / "p")["lossy"]["owner_unmatched"]
+
+    assert invoke(env, "run", "--report-dir", str(tmp_path / "r")).exit_code == 0
+    reported = [i for i in read_issues(tmp_path / "r") if i["rule"] == "owner_unmatched"]
+    assert planned["count"] == len(reported) > 0
+    assert planned["examples"] == reported[:5]
+    assert "owner_unmatched" in (tmp_path / "p" / "plan.md").read_text()

@@ -171,11 +171,7 @@ class Loader:
                 continue
             label = user_label(user, uid)
             self.summary.unmatched_users.append({"pipedrive_user": label, "records": count})
-            self._note_issue(
-                "users", uid, "owner_id", "owner_unmatched",
-                f"{label} owns {count} records but has no Customermates user with that email; kept in the "
-                "'Pipedrive owner' column (invite the user and run again to assign)",
-            )
+            self._note_issue("users", uid, "owner_id", "owner_unmatched", owner_unmatched_detail(label, count))
 
     # -- request bodies ---------------------------------------------------------------------
     def build_body(self, entity: str, source_id: str, payload: dict[str, Any], linked: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -646,6 +642,14 @@ class Loader:
             missing = {i.source_id for i in self._settle(batch["batch_id"], entity, "create", items)}
             # counted created (adopted) now: not counted unchanged too when the load comes to them
             self.adopted_at_resume.setdefault(entity, set()).update(i.source_id for i in items if i.source_id not in missing)
+
+
+def owner_unmatched_detail(label: str, records: int) -> str:
+    """The issue of a Pipedrive owner no Customermates user matches (the load's, and the plan's forecast of it)."""
+    return (
+        f"{label} owns {records} records but has no Customermates user with that email; kept in the "
+        "'Pipedrive owner' column (invite the user and run again to assign)"
+    )
 
 
 def _envelope_bytes(entity: str) -> int:
