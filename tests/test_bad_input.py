@@ -33,6 +33,7 @@ import tenacity
 from click.testing import CliRunner, Result
 
 from migrate.cli import cli
+from migrate.customermates.load import Loader
 from tests.crash_harness import values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.test_end_to_end import NoSleep, read_issues, read_quarantine
@@ -648,13 +649,38 @@ def _delete_an_organization_in_the_target(w: World, env: dict[str, str]) -> None
     anna["job_title"], anna["update_time"] = "Head of Sales", "2024-06-01T00:00:00Z"  # so the contact is written again
 
 
+def _delete_an_organization_in_the_target_during_the_run(w: World, env: dict[str, str]) -> None:
+    """As `_delete_an_organization_in_the_target`, but the user deletes it while the run goes on,
+    after the run read the organizations: the contact's link names an id the server no longer has."""
+    assert w.run().exit_code == 0
+    [acme] = [r for r in w.cm.records("organizations") if r["name"] == "Acme GmbH"]
+    scan_target = Loader.scan_target
+
+    def deleted_meanwhile(loader: Loader, entity: str) -> None:
+        if entity == "contacts" and any(r["id"] == acme["id"] for r in w.cm.records("organizations")):
+            w.cm.delete_records("organizations", [acme["id"]])
+        scan_target(loader, entity)
+
+    w.patches.setattr(Loader, "scan_target", deleted_meanwhile)
+    anna = next(p for p in w.pd.collections["persons"] if p["id"] == 1)
+    anna["job_title"], anna["update_time"] = "Head of Sales", "2024-06-01T00:00:00Z"  # so the contact is written again
+
+
+def _link_dropped(w: World, result: Result) -> None:
+    report = w.report("bad")
+    assert report["quarantined"]["count"] == 0
+    [dropped] = [i for i in w.issues("bad") if i["rule"] == "link_target_deleted_in_target" and i["entity"] == "contacts"]
+    assert (dropped["source_id"], dropped["field"]) == ("1", "organizationIds")
+    [anna] = read_target(w.cm)[("contacts", "1")]
+    assert anna.links["organizations"] == [] and anna.values["Job title"] == "Head of Sales"
+
+
 def _quarantined_contact(w: World, result: Result) -> None:
     report = w.report("bad")
     [item] = report["quarantined"]["examples"]
     assert (item["entity"], item["source_id"]) == ("contacts", "1") and report["quarantined"]["count"] == 1
     assert item["message"] == "Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"
     assert read_quarantine(w.tmp / "bad") == [item]
-    assert any((i["entity"], i["source_id"], i["rule"]) == ("organizations", "1", "deleted_in_target") for i in w.issues("bad"))
 
 
 def _recreated(w: World, report: dict[str, Any]) -> None:
@@ -793,11 +819,16 @@ RUN_CASES: list[RunCase] = [
     RunCase("pipedrive_wrong_base_url", "PIPEDRIVE_BASE_URL with a path: every API path is 404", _env(PIPEDRIVE_BASE_URL="{pd}/crm"),
             1, ("error: Pipedrive has no /api/v1/users/me (HTTP 404): check PIPEDRIVE_BASE_URL",), _nothing_written),
     # -- Customermates answers ----------------------------------------------------------------------
-    RunCase("customermates_rejects_a_record", "a contact's organization was deleted in Customermates between runs and the contact "
-            "changed in Pipedrive (written with --on-conflict source-wins): the server answers 400",
-            _delete_an_organization_in_the_target, 3,
+    RunCase("customermates_rejects_a_record", "a contact's organization is deleted in Customermates while the run goes on, after "
+            "the run read the organizations, and the contact changed in Pipedrive: the server answers 400",
+            _delete_an_organization_in_the_target_during_the_run, 3,
             ("Quarantined records (1, listed in", "contacts 1: Organization ID not found or not accessible. (at contacts[0].organizationIds[0])"),
-            _quarantined_contact, args=("--on-conflict", "source-wins"),
+            _quarantined_contact, repair=lambda w: w.patches.undo(),
+            rerun_args=("--on-target-deleted", "recreate", "--on-conflict", "source-wins"), after_rerun=_recreated),
+    RunCase("customermates_record_links_one_deleted_there", "a contact's organization was deleted in Customermates between runs and "
+            "the contact changed in Pipedrive (written with --on-conflict source-wins): written without that link, reported",
+            _delete_an_organization_in_the_target, 0, ("link_target_deleted_in_target", "Status: ok"),
+            _link_dropped, args=("--on-conflict", "source-wins"),
             rerun_args=("--on-target-deleted", "recreate", "--on-conflict", "source-wins"), after_rerun=_recreated),
     RunCase("customermates_500_during_load", "one contacts batch answers 500 with an empty body (settled by lookup, sent again)",
             lambda w, env: w.cm.fail_next(1, status=500, path_contains="/contacts/many"), 0, ("Status: ok",)),
