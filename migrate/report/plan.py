@@ -215,7 +215,8 @@ class Planner:
                 return {**item, "action": "conflict", "changes": changes}
             if not changes:  # the run writes what changed in Pipedrive all the same
                 if (written.get("notes") or "") != (payload.get("notes") or ""):
-                    return {**item, "action": "update", "changes": [{"field": "notes", "before": "present" if written.get("notes") else None, "after": "changed" if payload.get("notes") else None}]}
+                    notes = {"field": "notes", "before": "present" if written.get("notes") else None, "after": "changed" if payload.get("notes") else None}
+                    return {**item, "action": "update", "changes": [notes]}
                 return {**item, "action": "update", "reason": "Customermates already holds the new values (edited there the same way); written again"}
         if not changes:
             return {**item, "action": "unchanged"}
