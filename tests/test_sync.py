@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.customermates import target
-from migrate.customermates.client import CustomermatesClient, ServerError
+from migrate.customermates.client import BatchRejectedError, CustomermatesClient, Issue, ServerError
 from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
@@ -811,3 +811,55 @@ def test_a_record_purged_in_pipedrive_before_a_rerun_is_still_handled_by_the_del
     result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
     assert result.exit_code == 0, result.output
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
+
+
+def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_once_and_not_asked_again(env, pipedrive, customermates, tmp_path):
+    """The person is deleted in Pipedrive and its contact in Customermates between two syncs: a sync
+    reading only what changed there cannot see the deletion, and the server refuses the delete of an
+    id it no longer has. The sync reports the record as already removed and forgets it, where it
+    skipped it without a word and asked again at every sync until a reconciling one."""
+    assert invoke(env, "run").exit_code == 0
+    assert invoke(env, "sync").exit_code == 0  # reads back what the run wrote: the contact is held as there
+    gone_there, other = live_persons(pipedrive)[5:7]
+    for person in (gone_there, other):
+        person["is_deleted"], person["update_time"] = True, NOW
+    [contact] = by_pipedrive_id(customermates, "contacts")[str(gone_there["id"])]
+    customermates.delete_records("contacts", [contact["id"]])
+
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    assert str(other["id"]) not in by_pipedrive_id(customermates, "contacts")
+    issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
+    assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
+    assert (str(other["id"]), "deleted_in_pipedrive_removed") in issues
+    customermates.requests.clear()
+    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0").exit_code == 0
+    assert [r for r in customermates.requests if r.method == "DELETE"] == []
+
+
+def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported_with_its_message_and_the_rest_removed(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """A delete refused for a reason other than a missing id (the contract's "Only custom tasks can
+    be deleted") leaves that record as it is, reported with the server's words; the others go."""
+    assert invoke(env, "run").exit_code == 0
+    kept, removed = live_persons(pipedrive)[5:7]
+    for person in (kept, removed):
+        person["is_deleted"], person["update_time"] = True, NOW
+    kept_id = by_pipedrive_id(customermates, "contacts")[str(kept["id"])][0]["id"]
+    delete_many = CustomermatesClient.delete_many
+
+    def refusing(self, entity, ids):
+        if kept_id in ids:
+            raise BatchRejectedError("400", issues=[Issue("Only custom contacts can be deleted", f"ids[{ids.index(kept_id)}]")], status=400, body="")
+        return delete_many(self, entity, ids)
+
+    monkeypatch.setattr(CustomermatesClient, "delete_many", refusing)
+
+    result = invoke(env, "sync", "--deletes", "delete", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert str(kept["id"]) in contacts and str(removed["id"]) not in contacts
+    issues = {(i["source_id"], i["rule"]): i["detail"] for i in read_issues(tmp_path / "r")}
+    assert "Only custom contacts can be deleted" in issues[(str(kept["id"]), "deleted_in_pipedrive_not_removed")]
+    assert (str(removed["id"]), "deleted_in_pipedrive_removed") in issues

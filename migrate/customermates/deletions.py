@@ -82,17 +82,26 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
     deleted = 0
     for start in range(0, len(items), BATCH):
         chunk = items[start : start + BATCH]
+        already: list[str] = []
         try:
             client.delete_many(entity, [target for _, (target, _) in chunk])
-        except BatchRejectedError as exc:  # one already removed by a user: skip it, delete the rest
-            named = {i.item_index() for i in exc.issues}
+        except BatchRejectedError as exc:  # nothing deleted: the ids it names are set apart, the rest deleted
+            named = {i.item_index(): i.message for i in exc.issues}
+            refused = [(sid, named[n]) for n, (sid, _) in enumerate(chunk) if n in named]
+            already = [sid for sid, message in refused if "not found" in message]
+            staging.add_load_issues(
+                [(run_id, entity, sid, "*", "deleted_in_pipedrive_not_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; Customermates refused to remove it: {message}")
+                 for sid, message in refused if sid not in already]
+            )
             chunk = [item for n, item in enumerate(chunk) if n not in named]
             if chunk:
                 client.delete_many(entity, [target for _, (target, _) in chunk])
-        staging.forget(entity, [sid for sid, _ in chunk])
-        staging.drop_from_target_snapshot(entity, [target for _, (target, _) in chunk])  # not held any more
+        removed = chunk + [(sid, gone[sid]) for sid in already]
+        staging.forget(entity, [sid for sid, _ in removed])
+        staging.drop_from_target_snapshot(entity, [target for _, (target, _) in removed])  # not held any more
         staging.add_load_issues(
             [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in chunk]
+            + [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates") for sid in already]
         )
         deleted += len(chunk)
     return deleted
