@@ -18,6 +18,7 @@ from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.errors import Interrupted, LockHeldError, MigrateError
+from migrate.identity import check_customermates, check_pipedrive
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
 from migrate.pipedrive.extract import (
@@ -86,6 +87,8 @@ def customermates_clients(settings: Settings, stack: ExitStack) -> tuple[Custome
 def run_extract(settings: Settings, staging: Staging, run_id: str, progress: Progress | None = None) -> ExtractSummary:
     with ExitStack() as stack:
         source = open_source(settings, stack)
+        if isinstance(source, PipedriveClient):
+            check_pipedrive(staging, pipedrive_me(source))  # before a page of another company is staged
         usage = watch_tokens(source, staging, progress)
         summary = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
         summary.pipedrive = usage.report()
@@ -179,7 +182,7 @@ def run_migration(
             if not dry_run or (settings.customermates_url and settings.customermates_api_key):
                 target = customermates_clients(settings, stack)
             source = None if use_staged else open_source(settings, stack)
-            warnings = preflight(source, target[0] if target else None)  # before anything is written
+            warnings = preflight(source, target[0] if target else None, staging, settings)  # before anything is written
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
@@ -438,6 +441,7 @@ def verify(settings: Settings) -> dict[str, Any]:
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, _ = customermates_clients(settings, stack)
+        check_customermates(staging, client, settings.customermates_url or "")
         return verify_target(staging, client)
 
 
@@ -464,6 +468,7 @@ def undo(
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, mcp = customermates_clients(settings, stack)
+        check_customermates(staging, client, settings.customermates_url or "")  # before a record is judged gone
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
 
 
@@ -478,9 +483,14 @@ def _text(value: Any) -> Any:
     return value.isoformat(sep=" ", timespec="seconds") if isinstance(value, datetime) else value
 
 
-def pipedrive_identity(client: PipedriveClient) -> tuple[str, bool]:
+def pipedrive_me(client: PipedriveClient) -> dict[str, Any]:
+    """The token's user (`/v1/users/me`), with its company."""
+    return client.get("/api/v1/users/me", cost=2).get("data") or {}
+
+
+def pipedrive_identity(client: PipedriveClient, me: dict[str, Any] | None = None) -> tuple[str, bool]:
     """Who the token belongs to, and whether that user is an admin (sees every record)."""
-    me = client.get("/api/v1/users/me", cost=2).get("data") or {}
+    me = pipedrive_me(client) if me is None else me
     admin = bool(me.get("is_admin")) or any(
         a.get("admin") for a in me.get("access") or [] if isinstance(a, dict) and a.get("app") in ("global", "sales")
     )
@@ -494,17 +504,21 @@ def customermates_identity(client: CustomermatesClient) -> tuple[str, bool]:
     return f"{me.get('firstName')} {me.get('lastName')} (role {role or 'none'})", role.lower() == "admin"
 
 
-def preflight(source: PageSource, target: CustomermatesClient | None) -> list[str]:
-    """The checks every run starts with; hard failures raise, doubts come back as warnings."""
+def preflight(source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings) -> list[str]:
+    """The checks every run starts with; hard failures raise (among them a state file of another
+    company on either side: `migrate.identity`), doubts come back as warnings."""
     warnings = []
     if target is not None:
         who, admin = customermates_identity(target)
+        check_customermates(staging, target, settings.customermates_url or "")
         if not admin:
             warnings.append(
                 f"the Customermates key belongs to {who}, not an Admin: records outside its access fail to load (use an Admin's key)"
             )
     if isinstance(source, PipedriveClient):
-        who, admin = pipedrive_identity(source)
+        me = pipedrive_me(source)
+        check_pipedrive(staging, me)
+        who, admin = pipedrive_identity(source, me)
         if not admin:
             warnings.append(f"the Pipedrive token belongs to {who}, not an admin: records it cannot see are not migrated")
     return warnings
@@ -521,13 +535,18 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
         try:
             source = open_source(settings, stack)
             if isinstance(source, PipedriveClient):
-                who, admin = pipedrive_identity(source)
+                me = pipedrive_me(source)
+                who, admin = pipedrive_identity(source, me)
                 add("Pipedrive token", True, who)
                 add("Pipedrive admin", admin, "admin: sees every record" if admin else "not an admin: records it cannot see will be missing")
                 cost = None
                 if settings.state.exists():
                     try:
                         with Staging(settings.state) as staging:
+                            try:
+                                check_pipedrive(staging, me, record=False)
+                            except MigrateError as exc:
+                                add("Pipedrive company of the state file", False, str(exc))
                             cost = budget.estimate_from_staging(staging)
                     except LockHeldError:  # a run is going on: size it by probing instead
                         pass
@@ -548,6 +567,14 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
         except MigrateError as exc:
             add("Customermates key", False, str(exc))
             return results
+        if settings.state.exists():
+            try:
+                with Staging(settings.state) as staging:
+                    check_customermates(staging, client, settings.customermates_url or "")
+            except LockHeldError:  # a run holds it, and checked it when it began
+                pass
+            except MigrateError as exc:
+                add("Customermates company of the state file", False, str(exc))
         try:
             active = mcp.active_webhooks()
             add(

@@ -1,0 +1,75 @@
+"""Which companies a state file belongs to.
+
+A state file maps one Pipedrive company's ids to one Customermates company's records. Used with
+another company's token or key (the next client's settings, the last client's working directory),
+it would stage the new company's records over the old one's checkpoints, update the old company's
+Customermates records with the new company's data (Pipedrive ids repeat across companies), or let
+`undo` forget every migrated record as "already gone". So every command that talks to either side
+first checks that it is the same company, before it reads a page or writes anything:
+
+* Pipedrive: the company id of the token's user (`/v1/users/me`), kept in the state file's `meta`
+  the first time a token is used with it (a state file of an older version adopts the first one).
+* Customermates: `/v1/users/me` names no company, so the check is on the custom columns the state
+  file set up (or matched) there: their ids are the company's own. At least one must still be
+  there; a state file that has none (nothing loaded yet, or every column undone) has nothing to
+  lose and goes with any Customermates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from migrate.customermates.client import CustomermatesClient
+from migrate.errors import ConfigError
+from migrate.staging.store import Staging
+
+PIPEDRIVE_COMPANY_KEY = "pipedrive_company"
+ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
+
+
+def _describe(company: dict[str, Any]) -> str:
+    name = company.get("name") or "(no name)"
+    domain = f" ({company['domain']}.pipedrive.com)" if company.get("domain") else ""
+    return f"{name}{domain}, company id {company.get('id')}"
+
+
+def check_pipedrive(staging: Staging, me: dict[str, Any], *, record: bool = True) -> None:
+    """Refuse a token of another Pipedrive company than the state file's (`me`: `/v1/users/me`'s
+    data); with `record`, a state file that names none yet takes this one."""
+    if me.get("company_id") is None:
+        return  # nothing to compare with
+    company = {"id": me.get("company_id"), "name": me.get("company_name"), "domain": me.get("company_domain")}
+    known_text = staging.meta(PIPEDRIVE_COMPANY_KEY)
+    if known_text is None:
+        if record:
+            staging.set_meta(PIPEDRIVE_COMPANY_KEY, json.dumps(company))
+        return
+    known = json.loads(known_text)
+    if str(known.get("id")) != str(company["id"]):
+        raise ConfigError(
+            f"the state file {staging.path} holds the migration of the Pipedrive company {_describe(known)}, but the "
+            f"Pipedrive token belongs to {_describe(company)}; nothing was read or written. Use another state file for "
+            "this company (--state or MIGRATE_STATE; a fresh one starts from scratch), or the token of the state file's company"
+        )
+
+
+def check_customermates(staging: Staging, client: CustomermatesClient, url: str) -> None:
+    """Refuse a Customermates company none of whose custom columns the state file knows."""
+    known: dict[str, set[str]] = {}
+    for (entity, _key), column in staging.column_map().items():
+        known.setdefault(entity, set()).add(str(column["id"]))
+    if not known:
+        return
+    for entity in sorted(known, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else len(ENTITY_ORDER)):
+        present = {str(c.get("id")) for c in client.configuration(entity).get("customColumns") or [] if isinstance(c, dict)}
+        if present & known[entity]:
+            return
+    migrated = staging.con.execute("SELECT count(*) FROM id_map").fetchone()[0]
+    raise ConfigError(
+        f"the state file {staging.path} belongs to another Customermates company than the one at {url} with this API key: "
+        f"none of the {sum(map(len, known.values()))} custom columns it set up there (the Pipedrive ID columns among them) "
+        f"is in this one, and its {migrated:,} migrated records are in the other; nothing was written or deleted. "
+        "Set CUSTOMERMATES_URL and CUSTOMERMATES_API_KEY (or --customermates-url and --customermates-key) to the "
+        "Customermates this state file migrated to, or use another state file for this one (--state or MIGRATE_STATE)"
+    )
