@@ -6,6 +6,7 @@ import functools
 import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +91,14 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "what was committed before is kept and the run resumes from there",
                 1,
             )
+        except OSError as exc:  # a report or list file: the disk full, a directory gone
+            if not exc.filename:
+                _fail(f"{type(exc).__name__}: {exc}", 1)
+            _fail(
+                f"cannot write {exc.filename}: {exc.strerror or exc}. What the command did before is recorded in the state "
+                "file (see `migrate status`); fix this and run it again to write its reports",
+                1,
+            )
         except KeyboardInterrupt:
             interrupted = Interrupted("Ctrl-C", signal.SIGINT)
             _fail(str(interrupted), interrupted.exit_code)
@@ -97,6 +106,26 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), exc.exit_code)
 
     return wrapper
+
+
+def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Make the report directory and try a file in it before the command does any work, so that a
+    path that cannot take the reports is a usage error up front, not a traceback after the run."""
+    if value is None:
+        return None
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=value, prefix=".migrate-write-test-"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write reports to {value}: {exc.strerror or exc}", ctx=ctx, param=param) from None
+    return value
+
+
+def report_dir_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--report-dir", type=click.Path(path_type=Path, file_okay=False), callback=_report_dir, expose_value=True, help=help_text,
+    )
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -147,7 +176,7 @@ def cli() -> None:
 @common_options
 @click.option("--dry-run", is_flag=True, help="Extract and transform, then print what would be created; write nothing to Customermates.")
 @click.option("--use-staged", is_flag=True, help="Skip extraction and migrate what `migrate extract` staged.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write report.json, issues.csv (every value not carried exactly: record, field, reason) and quarantine.csv (every record Customermates rejected) here.")
+@report_dir_option("Write report.json, issues.csv (every value not carried exactly: record, field, reason) and quarantine.csv (every record Customermates rejected) here.")
 @click.option(
     "--batch-size", type=click.IntRange(1, 100), default=pipeline.DEFAULT_MAX_BATCH, show_default=True,
     help="Largest batch per write request (the server takes up to 100); sizes adapt below it to the server's latency.",
@@ -190,7 +219,7 @@ def run(
 @cli.command()
 @common_options
 @click.option("--use-staged", is_flag=True, help="Skip extraction and plan from what `migrate extract` staged.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write plan.json, plan.md and plan.html here.")
+@report_dir_option("Write plan.json, plan.md and plan.html here.")
 @click.option(
     "--on-target-deleted", type=click.Choice(["report", "recreate"]), default="report", show_default=True,
     help="How records deleted in Customermates since they were migrated are planned.",
@@ -215,7 +244,7 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     help="Migrated records deleted in Pipedrive since: mark them (a 'Deleted in Pipedrive' date), delete them, or leave them.",
 )
 @click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write each sync's report.json, issues.csv and quarantine.csv here.")
+@report_dir_option("Write each sync's report.json, issues.csv and quarantine.csv here.")
 @click.option(
     "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
     help="Records changed on both sides since the last run.",
@@ -373,7 +402,7 @@ def status_command(settings: Settings) -> None:
 
 @cli.command()
 @common_options
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write verify.json, extras.csv, quarantine.csv and every failure, a CSV file per kind (missing.csv, duplicates.csv, …), here.")
+@report_dir_option("Write verify.json, extras.csv, quarantine.csv and every failure, a CSV file per kind (missing.csv, duplicates.csv, …), here.")
 def verify(settings: Settings, report_dir: Path | None) -> None:
     """Read Customermates back and compare it with what was migrated: records, links, values, notes.
 
@@ -398,7 +427,7 @@ def verify(settings: Settings, report_dir: Path | None) -> None:
 @click.option("--yes", is_flag=True, help="Delete; without it, only list what would be deleted.")
 @click.option("--force", is_flag=True, help="Also delete records edited in Customermates since they were migrated.")
 @click.option("--columns", is_flag=True, help="Also delete the custom columns the run created.")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), help="Write undo.json (every record and column, and what happened to it) here.")
+@report_dir_option("Write undo.json (every record and column, and what happened to it) here.")
 def undo(settings: Settings, run_id: str | None, yes: bool, force: bool, columns: bool, report_dir: Path | None) -> None:
     """Delete the records (and with --columns the custom columns) one run created.
 

@@ -187,3 +187,47 @@ def test_a_run_out_of_duckdb_memory_names_the_setting_that_gives_more_and_the_ne
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "2000")
     with Staging(tmp_path / "state.duckdb") as staging:
         assert staging.memory_limit_mb() == 2000
+
+
+@pytest.mark.parametrize("command", [["run"], ["sync"], ["plan"], ["verify"], ["undo"]])
+def test_a_report_dir_that_cannot_be_made_is_refused_before_anything_runs(env, sample_dir, customermates, tmp_path, command):
+    if command[0] in ("verify", "undo"):
+        assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+    runs = _count_runs(env)
+    writes = customermates.write_count()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(cli, [*command, "--report-dir", str(blocker / "reports")], env=env)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "--report-dir" in result.output and str(blocker / "reports") in result.output.replace("\n", "")
+    assert customermates.write_count() == writes  # refused before the run, not after its work was done
+    assert _count_runs(env) == runs
+
+
+def _count_runs(env) -> int:
+    if not Path(env["MIGRATE_STATE"]).exists():
+        return 0
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_a_disk_that_fills_while_the_reports_are_written_is_one_line_naming_the_file(env, sample_dir, customermates, tmp_path, monkeypatch):
+    import errno
+
+    from migrate import cli as cli_module
+
+    def full(report, directory, name="report.json"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / name))
+
+    monkeypatch.setattr(cli_module, "write_json", full)
+    result = CliRunner().invoke(cli, ["run", "--source", str(sample_dir), "--report-dir", str(tmp_path / "reports")], env=env)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    line = " ".join(result.output.split())
+    assert f"cannot write {tmp_path / 'reports' / 'report.json'}: No space left on device" in line
+    assert "recorded in the state file" in line
+    assert len(customermates.records("contacts")) > 100  # the run itself went through
