@@ -56,6 +56,16 @@ class Settings(BaseModel):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
         return value
 
+    @field_validator("pipedrive_base_url")
+    @classmethod
+    def _pipedrive_root(cls, value: str) -> str:
+        """Pipedrive's docs give the API's address with its path (https://acme.pipedrive.com/api/v1); the
+        tool adds the paths itself, so a pasted API path is taken off (any other path is kept: a proxy's)."""
+        for suffix in ("/api/v1", "/api/v2", "/api"):
+            if value.lower().endswith(suffix):
+                return value[: -len(suffix)].rstrip("/")
+        return value
+
     @field_validator("transform_workers")
     @classmethod
     def _workers(cls, value: int | None) -> int | None:

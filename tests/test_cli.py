@@ -231,3 +231,12 @@ def test_a_disk_that_fills_while_the_reports_are_written_is_one_line_naming_the_
     assert f"cannot write {tmp_path / 'reports' / 'report.json'}: No space left on device" in line
     assert "recorded in the state file" in line
     assert len(customermates.records("contacts")) > 100  # the run itself went through
+
+
+@pytest.mark.parametrize("suffix", ["/api/v1", "/api/v2/", "/api"])
+def test_a_pipedrive_url_pasted_with_its_api_path_works(env, pipedrive, suffix):
+    # Pipedrive's docs give the API's address as https://<company>.pipedrive.com/api/v1
+    env["PIPEDRIVE_BASE_URL"] = pipedrive.url + suffix
+    result = invoke(["extract"], env)
+    assert result.exit_code == 0, result.output
+    assert load_settings({}, None, env).pipedrive_base_url == pipedrive.url
