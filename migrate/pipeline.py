@@ -17,10 +17,11 @@ from migrate.customermates.deletions import propagate_deletions
 from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
-from migrate.errors import Interrupted, LockHeldError, MigrateError
+from migrate.errors import ConfigError, Interrupted, LockHeldError, MigrateError
 from migrate.identity import check_customermates, check_pipedrive
 from migrate.pipedrive import budget
 from migrate.pipedrive.client import PipedriveClient
+from migrate.pipedrive.collections import COLLECTIONS, DEAL_PRODUCTS
 from migrate.pipedrive.extract import (
     ExtractSummary,
     PageSource,
@@ -173,7 +174,11 @@ def run_migration(
     started = datetime.now(UTC)
     if saved_plan is not None:
         saved_plan_fingerprints(saved_plan)  # a file that is not a plan is refused before any work
+    if use_staged and not settings.state.exists():  # a mistyped --state: no empty state file made, no empty run
+        raise ConfigError(f"--use-staged: nothing is staged in {settings.state} (no such file); run `migrate extract` first, with the same --state")
     with Staging(settings.state) as staging, ExitStack() as stack:
+        if use_staged:
+            require_staged(staging)
         run_id = staging.start_run("sync" if incremental else "run --dry-run" if dry_run else "run")
         status = "failed"
         report: dict[str, Any] = {}
@@ -247,6 +252,21 @@ def run_migration(
             raise
         finally:
             staging.finish_run(run_id, status, {k: report.get(k) for k in ("entities", "status")} if report else {})
+
+
+def require_staged(staging: Staging) -> None:
+    """`--use-staged` migrates what a complete extract staged: none, or one stopped half way (its
+    collections partly read, the earlier extract's dropped), would make a run of nothing or of part of
+    the account that ends "ok"."""
+    checkpoints = {c.name: staging.checkpoint(c.name) for c in (*COLLECTIONS, DEAL_PRODUCTS)}
+    if all(cp is None for cp in checkpoints.values()):
+        raise ConfigError(f"--use-staged: nothing is staged in {staging.path}; run `migrate extract` first, with the same --state")
+    unfinished = sorted(name for name, cp in checkpoints.items() if cp is None or not cp.done)
+    if unfinished:
+        raise ConfigError(
+            f"--use-staged: the extract staged in {staging.path} stopped half way ({', '.join(unfinished)} not read whole); "
+            "run `migrate extract` again to finish it (it resumes), or `migrate run` without --use-staged"
+        )
 
 
 def _mark_untraced(staging: Staging, read_whole: set[str], vanished: dict[str, int]) -> None:

@@ -240,3 +240,26 @@ def test_a_pipedrive_url_pasted_with_its_api_path_works(env, pipedrive, suffix):
     result = invoke(["extract"], env)
     assert result.exit_code == 0, result.output
     assert load_settings({}, None, env).pipedrive_base_url == pipedrive.url
+
+
+def test_use_staged_with_nothing_staged_is_refused_without_making_a_state_file(env, customermates, tmp_path):
+    env["MIGRATE_STATE"] = str(tmp_path / "typo.duckdb")  # not where `migrate extract` staged the account
+    for command in (["run", "--use-staged"], ["run", "--use-staged", "--dry-run"], ["plan", "--use-staged"]):
+        result = invoke(command, env)
+        assert result.exit_code == 2, result.output
+        line = " ".join(result.output.split())
+        assert f"nothing is staged in {tmp_path / 'typo.duckdb'}" in line and "migrate extract" in line
+        assert not (tmp_path / "typo.duckdb").exists()
+    assert customermates.columns() == [] and customermates.write_count() == 0
+
+
+def test_use_staged_after_an_extract_that_stopped_half_way_is_refused(env, sample_dir, customermates):
+    assert invoke(["extract", "--source", str(sample_dir)], env).exit_code == 0
+    con = duckdb.connect(env["MIGRATE_STATE"])
+    con.execute("UPDATE extract_checkpoints SET done = false WHERE collection IN ('persons', 'notes')")
+    con.close()
+    result = invoke(["run", "--use-staged"], env)
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "stopped half way" in line and "notes, persons" in line and "migrate extract" in line
+    assert customermates.columns() == [] and customermates.write_count() == 0
