@@ -246,3 +246,33 @@ def test_undo_plans_and_reports_in_batches_from_the_state_file_in_the_order_of_a
         "created_by_run": len(mapped), "delete": len(would), "kept_edited": 1, "already_gone": 1, "deleted": len(would), "failed": 0
     }
     assert [r["id"] for r in customermates.records("contacts")] == [edited["id"]]
+
+
+def test_undo_after_a_run_killed_between_a_write_and_its_commit_deletes_that_batch_too(env, sample_dir, customermates, monkeypatch):
+    from migrate.errors import Interrupted
+
+    real_commit = Staging.commit_batch
+    seen: list[str] = []
+
+    def killed(self, batch_id, entity, written, run_id, payloads=()):
+        if entity == "contacts" and written:
+            seen.append(batch_id)
+            if len(seen) == 2:  # the server wrote this batch; the run dies before its ids are stored
+                raise Interrupted("SIGKILL", 9)
+        return real_commit(self, batch_id, entity, written, run_id, payloads)
+
+    monkeypatch.setattr(Staging, "commit_batch", killed)
+    result = CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env)
+    assert result.exit_code == 137, result.output
+    monkeypatch.setattr(Staging, "commit_batch", real_commit)
+    assert state(env, "SELECT count(*) FROM pending_batches") == [(1,)]
+    in_target = len(customermates.records("contacts"))
+    assert in_target > state(env, "SELECT count(*) FROM id_map WHERE entity = 'contacts'")[0][0]
+
+    listing = invoke(["undo"], env)
+    assert listing.exit_code == 0, listing.output
+    assert table_rows(listing.output)["contacts"][0] == str(in_target)  # the listing names every contact the run created
+    result = invoke(["undo", "--yes"], env)
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    assert state(env, "SELECT count(*) FROM pending_batches") == [(0,)]

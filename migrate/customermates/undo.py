@@ -85,6 +85,7 @@ def undo(
     """Plan (and with `execute`, carry out) the undo of one run; returns what was (or would be)
     done. Its records, each with what happened to it, stay in the state file (`UndoRecords`)."""
     staging.clear_undo_records()
+    _settle_pending(staging, client)
     if run_id is None:
         run_id = staging.latest_creating_run()
         if run_id is None:
@@ -113,6 +114,27 @@ def undo(
         if undo_run is not None:
             staging.finish_run(undo_run, status, {"undone_run": run_id})
     return {"run_id": run_id, "dry_run": not execute, "force": force, "status": status, "entities": entities, "columns": column_rows}
+
+
+def _settle_pending(staging: Staging, client: CustomermatesClient) -> None:
+    """A run that died between a create batch's write and its commit left the batch pending: its
+    records may exist without an id-map row, and an undo would leave them there. Those found by their
+    Pipedrive ID are adopted first, as the next run would (for the run that sent the batch)."""
+    column_map = staging.column_map()
+    for batch in staging.pending_batches():
+        entity = batch["entity"]
+        if batch["operation"] != "create":
+            continue  # an update created nothing; the next run sends it again
+        id_column = column_map.get((entity, PIPEDRIVE_ID))
+        if id_column is None:
+            continue  # nothing can carry its Pipedrive ID; the next run settles it
+        adopted = []
+        for source_id, digest in zip(batch["source_ids"], batch["hashes"], strict=True):
+            hits = client.find_by_column(entity, id_column["id"], source_id)
+            if hits:
+                adopted.append((source_id, hits[0]["id"], digest))
+        staging.commit_batch(batch["batch_id"], entity, adopted, batch.get("run_id") or "undo")
+        log.info("undo.settled_pending", entity=entity, adopted=len(adopted), sent=len(batch["source_ids"]))
 
 
 def _plan(staging: Staging, client: CustomermatesClient, entity: str, run_id: str, id_column: dict[str, Any] | None, *, force: bool) -> None:

@@ -1085,11 +1085,11 @@ class Staging:
         return batch_id
 
     def pending_batches(self, entity: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT batch_id, entity, operation, source_ids, hashes FROM pending_batches"
+        sql = "SELECT batch_id, entity, operation, source_ids, hashes, run_id FROM pending_batches"
         rows = self.con.execute(sql + (" WHERE entity = ?" if entity else "") + " ORDER BY created_at", [entity] if entity else []).fetchall()
         return [
-            {"batch_id": b, "entity": e, "operation": o, "source_ids": json.loads(s), "hashes": json.loads(h)}
-            for b, e, o, s, h in rows
+            {"batch_id": b, "entity": e, "operation": o, "source_ids": json.loads(s), "hashes": json.loads(h), "run_id": r}
+            for b, e, o, s, h, r in rows
         ]
 
     def commit_batch(
