@@ -388,6 +388,9 @@ def make_plan(
     return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool)
 
 
+DIED = "died (killed or crashed before its end; run it again to resume)"
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """What the state file knows: runs, extract checkpoints, id map, pending batches, quarantine."""
     if not settings.state.exists():
@@ -401,6 +404,8 @@ def status(settings: Settings) -> dict[str, Any]:
             "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints WHERE collection NOT LIKE '%~%' ORDER BY collection"  # not the lanes' rows
         ).fetchall()
         migrated = dict(con.execute("SELECT entity, count(*) FROM id_map GROUP BY entity").fetchall())
+        # the state file's lock is ours: a run still marked running holds none, so it died (a kill, a crash)
+        runs = [(*r[:4], DIED if r[4] == "running" else r[4]) for r in runs]
         return {
             "state": str(settings.state),
             "runs": [dict(zip(("run_id", "command", "started_at", "finished_at", "status"), map(_text, r), strict=True)) for r in runs],

@@ -263,3 +263,15 @@ def test_use_staged_after_an_extract_that_stopped_half_way_is_refused(env, sampl
     line = " ".join(result.output.split())
     assert "stopped half way" in line and "notes, persons" in line and "migrate extract" in line
     assert customermates.columns() == [] and customermates.write_count() == 0
+
+
+def test_status_after_a_killed_run_says_it_died_not_that_it_is_running(env, sample_dir, monkeypatch):
+    from migrate.staging.store import Staging
+
+    monkeypatch.setattr(Staging, "finish_run", lambda self, run_id, status, summary: None)  # killed before its end was recorded
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+    monkeypatch.undo()
+    result = invoke(["status"], env)
+    assert result.exit_code == 0, result.output
+    assert "running" not in result.output
+    assert "died" in result.output
