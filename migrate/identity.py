@@ -23,6 +23,7 @@ from typing import Any
 from migrate.customermates.client import CustomermatesClient
 from migrate.errors import ConfigError
 from migrate.staging.store import Staging
+from migrate.transform.columns import PIPEDRIVE_ID_LABEL
 
 PIPEDRIVE_COMPANY_KEY = "pipedrive_company"
 ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
@@ -55,10 +56,12 @@ def check_pipedrive(staging: Staging, me: dict[str, Any], *, record: bool = True
 
 
 def check_customermates(staging: Staging, client: CustomermatesClient, url: str) -> None:
-    """Refuse a Customermates company none of whose custom columns the state file knows."""
+    """Refuse a Customermates company none of whose custom columns the state file knows, and one
+    that already holds migrated records while the state file knows none (`check_not_migrated_before`)."""
     known: dict[str, set[str]] = {}
     for (entity, _key), column in staging.column_map().items():
         known.setdefault(entity, set()).add(str(column["id"]))
+    check_not_migrated_before(staging, client, url)
     if not known:
         return
     for entity in sorted(known, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else len(ENTITY_ORDER)):
@@ -73,3 +76,29 @@ def check_customermates(staging: Staging, client: CustomermatesClient, url: str)
         "Set CUSTOMERMATES_URL and CUSTOMERMATES_API_KEY (or --customermates-url and --customermates-key) to the "
         "Customermates this state file migrated to, or use another state file for this one (--state or MIGRATE_STATE)"
     )
+
+
+def check_not_migrated_before(staging: Staging, client: CustomermatesClient, url: str) -> None:
+    """A state file that knows no migrated record (a new one: another directory, MIGRATE_STATE unset
+    in a new shell, the file deleted) against a Customermates whose records already carry Pipedrive
+    IDs would create every record a second time: the Pipedrive ID column is found by its label, but
+    the records in it are not taken over (they may be another Pipedrive company's: ids repeat)."""
+    if staging.con.execute("SELECT count(*) FROM id_map").fetchone()[0] or staging.pending_batches():
+        return  # it knows its records, or a killed run's first batch is to be settled
+    found: list[str] = []
+    for entity in ENTITY_ORDER:
+        columns = client.configuration(entity).get("customColumns") or []
+        for column in columns:
+            if not isinstance(column, dict) or column.get("label") != PIPEDRIVE_ID_LABEL or column.get("type") != "plain":
+                continue
+            page = client.search(entity, filters=[{"field": column["id"], "operator": "isNotNull"}], page_size=5)
+            total = int((page.get("pagination") or {}).get("total") or 0)
+            if total:
+                found.append(f"{total:,} {entity}")
+    if found:
+        raise ConfigError(
+            f"the Customermates at {url} already holds records with a {PIPEDRIVE_ID_LABEL} ({', '.join(found)}), migrated "
+            f"with another state file, but the state file {staging.path} knows none of them: a run with it would create every "
+            "record a second time. Use the state file of that migration (--state or MIGRATE_STATE; `migrate status --state "
+            "FILE` shows what one holds), or `migrate undo --yes` with it first; nothing was written"
+        )

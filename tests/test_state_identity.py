@@ -112,3 +112,38 @@ def test_doctor_names_a_state_file_of_another_company(migrated: dict[str, str], 
     assert result.exit_code == 1, result.output
     assert "Other Company Ltd" in result.output
     assert other_customermates.url in result.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("command", [["run"], ["sync"]])
+def test_a_fresh_state_file_against_a_customermates_already_migrated_to_is_refused(
+    env: dict[str, str], sample_dir, customermates: FakeCustomermates, tmp_path, command: list[str]
+):
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+    contacts = len(customermates.records("contacts"))
+    lost = {**env, "MIGRATE_STATE": str(tmp_path / "elsewhere" / "migration.duckdb")}  # another directory, a deleted file
+    (tmp_path / "elsewhere").mkdir()
+    result = invoke([*command, "--source", str(sample_dir)], lost)
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "already holds" in line and "Pipedrive ID" in line and customermates.url in line
+    assert len(customermates.records("contacts")) == contacts  # not every record a second time
+
+
+def test_a_run_killed_before_its_first_batch_was_stored_resumes(env: dict[str, str], sample_dir, customermates, monkeypatch):
+    from migrate.errors import Interrupted
+    from migrate.staging.store import Staging
+
+    real_commit = Staging.commit_batch
+
+    def killed(self, batch_id, entity, written, run_id, payloads=()):
+        if written:
+            raise Interrupted("SIGKILL", 9)  # the server wrote the first batch; its ids were never stored
+        return real_commit(self, batch_id, entity, written, run_id, payloads)
+
+    monkeypatch.setattr(Staging, "commit_batch", killed)
+    assert CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env).exit_code == 137
+    monkeypatch.setattr(Staging, "commit_batch", real_commit)
+    assert customermates.records("organizations") and state(env, "SELECT count(*) FROM id_map") == [(0,)]
+    result = invoke(["run", "--source", str(sample_dir)], env)
+    assert result.exit_code == 0, result.output
+    assert len(customermates.records("organizations")) == 39
