@@ -95,7 +95,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not exc.filename:
                 _fail(f"{type(exc).__name__}: {exc}", 1)
             _fail(
-                f"cannot write {exc.filename}: {exc.strerror or exc}. What the command did before is recorded in the state "
+                f"{exc.filename}: {exc.strerror or exc}. What the command did before is recorded in the state "
                 "file (see `migrate status`); fix this and run it again to write its reports",
                 1,
             )

@@ -148,11 +148,18 @@ def load_settings(flags: dict[str, Any], config_file: Path | None = None, enviro
     if path is not None:
         try:
             with open(path, "rb") as handle:
-                values.update(tomllib.load(handle).get("migrate", {}))
+                table = tomllib.load(handle).get("migrate", {})
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"config file {path}: 'migrate' must be a [migrate] table of settings (state = \"...\", ...), not {type(table).__name__}"
+            )
+        values.update(table)
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return Settings(**values)

@@ -228,7 +228,7 @@ def test_a_disk_that_fills_while_the_reports_are_written_is_one_line_naming_the_
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
     line = " ".join(result.output.split())
-    assert f"cannot write {tmp_path / 'reports' / 'report.json'}: No space left on device" in line
+    assert f"{tmp_path / 'reports' / 'report.json'}: No space left on device" in line
     assert "recorded in the state file" in line
     assert len(customermates.records("contacts")) > 100  # the run itself went through
 
@@ -275,3 +275,18 @@ def test_status_after_a_killed_run_says_it_died_not_that_it_is_running(env, samp
     assert result.exit_code == 0, result.output
     assert "running" not in result.output
     assert "died" in result.output
+
+
+@pytest.mark.parametrize("text", ["migrate = 3\n", 'migrate = "state.duckdb"\n', "[[migrate]]\nstate = 'x.duckdb'\n"])
+def test_a_config_file_whose_migrate_entry_is_no_table_names_it(tmp_path, text):
+    config = tmp_path / "migrate.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=r"migrate\.toml.*\[migrate\] table"):
+        load_settings({}, config, {})
+
+
+def test_a_config_file_that_cannot_be_read_names_it(tmp_path, monkeypatch):
+    (tmp_path / "migrate.toml").mkdir()  # found in the working directory, but a directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"cannot read the config file migrate\.toml"):
+        load_settings({}, None, {})
