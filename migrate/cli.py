@@ -22,7 +22,7 @@ from rich.table import Table
 
 from migrate import pipeline, stopping
 from migrate.config import Settings, load_settings
-from migrate.errors import Interrupted, MigrateError
+from migrate.errors import ConfigError, Interrupted, MigrateError
 from migrate.logs import configure, log_format, redact, register_secret
 from migrate.progress import ProgressDisplay
 from migrate.report.plan_output import print_plan, write_plan
@@ -199,6 +199,9 @@ def run(
 
     Safe to run again: records already migrated are skipped when unchanged and updated
     when changed; a run that died is resumed."""
+    if dry_run and plan_file is not None:
+        raise ConfigError("--dry-run and --plan contradict each other: --plan applies a saved plan (checked first), "
+                          "--dry-run writes nothing; drop one (`migrate plan` makes a new plan)")
     console = Console()
     with _report_if_stopped(settings, report_dir), ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
         report = pipeline.run_migration(

@@ -32,6 +32,7 @@ from migrate.pipedrive.extract import (
     reconcile_ids,
 )
 from migrate.report.plan import (
+    NO_TARGET,
     SpooledRecords,
     build_plan,
     check_saved_plan,
@@ -374,7 +375,7 @@ def make_plan(
     `spool` writes them all to the state file (read back with `plan_records`)."""
     if client is None:
         return build_plan(
-            staging, columns, TargetState(fingerprint="no-target"), {}, {}, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool
+            staging, columns, TargetState(fingerprint=NO_TARGET), {}, {}, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool
         )
     users = client.list_users()
     by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}

@@ -290,3 +290,21 @@ def test_a_config_file_that_cannot_be_read_names_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"cannot read the config file migrate\.toml"):
         load_settings({}, None, {})
+
+
+def test_a_plan_made_without_customermates_settings_is_refused_as_such_not_as_a_changed_target(env, sample_dir, customermates, tmp_path):
+    offline = {k: v for k, v in env.items() if not k.startswith("CUSTOMERMATES_")}
+    assert invoke(["plan", "--source", str(sample_dir), "--report-dir", str(tmp_path / "plan")], offline).exit_code == 0
+    result = invoke(["run", "--source", str(sample_dir), "--plan", str(tmp_path / "plan" / "plan.json")], env)
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split())
+    assert "made without Customermates settings" in line and "CUSTOMERMATES_URL" in line
+    assert "Customermates changed since" not in line
+    assert customermates.write_count() == 0
+
+
+def test_dry_run_with_a_plan_to_apply_is_a_usage_error(env, sample_dir, tmp_path):
+    assert invoke(["plan", "--source", str(sample_dir), "--report-dir", str(tmp_path / "plan")], env).exit_code == 0
+    result = invoke(["run", "--dry-run", "--source", str(sample_dir), "--plan", str(tmp_path / "plan" / "plan.json")], env)
+    assert result.exit_code == 2, result.output
+    assert "--dry-run" in result.output and "--plan" in result.output

@@ -223,6 +223,9 @@ class Planner:
         return {**item, "action": "update", "changes": changes}
 
 
+NO_TARGET = "no-target"  # the target fingerprint of a plan made without Customermates settings
+
+
 def check_saved_plan(path: Path, staging: Staging, target: TargetState) -> None:
     """Refuse to apply a plan made on other data: say what changed since. The plan file is read
     as a stream: a million-record plan.json is not loaded whole."""
@@ -232,7 +235,12 @@ def check_saved_plan(path: Path, staging: Staging, target: TargetState) -> None:
         count, first = staging.changed_since_plan(_saved_hashes(path), shown=10)
         shown = ", ".join(f"{e} {s}" for e, s in first) + (f" and {count - 10} more" if count > 10 else "")
         problems.append(f"Pipedrive changed since the plan was made: {count} records ({shown})")
-    if fingerprints.get("target") != target.fingerprint:
+    if fingerprints.get("target") == NO_TARGET:
+        problems.append(
+            "the plan was made without Customermates settings, against an empty Customermates, not this one: make it "
+            "again with CUSTOMERMATES_URL and CUSTOMERMATES_API_KEY set"
+        )
+    elif fingerprints.get("target") != target.fingerprint:
         problems.append("Customermates changed since the plan was made (records were created, edited or deleted there)")
     if problems:
         raise MigrateError("; ".join(problems) + ". Make a new plan with `migrate plan` and review it.")
