@@ -351,8 +351,12 @@ def extract_command(settings: Settings) -> None:
     """Stage every Pipedrive record in the DuckDB state file (resumable), nothing else."""
     with Staging(settings.state) as staging:
         run_id = staging.start_run("extract")
-        with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
-            summary = pipeline.run_extract(settings, staging, run_id, progress)
+        try:
+            with ProgressDisplay(enabled=None if log_format() == "console" else False) as progress:
+                summary = pipeline.run_extract(settings, staging, run_id, progress)
+        except BaseException:  # a refusal, an error, a stop: the run's row says it ended, as run's does
+            staging.finish_run(run_id, "failed", {})
+            raise
         staging.finish_run(run_id, "ok", {"records": summary.records})
     console = Console()
     for name, count in summary.records.items():

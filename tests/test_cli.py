@@ -308,3 +308,13 @@ def test_dry_run_with_a_plan_to_apply_is_a_usage_error(env, sample_dir, tmp_path
     result = invoke(["run", "--dry-run", "--source", str(sample_dir), "--plan", str(tmp_path / "plan" / "plan.json")], env)
     assert result.exit_code == 2, result.output
     assert "--dry-run" in result.output and "--plan" in result.output
+
+
+def test_an_extract_that_fails_is_recorded_as_failed(env):
+    result = invoke(["extract"], {**env, "PIPEDRIVE_API_TOKEN": "wrong-token-0000"})
+    assert result.exit_code == 1, result.output
+    con = duckdb.connect(env["MIGRATE_STATE"], read_only=True)
+    try:
+        assert con.execute("SELECT command, status, finished_at IS NOT NULL FROM runs").fetchall() == [("extract", "failed", True)]
+    finally:
+        con.close()
