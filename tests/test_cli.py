@@ -318,3 +318,19 @@ def test_an_extract_that_fails_is_recorded_as_failed(env):
         assert con.execute("SELECT command, status, finished_at IS NOT NULL FROM runs").fetchall() == [("extract", "failed", True)]
     finally:
         con.close()
+
+
+def test_a_duckdb_file_that_is_no_state_file_is_refused_untouched(env, sample_dir, tmp_path):
+    other = tmp_path / "analytics.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE sales (id INTEGER, amount DOUBLE); INSERT INTO sales VALUES (1, 9.5)")
+    con.close()
+    for command in (["status"], ["run", "--dry-run", "--source", str(sample_dir)]):
+        result = invoke([*command, "--state", str(other)], env)
+        assert result.exit_code == 1, result.output
+        assert f"{other} is a DuckDB database but no migrate state file" in " ".join(result.output.split())
+    con = duckdb.connect(str(other), read_only=True)
+    try:
+        assert [t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()] == ["sales"]
+    finally:
+        con.close()

@@ -210,6 +210,12 @@ class Staging:
             raise MigrateError(f"cannot open the state file {self.path}: {exc}") from None
         if fresh and self.path.exists():
             os.chmod(self.path, 0o600)
+        if not fresh and not self._has_own_tables():
+            self.con.close()
+            raise MigrateError(
+                f"{self.path} is a DuckDB database but no migrate state file (none of its tables is one of ours); "
+                "nothing was changed in it. Give the state file of this migration, or a new path, with --state or MIGRATE_STATE"
+            )
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would write into our output
         # At the 16 MB default, an extract's stream of page upserts writes its log back into the
         # file over and over: 400k persons in pages of 500 took 66–72 µs a row, 46–48 at 256 MB.
@@ -228,6 +234,11 @@ class Staging:
         self.con.execute("ALTER TABLE target_records ADD COLUMN IF NOT EXISTS lookups VARCHAR")  # after num_id
         self._drop_target_records_key()
         self.settle_archive_pairs()
+
+    def _has_own_tables(self) -> bool:
+        """Whether an existing database is a state file (or an empty one, as an interrupted first open leaves)."""
+        tables = {t for (t,) in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        return not tables or bool(tables & {"meta", "runs", "id_map", "extract_checkpoints"})
 
     def _add_numeric_ids(self) -> None:
         """State files written before `num_id` existed get it, filled from the ids, once."""
