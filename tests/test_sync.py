@@ -208,6 +208,39 @@ def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, piped
     assert kinds == ["date", "plain"]
 
 
+def _labels(customermates, entity):
+    found: dict[str, list[str]] = {}
+    for column in customermates.columns(entity):
+        found.setdefault(column["label"], []).append(column["id"])
+    return found
+
+
+def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_own(env, pipedrive, customermates):
+    """Pipedrive: "Beste Anrufzeit" renamed to "Rückrufzeit", and a new field named "Beste
+    Anrufzeit". The renamed field keeps its column (renamed); the new one gets its own, where it
+    took the renamed field's column by its old label and both fields wrote into it."""
+    assert invoke(env, "run").exit_code == 0
+    before = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    _field(pipedrive, "personFields", "Beste Anrufzeit")["field_name"] = "Rückrufzeit"
+    pipedrive.collections["personFields"].append(
+        {"field_code": "a" * 40, "field_name": "Beste Anrufzeit", "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    person = live_persons(pipedrive)[0]
+    person.setdefault("custom_fields", {})["a" * 40] = "abends"
+    person["update_time"] = NOW
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    after = _labels(customermates, "contact")
+    assert after["Rückrufzeit"] == [before["Beste Anrufzeit"]]
+    [new] = after["Beste Anrufzeit"]
+    assert new != before["Beste Anrufzeit"]
+    values = {v["columnId"]: v["value"] for v in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]}
+    assert values[new] == "abends"
+    assert values.get(before["Beste Anrufzeit"]) != "abends"
+
+
 def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, pipedrive):
     import json
     import signal

@@ -59,6 +59,10 @@ def ensure_columns(
     entities = sorted({s["entity"] for s in specs})
     configs = {e: client.configuration(e) for e in entities}
     intended_labels = {(s["entity"], s["key"]): s["label"] for s in specs}
+    # the columns the state file gives to a column the migration still wants: another one whose
+    # label matches (a field renamed in Pipedrive leaves its old label to a new field) is not one
+    # of them, nor is one taken by an earlier spec of this run
+    claimed = {known[(s["entity"], s["key"])]["id"] for s in specs if (s["entity"], s["key"]) in known}
     for spec in specs:
         entity, key = spec["entity"], spec["key"]
         existing_cols = configs[entity].get("customColumns") or []
@@ -74,10 +78,17 @@ def ensure_columns(
             # renamed in Pipedrive (a label changed only in Customermates is left as the user set it)
             if not dry_run and mcp is not None:
                 mcp.rename_custom_column(column, spec["label"])
-                column = {**column, "label": spec["label"]}
+                column["label"] = spec["label"]  # the configuration read at the start says so too now
             index.renamed.append(f"{entity}: {remembered['label']} → {spec['label']}")
         if column is None:
-            column = next((c for c in existing_cols if _matches(c, spec)), None)
+            column = next(
+                (
+                    c for c in existing_cols
+                    if _matches(c, spec) and (c["id"] not in claimed or (remembered and c["id"] == remembered["id"]))
+                    and c["id"] not in index.ids.values()
+                ),
+                None,
+            )
         if column is None:
             if dry_run or mcp is None:
                 index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
