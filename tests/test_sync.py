@@ -241,6 +241,37 @@ def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_
     assert values.get(before["Beste Anrufzeit"]) != "abends"
 
 
+def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
+    """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
+    records on it, where it added a second option "Herr" and moved every such record onto it."""
+    assert invoke(env, "run").exit_code == 0
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+    for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
+        if option["value"] == herr:
+            option["label"] = "Mr."
+    on_herr = sorted(
+        sid for sid, found in by_pipedrive_id(customermates, "contacts").items()
+        if {"columnId": column["id"], "value": herr} in found[0]["customFieldValues"]
+    )
+    assert on_herr
+    for person in live_persons(pipedrive):  # every record written again
+        person["job_title"], person["update_time"] = "Changed", NOW
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    assert [o["label"] for o in column["options"]["options"]] == ["Mr.", "Frau", "Divers", "Dr."]
+    assert on_herr == sorted(
+        sid for sid, found in by_pipedrive_id(customermates, "contacts").items()
+        if {"columnId": column["id"], "value": herr} in found[0]["customFieldValues"]
+    )
+    assert invoke(env, "sync").exit_code == 0  # and stays so
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    assert [o["label"] for o in column["options"]["options"]] == ["Mr.", "Frau", "Divers", "Dr."]
+
+
 def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, pipedrive):
     import json
     import signal

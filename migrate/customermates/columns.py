@@ -105,9 +105,8 @@ def ensure_columns(
         _remember(staging, known, entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options})
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
-            index.options[(entity, key)] = {o["label"]: o["value"] for o in present}
-            labels = {o["label"] for o in present}
-            missing = [label for label in spec["options"] if label not in labels]
+            index.options[(entity, key)] = _option_ids(present, options)
+            missing = [label for label in spec["options"] if label not in index.options[(entity, key)]]
             if missing and not dry_run and mcp is not None:
                 kept = [
                     {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": False, "index": i}
@@ -131,12 +130,26 @@ def ensure_columns(
             if column is None:
                 raise RuntimeError(f"column {entity}.{key} ({column_id}) vanished right after it was created")
             if column.get("type") == "singleSelect":
-                index.options[(entity, key)] = {o["label"]: o["value"] for o in (column.get("options") or {}).get("options") or []}
+                remembered = known.get((entity, key))
+                earlier = remembered["options"] if remembered and remembered["id"] == column_id else None
+                index.options[(entity, key)] = _option_ids((column.get("options") or {}).get("options") or [], earlier)
                 _remember(
                     staging, known, entity, key,
                     {"id": column_id, "label": intended_labels[(entity, key)], "type": column["type"], "options": index.options[(entity, key)]},
                 )
     return index
+
+
+def _option_ids(present: list[dict[str, Any]], remembered: dict[str, str] | None) -> dict[str, str]:
+    """Option label → option uuid: the column's options by their labels, and by the label the
+    migration wrote an option under (`remembered`, from the state file) the option a user renamed
+    in Customermates since; it is the same option, so it is neither added again nor moved off."""
+    ids = {o["label"]: o["value"] for o in present}
+    values = set(ids.values())
+    for label, value in (remembered or {}).items():
+        if label not in ids and value in values:
+            ids[label] = value
+    return ids
 
 
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:
