@@ -241,6 +241,27 @@ def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_
     assert values.get(before["Beste Anrufzeit"]) != "abends"
 
 
+def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed_in_pipedrive_too(env, pipedrive, customermates):
+    """A user deletes the migrated "Job title" column, and a person's job title changes in Pipedrive.
+    The sync makes the column again and fills it, that person's new title too, where the empty new
+    column looked like an edit made in Customermates: the person was skipped as a conflict."""
+    assert invoke(env, "run").exit_code == 0
+    old = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    customermates._tool_delete_column(old)  # as the app's column settings do
+    titled = [p for p in live_persons(pipedrive) if p.get("job_title")]
+    person = titled[0]
+    person["job_title"], person["update_time"] = "Chief Synchroniser", NOW
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    [new] = _labels(customermates, "contact")["Job title"]
+    contacts = by_pipedrive_id(customermates, "contacts")
+    titles = {pid: next((v["value"] for v in found[0]["customFieldValues"] if v["columnId"] == new), None) for pid, found in contacts.items()}
+    assert titles[str(person["id"])] == "Chief Synchroniser"
+    assert all(titles[str(p["id"])] for p in titled)
+
+
 def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
     records on it, where it added a second option "Herr" and moved every such record onto it."""

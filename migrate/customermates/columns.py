@@ -10,6 +10,7 @@ records. Option UUIDs are read back from `GET /v1/<e>/configuration`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from migrate.staging.store import Staging
 log = structlog.get_logger(__name__)
 
 OPTION_COLORS = ("default", "secondary", "info", "success", "warning", "destructive")
+# in the state file's meta: the columns (JSON [entity, key] pairs) made since the last complete
+# load. A record's value missing in one is no edit made in Customermates: the column is new.
+NEW_COLUMNS_KEY = "columns_made_since_load"
 
 
 @dataclass
@@ -34,6 +38,11 @@ class ColumnIndex:
     options_added: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)
     retyped: list[str] = field(default_factory=list)
+    new: set[tuple[str, str]] = field(default_factory=set)  # made (or to be made) since the last complete load
+
+    def made_since_load(self, staging: Staging) -> set[tuple[str, str]]:
+        saved = staging.meta(NEW_COLUMNS_KEY)
+        return self.new | {(e, k) for e, k in json.loads(saved)} if saved else set(self.new)
 
     def migration_columns(self, entity: str) -> list[str]:
         return sorted(cid for (e, _), cid in self.ids.items() if e == entity)
@@ -90,9 +99,12 @@ def ensure_columns(
                 None,
             )
         if column is None:
+            index.new.add((entity, key))
             if dry_run or mcp is None:
                 index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
                 continue
+            # said before it is made: a run that stops after it still knows it (a rerun adopts it)
+            staging.set_meta(NEW_COLUMNS_KEY, json.dumps(sorted(index.made_since_load(staging))))
             column_id = _create(mcp, entity, spec)
             index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)

@@ -39,7 +39,7 @@ from migrate.customermates.client import (
     UncertainWriteError,
     encoded_size,
 )
-from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.columns import NEW_COLUMNS_KEY, ColumnIndex
 from migrate.customermates.target import TargetState, pid_of
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
@@ -279,6 +279,7 @@ class Loader:
         finally:  # a load stopped or failed keeps the issues it noted
             self._save_issues()
         self.staging.set_meta(LOAD_CONTEXT_KEY, context)
+        self.staging.set_meta(NEW_COLUMNS_KEY, None)  # every record has been written with them
         # the plan tells the owners a record was written with from an edit made in Customermates by it
         self.staging.set_meta(LOAD_USERS_KEY, json.dumps(self.user_map, sort_keys=True))
         self.summary.seconds = time.monotonic() - started

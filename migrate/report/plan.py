@@ -64,6 +64,7 @@ class Planner:
         self.user_names = user_names
         self.labels = {key: spec["label"] for spec in staging.target_columns() for key in [(spec["entity"], spec["key"])]}
         self.key_of_column = {cid: key for key, cid in columns.ids.items()}
+        self.new_columns = columns.made_since_load(staging)
         self.option_label = {
             cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
         }
@@ -114,6 +115,17 @@ class Planner:
             "values": values,
             "notes": bool(dto.get("notes")),
         }
+
+    def _without_new_columns(self, entity: str, before: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+        """`before` with the values of columns made since the record was last written as it was
+        written then: such a column (one a user deleted, made again; a field's new type) holds no
+        value yet, and that is no edit made in Customermates."""
+        keys = {key for e, key in self.new_columns if e == entity}
+        if not keys:
+            return before
+        values = {k: v for k, v in before["values"].items() if k not in keys}
+        values.update({k: v for k, v in last["values"].items() if k in keys})
+        return {**before, "values": values}
 
     @staticmethod
     def _own_relations(entity: str) -> set[str]:
@@ -206,7 +218,7 @@ class Planner:
             # what the run goes by: the payload as last written (a note's text too, which the
             # target's form shows only as there or not) and the owners matched then
             source_changed = _canonical(written) != _canonical(payload) or last["users"] != after["users"]
-            target_edits = self.changes(entity, last, before)
+            target_edits = self.changes(entity, last, self._without_new_columns(entity, before, last))
             if target_edits:
                 item["target_edits"] = target_edits
             if not source_changed:
