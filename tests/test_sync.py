@@ -241,6 +241,34 @@ def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_
     assert values.get(before["Beste Anrufzeit"]) != "abends"
 
 
+def test_a_phone_column_made_one_value_in_customermates_gets_a_list_column_of_its_own(env, pipedrive, customermates, tmp_path):
+    """A user turns the migrated "Phone" column (several numbers, comma-joined) into a one-number
+    column: the server would refuse every contact with two numbers, and the sync quarantined them
+    all, sync after sync. A column of its own is made, as a first run does next to such a column,
+    and the report says why; the user's column is left as they set it."""
+    assert invoke(env, "run").exit_code == 0
+    phone = next(c for c in customermates.columns("contact") if c["label"] == "Phone")
+    customermates._columns[phone["id"]]["options"]["allowMultiple"] = False  # as the app's column settings do
+    for person in live_persons(pipedrive):
+        person["job_title"], person["update_time"] = "Changed", NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["columns_retyped"] == [
+        "contacts: Phone (it takes one value now, and the migration writes several); a new column is made, the old one is kept"
+    ]
+    [made] = [c for c in customermates.columns("contact") if c["label"] == "Phone" and c["id"] != phone["id"]]
+    assert made["options"]["allowMultiple"] is True
+    assert customermates.columns("contact")[[c["id"] for c in customermates.columns("contact")].index(phone["id"])]["options"]["allowMultiple"] is False
+    several = [
+        v["value"] for found in by_pipedrive_id(customermates, "contacts").values()
+        for v in found[0]["customFieldValues"] if v["columnId"] == made["id"] and "," in v["value"]
+    ]
+    assert len(several) > 5
+
+
 def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed_in_pipedrive_too(env, pipedrive, customermates):
     """A user deletes the migrated "Job title" column, and a person's job title changes in Pipedrive.
     The sync makes the column again and fills it, that person's new title too, where the empty new

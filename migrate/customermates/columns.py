@@ -52,11 +52,30 @@ def _matches(existing: dict[str, Any], spec: dict[str, Any]) -> bool:
     if existing.get("label") != spec["label"] or existing.get("type") != spec["type"]:
         return False
     if spec["type"] == "currency":
-        return ((existing.get("options") or {}).get("currency") or "").lower() == (spec.get("currency") or "")
+        return _currency(existing) == (spec.get("currency") or "")
     if spec["type"] in ("phone", "email", "link"):
         # a one-value column refuses a comma-joined list, and a list column splits a value at its commas
-        return bool((existing.get("options") or {}).get("allowMultiple")) == bool(spec.get("allow_multiple"))
+        return _multiple(existing) == bool(spec.get("allow_multiple"))
     return True
+
+
+def _currency(column: dict[str, Any]) -> str:
+    return ((column.get("options") or {}).get("currency") or "").lower()
+
+
+def _multiple(column: dict[str, Any]) -> bool:
+    return bool((column.get("options") or {}).get("allowMultiple"))
+
+
+def _changed_shape(column: dict[str, Any], spec: dict[str, Any]) -> str | None:
+    """Why a column of the migration's, changed in Customermates since, can no longer hold what the
+    migration writes into it (None: it still can). Its currency is the currency of every value in
+    it; a one-value column refuses the comma-joined lists a several-values column is written."""
+    if spec["type"] == "currency" and _currency(column) != (spec.get("currency") or ""):
+        return f"its currency is {_currency(column) or 'none'} now, not {spec.get('currency')}"
+    if spec["type"] in ("phone", "email", "link") and spec.get("allow_multiple") and not _multiple(column):
+        return "it takes one value now, and the migration writes several"
+    return None
 
 
 def ensure_columns(
@@ -78,10 +97,16 @@ def ensure_columns(
         by_id = {c["id"]: c for c in existing_cols}
         remembered = known.get((entity, key))
         column = by_id.get(remembered["id"]) if remembered else None
+        changed = None if column is None else _changed_shape(column, spec)
         if column is not None and column.get("type") != spec["type"]:
             # the Pipedrive field changed type: a new column of the new type; the old one keeps
             # the values written before
             index.retyped.append(f"{entity}: {spec['label']} ({column['type']} → {spec['type']}); the old column is kept")
+            column = None
+        elif changed is not None:
+            # changed in Customermates so that the values would be refused or misread: a column
+            # of its own, as a first run makes next to such a column; the old one is left as it is
+            index.retyped.append(f"{entity}: {spec['label']} ({changed}); a new column is made, the old one is kept")
             column = None
         elif column is not None and remembered and remembered["label"] != spec["label"]:
             # renamed in Pipedrive (a label changed only in Customermates is left as the user set it)
