@@ -290,6 +290,23 @@ def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed
     assert all(titles[str(p["id"])] for p in titled)
 
 
+def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_keeps_its_column_label(env, pipedrive, customermates):
+    """Pipedrive: "Geburtstag" renamed to "Anrede", the name of another field. The renamed field's
+    column becomes "Anrede (Pipedrive field)" and the Anrede column stays "Anrede", where the field
+    first by order took "Anrede": the salutation column, untouched in Pipedrive, was renamed
+    "Anrede (Pipedrive field)" and the birthday column was called "Anrede"."""
+    assert invoke(env, "run").exit_code == 0
+    before = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    _field(pipedrive, "personFields", "Geburtstag")["field_name"] = "Anrede"
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    after = _labels(customermates, "contact")
+    assert after["Anrede"] == [before["Anrede"]]
+    assert after["Anrede (Pipedrive field)"] == [before["Geburtstag"]]
+
+
 def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
     records on it, where it added a second option "Herr" and moved every such record onto it."""

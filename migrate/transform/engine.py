@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -272,18 +273,22 @@ class Transformer:
             if self.mappings.sources[c].entity == mapping.entity
             for column in columns
         } | {PIPEDRIVE_ID_LABEL.casefold(), "other emails"}
-        for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (_rank(kv[1].get("order_nr")), kv[0])):
-            if not (definition.get("is_custom_field") or definition.get("edit_flag")) or definition.get("is_subfield"):
-                continue
+        fields = [
+            (code, definition)
+            for code, definition in sorted(self.fields.get(meta, {}).items(), key=lambda kv: (_rank(kv[1].get("order_nr")), kv[0]))
+            if (definition.get("is_custom_field") or definition.get("edit_flag")) and not definition.get("is_subfield")
+        ]
+        labels = self._kept_labels(mapping.entity, fields, taken)
+        for code, definition in fields:
             rule = self.mappings.field_types.get(str(definition.get("field_type")))
-            name = str(definition.get("field_name") or definition.get("name") or code)
+            name = _field_name(definition, code)
             if rule is None:
                 self.issues.append((mapping.entity, "*", name, "field_type_unsupported", f"field type {definition.get('field_type')!r} has no mapping; values kept as text"))
                 rule_type, rule_encode = "plain", "text"
             else:
                 rule_type, rule_encode = rule.type, rule.encode
             key = f"cf:{code}"
-            label = self._free_label(mapping.entity, name, taken, key)
+            label = labels.get(key) or self._free_label(mapping.entity, name, taken, key)
             spec = self.registry.declare(
                 ColumnSpec(mapping.entity, key, label, rule_type, always=rule_type != "currency", template=rule_type == "currency")
             )
@@ -293,6 +298,26 @@ class Transformer:
                     spec.add_option(option)
             result.append(CustomColumn(spec, Field(name, options, self._options(meta, code, "options_deleted")), code, rule_encode))
         return result
+
+    def _kept_labels(self, entity: str, fields: list[tuple[str, dict[str, Any]]], taken: set[str]) -> dict[str, str]:
+        """The labels earlier runs gave fields that still fit their names (the name, or the name
+        with its suffix), kept before any other field is labelled: a field renamed to another
+        field's name gets the suffix, where the first of the two by order took the name, and the
+        column of the field that kept its name was renamed."""
+        if not hasattr(self, "_column_labels"):
+            self._column_labels = {key: column["label"] for key, column in self.staging.column_map().items()}
+        kept = {}
+        for code, definition in fields:
+            key = f"cf:{code}"
+            if self.registry.find(entity, key) is not None:
+                continue
+            earlier = self._column_labels.get((entity, key))
+            name = _field_name(definition, code)
+            fits = earlier == name or re.fullmatch(rf"{re.escape(name)} \(Pipedrive field(?: \d+)?\)", earlier or "") is not None
+            if earlier and fits and earlier.casefold() not in taken:
+                taken.add(earlier.casefold())
+                kept[key] = earlier
+        return kept
 
     def _free_label(self, entity: str, name: str, taken: set[str], key: str) -> str:
         """The field's name, unless a standard column or another field has it already."""
@@ -467,6 +492,10 @@ class Transformer:
         converted = pool.map(notes.markdown_of, short_ones(), here=notes.markdown_of) if pool else map(notes.markdown_of, short_ones())
         for markdown in converted:
             self.staging.save_markdown(markdown, notes.MARKDOWN_VERSION)
+
+
+def _field_name(definition: dict[str, Any], code: str) -> str:
+    return str(definition.get("field_name") or definition.get("name") or code)
 
 
 def _rank(value: Any) -> float:
