@@ -290,6 +290,29 @@ def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed
     assert all(titles[str(p["id"])] for p in titled)
 
 
+def test_a_new_field_named_as_a_column_a_user_renamed_gets_a_column_of_its_own(env, pipedrive, customermates):
+    """A user renames the migrated "Job title" column to "Position"; then a Pipedrive field
+    "Position" comes. It gets a column of its own, where it took the job title column by that
+    label, and job titles and positions overwrote each other in it."""
+    assert invoke(env, "run").exit_code == 0
+    job = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    customermates._columns[job]["label"] = "Position"  # as the app's column settings do
+    pipedrive.collections["personFields"].append(
+        {"field_code": "b" * 40, "field_name": "Position", "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    person = next(p for p in live_persons(pipedrive) if p.get("job_title"))
+    person.setdefault("custom_fields", {})["b" * 40] = "Board"
+    person["update_time"] = NOW
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    [theirs, new] = sorted(_labels(customermates, "contact")["Position"], key=lambda cid: cid != job)
+    assert theirs == job
+    values = {v["columnId"]: v["value"] for v in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]}
+    assert (values[job], values[new]) == (person["job_title"], "Board")
+
+
 def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_keeps_its_column_label(env, pipedrive, customermates):
     """Pipedrive: "Geburtstag" renamed to "Anrede", the name of another field. The renamed field's
     column becomes "Anrede (Pipedrive field)" and the Anrede column stays "Anrede", where the field
