@@ -363,7 +363,7 @@ def test_single_select_options_are_sent_with_is_default_false_color_and_index():
     ]}
 
 
-def test_update_single_select_options_keeps_existing_values():
+def test_update_single_select_options_keeps_existing_values_and_their_default():
     client, server = client_with(lambda body: sse(tool_text(body["id"], "Updated")))
     client.update_single_select_options("c0c0c0c0-1111-4222-8333-444455556666", "Stage", [
         {"value": "a0a0a0a0-1111-4222-8333-444455556666", "label": "Won", "color": "success", "index": 0,
@@ -372,7 +372,7 @@ def test_update_single_select_options_keeps_existing_values():
     ])
     assert server.bodies[0]["params"] == {"name": "update_single_select_custom_column", "arguments": {
         "id": "c0c0c0c0-1111-4222-8333-444455556666", "label": "Stage", "options": [
-            {"value": "a0a0a0a0-1111-4222-8333-444455556666", "label": "Won", "color": "success", "isDefault": False,
+            {"value": "a0a0a0a0-1111-4222-8333-444455556666", "label": "Won", "color": "success", "isDefault": True,
              "index": 0},
             {"label": "New one", "color": "default", "isDefault": False, "index": 5},
         ]}}

@@ -330,6 +330,26 @@ def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_k
     assert after["Anrede (Pipedrive field)"] == [before["Geburtstag"]]
 
 
+def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_option(env, pipedrive, customermates):
+    """A user makes "Frau" the default of the migrated "Anrede" column; then Pipedrive gets a new
+    option. The sync adds it and "Frau" stays the default, where every option was sent back with
+    isDefault false and the user's choice was undone."""
+    assert invoke(env, "run").exit_code == 0
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
+        option["isDefault"] = option["label"] == "Frau"
+    field = _field(pipedrive, "personFields", "Anrede")
+    field["options"].append({"id": 999, "label": "Prof."})
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    assert {o["label"]: o["isDefault"] for o in column["options"]["options"]} == {
+        "Herr": False, "Frau": True, "Divers": False, "Dr.": False, "Prof.": False
+    }
+
+
 def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
     records on it, where it added a second option "Herr" and moved every such record onto it."""

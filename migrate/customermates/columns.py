@@ -4,8 +4,8 @@ Columns are matched by (entity type, label, type, and currency or whether it tak
 values) — labels are not unique in
 Customermates, so a rerun must find and reuse what an earlier run created instead of
 creating a twin. Missing ones are created through MCP (the only way; contract §6), with
-every single-select option `isDefault: false` so that nothing is written into existing
-records. Option UUIDs are read back from `GET /v1/<e>/configuration`.
+every single-select option it makes `isDefault: false` so that nothing is written into existing
+records (an existing option keeps its default, which a user may have chosen). Option UUIDs are read back from `GET /v1/<e>/configuration`.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def ensure_columns(
             missing = [label for label in spec["options"] if label not in index.options[(entity, key)]]
             if missing and not dry_run and mcp is not None:
                 kept = [
-                    {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": False, "index": i}
+                    {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": bool(o.get("isDefault")), "index": i}
                     for i, o in enumerate(sorted(present, key=lambda o: o.get("index", 0)))
                 ]
                 added = [

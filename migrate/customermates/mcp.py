@@ -281,7 +281,8 @@ class McpClient(HttpSession):
 
     def update_single_select_options(self, column_id: str, label: str, options: list[dict]) -> None:
         """Replace a single-select column's options. Keep each existing option's ``value`` uuid in its dict, or the
-        records that use it lose their value; options without ``value`` are created."""
+        records that use it lose their value; options without ``value`` are created, never as the default. An
+        existing option keeps its ``isDefault`` (a user may have chosen it in Customermates)."""
         arguments = {"id": column_id, "label": label, "options": _select_options(options, keep_values=True)}
         self.call_tool("update_single_select_custom_column", arguments)
 
@@ -416,7 +417,9 @@ def _select_options(options: list[dict], *, keep_values: bool) -> list[dict]:
             item["value"] = option["value"]
         item["label"] = option["label"]
         item["color"] = option.get("color") or "default"
-        item["isDefault"] = False
+        # a new option is never the default (the server would write it into every record without a
+        # value); an existing one keeps what it is, which may be a user's choice
+        item["isDefault"] = bool(option.get("isDefault")) if "value" in item else False
         item["index"] = option.get("index", position)
         result.append(item)
     return result
