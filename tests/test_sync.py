@@ -350,6 +350,36 @@ def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_opt
     }
 
 
+def test_an_option_deleted_in_customermates_is_made_again_on_every_record_changed_in_pipedrive_too(env, pipedrive, customermates):
+    """A user deletes the option "Herr" (the server clears it on every record), and a Herr
+    contact's job title changes in Pipedrive. The sync adds "Herr" again and sets it on every such
+    contact, that one too, where its missing value read as an edit made in Customermates: it was
+    skipped as a conflict, without its option and its new job title."""
+    assert invoke(env, "run").exit_code == 0
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+
+    def on_herr(option):
+        return sorted(
+            sid for sid, found in by_pipedrive_id(customermates, "contacts").items()
+            if {"columnId": column["id"], "value": option} in found[0]["customFieldValues"]
+        )
+
+    had_herr = on_herr(herr)
+    kept = [o for o in column["options"]["options"] if o["value"] != herr]
+    assert customermates._tool_update_column("singleSelect", {"id": column["id"], "label": "Anrede", "options": kept})[1] is False
+    assert on_herr(herr) == []
+    person = next(p for p in live_persons(pipedrive) if str(p["id"]) == had_herr[0])
+    person["job_title"], person["update_time"] = "Changed", NOW
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+    again = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+    assert on_herr(again) == had_herr
+
+
 def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
     records on it, where it added a second option "Herr" and moved every such record onto it."""

@@ -23,8 +23,9 @@ from migrate.staging.store import Staging
 log = structlog.get_logger(__name__)
 
 OPTION_COLORS = ("default", "secondary", "info", "success", "warning", "destructive")
-# in the state file's meta: the columns (JSON [entity, key] pairs) made since the last complete
-# load. A record's value missing in one is no edit made in Customermates: the column is new.
+# in the state file's meta: the columns (JSON [entity, key]) and the options ([entity, key, label])
+# made since the last complete load. A record's value missing in one is no edit made in
+# Customermates: the column or the option is new (or made again after a user deleted it).
 NEW_COLUMNS_KEY = "columns_made_since_load"
 
 
@@ -38,11 +39,20 @@ class ColumnIndex:
     options_added: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)
     retyped: list[str] = field(default_factory=list)
-    new: set[tuple[str, str]] = field(default_factory=set)  # made (or to be made) since the last complete load
+    # (entity, key) of a column, (entity, key, label) of an option, made (or to be made) since the
+    # last complete load
+    new: set[tuple[str, ...]] = field(default_factory=set)
 
-    def made_since_load(self, staging: Staging) -> set[tuple[str, str]]:
+    def made_since_load(self, staging: Staging) -> set[tuple[str, ...]]:
         saved = staging.meta(NEW_COLUMNS_KEY)
-        return self.new | {(e, k) for e, k in json.loads(saved)} if saved else set(self.new)
+        return self.new | {tuple(made) for made in json.loads(saved)} if saved else set(self.new)
+
+    def _note_new(self, staging: Staging, made: list[tuple[str, ...]], *, dry_run: bool) -> None:
+        """Note columns or options about to be made; saved first, so that a run stopped after
+        making them still knows them."""
+        self.new.update(made)
+        if not dry_run:
+            staging.set_meta(NEW_COLUMNS_KEY, json.dumps(sorted(self.made_since_load(staging))))
 
     def migration_columns(self, entity: str) -> list[str]:
         return sorted(cid for (e, _), cid in self.ids.items() if e == entity)
@@ -124,12 +134,10 @@ def ensure_columns(
                 None,
             )
         if column is None:
-            index.new.add((entity, key))
+            index._note_new(staging, [(entity, key)], dry_run=dry_run or mcp is None)
             if dry_run or mcp is None:
                 index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
                 continue
-            # said before it is made: a run that stops after it still knows it (a rerun adopts it)
-            staging.set_meta(NEW_COLUMNS_KEY, json.dumps(sorted(index.made_since_load(staging))))
             column_id = _create(mcp, entity, spec)
             index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
@@ -144,6 +152,7 @@ def ensure_columns(
             present = [o for o in (column.get("options") or {}).get("options") or []]
             index.options[(entity, key)] = _option_ids(present, options)
             missing = [label for label in spec["options"] if label not in index.options[(entity, key)]]
+            index._note_new(staging, [(entity, key, label) for label in missing], dry_run=dry_run or mcp is None)
             if missing and not dry_run and mcp is not None:
                 kept = [
                     {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": bool(o.get("isDefault")), "index": i}

@@ -119,12 +119,14 @@ class Planner:
     def _without_new_columns(self, entity: str, before: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
         """`before` with the values of columns made since the record was last written as it was
         written then: such a column (one a user deleted, made again; a field's new type) holds no
-        value yet, and that is no edit made in Customermates."""
-        keys = {key for e, key in self.new_columns if e == entity}
-        if not keys:
+        value yet, and that is no edit made in Customermates; nor is a value missing whose option
+        was made since (one a user deleted, made again)."""
+        keys = {made[1] for made in self.new_columns if made[0] == entity and len(made) == 2}
+        options = {made[1:] for made in self.new_columns if made[0] == entity and len(made) == 3}
+        if not keys and not options:
             return before
         values = {k: v for k, v in before["values"].items() if k not in keys}
-        values.update({k: v for k, v in last["values"].items() if k in keys})
+        values.update({k: v for k, v in last["values"].items() if k in keys or (k not in values and (k, v) in options)})
         return {**before, "values": values}
 
     @staticmethod
