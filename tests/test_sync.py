@@ -208,6 +208,27 @@ def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, piped
     assert kinds == ["date", "plain"]
 
 
+def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_column(env, pipedrive, customermates):
+    """"Geburtstag" turns plain and back to date, a person's birthday changing each time. The
+    first column, taken back, gets the latest value, where the value it still held from the first
+    run read as an edit made in Customermates and the person was skipped as a conflict."""
+    assert invoke(env, "run").exit_code == 0
+    field = _field(pipedrive, "personFields", "Geburtstag")
+    [first] = [c["id"] for c in customermates.columns("contact") if c["label"] == "Geburtstag"]
+    person = next(p for p in live_persons(pipedrive) if (p.get("custom_fields") or {}).get(field["field_code"]))
+    field["field_type"] = "varchar"
+    person["custom_fields"][field["field_code"]], person["update_time"] = "1999-09-09", NOW
+    assert invoke(env, "sync").exit_code == 0
+    field["field_type"] = "date"
+    person["custom_fields"][field["field_code"]], person["update_time"] = "2001-01-01", "2026-11-28T13:00:00Z"
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    values = {v["columnId"]: v["value"] for v in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]}
+    assert values[first] == "2001-01-01"
+
+
 def _labels(customermates, entity):
     found: dict[str, list[str]] = {}
     for column in customermates.columns(entity):

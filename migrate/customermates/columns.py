@@ -144,6 +144,10 @@ def ensure_columns(
             index.ids[(entity, key)] = column_id
             continue
         index.ids[(entity, key)] = column["id"]
+        if remembered is not None and remembered["id"] != column["id"]:
+            # taken (back) by its label: it holds what was written into it then (a field whose
+            # type changed back), and records written since hold their values elsewhere
+            index._note_new(staging, [(entity, key)], dry_run=dry_run or mcp is None)
         # remember the label Pipedrive gave, not the column's: a later difference then means a
         # rename in Pipedrive, while a rename made in Customermates stays
         options = remembered["options"] if remembered and remembered["id"] == column["id"] else None
