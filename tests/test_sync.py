@@ -229,6 +229,36 @@ def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_
     assert values[first] == "2001-01-01"
 
 
+def test_a_column_deleted_in_customermates_while_a_sync_sets_up_columns_stops_it_with_a_message_and_the_next_makes_it_again(
+    env, pipedrive, customermates, monkeypatch
+):
+    """A user deletes a migrated column between the sync's first read of the columns and its read
+    back: the sync stops with a message saying so (exit 1, nothing written), where it raised a
+    RuntimeError with a traceback that said the column vanished right after it was created."""
+    assert invoke(env, "run").exit_code == 0
+    job = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    reads = []
+    configuration = CustomermatesClient.configuration
+
+    def deleting(self, entity):
+        reads.append(entity)
+        if reads.count("contacts") == 2:
+            customermates._tool_delete_column(job)
+        return configuration(self, entity)
+
+    monkeypatch.setattr(CustomermatesClient, "configuration", deleting)
+    writes = customermates.write_count()
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 1
+    assert "'Job title'" in result.output and "was deleted in Customermates while this run set up its columns" in result.output
+    assert customermates.write_count() == writes
+    monkeypatch.setattr(CustomermatesClient, "configuration", configuration)
+    assert invoke(env, "sync").exit_code == 0
+    assert [c["label"] for c in customermates.columns("contact")].count("Job title") == 1
+
+
 def _labels(customermates, entity):
     found: dict[str, list[str]] = {}
     for column in customermates.columns(entity):

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from migrate.customermates.client import SINGULAR, CustomermatesClient
+from migrate.customermates.client import SINGULAR, CustomermatesClient, CustomermatesError
 from migrate.customermates.mcp import McpClient
 from migrate.staging.store import Staging
 
@@ -178,7 +178,10 @@ def ensure_columns(
                 continue
             column = by_id.get(column_id)
             if column is None:
-                raise RuntimeError(f"column {entity}.{key} ({column_id}) vanished right after it was created")
+                raise CustomermatesError(
+                    f"the {entity} column {intended_labels[(entity, key)]!r} ({column_id}) was deleted in Customermates while "
+                    "this run set up its columns; nothing was written to the records yet. Run again: the column is made again"
+                )
             if column.get("type") == "singleSelect":
                 remembered = known.get((entity, key))
                 earlier = remembered["options"] if remembered and remembered["id"] == column_id else None
