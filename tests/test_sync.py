@@ -259,6 +259,41 @@ def test_a_column_deleted_in_customermates_while_a_sync_sets_up_columns_stops_it
     assert [c["label"] for c in customermates.columns("contact")].count("Job title") == 1
 
 
+def test_a_column_the_server_refuses_or_does_not_answer_for_is_named_and_a_rerun_makes_no_twin(env, pipedrive, customermates, monkeypatch):
+    """A new Pipedrive field whose column the server refuses (a tool error) stops the sync with a
+    message naming the column; one whose create goes unanswered (made all the same) says that a
+    rerun finds it. Where the message named only the MCP tool (or said "check before retrying"),
+    and the rerun makes no second column."""
+    from migrate.customermates.client import UncertainWriteError
+    from migrate.customermates.mcp import McpClient
+
+    assert invoke(env, "run").exit_code == 0
+    pipedrive.collections["personFields"].append(
+        {"field_code": "c" * 40, "field_name": "Newsletter", "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    create = customermates._tool_create_column
+    monkeypatch.setattr(customermates, "_tool_create_column", lambda ctype, args: ("Validation error: label refused", True))
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 1
+    assert "Customermates refused to make the contacts column 'Newsletter' (plain): Validation error: label refused" in result.output
+    monkeypatch.setattr(customermates, "_tool_create_column", create)
+    made = McpClient.create_custom_column
+
+    def unanswered(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        raise UncertainWriteError("Outcome unknown for MCP tool create_plain_custom_column: ReadTimeout (timed out)")
+
+    monkeypatch.setattr(McpClient, "create_custom_column", unanswered)
+    result = invoke(env, "sync")
+    assert result.exit_code == 1
+    assert "(making the contacts column 'Newsletter' (plain)). Run again: a column made meanwhile is found and used" in result.output
+    monkeypatch.setattr(McpClient, "create_custom_column", made)
+    assert invoke(env, "sync").exit_code == 0
+    assert [c["label"] for c in customermates.columns("contact")].count("Newsletter") == 1
+
+
 def _labels(customermates, entity):
     found: dict[str, list[str]] = {}
     for column in customermates.columns(entity):

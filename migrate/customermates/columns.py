@@ -16,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from migrate.customermates.client import SINGULAR, CustomermatesClient, CustomermatesError
-from migrate.customermates.mcp import McpClient
+from migrate.customermates.client import SINGULAR, CustomermatesClient, CustomermatesError, UncertainWriteError
+from migrate.customermates.mcp import McpAuthenticationError, McpClient, McpToolError
 from migrate.staging.store import Staging
 
 log = structlog.get_logger(__name__)
@@ -221,11 +221,23 @@ def _create(mcp: McpClient, entity: str, spec: dict[str, Any]) -> str:
             for i, label in enumerate(labels)
         ]
     log.info("columns.create", entity=entity, label=spec["label"], type=spec["type"])
-    return mcp.create_custom_column(
-        SINGULAR[entity],
-        spec["label"],
-        spec["type"],
-        options=options,
-        currency=spec.get("currency"),
-        allow_multiple=spec.get("allow_multiple") if spec["type"] in ("phone", "email", "link") else None,
-    )
+    what = f"the {entity} column {spec['label']!r} ({spec['type']})"
+    try:
+        return mcp.create_custom_column(
+            SINGULAR[entity],
+            spec["label"],
+            spec["type"],
+            options=options,
+            currency=spec.get("currency"),
+            allow_multiple=spec.get("allow_multiple") if spec["type"] in ("phone", "email", "link") else None,
+        )
+    except UncertainWriteError as exc:
+        # a rerun finds the column by its label, if it was made, and makes it if not
+        raise UncertainWriteError(
+            f"{exc} (making {what}). Run again: a column made meanwhile is found and used, not made twice",
+            status=exc.status, body=exc.body, cause=exc.cause,
+        ) from exc
+    except McpAuthenticationError:
+        raise
+    except McpToolError as exc:
+        raise CustomermatesError(f"Customermates refused to make {what}: {exc.text}", status=exc.status, body=exc.body) from exc
