@@ -50,6 +50,8 @@ class ColumnIndex:
     def _note_new(self, staging: Staging, made: list[tuple[str, ...]], *, dry_run: bool) -> None:
         """Note columns or options about to be made; saved first, so that a run stopped after
         making them still knows them."""
+        if not made:
+            return  # a meta write is a commit: none for every select column met with nothing new
         self.new.update(made)
         if not dry_run:
             staging.set_meta(NEW_COLUMNS_KEY, json.dumps(sorted(self.made_since_load(staging))))
