@@ -16,7 +16,6 @@ from tests.fakes.customermates import FakeCustomermates
 from tests.fakes.pipedrive import FakePipedrive
 
 
-
 def invoke(args: list[str], env: dict[str, str]):
     return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
 

@@ -11,7 +11,12 @@ from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.customermates import target
-from migrate.customermates.client import BatchRejectedError, CustomermatesClient, Issue, ServerError
+from migrate.customermates.client import (
+    BatchRejectedError,
+    CustomermatesClient,
+    Issue,
+    ServerError,
+)
 from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot

@@ -16,7 +16,12 @@ from typing import Any
 
 import structlog
 
-from migrate.customermates.client import SINGULAR, CustomermatesClient, CustomermatesError, UncertainWriteError
+from migrate.customermates.client import (
+    SINGULAR,
+    CustomermatesClient,
+    CustomermatesError,
+    UncertainWriteError,
+)
 from migrate.customermates.mcp import McpAuthenticationError, McpClient, McpToolError
 from migrate.staging.store import Staging
 
