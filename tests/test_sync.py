@@ -180,16 +180,23 @@ def _field(pipedrive, meta, name):
     return next(f for f in pipedrive.collections[meta] if f.get("field_name") == name)
 
 
+def _rename_field_and_add_one(pipedrive, renamed: str, to: str, *, added: str, code: str, value: str) -> dict:
+    """In Pipedrive: the person field `renamed` is renamed `to`, a new text field `added` appears,
+    and the first live person, returned, is given `value` in it."""
+    _field(pipedrive, "personFields", renamed)["field_name"] = to
+    pipedrive.collections["personFields"].append(
+        {"field_code": code, "field_name": added, "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    person = live_persons(pipedrive)[0]
+    person.setdefault("custom_fields", {})[code] = value
+    person["update_time"] = NOW
+    return person
+
+
 def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pipedrive, customermates):
     assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
-    _field(pipedrive, "personFields", "Anrede")["field_name"] = "Salutation"
-    pipedrive.collections["personFields"].append(
-        {"field_code": "f" * 40, "field_name": "Newsletter", "field_type": "varchar", "is_custom_field": True, "options": None}
-    )
-    person = live_persons(pipedrive)[0]
-    person.setdefault("custom_fields", {})["f" * 40] = "weekly"
-    person["update_time"] = NOW
+    person = _rename_field_and_add_one(pipedrive, "Anrede", "Salutation", added="Newsletter", code="f" * 40, value="weekly")
     result = invoke(env, "sync")
     assert result.exit_code == 0, result.output
     after = {c["label"]: c["id"] for c in customermates.columns("contact")}
@@ -312,13 +319,7 @@ def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_
     took the renamed field's column by its old label and both fields wrote into it."""
     assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
-    _field(pipedrive, "personFields", "Beste Anrufzeit")["field_name"] = "Rückrufzeit"
-    pipedrive.collections["personFields"].append(
-        {"field_code": "a" * 40, "field_name": "Beste Anrufzeit", "field_type": "varchar", "is_custom_field": True, "options": None}
-    )
-    person = live_persons(pipedrive)[0]
-    person.setdefault("custom_fields", {})["a" * 40] = "abends"
-    person["update_time"] = NOW
+    person = _rename_field_and_add_one(pipedrive, "Beste Anrufzeit", "Rückrufzeit", added="Beste Anrufzeit", code="a" * 40, value="abends")
 
     result = invoke(env, "sync")
 
