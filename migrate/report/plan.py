@@ -29,7 +29,7 @@ from typing import Any, Protocol, Self
 import ijson
 
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.load import LOAD_USERS_KEY, owner_unmatched_detail
+from migrate.customermates.load import LINKS_SET, LOAD_USERS_KEY, owner_unmatched_detail
 from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.errors import MigrateError
 from migrate.staging.store import Staging
@@ -93,7 +93,7 @@ class Planner:
         `pid_of` translates the related records' Customermates ids to Pipedrive ids."""
         fields = {k: dto.get(k) for k in like["fields"]}
         links = {}
-        for key in like["links"].keys() | self._own_relations(entity):
+        for key in like["links"].keys() | set(LINKS_SET.get(entity, ())):
             related = dto.get(DTO_RELATIONS[key]) or []
             pids = sorted(pid_of.get(r["id"], f"?{r['id']}") for r in related)
             if pids:
@@ -128,10 +128,6 @@ class Planner:
         values = {k: v for k, v in before["values"].items() if k not in keys}
         values.update({k: v for k, v in last["values"].items() if k in keys or (k not in values and (k, v) in options)})
         return {**before, "values": values}
-
-    @staticmethod
-    def _own_relations(entity: str) -> set[str]:
-        return {"contacts": {"organizationIds"}, "deals": {"organizationIds", "contactIds"}, "tasks": {"contactIds", "organizationIds", "dealIds"}}.get(entity, set())
 
     # -- diff -----------------------------------------------------------------------------
     def changes(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
@@ -335,7 +331,7 @@ def build_plan(
 
         summary = planner.plan(on_target_deleted, hold, changed_only=conflicts_only)
     lossy = {rule: {"count": count, "examples": staging.transform_issues(rule=rule, limit=5)} for rule, count in staging.transform_issue_counts()}
-    if target.fingerprint != "no-target":  # the users are known: the owners the run will report unmatched
+    if target.fingerprint != NO_TARGET:  # the users are known: the owners the run will report unmatched
         unmatched = unmatched_owners(staging, user_map)
         if unmatched:
             lossy["owner_unmatched"] = {"count": len(unmatched), "examples": unmatched[:5]}
