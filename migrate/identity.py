@@ -18,15 +18,16 @@ first checks that it is the same company, before it reads a page or writes anyth
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from migrate.customermates.client import CustomermatesClient
 from migrate.errors import ConfigError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID_LABEL
+from migrate.transform.engine import ENTITY_ORDER
 
 PIPEDRIVE_COMPANY_KEY = "pipedrive_company"
-ENTITY_ORDER = ("organizations", "contacts", "services", "deals", "tasks")
 
 
 def _describe(company: dict[str, Any]) -> str:
@@ -58,15 +59,21 @@ def check_pipedrive(staging: Staging, me: dict[str, Any], *, record: bool = True
 def check_customermates(staging: Staging, client: CustomermatesClient, url: str) -> None:
     """Refuse a Customermates company none of whose custom columns the state file knows, and one
     that already holds migrated records while the state file knows none (`check_not_migrated_before`)."""
+    read: dict[str, list[dict[str, Any]]] = {}
+
+    def columns_of(entity: str) -> list[dict[str, Any]]:  # each entity's configuration read once for both checks
+        if entity not in read:
+            read[entity] = [c for c in client.configuration(entity).get("customColumns") or [] if isinstance(c, dict)]
+        return read[entity]
+
     known: dict[str, set[str]] = {}
     for (entity, _key), column in staging.column_map().items():
         known.setdefault(entity, set()).add(str(column["id"]))
-    check_not_migrated_before(staging, client, url)
+    check_not_migrated_before(staging, client, url, columns_of)
     if not known:
         return
     for entity in sorted(known, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else len(ENTITY_ORDER)):
-        present = {str(c.get("id")) for c in client.configuration(entity).get("customColumns") or [] if isinstance(c, dict)}
-        if present & known[entity]:
+        if {str(c.get("id")) for c in columns_of(entity)} & known[entity]:
             return
     migrated = staging.con.execute("SELECT count(*) FROM id_map").fetchone()[0]
     raise ConfigError(
@@ -78,7 +85,9 @@ def check_customermates(staging: Staging, client: CustomermatesClient, url: str)
     )
 
 
-def check_not_migrated_before(staging: Staging, client: CustomermatesClient, url: str) -> None:
+def check_not_migrated_before(
+    staging: Staging, client: CustomermatesClient, url: str, columns_of: Callable[[str], list[dict[str, Any]]]
+) -> None:
     """A state file that knows no migrated record (a new one: another directory, MIGRATE_STATE unset
     in a new shell, the file deleted) against a Customermates whose records already carry Pipedrive
     IDs would create every record a second time: the Pipedrive ID column is found by its label, but
@@ -87,9 +96,8 @@ def check_not_migrated_before(staging: Staging, client: CustomermatesClient, url
         return  # it knows its records, or a killed run's first batch is to be settled
     found: list[str] = []
     for entity in ENTITY_ORDER:
-        columns = client.configuration(entity).get("customColumns") or []
-        for column in columns:
-            if not isinstance(column, dict) or column.get("label") != PIPEDRIVE_ID_LABEL or column.get("type") != "plain":
+        for column in columns_of(entity):
+            if column.get("label") != PIPEDRIVE_ID_LABEL or column.get("type") != "plain":
                 continue
             page = client.search(entity, filters=[{"field": column["id"], "operator": "isNotNull"}], page_size=5)
             total = int((page.get("pagination") or {}).get("total") or 0)
