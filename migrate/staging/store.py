@@ -426,7 +426,7 @@ class Staging:
             data = [_storable_text(r, key, collection) for r in records]
         self._note_row_sizes(table, data)
         ids = [_identity(r, key, collection) for r in records]
-        columns = [ids, data, [_is_deleted(r) for r in records], [r.get("update_time") for r in records], [numeric_id(i) for i in ids]]
+        columns = [ids, data, [is_deleted_record(r) for r in records], [r.get("update_time") for r in records], [numeric_id(i) for i in ids]]
         self._insert_columns(table, columns, "c0, c1, c2, c3, $at, c4", {"at": now()}, replace=not plain)
 
     def _claim_from_sibling(self, collection: str, records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -1452,10 +1452,6 @@ def _identity(record: dict[str, Any], key: str, collection: str) -> str:
 
 def is_deleted_record(record: dict[str, Any]) -> bool:
     """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it)."""
-    return _is_deleted(record)
-
-
-def _is_deleted(record: dict[str, Any]) -> bool:
     if record.get("is_deleted") is True or record.get("status") == "deleted" or record.get("deleted") is True:
         return True
     if record.get("active_flag") is False and "is_deleted" not in record:
