@@ -120,6 +120,8 @@ class Transformer:
         self.summary = TransformSummary()
         self._writing = False
         self._only_dirty = False
+        # the labels earlier runs gave the columns (`_kept_labels`)
+        self._column_labels = {key: column["label"] for key, column in staging.column_map().items()}
         self._declare_columns()
         self.maker = RecordMaker(self.sources, self.registry, self.lookups, self.known, self.log, self._declared, self._custom)
 
@@ -304,8 +306,6 @@ class Transformer:
         with its suffix), kept before any other field is labelled: a field renamed to another
         field's name gets the suffix, where the first of the two by order took the name, and the
         column of the field that kept its name was renamed."""
-        if not hasattr(self, "_column_labels"):
-            self._column_labels = {key: column["label"] for key, column in self.staging.column_map().items()}
         kept = {}
         for code, definition in fields:
             key = f"cf:{code}"
