@@ -40,7 +40,7 @@ from migrate.customermates.client import (
     encoded_size,
 )
 from migrate.customermates.columns import NEW_COLUMNS_KEY, ColumnIndex
-from migrate.customermates.target import TargetState, pid_of
+from migrate.customermates.target import TargetState, find_by_pipedrive_id
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -594,30 +594,10 @@ class Loader:
         return [i for i in items if i.source_id not in found]
 
     def find_in_target(self, entity: str, source_ids: list[str]) -> dict[str, str]:
-        """Pipedrive id → Customermates id for those of `source_ids` present in the target.
-
-        Costs min(len(source_ids), ⌈target size/100⌉) search calls."""
-        column_id = self.columns.ids[(entity, PIPEDRIVE_ID)]
-        total = self.client.search(entity, page=1, page_size=5)["pagination"]["total"]
-        wanted = set(source_ids)
-        matches: dict[str, list[str]] = {}
-        look_up = source_ids
-        if len(source_ids) > (total + 99) // 100:
-            read = 0
-            for record in self.client.iter_records(entity, sort=(column_id, "asc")):
-                read += 1
-                sid = pid_of(record, column_id)
-                if sid in wanted and record["id"] not in matches.get(sid, []):  # read twice if the list moved
-                    matches.setdefault(sid, []).append(record["id"])
-            # records came or went while it was read: pages by number then skip a record where the
-            # list moved back, so what was not seen is looked up one by one
-            look_up = sorted(wanted - matches.keys()) if read != total else []
-        for sid in look_up:
-            hits = self.client.find_by_column(entity, column_id, sid)
-            if hits:
-                matches[sid] = [h["id"] for h in hits]
+        """Pipedrive id → Customermates id for those of `source_ids` present in the target (the first,
+        a Pipedrive ID on several records reported). Costs min(len(source_ids), ⌈target size/100⌉) searches."""
         result = {}
-        for sid, ids in matches.items():
+        for sid, ids in find_by_pipedrive_id(self.client, entity, self.columns.ids[(entity, PIPEDRIVE_ID)], source_ids).items():
             if len(ids) > 1:
                 self._report_duplicate(entity, sid, ids)
             result[sid] = ids[0]

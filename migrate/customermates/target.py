@@ -196,3 +196,28 @@ class _ReadClock:
             return None
         began = self.began if self.began.tzinfo else self.began.replace(tzinfo=UTC)
         return (began.astimezone(UTC) - READ_SINCE_MARGIN).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def find_by_pipedrive_id(client: CustomermatesClient, entity: str, column_id: str, source_ids: list[str]) -> dict[str, list[str]]:
+    """Pipedrive ID → the ids of every Customermates record carrying it, for those of `source_ids`
+    the target holds (the records of an uncertain create batch). Costs min(len(source_ids),
+    ⌈target size/100⌉) search calls: a page-through sorted by the ID column when that is cheaper."""
+    total = client.search(entity, page=1, page_size=5)["pagination"]["total"]
+    wanted = set(source_ids)
+    matches: dict[str, list[str]] = {}
+    look_up = source_ids
+    if len(source_ids) > (total + 99) // 100:
+        read = 0
+        for record in client.iter_records(entity, sort=(column_id, "asc")):
+            read += 1
+            sid = pid_of(record, column_id)
+            if sid in wanted and record["id"] not in matches.get(sid, []):  # read twice if the list moved
+                matches.setdefault(sid, []).append(record["id"])
+        # records came or went while it was read: pages by number then skip a record where the
+        # list moved back, so what was not seen is looked up one by one
+        look_up = sorted(wanted - matches.keys()) if read != total else []
+    for sid in look_up:
+        hits = client.find_by_column(entity, column_id, sid)
+        if hits:
+            matches[sid] = [h["id"] for h in hits]
+    return matches

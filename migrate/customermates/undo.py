@@ -37,6 +37,7 @@ from migrate.customermates.client import (
     CustomermatesError,
 )
 from migrate.customermates.mcp import McpClient
+from migrate.customermates.target import find_by_pipedrive_id
 from migrate.errors import ConfigError, MigrateError
 from migrate.staging.store import Staging, batched
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -128,11 +129,8 @@ def _settle_pending(staging: Staging, client: CustomermatesClient) -> None:
         id_column = column_map.get((entity, PIPEDRIVE_ID))
         if id_column is None:
             continue  # nothing can carry its Pipedrive ID; the next run settles it
-        adopted = []
-        for source_id, digest in zip(batch["source_ids"], batch["hashes"], strict=True):
-            hits = client.find_by_column(entity, id_column["id"], source_id)
-            if hits:
-                adopted.append((source_id, hits[0]["id"], digest))
+        found = find_by_pipedrive_id(client, entity, id_column["id"], batch["source_ids"])
+        adopted = [(sid, found[sid][0], digest) for sid, digest in zip(batch["source_ids"], batch["hashes"], strict=True) if sid in found]
         staging.commit_batch(batch["batch_id"], entity, adopted, batch.get("run_id") or "undo")
         log.info("undo.settled_pending", entity=entity, adopted=len(adopted), sent=len(batch["source_ids"]))
 
