@@ -246,7 +246,8 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     "--deletes", type=click.Choice(["mark", "delete", "ignore"]), default="mark", show_default=True,
     help="Migrated records deleted in Pipedrive since: mark them (a 'Deleted in Pipedrive' date), delete them, or leave them.",
 )
-@click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it.")
+@click.option("--every", "interval", help="Run again and again, this long apart (e.g. 15m, 1h, 90s); SIGTERM or Ctrl-C stops it, as does a "
+    "configuration error (exit 2), which no later sync would get past.")
 @report_dir_option("Write each sync's report.json, issues.csv and quarantine.csv here.")
 @click.option(
     "--on-conflict", type=click.Choice(["skip", "source-wins", "target-wins"]), default="skip", show_default=True,
@@ -270,7 +271,8 @@ def sync(
 
     Reads only what changed (Pipedrive's updated_since, from each collection's watermark minus
     five minutes), writes only what differs. Exit codes as for `run`; with --every a failed sync
-    is logged and the next one runs on schedule."""
+    is logged and the next one runs on schedule, but a configuration error (exit 2: the state file
+    belongs to another company, say) ends the loop, since no later sync could get past it."""
     seconds = _duration(interval) if interval else None
     while True:
         started = time.monotonic()
@@ -281,7 +283,7 @@ def sync(
                     on_target_deleted=on_target_deleted,
                 )
         except MigrateError as exc:
-            if seconds is None:
+            if seconds is None or isinstance(exc, ConfigError):
                 raise
             log.error("sync.failed", error=redact(str(exc)), exit_code=exc.exit_code)
         else:

@@ -1158,3 +1158,38 @@ def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported
     issues = {(i["source_id"], i["rule"]): i["detail"] for i in read_issues(tmp_path / "r")}
     assert "Only custom contacts can be deleted" in issues[(str(kept["id"]), "deleted_in_pipedrive_not_removed")]
     assert (str(removed["id"]), "deleted_in_pipedrive_removed") in issues
+
+
+def test_sync_every_logs_a_failed_sync_and_runs_the_next_but_stops_at_a_configuration_error(env, pipedrive, customermates, monkeypatch):
+    """A loop under --every outlives what the next sync can get past (here Pipedrive's daily
+    budget, spent: exit 4, checkpointed), and ends with exit 2 at what it cannot: a token of
+    another Pipedrive company, where it would have logged the same refusal every interval."""
+    from migrate import stopping
+
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[2]
+    person["job_title"], person["update_time"] = "Loop Tester", NOW
+    pipedrive.daily_token_budget = pipedrive.tokens_spent + 60
+    waits = []
+
+    def between_syncs(seconds):
+        waits.append(seconds)
+        if len(waits) == 1:  # after the sync the budget stopped: midnight comes
+            pipedrive.reset_daily_budget()
+            pipedrive.daily_token_budget = None
+        elif len(waits) == 2:  # after the sync that went through: the token now belongs elsewhere
+            pipedrive.company = {"company_id": 1234, "company_name": "Other Company Ltd", "company_domain": "other-company"}
+        else:
+            raise AssertionError("the loop went on past a configuration error")
+
+    monkeypatch.setattr(stopping, "wait", between_syncs)
+    result = CliRunner().invoke(cli, ["sync", "--every", "15m", "--log-format", "json"], env=env)
+    assert result.exit_code == 2, result.output
+    assert len(waits) == 2 and all(0 < s <= 900 for s in waits)
+    assert "Other Company Ltd" in result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [line.get("exit_code") for line in lines if line.get("event") == "sync.failed"] == [4]
+    assert [line["status"] for line in lines if line.get("event") == "sync"] == ["ok"]
+    record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    assert {"columnId": column, "value": "Loop Tester"} in record["customFieldValues"]
