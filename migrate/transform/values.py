@@ -230,8 +230,10 @@ def decimal_string(value: float | int | str | Decimal | None) -> str | None:
     """A plain decimal string (no exponent, no trailing zeros) for a currency/number value.
 
     ``1e3`` → ``"1000"``, ``12.50`` → ``"12.5"``, ``0.1 + 0.2`` → ``"0.3"``. Floats are rounded to
-    15 significant digits (what a double holds reliably) and at most 10 decimal places, which
-    removes binary noise; ints and strings are exact. ``None``/blank → ``None``. Booleans, NaN,
+    15 significant digits, which removes binary noise and never changes a number that reached
+    Pipedrive as decimal text of 15 digits or fewer (every such number survives a double);
+    however small a float is, its digits are kept (``1.234e-11`` → ``"0.00000000001234"``).
+    Ints and strings are exact. ``None``/blank → ``None``. Booleans, NaN,
     infinities and strings that are not plain numbers (``"1,234.56"``, ``"$12"``) raise ``ValueError``.
     """
     if _blank(value):
@@ -248,8 +250,6 @@ def decimal_string(value: float | int | str | Decimal | None) -> str | None:
             with localcontext() as ctx:
                 ctx.prec = 400
                 number = number.quantize(Decimal(1).scaleb(number.adjusted() - 14), rounding=ROUND_HALF_EVEN)
-                if number.as_tuple().exponent < -10:
-                    number = number.quantize(Decimal("1e-10"), rounding=ROUND_HALF_EVEN)
     elif isinstance(value, Decimal):
         number = value
     elif isinstance(value, str):
