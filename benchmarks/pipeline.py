@@ -583,6 +583,9 @@ def main() -> None:
     burst = PLANS[args.plan]
 
     if args.one is not None:
+        from migrate.malloc import limit_arenas
+
+        limit_arenas()  # as the `migrate` command does first
         result = measure(args.one, burst, args.load_latency, load=not args.no_load, pipedrive_latency=args.pipedrive_latency,
                          shared=args.shared)
         print(RESULT_TAG + json.dumps(result), flush=True)

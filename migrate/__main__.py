@@ -6,6 +6,9 @@ is about 50 MB a worker)."""
 
 
 def main() -> None:
+    from migrate.malloc import limit_arenas
+
+    limit_arenas()
     from migrate.cli import main as cli
 
     cli()
