@@ -318,9 +318,8 @@ def build_report(
             "recreated": loaded.recreated[entity],
             "quarantined": quarantined.get(entity, 0),
         }
-    status = "ok"
-    if quarantined:
-        status = "partial"
+    # a dry run writes and quarantines nothing: records an earlier run quarantined are reported, not its status
+    status = "partial" if quarantined and not dry_run else "ok"
     report = {
         "run_id": run_id,
         "dry_run": dry_run,

@@ -631,3 +631,30 @@ def test_a_new_record_linked_to_one_deleted_in_customermates_arrives_without_tha
     [dropped] = [i for i in read_issues(tmp_path / "r") if i["rule"] == "link_target_deleted_in_target" and i["source_id"] == "9001"]
     assert (dropped["entity"], dropped["field"]) == ("contacts", "organizationIds")
     assert f"organization {person['org_id']} was deleted in Customermates" in dropped["detail"]
+
+
+def test_a_dry_run_or_plan_after_a_run_that_quarantined_a_record_exits_0_and_names_the_earlier_quarantine(
+    env, pipedrive, customermates, tmp_path, monkeypatch
+):
+    """A dry run writes nothing and quarantines nothing: its exit code is the dry run's (0: the plan
+    was made), where it exited 3 for the quarantine an earlier run left in the state file. Its
+    output and report.json still name that quarantine, as what it is."""
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    person = live(pipedrive.collections["persons"])[30]
+    person["job_title"] = "Refused by the database"
+    customermates.refuse_text("Refused by the database")
+    assert run_cli(env).exit_code == 3
+    writes = customermates.write_count()
+
+    result = run_cli(env, "--dry-run", "--report-dir", str(tmp_path / "dry"))
+
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.output.split())
+    assert "Quarantined records (1" in line and "in an earlier run" in line and f"contacts {person['id']}" in line
+    assert "Status: ok" in line
+    report = json.loads((tmp_path / "dry" / "report.json").read_text())
+    assert report["dry_run"] and report["status"] == "ok" and report["quarantined"]["count"] == 1
+    assert [(q["entity"], q["source_id"]) for q in read_quarantine(tmp_path / "dry")] == [("contacts", str(person["id"]))]
+    assert CliRunner().invoke(cli, ["plan"], env=env, catch_exceptions=False).exit_code == 0
+    assert customermates.write_count() == writes
+    assert run_cli(env).exit_code == 3  # a real run still says partial: the record is still refused

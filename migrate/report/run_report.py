@@ -136,7 +136,10 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
         console.print(issues)
         if report["issues"].get("file"):
             console.print(f"Every issue, with record, field and reason: {report['issues']['file']}")
-    print_listed(console, "[bold red]Quarantined records[/bold red]", report["quarantined"], quarantine_line, after=": rejected by Customermates")
+    print_listed(
+        console, "[bold red]Quarantined records[/bold red]", report["quarantined"], quarantine_line,
+        after=": rejected by Customermates in an earlier run; a run tries them again" if dry else ": rejected by Customermates",
+    )
     load = report.get("load") or {}
     if load.get("records_written"):
         console.print(
