@@ -14,7 +14,7 @@ from migrate.config import Settings
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex, ensure_columns
 from migrate.customermates.deletions import propagate_deletions
-from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary
+from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary, owner_unmatched_issue
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.errors import ConfigError, Interrupted, LockHeldError, MigrateError
@@ -232,6 +232,9 @@ def run_migration(
             if dry_run:
                 plan = make_plan(staging, columns, target[0] if target else None, on_target_deleted, spool=True)
                 plan["coverage"] = coverage(staging, mappings.sources, mappings.coverage)
+                # the owners the run will report unmatched, reported as it reports them (issues and list)
+                loaded.unmatched_users = plan["unmatched_users"]
+                staging.add_load_issues([(run_id, *owner_unmatched_issue(owner)) for owner in loaded.unmatched_users])
             report = build_report(staging, run_id, started, dry_run, extracted, transformed, columns, loaded, plan)
             report["warnings"] = warnings
             report["pipedrive"] = tokens.report()

@@ -284,3 +284,56 @@ def test_the_plan_lists_the_owners_the_run_will_report_without_a_customermates_u
     assert planned["count"] == len(reported) > 0
     assert planned["examples"] == reported[:5]
     assert "owner_unmatched" in (tmp_path / "p" / "plan.md").read_text()
+
+
+
+def _owner_lines(output: str) -> list[str]:
+    """The console's list of owners without a Customermates user: its title and one line per owner."""
+    lines = output.splitlines()
+    start = next((n for n, line in enumerate(lines) if line.startswith("Owners without a Customermates user")), None)
+    if start is None:
+        return []
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("  • "):
+            break
+        block.append(line)
+    return block
+
+
+def _issue_rules(output: str) -> set[str]:
+    """The rules the console's table of values not carried exactly names."""
+    return {line.split("│")[1].strip() for line in output.splitlines() if line.startswith("│") and "│" in line[1:]}
+
+
+def test_the_dry_run_and_the_plan_show_the_owners_without_a_customermates_user_as_the_run_does(env, customermates, tmp_path):
+    """A dry run and `migrate plan` read Customermates' users: their console names the owners whose
+    records will land without an owner, as the run's does, where only report.json or plan.json did."""
+    dry = invoke(env, "run", "--dry-run", "--report-dir", str(tmp_path / "dry"))
+    assert dry.exit_code == 0, dry.output
+    planned = invoke(env, "plan")
+    assert planned.exit_code == 0, planned.output
+    run = invoke(env, "run", "--report-dir", str(tmp_path / "run"))
+    assert run.exit_code == 0, run.output
+
+    owners = _owner_lines(run.output)
+    assert len(owners) > 1
+    assert _owner_lines(dry.output) == owners
+    assert _owner_lines(planned.output) == owners
+    assert "owner_unmatched" in _issue_rules(dry.output) and "owner_unmatched" in _issue_rules(run.output)
+    dry_report = json.loads((tmp_path / "dry" / "report.json").read_text())
+    run_report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert dry_report["unmatched_users"] == run_report["unmatched_users"]
+    assert dry_report["issues"]["by_rule"]["owner_unmatched"] == run_report["issues"]["by_rule"]["owner_unmatched"]
+    assert [i for i in read_issues(tmp_path / "dry") if i["rule"] == "owner_unmatched"] == [
+        i for i in read_issues(tmp_path / "run") if i["rule"] == "owner_unmatched"
+    ]
+
+
+def test_a_dry_run_without_customermates_names_no_owner_unmatched(env, sample_dir, tmp_path):
+    """Without Customermates settings the users there are unknown: no owner is said to be unmatched."""
+    offline = {k: v for k, v in env.items() if not k.startswith("CUSTOMERMATES_")}
+    result = invoke(offline, "run", "--dry-run", "--source", str(sample_dir), "--report-dir", str(tmp_path / "dry"))
+    assert result.exit_code == 0, result.output
+    assert _owner_lines(result.output) == [] and "owner_unmatched" not in _issue_rules(result.output)
+    assert json.loads((tmp_path / "dry" / "report.json").read_text())["unmatched_users"] == []

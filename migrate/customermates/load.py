@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,15 +163,14 @@ class Loader:
         match are reported once each, with the number of records they own."""
         by_email = {str(u.get("email") or "").lower(): u["id"] for u in self.client.list_users() if u.get("email")}
         pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
-        for uid, count in sorted(self.staging.referenced_users().items()):
-            user = pipedrive_users.get(uid)
-            match = by_email.get(str((user or {}).get("email") or "").lower())
+        owned = self.staging.referenced_users()
+        for uid in sorted(owned):
+            match = by_email.get(str((pipedrive_users.get(uid) or {}).get("email") or "").lower())
             if match:
                 self.user_map[uid] = match
-                continue
-            label = user_label(user, uid)
-            self.summary.unmatched_users.append({"pipedrive_user": label, "records": count})
-            self._note_issue("users", uid, "owner_id", "owner_unmatched", owner_unmatched_detail(label, count))
+        self.summary.unmatched_users = unmatched_owners(pipedrive_users, owned, self.user_map)
+        for owner in self.summary.unmatched_users:
+            self._note_issue(*owner_unmatched_issue(owner))
 
     # -- request bodies ---------------------------------------------------------------------
     def build_body(self, entity: str, source_id: str, payload: dict[str, Any], linked: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -625,12 +624,25 @@ class Loader:
             self.adopted_at_resume.setdefault(entity, set()).update(i.source_id for i in items if i.source_id not in missing)
 
 
-def owner_unmatched_detail(label: str, records: int) -> str:
-    """The issue of a Pipedrive owner no Customermates user matches (the load's, and the plan's forecast of it)."""
-    return (
-        f"{label} owns {records} records but has no Customermates user with that email; kept in the "
+def unmatched_owners(users: Mapping[str, dict[str, Any]], owned: Mapping[str, int], matched: Container[str]) -> list[dict[str, Any]]:
+    """The Pipedrive users owning records (`owned`: user id → records naming it) whom no Customermates
+    user matches by email (`matched`: the ids of those matched), by id, as the run report lists them
+    (`unmatched_users`): name and email, Pipedrive id and the records they own. The load's, and the
+    plan's forecast of it."""
+    return [
+        {"pipedrive_user": user_label(users.get(uid), uid), "source_id": uid, "records": count}
+        for uid, count in sorted(owned.items())
+        if uid not in matched
+    ]
+
+
+def owner_unmatched_issue(owner: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """The issue (entity, source_id, field, rule, detail) of an owner `unmatched_owners` lists."""
+    detail = (
+        f"{owner['pipedrive_user']} owns {owner['records']} records but has no Customermates user with that email; kept in the "
         "'Pipedrive owner' column (invite the user and run again to assign)"
     )
+    return "users", owner["source_id"], "owner_id", "owner_unmatched", detail
 
 
 def _envelope_bytes(entity: str) -> int:

@@ -29,11 +29,11 @@ from typing import Any, Protocol, Self
 import ijson
 
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.load import LINKS_SET, LOAD_USERS_KEY, owner_unmatched_detail
+from migrate.customermates.load import LINKS_SET, LOAD_USERS_KEY, owner_unmatched_issue, unmatched_owners
 from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.errors import MigrateError
+from migrate.report.run_report import ISSUE_COLUMNS
 from migrate.staging.store import Staging
-from migrate.transform.encoders import user_label
 from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
 
@@ -331,10 +331,12 @@ def build_plan(
 
         summary = planner.plan(on_target_deleted, hold, changed_only=conflicts_only)
     lossy = {rule: {"count": count, "examples": staging.transform_issues(rule=rule, limit=5)} for rule, count in staging.transform_issue_counts()}
+    owners: list[dict[str, Any]] = []
     if target.fingerprint != NO_TARGET:  # the users are known: the owners the run will report unmatched
-        unmatched = unmatched_owners(staging, user_map)
-        if unmatched:
-            lossy["owner_unmatched"] = {"count": len(unmatched), "examples": unmatched[:5]}
+        owners = unmatched_owners({str(u["id"]): u for u in staging.iter_raw("users")}, staging.referenced_users(), user_map)
+        if owners:
+            examples = [dict(zip(ISSUE_COLUMNS, owner_unmatched_issue(owner), strict=True)) for owner in owners[:5]]
+            lossy["owner_unmatched"] = {"count": len(owners), "examples": examples}
             lossy = dict(sorted(lossy.items(), key=lambda item: -item[1]["count"]))
     plan = {
         "summary": summary,
@@ -344,23 +346,12 @@ def build_plan(
         **({} if conflicts_only else {"fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint}}),
         "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added},
         "lossy": lossy,
+        "unmatched_users": owners,  # as the run report lists them; with the issues in `lossy` too
         "coverage": field_coverage or [],
     }
     if not spool:
         plan["records"] = listed
     return plan
-
-
-def unmatched_owners(staging: Staging, user_map: dict[str, str]) -> list[dict[str, str]]:
-    """The `owner_unmatched` issues a run will note: each Pipedrive user owning records whom no
-    Customermates user matches by email (`user_map`), in the load's order."""
-    users = {str(u["id"]): u for u in staging.iter_raw("users")}
-    return [
-        {"entity": "users", "source_id": uid, "field": "owner_id", "rule": "owner_unmatched",
-         "detail": owner_unmatched_detail(user_label(users.get(uid), uid), count)}
-        for uid, count in sorted(staging.referenced_users().items())
-        if uid not in user_map
-    ]
 
 
 class _Spool:

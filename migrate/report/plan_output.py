@@ -14,7 +14,7 @@ from rich.table import Table
 
 from migrate.report.plan import ACTIONS, PlanRecords, plan_entities, plan_markdown
 from migrate.report.plan_html import write_plan_html
-from migrate.report.run_report import private_file
+from migrate.report.run_report import print_unmatched_owners, private_file
 
 
 def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, top_issues: int = 10) -> None:
@@ -27,6 +27,7 @@ def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, 
     console.print(table)
     schema = plan["schema"]
     console.print(f"Custom columns to create: {len(schema['columns_to_create'])}; options to add: {len(schema['options_to_add'])}")
+    print_unmatched_owners(console, plan.get("unmatched_users") or [])
     if plan["lossy"]:
         issues = Table(title="Top issues (values not carried exactly)", title_justify="left")
         issues.add_column("rule")

@@ -119,10 +119,7 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
             console.print(f"  • {line}")
         if len(columns) > 40:
             console.print(f"  … and {len(columns) - 40} more (see report.json)")
-    if report.get("unmatched_users"):
-        console.print("[bold yellow]Owners without a Customermates user[/bold yellow] (kept in 'Pipedrive owner'):")
-        for user in report["unmatched_users"]:
-            console.print(f"  • {user['pipedrive_user']}: {user['records']} records")
+    print_unmatched_owners(console, report.get("unmatched_users") or [])
     by_rule: dict[str, int] = report["issues"]["by_rule"]
     if by_rule:
         issues = Table(title="Values not carried exactly (each handled by a documented rule)", title_justify="left")
@@ -149,6 +146,15 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     for warning in report.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
     console.print(f"Status: [bold]{report['status']}[/bold]")
+
+
+def print_unmatched_owners(console: Console, owners: list[dict[str, Any]]) -> None:
+    """The Pipedrive owners without a Customermates user (`unmatched_users` of a run report or a plan), one line each."""
+    if not owners:
+        return
+    console.print("[bold yellow]Owners without a Customermates user[/bold yellow] (kept in 'Pipedrive owner'):")
+    for user in owners:
+        console.print(f"  • {user['pipedrive_user']}: {user['records']} records")
 
 
 def issue_summary(counts: list[tuple[str, int]], examples: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
