@@ -12,7 +12,10 @@ first checks that it is the same company, before it reads a page or writes anyth
 * Customermates: `/v1/users/me` names no company, so the check is on the custom columns the state
   file set up (or matched) there: their ids are the company's own. At least one must still be
   there; a state file that has none (nothing loaded yet, or every column undone) has nothing to
-  lose and goes with any Customermates.
+  lose and goes with any Customermates. When none is, a few of its migrated records are looked up
+  by their Customermates ids (record ids are the company's own too): one there means a user deleted
+  every column in this company, which a run or sync makes again (writing every record's values,
+  its Pipedrive ID among them, into them); none there, another company.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from migrate.customermates.client import CustomermatesClient
+from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.errors import ConfigError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID_LABEL
 from migrate.transform.engine import ENTITY_ORDER
 
 PIPEDRIVE_COMPANY_KEY = "pipedrive_company"
+SAMPLED_RECORDS = 5  # migrated records looked up when none of the state file's columns is in the Customermates
 
 
 def _describe(company: dict[str, Any]) -> str:
@@ -56,9 +60,15 @@ def check_pipedrive(staging: Staging, me: dict[str, Any], *, record: bool = True
         )
 
 
-def check_customermates(staging: Staging, client: CustomermatesClient, url: str) -> None:
-    """Refuse a Customermates company none of whose custom columns the state file knows, and one
-    that already holds migrated records while the state file knows none (`check_not_migrated_before`)."""
+def check_customermates(staging: Staging, client: CustomermatesClient, url: str, *, makes_columns: bool) -> str | None:
+    """Refuse a Customermates company none of whose custom columns the state file knows and none of
+    whose sampled migrated records is there, and one that already holds migrated records while the
+    state file knows none (`check_not_migrated_before`).
+
+    Every column deleted with the records still there is the same company: a command that sets up
+    the columns (`makes_columns`: run, sync) makes them again and gets back a note saying so; one
+    that reads the records by their Pipedrive ID column (plan, verify, undo) is refused, saying
+    what happened and to run first."""
     read: dict[str, list[dict[str, Any]]] = {}
 
     def columns_of(entity: str) -> list[dict[str, Any]]:  # each entity's configuration read once for both checks
@@ -71,18 +81,51 @@ def check_customermates(staging: Staging, client: CustomermatesClient, url: str)
         known.setdefault(entity, set()).add(str(column["id"]))
     check_not_migrated_before(staging, client, url, columns_of)
     if not known:
-        return
+        return None
     for entity in sorted(known, key=lambda e: ENTITY_ORDER.index(e) if e in ENTITY_ORDER else len(ENTITY_ORDER)):
         if {str(c.get("id")) for c in columns_of(entity)} & known[entity]:
-            return
+            return None
+    columns = sum(map(len, known.values()))
     migrated = staging.con.execute("SELECT count(*) FROM id_map").fetchone()[0]
+    sampled, found = _migrated_record_here(staging, client)
+    if found:
+        what = (
+            f"the {columns} custom columns the state file {staging.path} set up in the Customermates at {url} (the Pipedrive ID "
+            f"columns among them) were deleted in Customermates, but its migrated records are still there (a migrated "
+            f"{found}, looked up by its Customermates id, is)"
+        )
+        remade = (
+            "makes the columns again and writes every migrated record's values into them, its Pipedrive ID too: an update "
+            f"of each of the {migrated:,} records, none created again"
+        )
+        if makes_columns:
+            return f"{what}; this run {remade}"
+        raise ConfigError(
+            f"{what}. Run `migrate run` (or `migrate sync`) first: it {remade}. A plan, a verify or an undo reads the records by "
+            "their Pipedrive ID column, which is not there now; nothing was written or deleted"
+        )
     raise ConfigError(
         f"the state file {staging.path} belongs to another Customermates company than the one at {url} with this API key: "
-        f"none of the {sum(map(len, known.values()))} custom columns it set up there (the Pipedrive ID columns among them) "
-        f"is in this one, and its {migrated:,} migrated records are in the other; nothing was written or deleted. "
+        f"none of the {columns} custom columns it set up there (the Pipedrive ID columns among them) is in this one"
+        + (f", none of the {sampled} migrated records it looked up there exists" if sampled else "")
+        + f", and its {migrated:,} migrated records are in the other; nothing was written or deleted. "
         "Set CUSTOMERMATES_URL and CUSTOMERMATES_API_KEY (or --customermates-url and --customermates-key) to the "
         "Customermates this state file migrated to, or use another state file for this one (--state or MIGRATE_STATE)"
     )
+
+
+def _migrated_record_here(staging: Staging, client: CustomermatesClient) -> tuple[int, str | None]:
+    """Up to `SAMPLED_RECORDS` migrated records, picked at random among those not known to be deleted
+    there, looked up by their Customermates ids until one is there: (how many were looked up, the
+    entity, singular, of the one there, or None)."""
+    rows = staging.con.execute(
+        "SELECT entity, target_id FROM id_map WHERE target_id NOT IN (SELECT target_id FROM target_gone) "
+        f"ORDER BY random() LIMIT {SAMPLED_RECORDS}"
+    ).fetchall()
+    for n, (entity, target_id) in enumerate(rows, 1):
+        if client.get(entity, target_id) is not None:
+            return n, SINGULAR[entity]
+    return len(rows), None
 
 
 def check_not_migrated_before(

@@ -188,7 +188,7 @@ def run_migration(
             if not dry_run or (settings.customermates_url and settings.customermates_api_key):
                 target = customermates_clients(settings, stack)
             source = None if use_staged else open_source(settings, stack)
-            warnings = preflight(source, target[0] if target else None, staging, settings)  # before anything is written
+            warnings = preflight(source, target[0] if target else None, staging, settings, makes_columns=not dry_run)  # before anything is written
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
@@ -469,7 +469,7 @@ def verify(settings: Settings) -> dict[str, Any]:
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, _ = customermates_clients(settings, stack)
-        check_customermates(staging, client, settings.customermates_url or "")
+        check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)
         return verify_target(staging, client)
 
 
@@ -496,7 +496,7 @@ def undo(
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, mcp = customermates_clients(settings, stack)
-        check_customermates(staging, client, settings.customermates_url or "")  # before a record is judged gone
+        check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)  # before a record is judged gone
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
 
 
@@ -532,13 +532,19 @@ def customermates_identity(client: CustomermatesClient) -> tuple[str, bool]:
     return f"{me.get('firstName')} {me.get('lastName')} (role {role or 'none'})", role.lower() == "admin"
 
 
-def preflight(source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings) -> list[str]:
+def preflight(
+    source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings, *, makes_columns: bool
+) -> list[str]:
     """The checks every run starts with; hard failures raise (among them a state file of another
-    company on either side: `migrate.identity`), doubts come back as warnings."""
+    company on either side: `migrate.identity`), doubts come back as warnings. `makes_columns`: the
+    run sets up the columns (not a dry run), so columns deleted in Customermates are made again."""
     warnings = []
     if target is not None:
         who, admin = customermates_identity(target)
-        check_customermates(staging, target, settings.customermates_url or "")
+        remade = check_customermates(staging, target, settings.customermates_url or "", makes_columns=makes_columns)
+        if remade:
+            log.warning("customermates.columns_deleted", detail=remade)
+            warnings.append(remade)
         if not admin:
             warnings.append(
                 f"the Customermates key belongs to {who}, not an Admin: records outside its access fail to load (use an Admin's key)"
@@ -598,7 +604,9 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
         if settings.state.exists():
             try:
                 with Staging(settings.state) as staging:
-                    check_customermates(staging, client, settings.customermates_url or "")
+                    remade = check_customermates(staging, client, settings.customermates_url or "", makes_columns=True)
+                if remade:  # what the next run does about it
+                    add("Customermates company of the state file", False, remade, warn_only=True)
             except LockHeldError:  # a run holds it, and checked it when it began
                 pass
             except MigrateError as exc:

@@ -411,6 +411,36 @@ def test_a_malformed_id_gives_two_issues_at_the_same_path():
     assert cassette.play_count == 1
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# 11_get_by_id: one record by its id, in each entity's own answer shape
+# ------------------------------------------------------------------------------------------------------------------
+
+GET_BY_ID = "11_get_by_id.yaml"
+RECORDED_IDS = {
+    "contacts": "541ed8de-eef0-4fad-ab5b-52f347335fc3",
+    "organizations": "52a13e55-cd4a-4900-8644-ef714d145023",
+    "deals": "75d402fd-be03-4f36-9f60-a8c9bd8caeed",
+    "services": "32d7ef2c-1a58-4cb0-a52f-b65e596f7292",
+    "tasks": "9a505a2a-897e-4b22-9875-347aeff88fcf",
+}
+
+
+@needs_cassettes
+@pytest.mark.parametrize("entity", list(RECORDED_IDS))
+def test_get_returns_the_record_or_none_for_an_id_the_company_does_not_have(entity):
+    with replay(GET_BY_ID, match_on=NO_BODY) as cassette, cm() as client:
+        found = client.get(entity, RECORDED_IDS[entity])
+        unknown = client.get(entity, "9b2f4c1e-7d3a-4e5b-8c6d-0a1b2c3d4e5f")
+    assert found["id"] == RECORDED_IDS[entity] and "customFieldValues" in found
+    assert unknown is None
+    assert cassette.play_count == 2
+
+
+def test_get_refuses_what_is_no_record_id_without_a_request():
+    with cm() as client, pytest.raises(ValueError, match="no Customermates record id"):
+        client.get("contacts", "../users/me")
+
+
 @needs_cassettes
 def test_deleting_the_same_id_twice_returns_it_twice():
     same = "110ec2e2-42d6-432b-a051-76f7f1238121"

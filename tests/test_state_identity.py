@@ -4,6 +4,7 @@ read or write with it refuses before anything is written, naming the state file 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,3 +147,89 @@ def test_a_run_killed_before_its_first_batch_was_stored_resumes(env: dict[str, s
     result = invoke(["run", "--source", str(sample_dir)], env)
     assert result.exit_code == 0, result.output
     assert len(customermates.records("organizations")) == 39
+
+
+def _delete_every_column(customermates: FakeCustomermates) -> int:
+    """As a user can in Customermates' column settings: every custom column goes, with its values."""
+    columns = customermates.columns()
+    for column in columns:
+        customermates._tool_delete_column(column["id"])
+    return len(columns)
+
+
+def _records_by_pipedrive_id(customermates: FakeCustomermates) -> dict[str, list[tuple[str | None, str]]]:
+    """Per entity, (Pipedrive ID, Customermates id) of every record, sorted."""
+    found = {}
+    for entity, singular in (("organizations", "organization"), ("contacts", "contact"), ("services", "service"), ("deals", "deal"), ("tasks", "task")):
+        column = next((c["id"] for c in customermates.columns(singular) if c["label"] == "Pipedrive ID"), None)
+        found[entity] = sorted(
+            ((next((v["value"] for v in r["customFieldValues"] if v["columnId"] == column), None), r["id"]) for r in customermates.records(entity)),
+            key=lambda pair: (pair[0] or "", pair[1]),
+        )
+    return found
+
+
+@pytest.mark.parametrize("command", [["run"], ["sync"], ["run", "--on-target-deleted", "recreate"]])
+def test_a_state_file_whose_every_column_was_deleted_in_its_customermates_is_taken_and_every_record_gets_its_pipedrive_id_back(
+    migrated: dict[str, str], customermates: FakeCustomermates, tmp_path, command: list[str]
+):
+    """A user deleted every column the migration made (the Pipedrive ID columns among them); the records
+    are still there. It is the same company: the run makes the columns again and writes every record's
+    values into them, its Pipedrive ID too, creating none a second time, where it refused the state file
+    as another company's."""
+    records = _records_by_pipedrive_id(customermates)
+    columns = _delete_every_column(customermates)
+
+    result = invoke([*command, "--report-dir", str(tmp_path / "r")], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert "were deleted in Customermates" in " ".join(result.output.split())
+    assert len(customermates.columns()) == columns
+    assert _records_by_pipedrive_id(customermates) == records  # the same records, each with its Pipedrive ID again
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["created"], row["updated"], row["deleted_in_target"]) for e, row in report["entities"].items()} == {
+        e: (0, len(rs), 0) for e, rs in records.items()
+    }
+    assert invoke(["verify"], migrated).exit_code == 0
+    again = invoke(["run", "--report-dir", str(tmp_path / "again")], migrated)
+    assert again.exit_code == 0, again.output
+    assert "0 changes" in again.output
+
+
+@pytest.mark.parametrize("command", [["plan"], ["run", "--dry-run"], ["verify"], ["undo"], ["undo", "--yes"]])
+def test_with_every_column_deleted_a_command_that_makes_none_says_so_and_to_run_first(
+    migrated: dict[str, str], customermates: FakeCustomermates, command: list[str]
+):
+    """A plan, a verify or an undo reads the records by their Pipedrive ID column: with every column deleted
+    it says what happened and what to do, where it said another company's, or failed on a column gone."""
+    before = snapshot(migrated)
+    _delete_every_column(customermates)
+    writes = customermates.write_count()
+
+    result = invoke(command, migrated)
+
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "were deleted in Customermates" in line and "migrated records are still there" in line
+    assert "`migrate run`" in line and "another Customermates company" not in line
+    assert customermates.write_count() == writes and customermates.columns() == []
+    assert snapshot(migrated) == before
+
+
+def test_doctor_warns_that_every_column_was_deleted_and_the_next_run_makes_them_again(migrated: dict[str, str], customermates: FakeCustomermates):
+    _delete_every_column(customermates)
+    result = invoke(["doctor"], migrated)
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.output.split())
+    assert "WARN Customermates company of the state file" in line and "were deleted in Customermates" in line
+
+
+def test_another_customermates_is_still_refused_when_none_of_the_records_looked_up_is_there(
+    migrated: dict[str, str], other_customermates: FakeCustomermates
+):
+    result = invoke(["run"], {**migrated, "CUSTOMERMATES_URL": other_customermates.url})
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "belongs to another Customermates company" in line and "none of the 5 migrated records it looked up there exists" in line
+    assert other_customermates.write_count() == 0 and other_customermates.columns() == []
+

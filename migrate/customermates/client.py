@@ -100,6 +100,7 @@ USER_AGENT = f"pipedrive-to-customermates/{_TOOL_VERSION} (migrate; httpx/{httpx
 _ISSUE_MARK = "✖"
 _PATH_LINE = re.compile(r"^\s*→ at (?P<path>.*)$")
 _ITEM_INDEX = re.compile(r"^(?:[A-Za-z_$][\w$]*)?\[(\d+)\]")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -552,6 +553,23 @@ class CustomermatesClient(HttpSession):
                 bound, handed = {"field": "updatedAt", "operator": "gt", "value": last}, set()
             else:
                 bound, handed = {"field": "updatedAt", "operator": "gte", "value": last}, at_last
+
+    def get(self, entity: str, record_id: str) -> dict | None:
+        """``GET /v1/<entity>/{id}``: the record (a full DTO), or None when the company has none with that id.
+
+        The answer's shape differs by entity (contract §2): contacts ``{contact, customColumns}``, the others
+        ``{ok, data: {<singular>, customColumns}}``; an unknown id is no 404 but a null record."""
+        _check_entity(entity)
+        if not _UUID.fullmatch(record_id):
+            raise ValueError(f"{record_id!r} is no Customermates record id (a UUID)")
+        what = f"GET /{entity}/{{id}}"
+        data = self._expect(self._read("GET", f"/{entity}/{record_id}", _NO_BODY, what=what), dict, what)
+        if "ok" in data:
+            if data["ok"] is not True:
+                raise CustomermatesError(f"Unexpected answer to {what}: {json.dumps(data.get('error'))[:200]}")
+            data = self._expect(data.get("data"), dict, what)
+        record = data.get(SINGULAR[entity])
+        return record if isinstance(record, dict) else None
 
     def find_by_column(self, entity: str, column_id: str, value: str, *, page_size: int = 5) -> list[dict]:
         """Records whose custom column ``column_id`` equals ``value`` exactly (case-sensitive).
