@@ -233,3 +233,31 @@ def test_another_customermates_is_still_refused_when_none_of_the_records_looked_
     assert "belongs to another Customermates company" in line and "none of the 5 migrated records it looked up there exists" in line
     assert other_customermates.write_count() == 0 and other_customermates.columns() == []
 
+
+
+def test_a_record_the_read_misses_while_its_pipedrive_id_column_is_new_is_looked_up_by_its_id_not_created_again(
+    migrated: dict[str, str], customermates: FakeCustomermates, tmp_path, monkeypatch
+):
+    """Sorted by a Pipedrive ID column made again, still empty, the records come in no set order, and a
+    page-through may miss one (contract §4). Looked up by its Pipedrive ID it is not found (that column
+    is empty), so it counted as deleted in Customermates, and `--on-target-deleted recreate` created it
+    a second time. It is looked up by its Customermates id instead."""
+    from migrate.customermates.client import CustomermatesClient
+
+    records = _records_by_pipedrive_id(customermates)
+    _delete_every_column(customermates)
+    missed = records["contacts"][7][1]
+    iter_records = CustomermatesClient.iter_records
+
+    def missing_one(self, entity, *, filters=None, sort=("createdAt", "asc"), page_size=100):
+        for record in iter_records(self, entity, filters=filters, sort=sort, page_size=page_size):
+            if not (entity == "contacts" and record["id"] == missed and filters is None):
+                yield record
+
+    monkeypatch.setattr(CustomermatesClient, "iter_records", missing_one)
+    result = invoke(["run", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r")], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert _records_by_pipedrive_id(customermates) == records
+    contacts = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
+    assert (contacts["created"], contacts["deleted_in_target"], contacts["recreated"]) == (0, 0, 0)

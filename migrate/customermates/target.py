@@ -127,13 +127,25 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     count as deleted there: reported, or, with `--on-target-deleted recreate`, created a second
     time. So every record the read missed is looked up (one search each) before it counts as gone;
     once, as a record id never comes back: later reads do not look up those found gone again
-    (records a team deleted there would otherwise cost a search each at every whole read)."""
+    (records a team deleted there would otherwise cost a search each at every whole read). By its
+    Pipedrive ID, or, while that column is new (made since the last complete load, none of its values
+    written yet), by its Customermates id."""
     column_id = columns.ids.get((entity, PIPEDRIVE_ID))
     unseen = staging.migrated_not_in_snapshot(entity, unless_known_gone=True) if column_id is not None else []
     found: dict[str, dict[str, Any]] = {}
-    for pid in unseen:
-        for dto in client.find_by_column(entity, column_id, pid):
-            found.setdefault(dto["id"], dto)
+    if (entity, PIPEDRIVE_ID) in columns.made_since_load(staging):
+        # the Pipedrive ID column was made (again: a user deleted it) since the last complete load: the records hold
+        # no value in it yet, so none is found by it, and sorted by it they come in no set order; so each is looked
+        # up by its own id
+        targets = staging.id_map_for(entity, unseen)
+        for pid in unseen:
+            dto = client.get(entity, targets[pid][0])
+            if dto is not None:
+                found.setdefault(dto["id"], dto)
+    else:
+        for pid in unseen:
+            for dto in client.find_by_column(entity, column_id, pid):
+                found.setdefault(dto["id"], dto)
     staging.note_gone(entity, unseen, still_there=list(found))
     held = staging.snapshot_has(entity, list(found)) if found else set()
     fresh = [dto for target_id, dto in found.items() if target_id not in held]
