@@ -273,6 +273,33 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     }
 
 
+def test_a_column_deleted_in_customermates_is_planned_as_the_updates_that_fill_it_again_and_the_run_makes_them(
+    env, pipedrive, customermates, tmp_path
+):
+    """A user deletes the migrated "Job title" column; nothing changes in Pipedrive. The run makes the
+    column again and updates every contact with a job title (its body names the new column); the
+    plan said they were all unchanged."""
+    assert invoke(env, "run").exit_code == 0
+    old = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    customermates._tool_delete_column(old)  # as the app's column settings do
+    titled = {str(p["id"]): p["job_title"] for p in live(pipedrive.collections["persons"]) if p.get("job_title")}
+    assert titled
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    plan = load_plan(tmp_path / "p")
+    updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
+    assert set(updates) == set(titled)
+    assert all(r["changes"] == [{"field": "Job title", "before": None, "after": titled[sid]}] for sid, r in updates.items())
+    assert "contacts: Job title (plain)" in plan["schema"]["columns_to_create"]
+
+    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
+        e: (c["update"], c["unchanged"]) for e, c in plan["summary"].items()
+    }
+
+
 def test_the_plan_lists_the_owners_the_run_will_report_without_a_customermates_user(env, customermates, tmp_path):
     """owner_unmatched is a value not carried exactly: the plan (against a target, whose users it
     reads) left it out, and the run then reported it."""

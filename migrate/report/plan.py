@@ -129,6 +129,17 @@ class Planner:
         values.update({k: v for k, v in last["values"].items() if k in keys or (k not in values and (k, v) in options)})
         return {**before, "values": values}
 
+    def _refilled(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+        """The values a run writes although the record is as last written: those in columns (or
+        options) made since, which name the new ids, so the record's request body is new."""
+        keys = {made[1] for made in self.new_columns if made[0] == entity and len(made) == 2}
+        options = {made[1:] for made in self.new_columns if made[0] == entity and len(made) == 3}
+        return [
+            {"field": self.labels.get((entity, key), key), "before": before["values"].get(key), "after": value}
+            for key, value in sorted(after["values"].items())
+            if (key in keys or (key, value) in options) and before["values"].get(key) != value
+        ]
+
     # -- diff -----------------------------------------------------------------------------
     def changes(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
         result = []
@@ -220,6 +231,10 @@ class Planner:
             if target_edits:
                 item["target_edits"] = target_edits
             if not source_changed:
+                refilled = self._refilled(entity, before, after)
+                if refilled:
+                    return {**item, "action": "update", "changes": refilled,
+                            "reason": "a column or option it has a value in was deleted in Customermates; made again and filled"}
                 return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
             if target_edits and changes:
                 return {**item, "action": "conflict", "changes": changes}
