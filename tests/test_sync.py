@@ -206,6 +206,22 @@ def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pip
     assert {"columnId": after["Newsletter"], "value": "weekly"} in record["customFieldValues"]
 
 
+def test_a_plan_made_after_a_field_was_renamed_leaves_the_column_rename_to_the_next_sync(env, pipedrive, customermates):
+    """A plan renames nothing, and the sync after it renames the column, where the plan saved the
+    field's new label as the column's and the sync saw no rename to make."""
+    assert invoke(env, "run").exit_code == 0
+    before = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    _field(pipedrive, "personFields", "Anrede")["field_name"] = "Salutation"
+
+    assert invoke(env, "plan").exit_code == 0
+    assert {c["label"]: c["id"] for c in customermates.columns("contact")} == before
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    after = {c["label"]: c["id"] for c in customermates.columns("contact")}
+    assert after["Salutation"] == before["Anrede"] and "Anrede" not in after
+
+
 def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, pipedrive, customermates, tmp_path):
     assert invoke(env, "run").exit_code == 0
     field = _field(pipedrive, "personFields", "Geburtstag")

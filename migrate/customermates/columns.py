@@ -156,9 +156,11 @@ def ensure_columns(
             # type changed back), and records written since hold their values elsewhere
             index._note_new(staging, [(entity, key)], dry_run=dry_run or mcp is None)
         # remember the label Pipedrive gave, not the column's: a later difference then means a
-        # rename in Pipedrive, while a rename made in Customermates stays
+        # rename in Pipedrive, while a rename made in Customermates stays (a dry run remembers
+        # nothing: the run after it would take the rename it did not make as made)
         options = remembered["options"] if remembered and remembered["id"] == column["id"] else None
-        _remember(staging, known, entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options})
+        if not (dry_run or mcp is None):
+            _remember(staging, known, entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options})
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
             index.options[(entity, key)] = _option_ids(present, options)
