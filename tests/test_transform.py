@@ -89,6 +89,15 @@ def test_enum_options_differing_only_in_case_are_both_kept(staged):
     assert "Messe" in options and "messe" in options
 
 
+def test_a_select_columns_options_keep_their_pipedrive_option_ids(staged):
+    """By the option id the next runs know an option renamed in Pipedrive; options of no field have none."""
+    staging, _ = staged
+    contacts = columns(staging, "contacts")
+    assert contacts["Anrede"]["option_ids"] == {"101": "Herr", "102": "Frau", "103": "Divers", "104": "Dr."}
+    assert contacts["Marketing status"]["option_ids"]["no_consent"] == "No consent"
+    assert columns(staging, "deals")["Status"]["option_ids"] == {}
+
+
 def test_deal_values_get_one_currency_column_per_supported_currency(staged):
     staging, _ = staged
     cols = columns(staging, "deals")

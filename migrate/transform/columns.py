@@ -26,6 +26,7 @@ class ColumnSpec:
     label: str
     type: str
     options: list[str] = field(default_factory=list)
+    option_ids: dict[str, str] = field(default_factory=dict)  # Pipedrive option id → its label, of the options that have one
     currency: str | None = None
     allow_multiple: bool = False
     template: bool = False
@@ -36,9 +37,11 @@ class ColumnSpec:
         if self.type not in COLUMN_TYPES:
             raise ValueError(f"column {self.entity}.{self.key}: unknown type {self.type!r}")
 
-    def add_option(self, label: str) -> None:
+    def add_option(self, label: str, option_id: str | None = None) -> None:
         if label not in self.options:
             self.options.append(label)
+        if option_id is not None:
+            self.option_ids[option_id] = label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class ColumnSpec:
             "label": self.label,
             "type": self.type,
             "options": list(self.options),
+            "option_ids": dict(self.option_ids),
             "currency": self.currency,
             "allow_multiple": self.allow_multiple,
         }

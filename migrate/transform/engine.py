@@ -226,8 +226,8 @@ class Transformer:
                     )
                 )
                 columns.append(DeclaredColumn.of(decl, spec, self._source_field(collection, decl)))
-                for label in self._declared_options(collection, decl):
-                    spec.add_option(label)
+                for option_id, label in self._declared_options(collection, decl):
+                    spec.add_option(label, option_id)
         self._custom: dict[str, list[CustomColumn]] = {}
         for collection, mapping in self.mappings.sources.items():
             self._custom[collection] = self._custom_columns(collection, mapping)
@@ -240,22 +240,26 @@ class Transformer:
         meta = FIELD_META[collection]
         return Field(decl.source_field, self._options(meta, option_field), self._options(meta, option_field, "options_deleted"))
 
-    def _declared_options(self, collection: str, decl: ColumnDecl) -> list[str]:
+    def _declared_options(self, collection: str, decl: ColumnDecl) -> list[tuple[str | None, str]]:
+        """(Pipedrive option id, label) of a declared select column's options; only a field's
+        options have ids (by which an option renamed in Pipedrive is known)."""
         source = decl.options_from
         lk = self.lookups
-        if source == "pipelines":
-            return list(lk.pipelines.values())
-        if source == "stages":
-            return list(lk.stages.values())
-        if source == "activity_types":
-            return list(lk.activity_types.values())
-        if source == "deal_statuses":
-            return ["Open", "Won", "Lost", "Lead"]
-        if source == "done":
-            return ["Open", "Done"]
         if source and source.startswith("field:"):
-            return list(self._options(FIELD_META[collection], source.split(":", 1)[1]).values())
-        return []
+            return list(self._options(FIELD_META[collection], source.split(":", 1)[1]).items())
+        if source == "pipelines":
+            labels = list(lk.pipelines.values())
+        elif source == "stages":
+            labels = list(lk.stages.values())
+        elif source == "activity_types":
+            labels = list(lk.activity_types.values())
+        elif source == "deal_statuses":
+            labels = ["Open", "Won", "Lost", "Lead"]
+        elif source == "done":
+            labels = ["Open", "Done"]
+        else:
+            labels = []
+        return [(None, label) for label in labels]
 
     def _options(self, meta: str, field_code: str, which: str = "options") -> dict[str, str]:
         """Option id → label, of a field's `options` or of its `options_deleted` (v1 metadata: the
@@ -296,8 +300,8 @@ class Transformer:
             )
             options = self._options(meta, code)
             if rule_type == "singleSelect":
-                for option in options.values():
-                    spec.add_option(option)
+                for option_id, label in options.items():
+                    spec.add_option(label, option_id)
             result.append(CustomColumn(spec, Field(name, options, self._options(meta, code, "options_deleted")), code, rule_encode))
         return result
 
