@@ -342,6 +342,7 @@ def build_report(
         },
         "columns_created": columns.created,
         "options_added": columns.options_added,
+        "options_renamed": columns.options_renamed,
         "columns_renamed": columns.renamed,
         "columns_retyped": columns.retyped,
         "unmatched_users": loaded.unmatched_users,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
@@ -517,6 +518,99 @@ def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pip
     assert invoke(env, "sync").exit_code == 0  # and stays so
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
     assert [o["label"] for o in column["options"]["options"]] == ["Mr.", "Frau", "Divers", "Dr."]
+
+
+def _anrede(customermates) -> dict:
+    return next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
+
+
+def _on_option(customermates, column_id: str, value: str) -> list[str]:
+    return sorted(
+        sid for sid, found in by_pipedrive_id(customermates, "contacts").items()
+        if {"columnId": column_id, "value": value} in found[0]["customFieldValues"]
+    )
+
+
+def _rename_option(pipedrive, field: str, label: str, to: str) -> None:
+    """In Pipedrive: the option `label` of the person field `field` is renamed `to` (its id kept)."""
+    next(o for o in _field(pipedrive, "personFields", field)["options"] if o["label"] == label)["label"] = to
+
+
+def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env, pipedrive, customermates, tmp_path):
+    """Pipedrive: the option "Herr" renamed "Mister", and a Herr person's job title changed. The
+    sync renames the option, the records keep its uuid and that person gets the new job title,
+    where a second option "Mister" was added, every Herr record moved onto it and "Herr" was left
+    behind with none. A later edit of another such person is no conflict either."""
+    assert invoke(env, "run").exit_code == 0
+    column = _anrede(customermates)
+    herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+    on_herr = _on_option(customermates, column["id"], herr)
+    assert on_herr
+    _rename_option(pipedrive, "Anrede", "Herr", "Mister")
+    person = next(p for p in live_persons(pipedrive) if str(p["id"]) == on_herr[0])
+    person["job_title"], person["update_time"] = "Changed", NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    column = _anrede(customermates)
+    assert [(o["label"], o["value"] == herr) for o in column["options"]["options"]] == [
+        ("Mister", True), ("Frau", False), ("Divers", False), ("Dr.", False)
+    ]
+    assert _on_option(customermates, column["id"], herr) == on_herr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["options_renamed"] == ["contacts: Anrede: Herr → Mister"] and report["options_added"] == []
+    assert (report["entities"]["contacts"]["updated"], report["entities"]["contacts"]["conflicts"]) == (1, 0)
+    job = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
+    assert {"columnId": job, "value": "Changed"} in by_pipedrive_id(customermates, "contacts")[on_herr[0]][0]["customFieldValues"]
+    other = next(p for p in live_persons(pipedrive) if str(p["id"]) == on_herr[1])
+    other["job_title"], other["update_time"] = "Changed", "2026-11-28T13:00:00Z"
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r2"))  # the next: no rename, no conflict
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["options_renamed"] == []
+    assert (report["entities"]["contacts"]["updated"], report["entities"]["contacts"]["conflicts"]) == (1, 0)
+    assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Mister", "Frau", "Divers", "Dr."]
+
+
+def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedrive_is_renamed(env, pipedrive, customermates):
+    """A user renames the migrated option "Herr" to "Mr." in Customermates, and "Frau" is renamed
+    "Madam" in Pipedrive: the sync renames "Frau" only; "Mr." stays as the user set it."""
+    assert invoke(env, "run").exit_code == 0
+    column = _anrede(customermates)
+    before = {o["label"]: o["value"] for o in column["options"]["options"]}
+    for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
+        if option["label"] == "Herr":
+            option["label"] = "Mr."
+    _rename_option(pipedrive, "Anrede", "Frau", "Madam")
+
+    result = invoke(env, "sync")
+
+    assert result.exit_code == 0, result.output
+    assert {o["label"]: o["value"] for o in _anrede(customermates)["options"]["options"]} == {
+        "Mr.": before["Herr"], "Madam": before["Frau"], "Divers": before["Divers"], "Dr.": before["Dr."]
+    }
+
+
+def test_a_state_file_without_option_ids_adds_a_renamed_option_and_knows_them_from_then_on(env, pipedrive, customermates):
+    """A state file of an earlier version remembers options by label alone: an option renamed in
+    Pipedrive is added as a new one, as that version did. That sync remembers the option ids, so
+    the next rename is made in place."""
+    assert invoke(env, "run").exit_code == 0
+    with Staging(Path(env["MIGRATE_STATE"])) as staging:
+        staging.con.execute("UPDATE column_map SET pipedrive_options = NULL")
+    _rename_option(pipedrive, "Anrede", "Herr", "Mister")
+    assert invoke(env, "sync").exit_code == 0
+    assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Herr", "Frau", "Divers", "Dr.", "Mister"]
+    mister = next(o["value"] for o in _anrede(customermates)["options"]["options"] if o["label"] == "Mister")
+    _rename_option(pipedrive, "Anrede", "Mister", "Monsieur")
+
+    assert invoke(env, "sync").exit_code == 0
+
+    options = {o["label"]: o["value"] for o in _anrede(customermates)["options"]["options"]}
+    assert list(options) == ["Herr", "Frau", "Divers", "Dr.", "Monsieur"] and options["Monsieur"] == mister
 
 
 def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, pipedrive):

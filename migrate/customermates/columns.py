@@ -42,6 +42,10 @@ class ColumnIndex:
     options: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # label → option uuid
     created: list[str] = field(default_factory=list)
     options_added: list[str] = field(default_factory=list)
+    options_renamed: list[str] = field(default_factory=list)
+    # (entity, key) → {label the records were written with: label now} of the options renamed in
+    # Pipedrive, renamed in place (`Staging.relabel_written_options`; a dry run's plan applies them)
+    option_renames: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
     retyped: list[str] = field(default_factory=list)
     # (entity, key) of a column, (entity, key, label) of an option, made (or to be made) since the
@@ -103,7 +107,7 @@ def ensure_columns(
     index = ColumnIndex()
     entities = sorted({s["entity"] for s in specs})
     configs = {e: client.configuration(e) for e in entities}
-    intended_labels = {(s["entity"], s["key"]): s["label"] for s in specs}
+    intended = {(s["entity"], s["key"]): s for s in specs}
     # the columns the state file gives to a column the migration still wants: another one whose
     # label matches (a field renamed in Pipedrive leaves its old label to a new field) is not one
     # of them, nor is one taken by an earlier spec of this run
@@ -158,17 +162,29 @@ def ensure_columns(
         # remember the label Pipedrive gave, not the column's: a later difference then means a
         # rename in Pipedrive, while a rename made in Customermates stays (a dry run remembers
         # nothing: the run after it would take the rename it did not make as made)
-        options = remembered["options"] if remembered and remembered["id"] == column["id"] else None
+        same = remembered is not None and remembered["id"] == column["id"]
+        options = remembered["options"] if same else None
+        pipedrive_options = remembered["pipedrive_options"] if same else None
         if not (dry_run or mcp is None):
-            _remember(staging, known, entity, key, {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options})
+            _remember(
+                staging, known, entity, key,
+                {"id": column["id"], "label": spec["label"], "type": column["type"], "options": options, "pipedrive_options": pipedrive_options},
+            )
         if spec["type"] == "singleSelect":
             present = [o for o in (column.get("options") or {}).get("options") or []]
-            index.options[(entity, key)] = _option_ids(present, options)
-            missing = [label for label in spec["options"] if label not in index.options[(entity, key)]]
+            ids = _option_ids(present, options)
+            renamed = _renamed_options(spec, pipedrive_options, ids)
+            for value, (_, label) in renamed.items():
+                ids = {old: v for old, v in ids.items() if v != value} | {label: value}
+            index.options[(entity, key)] = ids
+            missing = [label for label in spec["options"] if label not in ids]
             index._note_new(staging, [(entity, key, label) for label in missing], dry_run=dry_run or mcp is None)
-            if missing and not dry_run and mcp is not None:
+            if (missing or renamed) and not dry_run and mcp is not None:
                 kept = [
-                    {"value": o["value"], "label": o["label"], "color": o.get("color") or "default", "isDefault": bool(o.get("isDefault")), "index": i}
+                    {
+                        "value": o["value"], "label": renamed[o["value"]][1] if o["value"] in renamed else o["label"],
+                        "color": o.get("color") or "default", "isDefault": bool(o.get("isDefault")), "index": i,
+                    }
                     for i, o in enumerate(sorted(present, key=lambda o: o.get("index", 0)))
                 ]
                 added = [
@@ -176,7 +192,13 @@ def ensure_columns(
                     for i, label in enumerate(missing)
                 ]
                 mcp.update_single_select_options(column["id"], column["label"], kept + added)
+                if renamed:
+                    staging.relabel_written_options(entity, key, dict(renamed.values()))
             index.options_added.extend(f"{entity}: {spec['label']} → {label}" for label in missing)
+            shown = {o["value"]: o["label"] for o in present}
+            index.options_renamed.extend(f"{entity}: {spec['label']}: {shown[value]} → {label}" for value, (_, label) in renamed.items())
+            if renamed:
+                index.option_renames[(entity, key)] = dict(renamed.values())
     if dry_run or mcp is None:
         return index
     for entity in entities:  # read back ids and option uuids
@@ -188,16 +210,19 @@ def ensure_columns(
             column = by_id.get(column_id)
             if column is None:
                 raise CustomermatesError(
-                    f"the {entity} column {intended_labels[(entity, key)]!r} ({column_id}) was deleted in Customermates while "
+                    f"the {entity} column {intended[(entity, key)]['label']!r} ({column_id}) was deleted in Customermates while "
                     "this run set up its columns; nothing was written to the records yet. Run again: the column is made again"
                 )
             if column.get("type") == "singleSelect":
-                remembered = known.get((entity, key))
-                earlier = remembered["options"] if remembered and remembered["id"] == column_id else None
-                index.options[(entity, key)] = _option_ids((column.get("options") or {}).get("options") or [], earlier)
+                spec = intended[(entity, key)]
+                # the labels as set up above: those of options renamed in Pipedrive are not remembered
+                index.options[(entity, key)] = _option_ids((column.get("options") or {}).get("options") or [], index.options.get((entity, key)))
                 _remember(
                     staging, known, entity, key,
-                    {"id": column_id, "label": intended_labels[(entity, key)], "type": column["type"], "options": index.options[(entity, key)]},
+                    {
+                        "id": column_id, "label": spec["label"], "type": column["type"], "options": index.options[(entity, key)],
+                        "pipedrive_options": spec.get("option_ids") or None,
+                    },
                 )
     return index
 
@@ -212,6 +237,22 @@ def _option_ids(present: list[dict[str, Any]], remembered: dict[str, str] | None
         if label not in ids and value in values:
             ids[label] = value
     return ids
+
+
+def _renamed_options(spec: dict[str, Any], remembered: dict[str, str] | None, ids: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Option uuid → (the label the migration wrote it under, the label Pipedrive gives it now), of
+    the options renamed in Pipedrive since (`remembered`: Pipedrive option id → label, from the
+    state file). An old label another option still has, or a new one another option of the column
+    has, makes no rename: such labels are matched as they are, as without remembered ids."""
+    renamed: dict[str, tuple[str, str]] = {}
+    for option_id, label in (spec.get("option_ids") or {}).items():
+        old = (remembered or {}).get(option_id)
+        value = ids.get(old)
+        if value is None or old in spec["options"] or ids.get(label, value) != value:
+            continue
+        if value not in renamed and label not in {new for _, new in renamed.values()}:
+            renamed[value] = (old, label)
+    return renamed
 
 
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:

@@ -68,6 +68,9 @@ class Planner:
         self.option_label = {
             cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
         }
+        self.option_renames: dict[str, dict[str, dict[str, str]]] = {}  # entity → key → old label → new
+        for (entity, key), labels in columns.option_renames.items():
+            self.option_renames.setdefault(entity, {})[key] = labels
         self.name_of = functools.lru_cache(maxsize=10_000)(self._name)
 
     def _name(self, entity: str, sid: str) -> str:
@@ -115,6 +118,15 @@ class Planner:
             "values": values,
             "notes": bool(dto.get("notes")),
         }
+
+    def _relabelled(self, entity: str, written: dict[str, Any]) -> dict[str, Any]:
+        """A payload as last written, with the labels of the options renamed in Pipedrive (and in
+        place) since: the record holds the same option, which is no change."""
+        renames = self.option_renames.get(entity, {})
+        if not renames.keys() & written["values"].keys():
+            return written
+        values = {key: renames[key].get(value, value) if key in renames else value for key, value in written["values"].items()}
+        return {**written, "values": values}
 
     def _without_new_columns(self, entity: str, before: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
         """`before` with the values of columns made since the record was last written as it was
@@ -212,6 +224,8 @@ class Planner:
     ) -> dict[str, Any]:
         after = self.intended(payload)
         item: dict[str, Any] = {"source_id": sid, "name": _display_name(entity, payload["fields"]), "changes": []}
+        if written is not None:
+            written = self._relabelled(entity, written)
         if not dtos:
             if sid in id_map and on_target_deleted == "report":
                 return {**item, "action": "skip", "reason": "deleted in Customermates after it was migrated"}

@@ -139,6 +139,9 @@ CREATE TABLE IF NOT EXISTS undone (
 -- Added without a schema bump: which run first created the record (an update keeps it; `run_id` is the last writer).
 -- NULL in rows written before the column existed: their creator is unknown, `run_id` is the best guess.
 ALTER TABLE id_map ADD COLUMN IF NOT EXISTS created_by_run VARCHAR;
+-- Added without a schema bump: a select column's Pipedrive option ids, each with the label its option was
+-- written under (`customermates.columns`). NULL in rows written before: their options are matched by label alone.
+ALTER TABLE column_map ADD COLUMN IF NOT EXISTS pipedrive_options JSON;
 """
 
 
@@ -923,21 +926,43 @@ class Staging:
 
     # -- load state -----------------------------------------------------------------------
     def column_map(self) -> dict[tuple[str, str], dict[str, Any]]:
-        rows = self.con.execute("SELECT entity, key, column_id, label, type, options FROM column_map").fetchall()
+        rows = self.con.execute("SELECT entity, key, column_id, label, type, options, pipedrive_options FROM column_map").fetchall()
         return {
-            (e, k): {"id": cid, "label": label, "type": typ, "options": json.loads(opts) if opts else None}
-            for e, k, cid, label, typ, opts in rows
+            (e, k): {
+                "id": cid, "label": label, "type": typ, "options": json.loads(opts) if opts else None,
+                "pipedrive_options": json.loads(pipedrive) if pipedrive else None,
+            }
+            for e, k, cid, label, typ, opts, pipedrive in rows
         }
 
     def save_column(self, entity: str, key: str, column: dict[str, Any], created_by_run: str | None) -> None:
-        values = [column["id"], column["label"], column["type"], json.dumps(column.get("options"))]
+        values = [column["id"], column["label"], column["type"], json.dumps(column.get("options")), json.dumps(column.get("pipedrive_options"))]
         self._update_or_insert(
-            "UPDATE column_map SET column_id = ?, label = ?, type = ?, options = ?, created_by_run = coalesce(created_by_run, ?) "
-            "WHERE entity = ? AND key = ?",
+            "UPDATE column_map SET column_id = ?, label = ?, type = ?, options = ?, pipedrive_options = ?, "
+            "created_by_run = coalesce(created_by_run, ?) WHERE entity = ? AND key = ?",
             [*values, created_by_run, entity, key],
-            "INSERT INTO column_map VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO column_map (entity, key, column_id, label, type, options, pipedrive_options, created_by_run) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [entity, key, *values, created_by_run],
         )
+
+    def relabel_written_options(self, entity: str, key: str, labels: dict[str, str]) -> None:
+        """Give the payloads as last written the new labels of options renamed in place (`labels`:
+        old → new): the records hold the same option, so their payloads are no change to write."""
+        ids = [
+            sid for (sid,) in self.con.execute(
+                "SELECT source_id FROM written_payloads WHERE entity = $e AND payload->'values'->>$k IN (SELECT unnest($old))",
+                {"e": entity, "k": key, "old": list(labels)},
+            ).fetchall()
+        ]
+        for start in range(0, len(ids), 2000):
+            payloads = self.written_for(entity, ids[start:start + 2000])
+            for payload in payloads.values():
+                payload["values"][key] = labels[payload["values"][key]]
+            self.con.execute(
+                "INSERT OR REPLACE INTO written_payloads SELECT $e, unnest($s), unnest($p)::JSON",
+                {"e": entity, "s": list(payloads), "p": [json.dumps(p, ensure_ascii=False, sort_keys=True) for p in payloads.values()]},
+            )
 
     def id_map_for(self, entity: str, source_ids: list[str]) -> dict[str, tuple[str, str]]:
         """source id → (target id, payload hash) for those of `source_ids` migrated."""
