@@ -303,7 +303,7 @@ def synthetic_plan(records_per_entity: int, *, coverage: Any = None) -> dict[str
     plan = {
         "summary": summary, "version": 1, "generated_at": "2025-01-01T00:00:00+00:00",
         "fingerprints": {"source": "s" * 32, "target": "t" * 32},
-        "schema": {"columns_to_create": [], "options_to_add": []}, "lossy": {}, "records": records,
+        "schema": {"columns_to_create": [], "options_to_add": [], "options_to_rename": []}, "lossy": {}, "records": records,
     }
     if coverage is not None:
         plan["coverage"] = coverage
@@ -344,12 +344,16 @@ def test_the_page_is_self_contained_and_escapes_everything():
     plan = synthetic_plan(5)
     hostile = '</script><script>alert(1)</script><!-- & "quotes" \'single\' 😀 مرحبا'
     plan["records"]["contacts"][1].update(name=hostile, changes=[{"field": "notes<b>", "before": hostile, "after": None}])
-    plan["schema"] = {"columns_to_create": [f"contacts: {hostile} (plain)"], "options_to_add": ["deals: Stage → <img src=x>"]}
+    plan["schema"] = {
+        "columns_to_create": [f"contacts: {hostile} (plain)"], "options_to_add": ["deals: Stage → <img src=x>"],
+        "options_to_rename": ["contacts: Anrede: <img src=y> → Mister"],
+    }
     plan["lossy"] = {"email_invalid": {"count": 1, "examples": [{"entity": "contacts", "source_id": "1", "field": "emails", "detail": hostile}]}}
     page = html_of(plan)
     assert page.count("<script") == 2  # the data block and the code, nothing from the plan
     assert "<img" not in page and "alert(1)</script>" not in page
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page  # schema and lossy, escaped
+    assert "Options to rename" in page and "Anrede: &lt;img src=y&gt; → Mister" in page
     data = re.search(r'<script type="application/json" id="plan-data">(.*?)</script>', page, re.DOTALL).group(1)
     assert "<" not in data and ">" not in data and "&" not in data
     rows = json.loads(data)["records"]["contacts"]

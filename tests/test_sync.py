@@ -575,6 +575,29 @@ def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env
     assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Mister", "Frau", "Divers", "Dr."]
 
 
+def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(env, pipedrive, customermates, tmp_path):
+    """A plan after "Herr" was renamed "Mister" in Pipedrive lists the rename, writes nothing and
+    finds the Herr records unchanged (they keep their option), where it planned a new option
+    "Mister" and an update of each of them; the sync after it renames the option."""
+    assert invoke(env, "run").exit_code == 0
+    column = _anrede(customermates)
+    herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+    _rename_option(pipedrive, "Anrede", "Herr", "Mister")
+    customermates.clear_requests()
+
+    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["schema"]["options_to_rename"] == ["contacts: Anrede: Herr → Mister"] and plan["schema"]["options_to_add"] == []
+    assert (plan["summary"]["contacts"]["update"], plan["summary"]["contacts"]["conflict"]) == (0, 0)
+    assert "- contacts: Anrede: Herr → Mister" in (tmp_path / "p" / "plan.md").read_text()
+    assert "options to rename: 1" in result.output
+    assert customermates.write_count() == 0 and _anrede(customermates) == column
+    assert invoke(env, "sync").exit_code == 0
+    assert [(o["label"], o["value"] == herr) for o in _anrede(customermates)["options"]["options"]][0] == ("Mister", True)
+
+
 def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedrive_is_renamed(env, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr." in Customermates, and "Frau" is renamed
     "Madam" in Pipedrive: the sync renames "Frau" only; "Mr." stays as the user set it."""

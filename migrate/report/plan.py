@@ -373,7 +373,7 @@ def build_plan(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         # what a saved plan is checked against (a run's own plan of conflicts is never saved)
         **({} if conflicts_only else {"fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint}}),
-        "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added},
+        "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added, "options_to_rename": columns.options_renamed},
         "lossy": lossy,
         "unmatched_users": owners,  # as the run report lists them; with the issues in `lossy` too
         "coverage": field_coverage or [],
@@ -475,6 +475,8 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
     lines += [f"- {c}" for c in schema["columns_to_create"]] or ["None."]
     if schema["options_to_add"]:
         lines += ["", "## Options to add", ""] + [f"- {o}" for o in schema["options_to_add"]]
+    if schema["options_to_rename"]:
+        lines += ["", "## Options to rename", ""] + [f"- {o}" for o in schema["options_to_rename"]]
     lines += ["", "## Values not carried exactly", ""]
     if not plan["lossy"]:
         lines.append("None.")
