@@ -346,7 +346,7 @@ def test_the_page_is_self_contained_and_escapes_everything():
     plan["records"]["contacts"][1].update(name=hostile, changes=[{"field": "notes<b>", "before": hostile, "after": None}])
     plan["schema"] = {
         "columns_to_create": [f"contacts: {hostile} (plain)"], "options_to_add": ["deals: Stage → <img src=x>"],
-        "options_to_rename": ["contacts: Anrede: <img src=y> → Mister"],
+        "options_to_rename": ["contacts: Anrede: <img src=y> → Mister"], "columns_to_rename": ["contacts: <img src=z> → Salutation"],
     }
     plan["lossy"] = {"email_invalid": {"count": 1, "examples": [{"entity": "contacts", "source_id": "1", "field": "emails", "detail": hostile}]}}
     page = html_of(plan)
@@ -354,6 +354,7 @@ def test_the_page_is_self_contained_and_escapes_everything():
     assert "<img" not in page and "alert(1)</script>" not in page
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page  # schema and lossy, escaped
     assert "Options to rename" in page and "Anrede: &lt;img src=y&gt; → Mister" in page
+    assert "Columns to rename" in page and "&lt;img src=z&gt; → Salutation" in page
     data = re.search(r'<script type="application/json" id="plan-data">(.*?)</script>', page, re.DOTALL).group(1)
     assert "<" not in data and ">" not in data and "&" not in data
     rows = json.loads(data)["records"]["contacts"]

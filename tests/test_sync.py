@@ -207,14 +207,18 @@ def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pip
     assert {"columnId": after["Newsletter"], "value": "weekly"} in record["customFieldValues"]
 
 
-def test_a_plan_made_after_a_field_was_renamed_leaves_the_column_rename_to_the_next_sync(env, pipedrive, customermates):
-    """A plan renames nothing, and the sync after it renames the column, where the plan saved the
-    field's new label as the column's and the sync saw no rename to make."""
+def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(env, pipedrive, customermates, tmp_path):
+    """A plan lists the rename and makes none, and the sync after it renames the column, where the
+    plan saved the field's new label as the column's and the sync saw no rename to make."""
     assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     _field(pipedrive, "personFields", "Anrede")["field_name"] = "Salutation"
 
-    assert invoke(env, "plan").exit_code == 0
+    planned = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    assert planned.exit_code == 0, planned.output
+    assert json.loads((tmp_path / "p" / "plan.json").read_text())["schema"]["columns_to_rename"] == ["contacts: Anrede → Salutation"]
+    assert "- contacts: Anrede → Salutation" in (tmp_path / "p" / "plan.md").read_text()
+    assert "to rename: 1;" in planned.output
     assert {c["label"]: c["id"] for c in customermates.columns("contact")} == before
     result = invoke(env, "sync")
 

@@ -373,7 +373,10 @@ def build_plan(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         # what a saved plan is checked against (a run's own plan of conflicts is never saved)
         **({} if conflicts_only else {"fingerprints": {"source": source_fingerprint(staging), "target": target.fingerprint}}),
-        "schema": {"columns_to_create": columns.created, "options_to_add": columns.options_added, "options_to_rename": columns.options_renamed},
+        "schema": {
+            "columns_to_create": columns.created, "columns_to_rename": columns.renamed,
+            "options_to_add": columns.options_added, "options_to_rename": columns.options_renamed,
+        },
         "lossy": lossy,
         "unmatched_users": owners,  # as the run report lists them; with the issues in `lossy` too
         "coverage": field_coverage or [],
@@ -473,6 +476,8 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
     schema = plan["schema"]
     lines += ["", f"## Custom columns to create ({len(schema['columns_to_create'])})", ""]
     lines += [f"- {c}" for c in schema["columns_to_create"]] or ["None."]
+    if schema.get("columns_to_rename"):
+        lines += ["", "## Columns to rename", ""] + [f"- {c}" for c in schema["columns_to_rename"]]
     if schema["options_to_add"]:
         lines += ["", "## Options to add", ""] + [f"- {o}" for o in schema["options_to_add"]]
     if schema["options_to_rename"]:

@@ -237,11 +237,14 @@ def _records_section(entities: list[str], actions: list[str]) -> str:
 
 def _schema(schema: dict[str, Any]) -> str:
     columns = list(schema.get("columns_to_create") or [])
+    column_renames = list(schema.get("columns_to_rename") or [])
     options = list(schema.get("options_to_add") or [])
     renames = list(schema.get("options_to_rename") or [])
     out = ['<section id="schema"><h2>Schema changes</h2>']
     out.append(f'<h3>Custom columns to create <span class="muted">({_n(len(columns))})</span></h3>')
     out.append(_grouped_list(columns, "schema-columns") if columns else '<p class="muted">None.</p>')
+    out.append(f'<h3>Columns to rename <span class="muted">({_n(len(column_renames))})</span></h3>')
+    out.append(_grouped_list(column_renames, "schema-column-renames") if column_renames else '<p class="muted">None.</p>')
     out.append(f'<h3>Options to add <span class="muted">({_n(len(options))})</span></h3>')
     out.append(_grouped_list(options, "schema-options") if options else '<p class="muted">None.</p>')
     out.append(f'<h3>Options to rename <span class="muted">({_n(len(renames))})</span></h3>')

@@ -27,7 +27,8 @@ def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, 
     console.print(table)
     schema = plan["schema"]
     console.print(
-        f"Custom columns to create: {len(schema['columns_to_create'])}; options to add: {len(schema['options_to_add'])}; "
+        f"Custom columns to create: {len(schema['columns_to_create'])}; to rename: {len(schema.get('columns_to_rename') or [])}; "
+        f"options to add: {len(schema['options_to_add'])}; "
         f"options to rename: {len(schema['options_to_rename'])}"
     )
     print_unmatched_owners(console, plan.get("unmatched_users") or [])
