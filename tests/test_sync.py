@@ -218,7 +218,7 @@ def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leave
     assert planned.exit_code == 0, planned.output
     assert json.loads((tmp_path / "p" / "plan.json").read_text())["schema"]["columns_to_rename"] == ["contacts: Anrede → Salutation"]
     assert "- contacts: Anrede → Salutation" in (tmp_path / "p" / "plan.md").read_text()
-    assert "to rename: 1;" in planned.output
+    assert "columns to rename: 1" in planned.output
     assert {c["label"]: c["id"] for c in customermates.columns("contact")} == before
     result = invoke(env, "sync")
 
@@ -577,6 +577,32 @@ def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env
     assert report["options_renamed"] == []
     assert (report["entities"]["contacts"]["updated"], report["entities"]["contacts"]["conflicts"]) == (1, 0)
     assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Mister", "Frau", "Divers", "Dr."]
+
+
+def test_a_stage_renamed_in_pipedrive_renames_its_option_in_place(env, pipedrive, customermates, tmp_path):
+    """A stage's option is "<pipeline> / <stage>", known by the stage's id: renaming the stage in
+    Pipedrive renames the option and its deals keep it, where a new option was added and every deal
+    of the stage moved onto it."""
+    assert invoke(env, "run").exit_code == 0
+    column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
+    old = next(o for o in column["options"]["options"] if o["label"] == "Vertrieb Neukunden / Qualifiziert")
+    deals = by_pipedrive_id(customermates, "deals")
+    staged = sorted(pid for pid, found in deals.items() if {"columnId": column["id"], "value": old["value"]} in found[0]["customFieldValues"])
+    assert staged
+    stage = next(s for s in pipedrive.collections["stages"] if s["id"] == 1)
+    stage["name"], stage["update_time"] = "Qualified", NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
+    labels = {o["value"]: o["label"] for o in column["options"]["options"]}
+    assert labels[old["value"]] == "Vertrieb Neukunden / Qualified" and "Vertrieb Neukunden / Qualifiziert" not in labels.values()
+    deals = by_pipedrive_id(customermates, "deals")
+    assert staged == sorted(pid for pid, found in deals.items() if {"columnId": column["id"], "value": old["value"]} in found[0]["customFieldValues"])
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["options_renamed"] == ["deals: Stage: Vertrieb Neukunden / Qualifiziert → Vertrieb Neukunden / Qualified"]
+    assert report["options_added"] == []
 
 
 def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(env, pipedrive, customermates, tmp_path):

@@ -241,19 +241,17 @@ class Transformer:
         return Field(decl.source_field, self._options(meta, option_field), self._options(meta, option_field, "options_deleted"))
 
     def _declared_options(self, collection: str, decl: ColumnDecl) -> list[tuple[str | None, str]]:
-        """(Pipedrive option id, label) of a declared select column's options; only a field's
-        options have ids (by which an option renamed in Pipedrive is known)."""
+        """(Pipedrive id, label) of a declared select column's options: a field option's id, a
+        pipeline's, a stage's or an activity type's key, by which an option renamed in Pipedrive is
+        known; the statuses, fixed labels, have none."""
         source = decl.options_from
         lk = self.lookups
         if source and source.startswith("field:"):
             return list(self._options(FIELD_META[collection], source.split(":", 1)[1]).items())
-        if source == "pipelines":
-            labels = list(lk.pipelines.values())
-        elif source == "stages":
-            labels = list(lk.stages.values())
-        elif source == "activity_types":
-            labels = list(lk.activity_types.values())
-        elif source == "deal_statuses":
+        named = {"pipelines": lk.pipelines, "stages": lk.stages, "activity_types": lk.activity_types}.get(source or "")
+        if named is not None:
+            return list(named.items())
+        if source == "deal_statuses":
             labels = ["Open", "Won", "Lost", "Lead"]
         elif source == "done":
             labels = ["Open", "Done"]
