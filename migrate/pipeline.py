@@ -14,7 +14,12 @@ from migrate.config import Settings
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex, ensure_columns
 from migrate.customermates.deletions import propagate_deletions
-from migrate.customermates.load import DEFAULT_MAX_BATCH, Loader, LoadSummary, owner_unmatched_issue
+from migrate.customermates.load import (
+    DEFAULT_MAX_BATCH,
+    Loader,
+    LoadSummary,
+    owner_unmatched_issue,
+)
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.errors import ConfigError, Interrupted, LockHeldError, MigrateError

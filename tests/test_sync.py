@@ -625,7 +625,7 @@ def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(env, pi
     assert "options to rename: 1" in result.output
     assert customermates.write_count() == 0 and _anrede(customermates) == column
     assert invoke(env, "sync").exit_code == 0
-    assert [(o["label"], o["value"] == herr) for o in _anrede(customermates)["options"]["options"]][0] == ("Mister", True)
+    assert next((o["label"], o["value"] == herr) for o in _anrede(customermates)["options"]["options"]) == ("Mister", True)
 
 
 def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedrive_is_renamed(env, pipedrive, customermates):

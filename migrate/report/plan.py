@@ -29,7 +29,12 @@ from typing import Any, Protocol, Self
 import ijson
 
 from migrate.customermates.columns import ColumnIndex
-from migrate.customermates.load import LINKS_SET, LOAD_USERS_KEY, owner_unmatched_issue, unmatched_owners
+from migrate.customermates.load import (
+    LINKS_SET,
+    LOAD_USERS_KEY,
+    owner_unmatched_issue,
+    unmatched_owners,
+)
 from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.errors import MigrateError
 from migrate.report.run_report import ISSUE_COLUMNS
