@@ -831,3 +831,18 @@ def test_a_link_whose_host_ends_in_a_number_but_is_no_ipv4_address_is_kept_as_te
             website = {key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}
             assert (website, str(n) in refused) == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
             assert is_secure_url(link) is valid, f"the fake Customermates on {link}"
+
+
+def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never_stops_the_transform(tmp_path):
+    """float() reads `-1_000` and `٠` (an Arabic-Indic zero) as numbers, which the text of the
+    zero-price issue then could not write: the whole transform stopped on one product."""
+    products = [{"id": n, "name": f"P{n}", "prices": [{"price": price, "currency": "EUR"}]} for n, price in ((1, "-1_000"), (2, "\u0660"), (3, "1_000"))]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("products", products, store.Checkpoint("products", None, 1, 3, True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "services")
+        assert [made[n]["fields"]["amount"] for n in ("1", "2", "3")] == [0.01] * 3
+        assert [made[n]["values"]["prices:as_entered"] for n in ("1", "2", "3")] == ["-1_000 EUR", "\u0660 EUR", "1_000 EUR"]
+        assert [(i["source_id"], i["detail"].split(";")[0]) for i in issues(staging, "product_zero_price")] == [
+            ("1", "price is '-1_000' (not a number) EUR"), ("2", "price is '\u0660' (not a number) EUR"), ("3", "price is '1_000' (not a number) EUR"),
+        ]

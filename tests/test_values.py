@@ -519,7 +519,10 @@ def test_truncate_plain_needs_a_positive_limit():
 
 @pytest.mark.parametrize(
     ("value", "number"),
-    [(12, 12.0), ("12.50", 12.5), (-0.5, -0.5), ("12,50", None), (True, None), ("NaN", None), ("1e999", None), (10**400, None), (None, None), ([1], None)],
+    [(12, 12.0), ("12.50", 12.5), (-0.5, -0.5), ("12,50", None), (True, None), ("NaN", None), ("1e999", None), (10**400, None), (None, None), ([1], None),
+     ("1_000", None), ("-1_000", None), ("\u0660", None), ("\u0661\u0662", None), ("infinity", None)],
 )
 def test_finite_number_reads_numbers_and_numeric_text_and_nothing_else(value, number):
+    """Numeric text as `decimal_string` reads it: Python's float() also takes underscores and other
+    scripts' digits, which a value written as text then cannot be (`decimal_string` refuses them)."""
     assert finite_number(value) == number

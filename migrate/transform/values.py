@@ -428,8 +428,9 @@ def as_plain_text(value: Any) -> str:
 def finite_number(value: Any) -> float | None:
     """A value that should be a number (a price, a quantity, an order number) as a finite float;
     ``None`` when it is none: missing, text such as ``"12,50"``, a boolean, NaN, or past what a
-    double holds."""
-    if isinstance(value, bool):
+    double holds. Text is a number only as `decimal_string` reads it: float() also takes ``"1_000"``
+    and other scripts' digits (``"٣٤"``)."""
+    if isinstance(value, bool) or (isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()) is None):
         return None
     try:
         number = float(value)
