@@ -846,3 +846,27 @@ def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never
         assert [(i["source_id"], i["detail"].split(";")[0]) for i in issues(staging, "product_zero_price")] == [
             ("1", "price is '-1_000' (not a number) EUR"), ("2", "price is '\u0660' (not a number) EUR"), ("3", "price is '1_000' (not a number) EUR"),
         ]
+
+
+def test_a_deal_product_line_whose_number_is_no_number_is_carried_as_written_with_the_other_lines(tmp_path):
+    """A quantity or price written as text (`2,5`) stopped the lines' encoder: every line of the deal
+    was lost, and 'Products (Pipedrive) (as entered)' got the deal's id, reported on field `id`."""
+    deal = {"id": 7, "title": "Rollout", "value": 10, "currency": "EUR", "status": "open"}
+    products = [{"id": n, "name": name, "prices": [{"price": 10, "currency": "EUR"}]} for n, name in ((3, "Widget"), (4, "Gadget"), (5, "Gizmo"))]
+    lines = [
+        {"id": 70, "deal_id": 7, "product_id": 3, "name": "Widget", "quantity": "2,5", "item_price": 10, "currency": "EUR"},
+        {"id": 71, "deal_id": 7, "product_id": 4, "name": "Gadget", "quantity": 1, "item_price": "1.234,50", "currency": "EUR", "discount": "5%"},
+        {"id": 72, "deal_id": 7, "product_id": 5, "name": "Gizmo", "quantity": -2, "item_price": 5, "currency": "EUR"},
+    ]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, rows in (("deals", [deal]), ("products", products), ("deal_products", lines)):
+            staging.write_page(collection, rows, store.Checkpoint(collection, None, 1, len(rows), True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "deals")["7"]
+        assert made["values"]["products"] == "2,5 × Widget @ 10 EUR; 1 × Gadget @ 1.234,50 EUR (discount 5% EUR); -2 × Gizmo @ 5 EUR"
+        assert "products:as_entered" not in made["values"]
+        assert made["services"] == [["3", 0.0], ["4", 1.0], ["5", 0.0]]
+        assert [(i["field"], i["rule"], i["detail"]) for i in staging.transform_issues()] == [
+            ("products", "invalid_value_kept_as_text", "product 3's quantity '2,5' is no number of 0 or more; linked with quantity 0, the line as written in 'Products (Pipedrive)'"),
+            ("products", "invalid_value_kept_as_text", "product 5's quantity -2 is no number of 0 or more; linked with quantity 0, the line as written in 'Products (Pipedrive)'"),
+        ]

@@ -573,7 +573,8 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 
 
 def _amount_text(amount: Any) -> str:
-    """A cost or a tax rate in a line of text: a plain decimal when it is a number, else as given."""
+    """A number in a line of text (a price's cost, a deal product line's quantity, price, discount or
+    tax): a plain decimal when it is a number, else as given, so one line's `2,5` loses no line."""
     return v.decimal_string(amount) if v.finite_number(amount) is not None else v.as_plain_text(amount)
 
 
@@ -595,10 +596,10 @@ def _deal_products(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
     parts = []
     for row in rows:
         name = row.get("name") or lk.product_names.get(str(row.get("product_id")), f"product #{row.get('product_id')}")
-        text = f"{v.decimal_string(row.get('quantity') or 0)} × {name} @ {v.decimal_string(row.get('item_price') or 0)} {row.get('currency') or ''}".rstrip()
+        text = f"{_amount_text(row.get('quantity') or 0)} × {name} @ {_amount_text(row.get('item_price') or 0)} {row.get('currency') or ''}".rstrip()
         if row.get("discount"):
             unit = "%" if row.get("discount_type") == "percentage" else f" {row.get('currency') or ''}".rstrip()
-            text += f" (discount {v.decimal_string(row['discount'])}{unit})"
+            text += f" (discount {_amount_text(row['discount'])}{unit})"
         for terms in (_line_tax(row), _line_billing(row)):
             if terms:
                 text += f" ({terms})"

@@ -151,12 +151,6 @@ def _is_infinite(value: Any) -> bool:
         return False
 
 
-def _number(value: Any) -> float:
-    """A quantity as a finite number, 0 when it is none: a payload holds no infinity."""
-    number = v.finite_number(value)
-    return 0.0 if number is None else number
-
-
 def deal_core(record: dict[str, Any], known: Known, deal_products: ByKey[list[dict[str, Any]]]) -> Core:
     core = Core()
     core.fields = {"name": _title(record, core, "deal")}
@@ -174,7 +168,13 @@ def deal_core(record: dict[str, Any], known: Known, deal_products: ByKey[list[di
             core.issues.append(
                 ("products", "deal_product_merged", f"product {product} appears on the deal more than once; quantities added up (Customermates links a service once)")
             )
-        quantities[product] = quantities.get(product, 0.0) + max(0.0, _number(row.get("quantity") if row.get("quantity") is not None else 1))
+        quantity = row.get("quantity") if row.get("quantity") is not None else 1
+        number = v.finite_number(quantity)  # a finite number: a payload holds no infinity
+        if number is None or number < 0:  # Customermates takes a quantity of 0 or more
+            core.issues.append(
+                ("products", "invalid_value_kept_as_text", f"product {product}'s quantity {quantity!r} is no number of 0 or more; linked with quantity 0, the line as written in 'Products (Pipedrive)'")
+            )
+        quantities[product] = quantities.get(product, 0.0) + max(0.0, number or 0.0)
     core.services = [[product, quantity] for product, quantity in quantities.items()]
     _owner(core, record)
     return core
