@@ -870,3 +870,33 @@ def test_a_deal_product_line_whose_number_is_no_number_is_carried_as_written_wit
             ("products", "invalid_value_kept_as_text", "product 3's quantity '2,5' is no number of 0 or more; linked with quantity 0, the line as written in 'Products (Pipedrive)'"),
             ("products", "invalid_value_kept_as_text", "product 5's quantity -2 is no number of 0 or more; linked with quantity 0, the line as written in 'Products (Pipedrive)'"),
         ]
+
+
+def test_a_nul_character_in_reference_data_is_taken_out_of_every_value_and_column_and_reported_for_every_record(tmp_path):
+    """A user's, a stage's, an option's or a field's name with U+0000 reached the records and columns
+    made of it, which Postgres refuses: every batch holding such a record failed, and so did the column."""
+    user = {"id": 1, "name": "Ad\x00a", "email": "ada@example.com"}
+    pipeline, stage = {"id": 1, "name": "Sal\x00es", "order_nr": 1}, {"id": 2, "name": "Won\x00", "pipeline_id": 1, "order_nr": 1}
+    tier = {"field_code": "abc", "field_name": "Ti\x00er", "field_type": "enum", "is_custom_field": True, "options": [{"id": 1, "label": "Go\x00ld"}]}
+    person = {"id": 5, "name": "Ann", "owner_id": 1, "org_id": 9, "custom_fields": {"abc": 1}}
+    deal = {"id": 7, "title": "Rollout", "status": "open", "pipeline_id": 1, "stage_id": 2, "org_id": 9}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, rows, key in (("users", [user], "id"), ("pipelines", [pipeline], "id"), ("stages", [stage], "id"),
+                                      ("personFields", [tier], "field_code"), ("persons", [person], "id"), ("deals", [deal], "id"),
+                                      ("organizations", [{"id": 9, "name": "Ac\x00me"}], "id")):
+            staging.write_page(collection, rows, store.Checkpoint(collection, None, 1, 1, True), "run", key=key)
+        transform(staging, load_mappings())
+        made = [payload for entity in ("contacts", "deals", "organizations") for _, payload, _ in staging.iter_targets(entity)]
+        assert "\\u0000" not in json.dumps(made) + json.dumps(staging.target_columns())
+        contact, deal_made = targets(staging, "contacts")["5"], targets(staging, "deals")["7"]
+        assert (contact["values"]["owner"], contact["values"]["cf:abc"]) == ("Ada <ada@example.com>", "Gold")
+        assert (deal_made["values"]["pipeline"], deal_made["values"]["stage"]) == ("Sales", "Sales / Won")
+        assert columns(staging, "contacts")["Tier"]["options"] == ["Gold"]
+        assert sorted((i["entity"], i["source_id"], i["field"], i["detail"].split(":")[0]) for i in issues(staging, "character_replaced")) == [
+            ("*", "*", "personFields.field_name", "Pipedrive personFields abc"),
+            ("*", "*", "personFields.options.0.label", "Pipedrive personFields abc"),
+            ("*", "*", "pipelines.name", "Pipedrive pipelines 1"),
+            ("*", "*", "stages.name", "Pipedrive stages 2"),
+            ("*", "*", "users.name", "Pipedrive users 1"),
+            ("organizations", "9", "name", "a NUL character (U+0000), which Customermates' database cannot store in text; removed"),
+        ]

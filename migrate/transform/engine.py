@@ -36,6 +36,8 @@ from migrate.transform.lookups import IdSet, LookupLog, NameTable, SortedGroups
 from migrate.transform.mapping import ColumnDecl, Mappings, SourceMapping
 from migrate.transform.records import (
     CHARACTER_REPLACED,
+    NUL_ESCAPE,
+    NUL_REMOVED,
     OWN_TEXTS,
     V1_ENCODED,
     Batch,
@@ -47,6 +49,7 @@ from migrate.transform.records import (
     RecordMaker,
     TargetRow,
     utc_or_none,
+    without_nul,
 )
 
 ProgressFn = Callable[[str, int], None]
@@ -128,10 +131,10 @@ class Transformer:
     # -- reference data -------------------------------------------------------------------
     def _lookups(self, phone_region: str | None) -> Lookups:
         st = self.staging
-        users = {str(u["id"]): u for u in st.iter_raw("users")}
-        pipelines = {str(p["id"]): p for p in st.iter_raw("pipelines")}
+        users = {str(u["id"]): u for u in self._reference("users")}
+        pipelines = {str(p["id"]): p for p in self._reference("pipelines")}
         stages = sorted(
-            st.iter_raw("stages"),
+            self._reference("stages"),
             key=lambda s: (_rank(pipelines.get(str(s.get("pipeline_id")), {}).get("order_nr")), _rank(s.get("pipeline_id")), _rank(s.get("order_nr")), _rank(s["id"]), str(s["id"])),
         )
         stage_labels = {
@@ -142,17 +145,25 @@ class Transformer:
             users=users,
             pipelines={pid: p.get("name") or f"Pipeline #{pid}" for pid, p in sorted(pipelines.items(), key=lambda kv: (_rank(kv[1].get("order_nr")), _rank(kv[0]), kv[0]))},
             stages=stage_labels,
-            activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in st.iter_raw("activityTypes")},
-            lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in st.iter_raw("leadLabels")},
+            activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in self._reference("activityTypes")},
+            lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in self._reference("leadLabels")},
             organization_names=self.log.watch(self._names("organizations"), "organizations"),
             person_names=self.log.watch(self._names("persons"), "contacts"),
-            product_names=self.log.watch({str(p["id"]): p.get("name") or "" for p in st.iter_raw("products")}, "services"),
+            product_names=self.log.watch({str(p["id"]): str(p.get("name") or "").replace("\x00", "") for p in st.iter_raw("products")}, "services"),
             phone_region=phone_region or self._region_from_users(users),
         )
 
+    def _reference(self, collection: str) -> Iterator[dict[str, Any]]:
+        """The rows of a reference collection (`REFERENCE_COLLECTIONS`) without NUL characters, which
+        Postgres stores in no text: a user's name with one would fail every batch holding a record
+        the user owns, a field's label or option the column. `_reference_issues` reports them."""
+        for row in self.staging.iter_raw(collection):
+            yield without_nul(row, "", [])
+
     def _reference_issues(self) -> list[Issue]:
-        """A character replaced in reference data (a user's name, a stage's, a field's label) shows
-        wherever it is used: one issue for every record (`*`), on field `<collection>.<field>`."""
+        """A character replaced in reference data (a user's name, a stage's, a field's label) or a
+        NUL taken out of it shows wherever it is used: one issue for every record (`*`), on field
+        `<collection>.<field>`."""
         found = []
         for collection in REFERENCE_COLLECTIONS:
             if not self.staging.has_collection(collection):
@@ -161,6 +172,10 @@ class Transformer:
             for identity, paths in self.staging.scan_in_id_order(f"id, data->>'{REPLACED_CHARACTERS}'", raw_table(collection), "id", where):
                 detail = f"Pipedrive {collection} {identity}: {CHARACTER_REPLACED}"
                 found += [("*", "*", f"{collection}.{path}", "character_replaced", detail) for path in json.loads(paths)]
+            for identity, data in self.staging.scan_in_id_order("id, data", raw_table(collection), "id", f"contains(data, '{NUL_ESCAPE}')"):
+                without_nul(json.loads(data), "", removed := [])
+                detail = f"Pipedrive {collection} {identity}: {NUL_REMOVED}"
+                found += [("*", "*", f"{collection}.{path}", "character_replaced", detail) for path in removed]
         return found
 
     @staticmethod
@@ -175,7 +190,7 @@ class Transformer:
         if not self.staging.has_collection(collection):
             return NameTable(())
         return NameTable(
-            (str(identity), name if name else entities.NO_NAME)
+            (str(identity), (name or "").replace("\x00", "") or entities.NO_NAME)  # without a NUL, as the record's own name
             for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)} ORDER BY num_id")
         )
 
@@ -203,7 +218,7 @@ class Transformer:
         return known
 
     def _field_meta(self, meta: str) -> dict[str, dict[str, Any]]:
-        return {str(f.get("field_code") or f.get("key")): f for f in self.staging.iter_raw(meta)}
+        return {str(f.get("field_code") or f.get("key")): f for f in self._reference(meta)}
 
     # -- columns --------------------------------------------------------------------------
     def _declare_columns(self) -> None:

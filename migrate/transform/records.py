@@ -88,10 +88,10 @@ def payload_hash(payload: dict[str, Any]) -> str:
     return text_hash(payload_text(payload))
 
 
-_NUL_ESCAPE = "\\u0000"
+NUL_ESCAPE = "\\u0000"  # how a JSON text writes U+0000
 
 
-def _without_nul(value: Any, path: str, removed: list[str]) -> Any:
+def without_nul(value: Any, path: str, removed: list[str]) -> Any:
     """`value` with the NUL characters taken out of its strings (keys too); `removed` gets their
     dotted paths (list items by index). Postgres refuses U+0000 in text, and Customermates answers
     a batch holding one with a 500 that names no record."""
@@ -104,10 +104,10 @@ def _without_nul(value: Any, path: str, removed: list[str]) -> Any:
         items = {}
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
-            items[_without_nul(key, where, removed)] = _without_nul(item, where, removed)
+            items[without_nul(key, where, removed)] = without_nul(item, where, removed)
         return items
     if isinstance(value, list):
-        return [_without_nul(item, f"{path}.{n}" if path else str(n), removed) for n, item in enumerate(value)]
+        return [without_nul(item, f"{path}.{n}" if path else str(n), removed) for n, item in enumerate(value)]
     return value
 
 
@@ -199,14 +199,14 @@ class RecordMaker:
             if _deleted(record):
                 made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated"))
                 continue
-            if _NUL_ESCAPE in text:  # JSON writes U+0000 only escaped: the text tells whether to look
-                record = _without_nul(record, "", removed := [])
+            if NUL_ESCAPE in text:  # JSON writes U+0000 only escaped: the text tells whether to look
+                record = without_nul(record, "", removed := [])
                 made.issues += [(entity, sid, path, "character_replaced", NUL_REMOVED) for path in removed]
             rows = []
             for row_text in product_rows:
                 row = jsontext.loads(row_text)
-                if _NUL_ESCAPE in row_text:
-                    row = _without_nul(row, f"products.{row.get('id')}", removed := [])
+                if NUL_ESCAPE in row_text:
+                    row = without_nul(row, f"products.{row.get('id')}", removed := [])
                     made.issues += [(entity, sid, path, "character_replaced", NUL_REMOVED) for path in removed]
                 rows.append(row)
             self.lookups.deal_products = {str(record.get("id")): rows} if rows else {}
