@@ -900,3 +900,18 @@ def test_a_nul_character_in_reference_data_is_taken_out_of_every_value_and_colum
             ("*", "*", "users.name", "Pipedrive users 1"),
             ("organizations", "9", "name", "a NUL character (U+0000), which Customermates' database cannot store in text; removed"),
         ]
+
+
+def test_several_ids_in_a_pipeline_or_stage_are_kept_as_text_not_all_but_the_last_dropped(tmp_path):
+    """A single select holds one option: each id was chosen in turn, and only the last one stayed."""
+    pipelines = [{"id": 1, "name": "Sales", "order_nr": 1}, {"id": 2, "name": "Partners", "order_nr": 2}]
+    stages = [{"id": 3, "name": "Lead in", "pipeline_id": 1, "order_nr": 1}, {"id": 4, "name": "Won", "pipeline_id": 2, "order_nr": 1}]
+    deal = {"id": 7, "title": "Rollout", "status": "open", "pipeline_id": [1, 2], "stage_id": [3, 4]}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, rows in (("pipelines", pipelines), ("stages", stages), ("deals", [deal])):
+            staging.write_page(collection, rows, store.Checkpoint(collection, None, 1, len(rows), True), "run")
+        transform(staging, load_mappings())
+        values = targets(staging, "deals")["7"]["values"]
+        assert (values.get("pipeline"), values.get("stage")) == (None, None)
+        assert (values["pipeline:as_entered"], values["stage:as_entered"]) == ("1, 2", "3, 4")
+        assert sorted(i["field"] for i in issues(staging, "invalid_value_kept_as_text")) == ["pipeline_id", "stage_id"]

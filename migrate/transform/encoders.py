@@ -513,15 +513,24 @@ def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Loo
     out.put(spec, _names(value, lk.lead_labels, "Label {}"))
 
 
+def _one_id(value: Any) -> list[str]:
+    """The id of a single select's value, in a list (none: empty); several, which one option cannot
+    hold, raise (the engine keeps them as entered, reported), where all but the last went unsaid."""
+    ids = _ids(value)
+    if len(ids) > 1:
+        raise ValueError(f"{len(ids)} ids where the column takes one")
+    return ids
+
+
 @encoder("pipeline")
 def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _ids(value):
+    for i in _one_id(value):
         _choose(spec, out, lk.pipelines.get(i) or f"Pipeline #{i}")
 
 
 @encoder("stage")
 def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _ids(value):
+    for i in _one_id(value):
         _choose(spec, out, lk.stages.get(i) or f"Stage #{i}")
 
 
