@@ -915,3 +915,18 @@ def test_several_ids_in_a_pipeline_or_stage_are_kept_as_text_not_all_but_the_las
         assert (values.get("pipeline"), values.get("stage")) == (None, None)
         assert (values["pipeline:as_entered"], values["stage:as_entered"]) == ("1, 2", "3, 4")
         assert sorted(i["field"] for i in issues(staging, "invalid_value_kept_as_text")) == ["pipeline_id", "stage_id"]
+
+
+def test_a_number_column_keeps_a_value_that_is_no_number_as_json_text_and_names_the_column(tmp_path):
+    """An object was written as Python shows it ({'value': 5}), and the issue named no column."""
+    organizations = [{"id": 9, "name": "Acme", "employee_count": {"value": 5}, "annual_revenue": False}, {"id": 10, "name": "Beta", "employee_count": "1.234,50"}]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("organizations", organizations, store.Checkpoint("organizations", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        made = {sid: (payload["values"].get("employee_count"), payload["values"].get("annual_revenue")) for sid, payload in targets(staging, "organizations").items()}
+        assert made == {"9": ('{"value": 5}', "false"), "10": ("1.234,50", None)}
+        assert sorted((i["source_id"], i["field"], i["detail"]) for i in issues(staging, "number_kept_as_text")) == [
+            ("10", "employee_count", "'1.234,50' is not a number; kept as text in 'Employees'"),
+            ("9", "annual_revenue", "'false' is not a number; kept as text in 'Annual revenue'"),
+            ("9", "employee_count", """'{"value": 5}' is not a number; kept as text in 'Employees'"""),
+        ]

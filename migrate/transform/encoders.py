@@ -7,6 +7,7 @@ every value it cannot carry exactly through `RecordOut.issue` — never a silent
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -154,8 +155,9 @@ def _number(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
     try:
         out.put(spec, v.decimal_string(value))
     except (ValueError, TypeError):
-        out.put(spec, str(value))
-        out.issue(fld.name, "number_kept_as_text", f"{value!r} is not a number; kept as text")
+        text = v.as_plain_text(value) or json.dumps(value)  # an object as its JSON; false, [] and {}, which are "" there, too
+        out.put(spec, text)
+        out.issue(fld.name, "number_kept_as_text", f"{text!r} is not a number; kept as text in '{spec.label}'")
 
 
 def _flag(value: Any) -> bool:
