@@ -930,3 +930,52 @@ def test_a_number_column_keeps_a_value_that_is_no_number_as_json_text_and_names_
             ("9", "annual_revenue", "'false' is not a number; kept as text in 'Annual revenue'"),
             ("9", "employee_count", """'{"value": 5}' is not a number; kept as text in 'Employees'"""),
         ]
+
+
+def _made(staging: Staging, collection: str, record: dict) -> tuple[dict, list[tuple[str, str, str]]]:
+    """One record made from the staged sample: its payload's values, and its issues (field, rule, detail)."""
+    made = engine.Transformer(staging, load_mappings()).maker.make(records.Batch(collection, [(json.dumps(record), [], [])], {}))
+    return json.loads(made.rows[0][2])["values"], [issue[2:] for issue in made.issues]
+
+
+def test_an_item_naming_no_id_beside_ids_is_kept_as_text_and_reported_not_dropped(sample_staging):
+    """Alone, an object with neither value nor id goes to 'as entered' as any value a column passes
+    over; beside an id it went nowhere, without a word (owner, organization, person, labels, stage)."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    odd = {"name": "Nordwind"}
+    custom = {**deal["custom_fields"], "173550ca9b331807a6aafa6f8f5f2a8824d3a0ae": [1, odd], "df27b77906b6ef3bf3ed705a7e04de8eb8fbc5b4": [odd, 1],
+              "21d581e2db9b0ffb4296826fb5d8c801d1e6b495": [1, [odd]]}
+    values, found = _made(sample_staging, "deals", {**deal, "custom_fields": custom, "label_ids": [1, odd], "creator_user_id": [1, odd], "stage_id": [1, odd]})
+    columns = {  # the field an issue names (a custom field by its name) → its column
+        "Vertriebspartner": "Vertriebspartner", "Technischer Ansprechpartner": "Technischer Ansprechpartner", "Pre-Sales Engineer": "Pre-Sales Engineer",
+        "label_ids": "Labels", "creator_user_id": "Created by", "stage_id": "Stage",
+    }
+    for key in ("creator", "labels", "stage"):
+        assert values[key] and values[f"{key}:as_entered"] == "Nordwind"
+    kept = sorted((fld, detail) for fld, rule, detail in found if rule == "invalid_value_kept_as_text")
+    assert kept == sorted(
+        (fld, f"'Nordwind' cannot be read (not an id or an object with one); kept as text in '{label} (as entered)'") for fld, label in columns.items()
+    )
+    lead = next(sample_staging.iter_raw("leads"))
+    values, found = _made(sample_staging, "leads", {**lead, "label_ids": ["6513270e-269e-4d37-b2a7-4de452e6b438", odd]})
+    assert (values["labels"], values["labels:as_entered"]) == ("Heiß", "Nordwind")
+    assert ("label_ids", "invalid_value_kept_as_text", "'Nordwind' cannot be read (not an id or an object with one); kept as text in 'Labels (as entered)'") in found
+
+
+def test_an_attendee_that_is_no_object_beside_attendees_is_kept_as_text_and_reported_not_dropped(sample_staging):
+    activity = next(sample_staging.iter_raw("activities"))
+    attendees = [{"name": "Ann", "email": "ann@example.com"}, "bo@example.com", {"note": "ask Cy"}, {"email_address": None}]
+    values, found = _made(sample_staging, "activities", {**activity, "attendees": attendees})
+    assert (values["attendees"], values["attendees:as_entered"]) == ("Ann <ann@example.com>", "bo@example.com, ask Cy")
+    assert [i for i in found if i[0] == "attendees"] == [
+        ("attendees", "invalid_value_kept_as_text", "'bo@example.com, ask Cy' cannot be read (not an attendee, an object with a name or an email); kept as text in 'Attendees (as entered)'"),
+    ]
+
+
+def test_a_price_that_is_no_object_beside_prices_is_kept_as_text_and_reported_not_dropped(sample_staging):
+    product = next(p for p in sample_staging.iter_raw("products") if p["id"] == 1)
+    values, found = _made(sample_staging, "products", {**product, "prices": [{"price": 49, "currency": "EUR"}, "52 CHF", [60]]})
+    assert (values["prices"], values["prices:as_entered"]) == ("49 EUR", "52 CHF, 60")
+    assert [i for i in found if i[0] == "prices"] == [
+        ("prices", "invalid_value_kept_as_text", "'52 CHF, 60' cannot be read (not a price, an object with one); kept as text in 'Prices (as entered)'"),
+    ]

@@ -99,6 +99,18 @@ def keep_as_entered(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut, re
     out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r} cannot be read ({reason}); kept as text in '{fallback.label}'")
 
 
+def _beside_readable(items: list[Any], readable: Callable[[Any], Any]) -> tuple[list[Any], list[Any]]:
+    """A list's items that `readable` takes, and beside them the others that hold something (an
+    empty item, such as a phone without a number, holds nothing): those the encoder keeps as entered,
+    reported (`keep_as_entered`), where they went without a word while it wrote the readable ones.
+    With none readable there are none: the engine keeps the whole value so (`RecordMaker._encode`)."""
+    taken: list[Any] = []
+    others: list[Any] = []
+    for item in items:
+        (taken if readable(item) else others).append(item)
+    return taken, [item for item in others if content(item)] if taken else []
+
+
 def content(value: Any) -> str:
     """What of a value a column could show: an object's `value` when it has one (the rest is labels
     and flags, as in an empty phone item), else all of it; "" for null, false and empty shapes."""
@@ -357,24 +369,40 @@ def user_label(user: dict[str, Any] | None, user_id: str) -> str:
     return f"{name} <{email}>" if name and email else name or email or f"Pipedrive user #{user_id}"
 
 
-def _names(value: Any, names: ByKey[str], unknown: str) -> str | None:
+def _leaves(value: Any) -> list[Any]:
+    """A list's items, those of a list in it too (`[1, [2]]` holds 1 and 2); anything else alone."""
+    return [leaf for item in value for leaf in _leaves(item)] if isinstance(value, list) else [value]
+
+
+def _read_ids(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[str]:
+    """The ids a value names (`_ids`); an item of a list beside them that names none (an object with
+    neither value nor id: `{"name": "X"}`) is kept as entered, reported (`_beside_readable`)."""
+    if not isinstance(value, list):
+        return _ids(value)
+    readable, unread = _beside_readable(_leaves(value), _ids)
+    if unread:
+        keep_as_entered(unread, spec, fld, out, "not an id or an object with one")
+    return [i for item in readable for i in _ids(item)]
+
+
+def _names(ids: list[str], names: ByKey[str], unknown: str) -> str | None:
     """Referenced ids as their readable names, comma-joined; `unknown` formats a missing one."""
-    return ", ".join(names.get(i) or unknown.format(i) for i in _ids(value)) or None
+    return ", ".join(names.get(i) or unknown.format(i) for i in ids) or None
 
 
 @encoder("user")
 def _user(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(user_label(lk.users.get(i), i) for i in _ids(value)) or None)
+    out.put(spec, ", ".join(user_label(lk.users.get(i), i) for i in _read_ids(value, spec, fld, out)) or None)
 
 
 @encoder("organization")
 def _organization(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(value, lk.organization_names, "Pipedrive organization #{}"))
+    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.organization_names, "Pipedrive organization #{}"))
 
 
 @encoder("person")
 def _person(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(value, lk.person_names, "Pipedrive person #{}"))
+    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.person_names, "Pipedrive person #{}"))
 
 
 def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
@@ -403,11 +431,16 @@ def _phones(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
     integer) is read as one too, and an item of another shape goes to '<column> (as entered)', reported."""
     items = value if isinstance(value, list) else []
     ordered = sorted(items, key=lambda i: not (isinstance(i, dict) and i.get("primary")))
-    numbers = [i.get("value") if isinstance(i, dict) else i for i in ordered]
-    readable = [n for n in numbers if isinstance(n, str | int) and not isinstance(n, bool) and str(n).strip()]
-    _phone_values([str(n).strip() for n in readable], spec, fld, lk, out)
-    if readable and (unread := [i for i, n in zip(ordered, numbers, strict=True) if n not in readable and content(i)]):
+    readable, unread = _beside_readable(ordered, _phone_number)
+    _phone_values([_phone_number(item) for item in readable], spec, fld, lk, out)
+    if unread:
         keep_as_entered(unread, spec, fld, out, "not a phone number or an item with one")
+
+
+def _phone_number(item: Any) -> str:
+    """A phone item's number: its `value`, or the item itself given bare (text or an integer); "" for none."""
+    number = item.get("value") if isinstance(item, dict) else item
+    return str(number).strip() if isinstance(number, str | int) and not isinstance(number, bool) else ""
 
 
 @encoder("phone")
@@ -421,10 +454,10 @@ def _contact_items(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
     """`[{value, primary, label}]` as "value (label), ..."; an item of another shape beside them
     goes to '<column> (as entered)', reported (an item without a value is an empty one)."""
     if isinstance(value, list):
-        items = [i for i in value if isinstance(i, dict) and i.get("value")]
+        items, unread = _beside_readable(value, lambda i: isinstance(i, dict) and i.get("value"))
         parts = [f"{i['value']} ({i['label']})" if i.get("label") else str(i["value"]) for i in items]
         out.put(spec, ", ".join(dict.fromkeys(parts)) or None)  # an item twice (differing in its primary flag, say) once
-        if items and (unread := [i for i in value if not (isinstance(i, dict) and i.get("value")) and content(i)]):
+        if unread:
             keep_as_entered(unread, spec, fld, out, "not an item with a value")
 
 
@@ -500,7 +533,7 @@ def _ipv4_number(label: str) -> int | None:
 @encoder("labels")
 def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     names, missing = [], []
-    for key in _ids(value):
+    for key in _read_ids(value, spec, fld, out):
         name = fld.options.get(key) or fld.deleted_options.get(key)
         names.append(name or f"Label #{key}")
         if key not in fld.options:
@@ -512,27 +545,28 @@ def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 
 @encoder("lead_labels")
 def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(value, lk.lead_labels, "Label {}"))
+    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.lead_labels, "Label {}"))
 
 
-def _one_id(value: Any) -> list[str]:
+def _one_id(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[str]:
     """The id of a single select's value, in a list (none: empty); several, which one option cannot
-    hold, raise (the engine keeps them as entered, reported), where all but the last went unsaid."""
+    hold, raise (the engine keeps them as entered, reported), where all but the last went unsaid.
+    An item beside the id that names none is kept as entered, reported (`_read_ids`)."""
     ids = _ids(value)
     if len(ids) > 1:
         raise ValueError(f"{len(ids)} ids where the column takes one")
-    return ids
+    return _read_ids(value, spec, fld, out)
 
 
 @encoder("pipeline")
 def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _one_id(value):
+    for i in _one_id(value, spec, fld, out):
         _choose(spec, out, lk.pipelines.get(i) or f"Pipeline #{i}")
 
 
 @encoder("stage")
 def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _one_id(value):
+    for i in _one_id(value, spec, fld, out):
         _choose(spec, out, lk.stages.get(i) or f"Stage #{i}")
 
 
@@ -561,13 +595,18 @@ def _done(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
 @encoder("attendees")
 def _attendees(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if isinstance(value, list):
-        parts = []
-        for a in value:
-            if not isinstance(a, dict):
-                continue
-            name, email = a.get("name") or "", a.get("email") or a.get("email_address") or ""
-            parts.append(f"{name} <{email}>" if name and email else name or email)
-        out.put(spec, ", ".join(p for p in parts if p) or None)
+        attendees, unread = _beside_readable(value, _attendee)
+        out.put(spec, ", ".join(map(_attendee, attendees)) or None)
+        if unread:
+            keep_as_entered(unread, spec, fld, out, "not an attendee, an object with a name or an email")
+
+
+def _attendee(item: Any) -> str:
+    """An attendee as "Name <email>", or either alone; "" for one with neither, or an item that is no object."""
+    if not isinstance(item, dict):
+        return ""
+    name, email = item.get("name") or "", item.get("email") or item.get("email_address") or ""
+    return f"{name} <{email}>" if name and email else str(name or email)
 
 
 @encoder("prices")
@@ -575,12 +614,11 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
     if isinstance(value, list):
         if any(isinstance(p, dict) and "price" not in p for p in value):
             raise ValueError("a price without 'price'")
-        parts = [
-            f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() + _price_terms(p)
-            for p in value
-            if isinstance(p, dict)
-        ]
+        prices, unread = _beside_readable(value, lambda p: isinstance(p, dict))
+        parts = [f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() + _price_terms(p) for p in prices]
         out.put(spec, "; ".join(parts) or None)
+        if unread:
+            keep_as_entered(unread, spec, fld, out, "not a price, an object with one")
 
 
 def _amount_text(amount: Any) -> str:
