@@ -979,3 +979,25 @@ def test_a_price_that_is_no_object_beside_prices_is_kept_as_text_and_reported_no
     assert [i for i in found if i[0] == "prices"] == [
         ("prices", "invalid_value_kept_as_text", "'52 CHF, 60' cannot be read (not a price, an object with one); kept as text in 'Prices (as entered)'"),
     ]
+
+
+def test_a_control_character_the_notes_conversion_takes_out_is_reported_naming_the_note(tmp_path):
+    """A NUL or another control character in a note's HTML, or a NUL in its author's name, was taken out
+    without a word; so was a control character other than NUL in a record's own text joining its notes."""
+    person = {"id": 5, "name": "Ann", "notes": "<p>own\x01text</p>"}
+    notes_rows = [
+        {"id": 1, "content": "<p>x\x00y\x7f</p>", "person_id": 5, "add_time": "2024-01-01 00:00:00", "user_id": 99, "user": {"name": "Gh\x00ost"}},
+        {"id": 2, "content": "<p>clean\tline</p>", "person_id": 5, "add_time": "2024-01-02 00:00:00"},
+    ]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [person], store.Checkpoint("persons", None, 1, 1, True), "run")
+        staging.write_page("notes", notes_rows, store.Checkpoint("notes", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        assert targets(staging, "contacts")["5"]["notes"] == (
+            "**Ghost** · 2024-01-01 00:00 UTC\n\nxy\n\n---\n\n2024-01-02 00:00 UTC\n\nclean line\n\n---\n\nContact notes\n\nowntext"
+        )
+        removed = "a NUL or other control character, which the conversion of notes to Markdown takes out; removed"
+        assert sorted((i["entity"], i["source_id"], i["field"], i["detail"]) for i in issues(staging, "character_replaced")) == [
+            ("contacts", "5", "notes", f"Contact notes (U+0001): {removed}"),
+            ("contacts", "5", "notes", f"Pipedrive note 1, content (U+0000, U+007F), user.name (U+0000): {removed}"),
+        ]

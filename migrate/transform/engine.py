@@ -73,6 +73,8 @@ FIELD_META = {
 }
 ISSUES_PER_FLUSH = 5000
 NOTES_PER_BATCH = 2000
+# A control character as a note's JSON text holds it (escaped, or DEL as itself): a note with one is read again for which
+CONTROL_ESCAPES = r"\\u00[01][0-9a-fA-F]|\\[bf]|\x7f"
 TEXTS_PER_BATCH = 500  # note bodies and record texts converted to markdown at a time
 LONG_TEXT = 20_000  # characters of HTML from which a text is converted in the main process
 RECORDS_PER_BATCH = 500  # records made at a time (in a worker process, when there are workers)
@@ -453,33 +455,53 @@ class Transformer:
         rows_read = "NOT coalesce(is_deleted, false)"
         if self._only_dirty:  # then only the notes that may belong to a record made again are parsed
             rows_read += " AND " + incremental.grouped_filter("notes")
+        # `controls`: the note's JSON holds a control character, which its conversion takes out (escaped
+        # as \u0001, \b or \f, or DEL itself); then `_removed_in_notes` reads its content for which.
         notes_read = (
             "(SELECT try_cast(id AS BIGINT) AS note_id, f[1]->>'$' AS target, f[2]->>'$' AS user_id, f[3]->>'$' AS add_time, "
-            "f[4] AS pinned, f[5]->>'$' AS user_name, md5(coalesce(f[6]->>'$', '')) AS digest, f[7] AS replaced "
-            f"FROM (SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE {rows_read}))"
+            "f[4] AS pinned, f[5]->>'$' AS user_name, md5(coalesce(f[6]->>'$', '')) AS digest, f[7] AS replaced, controls "
+            f"FROM (SELECT id, json_extract(data, {paths!r}) AS f, regexp_matches(data, '{CONTROL_ESCAPES}') AS controls "
+            f"FROM {raw_table('notes')} WHERE {rows_read}))"
         )
         where = "target IS NOT NULL"
         if self._only_dirty:
             entity, prefix = self.sources[collection]
             where += " AND " + incremental.dirty_filter(entity, "target", prefix)
         rows = self.staging.stream_ordered(
-            "target, user_id, add_time, pinned, user_name, digest, replaced, note_id", notes_read, "target", where, then="note_id"
+            "target, user_id, add_time, pinned, user_name, digest, replaced, controls, note_id", notes_read, "target", where, then="note_id"
         )
 
         def entries(batch: list[tuple[Any, ...]]) -> Iterator[tuple[str, notes.NoteEntry]]:
             markdown = self.staging.note_markdown({r[5] for r in batch})
-            for target, user_id, add_time, pinned, user_name, digest, replaced, note_id in batch:
-                author = self.lookups.users.get(str(user_id))
+            removed_in_content = self._removed_in_notes({r[8] for r in batch if r[7]})
+            for target, user_id, add_time, pinned, user_name, digest, replaced, _, note_id in batch:
+                user = self.lookups.users.get(str(user_id))
+                author = v.as_plain_text((user or {}).get("name") or user_name) or None
+                # a user's name is without NUL (`_reference`); a name the note itself gives loses it in the notes
+                removed = [f"content ({chars})"] if (chars := removed_in_content.get(note_id)) else []
+                removed += ["user.name (U+0000)"] if author and "\x00" in author else []
                 yield target, notes.NoteEntry(
-                    author=v.as_plain_text((author or {}).get("name") or user_name) or None,
+                    author=author,
                     created=utc_or_none(add_time),
                     html="",
                     title="Pinned" if pinned is not None and json.loads(pinned) else None,
                     markdown=markdown[digest],
                     replaced=None if replaced is None else f"Pipedrive note {note_id}, {', '.join(json.loads(replaced))}",
+                    removed=f"Pipedrive note {note_id}, {', '.join(removed)}" if removed else None,
                 )
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
+
+    def _removed_in_notes(self, note_ids: set[int]) -> dict[int, str]:
+        """What the conversion takes out of these notes' content (`notes.removed_characters`), by note
+        id, for those it takes something out of (few notes hold a control character: their JSON is read again)."""
+        if not note_ids:
+            return {}
+        rows = self.staging.con.execute(
+            f"SELECT try_cast(id AS BIGINT), data FROM {raw_table('notes')} WHERE id IN (SELECT unnest($ids))", {"ids": sorted(map(str, note_ids))}
+        ).fetchall()
+        found = {note_id: notes.removed_characters(v.as_plain_text(json.loads(data).get("content"))) for note_id, data in rows}
+        return {note_id: chars for note_id, chars in found.items() if chars}
 
     def _convert_notes(self, pool: MakerPool | None) -> None:
         """Convert every note body and record text (`OWN_TEXTS`) not converted yet (by this

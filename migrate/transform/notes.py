@@ -35,6 +35,7 @@ __all__ = [
     "html_to_markdown",
     "is_acceptable_notes",
     "notes_length",
+    "removed_characters",
     "truncate_notes",
 ]
 
@@ -99,6 +100,12 @@ def _parse(html: str) -> BeautifulSoup:
         if node.parent is not None and node.find_parent("pre") is None and not getattr(node, "decomposed", False):
             node.replace_with(NavigableString(_ODD_SPACES.sub(" ", node)))
     return soup
+
+
+def removed_characters(text: str) -> str:
+    """The characters the conversion takes out of ``text`` (NUL and the other control characters but
+    tab and line breaks), each once, as ``U+0000, U+007F``; "" for none."""
+    return ", ".join(dict.fromkeys(f"U+{ord(ch):04X}" for ch in _CONTROL.findall(text)))
 
 
 def notes_length(markdown: str) -> int:
@@ -657,6 +664,7 @@ class NoteEntry:
     title: str | None = None
     markdown: str | None = None  # the converted html, when the caller already has it
     replaced: str | None = None  # where staging replaced half of a character cut in two (a lone surrogate), e.g. "Pipedrive note 7, content"
+    removed: str | None = None  # where control characters are taken out, and which, e.g. "Pipedrive note 7, content (U+0000)"
 
 
 def _header(entry: NoteEntry) -> str:

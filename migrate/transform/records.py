@@ -60,6 +60,7 @@ SWITCH_INTERVAL = 0.0005
 
 CHARACTER_REPLACED = "half of a character cut in two (a lone UTF-16 surrogate), which no UTF-8 text holds; replaced by U+FFFD"
 NUL_REMOVED = "a NUL character (U+0000), which Customermates' database cannot store in text; removed"
+CONTROLS_REMOVED = "a NUL or other control character, which the conversion of notes to Markdown takes out; removed"
 # Texts of a record that join its notes: (field, title), by collection. They are dated like the record.
 OWN_TEXTS = {
     "activities": (("note", "Activity note"), ("public_description", "Public description")),
@@ -297,9 +298,12 @@ class RecordMaker:
         for key, title in OWN_TEXTS.get(collection, ()):
             if (html := v.as_plain_text(record.get(key))).strip():
                 entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(md5(html))))
+                if removed := notes.removed_characters(html):  # a NUL is out already, reported by its path (`without_nul`)
+                    issues.append((entity, sid, key, "character_replaced", f"{title} ({removed}): {CONTROLS_REMOVED}"))
         if not entries:
             return None
         issues += [(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
+        issues += [(entity, sid, "notes", "character_replaced", f"{entry.removed}: {CONTROLS_REMOVED}") for entry in entries if entry.removed]
         text, truncated = notes.compose_notes(entries)
         if truncated:
             issues.append((entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)"))
