@@ -15,9 +15,10 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     By default each thread that meets a busy arena gets one of its own, up to eight per core, and
     an arena keeps what was freed in it. The extract's eight reader threads left that much behind
     for the transform that follows: at a million records the process and its transform workers
-    peaked at 473–493 MB over earlier runs (482 in the same hour), against 460–480 with two arenas over four, in the same time (`benchmarks/pipeline.py
-    --records 1000000 --skip-load --plan ultimate`). Call it before any thread starts; elsewhere
-    than glibc it does nothing."""
+    peaked at 473–493 MB over earlier runs (482 in the same hour), against 460–480 MB with two
+    arenas over four runs, in the same time (`benchmarks/pipeline.py --records 1000000
+    --skip-load --plan ultimate`). Call it before any thread starts; elsewhere than glibc it does
+    nothing."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
