@@ -892,12 +892,10 @@ def test_a_nul_character_in_reference_data_is_taken_out_of_every_value_and_colum
         assert (contact["values"]["owner"], contact["values"]["cf:abc"]) == ("Ada <ada@example.com>", "Gold")
         assert (deal_made["values"]["pipeline"], deal_made["values"]["stage"]) == ("Sales", "Sales / Won")
         assert columns(staging, "contacts")["Tier"]["options"] == ["Gold"]
+        in_reference = {"personFields.field_name": "personFields abc", "personFields.options.0.label": "personFields abc",
+                        "pipelines.name": "pipelines 1", "stages.name": "stages 2", "users.name": "users 1"}
         assert sorted((i["entity"], i["source_id"], i["field"], i["detail"].split(":")[0]) for i in issues(staging, "character_replaced")) == [
-            ("*", "*", "personFields.field_name", "Pipedrive personFields abc"),
-            ("*", "*", "personFields.options.0.label", "Pipedrive personFields abc"),
-            ("*", "*", "pipelines.name", "Pipedrive pipelines 1"),
-            ("*", "*", "stages.name", "Pipedrive stages 2"),
-            ("*", "*", "users.name", "Pipedrive users 1"),
+            *(("*", "*", path, f"Pipedrive {row}") for path, row in in_reference.items()),
             ("organizations", "9", "name", "a NUL character (U+0000), which Customermates' database cannot store in text; removed"),
         ]
 
