@@ -959,10 +959,14 @@ class Staging:
             payloads = self.written_for(entity, ids[start:start + 2000])
             for payload in payloads.values():
                 payload["values"][key] = labels[payload["values"][key]]
-            self.con.execute(
-                "INSERT OR REPLACE INTO written_payloads SELECT $e, unnest($s), unnest($p)::JSON",
-                {"e": entity, "s": list(payloads), "p": [json.dumps(p, ensure_ascii=False, sort_keys=True) for p in payloads.values()]},
-            )
+            self._save_written_payloads(entity, list(payloads.items()))
+
+    def _save_written_payloads(self, entity: str, payloads: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Keep (source id, payload) as the payloads last written of these records."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO written_payloads SELECT $e, unnest($s), unnest($p)::JSON",
+            {"e": entity, "s": [sid for sid, _ in payloads], "p": [json.dumps(p, ensure_ascii=False, sort_keys=True) for _, p in payloads]},
+        )
 
     def id_map_for(self, entity: str, source_ids: list[str]) -> dict[str, tuple[str, str]]:
         """source id → (target id, payload hash) for those of `source_ids` migrated."""
@@ -1162,10 +1166,7 @@ class Staging:
                     {"entity": entity, "s": [w[0] for w in written]},
                 )
             if payloads:
-                self.con.execute(
-                    "INSERT OR REPLACE INTO written_payloads SELECT $entity, unnest($s), unnest($p)::JSON",
-                    {"entity": entity, "s": [r[0] for r in payloads], "p": [json.dumps(r[1], ensure_ascii=False, sort_keys=True) for r in payloads]},
-                )
+                self._save_written_payloads(entity, payloads)
             if batch_id:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
 
