@@ -303,7 +303,7 @@ def synthetic_plan(records_per_entity: int, *, coverage: Any = None) -> dict[str
     plan = {
         "summary": summary, "version": 1, "generated_at": "2025-01-01T00:00:00+00:00",
         "fingerprints": {"source": "s" * 32, "target": "t" * 32},
-        "schema": {"columns_to_create": [], "options_to_add": [], "options_to_rename": []}, "lossy": {}, "records": records,
+        "schema": {"columns_to_create": [], "columns_to_rename": [], "options_to_add": [], "options_to_rename": []}, "lossy": {}, "records": records,
     }
     if coverage is not None:
         plan["coverage"] = coverage

@@ -69,7 +69,14 @@ class Planner:
         self.user_names = user_names
         self.labels = {key: spec["label"] for spec in staging.target_columns() for key in [(spec["entity"], spec["key"])]}
         self.key_of_column = {cid: key for key, cid in columns.ids.items()}
-        self.new_columns = columns.made_since_load(staging)
+        # by entity, the keys of the columns and the (key, label) of the options made since the last complete load
+        self.new_keys: dict[str, set[str]] = {}
+        self.new_options: dict[str, set[tuple[str, ...]]] = {}
+        for made in columns.made_since_load(staging):
+            if len(made) == 2:
+                self.new_keys.setdefault(made[0], set()).add(made[1])
+            else:
+                self.new_options.setdefault(made[0], set()).add(made[1:])
         self.option_label = {
             cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
         }
@@ -138,8 +145,7 @@ class Planner:
         written then: such a column (one a user deleted, made again; a field's new type) holds no
         value yet, and that is no edit made in Customermates; nor is a value missing whose option
         was made since (one a user deleted, made again)."""
-        keys = {made[1] for made in self.new_columns if made[0] == entity and len(made) == 2}
-        options = {made[1:] for made in self.new_columns if made[0] == entity and len(made) == 3}
+        keys, options = self.new_keys.get(entity, set()), self.new_options.get(entity, set())
         if not keys and not options:
             return before
         values = {k: v for k, v in before["values"].items() if k not in keys}
@@ -149,8 +155,7 @@ class Planner:
     def _refilled(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
         """The values a run writes although the record is as last written: those in columns (or
         options) made since, which name the new ids, so the record's request body is new."""
-        keys = {made[1] for made in self.new_columns if made[0] == entity and len(made) == 2}
-        options = {made[1:] for made in self.new_columns if made[0] == entity and len(made) == 3}
+        keys, options = self.new_keys.get(entity, set()), self.new_options.get(entity, set())
         return [
             {"field": self.labels.get((entity, key), key), "before": before["values"].get(key), "after": value}
             for key, value in sorted(after["values"].items())
@@ -481,7 +486,7 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
     schema = plan["schema"]
     lines += ["", f"## Custom columns to create ({len(schema['columns_to_create'])})", ""]
     lines += [f"- {c}" for c in schema["columns_to_create"]] or ["None."]
-    if schema.get("columns_to_rename"):
+    if schema["columns_to_rename"]:
         lines += ["", "## Columns to rename", ""] + [f"- {c}" for c in schema["columns_to_rename"]]
     if schema["options_to_add"]:
         lines += ["", "## Options to add", ""] + [f"- {o}" for o in schema["options_to_add"]]

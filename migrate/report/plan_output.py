@@ -26,7 +26,7 @@ def print_plan(plan: dict[str, Any], records: PlanRecords, console: Console, *, 
         table.add_row(entity, *(str(counts[a]) for a in ACTIONS))
     console.print(table)
     schema = plan["schema"]
-    console.print(f"Custom columns to create: {len(schema['columns_to_create'])}; columns to rename: {len(schema.get('columns_to_rename') or [])}")
+    console.print(f"Custom columns to create: {len(schema['columns_to_create'])}; columns to rename: {len(schema['columns_to_rename'])}")
     console.print(f"Options to add: {len(schema['options_to_add'])}; options to rename: {len(schema['options_to_rename'])}")
     print_unmatched_owners(console, plan.get("unmatched_users") or [])
     if plan["lossy"]:
