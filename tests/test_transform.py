@@ -979,6 +979,56 @@ def test_a_price_that_is_no_object_beside_prices_is_kept_as_text_and_reported_no
     ]
 
 
+def _made_payload(staging: Staging, collection: str, record: dict) -> tuple[dict, list[tuple[str, str, str]]]:
+    """One record made from the staged sample: its whole payload, and its issues (field, rule, detail)."""
+    made = engine.Transformer(staging, load_mappings()).maker.make(records.Batch(collection, [(json.dumps(record), [], [])], {}))
+    return json.loads(made.rows[0][2]), [issue[2:] for issue in made.issues]
+
+
+def test_a_deal_status_or_activity_type_given_as_a_list_is_kept_as_text_not_made_an_option(sample_staging):
+    """A list became an option labelled as Python shows it, lowercased ("['won']"); spaces became an
+    option of spaces. Neither names an option: a list is kept as entered, reported, spaces are no value."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    values, found = _made(sample_staging, "deals", {**deal, "status": ["won"]})
+    assert ("status" not in values, values["status:as_entered"]) == (True, "won")
+    assert [i[:2] for i in found if i[0] == "status"] == [("status", "invalid_value_kept_as_text")]
+    values, found = _made(sample_staging, "deals", {**deal, "status": "  won "})
+    assert values["status"] == "Won" and not [i for i in found if i[0] == "status"]
+    values, found = _made(sample_staging, "deals", {**deal, "status": "   "})
+    assert "status" not in values and "status:as_entered" not in values and not [i for i in found if i[0] == "status"]
+    activity = next(sample_staging.iter_raw("activities"))
+    values, found = _made(sample_staging, "activities", {**activity, "type": {"key": "call"}})
+    assert ("type" not in values, values["type:as_entered"]) == (True, "call")
+    assert [i[:2] for i in found if i[0] == "type"] == [("type", "invalid_value_kept_as_text")]
+
+
+def test_an_owner_given_as_a_list_makes_each_id_a_user_not_one_user_named_by_the_list(sample_staging):
+    """`owner_id: [1, 2]` became the one user "[1, 2]", whom no Customermates user could match."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    for owner in ([1, 2], {"value": [1, 2]}, [{"id": 1}, 2, 2]):
+        payload, _ = _made_payload(sample_staging, "deals", {**deal, "owner_id": owner})
+        assert payload["users"] == ["1", "2"], owner
+
+
+def test_a_link_given_as_a_list_is_reported_unreadable_not_as_a_record_missing_in_pipedrive(sample_staging):
+    """`org_id: [1, 2]` was looked up as the organization "[1, 2]" and reported deleted or missing in Pipedrive."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    payload, found = _made_payload(sample_staging, "deals", {**deal, "org_id": [1, 2], "person_id": {"value": [53]}})
+    assert "organizationIds" not in payload["links"] and "contactIds" not in payload["links"]
+    assert sorted(i for i in found if i[1].startswith("link_")) == [
+        ("org_id", "link_unreadable", "[1, 2] is a list where one record's id belongs; link dropped"),
+        ("person_id", "link_unreadable", "{'value': [53]} is a list where one record's id belongs; link dropped"),
+    ]
+
+
+def test_ids_in_a_list_wrapped_in_an_object_are_read_and_an_item_naming_none_is_kept_as_text(sample_staging):
+    """`{"value": [1, {"name": "X"}]}`: the item naming no id went nowhere, without a word."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    values, found = _made(sample_staging, "deals", {**deal, "label_ids": {"value": [1, {"name": "Nordwind"}]}})
+    assert values["labels"] and values["labels:as_entered"] == "Nordwind"
+    assert [i[0] for i in found if i[1] == "invalid_value_kept_as_text"] == ["label_ids"]
+
+
 def test_a_control_character_the_notes_conversion_takes_out_is_reported_naming_the_note(tmp_path):
     """A NUL or another control character in a note's HTML, or a NUL in its author's name, was taken out
     without a word; so was a control character other than NUL in a record's own text joining its notes."""

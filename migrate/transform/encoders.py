@@ -111,6 +111,18 @@ def _beside_readable(items: list[Any], readable: Callable[[Any], Any]) -> tuple[
     return taken, [item for item in others if content(item)] if taken else []
 
 
+def json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "text"
+
+
 def content(value: Any) -> str:
     """What of a value a column could show: an object's `value` when it has one (the rest is labels
     and flags, as in an empty phone item), else all of it; "" for null, false and empty shapes."""
@@ -376,7 +388,10 @@ def _leaves(value: Any) -> list[Any]:
 
 def _read_ids(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[str]:
     """The ids a value names (`_ids`); an item of a list beside them that names none (an object with
-    neither value nor id: `{"name": "X"}`) is kept as entered, reported (`_beside_readable`)."""
+    neither value nor id: `{"name": "X"}`) is kept as entered, reported (`_beside_readable`), as in a
+    list wrapped in an object (`{"value": [1, {"name": "X"}]}`)."""
+    if isinstance(value, dict) and isinstance(inner := value.get("value", value.get("id")), list):
+        value = inner
     if not isinstance(value, list):
         return _ids(value)
     readable, unread = _beside_readable(_leaves(value), _ids)
@@ -570,10 +585,18 @@ def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, 
         _choose(spec, out, lk.stages.get(i) or f"Stage #{i}")
 
 
+def _key(value: Any) -> str:
+    """A status or type key (text or a number) stripped; a list or an object, which names no one
+    option, raises (the engine keeps it as entered, reported), where it became an option's label."""
+    if isinstance(value, (list, dict, bool)):
+        raise TypeError(f"{json_kind(value)} where the column takes one key")
+    return str(value).strip() if value is not None else ""
+
+
 @encoder("deal_status")
 def _deal_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    if value:
-        _choose(spec, out, DEAL_STATUS_LABELS.get(str(value), str(value).capitalize()))
+    if key := _key(value):
+        _choose(spec, out, DEAL_STATUS_LABELS.get(key, key.capitalize()))
 
 
 @encoder("lead_status", keyed=True)
@@ -583,8 +606,8 @@ def _lead_status(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Loo
 
 @encoder("activity_type")
 def _activity_type(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    if value:
-        _choose(spec, out, lk.activity_types.get(str(value)) or str(value))
+    if key := _key(value):
+        _choose(spec, out, lk.activity_types.get(key) or key)
 
 
 @encoder("done")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.transform import values as v
-from migrate.transform.encoders import ByKey
+from migrate.transform.encoders import ByKey, content
 
 Known = Mapping[str, Container[str]]  # entity → ids of records that exist (an IdSet each, in a transform)
 
@@ -35,9 +35,11 @@ class Core:
 
 
 def _id(value: Any) -> str | None:
+    """One record's id: a number or text, or an object's value or id; None for none, and for a list,
+    which names no one record."""
     if isinstance(value, dict):
         value = value.get("value", value.get("id"))
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, (list, dict)):
         return None
     return str(value)
 
@@ -45,9 +47,10 @@ def _id(value: Any) -> str | None:
 def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> None:
     target = _id(pipedrive_id)
     if target is None:
-        if isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and any(
-            item not in (None, "", [], {}) for item in pipedrive_id.values()
-        ):
+        inner = pipedrive_id.get("value", pipedrive_id.get("id")) if isinstance(pipedrive_id, dict) else pipedrive_id
+        if isinstance(inner, (list, dict)) and content(inner):
+            core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is {_unreadable(inner)}; link dropped"))
+        elif isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and content(pipedrive_id):
             core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is an object with neither value nor id; link dropped"))
         return
     entity = LINK_ENTITY[key]
@@ -59,10 +62,19 @@ def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> N
         bucket.append(target)
 
 
+def _unreadable(value: list[Any] | dict[str, Any]) -> str:
+    return "a list where one record's id belongs" if isinstance(value, list) else "an object where one record's id belongs"
+
+
 def _owner(core: Core, record: dict[str, Any], key: str = "owner_id") -> None:
-    owner = _id(record.get(key))
-    if owner:
-        core.users.append(owner)
+    """The record's owner as its user; each of a list's, a record in Customermates having several users."""
+    owner = record.get(key)
+    if isinstance(owner, dict) and isinstance(owner.get("value", owner.get("id")), list):
+        owner = owner.get("value", owner.get("id"))
+    for item in owner if isinstance(owner, list) else [owner]:
+        user = _id(item)
+        if user and user not in core.users:
+            core.users.append(user)
 
 
 def contact_core(record: dict[str, Any], known: Known) -> Core:

@@ -42,6 +42,7 @@ from migrate.transform.encoders import (
     RecordOut,
     as_entered,
     content,
+    json_kind,
     keep_as_entered,
 )
 from migrate.transform.lookups import LookupLog
@@ -270,7 +271,7 @@ class RecordMaker:
             keep_as_entered(value, spec, fld, out, str(exc))
             return
         if (out.written, len(out.issues)) == before and encoder not in KEYED and content(value):
-            keep_as_entered(value, spec, fld, out, f"{_json_kind(value)} this column cannot hold")
+            keep_as_entered(value, spec, fld, out, f"{json_kind(value)} this column cannot hold")
 
     def _core(self, collection: str, record: dict[str, Any]) -> entities.Core:
         known, lookups = self.known, self.lookups
@@ -434,18 +435,6 @@ def _nothing(_: object) -> None:
 def _make_in_worker(batch: Batch) -> Made:
     assert _maker is not None
     return _maker.make(batch)
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "text"
 
 
 def _deleted(record: dict[str, Any]) -> bool:
