@@ -60,15 +60,17 @@ def check_pipedrive(staging: Staging, me: dict[str, Any], *, record: bool = True
         )
 
 
-def check_customermates(staging: Staging, client: CustomermatesClient, url: str, *, makes_columns: bool) -> str | None:
+def check_customermates(
+    staging: Staging, client: CustomermatesClient, url: str, *, makes_columns: bool, plans: bool = False
+) -> str | None:
     """Refuse a Customermates company none of whose custom columns the state file knows and none of
     whose sampled migrated records is there, and one that already holds migrated records while the
     state file knows none (`check_not_migrated_before`).
 
     Every column deleted with the records still there is the same company: a command that sets up
-    the columns (`makes_columns`: run, sync) makes them again and gets back a note saying so; one
-    that reads the records by their Pipedrive ID column (plan, verify, undo) is refused, saying
-    what happened and to run first."""
+    the columns (`makes_columns`: run, sync) makes them again, and one that `plans` it (plan, a dry
+    run) plans that; either gets back a note saying so. One that reads the records by their
+    Pipedrive ID column (verify, undo) is refused, saying what happened and to run first."""
     read: dict[str, list[dict[str, Any]]] = {}
 
     def columns_of(entity: str) -> list[dict[str, Any]]:  # each entity's configuration read once for both checks
@@ -100,8 +102,13 @@ def check_customermates(staging: Staging, client: CustomermatesClient, url: str,
         )
         if makes_columns:
             return f"{what}; this run {remade}"
+        if plans:
+            return (
+                f"{what}; the run will make the columns again and write every migrated record's values into them, its Pipedrive ID "
+                f"too: the plan shows an update of each of the {migrated:,} records, none created again"
+            )
         raise ConfigError(
-            f"{what}. Run `migrate run` (or `migrate sync`) first: it {remade}. A plan, a verify or an undo reads the records by "
+            f"{what}. Run `migrate run` (or `migrate sync`) first: it {remade}. A verify or an undo reads the records by "
             "their Pipedrive ID column, which is not there now; nothing was written or deleted"
         )
     raise ConfigError(

@@ -193,7 +193,7 @@ def run_migration(
             if not dry_run or (settings.customermates_url and settings.customermates_api_key):
                 target = customermates_clients(settings, stack)
             source = None if use_staged else open_source(settings, stack)
-            warnings = preflight(source, target[0] if target else None, staging, settings, makes_columns=not dry_run)  # before anything is written
+            warnings = preflight(source, target[0] if target else None, staging, settings, dry_run=dry_run)  # before anything is written
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
@@ -539,15 +539,15 @@ def customermates_identity(client: CustomermatesClient) -> tuple[str, bool]:
 
 
 def preflight(
-    source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings, *, makes_columns: bool
+    source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings, *, dry_run: bool
 ) -> list[str]:
     """The checks every run starts with; hard failures raise (among them a state file of another
-    company on either side: `migrate.identity`), doubts come back as warnings. `makes_columns`: the
-    run sets up the columns (not a dry run), so columns deleted in Customermates are made again."""
+    company on either side: `migrate.identity`), doubts come back as warnings. A run sets up the
+    columns, so columns deleted in Customermates are made again; a dry run plans that."""
     warnings = []
     if target is not None:
         who, admin = customermates_identity(target)
-        remade = check_customermates(staging, target, settings.customermates_url or "", makes_columns=makes_columns)
+        remade = check_customermates(staging, target, settings.customermates_url or "", makes_columns=not dry_run, plans=dry_run)
         if remade:
             log.warning("customermates.columns_deleted", detail=remade)
             warnings.append(remade)

@@ -300,6 +300,32 @@ def test_a_column_deleted_in_customermates_is_planned_as_the_updates_that_fill_i
     }
 
 
+def test_a_pipedrive_id_column_deleted_in_customermates_is_planned_as_updates_not_as_records_deleted_there(
+    env, pipedrive, customermates, tmp_path
+):
+    """A user deletes the contacts' Pipedrive ID column. The plan read the contacts by it: it found none,
+    and said every migrated contact was deleted in Customermates (skipped), while the run made the column
+    again and updated each. It now reads them by creation and knows each by the state file's id map."""
+    assert invoke(env, "run").exit_code == 0
+    contacts = {r["id"] for r in customermates.records("contacts")}
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
+    customermates._tool_delete_column(column)
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    plan = load_plan(tmp_path / "p")
+    assert plan["summary"]["contacts"]["update"] == len(contacts)
+    assert not [r for r in plan["records"]["contacts"] if r["action"] == "skip" and "Customermates" in r.get("reason", "")]
+    assert "contacts: Pipedrive ID (plain)" in plan["schema"]["columns_to_create"]
+
+    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["created"], row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
+        e: (c["create"], c["update"], c["unchanged"]) for e, c in plan["summary"].items()
+    }
+    assert {r["id"] for r in customermates.records("contacts")} == contacts
+
+
 def test_the_plan_lists_the_owners_the_run_will_report_without_a_customermates_user(env, customermates, tmp_path):
     """owner_unmatched is a value not carried exactly: the plan (against a target, whose users it
     reads) left it out, and the run then reported it."""

@@ -196,11 +196,44 @@ def test_a_state_file_whose_every_column_was_deleted_in_its_customermates_is_tak
     assert "0 changes" in again.output
 
 
-@pytest.mark.parametrize("command", [["plan"], ["run", "--dry-run"], ["verify"], ["undo"], ["undo", "--yes"]])
+@pytest.mark.parametrize("command", [["plan"], ["run", "--dry-run"]])
+def test_with_every_column_deleted_the_plan_says_so_and_shows_the_update_of_every_record_the_run_then_makes(
+    migrated: dict[str, str], customermates: FakeCustomermates, tmp_path, command: list[str]
+):
+    """A plan and a dry run refused, saying to run first; they now plan it: every column to make again, and
+    every migrated record (found by its Customermates id, as the state file maps it) an update, none a
+    create or a record deleted in Customermates. The run that follows makes what the plan said."""
+    records = _records_by_pipedrive_id(customermates)
+    assert invoke(["plan", "--report-dir", str(tmp_path / "before")], migrated).exit_code == 0
+    skipped_before = {e: c["skip"] for e, c in json.loads((tmp_path / "before" / "plan.json").read_text())["summary"].items()}
+    columns = _delete_every_column(customermates)
+    writes = customermates.write_count()
+
+    result = invoke([*command, "--report-dir", str(tmp_path / "p")], migrated)
+
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.output.split())
+    assert "were deleted in Customermates" in line and "the plan shows an update of each of the" in line
+    assert customermates.write_count() == writes and customermates.columns() == []
+    plan_file = tmp_path / "p" / "plan.json"  # a dry run's plan is in its report.json
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else json.loads((tmp_path / "p" / "report.json").read_text())["plan"]
+    assert len(plan["schema"]["columns_to_create"]) == columns
+    assert {e: (c["create"], c["update"], c["unchanged"], c["conflict"], c["skip"]) for e, c in plan["summary"].items()} == {
+        e: (0, len(rs), 0, 0, skipped_before[e]) for e, rs in records.items()
+    }  # the records skipped are those deleted in Pipedrive, as before
+
+    run = invoke(["run", "--report-dir", str(tmp_path / "r")], migrated)
+    assert run.exit_code == 0, run.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["created"], row["updated"]) for e, row in report["entities"].items()} == {e: (0, len(rs)) for e, rs in records.items()}
+    assert _records_by_pipedrive_id(customermates) == records
+
+
+@pytest.mark.parametrize("command", [["verify"], ["undo"], ["undo", "--yes"]])
 def test_with_every_column_deleted_a_command_that_makes_none_says_so_and_to_run_first(
     migrated: dict[str, str], customermates: FakeCustomermates, command: list[str]
 ):
-    """A plan, a verify or an undo reads the records by their Pipedrive ID column: with every column deleted
+    """A verify or an undo reads the records by their Pipedrive ID column: with every column deleted
     it says what happened and what to do, where it said another company's, or failed on a column gone."""
     before = snapshot(migrated)
     _delete_every_column(customermates)

@@ -68,9 +68,12 @@ class TargetState:
         clock = _ReadClock(client)
         seq = 0
         for entity in ENTITY_ORDER:
-            for dto in clock.store(columns, entity, staging.add_to_target_snapshot, seq):
+            unmarked = _pipedrive_ids_unwritten(columns, staging, entity)
+            for dto in clock.store(columns, entity, staging.add_to_target_snapshot, seq, unmarked=unmarked):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
                 seq += 1
+            if unmarked:
+                staging.snapshot_pids_from_id_map(entity)
             for dto in _look_up_unseen(client, columns, staging, entity, seq):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
                 seq += 1
@@ -87,7 +90,10 @@ class TargetState:
         clock = _ReadClock(client)
         read = 0
         for entity in ENTITY_ORDER:
-            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, since))
+            unmarked = _pipedrive_ids_unwritten(columns, staging, entity)
+            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, since, unmarked=unmarked))
+            if unmarked:
+                staging.snapshot_pids_from_id_map(entity)
         staging.set_meta(READ_SINCE_KEY, clock.since())
         return cls(staging, None, since=since, records_read=read)
 
@@ -118,6 +124,15 @@ class TargetState:
         return self.staging.migrated_not_in_snapshot(entity) if self.staging else []
 
 
+def _pipedrive_ids_unwritten(columns: ColumnIndex, staging: Staging, entity: str) -> bool:
+    """Whether the entity's migrated records carry no Pipedrive ID: its column is to be made (a
+    plan's) or was made since the last complete load (a user deleted it). Then the read goes by
+    creation (sorted by an empty column, records come in no set order), and the id map says which
+    Pipedrive record each is, where the column would: without, the plan took every migrated record
+    for one deleted in Customermates."""
+    return (entity, PIPEDRIVE_ID) in columns.made_since_load(staging) and staging.migrated_count(entity) > 0
+
+
 def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: Staging, entity: str, first: int) -> list[dict[str, Any]]:
     """Migrated records a whole read did not see, looked up by Pipedrive ID; those found go into
     the snapshot after the others (numbered from `first`) and are returned.
@@ -131,17 +146,19 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     Pipedrive ID, or, while that column is new (made since the last complete load, none of its values
     written yet), by its Customermates id."""
     column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-    unseen = staging.migrated_not_in_snapshot(entity, unless_known_gone=True) if column_id is not None else []
+    unmarked = _pipedrive_ids_unwritten(columns, staging, entity)
+    unseen = staging.migrated_not_in_snapshot(entity, unless_known_gone=True) if column_id is not None or unmarked else []
     found: dict[str, dict[str, Any]] = {}
-    if (entity, PIPEDRIVE_ID) in columns.made_since_load(staging):
-        # the Pipedrive ID column was made (again: a user deleted it) since the last complete load: the records hold
-        # no value in it yet, so none is found by it, and sorted by it they come in no set order; so each is looked
-        # up by its own id
+    pids: dict[str, str] = {}  # target id → Pipedrive ID, of records looked up by their own id
+    if unmarked:
+        # the records hold no value in the Pipedrive ID column (`_pipedrive_ids_unwritten`), so none is found by
+        # it: each is looked up by its own id
         targets = staging.id_map_for(entity, unseen)
         for pid in unseen:
             dto = client.get(entity, targets[pid][0])
             if dto is not None:
                 found.setdefault(dto["id"], dto)
+                pids[dto["id"]] = pid
     else:
         for pid in unseen:
             for dto in client.find_by_column(entity, column_id, pid):
@@ -151,7 +168,10 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     fresh = [dto for target_id, dto in found.items() if target_id not in held]
     if unseen:
         log.info("target.unseen_looked_up", entity=entity, unseen=len(unseen), found=len(fresh))
-    rows = [(first + n, dto["id"], pid_of(dto, column_id), json.dumps(dto, separators=(",", ":"), ensure_ascii=False)) for n, dto in enumerate(fresh)]
+    rows = [
+        (first + n, dto["id"], pids.get(dto["id"]) or pid_of(dto, column_id), json.dumps(dto, separators=(",", ":"), ensure_ascii=False))
+        for n, dto in enumerate(fresh)
+    ]
     staging.add_to_target_snapshot(entity, rows)
     return fresh
 
@@ -171,14 +191,17 @@ class _ReadClock:
         self.began: datetime | None = None
         client.last_read_date = None
 
-    def records(self, columns: ColumnIndex, entity: str, since: str | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        """(Pipedrive ID or None, record) of the entity's records, sorted by the Pipedrive ID column;
-        with `since`, those changed since, in the order they changed (`iter_updated_since`)."""
+    def records(
+        self, columns: ColumnIndex, entity: str, since: str | None = None, *, unmarked: bool = False
+    ) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """(Pipedrive ID or None, record) of the entity's records, sorted by the Pipedrive ID column,
+        or by creation when the records carry none (`unmarked`: `_pipedrive_ids_unwritten`); with
+        `since`, those changed since, in the order they changed (`iter_updated_since`)."""
         column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-        if column_id is None:
+        if column_id is None and not unmarked:
             return
         if since is None:
-            dtos = self.client.iter_records(entity, sort=(column_id, "asc"))
+            dtos = self.client.iter_records(entity) if unmarked else self.client.iter_records(entity, sort=(column_id, "asc"))
         else:
             dtos = self.client.iter_updated_since(entity, since)
         for dto in dtos:
@@ -188,12 +211,12 @@ class _ReadClock:
 
     def store(
         self, columns: ColumnIndex, entity: str, write: Callable[[str, list[tuple[int, str, str | None, str]]], None],
-        first: int, since: str | None = None,
+        first: int, since: str | None = None, *, unmarked: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Page through the entity's records into `write` (rows numbered from `first` in read
         order, `ROWS_PER_INSERT` at a time), yielding each record as it is read."""
         rows: list[tuple[int, str, str | None, str]] = []
-        for pid, dto in self.records(columns, entity, since):
+        for pid, dto in self.records(columns, entity, since, unmarked=unmarked):
             rows.append((first + len(rows), dto["id"], pid, json.dumps(dto, separators=(",", ":"), ensure_ascii=False)))
             yield dto
             if len(rows) >= ROWS_PER_INSERT:

@@ -1289,6 +1289,15 @@ class Staging:
             found.setdefault(pid, []).append(json.loads(dto))
         return found
 
+    def snapshot_pids_from_id_map(self, entity: str) -> None:
+        """Give the entity's snapshot records that carry no Pipedrive ID the one the id map holds for
+        their target id (`target._pipedrive_ids_unwritten`)."""
+        self.con.execute(
+            "UPDATE target_snapshot SET pid = m.source_id FROM id_map m WHERE target_snapshot.entity = $e AND m.entity = $e "
+            "AND target_snapshot.pid IS NULL AND m.target_id = target_snapshot.target_id",
+            {"e": entity},
+        )
+
     def snapshot_pids(self, target_ids: list[str]) -> dict[str, str]:
         """Target id → Pipedrive ID, for those of `target_ids` that carry one."""
         rows = self.con.execute(
