@@ -342,7 +342,9 @@ def _sync_line(report: dict[str, Any]) -> str:
         f"sync {report['run_id']}: {report['status']}; created {sum(r['created'] for r in entities)}, "
         f"updated {sum(r['updated'] for r in entities)}, unchanged {sum(r['unchanged'] for r in entities)}, "
         f"deleted in Pipedrive {deleted} ({sync_info.get('deletes', 'mark')}), "
-        f"quarantined {sum(r['quarantined'] for r in entities)}; Pipedrive requests {sync_info.get('pipedrive_requests', 'full extract')}"
+        f"quarantined {sum(r['quarantined'] for r in entities)}; "
+        # every request the sync made, as its tokens are: the change reads' count left out the check of the token's company
+        f"Pipedrive requests {usage['requests'] if usage else sync_info.get('pipedrive_requests', 'full extract')}"
         f"{tokens}{left}{read}"
     )
 
@@ -398,7 +400,9 @@ def status_command(settings: Settings) -> None:
     done = sum(1 for c in info["checkpoints"] if c["done"])
     console.print(f"Extract: {done}/{len(info['checkpoints'])} collections complete")
     for checkpoint in info["checkpoints"]:
-        if not checkpoint["done"]:
+        if checkpoint["updated_at"] is None:
+            console.print(f"  • {checkpoint['collection']}: not read yet")
+        elif not checkpoint["done"]:
             console.print(f"  • {checkpoint['collection']}: {checkpoint['records']} records in {checkpoint['pages']} pages so far")
     console.print("Migrated: " + ", ".join(f"{n} {e}" for e, n in info["migrated"].items()))
     if info["pending_batches"]:

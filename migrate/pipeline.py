@@ -412,6 +412,9 @@ def status(settings: Settings) -> dict[str, Any]:
         checkpoints = con.execute(
             "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints WHERE collection NOT LIKE '%~%' ORDER BY collection"  # not the lanes' rows
         ).fetchall()
+        if checkpoints:  # an extract began: each collection it has not reached yet is one still to read, not none
+            reached = {row[0] for row in checkpoints}
+            checkpoints = sorted([*checkpoints, *((c.name, 0, 0, False, None) for c in (*COLLECTIONS, DEAL_PRODUCTS) if c.name not in reached)])
         migrated = dict(con.execute("SELECT entity, count(*) FROM id_map GROUP BY entity").fetchall())
         # the state file's lock is ours: a run still marked running holds none, so it died (a kill, a crash)
         runs = [(*r[:4], DIED if r[4] == "running" else r[4]) for r in runs]

@@ -137,6 +137,30 @@ def test_status_lists_runs_checkpoints_and_migrated_counts(env):
     assert "run" in result.output and "ok" in result.output
 
 
+def test_status_after_an_extract_stopped_early_counts_the_collections_not_reached_yet(env, sample_dir, monkeypatch):
+    """An extract stopped after its first collection said "1/1 collections complete": only collections
+    with a checkpoint were counted, those not reached yet not at all."""
+    from migrate.pipedrive import extract as extract_module
+    from migrate.errors import Interrupted
+
+    real = extract_module._extract_collection
+    reached: list[str] = []
+
+    def stop_after_the_first(stager, source, collection, checkpoint):
+        if reached:
+            raise Interrupted("SIGTERM", 15)
+        reached.append(collection.name)
+        real(stager, source, collection, checkpoint)
+
+    monkeypatch.setattr(extract_module, "_extract_collection", stop_after_the_first)
+    assert invoke(["extract", "--source", str(sample_dir)], env).exit_code == 143
+    monkeypatch.undo()
+    result = invoke(["status"], env)
+    assert result.exit_code == 0, result.output
+    assert "Extract: 1/21 collections complete" in result.output
+    assert "  • persons: not read yet" in result.output and f"  • {reached[0]}:" not in result.output
+
+
 def test_status_without_a_state_file_says_so(env, tmp_path):
     env["MIGRATE_STATE"] = str(tmp_path / "none.duckdb")
     result = invoke(["status"], env)
