@@ -209,6 +209,13 @@ def run_migration(
                     _mark_untraced(staging, read_whole={*vanished, *changes.reread}, vanished=vanished)
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
+                if extracted.missing:  # a snapshot without a collection's file: read as none, which a misspelt name also is
+                    missing = (
+                        f"the snapshot {settings.source} has no file for {', '.join(extracted.missing)} "
+                        f"({', '.join(f'{name}.jsonl' for name in extracted.missing)}): read as holding no records"
+                    )
+                    log.warning("extract.collections_missing", detail=missing)
+                    warnings.append(missing)
             mappings = load_mappings(settings.mappings)
             transformed = transform(staging, mappings, settings.phone_region, workers=settings.transform_workers, progress=progress)
             columns = ColumnIndex(created=[f"{c['entity']}: {c['label']} ({c['type']})" for c in staging.target_columns()])

@@ -758,6 +758,21 @@ def _snapshot_with(bad_line: str) -> Callable[[World, dict[str, str]], None]:
     return lambda w, env: _write_snapshot(w, bad_line)
 
 
+def _snapshot_without_persons(w: World, env: dict[str, str]) -> None:
+    """The snapshot with persons.jsonl missing (or misspelt: Persons.jsonl), as a partial export leaves it."""
+    _write_snapshot(w)
+    (w.source / "persons.jsonl").rename(w.source / "Persons.jsonl")
+
+
+def _snapshot_in_latin_1(w: World, env: dict[str, str]) -> None:
+    """The snapshot with a person's line saved as Latin-1 (an editor's "ANSI"), not UTF-8."""
+    _write_snapshot(w)
+    path = w.source / "persons.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(1, '{"id": 3, "name": "Jürgen Müller"}\n'.encode("latin-1"))
+    path.write_bytes(b"".join(lines))
+
+
 RUN_CASES: list[RunCase] = [
     # -- tokens and keys ------------------------------------------------------------------------
     RunCase("pipedrive_token_wrong", "a Pipedrive token that Pipedrive does not know", _env(PIPEDRIVE_API_TOKEN="wrong-token-0000"),
@@ -853,6 +868,11 @@ RUN_CASES: list[RunCase] = [
     # -- offline snapshots (--source) ---------------------------------------------------------------
     RunCase("snapshot_line_not_json", "a --source snapshot with a broken line in persons.jsonl", _snapshot_with('{"id": 3, "name": "Cut'), 1,
             ("persons.jsonl:2: not valid JSON at column 23 (Invalid control character)",), repair=_write_snapshot),
+    RunCase("snapshot_file_missing", "a --source snapshot without persons.jsonl (there as Persons.jsonl): a warning, not a silent empty collection",
+            _snapshot_without_persons, 0, ("has no file for persons (persons.jsonl): read as holding no records", "Status: ok"),
+            lambda w, r: _expect(w.cm.records("contacts") == []), repair=_write_snapshot),
+    RunCase("snapshot_line_not_utf_8", "a --source snapshot with a line in persons.jsonl saved as Latin-1", _snapshot_in_latin_1, 1,
+            ("persons.jsonl:2: not valid UTF-8 at byte 21 of the line (invalid start byte); save the file as UTF-8",), repair=_write_snapshot),
     RunCase("snapshot_record_without_id", "a --source snapshot with a person that has no id", _snapshot_with('{"name": "Nobody"}'), 1,
             ('error: a persons record has no id: {"name": "Nobody"}',), repair=_write_snapshot),
 ]

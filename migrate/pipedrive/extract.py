@@ -71,10 +71,14 @@ class SnapshotSource:
         skip = int(start or 0)
         line_no = 0
         batch: list[dict[str, Any]] = []
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if line_no <= skip or not line.strip():
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if line_no <= skip or not raw.strip():
                     continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise PipedriveError(f"{path}:{line_no}: not valid UTF-8 at byte {exc.start + 1} of the line ({exc.reason}); save the file as UTF-8") from None
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
