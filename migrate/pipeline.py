@@ -485,6 +485,7 @@ def verify(settings: Settings) -> dict[str, Any]:
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, _ = customermates_clients(settings, stack)
+        client.me()  # the key first, as a run's preflight: a bad one is said so, not a failed read after retries
         check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)
         return verify_target(staging, client)
 
@@ -512,6 +513,7 @@ def undo(
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
         client, mcp = customermates_clients(settings, stack)
+        client.me()  # the key first, as a run's preflight: a bad one is said so, not a failed read after retries
         check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)  # before a record is judged gone
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
 

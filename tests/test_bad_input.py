@@ -959,3 +959,27 @@ def test_an_empty_key_that_reaches_the_server_gets_401_in_one_line() -> None:
         assert "x-api-key" not in request.headers and request.status == 401
     assert caught.value.status == 401
     assert str(caught.value) == "Customermates refused GET /users/me: HTTP 401 'Not authenticated' (no API key was sent, or it was empty)"
+
+
+def test_a_key_sent_to_a_server_that_answers_401_is_not_said_to_be_missing() -> None:
+    """Customermates answers 401 only to a request without a key. CUSTOMERMATES_URL pointed at another
+    server (Pipedrive's, say) got 401 for the key sent, and the message said no key was sent."""
+    from migrate.customermates.client import AuthenticationError, CustomermatesClient
+
+    with FakePipedrive() as pd, CustomermatesClient(pd.url, VALID_KEY) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            client.me()
+        assert "no API key was sent" not in str(caught.value)
+        assert f"a key was sent; is {pd.url} a Customermates server? It answers 401 only to a request without one" in str(caught.value)
+
+
+@pytest.mark.parametrize("command", [["verify"], ["undo"]])
+def test_verify_and_undo_with_a_key_the_server_does_not_know_say_the_key_was_rejected(command: list[str], tmp_path: Path, fast_retries: None) -> None:
+    """A run checks the key first and says it was rejected; verify and undo went straight to reading, retried
+    the server's 500 and said a read failed "with an empty body"."""
+    with world(tmp_path) as w:
+        assert w.run().exit_code == 0
+        result = CliRunner().invoke(cli, command, env={**w.env, "CUSTOMERMATES_API_KEY": "x" * 64})
+        assert result.exit_code == 1, result.output
+        assert "error: Customermates rejected the API key (HTTP 500 with an empty body" in flat(result.output)
+        assert "Traceback" not in result.output

@@ -106,9 +106,9 @@ def test_verify_after_a_clean_run_matches_everything(env, sample_dir, tmp_path):
     assert all(row["percent"] == 100.0 for row in report["notes"].values())
     assert report["known_lossy"]["by_rule"]  # listed, not counted
     # reads: one page-through per entity (⌈records/100⌉ searches) plus the users; nothing per record,
-    # and one configuration read: that the state file's columns are in this Customermates (`migrate.identity`)
+    # the key's check, and one configuration read: that the state file's columns are in this Customermates (`migrate.identity`)
     searches = [r for r in requests if r.path.endswith("/search")]
-    assert [r.path for r in requests if r not in searches] == ["/api/v1/organizations/configuration"]
+    assert [r.path for r in requests if r not in searches] == ["/api/v1/users/me", "/api/v1/organizations/configuration"]
     assert len(searches) == 1 + sum(math.ceil(row["target"] / 100) for row in report["entities"].values())
 
 

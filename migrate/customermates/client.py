@@ -692,8 +692,14 @@ class CustomermatesClient(HttpSession):
         text = self._scrub(response.text)
         described = _describe_body(response, text)
         if status == 401:
+            # Customermates answers 401 only to a request without a key (CONTRACT: "Not authenticated"); a key sent
+            # and refused so is another server's answer
+            cause = (
+                "no API key was sent, or it was empty" if _json_string(text) == "Not authenticated"
+                else f"a key was sent; is {self.base_url} a Customermates server? It answers 401 only to a request without one"
+            )
             raise AuthenticationError(
-                f"Customermates refused {what}: HTTP 401 {described} (no API key was sent, or it was empty)",
+                f"Customermates refused {what}: HTTP 401 {described} ({cause})",
                 status=status,
                 body=text,
             )
