@@ -131,6 +131,8 @@ def test_conflicts_are_skipped_and_reported_by_default(env, pipedrive, customerm
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["entities"]["contacts"]["conflicts"] == 1
     assert any(i["rule"] == "conflict_skipped" and i["source_id"] == str(person["id"]) for i in read_issues(tmp_path / "r"))
+    # the summary line said only "0 changes: 0 records created, 0 updated, N unchanged."
+    assert "unchanged, 1 edited on both sides and left as they are (conflict_skipped)." in " ".join(result.output.split())
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
 

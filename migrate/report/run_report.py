@@ -93,8 +93,10 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
     updated = sum(row["updated"] for row in report["entities"].values())
     unchanged = sum(row["unchanged"] for row in report["entities"].values())
     verb = ("would be created", "would be updated") if dry else ("created", "updated")
+    conflicts = sum(row.get("conflicts", 0) for row in report["entities"].values())
     changes = "0 changes: " if created + updated == 0 else ""
-    console.print(f"{changes}{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged.")
+    kept = f", {conflicts} edited on both sides and left as they are (conflict_skipped)" if conflicts else ""
+    console.print(f"{changes}{created} records {verb[0]}, {updated} {verb[1]}, {unchanged} unchanged{kept}.")
     if report.get("pipedrive"):
         console.print(pipedrive_usage(report["pipedrive"]), highlight=False)
     transform = report.get("transform")
