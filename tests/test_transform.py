@@ -1049,3 +1049,27 @@ def test_a_control_character_the_notes_conversion_takes_out_is_reported_naming_t
             ("contacts", "5", "notes", f"Contact notes (U+0001): {removed}"),
             ("contacts", "5", "notes", f"Pipedrive note 1, content (U+0000, U+007F), user.name (U+0000): {removed}"),
         ]
+
+
+LEAD_SOURCE = "a9aaa4ec75fed51f5c537d11513ab877d57b268f"  # the sample deals' enum "Lead-Quelle": 113 Messe, 114 messe, ...
+
+
+def test_an_option_id_given_as_a_float_or_a_list_of_one_is_that_option_and_other_shapes_are_kept_as_text(sample_staging):
+    """Any value that was no digit text became an option labelled as Python shows it: 114.0 the new
+    option "114.0" beside option 114, [101] "[101]", [113, 114] "[113, 114]", true "True"; no issue."""
+    maker = engine.Transformer(sample_staging, load_mappings()).maker
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    made = {}
+    for n, value in enumerate((114.0, [114], {"id": 114.0}, [113, 114], True, 114.5, [[114]])):
+        record = {**deal, "id": 900 + n, "custom_fields": {**deal["custom_fields"], LEAD_SOURCE: value}}
+        batch = maker.make(records.Batch("deals", [(json.dumps(record), [], [])], {}))
+        values = json.loads(batch.rows[0][2])["values"]
+        made[json.dumps(value)] = (values.get(f"cf:{LEAD_SOURCE}"), values.get(f"cf:{LEAD_SOURCE}:as_entered"), [i[3] for i in batch.issues])
+    assert made == {
+        "114.0": ("messe", None, []), "[114]": ("messe", None, []), '{"id": 114.0}': ("messe", None, []),
+        "[113, 114]": (None, "113, 114", ["invalid_value_kept_as_text"]),
+        "true": (None, "true", ["invalid_value_kept_as_text"]),
+        "114.5": (None, "114.5", ["invalid_value_kept_as_text"]),
+        "[[114]]": (None, "114", ["invalid_value_kept_as_text"]),
+    }
+    assert maker.registry.get("deals", f"cf:{LEAD_SOURCE}").options == ["Messe", "messe", "Website", "Empfehlung", "Kaltakquise", "Partner"]

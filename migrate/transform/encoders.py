@@ -89,6 +89,8 @@ def as_entered(value: Any) -> str:
         return " ".join(as_entered(v) for v in value.values() if v not in (None, "", [], {}))
     if isinstance(value, list):
         return ", ".join(as_entered(v) for v in value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # as JSON writes it, not as Python does ("True")
     return str(value)
 
 
@@ -299,9 +301,14 @@ def _money_encoder(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
     """An option value's label, and its id when the field's options lack it: then the label is the
     one Pipedrive keeps for a deleted option (`Field.deleted_options`), else 'Deleted option #<id>'."""
-    if isinstance(value, dict) and value.get("id") is None and not value.get("label"):
+    if not isinstance(value, dict):
+        key = _option_key(value)
+    elif value.get("id") is not None:
+        key = _option_key(value["id"])
+    elif value.get("label"):
+        key = ""
+    else:
         raise ValueError("an object with neither an option id nor a label")
-    key = str(value.get("id") if isinstance(value, dict) else value).strip()
     if key in fld.options:
         return fld.options[key], None
     if key in fld.deleted_options:
@@ -311,6 +318,17 @@ def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
     if not key.lstrip("-").isdigit():
         return key, None  # some fields hold the label itself rather than an option id
     return f"Deleted option #{key}", key
+
+
+def _option_key(value: Any) -> str:
+    """An option id or label as text, a float by the integer it is (114.0 is option 114). A boolean,
+    a list, an object or a fraction names no option: raises (the engine keeps it as entered,
+    reported), where it became an option labelled as Python shows it ("True", "[113, 114]")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return str(value).strip()
+    raise TypeError(f"{json_kind(value) if not isinstance(value, float) else 'a fraction'} where the column takes one option id or label")
 
 
 def _report_missing_options(out: RecordOut, fld: Field, missing: list[tuple[str, str]]) -> None:
@@ -344,8 +362,11 @@ def _choose(spec: ColumnSpec, out: RecordOut, label: str) -> None:
 
 @encoder("option")
 def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    if value is None or value == "":
+    """One option; a list of one is that option (the shape of a set's value), one of several is none."""
+    if value is None or value == "" or value == []:
         return
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
     label, missing = _option_label(value, fld)
     if missing is not None:
         _report_missing_options(out, fld, [(missing, label)])
