@@ -1073,3 +1073,16 @@ def test_an_option_id_given_as_a_float_or_a_list_of_one_is_that_option_and_other
         "[[114]]": (None, "114", ["invalid_value_kept_as_text"]),
     }
     assert maker.registry.get("deals", f"cf:{LEAD_SOURCE}").options == ["Messe", "messe", "Website", "Empfehlung", "Kaltakquise", "Partner"]
+
+
+def test_a_pipeline_or_stage_id_naming_none_keeps_its_id_in_the_option_and_is_reported(sample_staging):
+    """`pipeline_id: 9999` became the option "Pipeline #9999" (and a stage "Stage #9999") without a word."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    values, found = _made(sample_staging, "deals", {**deal, "pipeline_id": 9999, "stage_id": 9999})
+    assert (values["pipeline"], values["stage"]) == ("Pipeline #9999", "Stage #9999")
+    assert [i for i in found if i[0] in ("pipeline_id", "stage_id")] == [
+        ("pipeline_id", "option_unknown", "option id 9999 is not among the field's options; carried as 'Pipeline #9999'"),
+        ("stage_id", "option_unknown", "option id 9999 is not among the field's options; carried as 'Stage #9999'"),
+    ]
+    values, found = _made(sample_staging, "deals", deal)
+    assert values["pipeline"] and values["stage"] and not [i for i in found if i[0] in ("pipeline_id", "stage_id")]

@@ -594,16 +594,26 @@ def _one_id(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[st
     return _read_ids(value, spec, fld, out)
 
 
+def _choose_named(ids: list[str], names: dict[str, str], unknown: str, spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
+    """Write the option an id names (a pipeline, a stage). An id naming none is still written, its id
+    in the label (`unknown`), and reported as an option id the field lacks: the deal keeps a value,
+    grouped with the others of that id, and the option can be renamed once in Customermates; kept
+    as entered, the deal would have none."""
+    for i in ids:
+        label = names.get(i) or unknown.format(i)
+        if i not in names:
+            _report_missing_options(out, fld, [(i, label)])
+        _choose(spec, out, label)
+
+
 @encoder("pipeline")
 def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _one_id(value, spec, fld, out):
-        _choose(spec, out, lk.pipelines.get(i) or f"Pipeline #{i}")
+    _choose_named(_one_id(value, spec, fld, out), lk.pipelines, "Pipeline #{}", spec, fld, out)
 
 
 @encoder("stage")
 def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    for i in _one_id(value, spec, fld, out):
-        _choose(spec, out, lk.stages.get(i) or f"Stage #{i}")
+    _choose_named(_one_id(value, spec, fld, out), lk.stages, "Stage #{}", spec, fld, out)
 
 
 def _key(value: Any) -> str:
