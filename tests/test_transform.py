@@ -1086,3 +1086,34 @@ def test_a_pipeline_or_stage_id_naming_none_keeps_its_id_in_the_option_and_is_re
     ]
     values, found = _made(sample_staging, "deals", deal)
     assert values["pipeline"] and values["stage"] and not [i for i in found if i[0] in ("pipeline_id", "stage_id")]
+
+
+ASSISTANT, PARTNER, ENGINEER = (  # the sample deals' person, organization and user fields
+    "df27b77906b6ef3bf3ed705a7e04de8eb8fbc5b4", "173550ca9b331807a6aafa6f8f5f2a8824d3a0ae", "21d581e2db9b0ffb4296826fb5d8c801d1e6b495",
+)
+
+
+def test_a_person_organization_or_user_missing_in_pipedrive_is_reported_and_a_value_that_is_no_id_kept_as_text(sample_staging):
+    """A record id naming none became "Pipedrive person #99999" without a word, and text that is no
+    id at all ("Hans", "-5") "Pipedrive person #Hans", as if it were one."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    missing = {ASSISTANT: 99999, PARTNER: 0, ENGINEER: 9999}
+    values, found = _made(sample_staging, "deals", {**deal, "custom_fields": {**deal["custom_fields"], **missing}, "creator_user_id": 9998})
+    assert [values[key] for key in (f"cf:{ASSISTANT}", f"cf:{PARTNER}", f"cf:{ENGINEER}", "creator")] == [
+        "Pipedrive person #99999", "Pipedrive organization #0", "Pipedrive user #9999", "Pipedrive user #9998",
+    ]
+    assert sorted(i for i in found if i[1] == "link_target_not_migrated") == [
+        ("Pre-Sales Engineer", "link_target_not_migrated", "user 9999 is missing in Pipedrive; carried as 'Pipedrive user #9999'"),
+        ("Technischer Ansprechpartner", "link_target_not_migrated", "person 99999 is missing in Pipedrive; carried as 'Pipedrive person #99999'"),
+        ("Vertriebspartner", "link_target_not_migrated", "organization 0 is missing in Pipedrive; carried as 'Pipedrive organization #0'"),
+        ("creator_user_id", "link_target_not_migrated", "user 9998 is missing in Pipedrive; carried as 'Pipedrive user #9998'"),
+    ]
+    no_ids = {ASSISTANT: "Hans", PARTNER: ["ACME", 1], ENGINEER: "-5"}
+    values, found = _made(sample_staging, "deals", {**deal, "custom_fields": {**deal["custom_fields"], **no_ids}, "creator_user_id": {"value": "Ada"}})
+    first = next(o["name"] for o in sample_staging.iter_raw("organizations") if o["id"] == 1)
+    assert [values.get(key) for key in (f"cf:{ASSISTANT}", f"cf:{PARTNER}", f"cf:{ENGINEER}", "creator")] == [None, first, None, None]
+    assert [values[f"{key}:as_entered"] for key in (f"cf:{ASSISTANT}", f"cf:{PARTNER}", f"cf:{ENGINEER}", "creator")] == ["Hans", "ACME", "-5", "Ada"]
+    assert sorted(i[:2] for i in found if i[1] in ("invalid_value_kept_as_text", "link_target_not_migrated")) == [
+        ("Pre-Sales Engineer", "invalid_value_kept_as_text"), ("Technischer Ansprechpartner", "invalid_value_kept_as_text"),
+        ("Vertriebspartner", "invalid_value_kept_as_text"), ("creator_user_id", "invalid_value_kept_as_text"),
+    ]

@@ -426,19 +426,54 @@ def _names(ids: list[str], names: ByKey[str], unknown: str) -> str | None:
     return ", ".join(names.get(i) or unknown.format(i) for i in ids) or None
 
 
+_RECORD_ID = re.compile(r"[0-9]+", re.ASCII)
+
+
+def _record_ids(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[str]:
+    """The record ids a value names (`_read_ids`); text that is no id ("Hans", "-5"), which was
+    written as if it were one ("Pipedrive person #Hans"), is kept as entered, reported."""
+    ids = _read_ids(value, spec, fld, out)
+    if others := [i for i in ids if not _RECORD_ID.fullmatch(i)]:
+        keep_as_entered(others, spec, fld, out, "not a record id")
+    return [i for i in ids if _RECORD_ID.fullmatch(i)]
+
+
+def _referenced(ids: list[str], name_of: Callable[[str], str | None], kind: str, fld: Field, out: RecordOut) -> str | None:
+    """Referenced records by their readable names, comma-joined. An id naming no record is written
+    'Pipedrive <kind> #<id>', which keeps the id, and reported, where it went without a word."""
+    shown, missing = [], []
+    for i in ids:
+        name = name_of(i)
+        shown.append(name or f"Pipedrive {kind} #{i}")
+        if name is None:
+            missing.append(i)
+    if missing:
+        several = len(missing) > 1
+        out.issue(
+            fld.name, "link_target_not_migrated",
+            f"{kind}{'s' if several else ''} {', '.join(missing)} {'are' if several else 'is'} missing in Pipedrive; "
+            f"carried as {', '.join(repr(f'Pipedrive {kind} #{i}') for i in missing)}",
+        )
+    return ", ".join(shown) or None
+
+
 @encoder("user")
 def _user(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, ", ".join(user_label(lk.users.get(i), i) for i in _read_ids(value, spec, fld, out)) or None)
+    def name_of(i: str) -> str | None:
+        user = lk.users.get(i)
+        return None if user is None else user_label(user, i)
+
+    out.put(spec, _referenced(_record_ids(value, spec, fld, out), name_of, "user", fld, out))
 
 
 @encoder("organization")
 def _organization(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.organization_names, "Pipedrive organization #{}"))
+    out.put(spec, _referenced(_record_ids(value, spec, fld, out), lk.organization_names.get, "organization", fld, out))
 
 
 @encoder("person")
 def _person(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.person_names, "Pipedrive person #{}"))
+    out.put(spec, _referenced(_record_ids(value, spec, fld, out), lk.person_names.get, "person", fld, out))
 
 
 def _phone_values(raw_values: list[str], spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
