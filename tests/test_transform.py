@@ -1117,3 +1117,30 @@ def test_a_person_organization_or_user_missing_in_pipedrive_is_reported_and_a_va
         ("Pre-Sales Engineer", "invalid_value_kept_as_text"), ("Technischer Ansprechpartner", "invalid_value_kept_as_text"),
         ("Vertriebspartner", "invalid_value_kept_as_text"), ("creator_user_id", "invalid_value_kept_as_text"),
     ]
+
+
+ORDER_NO, PERIOD, MODULES = (  # the sample deals' varchar, daterange and set fields
+    "92a6fbe339649605a2bbd8f7c5fa0ce26174a20e", "ec87faadedd2249c8a7677673e7005df5486d854", "d7f6097bb26ed2a5ec16d52ab55856d20b120959",
+)
+MOBILE = "39ae291f888b9541611ffb0ac675f332b1b762dc"  # the sample persons' phone field
+
+
+def test_a_value_of_an_odd_shape_is_never_written_as_python_shows_it_and_is_reported(sample_staging):
+    """A list in a text field was written "['a@b.de']", a bad date range "{'value': ..., 'until': ...}",
+    a set's list of lists "[119]", all without a word; two good numbers in a phone field were kept
+    as "['+4917012345678', '+4917087654321']", reported as no E.164 number."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    odd = {ORDER_NO: ["a@b.de"], PERIOD: {"value": "2025-05-01", "until": "2025-01-01"}, MODULES: [[119]]}
+    values, found = _made(sample_staging, "deals", {**deal, "custom_fields": {**deal["custom_fields"], **odd}})
+    assert [(values.get(f"cf:{key}"), values.get(f"cf:{key}:as_entered")) for key in odd] == [
+        (None, "a@b.de"), (None, "2025-05-01 2025-01-01"), (None, "119"),
+    ]
+    assert sorted(i[0] for i in found if i[1] == "invalid_value_kept_as_text") == ["Bestellnummer", "Module", "Projektzeitraum"]
+    assert not [i for i in found if "{'" in i[2] or "['" in i[2]]
+    person = next(p for p in sample_staging.iter_raw("persons") if not p.get("is_deleted"))
+    numbers = ["+4917012345678", "+4917087654321"]
+    values, found = _made(sample_staging, "persons", {**person, "custom_fields": {**person["custom_fields"], MOBILE: numbers}})
+    assert (values.get(f"cf:{MOBILE}"), values[f"cf:{MOBILE}:as_entered"]) == (None, "+4917012345678, +4917087654321")
+    assert [i[:2] for i in found if i[0] == "Mobil (privat)"] == [("Mobil (privat)", "invalid_value_kept_as_text")]
+    values, found = _made(sample_staging, "persons", {**person, "custom_fields": {**person["custom_fields"], MOBILE: numbers[:1]}})
+    assert values[f"cf:{MOBILE}"] == "+4917012345678" and not [i for i in found if i[0] == "Mobil (privat)"]

@@ -156,6 +156,8 @@ def encoder(name: str, *, keyed: bool = False) -> Callable[[Encoder], Encoder]:
 
 
 def _as_text(value: Any) -> str | None:
+    """A value as one text; a list raises (the engine keeps its items as entered, reported), where
+    it was written as Python shows it ("['a@b.de']")."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -165,6 +167,8 @@ def _as_text(value: Any) -> str | None:
     if isinstance(value, dict):
         inner = value.get("value", value.get("name"))
         return _as_text(inner) if inner is not None else None
+    if isinstance(value, list):
+        raise TypeError("a list where the column takes one text")
     text = str(value).strip()
     return text or None
 
@@ -206,15 +210,16 @@ def _yes_no(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 def _checked(
     out: RecordOut, spec: ColumnSpec, fld: Field, value: Any, convert: Callable[[Any], str | None], entered: str | None = None
 ) -> None:
-    """Write `convert(value)`; a value it refuses goes verbatim (`entered`, by default the value as
-    text) to '<column> (as entered)', reported."""
+    """Write `convert(value)`; a value it refuses goes verbatim (`entered`, by default `as_entered`'s
+    text of it) to '<column> (as entered)', reported."""
     if value is None or value == "":
         return
     try:
         out.put(spec, convert(value))
     except (ValueError, TypeError) as exc:
-        fallback = out.put_as_entered(spec, str(value) if entered is None else entered)
-        out.issue(fld.name, "invalid_value_kept_as_text", f"{value if entered is None else entered!r}: {exc}; kept as text in '{fallback.label}'")
+        text = as_entered(value) if entered is None else entered
+        fallback = out.put_as_entered(spec, text)
+        out.issue(fld.name, "invalid_value_kept_as_text", f"{text!r}: {exc}; kept as text in '{fallback.label}'")
 
 
 @encoder("date")
@@ -375,13 +380,26 @@ def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 
 @encoder("option_labels")
 def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """The labels of a set's options, comma-joined. An item naming no option (a list in the list, a
+    boolean), which was written as Python shows it ("[119]"), is kept as entered, reported."""
     if value is None or value == "" or value == []:
         return
-    items = value if isinstance(value, list) else [p for p in str(value).split(",") if p.strip()]
-    labelled = [_option_label(item if isinstance(item, dict) else str(item).strip(), fld) for item in items]
-    out.put(spec, ", ".join(label for label, _ in labelled))
+    items = value if isinstance(value, list) else [p for p in value.split(",") if p.strip()] if isinstance(value, str) else [value]
+    readable, unread = _beside_readable(items, lambda item: _names_option(item, fld))
+    labelled = [_option_label(item, fld) for item in readable]
+    out.put(spec, ", ".join(label for label, _ in labelled) or None)
     if missing := [(key, label) for label, key in labelled if key is not None]:
         _report_missing_options(out, fld, missing)
+    if unread:
+        keep_as_entered(unread, spec, fld, out, "not an option id or label")
+
+
+def _names_option(item: Any, fld: Field) -> bool:
+    try:
+        _option_label(item, fld)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _ids(value: Any) -> list[str]:
@@ -516,8 +534,14 @@ def _phone_number(item: Any) -> str:
 
 @encoder("phone")
 def _phone(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    if value:
-        _phone_values([str(value).strip()], spec, fld, lk, out)
+    """A number, or a list of them as `phones` reads it; several only where the column takes several,
+    else they are kept as entered, reported, where the list was kept as Python shows it."""
+    if isinstance(value, list):
+        if len(value) > 1 and not spec.allow_multiple:
+            raise ValueError(f"{len(value)} numbers where the column takes one")
+        _phones(value, record, spec, fld, lk, out)
+    elif number := _phone_number(value):
+        _phone_values([number], spec, fld, lk, out)
 
 
 @encoder("contact_items")
