@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -249,10 +250,13 @@ def _due(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, ou
 def _date_range(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     if value is None:
         return
+    """`start,end`; with one side only, the one-day range of it (`values.date_range`), reported."""
     start, until = (value.get("value"), value.get("until")) if isinstance(value, dict) else (value, None)
-    if start and not until:
-        until = start
     _checked(out, spec, fld, value, lambda _: v.date_range(v.to_date(start), v.to_date(until)))
+    sides = [str(side).strip() if side is not None else "" for side in (start, until)]
+    if spec.key in out.values and not all(sides):
+        missing = "end" if sides[0] else "start"
+        out.issue(fld.name, "date_range_one_day", f"{as_entered(value)!r} has no {missing}; written as the one-day range {out.values[spec.key]}")
 
 
 @encoder("time")
@@ -320,9 +324,11 @@ def _option_label(value: Any, fld: Field) -> tuple[str, str | None]:
         return fld.deleted_options[key], key
     if isinstance(value, dict) and value.get("label"):
         return str(value["label"]), None
-    if not key.lstrip("-").isdigit():
+    if key in fld.options.values():
         return key, None  # some fields hold the label itself rather than an option id
-    return f"Deleted option #{key}", key
+    if key.lstrip("-").isdigit():
+        return f"Deleted option #{key}", key
+    return key, key  # text that names no option: carried as it is, reported as an unknown id
 
 
 def _option_key(value: Any) -> str:
@@ -380,14 +386,17 @@ def _option(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 
 @encoder("option_labels")
 def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    """The labels of a set's options, comma-joined. An item naming no option (a list in the list, a
+    """The labels of a set's options, comma-joined, each once. An item naming no option (a list in the list, a
     boolean), which was written as Python shows it ("[119]"), is kept as entered, reported."""
     if value is None or value == "" or value == []:
         return
     items = value if isinstance(value, list) else [p for p in value.split(",") if p.strip()] if isinstance(value, str) else [value]
     readable, unread = _beside_readable(items, lambda item: _names_option(item, fld))
     labelled = [_option_label(item, fld) for item in readable]
-    out.put(spec, ", ".join(label for label, _ in labelled) or None)
+    counts = Counter(label for label, _ in labelled)
+    out.put(spec, ", ".join(counts) or None)
+    if repeated := [f"{label!r} given {n} times" for label, n in counts.items() if n > 1]:
+        out.issue(fld.name, "option_repeated", f"{', '.join(repeated)}; written once")
     if missing := [(key, label) for label, key in labelled if key is not None]:
         _report_missing_options(out, fld, missing)
     if unread:
