@@ -248,9 +248,9 @@ def _due(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, ou
 
 @encoder("date_range")
 def _date_range(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """`start,end`; with one side only, the one-day range of it (`values.date_range`), reported."""
     if value is None:
         return
-    """`start,end`; with one side only, the one-day range of it (`values.date_range`), reported."""
     start, until = (value.get("value"), value.get("until")) if isinstance(value, dict) else (value, None)
     _checked(out, spec, fld, value, lambda _: v.date_range(v.to_date(start), v.to_date(until)))
     sides = [str(side).strip() if side is not None else "" for side in (start, until)]
