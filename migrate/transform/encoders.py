@@ -293,7 +293,8 @@ def _money(amount: Any, currency: Any, spec: ColumnSpec, fld: Field, out: Record
         out.issue(
             fld.name,
             "currency_unsupported",
-            f"{text} {code or '(no currency)'}: Customermates has no {code or 'empty'} currency; kept as text in '{column.label}'",
+            f"{text} {code}: Customermates has no {code} currency; kept as text in '{column.label}'" if code
+            else f"{text} without a currency, which a currency column needs; kept as text in '{column.label}'",
         )
 
 

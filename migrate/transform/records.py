@@ -199,7 +199,7 @@ class RecordMaker:
             record = jsontext.loads(text)
             sid = source_id(collection, record)
             if _deleted(record):
-                made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not migrated"))
+                made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not written (one migrated before stays: `sync --deletes` marks or removes it)"))
                 continue
             if NUL_ESCAPE in text:  # JSON writes U+0000 only escaped: the text tells whether to look
                 record = without_nul(record, "", removed := [])
