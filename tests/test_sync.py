@@ -1356,3 +1356,28 @@ def test_sync_every_logs_a_failed_sync_and_runs_the_next_but_stops_at_a_configur
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     assert {"columnId": column, "value": "Loop Tester"} in record["customFieldValues"]
+
+
+def test_a_record_found_vanished_is_marked_with_the_day_found_and_removed_by_the_next_sync_given_deletes(env, pipedrive, customermates):
+    """Person 2 is deleted in Pipedrive, person 6 purged (absent from every list). The reconciling
+    sync flagged 6 deleted but marked it with its last update_time (2021-12-31), not the day it was
+    found gone; person 2 keeps the date Pipedrive gives. The next `--deletes delete` sync, not
+    reconciling, removes both."""
+    assert invoke(env, "run").exit_code == 0
+    persons = {p["id"]: p for p in pipedrive.collections["persons"]}
+    persons[2]["is_deleted"], persons[2]["update_time"] = True, NOW
+    pipedrive.collections["persons"].remove(persons[6])
+    assert invoke(env, "sync").exit_code == 0
+    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert _values(contacts["2"][0])[column] == NOW[:10]  # the date Pipedrive gives
+    with Staging(env["MIGRATE_STATE"]) as staging:
+        [vanished_at] = [r.get("vanished_at") for r in staging.iter_raw("persons") if r["id"] == 6]
+    assert _values(contacts["6"][0])[column] == (vanished_at or "")[:10] != persons[6]["update_time"][:10]  # the day it was found gone
+
+    result = invoke(env, "sync", "--deletes", "delete")
+
+    assert result.exit_code == 0, result.output
+    contacts = by_pipedrive_id(customermates, "contacts")
+    assert "2" not in contacts and "6" not in contacts

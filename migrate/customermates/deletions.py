@@ -32,15 +32,16 @@ BATCH = 100
 
 
 def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
-    """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive.
-    Matched in SQL: only those two fields of the migrated ones are read, however many were deleted."""
+    """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive:
+    the day a vanished one was found gone, else the date Pipedrive gives (its update_time). Matched
+    in SQL: only those two fields of the migrated ones are read, however many were deleted."""
     gone: dict[str, tuple[str, str]] = {}
     for collection in ENTITY_SOURCES[entity]:
         if not staging.has_collection(collection):
             continue
         prefix = "lead:" if collection in V1_ENCODED else ""
         rows = staging.con.execute(
-            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'update_time', r.data->>'vanished_at', ''), 10) FROM {raw_table(collection)} r "
+            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'vanished_at', r.data->>'update_time', ''), 10) FROM {raw_table(collection)} r "
             "JOIN id_map m ON m.entity = $e AND m.source_id = $p || r.id WHERE r.is_deleted ORDER BY r.id",
             {"e": entity, "p": prefix},
         ).fetchall()

@@ -557,16 +557,15 @@ class Staging:
 
     def flag_missing_as_deleted(self, collection: str) -> int:
         """Mark staged records whose id `add_present_ids` did not list as deleted (in the flag and
-        in the record, `is_deleted: true, vanished: true`, where the transform looks); the list
+        in the record, `is_deleted: true, vanished: true`, where the transform looks), dated the day
+        they were found gone (`vanished_at`: their update_time dates their last edit); the list
         is dropped."""
         table = raw_table(collection)
         where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT id FROM present_ids)"
         count = self.con.execute(f"SELECT count(*) FROM {table} {where}").fetchone()[0]
         if count:
-            self.con.execute(
-                f"UPDATE {table} SET is_deleted = true, "
-                f"data = json_merge_patch(data, '{{\"is_deleted\": true, \"vanished\": true}}') {where}"
-            )
+            flags = jsontext.dumps({"is_deleted": True, "vanished": True, "vanished_at": datetime.now(UTC).strftime("%Y-%m-%d")})
+            self.con.execute(f"UPDATE {table} SET is_deleted = true, data = json_merge_patch(data, ?) {where}", [flags])
         self.con.execute("DROP TABLE present_ids")
         return int(count)
 
