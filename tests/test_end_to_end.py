@@ -547,8 +547,8 @@ def test_a_quarantined_record_deleted_in_pipedrive_since_is_no_longer_reported_q
 
 
 def test_a_batch_written_by_a_run_stopped_before_recording_it_is_counted_once_by_the_run_that_resumes(env, customermates, tmp_path, monkeypatch):
-    """The resuming run adopts that batch's records (counted created): it counted them unchanged too,
-    so its contacts added up to more than were staged."""
+    """The resuming run adopts that batch's records: it counted them created and unchanged, so its
+    contacts added up to more than were staged. They count unchanged only: the stopped run created them."""
     create_many = CustomermatesClient.create_many
     batches = Counter()
 

@@ -276,3 +276,44 @@ def test_undo_after_a_run_killed_between_a_write_and_its_commit_deletes_that_bat
     assert result.exit_code == 0, result.output
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
     assert state(env, "SELECT count(*) FROM pending_batches") == [(0,)]
+
+
+def test_records_a_resumed_run_adopts_from_a_killed_runs_batch_are_reported_and_undone_as_the_killed_runs(
+    env, sample_dir, customermates, monkeypatch, tmp_path
+):
+    """The killed run's last contacts batch was written but its ids not stored. The resuming run's
+    report counted the records it found by Pipedrive ID as created by it, yet undo of that run
+    listed none of them: the id map keeps them as the killed run's, which sent them."""
+    from migrate.errors import Interrupted
+
+    real_commit = Staging.commit_batch
+    seen: list[str] = []
+
+    def killed(self, batch_id, entity, written, run_id, payloads=()):
+        if entity == "contacts" and written:
+            seen.append(batch_id)
+            if len(seen) == 2:  # the server wrote this batch; the run dies before its ids are stored
+                raise Interrupted("SIGKILL", 9)
+        return real_commit(self, batch_id, entity, written, run_id, payloads)
+
+    monkeypatch.setattr(Staging, "commit_batch", killed)
+    assert CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env).exit_code == 137
+    monkeypatch.setattr(Staging, "commit_batch", real_commit)
+    [(pending,)] = state(env, "SELECT json_array_length(source_ids) FROM pending_batches")
+
+    resumed = invoke(["run", "--source", str(sample_dir), "--report-dir", str(tmp_path / "r")], env)
+
+    assert resumed.exit_code == 0, resumed.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    contacts = report["entities"]["contacts"]
+    assert contacts["adopted_after_uncertain_write"] == pending
+    assert contacts["created"] + contacts["updated"] + contacts["unchanged"] == contacts["to_migrate"]
+    in_map = dict(state(env, "SELECT coalesce(created_by_run, run_id), count(*) FROM id_map WHERE entity = 'contacts' GROUP BY 1"))
+    killed_run = state(env, "SELECT run_id FROM runs WHERE command = 'run' ORDER BY started_at LIMIT 1")[0][0]
+    assert in_map[killed_run] > pending  # its first batch and the one it died in
+
+    listing = invoke(["undo"], env)  # the resuming run: exactly what its report says it created
+    assert {e: int(row[0]) for e, row in table_rows(listing.output).items()} == {e: row["created"] for e, row in report["entities"].items()}
+    for _ in range(2):  # then the killed run, its adopted batch included: nothing left behind
+        assert invoke(["undo", "--yes"], env).exit_code == 0
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)

@@ -155,7 +155,6 @@ class Loader:
         self.writes_done = 0  # write requests that went through
         self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
         self.set_aside_alone = False  # the entity's only record set aside: a read may vouch for the server
-        self.adopted_at_resume: dict[str, set[str]] = {}  # entity → records of a crashed run's batch found written
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -354,8 +353,7 @@ class Loader:
                 if existing is None:
                     creates.append(_Item(source_id, body, digest, payload=payload))
                 elif existing[1] == digest:
-                    if source_id not in self.adopted_at_resume.get(entity, ()):
-                        self.summary.unchanged[entity] += 1
+                    self.summary.unchanged[entity] += 1
                     continue
                 else:
                     updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
@@ -466,6 +464,7 @@ class Loader:
         self.ceiling = max(self.min_batch, min(self.ceiling, len(items) - 1))
         self.batch_size = max(self.min_batch, len(items) // 2)
         missing = self._settle(batch_id, entity, operation, items)
+        self.summary.created[entity] += len(items) - len(missing)  # sent by this run: its creations
         if not missing:
             return
         if len(missing) == 1 and set_aside_after is not None and (self.writes_done > set_aside_after or (self.set_aside_alone and self._answers_reads(entity))):
@@ -579,7 +578,8 @@ class Loader:
 
     # -- uncertain outcomes -----------------------------------------------------------------
     def _settle(self, batch_id: str, entity: str, operation: str, items: list[_Item]) -> list[_Item]:
-        """Find out which records of an uncertain batch exist; adopt them, return the rest."""
+        """Find out which records of an uncertain batch exist; adopt them (for the run that sent the
+        batch, as `commit_batch` records), return the rest."""
         if operation == "update":
             # an update is idempotent: sending it again gives the same state
             self.staging.commit_batch(batch_id, entity, [], self.run_id)
@@ -589,7 +589,6 @@ class Loader:
         payloads = [(i.source_id, i.payload) for i in items if i.source_id in found and i.payload is not None]
         self.staging.commit_batch(batch_id, entity, adopted, self.run_id, payloads)
         self.summary.adopted[entity] += len(adopted)
-        self.summary.created[entity] += len(adopted)
         return [i for i in items if i.source_id not in found]
 
     def find_in_target(self, entity: str, source_ids: list[str]) -> dict[str, str]:
@@ -611,7 +610,9 @@ class Loader:
         )
 
     def resolve_pending(self) -> None:
-        """Settle batches a crashed run left pending (their outcome is unknown)."""
+        """Settle batches a crashed run left pending (their outcome is unknown). The records found
+        written stay that run's creations (undone with it): this run counts them unchanged, or
+        updated, when the load comes to them."""
         for batch in self.staging.pending_batches():
             entity = batch["entity"]
             items = [_Item(sid, {}, digest) for sid, digest in zip(batch["source_ids"], batch["hashes"], strict=True)]
@@ -619,9 +620,7 @@ class Loader:
             if batch["operation"] == "update":
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
-            missing = {i.source_id for i in self._settle(batch["batch_id"], entity, "create", items)}
-            # counted created (adopted) now: not counted unchanged too when the load comes to them
-            self.adopted_at_resume.setdefault(entity, set()).update(i.source_id for i in items if i.source_id not in missing)
+            self._settle(batch["batch_id"], entity, "create", items)
 
 
 def unmatched_owners(users: Mapping[str, dict[str, Any]], owned: Mapping[str, int], matched: Container[str]) -> list[dict[str, Any]]:
