@@ -1166,3 +1166,17 @@ def test_a_date_range_missing_a_side_and_a_set_item_naming_no_option_or_one_twic
     values, found = _made(sample_staging, "deals", {**deal, "custom_fields": {**deal["custom_fields"], **fine}})
     assert [values.get(f"cf:{key}") for key in fine] == ["2025-01-01,2025-02-01", "09:00–11:00 Europe/Berlin", "CRM, ERP"]
     assert not [i for i in found if i[0] in ("Projektzeitraum", "Workshop-Termin", "Module")]
+
+
+def test_an_enum_value_with_an_empty_id_makes_no_empty_option_and_a_lead_label_naming_none_is_reported(sample_staging):
+    """`{"id": ""}` added an empty option to the column; a lead's label id naming no lead label was
+    written 'Label <id>' without a word, where a deal's is reported."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    transformer = engine.Transformer(sample_staging, load_mappings())
+    made = transformer.maker.make(records.Batch("deals", [(json.dumps({**deal, "custom_fields": {**deal["custom_fields"], LEAD_SOURCE: {"id": ""}}}), [], [])], {}))
+    assert f"cf:{LEAD_SOURCE}" not in json.loads(made.rows[0][2])["values"]
+    assert all(option.strip() for option in transformer.maker.registry.get("deals", f"cf:{LEAD_SOURCE}").options)
+    lead = next(sample_staging.iter_raw("leads"))
+    values, found = _made(sample_staging, "leads", {**lead, "label_ids": ["6513270e-269e-4d37-b2a7-4de452e6b438", "0000-gone"]})
+    assert values["labels"] == "Heiß, Label 0000-gone"
+    assert ("label_ids", "option_unknown", "option id 0000-gone is not among the field's options; carried as 'Label 0000-gone'") in found

@@ -367,9 +367,11 @@ def _ids_and_labels(pairs: list[tuple[str, str]]) -> tuple[str, str]:
 
 
 def _choose(spec: ColumnSpec, out: RecordOut, label: str) -> None:
-    """Write a single-select value by its label; the label joins the column's options."""
-    spec.add_option(label)
-    out.put(spec, label)
+    """Write a single-select value by its label; the label joins the column's options. A label of
+    spaces only is no value: it made an empty option (`{"id": ""}`), which the column then offered."""
+    if label.strip():
+        spec.add_option(label)
+        out.put(spec, label)
 
 
 @encoder("option")
@@ -650,7 +652,11 @@ def _labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
 
 @encoder("lead_labels")
 def _lead_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    out.put(spec, _names(_read_ids(value, spec, fld, out), lk.lead_labels, "Label {}"))
+    """The labels' names; one naming no lead label is carried as 'Label <id>', reported as a deal's label is."""
+    ids = _read_ids(value, spec, fld, out)
+    out.put(spec, _names(ids, lk.lead_labels, "Label {}"))
+    if missing := [(i, f"Label {i}") for i in ids if not lk.lead_labels.get(i)]:
+        _report_missing_options(out, fld, missing)
 
 
 def _one_id(value: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> list[str]:
