@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import httpx
@@ -392,3 +393,28 @@ def test_a_dry_run_without_customermates_names_no_owner_unmatched(env, sample_di
     assert result.exit_code == 0, result.output
     assert _owner_lines(result.output) == [] and "owner_unmatched" not in _issue_rules(result.output)
     assert json.loads((tmp_path / "dry" / "report.json").read_text())["unmatched_users"] == []
+
+
+def test_plan_md_shows_hostile_names_and_values_as_written_without_breaking_its_tables_or_lists(env, pipedrive, customermates, tmp_path):
+    """plan.md took names and values raw: a record named `<script>…` reached a Markdown viewer as HTML, a
+    field renamed `USt | IdNr` with a line break split the coverage table's row, a title's line break
+    broke the list, and a backtick in a value closed its code span early."""
+    assert invoke(env, "run").exit_code == 0
+    email = "7e0a25e3ba4c25eb45bb84806b6215cfad0f42fd"  # the sample persons' varchar custom field "Email"
+    next(f for f in pipedrive.collections["personFields"] if f["field_code"] == email)["field_name"] = "USt | IdNr\n<b>neu</b>"
+    person = next(p for p in live(pipedrive.collections["persons"]) if p.get("first_name"))
+    person["first_name"], person["last_name"] = "<script>alert(5)</script>", "Ende\n- injected | cell"
+    person["name"] = f"{person['first_name']} {person['last_name']}"
+    person["custom_fields"] = {**(person.get("custom_fields") or {}), email: "CTO | `code` **bold**"}
+    person["update_time"] = "2026-11-28T12:00:00Z"
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    markdown = (tmp_path / "p" / "plan.md").read_text()
+    outside_code = re.sub(r"(`+).+?\1", "", markdown)  # a code span shows its text as it is
+    assert "<script>" not in outside_code and "<b>" not in outside_code
+    [line] = [x for x in markdown.splitlines() if f"(Pipedrive {person['id']})" in x]
+    assert line.startswith("- **update** \\<script\\>alert(5)\\</script\\> Ende - injected \\| cell")
+    rows = [x for x in markdown.splitlines() if x.startswith("| ")]
+    assert rows and {len(re.findall(r"(?<!\\)\|", row)) for row in rows} <= {6, 7}  # the coverage table's 5 cells, the summary's 6
+    assert any(r.startswith("| contacts | USt \\| IdNr \\<b\\>neu\\</b\\> |") for r in rows)
+    assert "``CTO | `code` **bold**``" in markdown

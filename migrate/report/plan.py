@@ -20,6 +20,7 @@ import functools
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -485,21 +486,23 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
         lines.append(f"| {entity} | " + " | ".join(str(counts[a]) for a in ACTIONS) + " |")
     schema = plan["schema"]
     lines += ["", f"## Custom columns to create ({len(schema['columns_to_create'])})", ""]
-    lines += [f"- {c}" for c in schema["columns_to_create"]] or ["None."]
+    lines += [f"- {_md_text(c)}" for c in schema["columns_to_create"]] or ["None."]
     if schema["columns_to_rename"]:
-        lines += ["", "## Columns to rename", ""] + [f"- {c}" for c in schema["columns_to_rename"]]
+        lines += ["", "## Columns to rename", ""] + [f"- {_md_text(c)}" for c in schema["columns_to_rename"]]
     if schema["options_to_add"]:
-        lines += ["", "## Options to add", ""] + [f"- {o}" for o in schema["options_to_add"]]
+        lines += ["", "## Options to add", ""] + [f"- {_md_text(o)}" for o in schema["options_to_add"]]
     if schema["options_to_rename"]:
-        lines += ["", "## Options to rename", ""] + [f"- {o}" for o in schema["options_to_rename"]]
+        lines += ["", "## Options to rename", ""] + [f"- {_md_text(o)}" for o in schema["options_to_rename"]]
     lines += ["", "## Values not carried exactly", ""]
     if not plan["lossy"]:
         lines.append("None.")
     for rule, info in plan["lossy"].items():
-        lines.append(f"- **{rule}** ({info['count']}): " + "; ".join(f"{e['entity']} {e['source_id']} {e['field']}: {e['detail']}" for e in info["examples"][:3]))
+        examples = "; ".join(_md_text(f"{e['entity']} {e['source_id']} {e['field']}: {e['detail']}") for e in info["examples"][:3])
+        lines.append(f"- **{rule}** ({info['count']}): {examples}")
     if plan.get("coverage"):
         lines += ["", "## Field coverage", "", "| entity | Pipedrive field | type | custom | goes to |", "|---|---|---|---|---|"]
-        lines += [f"| {r['entity']} | {r['pipedrive_field']} | {r['type']} | {r['custom']} | {r['goes_to']} |" for r in plan["coverage"]]
+        cells = ("entity", "pipedrive_field", "type", "custom", "goes_to")
+        lines += ["| " + " | ".join(_md_text(r[cell]) for cell in cells) + " |" for r in plan["coverage"]]
     decisions = ("update", "conflict", "skip")
     for entity in plan_entities(plan, records):
         interesting, creates = records.count(entity, decisions), records.count(entity, ("create",))
@@ -507,25 +510,41 @@ def plan_markdown(plan: dict[str, Any], records: PlanRecords, *, max_rows: int =
             continue
         lines += ["", f"## {entity}", ""]
         if creates:
-            shown = ", ".join(f"{r['name'] or '#' + r['source_id']} ({r['source_id']})" for r in records.of(entity, ("create",), 20))
+            shown = ", ".join(_md_text(f"{r['name'] or '#' + r['source_id']} ({r['source_id']})") for r in records.of(entity, ("create",), 20))
             lines.append(f"Create {creates}: {shown}{' …' if creates > 20 else ''}")
             lines.append("")
         for record in records.of(entity, decisions, max_rows):
-            title = f"- **{record['action']}** {record['name'] or ''} (Pipedrive {record['source_id']})"
-            lines.append(title + (f": {record['reason']}" if record.get("reason") else ""))
+            title = f"- **{record['action']}** {_md_text(record['name'] or '')} (Pipedrive {_md_text(record['source_id'])})"
+            lines.append(title + (f": {_md_text(record['reason'])}" if record.get("reason") else ""))
             for change in record["changes"]:
-                lines.append(f"  - {change['field']}: {_md(change['before'])} → {_md(change['after'])}")
+                lines.append(f"  - {_md_text(change['field'])}: {_md(change['before'])} → {_md(change['after'])}")
         if interesting > max_rows:
             lines.append(f"- … {interesting - max_rows} more in plan.json")
     return "\n".join(lines) + "\n"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")  # what makes HTML, links, emphasis, code or cells; not `_`, for the file read raw
+_BACKTICKS = re.compile(r"`+")
+
+
+def _md_text(value: Any) -> str:
+    """Text from the data (a name, a field's label, a detail) as plan.md shows it: on one line, with
+    the characters Markdown, HTML and tables read escaped, so a record named `<script>…` or a field
+    named `a | b` shows as written, where it broke the table or reached a viewer as HTML."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
 def _md(value: Any) -> str:
+    """A value as a code span, on one line: fenced by more backticks than any run in it (a backtick
+    in a value closed the span early); `|` left as it is, as no table holds these."""
     if value is None or value == [] or value == "":
         return "∅"
     text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-    text = text.replace("\n", " ").replace("|", "\\|")
-    return f"`{text[:120]}{'…' if len(text) > 120 else ''}`"
+    text = " ".join(text.splitlines())
+    text = f"{text[:120]}{'…' if len(text) > 120 else ''}"
+    fence = "`" * (max(map(len, _BACKTICKS.findall(text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == " " and text[-1:] == " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 FIELD_SOURCES = (
