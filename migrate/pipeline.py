@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ from migrate.transform.engine import (
     TransformSummary,
     transform,
 )
+from migrate.transform.encoders import user_label
 from migrate.transform.mapping import load_mappings
 
 log = structlog.get_logger(__name__)
@@ -576,6 +577,31 @@ def preflight(
     return warnings
 
 
+def _pipedrive_users(settings: Settings, source: PageSource) -> list[dict[str, Any]]:
+    """Pipedrive's users: those an extract staged, else read (the users list, one page)."""
+    if settings.state.exists():
+        with suppress(LockHeldError), Staging(settings.state) as staging:  # a run holds it: read them
+            if staging.has_collection("users"):
+                return list(staging.iter_raw("users"))
+    users = next(c for c in COLLECTIONS if c.name == "users")
+    return [user for page in source.pages(users) for user in page.records]
+
+
+def _owners_matched(pipedrive_users: list[dict[str, Any]], customermates_users: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether every active Pipedrive user has a Customermates user of the same email (how owners are
+    matched), and which have none: the records they own would land without an owner."""
+    emails = {str(u.get("email") or "").strip().lower() for u in customermates_users} - {""}
+    active = [u for u in pipedrive_users if u.get("active_flag", True)]
+    unmatched = [u for u in active if str(u.get("email") or "").strip().lower() not in emails]
+    if not unmatched:
+        return True, f"each of the {len(active)} active Pipedrive users has a Customermates user of the same email"
+    named = ", ".join(user_label(u, str(u.get("id"))) for u in unmatched[:5]) + (" …" if len(unmatched) > 5 else "")
+    return False, (
+        f"{len(unmatched)} of the {len(active)} active Pipedrive users have no Customermates user of the same email ({named}): "
+        "the records they own land without an owner, their name kept in 'Pipedrive owner'; invite them first (`migrate plan` counts their records)"
+    )
+
+
 def doctor(settings: Settings) -> list[tuple[str, str, str]]:
     """Preflight checks of both sides: (check, "ok" | "warn" | "fail", detail)."""
     results: list[tuple[str, str, str]] = []
@@ -607,8 +633,10 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
                 add("Pipedrive budget", remaining is None or cost.tokens <= remaining, cost.describe(remaining), warn_only=True)
             else:
                 add("Pipedrive snapshot", True, str(settings.source))
+            pipedrive_users = _pipedrive_users(settings, source)
         except MigrateError as exc:
             add("Pipedrive", False, str(exc))
+            pipedrive_users = None
         try:
             client, mcp = customermates_clients(settings, stack)
             who, admin = customermates_identity(client)
@@ -616,6 +644,8 @@ def doctor(settings: Settings) -> list[tuple[str, str, str]]:
             add("Customermates admin", admin, "Admin role" if admin else "migrations need an Admin (system role) key")
             users = client.list_users()
             add("Customermates users", bool(users), f"{len(users)} users to match Pipedrive owners against")
+            if pipedrive_users is not None:
+                add("Pipedrive users in Customermates", *_owners_matched(pipedrive_users, users), warn_only=True)
         except MigrateError as exc:
             add("Customermates key", False, str(exc))
             return results

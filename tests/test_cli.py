@@ -193,6 +193,25 @@ def test_doctor_warns_about_active_webhooks(env, customermates):
     assert "WARN Customermates webhooks: 1 active" in result.output
 
 
+def test_doctor_warns_when_pipedrive_users_have_no_customermates_user_and_not_once_each_has_one(env, tmp_path):
+    """doctor said ok with "2 users to match Pipedrive owners against" while none of the sample's
+    owners had a Customermates user: every record would land without an owner."""
+    import copy
+
+    from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
+
+    line = " ".join(invoke(["doctor"], env).output.split())
+    assert "WARN Pipedrive users in Customermates: 4 of the 4 active Pipedrive users have no Customermates user of the same email" in line
+    assert "Katrin Vogel <katrin.vogel@nordlicht-systems.de>" in line and "stefan.koehler" not in line  # he is inactive
+    invited = [
+        {**copy.deepcopy(DEFAULT_USERS[-1]), "id": f"2222222{n}-2222-4222-8222-222222222222", "email": email, "firstName": email.split(".")[0], "lastName": "X"}
+        for n, email in enumerate(["Katrin.Vogel@nordlicht-systems.de", "thomas.brandt@nordlicht-systems.de", "aylin.demir@nordlicht-systems.de", "olivia.bennett.sales@gmail.com"])
+    ]
+    with FakeCustomermates(users=[*copy.deepcopy(DEFAULT_USERS), *invited]) as fake:
+        result = invoke(["doctor"], dict(env, CUSTOMERMATES_URL=fake.url, CUSTOMERMATES_API_KEY=VALID_KEY))
+    assert "ok Pipedrive users in Customermates: each of the 4 active Pipedrive users has a Customermates user of the same email" in " ".join(result.output.split())
+
+
 def test_a_run_out_of_duckdb_memory_names_the_setting_that_gives_more_and_the_next_run_uses_it(env, monkeypatch, tmp_path):
     from migrate import pipeline
     from migrate.staging.store import MEMORY_LIMIT_ENV, Staging
