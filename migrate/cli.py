@@ -392,8 +392,9 @@ def status_command(settings: Settings) -> None:
     console = Console()
     info = pipeline.status(settings)
     runs = Table(title=f"Runs ({info['state']})", title_justify="left")
-    for name in ("run_id", "command", "started_at", "finished_at", "status"):
-        runs.add_column(name)
+    longest_id = max((len(run["run_id"] or "") for run in info["runs"]), default=0)
+    for name in ("run_id", "command", "started_at", "finished_at", "status"):  # a run id whole: `undo --run` takes it
+        runs.add_column(name, **({"no_wrap": True, "min_width": longest_id} if name == "run_id" else {}))
     for run in info["runs"]:
         runs.add_row(*(str(run[k] or "") for k in ("run_id", "command", "started_at", "finished_at", "status")))
     console.print(runs)

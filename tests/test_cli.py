@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import duckdb
@@ -159,6 +161,17 @@ def test_status_after_an_extract_stopped_early_counts_the_collections_not_reache
     assert result.exit_code == 0, result.output
     assert "Extract: 1/21 collections complete" in result.output
     assert "  • persons: not read yet" in result.output and f"  • {reached[0]}:" not in result.output
+
+
+def test_status_shows_each_run_id_whole_on_80_columns_for_undo_to_take(env, tmp_path, monkeypatch):
+    """On 80 columns (piped, or not a terminal) the table cut run ids to `20261202T15424…`, which
+    `undo --run` refuses; an operator had to dig the id out of report.json."""
+    assert invoke(["run", "--report-dir", str(tmp_path / "r")], env).exit_code == 0
+    run_id = json.loads((tmp_path / "r" / "report.json").read_text())["run_id"]
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(["status"], env)
+    assert any(run_id in line for line in result.output.splitlines()), result.output
+    assert "no run" not in invoke(["undo", "--run", run_id], env).output
 
 
 def test_status_without_a_state_file_says_so(env, tmp_path):
