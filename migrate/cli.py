@@ -129,7 +129,10 @@ def report_dir_option(help_text: str) -> Callable[[Callable[..., Any]], Callable
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False)
+    if log_format() == "json":  # unattended: a log that collects both streams gets one JSON line an event
+        log.error("command.failed", error=redact(message), exit_code=exit_code)
+    else:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False)
     sys.exit(exit_code)
 
 

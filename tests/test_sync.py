@@ -1381,3 +1381,14 @@ def test_a_record_found_vanished_is_marked_with_the_day_found_and_removed_by_the
     assert result.exit_code == 0, result.output
     contacts = by_pipedrive_id(customermates, "contacts")
     assert "2" not in contacts and "6" not in contacts
+
+
+def test_a_sync_that_fails_with_log_format_json_says_so_in_a_json_line(env, customermates):
+    """`sync --log-format json >> sync.log 2>&1` is the documented cron line; a failed sync wrote one
+    plain-text `error: …` line into that log of JSON lines."""
+    assert invoke(env, "run").exit_code == 0
+    result = CliRunner().invoke(cli, ["sync", "--log-format", "json"], env={**env, "CUSTOMERMATES_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 1, result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.strip()]  # every line is JSON
+    [failed] = [line for line in lines if line.get("event") == "command.failed"]
+    assert failed["exit_code"] == 1 and "http://127.0.0.1:9" in failed["error"] and failed["level"] == "error"
