@@ -54,6 +54,7 @@ from migrate.report.run_report import (
 from migrate.report.run_report import write_issues as write_issue_rows
 from migrate.report.undo_report import UndoRecords
 from migrate.staging.store import Staging
+from migrate.transform.encoders import user_label
 from migrate.transform.engine import (
     ENTITY_ORDER,
     ENTITY_SOURCES,
@@ -61,7 +62,6 @@ from migrate.transform.engine import (
     TransformSummary,
     transform,
 )
-from migrate.transform.encoders import user_label
 from migrate.transform.mapping import load_mappings
 
 log = structlog.get_logger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import duckdb
@@ -142,8 +141,8 @@ def test_status_lists_runs_checkpoints_and_migrated_counts(env):
 def test_status_after_an_extract_stopped_early_counts_the_collections_not_reached_yet(env, sample_dir, monkeypatch):
     """An extract stopped after its first collection said "1/1 collections complete": only collections
     with a checkpoint were counted, those not reached yet not at all."""
-    from migrate.pipedrive import extract as extract_module
     from migrate.errors import Interrupted
+    from migrate.pipedrive import extract as extract_module
 
     real = extract_module._extract_collection
     reached: list[str] = []
