@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,9 @@ def test_undo_plans_and_reports_in_batches_from_the_state_file_in_the_order_of_a
     assert [r["id"] for r in customermates.records("contacts")] == [edited["id"]]
 
 
-def test_undo_after_a_run_killed_between_a_write_and_its_commit_deletes_that_batch_too(env, sample_dir, customermates, monkeypatch):
+def _kill_at_the_second_contacts_commit(monkeypatch) -> Callable[..., Any]:
+    """The next run dies (SIGKILL) after the server wrote its second contacts batch, before its ids are
+    stored; returns the real `commit_batch`, to put back."""
     from migrate.errors import Interrupted
 
     real_commit = Staging.commit_batch
@@ -257,11 +260,16 @@ def test_undo_after_a_run_killed_between_a_write_and_its_commit_deletes_that_bat
     def killed(self, batch_id, entity, written, run_id, payloads=()):
         if entity == "contacts" and written:
             seen.append(batch_id)
-            if len(seen) == 2:  # the server wrote this batch; the run dies before its ids are stored
+            if len(seen) == 2:
                 raise Interrupted("SIGKILL", 9)
         return real_commit(self, batch_id, entity, written, run_id, payloads)
 
     monkeypatch.setattr(Staging, "commit_batch", killed)
+    return real_commit
+
+
+def test_undo_after_a_run_killed_between_a_write_and_its_commit_deletes_that_batch_too(env, sample_dir, customermates, monkeypatch):
+    real_commit = _kill_at_the_second_contacts_commit(monkeypatch)
     result = CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env)
     assert result.exit_code == 137, result.output
     monkeypatch.setattr(Staging, "commit_batch", real_commit)
@@ -284,19 +292,7 @@ def test_records_a_resumed_run_adopts_from_a_killed_runs_batch_are_reported_and_
     """The killed run's last contacts batch was written but its ids not stored. The resuming run's
     report counted the records it found by Pipedrive ID as created by it, yet undo of that run
     listed none of them: the id map keeps them as the killed run's, which sent them."""
-    from migrate.errors import Interrupted
-
-    real_commit = Staging.commit_batch
-    seen: list[str] = []
-
-    def killed(self, batch_id, entity, written, run_id, payloads=()):
-        if entity == "contacts" and written:
-            seen.append(batch_id)
-            if len(seen) == 2:  # the server wrote this batch; the run dies before its ids are stored
-                raise Interrupted("SIGKILL", 9)
-        return real_commit(self, batch_id, entity, written, run_id, payloads)
-
-    monkeypatch.setattr(Staging, "commit_batch", killed)
+    real_commit = _kill_at_the_second_contacts_commit(monkeypatch)
     assert CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env).exit_code == 137
     monkeypatch.setattr(Staging, "commit_batch", real_commit)
     [(pending,)] = state(env, "SELECT json_array_length(source_ids) FROM pending_batches")
