@@ -12,6 +12,7 @@ import yaml
 
 from migrate.transform.notes import (
     NOTES_LIMIT,
+    Composed,
     NoteEntry,
     compose_notes,
     html_to_markdown,
@@ -19,6 +20,7 @@ from migrate.transform.notes import (
     notes_length,
     truncate_notes,
 )
+from migrate.transform.records import notes_truncated_detail
 
 NOTES_CASSETTE = (
     Path(__file__).resolve().parents[2] / "shared" / "contracts" / "customermates" / "recorded" / "09_notes.yaml"
@@ -492,9 +494,7 @@ def test_compose_sorts_by_created_none_last_and_renders_headers():
         NoteEntry(author=None, created="2023-12-24T08:00:05Z", html="<p>December</p>", title="Activity note"),
         NoteEntry(author="Carl *Star*", created=None, html="<p>undated two</p>"),
     ]
-    markdown, truncated = compose_notes(entries)
-    assert not truncated
-    assert markdown == (
+    assert compose_notes(entries) == Composed(
         "2023-12-24 08:00 UTC · Activity note\n\nDecember"
         "\n\n---\n\n"
         "**Anna Schmidt** · 2024-03-01 10:20 UTC · Pinned\n\nMarch"
@@ -503,7 +503,7 @@ def test_compose_sorts_by_created_none_last_and_renders_headers():
         "\n\n---\n\n"
         "**Carl \\*Star\\***\n\nundated two"
     )
-    assert_customermates_safe(markdown)
+    assert_customermates_safe(compose_notes(entries).text)
 
 
 def test_compose_keeps_header_of_empty_note_and_skips_empty_entries():
@@ -512,12 +512,11 @@ def test_compose_keeps_header_of_empty_note_and_skips_empty_entries():
         NoteEntry(author=None, created=None, html="<p></p>"),
         NoteEntry(author=None, created=None, html="<p>body only</p>"),
     ]
-    markdown, truncated = compose_notes(entries)
-    assert (markdown, truncated) == ("**Anna** · 2024-01-01 00:00 UTC\n\n---\n\nbody only", False)
+    assert compose_notes(entries) == Composed("**Anna** · 2024-01-01 00:00 UTC\n\n---\n\nbody only")
 
 
 def test_compose_nothing_is_empty():
-    assert compose_notes([]) == ("", False)
+    assert compose_notes([]) == Composed("")
 
 
 def test_compose_notes_with_tables_and_images_stays_acceptable():
@@ -525,37 +524,69 @@ def test_compose_notes_with_tables_and_images_stays_acceptable():
         NoteEntry("A", "2024-01-01T00:00:00Z", "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>"),
         NoteEntry("B", "2024-01-02T00:00:00Z", "<p>x | y</p><p>:-: | :-:</p><img src='https://e/i.png'>"),
     ]
-    markdown, truncated = compose_notes(entries)
-    assert not truncated
-    assert_customermates_safe(markdown)
+    composed = compose_notes(entries)
+    assert not composed.cut
+    assert_customermates_safe(composed.text)
 
 
 def _paragraphs(count: int, size: int = 500) -> str:
     return "".join(f"<p>Paragraph {i}: " + "lorem ipsum " * (size // 12) + "</p>" for i in range(count))
 
 
-def test_long_notes_truncated_at_paragraph_boundary_with_marker():
+def _blocks(composed: Composed) -> list[tuple[str, str, str]]:
+    """(header, kept body, marker or "") of each note in composed text."""
+    out = []
+    for block in composed.text.split("\n\n---\n\n"):
+        header, _, body = block.partition("\n\n")
+        kept, _, last = body.rpartition("\n\n")
+        out.append((header, kept, last) if TRUNCATION_LINE.fullmatch(last) else (header, body, ""))
+    return out
+
+
+def test_long_notes_are_each_cut_at_a_paragraph_boundary_with_their_own_marker():
     entries = [NoteEntry("Anna", f"2024-01-{day:02d}T09:00:00Z", _paragraphs(40)) for day in range(1, 11)]
-    markdown, truncated = compose_notes(entries)
-    assert truncated
-    assert notes_length(markdown) <= NOTES_LIMIT
-    assert notes_length(markdown) > NOTES_LIMIT - 1_000  # not cut far too early
-    assert_customermates_safe(markdown)
-    body, _, last_line = markdown.rpartition("\n\n")
-    assert TRUNCATION_LINE.fullmatch(last_line)
-    full = "\n\n---\n\n".join(
-        f"**Anna** · 2024-01-{day:02d} 09:00 UTC\n\n" + html_to_markdown(_paragraphs(40)) for day in range(1, 11)
-    )
-    assert full.startswith(body)
-    assert full[len(body):].startswith("\n\n")  # the cut is at a paragraph boundary
-    dropped = int(re.search(r"[0-9]+", last_line).group())
-    assert dropped == len(full) - len(body)
+    composed = compose_notes(entries)
+    assert notes_length(composed.text) <= NOTES_LIMIT
+    assert notes_length(composed.text) > NOTES_LIMIT - 10 * 600  # each loses less than a paragraph more than it must
+    assert_customermates_safe(composed.text)
+    full = html_to_markdown(_paragraphs(40))
+    blocks = _blocks(composed)
+    assert [header for header, _, _ in blocks] == [f"**Anna** · 2024-01-{day:02d} 09:00 UTC" for day in range(1, 11)]
+    for _, kept, marker in blocks:
+        assert full.startswith(kept) and full[len(kept):].startswith("\n\n")  # the cut is at a paragraph boundary
+        assert marker == f"_[truncated: {len(full) - len(kept)} characters not migrated]_"
+    assert composed.cut == tuple((entry, len(full) - len(kept)) for entry, (_, kept, _) in zip(entries, blocks, strict=True))
+
+
+def test_the_longest_notes_are_cut_first_and_short_ones_stay_whole():
+    entries = [
+        NoteEntry("Anna", "2024-01-01T09:00:00Z", _paragraphs(100)),
+        NoteEntry("Ben", "2024-01-02T09:00:00Z", _paragraphs(2)),
+        NoteEntry("Carl", "2024-01-03T09:00:00Z", _paragraphs(80)),
+    ]
+    composed = compose_notes(entries)
+    assert_customermates_safe(composed.text)
+    (_, first, _), (_, short, no_marker), (_, third, _) = _blocks(composed)
+    assert short == html_to_markdown(_paragraphs(2)) and not no_marker
+    assert abs(len(first) - len(third)) < 600  # cut to the same length, give or take a paragraph
+    assert [entry.author for entry, _ in composed.cut] == ["Anna", "Carl"]
+
+
+def test_notes_whose_headers_alone_do_not_fit_are_cut_at_the_end():
+    entries = [NoteEntry(f"Author {n}", f"2024-01-01T09:{n % 60:02d}:00Z", "<p>Called back, all fine</p>") for n in range(2_000)]
+    composed = compose_notes(entries)
+    assert composed.end_cut and not composed.cut
+    assert notes_length(composed.text) <= NOTES_LIMIT
+    assert_customermates_safe(composed.text)
+    assert TRUNCATION_LINE.fullmatch(composed.text.rpartition("\n\n")[2])
+    assert notes_truncated_detail(composed).startswith("notes exceed 65,535 characters even with every note's content left out")
 
 
 def test_truncation_counts_utf16_units_for_emoji():
     html = "".join(f"<p>{'🚀' * 200} {i}</p>" for i in range(400))
-    markdown, truncated = compose_notes([NoteEntry("Anna", "2024-01-01T00:00:00Z", html)])
-    assert truncated
+    composed = compose_notes([NoteEntry("Anna", "2024-01-01T00:00:00Z", html)])
+    markdown = composed.text
+    assert composed.cut and not composed.end_cut
     assert len(markdown) < NOTES_LIMIT // 2 + 1_000
     assert notes_length(markdown) <= NOTES_LIMIT
     assert_customermates_safe(markdown)
@@ -563,8 +594,9 @@ def test_truncation_counts_utf16_units_for_emoji():
 
 def test_truncation_inside_code_block_closes_the_fence():
     code = "\n".join(f"line {i} " + "x" * 60 for i in range(2_000))
-    markdown, truncated = compose_notes([NoteEntry("Dev", None, f"<pre>{code}</pre>")])
-    assert truncated
+    composed = compose_notes([NoteEntry("Dev", None, f"<pre>{code}</pre>")])
+    markdown = composed.text
+    assert composed.cut and not composed.end_cut
     assert notes_length(markdown) <= NOTES_LIMIT
     body, _, last_line = markdown.rpartition("\n\n")
     assert TRUNCATION_LINE.fullmatch(last_line)
@@ -604,10 +636,38 @@ def test_a_note_of_several_times_the_limit_converts_whole_and_is_cut_to_the_limi
         "<ul><li>point a</li><li>point b</li></ul><p><img src='https://img.example/x.png' alt='pic'></p>"
     )
     html = chunk * (300_000 // len(chunk) + 1)
-    markdown, truncated = compose_notes([NoteEntry("Anna Schmidt", "2024-03-01T10:20:00Z", html)])
-    assert truncated
+    composed = compose_notes([NoteEntry("Anna Schmidt", "2024-03-01T10:20:00Z", html)])
+    markdown = composed.text
+    assert composed.cut and not composed.end_cut
     (cut,) = TRUNCATION_LINE.findall(markdown)
     assert int(re.search("[0-9]+", cut).group()) > NOTES_LIMIT  # the note was converted whole
     assert NOTES_LIMIT - 100 < notes_length(markdown) <= NOTES_LIMIT
     assert markdown.startswith("**Anna Schmidt** · 2024-03-01 10:20 UTC\n\nCall with **client**")
     assert_customermates_safe(markdown)
+
+
+def test_a_long_note_is_cut_so_that_a_later_short_note_stays_whole():
+    """A note of 75,000 characters used to push every later note out of the text (the end was cut),
+    and the issue named none of them."""
+    long_html = _paragraphs(150)
+    entries = [
+        NoteEntry("Anna", "2024-01-01T09:00:00Z", long_html, source="Pipedrive note 7"),
+        NoteEntry("Ben", "2024-06-01T09:00:00Z", "<p>Short follow-up</p>", source="Pipedrive note 8"),
+    ]
+    composed = compose_notes(entries)
+    assert notes_length(composed.text) <= NOTES_LIMIT
+    assert_customermates_safe(composed.text)
+    first, second = composed.text.split("\n\n---\n\n")
+    assert second == "**Ben** · 2024-06-01 09:00 UTC\n\nShort follow-up"
+    header, _, rest = first.partition("\n\n")
+    assert header == "**Anna** · 2024-01-01 09:00 UTC"
+    kept, _, marker = rest.rpartition("\n\n")
+    body = html_to_markdown(long_html)
+    assert len(body) > 75_000 and body.startswith(kept) and body[len(kept):].startswith("\n\n")  # cut at a paragraph
+    assert marker == f"_[truncated: {len(body) - len(kept)} characters not migrated]_"
+    assert composed.cut == ((entries[0], len(body) - len(kept)),) and not composed.end_cut
+    assert notes_length(composed.text) > NOTES_LIMIT - 1_000  # not cut far too early
+    detail = notes_truncated_detail(composed)
+    assert detail.startswith("notes exceed 65,535 characters") and f"Pipedrive note 7 ({len(body) - len(kept):,} characters not migrated)" in detail
+    assert "note 8" not in detail
+    assert compose_notes(entries) == composed  # the same notes, the same text

@@ -30,6 +30,7 @@ from markdownify import ATX, SPACES, STRIP, MarkdownConverter, chomp
 
 __all__ = [
     "NOTES_LIMIT",
+    "Composed",
     "NoteEntry",
     "compose_notes",
     "html_to_markdown",
@@ -665,6 +666,11 @@ class NoteEntry:
     markdown: str | None = None  # the converted html, when the caller already has it
     replaced: str | None = None  # where staging replaced half of a character cut in two (a lone surrogate), e.g. "Pipedrive note 7, content"
     removed: str | None = None  # where control characters are taken out, and which, e.g. "Pipedrive note 7, content (U+0000)"
+    source: str | None = None  # what the note is, for issues: "Pipedrive note 7", "Contact notes"
+
+    def name(self) -> str:
+        """The note as an issue names it: its source, else its author, date and title."""
+        return self.source or " · ".join(filter(None, (self.author, self.created, self.title))) or "an untitled note"
 
 
 def _header(entry: NoteEntry) -> str:
@@ -715,6 +721,32 @@ def _close_fence(kept: str) -> str:
     return kept + "\n" + closer if closer else kept
 
 
+def _fitted(markdown: str, limit: int = NOTES_LIMIT) -> str | None:
+    """``markdown`` made acceptable (see :func:`_neutralise`) if it fits ``limit`` whole, else ``None``."""
+    if notes_length(markdown) > limit:
+        return None
+    if is_acceptable_notes(markdown) is None:
+        return markdown
+    markdown = _neutralise(markdown)
+    return markdown if notes_length(markdown) <= limit else None
+
+
+def _cut_body(body: str, units: int) -> tuple[str, int]:
+    """``body``, longer than ``units``, cut as :func:`truncate_notes` cuts to fit ``units`` with its
+    marker (only the marker when ``units`` is too few); returns (text, characters left out)."""
+    budget = units - notes_length("\n\n" + _marker(len(body)))
+    while budget > 0:
+        kept = _cut(body, budget)
+        if not kept:
+            break
+        text = _neutralise(_close_fence(kept)) + "\n\n" + _marker(len(body) - len(kept))
+        over = notes_length(text) - units
+        if over <= 0:
+            return text, len(body) - len(kept)
+        budget = notes_length(kept) - over  # a shorter cut next time: `_cut` may stop well below the budget
+    return _marker(len(body)), len(body)
+
+
 def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
     """``markdown`` fitted into ``limit`` UTF-16 units; returns (text, truncated).
 
@@ -724,12 +756,8 @@ def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
     :func:`html_to_markdown` makes its output safe, so with ``limit=NOTES_LIMIT`` the result is
     always acceptable to :func:`is_acceptable_notes`.
     """
-    if notes_length(markdown) <= limit:
-        if is_acceptable_notes(markdown) is None:
-            return markdown, False
-        markdown = _neutralise(markdown)
-        if notes_length(markdown) <= limit:
-            return markdown, False
+    if (fitted := _fitted(markdown, limit)) is not None:
+        return fitted, False
     total = len(markdown)
     reserve = notes_length("\n\n" + _marker(total)) + 16
     budget = limit - reserve
@@ -747,20 +775,62 @@ def truncate_notes(markdown: str, limit: int = NOTES_LIMIT) -> tuple[str, bool]:
     return (_marker(total) if notes_length(_marker(total)) <= limit else ""), True
 
 
-def compose_notes(entries: list[NoteEntry]) -> tuple[str, bool]:
-    """One markdown document from several notes; returns (markdown, truncated).
+@dataclass(frozen=True)
+class Composed:
+    """A record's notes as one document, and what was left out to fit it into ``NOTES_LIMIT``."""
+
+    text: str
+    cut: tuple[tuple[NoteEntry, int], ...] = ()  # notes whose content was cut, with how many characters each lost
+    end_cut: bool = False  # even headers and markers alone did not fit: the end of the whole text was cut instead
+
+
+_SEPARATOR = "\n\n---\n\n"
+
+
+def compose_notes(entries: list[NoteEntry]) -> Composed:
+    """One markdown document from several notes, within ``NOTES_LIMIT``.
 
     Entries are sorted by ``created`` (``None`` last, otherwise stable); each gets a header line
     ``**Author** · YYYY-MM-DD HH:MM UTC · Title`` (missing parts left out), a blank line and its
     converted body; entries are separated by ``---`` with blank lines around. Entries with neither
-    header nor body are skipped. The result never exceeds ``NOTES_LIMIT`` (see :func:`truncate_notes`).
+    header nor body are skipped. When the whole is too long, every body is cut to at most the
+    largest length that fits (so a long note cannot push the later ones out, and the longest lose
+    most), each with its own marker (see :func:`truncate_notes`). Only when the headers and markers
+    alone do not fit (hundreds of notes) is the end of the whole text cut instead.
     """
     ordered = sorted(entries, key=lambda entry: (entry.created is None, entry.created or ""))
-    blocks = []
+    items: list[tuple[NoteEntry, str, str, int]] = []
     for entry in ordered:
         header = _header(entry)
         body = entry.markdown if entry.markdown is not None else html_to_markdown(entry.html)
-        block = "\n\n".join(part for part in (header, body) if part)
-        if block:
-            blocks.append(block)
-    return truncate_notes("\n\n---\n\n".join(blocks), NOTES_LIMIT)
+        if header or body:
+            items.append((entry, header, body, notes_length(body)))
+    whole = _SEPARATOR.join("\n\n".join(part for part in (header, body) if part) for _, header, body, _ in items)
+    if (text := _fitted(whole)) is not None:
+        return Composed(text)
+    low, high = 0, min(NOTES_LIMIT, max(length for *_, length in items))
+    best = _compose_within(items, low)
+    if best is None:
+        return Composed(truncate_notes(whole)[0], end_cut=True)
+    while low + 1 < high:  # `best` is the cap `low`'s; no cap from `high` on is tried (nothing cut, or one body alone too long)
+        middle = (low + high) // 2
+        if (composed := _compose_within(items, middle)) is None:
+            high = middle
+        else:
+            low, best = middle, composed
+    return best
+
+
+def _compose_within(items: list[tuple[NoteEntry, str, str, int]], cap: int) -> Composed | None:
+    """The notes with each body cut to at most ``cap`` units, if that fits ``NOTES_LIMIT``."""
+    blocks, cut, used = [], [], -len(_SEPARATOR)
+    for entry, header, body, length in items:
+        if length > cap:
+            body, dropped = _cut_body(body, cap)
+            cut.append((entry, dropped))
+        blocks.append("\n\n".join(part for part in (header, body) if part))
+        used += len(_SEPARATOR) + notes_length(blocks[-1])
+        if used > NOTES_LIMIT:
+            return None
+    text = _fitted(_SEPARATOR.join(blocks))
+    return None if text is None else Composed(text, tuple(cut))

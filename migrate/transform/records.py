@@ -298,17 +298,27 @@ class RecordMaker:
         created = utc_or_none(record.get("add_time"))
         for key, title in OWN_TEXTS.get(collection, ()):
             if (html := v.as_plain_text(record.get(key))).strip():
-                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(md5(html))))
+                entries.append(notes.NoteEntry(author=None, created=created, html=html, title=title, markdown=own_markdown.get(md5(html)), source=title))
                 if removed := notes.removed_characters(html):  # a NUL is out already, reported by its path (`without_nul`)
                     issues.append((entity, sid, key, "character_replaced", f"{title} ({removed}): {CONTROLS_REMOVED}"))
         if not entries:
             return None
         issues += [(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
         issues += [(entity, sid, "notes", "character_replaced", f"{entry.removed}: {CONTROLS_REMOVED}") for entry in entries if entry.removed]
-        text, truncated = notes.compose_notes(entries)
-        if truncated:
-            issues.append((entity, sid, "notes", "notes_truncated", f"notes exceed {notes.NOTES_LIMIT:,} characters; the end was cut (marked in the text)"))
-        return text or None
+        composed = notes.compose_notes(entries)
+        if detail := notes_truncated_detail(composed):
+            issues.append((entity, sid, "notes", "notes_truncated", detail))
+        return composed.text or None
+
+
+def notes_truncated_detail(composed: notes.Composed) -> str | None:
+    """The `notes_truncated` issue's detail, naming each note cut and what it lost; None if nothing was cut."""
+    if composed.end_cut:
+        return f"notes exceed {notes.NOTES_LIMIT:,} characters even with every note's content left out; the end was cut (marked in the text)"
+    if not composed.cut:
+        return None
+    cut = "; ".join(f"{entry.name()} ({dropped:,} characters not migrated)" for entry, dropped in composed.cut)
+    return f"notes exceed {notes.NOTES_LIMIT:,} characters; the longest notes were cut, each marked in the text: {cut}"
 
 
 class MakerPool:
