@@ -1180,3 +1180,22 @@ def test_an_enum_value_with_an_empty_id_makes_no_empty_option_and_a_lead_label_n
     values, found = _made(sample_staging, "leads", {**lead, "label_ids": ["6513270e-269e-4d37-b2a7-4de452e6b438", "0000-gone"]})
     assert values["labels"] == "Heiß, Label 0000-gone"
     assert ("label_ids", "option_unknown", "option id 0000-gone is not among the field's options; carried as 'Label 0000-gone'") in found
+
+
+def test_a_long_note_does_not_push_a_later_one_out_and_the_issue_names_the_pipedrive_note_cut(tmp_path):
+    """A contact with a 75,000-character note: a later short note was cut away whole, and the issue said
+    only that the end was cut. Now the long note is cut, the short one kept, and the issue names the note."""
+    person = {"id": 5, "name": "Ann"}
+    long_html = "".join(f"<p>{'Absatz ' * 100}{n}</p>" for n in range(110))
+    notes_rows = [
+        {"id": 1, "content": long_html, "person_id": 5, "add_time": "2024-01-01 00:00:00"},
+        {"id": 2, "content": "<p>Rückruf vereinbart.</p>", "person_id": 5, "add_time": "2024-02-01 00:00:00"},
+    ]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("persons", [person], store.Checkpoint("persons", None, 1, 1, True), "run")
+        staging.write_page("notes", notes_rows, store.Checkpoint("notes", None, 1, 2, True), "run")
+        transform(staging, load_mappings())
+        text = targets(staging, "contacts")["5"]["notes"]
+        assert text.endswith("2024-02-01 00:00 UTC\n\nRückruf vereinbart.") and len(text) <= 65_535
+        [issue] = issues(staging, "notes_truncated")
+        assert issue["detail"].startswith("notes exceed 65,535 characters; the longest notes were cut, each marked in the text: Pipedrive note 1 (")

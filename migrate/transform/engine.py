@@ -488,6 +488,7 @@ class Transformer:
                     markdown=markdown[digest],
                     replaced=None if replaced is None else f"Pipedrive note {note_id}, {', '.join(json.loads(replaced))}",
                     removed=f"Pipedrive note {note_id}, {', '.join(removed)}" if removed else None,
+                    source=f"Pipedrive note {note_id}",
                 )
 
         return SortedGroups(entry for batch in batched(rows, NOTES_PER_BATCH) for entry in entries(batch))
