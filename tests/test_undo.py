@@ -313,3 +313,40 @@ def test_records_a_resumed_run_adopts_from_a_killed_runs_batch_are_reported_and_
     for _ in range(2):  # then the killed run, its adopted batch included: nothing left behind
         assert invoke(["undo", "--yes"], env).exit_code == 0
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+
+
+def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(env, pipedrive, customermates, tmp_path):
+    """A second run makes "Phone" again beside the one a user made take one value, and "Job title"
+    again after a user deleted it; a sync makes "Vertragsbeginn" again for a field turned text.
+    Undo of the second run and of the sync listed none of those (the state file gave them to the
+    first run), and undo of the first run left the two replaced columns, no longer known, behind."""
+    def ids(entity, label):
+        return [c["id"] for c in customermates.columns(entity) if c["label"] == label]
+
+    assert invoke(["run"], env).exit_code == 0
+    [phone], [job], [begin] = ids("contact", "Phone"), ids("contact", "Job title"), ids("deal", "Vertragsbeginn")
+    customermates._columns[phone]["options"]["allowMultiple"] = False  # as the app's column settings do
+    customermates._tool_delete_column(job)
+    assert invoke(["run"], env).exit_code == 0
+    next(f for f in pipedrive.collections["dealFields"] if f["field_name"] == "Vertragsbeginn")["field_type"] = "varchar"
+    assert invoke(["sync"], env).exit_code == 0
+    first, second, third = (r for (r,) in state(env, "SELECT run_id FROM runs ORDER BY started_at"))
+    [new_phone] = set(ids("contact", "Phone")) - {phone}
+    [new_job] = ids("contact", "Job title")
+    [new_begin] = set(ids("deal", "Vertragsbeginn")) - {begin}
+
+    def listed(run):
+        assert invoke(["undo", "--run", run, "--columns", "--report-dir", str(tmp_path / run)], env).exit_code == 0
+        return {c["id"] for c in json.loads((tmp_path / run / "undo.json").read_text())["columns"]}
+
+    assert listed(second) == {new_phone, new_job}
+    assert listed(third) == {new_begin}
+    assert {phone, begin} <= listed(first) and not {new_phone, new_job, new_begin} & listed(first)
+
+    result = invoke(["undo", "--run", first, "--yes", "--force", "--columns"], env)
+
+    assert result.exit_code == 0, result.output
+    assert {c["id"] for c in customermates.columns()} == {new_phone, new_job, new_begin}
+    for run in (second, third):
+        assert invoke(["undo", "--run", run, "--yes", "--columns"], env).exit_code == 0
+    assert customermates.columns() == []

@@ -110,8 +110,11 @@ def ensure_columns(
     intended = {(s["entity"], s["key"]): s for s in specs}
     # the columns the state file gives to a column the migration still wants: another one whose
     # label matches (a field renamed in Pipedrive leaves its old label to a new field) is not one
-    # of them, nor is one taken by an earlier spec of this run
+    # of them, nor is one taken by an earlier spec of this run; nor one replaced for another (a field
+    # whose type changes back takes its own back)
+    replaced = staging.replaced_columns()
     claimed = {known[(s["entity"], s["key"])]["id"] for s in specs if (s["entity"], s["key"]) in known}
+    claimed.update(*replaced.values())
     for spec in specs:
         entity, key = spec["entity"], spec["key"]
         existing_cols = configs[entity].get("customColumns") or []
@@ -122,11 +125,13 @@ def ensure_columns(
         if column is not None and column.get("type") != spec["type"]:
             # the Pipedrive field changed type: a new column of the new type; the old one keeps
             # the values written before
+            _set_aside(staging, entity, key, column, dry_run=dry_run or mcp is None)
             index.retyped.append(f"{entity}: {spec['label']} ({column['type']} → {spec['type']}); the old column is kept")
             column = None
         elif changed is not None:
             # changed in Customermates so that the values would be refused or misread: a column
             # of its own, as a first run makes next to such a column; the old one is left as it is
+            _set_aside(staging, entity, key, column, dry_run=dry_run or mcp is None)
             index.retyped.append(f"{entity}: {spec['label']} ({changed}); a new column is made, the old one is kept")
             column = None
         elif column is not None and remembered and remembered["label"] != spec["label"]:
@@ -136,11 +141,12 @@ def ensure_columns(
                 column["label"] = spec["label"]  # the configuration read at the start says so too now
             index.renamed.append(f"{entity}: {remembered['label']} → {spec['label']}")
         if column is None:
+            mine = replaced.get((entity, key), set()) | ({remembered["id"]} if remembered else set())
             column = next(
                 (
                     c for c in existing_cols
-                    if _matches(c, spec) and (c["id"] not in claimed or (remembered and c["id"] == remembered["id"]))
-                    and c["id"] not in index.ids.values()
+                    if _matches(c, spec)
+                    and (c["id"] not in claimed or c["id"] in mine) and c["id"] not in index.ids.values()
                 ),
                 None,
             )
@@ -253,6 +259,12 @@ def _renamed_options(spec: dict[str, Any], remembered: dict[str, str] | None, id
         if value not in renamed and label not in {new for _, new in renamed.values()}:
             renamed[value] = (old, label)
     return renamed
+
+
+def _set_aside(staging: Staging, entity: str, key: str, column: dict[str, Any], *, dry_run: bool) -> None:
+    """Keep a column a new one replaces in the state file as replaced: its run's undo deletes it."""
+    if not dry_run:
+        staging.replace_column(entity, key, column["label"])
 
 
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:

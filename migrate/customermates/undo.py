@@ -248,7 +248,7 @@ def _columns(
                 rows.append({**column, "action": f"kept ({remaining} migrated {entity} still use the columns)"})
             elif column["id"] not in existing:
                 if execute:
-                    staging.forget_column(entity, column["key"])
+                    staging.forget_column(column["id"])
                 rows.append({**column, "action": "already gone"})
             elif not execute:
                 rows.append({**column, "action": "would delete"})
@@ -260,6 +260,6 @@ def _columns(
                 except CustomermatesError as exc:
                     rows.append({**column, "action": "failed", "message": str(exc)})
                     continue
-                staging.forget_column(entity, column["key"])
+                staging.forget_column(column["id"])
                 rows.append({**column, "action": "deleted"})
     return rows

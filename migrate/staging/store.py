@@ -142,6 +142,11 @@ ALTER TABLE id_map ADD COLUMN IF NOT EXISTS created_by_run VARCHAR;
 -- Added without a schema bump: a select column's Pipedrive option ids, each with the label its option was
 -- written under (`customermates.columns`). NULL in rows written before: their options are matched by label alone.
 ALTER TABLE column_map ADD COLUMN IF NOT EXISTS pipedrive_options JSON;
+-- Columns of the migration's a new one replaced (`customermates.columns`: a field whose type changed, a column
+-- changed in Customermates so that it cannot hold the values), left there with their values: known here so that
+-- `migrate undo --columns` of the run that made one deletes it, and a field whose type changes back takes its own back.
+CREATE TABLE IF NOT EXISTS replaced_columns (
+    column_id VARCHAR PRIMARY KEY, entity VARCHAR, key VARCHAR, label VARCHAR, type VARCHAR, created_by_run VARCHAR);
 """
 
 
@@ -403,7 +408,7 @@ class Staging:
             row,
         )
 
-    def _update_or_insert(self, update: str, update_params: list[Any], insert: str, insert_params: list[Any]) -> None:
+    def _update_or_insert(self, update: str, update_params: Any, insert: str, insert_params: Any) -> None:
         """Change the row a key has, or add it when there is none. Cheaper than DuckDB's upserts:
         moving an extract checkpoint 1 ms where INSERT OR REPLACE took 3–4; saving a column's row
         into the sample's state file 2.8 ms (5 when new) where INSERT ... ON CONFLICT took 7–8;
@@ -935,15 +940,37 @@ class Staging:
         }
 
     def save_column(self, entity: str, key: str, column: dict[str, Any], created_by_run: str | None) -> None:
+        """`created_by_run`: the run that made the column, None for one found there. Another column than
+        the row had takes that run, or the run that made it if it was a replaced one (taken back)."""
         values = [column["id"], column["label"], column["type"], json.dumps(column.get("options")), json.dumps(column.get("pipedrive_options"))]
+        maker = "coalesce($run, (SELECT created_by_run FROM replaced_columns WHERE column_id = $id))"
+        params = dict(zip(("id", "label", "type", "options", "pipedrive"), values, strict=True)) | {"run": created_by_run, "e": entity, "k": key}
         self._update_or_insert(
-            "UPDATE column_map SET column_id = ?, label = ?, type = ?, options = ?, pipedrive_options = ?, "
-            "created_by_run = coalesce(created_by_run, ?) WHERE entity = ? AND key = ?",
-            [*values, created_by_run, entity, key],
+            "UPDATE column_map SET column_id = $id, label = $label, type = $type, options = $options, pipedrive_options = $pipedrive, "
+            f"created_by_run = CASE WHEN column_id = $id THEN coalesce(created_by_run, $run) ELSE {maker} END WHERE entity = $e AND key = $k",
+            params,
             "INSERT INTO column_map (entity, key, column_id, label, type, options, pipedrive_options, created_by_run) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [entity, key, *values, created_by_run],
+            f"VALUES ($e, $k, $id, $label, $type, $options, $pipedrive, {maker})",
+            params,
         )
+        self.con.execute("DELETE FROM replaced_columns WHERE column_id = ?", [column["id"]])
+
+    def replace_column(self, entity: str, key: str, label: str) -> None:
+        """Keep the column saved for (entity, key), which a new one is about to replace, as replaced
+        (under `label`, its label from now on), with the run that made it."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO replaced_columns SELECT column_id, entity, key, ?, type, created_by_run FROM column_map "
+            "WHERE entity = ? AND key = ?",
+            [label, entity, key],
+        )
+
+    def replaced_columns(self) -> dict[tuple[str, str], set[str]]:
+        """(entity, key) → the ids of the columns replaced for it."""
+        rows = self.con.execute("SELECT entity, key, column_id FROM replaced_columns").fetchall()
+        found: dict[tuple[str, str], set[str]] = {}
+        for entity, key, column_id in rows:
+            found.setdefault((entity, key), set()).add(column_id)
+        return found
 
     def relabel_written_options(self, entity: str, key: str, labels: dict[str, str]) -> None:
         """Give the payloads as last written the new labels of options renamed in place (`labels`:
@@ -998,7 +1025,8 @@ class Staging:
         """The most recent run that created records still in the id map, or custom columns."""
         row = self.con.execute(
             "SELECT r.run_id FROM runs r WHERE r.run_id IN ("
-            "SELECT coalesce(created_by_run, run_id) FROM id_map UNION SELECT created_by_run FROM column_map) "
+            "SELECT coalesce(created_by_run, run_id) FROM id_map UNION SELECT created_by_run FROM column_map "
+            "UNION SELECT created_by_run FROM replaced_columns) "
             "ORDER BY r.started_at DESC LIMIT 1"
         ).fetchone()
         return row[0] if row else None
@@ -1104,13 +1132,17 @@ class Staging:
         return {r[0] for r in rows}
 
     def columns_created_by(self, run_id: str) -> list[dict[str, Any]]:
+        """The columns `run_id` made, those a later one replaced too."""
         rows = self.con.execute(
-            "SELECT entity, key, column_id, label, type FROM column_map WHERE created_by_run = ? ORDER BY entity, label", [run_id]
+            "SELECT entity, key, column_id, label, type FROM column_map WHERE created_by_run = $run "
+            "UNION ALL SELECT entity, key, column_id, label, type FROM replaced_columns WHERE created_by_run = $run ORDER BY entity, label",
+            {"run": run_id},
         ).fetchall()
         return [dict(zip(("entity", "key", "id", "label", "type"), r, strict=True)) for r in rows]
 
-    def forget_column(self, entity: str, key: str) -> None:
-        self.con.execute("DELETE FROM column_map WHERE entity = ? AND key = ?", [entity, key])
+    def forget_column(self, column_id: str) -> None:
+        for table in ("column_map", "replaced_columns"):
+            self.con.execute(f"DELETE FROM {table} WHERE column_id = ?", [column_id])
 
     def migrated_count(self, entity: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM id_map WHERE entity = ?", [entity]).fetchone()[0])
