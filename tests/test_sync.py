@@ -228,17 +228,20 @@ def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leave
 
 
 def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, pipedrive, customermates, tmp_path):
+    """The old column keeps its values under a label saying it was replaced, where both had one
+    label and users could not tell which one is kept up to date; the plan says what the new one replaces."""
     assert invoke(env, "run").exit_code == 0
     field = _field(pipedrive, "personFields", "Geburtstag")
     field["field_type"] = "varchar"
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert "- contacts: Geburtstag (plain), replacing the date column" in (tmp_path / "p" / "plan.md").read_text()
     result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
-    import json
 
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["columns_retyped"] == ["contacts: Geburtstag (date → plain); the old column is kept"]
-    kinds = sorted(c["type"] for c in customermates.columns("contact") if c["label"] == "Geburtstag")
-    assert kinds == ["date", "plain"]
+    assert report["columns_retyped"] == ['contacts: Geburtstag (date → plain); the old column is kept, renamed "Geburtstag (replaced)"']
+    kinds = {c["label"]: c["type"] for c in customermates.columns("contact") if c["label"].startswith("Geburtstag")}
+    assert kinds == {"Geburtstag": "plain", "Geburtstag (replaced)": "date"}
 
 
 def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_column(env, pipedrive, customermates):
@@ -260,6 +263,9 @@ def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_
     assert result.exit_code == 0, result.output
     values = {v["columnId"]: v["value"] for v in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]}
     assert values[first] == "2001-01-01"
+    labels = {c["label"]: (c["id"], c["type"]) for c in customermates.columns("contact") if c["label"].startswith("Geburtstag")}
+    assert labels.keys() == {"Geburtstag", "Geburtstag (replaced)"}
+    assert labels["Geburtstag"] == (first, "date") and labels["Geburtstag (replaced)"][1] == "plain"
 
 
 def test_a_column_deleted_in_customermates_while_a_sync_sets_up_columns_stops_it_with_a_message_and_the_next_makes_it_again(
@@ -370,8 +376,9 @@ def test_a_phone_column_made_one_value_in_customermates_gets_a_list_column_of_it
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["columns_retyped"] == [
-        "contacts: Phone (it takes one value now, and the migration writes several); a new column is made, the old one is kept"
+        'contacts: Phone (it takes one value now, and the migration writes several); a new column is made, the old one is kept, renamed "Phone (replaced)"'
     ]
+    assert customermates._columns[phone["id"]]["label"] == "Phone (replaced)"
     [made] = [c for c in customermates.columns("contact") if c["label"] == "Phone" and c["id"] != phone["id"]]
     assert made["options"]["allowMultiple"] is True
     assert customermates.columns("contact")[[c["id"] for c in customermates.columns("contact")].index(phone["id"])]["options"]["allowMultiple"] is False

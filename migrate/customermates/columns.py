@@ -122,17 +122,20 @@ def ensure_columns(
         remembered = known.get((entity, key))
         column = by_id.get(remembered["id"]) if remembered else None
         changed = None if column is None else _changed_shape(column, spec)
+        replacing = None
         if column is not None and column.get("type") != spec["type"]:
             # the Pipedrive field changed type: a new column of the new type; the old one keeps
             # the values written before
-            _set_aside(staging, entity, key, column, dry_run=dry_run or mcp is None)
-            index.retyped.append(f"{entity}: {spec['label']} ({column['type']} → {spec['type']}); the old column is kept")
+            replacing = f"the {column['type']} column"
+            kept = _set_aside(staging, mcp, entity, key, column, spec, dry_run=dry_run)
+            index.retyped.append(f"{entity}: {spec['label']} ({column['type']} → {spec['type']}); the old column is kept{kept}")
             column = None
         elif changed is not None:
             # changed in Customermates so that the values would be refused or misread: a column
-            # of its own, as a first run makes next to such a column; the old one is left as it is
-            _set_aside(staging, entity, key, column, dry_run=dry_run or mcp is None)
-            index.retyped.append(f"{entity}: {spec['label']} ({changed}); a new column is made, the old one is kept")
+            # of its own, as a first run makes next to such a column; the old one keeps its settings
+            replacing = "the column changed in Customermates"
+            kept = _set_aside(staging, mcp, entity, key, column, spec, dry_run=dry_run)
+            index.retyped.append(f"{entity}: {spec['label']} ({changed}); a new column is made, the old one is kept{kept}")
             column = None
         elif column is not None and remembered and remembered["label"] != spec["label"]:
             # renamed in Pipedrive (a label changed only in Customermates is left as the user set it)
@@ -145,18 +148,25 @@ def ensure_columns(
             column = next(
                 (
                     c for c in existing_cols
-                    if _matches(c, spec)
+                    if (_matches(c, spec) or (c["id"] in mine and _matches({**c, "label": spec["label"]}, spec)))
                     and (c["id"] not in claimed or c["id"] in mine) and c["id"] not in index.ids.values()
                 ),
                 None,
             )
+            if column is not None and column["label"] != spec["label"]:
+                # a replaced column taken back: its label again
+                index.renamed.append(f"{entity}: {column['label']} → {spec['label']}")
+                if not dry_run and mcp is not None:
+                    mcp.rename_custom_column(column, spec["label"])
+                    column["label"] = spec["label"]
         if column is None:
             index._note_new(staging, [(entity, key)], dry_run=dry_run or mcp is None)
+            made = f"{entity}: {spec['label']} ({spec['type']})" + (f", replacing {replacing}" if replacing else "")
             if dry_run or mcp is None:
-                index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
+                index.created.append(made)
                 continue
             column_id = _create(mcp, entity, spec)
-            index.created.append(f"{entity}: {spec['label']} ({spec['type']})")
+            index.created.append(made)
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
             index.ids[(entity, key)] = column_id
             continue
@@ -261,10 +271,23 @@ def _renamed_options(spec: dict[str, Any], remembered: dict[str, str] | None, id
     return renamed
 
 
-def _set_aside(staging: Staging, entity: str, key: str, column: dict[str, Any], *, dry_run: bool) -> None:
-    """Keep a column a new one replaces in the state file as replaced: its run's undo deletes it."""
-    if not dry_run:
-        staging.replace_column(entity, key, column["label"])
+def _set_aside(
+    staging: Staging, mcp: McpClient | None, entity: str, key: str, column: dict[str, Any], spec: dict[str, Any], *, dry_run: bool
+) -> str:
+    """Keep a column a new one replaces in the state file as replaced (its run's undo deletes it),
+    renamed to say so while it has the new one's label (users could not tell the two apart).
+    Returns what the report says of it."""
+    if column["label"] != spec["label"]:
+        label, said = column["label"], ""
+    else:
+        label = f"{spec['label']} (replaced)"
+        said = f', renamed "{label}"'
+    if not dry_run and mcp is not None:
+        if label != column["label"]:
+            mcp.rename_custom_column(column, label)
+            column["label"] = label
+        staging.replace_column(entity, key, label)
+    return said
 
 
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:
