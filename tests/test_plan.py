@@ -218,11 +218,7 @@ def test_after_an_owner_joins_customermates_the_plan_shows_the_updates_the_run_t
     assert all(r["changes"] == [{"field": "users", "before": [], "after": ["Invited Owner"]}] for r in updates.values())
     assert not [r for rs in plan["records"].values() for r in rs if r.get("target_edits")]
 
-    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert {e: row["updated"] for e, row in report["entities"].items()} == {e: c["update"] for e, c in plan["summary"].items()}
-    assert {e: row["unchanged"] for e, row in report["entities"].items()} == {e: c["unchanged"] for e, c in plan["summary"].items()}
+    _assert_the_run_does_as_planned(env, tmp_path, plan)
 
 
 def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_is_updated_not_a_conflict(
@@ -240,6 +236,17 @@ def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_i
     assert not [i for i in read_issues(tmp_path / "r") if i["rule"] == "conflict_skipped"]
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["firstName"] == person["first_name"] and [u["email"] for u in record["users"]] == [user["email"]]
+
+
+def _assert_the_run_does_as_planned(env, tmp_path, plan, *args: str) -> dict:
+    """Run (with `args`) and check it created, updated and left unchanged as many records as `plan` said; returns its report."""
+    result = invoke(env, "run", *args, "--report-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (row["created"], row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
+        e: (c["create"], c["update"], c["unchanged"]) for e, c in plan["summary"].items()
+    }
+    return report
 
 
 def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_are_planned_as_the_updates_the_run_makes(
@@ -268,12 +275,7 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     assert updates[str(note["person_id"])]["changes"] == [{"field": "notes", "before": "present", "after": "changed"}]
     assert "already holds" in updates[str(both["id"])]["reason"]
 
-    result = invoke(env, "run", "--plan", str(tmp_path / "p" / "plan.json"), "--report-dir", str(tmp_path / "r"))
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert {e: (row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
-        e: (c["update"], c["unchanged"]) for e, c in plan["summary"].items()
-    }
+    _assert_the_run_does_as_planned(env, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
 
 
 def test_a_column_deleted_in_customermates_is_planned_as_the_updates_that_fill_it_again_and_the_run_makes_them(
@@ -295,12 +297,7 @@ def test_a_column_deleted_in_customermates_is_planned_as_the_updates_that_fill_i
     assert all(r["changes"] == [{"field": "Job title", "before": None, "after": titled[sid]}] for sid, r in updates.items())
     assert "contacts: Job title (plain)" in plan["schema"]["columns_to_create"]
 
-    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert {e: (row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
-        e: (c["update"], c["unchanged"]) for e, c in plan["summary"].items()
-    }
+    _assert_the_run_does_as_planned(env, tmp_path, plan)
 
 
 def test_a_pipedrive_id_column_deleted_in_customermates_is_planned_as_updates_not_as_records_deleted_there(
@@ -320,12 +317,7 @@ def test_a_pipedrive_id_column_deleted_in_customermates_is_planned_as_updates_no
     assert not [r for r in plan["records"]["contacts"] if r["action"] == "skip" and "Customermates" in r.get("reason", "")]
     assert "contacts: Pipedrive ID (plain)" in plan["schema"]["columns_to_create"]
 
-    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert {e: (row["created"], row["updated"], row["unchanged"]) for e, row in report["entities"].items()} == {
-        e: (c["create"], c["update"], c["unchanged"]) for e, c in plan["summary"].items()
-    }
+    _assert_the_run_does_as_planned(env, tmp_path, plan)
     assert {r["id"] for r in customermates.records("contacts")} == contacts
 
 
