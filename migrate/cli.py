@@ -214,10 +214,18 @@ def run(
     if report_dir:
         for key, path in pipeline.write_run_lists(settings, report["run_id"], report_dir).items():
             report[key]["file"] = str(path)
-    print_report(report, console)
-    if report_dir:
-        path = write_json(report, report_dir)
-        console.print(f"Report: {path}")
+    written = write_json(report, report_dir) if report_dir else None
+    if log_format() == "json":  # unattended: one line, as a sync's, where the tables were printed
+        counts = ("extracted", "deleted_skipped", "created", "updated", "unchanged", "quarantined")
+        click.echo(json.dumps({
+            "event": "run", "run_id": report["run_id"], "status": report["status"], "dry_run": report["dry_run"],
+            "entities": {e: {k: row[k] for k in counts} for e, row in report["entities"].items()},
+            "warnings": report.get("warnings") or [], "report": str(written) if written else None,
+        }, ensure_ascii=False))
+    else:
+        print_report(report, console)
+        if written:
+            console.print(f"Report: {written}")
     if report["status"] == "partial":
         sys.exit(EXIT_PARTIAL)
 

@@ -389,3 +389,13 @@ def test_a_duckdb_file_that_is_no_state_file_is_refused_untouched(env, sample_di
         assert [t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()] == ["sales"]
     finally:
         con.close()
+
+
+def test_a_run_with_log_format_json_prints_one_json_line_of_its_outcome(env, tmp_path):
+    """Unattended (`--log-format json`), a run printed its tables, a hundred lines of them, on stdout."""
+    result = invoke(["run", "--log-format", "json", "--report-dir", str(tmp_path / "r")], env)
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    outcome = json.loads(line)
+    assert (outcome["event"], outcome["status"], outcome["dry_run"]) == ("run", "ok", False)
+    assert outcome["entities"]["contacts"]["created"] == 117 and outcome["report"] == str(tmp_path / "r" / "report.json")
