@@ -210,6 +210,10 @@ def run_migration(
                     _mark_untraced(staging, read_whole={*vanished, *changes.reread}, vanished=vanished)
             elif source is not None:
                 extracted = extract(staging, source, run_id, progress=_labelled(progress, "extract"))
+                if isinstance(source, PipedriveClient):
+                    # it started afresh, dropping the purged records found before: what it did not see of
+                    # the migrated ones is gone from Pipedrive, staged as deleted for `--deletes`
+                    _mark_untraced(staging, read_whole={c.name for c in COLLECTIONS}, vanished=vanished)
                 if extracted.missing:  # a snapshot without a collection's file: read as none, which a misspelt name also is
                     missing = (
                         f"the snapshot {settings.source} has no file for {', '.join(extracted.missing)} "
@@ -287,9 +291,9 @@ def require_staged(staging: Staging) -> None:
 
 
 def _mark_untraced(staging: Staging, read_whole: set[str], vanished: dict[str, int]) -> None:
-    """After a reconciling read: migrated records no staged record stands for (gone from Pipedrive while
-    only a full extract ran, which starts afresh) are staged as deleted, for `--deletes`; only where
-    every collection they may come from was just read whole. Counted in `vanished`."""
+    """After a reconciling read or a full extract: migrated records no staged record stands for (gone
+    from Pipedrive; a full extract starts afresh, so it holds no trace of them) are staged as deleted,
+    for `--deletes`; only where every collection they may come from was just read whole. Counted in `vanished`."""
     for entity, collections in ENTITY_SOURCES.items():
         for prefix in sorted({"lead:" if c in V1_ENCODED else "" for c in collections}):
             group = [c for c in collections if ("lead:" if c in V1_ENCODED else "") == prefix]

@@ -1399,3 +1399,18 @@ def test_a_sync_that_fails_with_log_format_json_says_so_in_a_json_line(env, cust
     lines = [json.loads(line) for line in result.output.splitlines() if line.strip()]  # every line is JSON
     [failed] = [line for line in lines if line.get("event") == "command.failed"]
     assert failed["exit_code"] == 1 and "http://127.0.0.1:9" in failed["error"] and failed["level"] == "error"
+
+
+def test_a_record_purged_in_pipedrive_is_still_known_deleted_after_a_run_and_the_next_sync_given_deletes_removes_it(env, pipedrive, customermates):
+    """Person 6 is purged (absent from every list). A run in between starts its extract afresh and
+    dropped what the reconciling sync had found: the next `sync --deletes delete` left contact 6 until
+    the next reconciling sync, up to a day later. A complete extract now stages the migrated records
+    it did not see as deleted, as a reconciliation does."""
+    assert invoke(env, "run").exit_code == 0
+    pipedrive.collections["persons"].remove(next(p for p in pipedrive.collections["persons"] if p["id"] == 6))
+    assert invoke(env, "run").exit_code == 0  # no reconciling sync before it: the run finds it gone itself
+
+    result = invoke(env, "sync", "--deletes", "delete")
+
+    assert result.exit_code == 0, result.output
+    assert "6" not in by_pipedrive_id(customermates, "contacts")
