@@ -19,6 +19,7 @@ from migrate.customermates.load import (
     Loader,
     LoadSummary,
     owner_unmatched_issue,
+    users_by_email,
 )
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
@@ -398,12 +399,7 @@ def make_plan(
             staging, columns, TargetState(fingerprint=NO_TARGET), {}, {}, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool
         )
     users = client.list_users()
-    by_email = {str(u.get("email") or "").lower(): u["id"] for u in users if u.get("email")}
-    user_map = {
-        str(u["id"]): by_email[str(u.get("email")).lower()]
-        for u in staging.iter_raw("users")
-        if str(u.get("email") or "").lower() in by_email
-    }
+    user_map = users_by_email(staging.iter_raw("users"), users)
     names = {u["id"]: f"{u.get('firstName') or ''} {u.get('lastName') or ''}".strip() for u in users}
     state = state or TargetState.read(client, columns, staging)
     return build_plan(staging, columns, state, user_map, names, on_target_deleted=on_target_deleted, conflicts_only=conflicts_only, spool=spool)
@@ -592,11 +588,11 @@ def _pipedrive_users(settings: Settings, source: PageSource) -> list[dict[str, A
 
 
 def _owners_matched(pipedrive_users: list[dict[str, Any]], customermates_users: list[dict[str, Any]]) -> tuple[bool, str]:
-    """Whether every active Pipedrive user has a Customermates user of the same email (how owners are
-    matched), and which have none: the records they own would land without an owner."""
-    emails = {str(u.get("email") or "").strip().lower() for u in customermates_users} - {""}
+    """Whether every active Pipedrive user has a Customermates user of the same email (`users_by_email`:
+    as owners are matched), and which have none: the records they own would land without an owner."""
+    matched = users_by_email(pipedrive_users, customermates_users)
     active = [u for u in pipedrive_users if u.get("active_flag", True)]
-    unmatched = [u for u in active if str(u.get("email") or "").strip().lower() not in emails]
+    unmatched = [u for u in active if str(u["id"]) not in matched]
     if not unmatched:
         return True, f"each of the {len(active)} active Pipedrive users has a Customermates user of the same email"
     named = ", ".join(user_label(u, str(u.get("id"))) for u in unmatched[:5]) + (" …" if len(unmatched) > 5 else "")

@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,13 +160,10 @@ class Loader:
     def match_users(self) -> None:
         """Pipedrive users → Customermates users by email (case-insensitive). Owners without a
         match are reported once each, with the number of records they own."""
-        by_email = {str(u.get("email") or "").lower(): u["id"] for u in self.client.list_users() if u.get("email")}
         pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
+        matched = users_by_email(pipedrive_users.values(), self.client.list_users())
         owned = self.staging.referenced_users()
-        for uid in sorted(owned):
-            match = by_email.get(str((pipedrive_users.get(uid) or {}).get("email") or "").lower())
-            if match:
-                self.user_map[uid] = match
+        self.user_map = {uid: matched[uid] for uid in sorted(owned) if uid in matched}
         self.summary.unmatched_users = unmatched_owners(pipedrive_users, owned, self.user_map)
         for owner in self.summary.unmatched_users:
             self._note_issue(*owner_unmatched_issue(owner))
@@ -621,6 +618,13 @@ class Loader:
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
             self._settle(batch["batch_id"], entity, "create", items)
+
+
+def users_by_email(pipedrive_users: Iterable[dict[str, Any]], customermates_users: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Pipedrive user id → the id of the Customermates user of the same email (case-insensitive): how
+    owners are matched, by the load and by what forecasts or checks it (plan, verify, doctor)."""
+    by_email = {str(u.get("email") or "").lower(): u["id"] for u in customermates_users if u.get("email")}
+    return {str(u["id"]): by_email[email] for u in pipedrive_users if (email := str(u.get("email") or "").lower()) in by_email}
 
 
 def unmatched_owners(users: Mapping[str, dict[str, Any]], owned: Mapping[str, int], matched: Container[str]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.load import users_by_email
 from migrate.customermates.target import DTO_RELATIONS, TargetState
 from migrate.report.run_report import (
     ISSUE_EXAMPLES,
@@ -136,21 +137,10 @@ class _Findings:
         return {"count": self.count(kind), "examples": self.examples[kind]}
 
 
-def _user_map(staging: Staging, client: CustomermatesClient) -> dict[str, str]:
-    """Pipedrive user id → Customermates user id, matched by email as the loader does."""
-    by_email = {str(u.get("email") or "").lower(): u["id"] for u in client.list_users() if u.get("email")}
-    result = {}
-    for user in staging.iter_raw("users"):
-        match = by_email.get(str(user.get("email") or "").lower())
-        if match:
-            result[str(user["id"])] = match
-    return result
-
-
 def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
     """Compare the target with staging; returns the verify report (see the module docstring)."""
     columns = staging.column_map()
-    users = _user_map(staging, client)
+    users = users_by_email(staging.iter_raw("users"), client.list_users())  # matched as the load matches them
     reads = 0
 
     # 1. read the target into the state file, one page-through per entity
