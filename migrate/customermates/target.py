@@ -72,11 +72,11 @@ class TargetState:
             for dto in clock.store(columns, entity, staging.add_to_target_snapshot, seq, unmarked=unmarked):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
                 seq += 1
-            if unmarked:
-                staging.snapshot_pids_from_id_map(entity)
-            for dto in _look_up_unseen(client, columns, staging, entity, seq):
+            for dto in _look_up_unseen(client, columns, staging, entity, seq, unmarked=unmarked):
                 digest.update(f"{entity}:{dto['id']}:{dto.get('updatedAt')}\n".encode())
                 seq += 1
+            if unmarked:
+                staging.snapshot_pids_from_id_map(entity)
         staging.set_meta(READ_SINCE_KEY, clock.since())
         return cls(staging, digest.hexdigest()[:32], records_read=seq)
 
@@ -133,7 +133,9 @@ def _pipedrive_ids_unwritten(columns: ColumnIndex, staging: Staging, entity: str
     return (entity, PIPEDRIVE_ID) in columns.made_since_load(staging) and staging.migrated_count(entity) > 0
 
 
-def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: Staging, entity: str, first: int) -> list[dict[str, Any]]:
+def _look_up_unseen(
+    client: CustomermatesClient, columns: ColumnIndex, staging: Staging, entity: str, first: int, *, unmarked: bool
+) -> list[dict[str, Any]]:
     """Migrated records a whole read did not see, looked up by Pipedrive ID; those found go into
     the snapshot after the others (numbered from `first`) and are returned.
 
@@ -143,13 +145,11 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     time. So every record the read missed is looked up (one search each) before it counts as gone;
     once, as a record id never comes back: later reads do not look up those found gone again
     (records a team deleted there would otherwise cost a search each at every whole read). By its
-    Pipedrive ID, or, while that column is new (made since the last complete load, none of its values
-    written yet), by its Customermates id."""
+    Pipedrive ID, or, while the records carry none (`unmarked`: `_pipedrive_ids_unwritten`), by its
+    Customermates id."""
     column_id = columns.ids.get((entity, PIPEDRIVE_ID))
-    unmarked = _pipedrive_ids_unwritten(columns, staging, entity)
     unseen = staging.migrated_not_in_snapshot(entity, unless_known_gone=True) if column_id is not None or unmarked else []
     found: dict[str, dict[str, Any]] = {}
-    pids: dict[str, str] = {}  # target id → Pipedrive ID, of records looked up by their own id
     if unmarked:
         # the records hold no value in the Pipedrive ID column (`_pipedrive_ids_unwritten`), so none is found by
         # it: each is looked up by its own id
@@ -158,7 +158,6 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
             dto = client.get(entity, targets[pid][0])
             if dto is not None:
                 found.setdefault(dto["id"], dto)
-                pids[dto["id"]] = pid
     else:
         for pid in unseen:
             for dto in client.find_by_column(entity, column_id, pid):
@@ -168,10 +167,7 @@ def _look_up_unseen(client: CustomermatesClient, columns: ColumnIndex, staging: 
     fresh = [dto for target_id, dto in found.items() if target_id not in held]
     if unseen:
         log.info("target.unseen_looked_up", entity=entity, unseen=len(unseen), found=len(fresh))
-    rows = [
-        (first + n, dto["id"], pids.get(dto["id"]) or pid_of(dto, column_id), json.dumps(dto, separators=(",", ":"), ensure_ascii=False))
-        for n, dto in enumerate(fresh)
-    ]
+    rows = [(first + n, dto["id"], pid_of(dto, column_id), json.dumps(dto, separators=(",", ":"), ensure_ascii=False)) for n, dto in enumerate(fresh)]
     staging.add_to_target_snapshot(entity, rows)
     return fresh
 
