@@ -569,8 +569,7 @@ class Staging:
         where = "WHERE NOT coalesce(is_deleted, false) AND id NOT IN (SELECT id FROM present_ids)"
         count = self.con.execute(f"SELECT count(*) FROM {table} {where}").fetchone()[0]
         if count:
-            flags = jsontext.dumps({"is_deleted": True, "vanished": True, "vanished_at": datetime.now(UTC).strftime("%Y-%m-%d")})
-            self.con.execute(f"UPDATE {table} SET is_deleted = true, data = json_merge_patch(data, ?) {where}", [flags])
+            self.con.execute(f"UPDATE {table} SET is_deleted = true, data = json_merge_patch(data, ?) {where}", [jsontext.dumps(_vanished())])
         self.con.execute("DROP TABLE present_ids")
         return int(count)
 
@@ -589,8 +588,8 @@ class Staging:
             {"e": entity, "p": prefix},
         ).fetchall()]
         if ids:
-            day = datetime.now(UTC).strftime("%Y-%m-%d")
-            records = [{"id": int(i) if i.isdigit() else i, "is_deleted": True, "vanished": True, "vanished_at": day} for i in ids]
+            flags = _vanished()
+            records = [{"id": int(i) if i.isdigit() else i, **flags} for i in ids]
             with self._transaction():
                 self._insert_columns(
                     tables[0], [ids, [jsontext.dumps(r) for r in records], [True] * len(ids), [None] * len(ids), [numeric_id(i) for i in ids]],
@@ -1514,6 +1513,11 @@ def _identity(record: dict[str, Any], key: str, collection: str) -> str:
     if value is None or value == "":
         raise MigrateError(f"a {collection} record has no {key}: {json.dumps(record, ensure_ascii=False)[:200]}")
     return str(value)
+
+
+def _vanished() -> dict[str, Any]:
+    """The flags a record gone from Pipedrive without a trace is staged with, dated the day it was found gone."""
+    return {"is_deleted": True, "vanished": True, "vanished_at": datetime.now(UTC).strftime("%Y-%m-%d")}
 
 
 def is_deleted_record(record: dict[str, Any]) -> bool:
