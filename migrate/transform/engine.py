@@ -486,8 +486,8 @@ class Transformer:
                     html="",
                     title="Pinned" if pinned is not None and json.loads(pinned) else None,
                     markdown=markdown[digest],
-                    replaced=None if replaced is None else f"Pipedrive note {note_id}, {', '.join(json.loads(replaced))}",
-                    removed=f"Pipedrive note {note_id}, {', '.join(removed)}" if removed else None,
+                    replaced=None if replaced is None else ", ".join(json.loads(replaced)),
+                    removed=", ".join(removed) or None,
                     source=f"Pipedrive note {note_id}",
                 )
 

@@ -664,8 +664,8 @@ class NoteEntry:
     html: str
     title: str | None = None
     markdown: str | None = None  # the converted html, when the caller already has it
-    replaced: str | None = None  # where staging replaced half of a character cut in two (a lone surrogate), e.g. "Pipedrive note 7, content"
-    removed: str | None = None  # where control characters are taken out, and which, e.g. "Pipedrive note 7, content (U+0000)"
+    replaced: str | None = None  # the fields where staging replaced half of a character cut in two (a lone surrogate), e.g. "content"
+    removed: str | None = None  # the fields control characters are taken out of, and which, e.g. "content (U+0000)"
     source: str | None = None  # what the note is, for issues: "Pipedrive note 7", "Contact notes"
 
     def name(self) -> str:

@@ -303,8 +303,8 @@ class RecordMaker:
                     issues.append((entity, sid, key, "character_replaced", f"{title} ({removed}): {CONTROLS_REMOVED}"))
         if not entries:
             return None
-        issues += [(entity, sid, "notes", "character_replaced", f"{entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
-        issues += [(entity, sid, "notes", "character_replaced", f"{entry.removed}: {CONTROLS_REMOVED}") for entry in entries if entry.removed]
+        issues += [(entity, sid, "notes", "character_replaced", f"{entry.name()}, {entry.replaced}: {CHARACTER_REPLACED}") for entry in entries if entry.replaced]
+        issues += [(entity, sid, "notes", "character_replaced", f"{entry.name()}, {entry.removed}: {CONTROLS_REMOVED}") for entry in entries if entry.removed]
         composed = notes.compose_notes(entries)
         if detail := notes_truncated_detail(composed):
             issues.append((entity, sid, "notes", "notes_truncated", detail))
