@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from migrate.cli import cli
 from migrate.customermates import undo as undo_module
+from migrate.customermates.client import UncertainWriteError
+from migrate.customermates.mcp import McpClient
 from migrate.staging.store import Staging
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 
@@ -349,4 +351,47 @@ def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(
     assert {c["id"] for c in customermates.columns()} == {new_phone, new_job, new_begin}
     for run in (second, third):
         assert invoke(["undo", "--run", run, "--yes", "--columns"], env).exit_code == 0
+    assert customermates.columns() == []
+
+
+def _lose_the_answer_to_the_first_column_create(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first column a run makes is made in Customermates, and its answer is lost on the way back."""
+    real_create = McpClient.create_custom_column
+
+    def create_then_lose_the_answer(self, *args, **kwargs):
+        real_create(self, *args, **kwargs)
+        monkeypatch.setattr(McpClient, "create_custom_column", real_create)
+        raise UncertainWriteError("timed out waiting for an answer")
+
+    monkeypatch.setattr(McpClient, "create_custom_column", create_then_lose_the_answer)
+
+
+def test_undo_columns_of_a_run_that_died_making_a_column_deletes_that_column(env, sample_dir, customermates, monkeypatch):
+    _lose_the_answer_to_the_first_column_create(monkeypatch)
+    failed = invoke(["run", "--source", str(sample_dir)], env)
+    assert failed.exit_code != 0 and "Run again" in failed.output
+    assert len(customermates.columns()) == 1  # the first column the run made, its answer lost
+
+    result = invoke(["undo", "--yes", "--columns"], env)
+
+    assert result.exit_code == 0, result.output
+    assert customermates.columns() == []
+    assert state(env, "SELECT count(*) FROM column_map") == [(0,)]
+
+
+def test_a_column_whose_answer_was_lost_belongs_to_the_run_that_made_it_and_its_undo_deletes_it(env, sample_dir, customermates, monkeypatch):
+    _lose_the_answer_to_the_first_column_create(monkeypatch)
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code != 0
+    died = state(env, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
+    (lost,) = customermates.columns()
+
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+
+    same = [c["id"] for c in customermates.columns() if (c["label"], c["entityType"]) == (lost["label"], lost["entityType"])]
+    assert same == [lost["id"]]  # found, not made twice
+    assert state(env, "SELECT DISTINCT created_by_run FROM column_map WHERE column_id = ?", [lost["id"]]) == [(died,)]
+    assert invoke(["undo", "--yes", "--columns"], env).exit_code == 0  # the run that created the records, and the rest of the columns
+    assert [c["id"] for c in customermates.columns()] == [lost["id"]]
+    result = invoke(["undo", "--yes", "--columns"], env)  # then the run that died
+    assert result.exit_code == 0 and died in result.output, result.output
     assert customermates.columns() == []

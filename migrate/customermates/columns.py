@@ -11,6 +11,7 @@ records (an existing option keeps its default, which a user may have chosen). Op
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,10 +104,12 @@ def ensure_columns(
     staging: Staging, client: CustomermatesClient, mcp: McpClient | None, run_id: str, *, dry_run: bool = False
 ) -> ColumnIndex:
     specs = staging.target_columns()
-    known = staging.column_map()
     index = ColumnIndex()
     entities = sorted({s["entity"] for s in specs})
     configs = {e: client.configuration(e) for e in entities}
+    if not dry_run:
+        settle_pending_columns(staging, configs)
+    known = staging.column_map()
     intended = {(s["entity"], s["key"]): s for s in specs}
     # the columns the state file gives to a column the migration still wants: another one whose
     # label matches (a field renamed in Pipedrive leaves its old label to a new field) is not one
@@ -165,7 +168,8 @@ def ensure_columns(
             if dry_run or mcp is None:
                 index.created.append(made)
                 continue
-            column_id = _create(mcp, entity, spec)
+            staging.record_pending_column(entity, key, spec["label"], spec["type"], run_id)
+            column_id = _create(staging, mcp, entity, key, spec)
             index.created.append(made)
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
             index.ids[(entity, key)] = column_id
@@ -290,6 +294,32 @@ def _set_aside(
     return said
 
 
+def settle_pending_columns(staging: Staging, configurations: Mapping[str, dict[str, Any]]) -> None:
+    """Give each column a run was making when it died (its answer lost, or the run killed before it
+    saved the column's id) to that run, as it would have: found by its label and type among the
+    columns of its entity (`configurations`: entity → configuration) the state file holds for no
+    field. One not found was not made, and is forgotten: the next run makes it."""
+    pending = [p for p in staging.pending_columns() if p["entity"] in configurations]
+    if not pending:
+        return
+    held = {c["id"] for c in staging.column_map().values()}.union(*staging.replaced_columns().values())
+    for column in pending:
+        entity, key = column["entity"], column["key"]
+        found = next(
+            (
+                c for c in configurations[entity].get("customColumns") or []
+                if (c["label"], c["type"]) == (column["label"], column["type"]) and c["id"] not in held
+            ),
+            None,
+        )
+        if found is None:
+            staging.forget_pending_column(entity, key)
+            continue
+        log.info("columns.settled_pending", entity=entity, label=found["label"], run_id=column["run_id"])
+        staging.save_column(entity, key, {"id": found["id"], "label": found["label"], "type": found["type"]}, column["run_id"])
+        held.add(found["id"])
+
+
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:
     """Save a column's row in the state file unless it holds that already: every run and sync
     meets every column, and a write is a commit of its own (a few ms each, a hundred columns)."""
@@ -297,7 +327,7 @@ def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], en
         staging.save_column(entity, key, column, None)
 
 
-def _create(mcp: McpClient, entity: str, spec: dict[str, Any]) -> str:
+def _create(staging: Staging, mcp: McpClient, entity: str, key: str, spec: dict[str, Any]) -> str:
     options = None
     if spec["type"] == "singleSelect":
         labels = spec["options"] or ["(none)"]
@@ -325,4 +355,5 @@ def _create(mcp: McpClient, entity: str, spec: dict[str, Any]) -> str:
     except McpAuthenticationError:
         raise
     except McpToolError as exc:
+        staging.forget_pending_column(entity, key)  # not made: a column a user makes under its label later is the user's
         raise CustomermatesError(f"Customermates refused to make {what}: {exc.text}", status=exc.status, body=exc.body) from exc

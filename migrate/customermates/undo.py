@@ -36,6 +36,7 @@ from migrate.customermates.client import (
     CustomermatesClient,
     CustomermatesError,
 )
+from migrate.customermates.columns import settle_pending_columns
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import find_by_pipedrive_id
 from migrate.errors import ConfigError, MigrateError
@@ -87,6 +88,7 @@ def undo(
     done. Its records, each with what happened to it, stay in the state file (`UndoRecords`)."""
     staging.clear_undo_records()
     _settle_pending(staging, client)
+    settle_pending_columns(staging, {e: client.configuration(e) for e in {c["entity"] for c in staging.pending_columns()}})
     if run_id is None:
         run_id = staging.latest_creating_run()
         if run_id is None:

@@ -147,6 +147,11 @@ ALTER TABLE column_map ADD COLUMN IF NOT EXISTS pipedrive_options JSON;
 -- `migrate undo --columns` of the run that made one deletes it, and a field whose type changes back takes its own back.
 CREATE TABLE IF NOT EXISTS replaced_columns (
     column_id VARCHAR PRIMARY KEY, entity VARCHAR, key VARCHAR, label VARCHAR, type VARCHAR, created_by_run VARCHAR);
+-- A column about to be made through MCP, saved before the request: a run that dies before it saves the column's
+-- id (its answer lost, or killed) leaves it here, and the next run or undo finds the column by its label and type
+-- and gives it to this run (`customermates.columns.settle_pending_columns`), as `pending_batches` do records.
+CREATE TABLE IF NOT EXISTS pending_columns (
+    entity VARCHAR, key VARCHAR, label VARCHAR, type VARCHAR, run_id VARCHAR, PRIMARY KEY (entity, key));
 """
 
 
@@ -953,6 +958,17 @@ class Staging:
             params,
         )
         self.con.execute("DELETE FROM replaced_columns WHERE column_id = ?", [column["id"]])
+        self.con.execute("DELETE FROM pending_columns WHERE entity = ? AND key = ?", [entity, key])
+
+    def record_pending_column(self, entity: str, key: str, label: str, column_type: str, run_id: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO pending_columns VALUES (?, ?, ?, ?, ?)", [entity, key, label, column_type, run_id])
+
+    def pending_columns(self) -> list[dict[str, Any]]:
+        rows = self.con.execute("SELECT entity, key, label, type, run_id FROM pending_columns ORDER BY entity, key").fetchall()
+        return [dict(zip(("entity", "key", "label", "type", "run_id"), r, strict=True)) for r in rows]
+
+    def forget_pending_column(self, entity: str, key: str) -> None:
+        self.con.execute("DELETE FROM pending_columns WHERE entity = ? AND key = ?", [entity, key])
 
     def replace_column(self, entity: str, key: str, label: str) -> None:
         """Keep the column saved for (entity, key), which a new one is about to replace, as replaced
