@@ -238,6 +238,30 @@ def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_i
     assert record["firstName"] == person["first_name"] and [u["email"] for u in record["users"]] == [user["email"]]
 
 
+def test_a_note_edited_with_another_field_of_its_record_is_planned_with_the_lines_it_changes(env, pipedrive, tmp_path):
+    """The plan listed the other field alone, and the run rewrote the notes all the same."""
+    assert invoke(env, "run").exit_code == 0
+    note = next(n for n in pipedrive.collections["notes"] if n.get("active_flag") and n.get("person_id") and not n.get("deal_id"))
+    old_text = note["content"]
+    note["content"] = "<div>Rewritten in Pipedrive.</div>"
+    note["update_time"] = "2026-11-28 12:00:00"
+    person = next(p for p in pipedrive.collections["persons"] if p["id"] == note["person_id"])
+    person["job_title"] = "Head of Rewrites"
+    person["update_time"] = "2026-11-28 12:00:00"
+
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+
+    plan = load_plan(tmp_path / "p")
+    (record,) = [r for r in plan["records"]["contacts"] if r["source_id"] == str(person["id"])]
+    assert record["action"] == "update"
+    changes = {c["field"]: c for c in record["changes"]}
+    assert changes["Job title"]["after"] == "Head of Rewrites"
+    assert changes["notes"]["after"] == ["Rewritten in Pipedrive."]
+    assert any(re.sub(r"<[^>]+>", "", old_text).strip()[:20] in line for line in changes["notes"]["before"])
+    assert "Rewritten in Pipedrive." in (tmp_path / "p" / "plan.md").read_text()
+    _assert_the_run_does_as_planned(env, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
+
+
 def _assert_the_run_does_as_planned(env, tmp_path, plan, *args: str) -> dict:
     """Run (with `args`) and check it created, updated and left unchanged as many records as `plan` said; returns its report."""
     result = invoke(env, "run", *args, "--report-dir", str(tmp_path / "r"))
@@ -272,7 +296,8 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     plan = load_plan(tmp_path / "p")
     updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
     assert set(updates) == {str(note["person_id"]), str(both["id"])}
-    assert updates[str(note["person_id"])]["changes"] == [{"field": "notes", "before": "present", "after": "changed"}]
+    (notes,) = updates[str(note["person_id"])]["changes"]
+    assert notes["field"] == "notes" and "Rewritten in Pipedrive." in notes["after"] and notes["before"]
     assert "already holds" in updates[str(both["id"])]["reason"]
 
     _assert_the_run_does_as_planned(env, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))

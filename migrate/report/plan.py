@@ -16,6 +16,7 @@ Pipedrive, or deleted in Customermates after the migration).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import itertools
@@ -261,16 +262,41 @@ class Planner:
                     return {**item, "action": "update", "changes": refilled,
                             "reason": "a column or option it has a value in was deleted in Customermates; made again and filled"}
                 return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
+            if (written.get("notes") or "") != (payload.get("notes") or ""):
+                # the target's form shows notes only as there or not: their change is the text's, as last written
+                changes = [c for c in changes if c["field"] != "notes"] + [notes_change(written.get("notes"), payload.get("notes"))]
             if target_edits and changes:
                 return {**item, "action": "conflict", "changes": changes}
             if not changes:  # the run writes what changed in Pipedrive all the same
-                if (written.get("notes") or "") != (payload.get("notes") or ""):
-                    notes = {"field": "notes", "before": "present" if written.get("notes") else None, "after": "changed" if payload.get("notes") else None}
-                    return {**item, "action": "update", "changes": [notes]}
                 return {**item, "action": "update", "reason": "Customermates already holds the new values (edited there the same way); written again"}
         if not changes:
             return {**item, "action": "unchanged"}
         return {**item, "action": "update", "changes": changes}
+
+
+NOTES_LINES_SHOWN = 10  # of the lines a notes change removes and of those it adds; the rest are counted
+
+
+def notes_change(before: str | None, after: str | None) -> dict[str, Any]:
+    """A record's notes change as the lines it removes and the lines it adds (the notes are one
+    Markdown text of every note attached; the whole texts would make the plan as large as the notes)."""
+    old, new = (before or "").splitlines(), (after or "").splitlines()
+    removed: list[str] = []
+    added: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if tag != "equal":
+            removed += old[i1:i2]
+            added += new[j1:j2]
+
+    def shown(lines: list[str]) -> list[str] | None:
+        lines = [line for line in lines if line.strip()]
+        more = len(lines) - NOTES_LINES_SHOWN
+        return (lines[:NOTES_LINES_SHOWN] + ([f"… {more} more lines"] if more > 0 else [])) or None
+
+    change = {"field": "notes", "before": shown(removed), "after": shown(added)}
+    if change["before"] is None and change["after"] is None:
+        change["after"] = ["(blank lines only)"]
+    return change
 
 
 NO_TARGET = "no-target"  # the target fingerprint of a plan made without Customermates settings
