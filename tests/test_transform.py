@@ -833,6 +833,39 @@ def test_a_link_whose_host_ends_in_a_number_but_is_no_ipv4_address_is_kept_as_te
             assert is_secure_url(link) is valid, f"the fake Customermates on {link}"
 
 
+# Links Customermates takes (contract §6: an absolute URL with scheme https, http, mailto or tel, as
+# `new URL()` parses it, which lowercases the scheme) that the transform kept as text; and near misses.
+LINKS_WITH_A_SCHEME = {
+    "tel:+4930123": True,
+    "TEL:+4930123": True,
+    "MailTo:info@acme.de": True,
+    "HTTPS://Example.COM/Pfad": True,
+    "Http://example.com": True,
+    "http://localhost:8080/x": True,
+    "https://intranet": True,
+    "https://[2001:db8::1]/": True,
+    "http://[::1]:8080/": True,
+    "https://[2001:db8::zz]/": False,
+    "https://[2001:db8::1]:99999/": False,
+    "ftp://files.acme.de": False,
+    "intranet": False,
+}
+
+
+def test_a_link_with_a_scheme_the_server_takes_is_written_as_a_link_in_any_case_and_to_any_host(tmp_path):
+    organizations = [{"id": n, "name": f"Org {n}", "website": url} for n, url in enumerate(LINKS_WITH_A_SCHEME, 1)]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("organizations", organizations, store.Checkpoint("organizations", None, 1, len(organizations), True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "organizations")
+        refused = {i["source_id"] for i in issues(staging, "link_invalid")}
+        for n, (url, valid) in enumerate(LINKS_WITH_A_SCHEME.items(), 1):
+            website = {key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}
+            assert (website, str(n) in refused) == ({"website": url} if valid else {"website:as_entered": url}, not valid), url
+            if "://" in url or ":" in url[:7]:
+                assert is_secure_url(url) is valid, f"the fake Customermates on {url}"
+
+
 def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never_stops_the_transform(tmp_path):
     """float() reads `-1_000` and `٠` (an Arabic-Indic zero) as numbers, which the text of the
     zero-price issue then could not write: the whole transform stopped on one product."""

@@ -7,6 +7,7 @@ every value it cannot carry exactly through `RecordOut.issue` — never a silent
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import unicodedata
@@ -573,14 +574,18 @@ def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
     text = _as_text(value)
     if not text:
         return
-    url = text if "://" in text or text.startswith(("mailto:", "tel:")) else f"https://{text}"
-    if url.startswith(("https://", "http://", "mailto:", "tel:")) and " " not in url and "." in url and _parses(url):
+    # a scheme, in any case (the server's URL parser lowercases it), makes a URL of any host;
+    # without one, text with no dot (`n/a`, `none`) is taken for no web address
+    schemed = "://" in text or text[:7].lower().startswith(("mailto:", "tel:"))
+    url = text if schemed else f"https://{text}"
+    if url[:8].lower().startswith(_LINK_SCHEMES) and " " not in url and (schemed or "." in url) and _parses(url):
         out.put(spec, url)
         return
     fallback = out.put_as_entered(spec, text)
     out.issue(fld.name, "link_invalid", f"{text!r} is not a usable URL; kept as text in '{fallback.label}'")
 
 
+_LINK_SCHEMES = ("https://", "http://", "mailto:", "tel:")  # those Customermates takes (contract §6)
 # What a URL parser (Customermates checks with `new URL()`) refuses in a host name.
 _FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
 # What the parser's IDNA step (UTS #46) makes a label separator: ideographic and fullwidth full stops
@@ -590,7 +595,7 @@ _DOTS = str.maketrans(dict.fromkeys("\u3002\uff0e\uff61", "."))
 def _parses(url: str) -> bool:
     """Whether the server's URL check will take `url`: a host without forbidden characters, one
     ending in a number a valid IPv4 address, a numeric port."""
-    if url.startswith(("mailto:", "tel:")):
+    if url[:7].lower().startswith(("mailto:", "tel:")):
         return True
     try:
         parts = urlsplit(url)
@@ -598,6 +603,12 @@ def _parses(url: str) -> bool:
     except ValueError:
         return False
     host = parts.hostname or ""
+    if parts.netloc.rpartition("@")[2].startswith("["):  # an IPv6 address: only a valid one parses
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
     if not host or any(ch in _FORBIDDEN_HOST or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host):
         return False
     labels = unicodedata.normalize("NFKC", host).translate(_DOTS).split(".")

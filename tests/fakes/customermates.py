@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import html
+import ipaddress
 import json
 import decimal
 import math
@@ -426,8 +427,14 @@ def whatwg_url_ok(value: str) -> tuple[bool, str]:
     rest = rest.lstrip("/\\")
     authority = re.split(r"[/\\?#]", rest, maxsplit=1)[0]
     host_port = authority.rsplit("@", 1)[-1]
-    if host_port.startswith("["):
-        return ("]" in host_port), scheme
+    if host_port.startswith("["):  # an IPv6 address, which the parser checks as such
+        address, bracket, port = host_port[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return False, scheme
+        ported = port[:1] == ":" and (port[1:] == "" or (re.fullmatch(r"[0-9]+", port[1:]) is not None and int(port[1:]) <= 65535))
+        return bool(bracket) and (port == "" or ported), scheme
     host, _, port = host_port.partition(":")
     if not host:
         return False, scheme
