@@ -27,6 +27,7 @@ from migrate.transform.values import (
     to_utc_datetime,
     truncate_plain,
 )
+from tests.fakes.customermates import is_iso_datetime
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "customermates"
 
@@ -197,7 +198,7 @@ def test_phone_that_cannot_be_made_exact_is_none(raw, region):
     [
         ("2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"),
         ("2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00Z"),
-        ("2020-10-14T11:30:36.551Z", "2020-10-14T11:30:36Z"),  # lead timestamps: millis truncated
+        ("2020-10-14T11:30:36.551Z", "2020-10-14T11:30:36Z"),  # lead timestamps: to the second (a note's date)
         ("2024-01-01T10:00Z", "2024-01-01T10:00:00Z"),
         ("2024-03-01 10:20:00", "2024-03-01T10:20:00Z"),  # v1, UTC without a zone marker
         ("1970-01-01 00:00:00", "1970-01-01T00:00:00Z"),
@@ -211,6 +212,22 @@ def test_phone_that_cannot_be_made_exact_is_none(raw, region):
 )
 def test_timestamp_converted_to_utc_z(value, expected):
     assert to_utc_datetime(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2020-10-14T11:30:36.551Z", "2020-10-14T11:30:36.551Z"),
+        ("2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00.000Z"),
+        ("2024-10-27T02:30:00.25+02:00", "2024-10-27T00:30:00.25Z"),
+        ("2024-02-29 23:59:59,999999", "2024-02-29T23:59:59.999999Z"),
+        ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:59.5Z"),
+        ("2024-03-01 10:20:00", "2024-03-01T10:20:00Z"),
+    ],
+)
+def test_a_timestamp_carried_exactly_keeps_its_fractional_seconds_as_written(value, expected):
+    assert to_utc_datetime(value, fraction=True) == expected
+    assert is_iso_datetime(expected)
 
 
 @pytest.mark.parametrize(

@@ -231,7 +231,11 @@ def _date(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
 
 @encoder("datetime")
 def _datetime(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    _checked(out, spec, fld, value, v.to_utc_datetime)
+    _checked(out, spec, fld, value, _exact_utc_datetime)
+
+
+def _exact_utc_datetime(value: Any) -> str | None:
+    return v.to_utc_datetime(value, fraction=True)
 
 
 @encoder("due")

@@ -158,25 +158,28 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def to_utc_datetime(value: str | None) -> str | None:
+def to_utc_datetime(value: str | None, *, fraction: bool = False) -> str | None:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC from a Pipedrive timestamp; ``None`` for ``None``/blank.
 
     Accepts v2 RFC 3339 (with or without fractional seconds, ``Z`` or an offset), v1
     ``YYYY-MM-DD HH:MM:SS`` (UTC), lead ISO with milliseconds. A timestamp without a zone is UTC.
-    Fractional seconds are dropped (truncated). Anything else raises ``ValueError``.
+    Fractional seconds are dropped, or with ``fraction`` kept as written (``…:36.551Z``: a value
+    carried exactly; a note's date in its header is to the second). Anything else raises ``ValueError``.
     """
     if _blank(value):
         return None
     if not isinstance(value, str):
         raise ValueError(f"not a recognised timestamp: {value!r}")
-    return _utc_text(value)
+    text, digits = _utc_text(value)
+    return f"{text[:-1]}.{digits}Z" if fraction and digits else text
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _utc_text(value: str) -> str:
-    """Timestamps repeat (add_time, due dates, imports made in one go): each is parsed once.
-    Most are UTC already (v1 `YYYY-MM-DD HH:MM:SS`, v2 `…Z`): checked as a calendar date and
-    time, their text is the answer; the others (offsets, a leap second) are converted."""
+def _utc_text(value: str) -> tuple[str, str | None]:
+    """(the timestamp to the second, its fractional digits). Timestamps repeat (add_time, due
+    dates, imports made in one go): each is parsed once. Most are UTC already (v1 `YYYY-MM-DD
+    HH:MM:SS`, v2 `…Z`): checked as a calendar date and time, their text is the answer; the
+    others (offsets, a leap second) are converted (an offset is whole minutes: the fraction stays)."""
     match = _DATETIME.fullmatch(value.strip())
     if match is not None and match["tz"] in (None, "Z", "z") and match["s"] != "60":
         y, mo, d, h, mi, s = match["y"], match["mo"], match["d"], match["h"], match["mi"], match["s"] or "00"
@@ -185,9 +188,9 @@ def _utc_text(value: str) -> str:
         except ValueError:
             pass  # the general path raises it with its reason
         else:
-            return f"{y}-{mo}-{d}T{h}:{mi}:{s}Z"
+            return f"{y}-{mo}-{d}T{h}:{mi}:{s}Z", match["frac"]
     moment, _ = _parse_datetime(value)
-    return _format_utc(moment)
+    return _format_utc(moment), match["frac"] if match is not None else None
 
 
 def _parse_date(value: str) -> date:
