@@ -879,6 +879,7 @@ def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never
         assert [(i["source_id"], i["detail"].split(";")[0]) for i in issues(staging, "product_zero_price")] == [
             ("1", "price is '-1_000' (not a number) EUR"), ("2", "price is '\u0660' (not a number) EUR"), ("3", "price is '1_000' (not a number) EUR"),
         ]
+        assert all(i["detail"].endswith("(prices kept in 'Prices (as entered)')") for i in issues(staging, "product_zero_price"))
 
 
 def test_a_deal_product_line_whose_number_is_no_number_is_carried_as_written_with_the_other_lines(tmp_path):

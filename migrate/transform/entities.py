@@ -137,8 +137,10 @@ def service_core(record: dict[str, Any], known: Known) -> Core:
     else:
         amount = MIN_AMOUNT
         shown = "; ".join(f"{_shown_price(p.get('price'))} {p.get('currency') or ''}".strip() for p in prices) or "no price"
+        # a price that is no number sends the prices verbatim to their 'as entered' column (encoder `prices`)
+        kept = "Prices" if all(v.finite_number(p.get("price") or 0) is not None for p in prices) else "Prices (as entered)"
         core.issues.append(
-            ("prices", "product_zero_price", f"price is {shown}; Customermates needs an amount > 0, so amount is {MIN_AMOUNT} (prices kept in 'Prices')")
+            ("prices", "product_zero_price", f"price is {shown}; Customermates needs an amount > 0, so amount is {MIN_AMOUNT} (prices kept in '{kept}')")
         )
     core.fields = {"name": name, "amount": amount}
     _owner(core, record)
