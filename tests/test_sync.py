@@ -1414,3 +1414,70 @@ def test_a_record_purged_in_pipedrive_is_still_known_deleted_after_a_run_and_the
 
     assert result.exit_code == 0, result.output
     assert "6" not in by_pipedrive_id(customermates, "contacts")
+
+
+def _conflicts(tmp_path: Path) -> list[dict[str, str]]:
+    return [i for i in read_issues(tmp_path) if i["rule"] == "conflict_skipped"]
+
+
+def test_a_deal_whose_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_as_no_conflict(env, pipedrive, customermates, tmp_path):
+    """The deal's contacts no longer held the deleted contact, which read as an edit of the deal
+    made in Customermates: every later Pipedrive edit of the deal was skipped as a conflict."""
+    assert invoke(env, "run").exit_code == 0
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and d.get("person_id"))
+    person_id = deal["person_id"]["value"] if isinstance(deal["person_id"], dict) else deal["person_id"]
+    contact = by_pipedrive_id(customermates, "contacts")[str(person_id)][0]
+    customermates.delete_records("contacts", [contact["id"]])
+    deal["title"] += " (edited in Pipedrive)"
+    deal["update_time"] = NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert _conflicts(tmp_path) == []
+    assert by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["name"] == deal["title"]
+
+
+def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_that_held_a_value(env, pipedrive, customermates, tmp_path):
+    """The values the records were written with, in a column no field fills now, read as edits made
+    in Customermates: every record that held one became a conflict, for good."""
+    assert invoke(env, "run").exit_code == 0
+    field = next(f for f in pipedrive.collections["personFields"] if f.get("is_custom_field") and f["field_type"] == "enum")
+    pipedrive.collections["personFields"].remove(field)
+    held = [p for p in live_persons(pipedrive) if (p.get("custom_fields") or {}).pop(field["field_code"], None) is not None]
+    assert held
+    for person in held:
+        person["update_time"] = NOW
+    held[0]["first_name"] = "Renamed"
+    held[0]["name"] = f"Renamed {held[0].get('last_name') or ''}".strip()
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert _conflicts(tmp_path) == []
+    assert by_pipedrive_id(customermates, "contacts")[str(held[0]["id"])][0]["firstName"] == "Renamed"
+
+
+def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the_record_not_overwritten(env, pipedrive, customermates, tmp_path):
+    """The plan saw notes only as there or not: a line a user typed into a contact's notes was
+    wiped by the next sync that wrote the contact (a job title changed in Pipedrive)."""
+    assert invoke(env, "run").exit_code == 0
+    person = next(p for p in live_persons(pipedrive) if by_pipedrive_id(customermates, "contacts")[str(p["id"])][0]["notes"])
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
+        json={"contacts": [{"id": contact["id"], "notes": "CALL BACK MONDAY"}]},
+    )
+    assert response.status_code == 200, response.text
+    person["job_title"] = "Changed in Pipedrive"
+    person["update_time"] = NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert [(i["entity"], i["source_id"]) for i in _conflicts(tmp_path)] == [("contacts", str(person["id"]))]
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert "CALL BACK MONDAY" in json.dumps(kept["notes"])
+    assert invoke(env, "sync", "--on-conflict", "source-wins").exit_code == 0
+    assert "CALL BACK MONDAY" not in json.dumps(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["notes"])
+

@@ -40,7 +40,7 @@ from migrate.customermates.client import (
     encoded_size,
 )
 from migrate.customermates.columns import NEW_COLUMNS_KEY, ColumnIndex
-from migrate.customermates.target import TargetState, find_by_pipedrive_id
+from migrate.customermates.target import TargetState, find_by_pipedrive_id, notes_digest
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -433,7 +433,10 @@ class Loader:
         elapsed = time.monotonic() - started
         self._tune(elapsed, len(items))
         written = [(i.source_id, dto["id"], i.digest) for i, dto in zip(items, result, strict=True)]
-        self.staging.commit_batch(batch_id, entity, written, self.run_id, [(i.source_id, i.payload) for i in items if i.payload is not None])
+        self.staging.commit_batch(
+            batch_id, entity, written, self.run_id, [(i.source_id, i.payload) for i in items if i.payload is not None],
+            [(i.source_id, notes_digest(dto.get("notes"))) for i, dto in zip(items, result, strict=True) if i.payload is not None],
+        )
         counter = self.summary.created if operation == "create" else self.summary.updated
         counter[entity] += len(items)
         self.summary.write_requests += 1

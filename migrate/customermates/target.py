@@ -39,6 +39,13 @@ READ_SINCE_KEY = "target_read_since"  # in the state file's meta: where the next
 DTO_RELATIONS = {"organizationIds": "organizations", "contactIds": "contacts", "dealIds": "deals", "serviceIds": "services"}
 
 
+def notes_digest(notes: Any) -> str:
+    """A digest of a record's notes as Customermates returns them (Tiptap JSON, or null). Kept for
+    each record as its write's answer gave them: a later read that differs is an edit made there
+    (the markdown written is not what is read back, so the two cannot be compared)."""
+    return hashlib.md5(json.dumps(notes, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class TargetState:
     """What Customermates holds, keyed by Pipedrive ID, with ids translated back to Pipedrive ids.
 

@@ -37,7 +37,7 @@ from migrate.customermates.load import (
     owner_unmatched_issue,
     unmatched_owners,
 )
-from migrate.customermates.target import DTO_RELATIONS, TargetState
+from migrate.customermates.target import DTO_RELATIONS, TargetState, notes_digest
 from migrate.errors import MigrateError
 from migrate.report.run_report import ISSUE_COLUMNS
 from migrate.staging.store import Staging
@@ -86,6 +86,7 @@ class Planner:
         for (entity, key), labels in columns.option_renames.items():
             self.option_renames.setdefault(entity, {})[key] = labels
         self.name_of = functools.lru_cache(maxsize=10_000)(self._name)
+        self.gone: dict[str, frozenset[str]] = {}
 
     def _name(self, entity: str, sid: str) -> str:
         """A related record's display name (looked up when a change shows it)."""
@@ -154,6 +155,21 @@ class Planner:
         values.update({k: v for k, v in last["values"].items() if k in keys or (k not in values and (k, v) in options)})
         return {**before, "values": values}
 
+    def _comparable(self, entity: str, form: dict[str, Any]) -> dict[str, Any]:
+        """A record's form without what the record cannot hold for an edit made in Customermates to
+        show in: the values of columns no Pipedrive field fills now (a field deleted there) and links
+        to records deleted in Customermates (a user deleted the contact, not the deal)."""
+        values = {k: value for k, value in form["values"].items() if (entity, k) in self.labels}
+        links = {key: [p for p in pids if p not in self._gone(LINK_ENTITY[key])] for key, pids in form["links"].items()}
+        services = [line for line in form["services"] if line[0] not in self._gone("services")]
+        return {**form, "values": values, "links": {k: v for k, v in links.items() if v}, "services": services}
+
+    def _gone(self, entity: str) -> frozenset[str]:
+        """The Pipedrive ids of the migrated records of `entity` deleted in Customermates."""
+        if entity not in self.gone:
+            self.gone[entity] = frozenset(self.target.migrated_but_gone(entity))
+        return self.gone[entity]
+
     def _refilled(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
         """The values a run writes although the record is as last written: those in columns (or
         options) made since, which name the new ids, so the record's request body is new."""
@@ -209,10 +225,13 @@ class Planner:
                 sids = [sid for sid, _, _ in batch]
                 id_map = self.staging.id_map_for(entity, sids)
                 written = self.staging.written_for(entity, sids)
+                notes_read = self.staging.notes_read_for(entity, sids)
                 held = self.target.records(entity, sids)
                 pid_of = self.target.pids_of_related(dto for dtos in held.values() for dto in dtos)
                 for sid, payload, digest in batch:
-                    item = self._plan_record(entity, sid, payload, id_map, written.get(sid), held.get(sid, []), pid_of, on_target_deleted)
+                    item = self._plan_record(
+                        entity, sid, payload, id_map, written.get(sid), notes_read.get(sid), held.get(sid, []), pid_of, on_target_deleted
+                    )
                     item["hash"] = digest
                     summary[entity][item["action"]] += 1
                     listed(entity, item)
@@ -230,6 +249,7 @@ class Planner:
         payload: dict[str, Any],
         id_map: dict[str, tuple[str, str]],
         written: dict[str, Any] | None,
+        notes_read: str | None,
         dtos: list[dict[str, Any]],
         pid_of: dict[str, str],
         on_target_deleted: str,
@@ -253,7 +273,12 @@ class Planner:
             # what the run goes by: the payload as last written (a note's text too, which the
             # target's form shows only as there or not) and the owners matched then
             source_changed = _canonical(written) != _canonical(payload) or last["users"] != after["users"]
-            target_edits = self.changes(entity, last, self._without_new_columns(entity, before, last))
+            target_edits = self.changes(
+                entity, self._comparable(entity, last), self._comparable(entity, self._without_new_columns(entity, before, last))
+            )
+            if notes_read is not None and notes_digest(dtos[0].get("notes")) != notes_read:
+                target_edits = [c for c in target_edits if c["field"] != "notes"]
+                target_edits.append({"field": "notes", "before": "as last written", "after": "edited in Customermates"})
             if target_edits:
                 item["target_edits"] = target_edits
             if not source_changed:

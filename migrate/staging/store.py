@@ -150,6 +150,9 @@ CREATE TABLE IF NOT EXISTS replaced_columns (
 -- A column about to be made through MCP, saved before the request: a run that dies before it saves the column's
 -- id (its answer lost, or killed) leaves it here, and the next run or undo finds the column by its label and type
 -- and gives it to this run (`customermates.columns.settle_pending_columns`), as `pending_batches` do records.
+-- A digest of each record's notes as Customermates answered its last write (`customermates.target.notes_digest`):
+-- notes read back otherwise were edited there. No row: not known (written before this table, or adopted).
+CREATE TABLE IF NOT EXISTS written_notes (entity VARCHAR, source_id VARCHAR, digest VARCHAR, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS pending_columns (
     entity VARCHAR, key VARCHAR, label VARCHAR, type VARCHAR, run_id VARCHAR, PRIMARY KEY (entity, key));
 """
@@ -1025,12 +1028,20 @@ class Staging:
         ).fetchall()
         return {s: json.loads(p) for s, p in rows}
 
+    def notes_read_for(self, entity: str, source_ids: list[str]) -> dict[str, str]:
+        """The digests of the notes Customermates answered the last write of these records with (those known)."""
+        rows = self.con.execute(
+            "SELECT source_id, digest FROM written_notes WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"e": entity, "s": source_ids},
+        ).fetchall()
+        return dict(rows)
+
     def forget(self, entity: str, source_ids: list[str]) -> None:
         """Drop what we know of these records' target copies, so they are created again."""
         self._drop_identity(entity, source_ids)
 
     def _drop_identity(self, entity: str, source_ids: list[str]) -> None:
-        for table in ("id_map", "written_payloads"):
+        for table in ("id_map", "written_payloads", "written_notes"):
             self.con.execute(
                 f"DELETE FROM {table} WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
             )
@@ -1181,9 +1192,12 @@ class Staging:
     def commit_batch(
         self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str,
         payloads: Sequence[tuple[str, dict[str, Any]]] = (),
+        notes_read: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Store (source_id, target_id, hash) rows and the transformed payloads written (the plan's
-        'written' state), and clear the pending intent, in one transaction.
+        'written' state), with the digests of the notes the write's answer gave (`notes_read`:
+        source id, digest; a payload's record without one has its notes unknown), and clear the
+        pending intent, in one transaction.
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
         uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
@@ -1213,6 +1227,14 @@ class Staging:
                 )
             if payloads:
                 self._save_written_payloads(entity, payloads)
+                self.con.execute(
+                    "DELETE FROM written_notes WHERE entity = $e AND source_id IN (SELECT unnest($s))", {"e": entity, "s": [sid for sid, _ in payloads]}
+                )
+            if notes_read:
+                self.con.execute(
+                    "INSERT OR REPLACE INTO written_notes SELECT $e, unnest($s), unnest($d)",
+                    {"e": entity, "s": [sid for sid, _ in notes_read], "d": [digest for _, digest in notes_read]},
+                )
             if batch_id:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
 
