@@ -22,7 +22,7 @@ from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
-from tests.test_end_to_end import by_pipedrive_id, read_issues
+from tests.test_end_to_end import NoSleep, by_pipedrive_id, read_issues, read_quarantine
 
 NOW = "2026-11-28T12:00:00Z"
 
@@ -1481,3 +1481,22 @@ def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the
     assert invoke(env, "sync", "--on-conflict", "source-wins").exit_code == 0
     assert "CALL BACK MONDAY" not in json.dumps(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["notes"])
 
+
+def test_two_records_customermates_refuses_are_quarantined_once_a_later_entity_writes_and_the_sync_goes_on(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """Two records failing alone, with nothing else of their entity to write, looked like a server
+    that is down: every sync ended after ten failures in a row, and the deals after them never synced."""
+    monkeypatch.setattr("migrate.customermates.load.time", NoSleep())
+    assert invoke(env, "run").exit_code == 0
+    refused = live_persons(pipedrive)[:2]
+    for person in refused:
+        person["job_title"], person["update_time"] = "Refused by the database", NOW
+    customermates.refuse_text("Refused by the database")
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open")
+    deal["title"] += " (edited in Pipedrive)"
+    deal["update_time"] = NOW
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 3, result.output
+    assert sorted((q["entity"], q["source_id"]) for q in read_quarantine(tmp_path)) == sorted(("contacts", str(p["id"])) for p in refused)
+    assert by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["name"] == deal["title"]

@@ -155,6 +155,10 @@ class Loader:
         self.writes_done = 0  # write requests that went through
         self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
         self.set_aside_alone = False  # the entity's only record set aside: a read may vouch for the server
+        # (entity, operation, item, writes_done then): failed alone again with nothing written since; the later
+        # entities' writes tell a record Customermates refuses from a server that is down (`_retry_deferred`)
+        self.deferred: list[tuple[str, str, _Item, int]] = []
+        self.last_chance = False  # sending the deferred records again, after every entity
 
     # -- users ----------------------------------------------------------------------------
     def match_users(self) -> None:
@@ -183,7 +187,7 @@ class Loader:
                 elif mapped is None:
                     self._note_issue(
                         entity, source_id, key, "link_target_not_loaded",
-                        f"{target_entity[:-1]} {pid} was not loaded (quarantined); link dropped",
+                        f"{target_entity[:-1]} {pid} was not written (Customermates failed on it; see the quarantine); link dropped until a run writes it",
                     )
                 elif mapped not in resolved:
                     resolved.append(mapped)
@@ -197,7 +201,7 @@ class Loader:
                 elif mapped is None:
                     self._note_issue(
                         entity, source_id, "services", "link_target_not_loaded",
-                        f"service {pid} was not loaded (quarantined); not linked",
+                        f"service {pid} was not written (Customermates failed on it; see the quarantine); not linked until a run writes it",
                     )
                 else:
                     services.append({"serviceId": mapped, "quantity": quantity})
@@ -271,6 +275,7 @@ class Loader:
                 self.staging.set_meta(LOAD_CONTEXT_KEY, None)
             for entity in ENTITY_ORDER:
                 self.load_entity(entity)
+            self._retry_deferred()
         finally:  # a load stopped or failed keeps the issues it noted
             self._save_issues()
         self.staging.set_meta(LOAD_CONTEXT_KEY, context)
@@ -453,7 +458,7 @@ class Loader:
         again in halves. A record that fails alone is set aside and sent again after the entity's
         other records; if it fails again while others went through, or, the only one set aside,
         while the server answers a read, Customermates refuses that record (a 500 names none: a value its database cannot
-        hold, say), and it is quarantined.
+        hold, say), and it is quarantined; else it is deferred, and sent again after every entity (`_retry_deferred`).
         `MAX_FAILURES_IN_A_ROW` with nothing written between end the run: the server is down."""
         elapsed = time.monotonic() - started
         log.warning("load.uncertain", entity=entity, items=len(items), error=str(error), seconds=round(elapsed, 2))
@@ -474,6 +479,10 @@ class Loader:
             self.summary.quarantined[entity] += 1
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
             self._explained_by(item)
+            return
+        if len(missing) == 1 and set_aside_after is not None and not self.last_chance:
+            self.deferred.append((entity, operation, missing[0], set_aside_after))
+            self._explained_by(missing[0])
             return
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise CustomermatesError(
@@ -515,6 +524,18 @@ class Loader:
         self.set_aside_alone = len(self.set_aside) == 1  # several failing alone with nothing written: the server, more likely
         while self.set_aside:
             operation, item, writes_then = self.set_aside.pop(0)
+            self._send(entity, operation, [item], set_aside_after=writes_then)
+
+    def _retry_deferred(self) -> None:
+        """Send the records deferred (each failed alone twice, nothing written between) once more,
+        after every entity: one that fails again while writes went through since is refused by
+        Customermates and quarantined; with nothing written since, the server is down and the run
+        ends as it does then. Until now, several such records of one entity ended every run, and
+        the entities after it were never written."""
+        self.last_chance = True
+        self.set_aside_alone = len(self.deferred) == 1
+        while self.deferred:
+            entity, operation, item, writes_then = self.deferred.pop(0)
             self._send(entity, operation, [item], set_aside_after=writes_then)
 
     def _request_bytes(self, entity: str, items: list[_Item]) -> int:
