@@ -581,8 +581,8 @@ def test_a_run_that_fails_or_is_stopped_writes_its_own_report_in_place_of_the_la
     organizations = pipedrive.collections["organizations"]
     organizations.append({**live(organizations)[0], "id": 9001, "name": "Neu GmbH"})
     for person in live(pipedrive.collections["persons"])[:40]:
-        person["name"] += " (edited)"
-    customermates.fail_next(1000, path_contains="/contacts/many")
+        person["first_name"] = f"{person.get('first_name') or ''} (edited)"
+    customermates.fail_next(1000, path_contains="/contacts/many")  # 40 updates: ten failures in a row before any is alone twice
 
     result = CliRunner().invoke(cli, ["run", "--report-dir", str(report_dir)], env=env)
 
