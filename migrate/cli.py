@@ -216,11 +216,9 @@ def run(
             report[key]["file"] = str(path)
     written = write_json(report, report_dir) if report_dir else None
     if log_format() == "json":  # unattended: one line, as a sync's, where the tables were printed
-        counts = ("extracted", "deleted_skipped", "created", "updated", "unchanged", "quarantined")
         click.echo(json.dumps({
             "event": "run", "run_id": report["run_id"], "status": report["status"], "dry_run": report["dry_run"],
-            "entities": {e: {k: row[k] for k in counts} for e, row in report["entities"].items()},
-            "warnings": report.get("warnings") or [], "report": str(written) if written else None,
+            "entities": _entity_counts(report), "warnings": report.get("warnings") or [], "report": str(written) if written else None,
         }, ensure_ascii=False))
     else:
         print_report(report, console)
@@ -298,12 +296,17 @@ def sync(
                 raise
             log.error("sync.failed", error=redact(str(exc)), exit_code=exc.exit_code)
         else:
+            written = None
             if report_dir:
                 for key, path in pipeline.write_run_lists(settings, report["run_id"], report_dir).items():
                     report[key]["file"] = str(path)
-                write_json(report, report_dir)
+                written = write_json(report, report_dir)
             if log_format() == "json":
-                click.echo(json.dumps({"event": "sync", "line": _sync_line(report), "run_id": report["run_id"], "status": report["status"], "sync": report.get("sync")}))
+                click.echo(json.dumps({
+                    "event": "sync", "line": _sync_line(report), "run_id": report["run_id"], "status": report["status"],
+                    "entities": _entity_counts(report), "sync": report.get("sync"), "warnings": report.get("warnings") or [],
+                    "report": str(written) if written else None,
+                }, ensure_ascii=False))
             else:
                 click.echo(_sync_line(report))
             if seconds is None:
@@ -336,6 +339,12 @@ def _duration(text: str) -> float:
     return float(number) * units[unit]
 
 
+def _entity_counts(report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per entity, the counts a run's or a sync's JSON line gives."""
+    counts = ("extracted", "deleted_skipped", "created", "updated", "unchanged", "conflicts", "quarantined")
+    return {e: {k: row[k] for k in counts} for e, row in report["entities"].items()}
+
+
 def _sync_line(report: dict[str, Any]) -> str:
     """One line per sync, for logs and cron mail."""
     entities = report["entities"].values()
@@ -352,6 +361,7 @@ def _sync_line(report: dict[str, Any]) -> str:
     return (
         f"sync {report['run_id']}: {report['status']}; created {sum(r['created'] for r in entities)}, "
         f"updated {sum(r['updated'] for r in entities)}, unchanged {sum(r['unchanged'] for r in entities)}, "
+        f"conflicts {sum(r['conflicts'] for r in entities)}, "
         f"deleted in Pipedrive {deleted} ({sync_info.get('deletes', 'mark')}), "
         f"quarantined {sum(r['quarantined'] for r in entities)}; "
         # every request the sync made, as its tokens are: the change reads' count left out the check of the token's company

@@ -730,14 +730,16 @@ def test_an_exhausted_daily_budget_stops_the_sync_with_exit_4_and_the_next_one_r
     assert {"columnId": column, "value": "Budget Tester"} in record["customFieldValues"]
 
 
-def test_json_logs_give_one_json_line_per_sync(env):
-    import json
-
+def test_json_logs_give_one_json_line_per_sync_with_its_counts_per_entity_and_report_path(env, tmp_path):
     assert invoke(env, "run").exit_code == 0
-    result = invoke(env, "sync", "--log-format", "json")
+    result = invoke(env, "sync", "--log-format", "json", "--report-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     line = json.loads(result.output.strip().splitlines()[-1])
-    assert line["event"] == "sync" and line["status"] == "ok" and "created 0" in line["line"]
+    assert line["event"] == "sync" and line["status"] == "ok" and "created 0" in line["line"] and "conflicts 0" in line["line"]
+    assert line["report"] == str(tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(line["entities"]) == set(report["entities"])
+    assert all(line["entities"][e]["unchanged"] == row["unchanged"] and line["entities"][e]["conflicts"] == row["conflicts"] for e, row in report["entities"].items())
 
 
 def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_archived_copy(env, pipedrive, customermates):
@@ -1476,6 +1478,7 @@ def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the
 
     assert result.exit_code == 0, result.output
     assert [(i["entity"], i["source_id"]) for i in _conflicts(tmp_path)] == [("contacts", str(person["id"]))]
+    assert "conflicts 1," in result.output  # on the sync's line, beside created, updated and unchanged
     kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert "CALL BACK MONDAY" in json.dumps(kept["notes"])
     assert invoke(env, "sync", "--on-conflict", "source-wins").exit_code == 0
