@@ -395,3 +395,38 @@ def test_a_column_whose_answer_was_lost_belongs_to_the_run_that_made_it_and_its_
     result = invoke(["undo", "--yes", "--columns"], env)  # then the run that died
     assert result.exit_code == 0 and died in result.output, result.output
     assert customermates.columns() == []
+
+
+def test_records_a_sync_marked_deleted_in_pipedrive_are_not_taken_for_edits_made_in_customermates(env, pipedrive, customermates, monkeypatch):
+    """The mark is this tool's write: undo kept the marked records as edited there (without --force)."""
+    monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
+    assert invoke(["run"], env).exit_code == 0
+    run_id = state(env, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    for person in [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")][:2]:
+        person["is_deleted"], person["update_time"] = True, "2026-11-28T12:00:00Z"
+    result = invoke(["sync"], env)
+    assert result.exit_code == 0 and "deleted in Pipedrive 2 (mark)" in result.output, result.output
+
+    result = invoke(["undo", "--run", run_id], env)
+
+    assert result.exit_code == 0, result.output
+    contacts = len(customermates.records("contacts"))
+    assert table_rows(result.output)["contacts"][:3] == [str(contacts), str(contacts), "0"]  # created, would delete, kept
+
+
+def test_undo_columns_removes_the_deletion_mark_column_a_sync_made_once_the_records_are_gone(env, pipedrive, customermates):
+    """The mark column was made outside the state file: no undo removed it."""
+    assert invoke(["run"], env).exit_code == 0
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted"))
+    person["is_deleted"], person["update_time"] = True, "2026-11-28T12:00:00Z"
+    assert invoke(["sync"], env).exit_code == 0
+    assert [c["label"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive"]
+
+    first = invoke(["undo", "--yes", "--columns"], env)  # the run's records and columns first: the mark column's sync made no record
+    second = invoke(["undo", "--yes", "--columns"], env)
+
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    assert customermates.columns() == []
+    assert state(env, "SELECT count(*) FROM column_map") == [(0,)]

@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 POLICIES = ("mark", "delete", "ignore")
 MARK_LABEL = "Deleted in Pipedrive"
+MARK_KEY = "deleted_in_pipedrive"  # the mark column's key in the state file's column map: no Pipedrive field has it
 BATCH = 100
 
 
@@ -74,7 +75,7 @@ def propagate_deletions(
         if policy == "delete":
             done[entity] += _delete(staging, client, entity, gone, run_id)
         else:
-            done[entity] += _mark(client, mcp, entity, gone, state)
+            done[entity] += _mark(staging, client, mcp, entity, gone, state, run_id)
     return done
 
 
@@ -108,18 +109,22 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
     return deleted
 
 
-def _mark(client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[str, tuple[str, str]], state: TargetState) -> int:
-    column_id = _mark_column(client, mcp, entity)
-    updates: list[dict[str, Any]] = []
+def _mark(
+    staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[str, tuple[str, str]], state: TargetState, run_id: str
+) -> int:
+    column_id = _mark_column(staging, client, mcp, entity, run_id)
+    updates: list[tuple[str, dict[str, Any]]] = []
     held = state.records(entity, sorted(gone))
     for sid, (target_id, day) in sorted(gone.items()):
         dto = next((d for d in held.get(sid, []) if d["id"] == target_id), None)
         current = next((c["value"] for c in (dto or {}).get("customFieldValues") or [] if c["columnId"] == column_id), None)
         if current:
             continue  # marked by an earlier sync
-        updates.append({"id": target_id, "customFieldValues": [{"columnId": column_id, "value": day or None}]})
+        updates.append((sid, {"id": target_id, "customFieldValues": [{"columnId": column_id, "value": day or None}]}))
     for start in range(0, len(updates), BATCH):
-        client.update_many(entity, updates[start : start + BATCH])
+        chunk = updates[start : start + BATCH]
+        client.update_many(entity, [body for _, body in chunk])
+        staging.note_written(entity, [sid for sid, _ in chunk])
     return len(updates)
 
 
@@ -137,6 +142,7 @@ def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str,
     for start in range(0, len(restored), BATCH):
         chunk = restored[start : start + BATCH]
         client.update_many(entity, [{"id": target_id, "customFieldValues": [{"columnId": column_id, "value": None}]} for _, target_id in chunk])
+        staging.note_written(entity, [sid for sid, _ in chunk])
         staging.add_load_issues(
             [(run_id, entity, sid, MARK_LABEL, "restored_in_pipedrive", f"{entity[:-1]} {sid} is back in Pipedrive; its deletion mark was taken off")
              for sid, _ in chunk]
@@ -144,9 +150,14 @@ def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str,
     return len(restored)
 
 
-def _mark_column(client: CustomermatesClient, mcp: McpClient, entity: str) -> str:
+def _mark_column(staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, run_id: str) -> str:
+    """The entity's mark column: found by its label, or made and kept in the state file as the
+    run's, for its `undo --columns` (pending first, as the migration's columns are)."""
     for column in client.configuration(entity).get("customColumns") or []:
         if column.get("label") == MARK_LABEL and column.get("type") == "date":
             return column["id"]
     log.info("deletions.mark_column", entity=entity)
-    return mcp.create_custom_column(SINGULAR[entity], MARK_LABEL, "date")
+    staging.record_pending_column(entity, MARK_KEY, MARK_LABEL, "date", run_id)
+    column_id = mcp.create_custom_column(SINGULAR[entity], MARK_LABEL, "date")
+    staging.save_column(entity, MARK_KEY, {"id": column_id, "label": MARK_LABEL, "type": "date"}, run_id)
+    return column_id

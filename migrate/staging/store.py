@@ -1028,6 +1028,14 @@ class Staging:
         ).fetchall()
         return {s: json.loads(p) for s, p in rows}
 
+    def note_written(self, entity: str, source_ids: list[str]) -> None:
+        """These records were written now by a write that is no payload's (a sync's deletion mark, taken
+        off): an `updatedAt` from it is no edit made in Customermates (`undo`)."""
+        self.con.execute(
+            "UPDATE id_map SET written_at = $at WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            {"at": now(), "e": entity, "s": source_ids},
+        )
+
     def notes_read_for(self, entity: str, source_ids: list[str]) -> dict[str, str]:
         """The digests of the notes Customermates answered the last write of these records with (those known)."""
         rows = self.con.execute(
@@ -1048,14 +1056,17 @@ class Staging:
 
     # -- undo -----------------------------------------------------------------------------
     def latest_creating_run(self) -> str | None:
-        """The most recent run that created records still in the id map, or custom columns."""
-        row = self.con.execute(
-            "SELECT r.run_id FROM runs r WHERE r.run_id IN ("
-            "SELECT coalesce(created_by_run, run_id) FROM id_map UNION SELECT created_by_run FROM column_map "
-            "UNION SELECT created_by_run FROM replaced_columns) "
-            "ORDER BY r.started_at DESC LIMIT 1"
-        ).fetchone()
-        return row[0] if row else None
+        """The most recent run that created records still in the id map; with none left, the most
+        recent that created custom columns. A sync that made only a column (a new Pipedrive field, the
+        deletion mark) is undone after the records, which use its columns until they are gone."""
+        for creators in (
+            "SELECT coalesce(created_by_run, run_id) FROM id_map",
+            "SELECT created_by_run FROM column_map UNION SELECT created_by_run FROM replaced_columns",
+        ):
+            row = self.con.execute(f"SELECT run_id FROM runs WHERE run_id IN ({creators}) ORDER BY started_at DESC LIMIT 1").fetchone()
+            if row:
+                return row[0]
+        return None
 
     def created_count(self, run_id: str, entity: str) -> int:
         """How many records of `entity` in the id map `run_id` created (rows from before
