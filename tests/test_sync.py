@@ -1503,3 +1503,21 @@ def test_two_records_customermates_refuses_are_quarantined_once_a_later_entity_w
     assert result.exit_code == 3, result.output
     assert sorted((q["entity"], q["source_id"]) for q in read_quarantine(tmp_path)) == sorted(("contacts", str(p["id"])) for p in refused)
     assert by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["name"] == deal["title"]
+
+
+def test_a_deletion_whose_answer_was_lost_is_sent_again_and_counted_as_this_syncs(env, pipedrive, customermates, tmp_path):
+    """The sync ended with "reconcile before retrying", and the next one reported the record as
+    removed by a user first: no sync ever counted the deletion it made."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[0]
+    person["is_deleted"], person["update_time"] = True, NOW
+    customermates.drop_after_apply(1, path_contains="/contacts/many")  # the delete is applied, its answer lost
+
+    result = invoke(env, "sync", "--deletes", "delete", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert "deleted in Pipedrive 1 (delete)" in result.output
+    assert [(i["source_id"], i["rule"]) for i in read_issues(tmp_path) if i["rule"].startswith("deleted_in_pipedrive_")] == [
+        (str(person["id"]), "deleted_in_pipedrive_removed")
+    ]
+    assert str(person["id"]) not in by_pipedrive_id(customermates, "contacts")

@@ -17,6 +17,7 @@ from migrate.customermates.client import (
     SINGULAR,
     BatchRejectedError,
     CustomermatesClient,
+    UncertainWriteError,
 )
 from migrate.customermates.columns import ColumnIndex
 from migrate.customermates.mcp import McpClient
@@ -83,21 +84,7 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
     items = sorted(gone.items())
     deleted = 0
     for start in range(0, len(items), BATCH):
-        chunk = items[start : start + BATCH]
-        already: list[str] = []
-        try:
-            client.delete_many(entity, [target for _, (target, _) in chunk])
-        except BatchRejectedError as exc:  # nothing deleted: the ids it names are set apart, the rest deleted
-            named = {i.item_index(): i.message for i in exc.issues}
-            refused = [(sid, named[n]) for n, (sid, _) in enumerate(chunk) if n in named]
-            already = [sid for sid, message in refused if "not found" in message]
-            staging.add_load_issues(
-                [(run_id, entity, sid, "*", "deleted_in_pipedrive_not_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; Customermates refused to remove it: {message}")
-                 for sid, message in refused if sid not in already]
-            )
-            chunk = [item for n, item in enumerate(chunk) if n not in named]
-            if chunk:
-                client.delete_many(entity, [target for _, (target, _) in chunk])
+        chunk, already = _delete_chunk(staging, client, entity, items[start : start + BATCH], run_id)
         removed = chunk + [(sid, gone[sid]) for sid in already]
         staging.forget(entity, [sid for sid, _ in removed])
         staging.drop_from_target_snapshot(entity, [target for _, (target, _) in removed])  # not held any more
@@ -107,6 +94,49 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
         )
         deleted += len(chunk)
     return deleted
+
+
+DELETE_TRIES = 3
+
+
+def _delete_chunk(
+    staging: Staging, client: CustomermatesClient, entity: str, chunk: list[tuple[str, tuple[str, str]]], run_id: str
+) -> tuple[list[tuple[str, tuple[str, str]]], list[str]]:
+    """Delete one request's worth: returns (those this sync removed, the source ids a user removed
+    first). A refused request deleted nothing: the ids it names are set apart (not found: removed
+    already; else reported) and the rest sent again. A lost answer sends them all again: those the
+    server then does not find, the lost request removed."""
+    removed: list[tuple[str, tuple[str, str]]] = []
+    already: list[str] = []
+    answer_lost = False
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            client.delete_many(entity, [target for _, (target, _) in chunk])
+        except UncertainWriteError:
+            if attempt == DELETE_TRIES:
+                raise
+            answer_lost = True
+            continue
+        except BatchRejectedError as exc:
+            named = {i.item_index(): i.message for i in exc.issues}
+            refused = [(n, sid, named[n]) for n, (sid, _) in enumerate(chunk) if n in named]
+            not_found = [n for n, _, message in refused if "not found" in message]
+            if answer_lost:
+                removed += [chunk[n] for n in not_found]
+            else:
+                already += [chunk[n][0] for n in not_found]
+            staging.add_load_issues(
+                [(run_id, entity, sid, "*", "deleted_in_pipedrive_not_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; Customermates refused to remove it: {message}")
+                 for n, sid, message in refused if n not in not_found]
+            )
+            chunk = [item for n, item in enumerate(chunk) if n not in named]
+            if chunk and attempt == DELETE_TRIES:
+                raise
+            if chunk:
+                continue
+        return removed + chunk, already
 
 
 def _mark(
