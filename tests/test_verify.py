@@ -460,3 +460,18 @@ def test_a_records_own_fields_changed_in_the_target_are_listed_as_values_that_di
     }
     assert report["values"]["built-in"]["preserved"] == report["values"]["built-in"]["expected"] - 4
     assert "everything matches" not in output
+
+
+def test_records_a_sync_marked_deleted_in_pipedrive_are_counted_apart_not_as_extras(env, pipedrive, customermates, tmp_path):
+    assert CliRunner().invoke(cli, ["run"], env=env).exit_code == 0
+    for person in [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")][:2]:
+        person["is_deleted"], person["update_time"] = True, "2026-11-28T12:00:00Z"
+    assert CliRunner().invoke(cli, ["sync"], env=env).exit_code == 0
+
+    result = CliRunner().invoke(cli, ["verify", "--report-dir", str(tmp_path)], env=env)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["entities"]["contacts"]["deleted_in_pipedrive"] == 2
+    assert report["extras"]["count"] == 0
+    assert "still in Customermates (not a failure" in result.output

@@ -12,7 +12,9 @@ records, a relationship, own field (name, emails, amount), custom value or notes
 Failures are written to the state file as they are found (`verify_findings`); the report holds
 their counts and the first few of each kind, and `write_findings` streams every one to a CSV
 file per kind, so a verify of a million records that are not there holds none of them.
-Extras (target records without a Pipedrive ID, or with one staging does not know) are counted,
+Migrated records deleted in Pipedrive since and still in the target (`sync --deletes mark`) are
+counted apart, per entity. Extras (target records without a Pipedrive ID, or with one neither
+staging nor the id map knows) are counted,
 with a few examples, and listed in `extras.csv` (`write_extras`, streamed from the state file),
 not failures: users create records. Values the transform could not carry exactly are already
 carried as the transform wrote them (the payload is the reference), so they compare equal; the
@@ -164,6 +166,8 @@ def verify(staging: Staging, client: CustomermatesClient) -> dict[str, Any]:
             unknown = staging.snapshot_unknown(entity, EXTRA_EXAMPLES)
             examples.extend({"entity": entity, "target_id": t, "pipedrive_id": p} for t, p in unknown)
         entities[entity] = {"source": staging.count_targets(entity), "target": total}
+        if (entity, PIPEDRIVE_ID) in pid_columns.ids:
+            entities[entity]["deleted_in_pipedrive"] = staging.snapshot_deleted_in_pipedrive_count(entity)
 
     # 2. records (matched, missing, duplicates), then the links, values and notes of each found
     findings = _Findings(staging)
@@ -404,6 +408,12 @@ def print_verify(result: dict[str, Any], console: Console, *, max_rows: int = FI
     )
     for title, key, line in sections:
         print_listed(console, f"[bold red]{title}[/bold red]", result[key], line, after=":", max_rows=max_rows)
+    kept = sum(row.get("deleted_in_pipedrive", 0) for row in result["entities"].values())
+    if kept:
+        console.print(
+            f"Deleted in Pipedrive since migrated, still in Customermates (not a failure; `sync --deletes delete` removes them): {kept}",
+            highlight=False,
+        )
     extras = result["extras"]
     if extras["count"]:
         listed = f" (listed in {extras['file']})" if extras.get("file") else ""

@@ -1405,11 +1405,18 @@ class Staging:
     def snapshot_count(self, entity: str) -> int:
         return int(self.con.execute("SELECT count(*) FROM target_snapshot WHERE entity = ?", [entity]).fetchone()[0])
 
+    _NOT_TRANSFORMED = "NOT EXISTS (SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid)"
+    _MIGRATED = "EXISTS (SELECT 1 FROM id_map m WHERE m.entity = $e AND m.source_id = s.pid)"
+
     def _unknown_sql(self) -> str:
-        return (
-            "FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR NOT EXISTS "
-            "(SELECT 1 FROM target_records t WHERE t.entity = $e AND t.source_id = s.pid))"
-        )
+        """Target records with no Pipedrive ID, or one neither a transformed nor a migrated record has."""
+        return f"FROM target_snapshot s WHERE entity = $e AND (pid IS NULL OR ({self._NOT_TRANSFORMED} AND NOT {self._MIGRATED}))"
+
+    def snapshot_deleted_in_pipedrive_count(self, entity: str) -> int:
+        """Target records of migrated records deleted in Pipedrive since (no transformed record has
+        their Pipedrive ID): kept by `sync --deletes mark` or `ignore`, or not synced yet."""
+        sql = f"SELECT count(*) FROM target_snapshot s WHERE entity = $e AND pid IS NOT NULL AND {self._NOT_TRANSFORMED} AND {self._MIGRATED}"
+        return int(self.con.execute(sql, {"e": entity}).fetchone()[0])
 
     def snapshot_unknown(self, entity: str, limit: int | None = None) -> Iterator[tuple[str, str | None]]:
         """(target id, Pipedrive ID) of target records without a Pipedrive ID, or with one no
