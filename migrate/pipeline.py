@@ -203,7 +203,7 @@ def run_migration(
             syncing = incremental and isinstance(source, PipedriveClient) and bool(staging.watermark("persons")) and not extract_unfinished(staging)
             tokens = watch_tokens(source, staging, progress, full=not syncing)
             # every `reconcile_every`-th sync reads both sides whole; the others only what changed
-            reconciling = syncing and bool(reconcile_every) and staging.count_runs("sync") % reconcile_every == 0
+            reconciling = syncing and bool(reconcile_every) and _syncs_since_reconciled(staging) >= reconcile_every
             if syncing:
                 changes = extract_changes(staging, source, run_id, progress=_labelled(progress, "extract"))
                 if reconciling:
@@ -265,6 +265,8 @@ def run_migration(
             if deletes is not None:
                 report["sync"] = {**report.get("sync", {}), "deletes": deletes, "deleted_in_pipedrive": dict(loaded.deleted_in_pipedrive)}
             status = report["status"]
+            if not dry_run and (reconciling or not syncing):  # both sides were read whole
+                staging.set_meta(SYNCS_SINCE_RECONCILED_KEY, "0")
             return report
         except BaseException as exc:
             # the CLI's report of a run that did not end names it (`write_stopped_report`)
@@ -274,6 +276,18 @@ def run_migration(
             raise
         finally:
             staging.finish_run(run_id, status, {k: report.get(k) for k in ("entities", "status")} if report else {})
+
+
+SYNCS_SINCE_RECONCILED_KEY = "syncs_since_reconciled"  # in the state file's meta
+
+
+def _syncs_since_reconciled(staging: Staging) -> int:
+    """Count this sync among those since both sides were last read whole to the end (a reconciling
+    sync or a run that ended): one that failed or was killed half way is not one, so the next
+    sync reconciles, where a count of every sync started put it off a whole cycle."""
+    count = int(staging.meta(SYNCS_SINCE_RECONCILED_KEY) or 0) + 1
+    staging.set_meta(SYNCS_SINCE_RECONCILED_KEY, str(count))
+    return count
 
 
 def require_staged(staging: Staging) -> None:

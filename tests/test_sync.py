@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
@@ -1521,3 +1522,30 @@ def test_a_deletion_whose_answer_was_lost_is_sent_again_and_counted_as_this_sync
         (str(person["id"]), "deleted_in_pipedrive_removed")
     ]
     assert str(person["id"]) not in by_pipedrive_id(customermates, "contacts")
+
+
+def test_a_reconciling_sync_that_fails_half_way_is_followed_by_one_that_reconciles(env, pipedrive, customermates, monkeypatch):
+    """Every sync started counted towards --reconcile-every: a reconciling sync that failed put the
+    next reconciliation off a whole cycle (a day, at 96 syncs of 15 minutes)."""
+    from migrate import pipeline
+
+    assert invoke(env, "run").exit_code == 0
+    purged = live_persons(pipedrive)[3]
+    pipedrive.collections["persons"].remove(purged)  # gone for good: only a reconciliation finds it
+    real_reconcile = pipeline.reconcile_ids
+
+    def fails_once(*args, **kwargs):
+        monkeypatch.setattr(pipeline, "reconcile_ids", real_reconcile)
+        raise RuntimeError("the connection dropped half way")
+
+    monkeypatch.setattr(pipeline, "reconcile_ids", fails_once)
+    sync = ("sync", "--deletes", "delete", "--reconcile-every", "2")
+    assert invoke(env, *sync).exit_code == 0  # the first of two: changes only
+    with pytest.raises(RuntimeError):
+        invoke(env, *sync)  # the second reconciles, and fails
+    assert str(purged["id"]) in by_pipedrive_id(customermates, "contacts")
+
+    reconciled = [json.loads(invoke(env, *sync, "--log-format", "json").output.splitlines()[-1])["sync"]["reconciled"] for _ in range(3)]
+
+    assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
+    assert reconciled == [True, None, True]  # then every second one again

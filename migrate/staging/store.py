@@ -346,10 +346,6 @@ class Staging:
         self.con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', NULL)", [run_id, command, now()])
         return run_id
 
-    def count_runs(self, command: str) -> int:
-        """Runs of `command` started so far, this one included."""
-        return int(self.con.execute("SELECT count(*) FROM runs WHERE command = ?", [command]).fetchone()[0])
-
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
