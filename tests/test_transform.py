@@ -1233,3 +1233,20 @@ def test_a_long_note_does_not_push_a_later_one_out_and_the_issue_names_the_piped
         assert text.endswith("2024-02-01 00:00 UTC\n\nRückruf vereinbart.") and len(text) <= 65_535
         [issue] = issues(staging, "notes_truncated")
         assert issue["detail"].startswith("notes exceed 65,535 characters; the longest notes were cut, each marked in the text: Pipedrive note 1 (")
+
+
+def test_a_field_naming_a_person_without_a_name_shows_the_name_their_contact_gets(tmp_path):
+    """The contact was named after the email's local part, the deal's field naming that person '(no name)'."""
+    people = {"field_code": "ppl", "field_name": "Technical contact", "field_type": "people", "is_custom_field": True}
+    persons = [
+        {"id": 5, "name": "", "emails": [{"value": "not an address"}, {"value": "info@acme.de", "primary": True}]},
+        {"id": 6, "name": None},
+    ]
+    deals = [{"id": n, "title": f"Deal {n}", "status": "open", "custom_fields": {"ppl": person}} for n, person in ((7, 5), (8, 6))]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, rows, key in (("dealFields", [people], "field_code"), ("persons", persons, "id"), ("deals", deals, "id")):
+            staging.write_page(collection, rows, store.Checkpoint(collection, None, 1, len(rows), True), "run", key=key)
+        transform(staging, load_mappings())
+        contacts, made = targets(staging, "contacts"), targets(staging, "deals")
+        assert (contacts["5"]["fields"]["firstName"], contacts["6"]["fields"]["firstName"]) == ("info", "(no name)")
+        assert (made["7"]["values"]["cf:ppl"], made["8"]["values"]["cf:ppl"]) == ("info", "(no name)")

@@ -189,11 +189,17 @@ class Transformer:
         return regions.most_common(1)[0][0] if regions else None
 
     def _names(self, collection: str) -> NameTable:
+        """id → the name a field naming the record shows: its own, without a NUL (as the record's own
+        name), or the name its record gets without one (a person's from their email)."""
         if not self.staging.has_collection(collection):
             return NameTable(())
+        unnamed = entities.unnamed_person_name if collection == "persons" else lambda _: entities.NO_NAME
+        sql = (
+            f"SELECT id, data->>'name', CASE WHEN coalesce(data->>'name', '') = '' THEN data END FROM {raw_table(collection)} ORDER BY num_id"
+        )
         return NameTable(
-            (str(identity), (name or "").replace("\x00", "") or entities.NO_NAME)  # without a NUL, as the record's own name
-            for identity, name in self.staging.stream(f"SELECT id, data->>'name' FROM {raw_table(collection)} ORDER BY num_id")
+            (str(identity), (name or "").replace("\x00", "") or unnamed(json.loads(data) if data is not None else {}))
+            for identity, name, data in self.staging.stream(sql)
         )
 
     def _deal_products(self) -> SortedGroups[str]:

@@ -77,11 +77,8 @@ def _owner(core: Core, record: dict[str, Any], key: str = "owner_id") -> None:
             core.users.append(user)
 
 
-def contact_core(record: dict[str, Any], known: Known) -> Core:
-    core = Core()
-    first, last = v.split_name(*(_plain_text(record.get(key)) for key in ("name", "first_name", "last_name")))
-    if not first and last:
-        first, last = last, ""
+def _emails(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A person's (valid, invalid) email addresses, the primary first."""
     given = v.as_list(record.get("emails") or record.get("email"))
     # an item without "value" is kept whole, as text: no address, so it goes with the invalid ones
     emails = [e if isinstance(e, dict) and "value" in e else {"value": v.as_plain_text(e)} for e in given]
@@ -96,8 +93,24 @@ def contact_core(record: dict[str, Any], known: Known) -> Core:
                 valid.append(address)
         else:
             invalid.append(address)
+    return valid, invalid
+
+
+def unnamed_person_name(record: dict[str, Any]) -> str:
+    """The name of a person without one: their first valid email's local part, else `NO_NAME`
+    (the contact's first name, and how a field that names the person shows them)."""
+    valid, _ = _emails(record)
+    return valid[0].split("@")[0] if valid else NO_NAME
+
+
+def contact_core(record: dict[str, Any], known: Known) -> Core:
+    core = Core()
+    first, last = v.split_name(*(_plain_text(record.get(key)) for key in ("name", "first_name", "last_name")))
+    if not first and last:
+        first, last = last, ""
+    valid, invalid = _emails(record)
     if not first:
-        fallback = valid[0].split("@")[0] if valid else NO_NAME
+        fallback = unnamed_person_name(record)
         first = fallback
         core.issues.append(("name", "name_missing", f"the person has no name; firstName set to {fallback!r}"))
     core.fields = {"firstName": first, "lastName": last, "emails": valid}
