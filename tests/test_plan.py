@@ -435,3 +435,15 @@ def test_plan_md_shows_hostile_names_and_values_as_written_without_breaking_its_
     assert rows and {len(re.findall(r"(?<!\\)\|", row)) for row in rows} <= {6, 7}  # the coverage table's 5 cells, the summary's 6
     assert any(r.startswith("| contacts | USt \\| IdNr \\<b\\>neu\\</b\\> |") for r in rows)
     assert "``CTO | `code` **bold**``" in markdown
+
+
+def test_an_unmatched_owners_issue_says_why_no_customermates_user_matches_them():
+    """A user without an email, or no user at all, was said to have no Customermates user "with that email"."""
+    from migrate.customermates.load import owner_unmatched_issue, unmatched_owners
+
+    users = {"1": {"id": 1, "name": "Ada", "email": "ada@example.com"}, "2": {"id": 2, "name": "Bo", "email": ""}}
+    owners = unmatched_owners(users, {"1": 3, "2": 2, "99": 1}, matched=set())
+    details = {owner["source_id"]: owner_unmatched_issue(owner)[4] for owner in owners}
+    assert details["1"].startswith("Ada <ada@example.com> owns 3 records but has no Customermates user with that email;")
+    assert details["2"].startswith("Bo owns 2 records but has no email in Pipedrive to match a Customermates user by;")
+    assert details["99"].startswith("Pipedrive user #99 owns 1 record but is not among Pipedrive's users (deleted there)")

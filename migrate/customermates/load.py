@@ -657,16 +657,27 @@ def unmatched_owners(users: Mapping[str, dict[str, Any]], owned: Mapping[str, in
     (`unmatched_users`): name and email, Pipedrive id and the records they own. The load's, and the
     plan's forecast of it."""
     return [
-        {"pipedrive_user": user_label(users.get(uid), uid), "source_id": uid, "records": count}
+        {
+            "pipedrive_user": user_label(users.get(uid), uid), "source_id": uid, "records": count,
+            "why": _unmatched_why(users.get(uid)),
+        }
         for uid, count in sorted(owned.items())
         if uid not in matched
     ]
 
 
+def _unmatched_why(user: dict[str, Any] | None) -> str:
+    if user is None:
+        return "is not among Pipedrive's users (deleted there), so no Customermates user can match"
+    if not str(user.get("email") or "").strip():
+        return "has no email in Pipedrive to match a Customermates user by"
+    return "has no Customermates user with that email"
+
+
 def owner_unmatched_issue(owner: dict[str, Any]) -> tuple[str, str, str, str, str]:
     """The issue (entity, source_id, field, rule, detail) of an owner `unmatched_owners` lists."""
     detail = (
-        f"{owner['pipedrive_user']} owns {owner['records']} records but has no Customermates user with that email; kept in the "
+        f"{owner['pipedrive_user']} owns {owner['records']} record{'' if owner['records'] == 1 else 's'} but {owner['why']}; kept in the "
         "'Pipedrive owner' column (invite the user and run again to assign)"
     )
     return "users", owner["source_id"], "owner_id", "owner_unmatched", detail
