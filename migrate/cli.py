@@ -243,10 +243,19 @@ def plan(settings: Settings, use_staged: bool, report_dir: Path | None, on_targe
     console = Console()
     report = pipeline.run_migration(settings, dry_run=True, use_staged=use_staged, on_target_deleted=on_target_deleted)
     with pipeline.plan_records(settings) as records:
-        print_plan(report["plan"], records, console)
-        if report_dir:
-            for path in write_plan(report["plan"], records, report_dir):
-                console.print(f"Wrote {path}")
+        if log_format() != "json":
+            print_plan(report["plan"], records, console)
+        written = [str(path) for path in write_plan(report["plan"], records, report_dir)] if report_dir else []
+    plan_made = report["plan"]
+    if log_format() == "json":  # unattended: one line, where the tables were printed
+        click.echo(json.dumps({
+            "event": "plan", "run_id": report["run_id"], "summary": plan_made["summary"],
+            "schema": {key: len(items) for key, items in plan_made["schema"].items()},
+            "lossy": {rule: info["count"] for rule, info in plan_made["lossy"].items()}, "files": written,
+        }, ensure_ascii=False))
+    else:
+        for path in written:
+            console.print(f"Wrote {path}")
 
 
 @cli.command()
@@ -448,10 +457,16 @@ def verify(settings: Settings, report_dir: Path | None) -> None:
     if report_dir:
         for key, path in pipeline.write_verify_lists(settings, report_dir).items():
             result[key]["file"] = str(path)
-    print_verify(result, console)
-    if report_dir:
-        path = write_json(result, report_dir, "verify.json")
-        console.print(f"Report: {path}")
+    path = write_json(result, report_dir, "verify.json") if report_dir else None
+    if log_format() == "json":  # unattended: one line, where the tables were printed
+        click.echo(json.dumps({
+            "event": "verify", "status": result["status"], "summary": result["summary"], "entities": result["entities"],
+            "extras": result["extras"]["count"], "report": str(path) if path else None,
+        }, ensure_ascii=False))
+    else:
+        print_verify(result, console)
+        if path:
+            console.print(f"Report: {path}")
     if result["status"] != "ok":
         sys.exit(EXIT_MISMATCH)
 
@@ -472,10 +487,17 @@ def undo(settings: Settings, run_id: str | None, yes: bool, force: bool, columns
     console = Console()
     result = pipeline.undo(settings, run_id=run_id, execute=yes, force=force, columns=columns)
     with pipeline.undo_records(settings) as records:
-        print_undo(result, records, console)
-        if report_dir:
-            path = write_undo(result, records, report_dir)
-            console.print(f"Report: {path}")
+        if log_format() != "json":
+            print_undo(result, records, console)
+        path = write_undo(result, records, report_dir) if report_dir else None
+    if log_format() == "json":  # unattended: one line, where the tables were printed
+        click.echo(json.dumps({
+            "event": "undo", "run_id": result["run_id"], "dry_run": result["dry_run"], "status": result["status"],
+            "entities": result["entities"], "columns": [{k: c.get(k) for k in ("entity", "label", "action")} for c in result["columns"]],
+            "report": str(path) if path else None,
+        }, ensure_ascii=False))
+    elif path:
+        console.print(f"Report: {path}")
     if result["status"] == "partial":
         sys.exit(1)
 

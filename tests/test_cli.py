@@ -399,3 +399,27 @@ def test_a_run_with_log_format_json_prints_one_json_line_of_its_outcome(env, tmp
     outcome = json.loads(line)
     assert (outcome["event"], outcome["status"], outcome["dry_run"]) == ("run", "ok", False)
     assert outcome["entities"]["contacts"]["created"] == 117 and outcome["report"] == str(tmp_path / "r" / "report.json")
+
+
+def test_plan_verify_and_undo_with_log_format_json_print_one_json_line_each(env, tmp_path):
+    """They printed their tables, unattended as on a terminal."""
+    plan = invoke(["plan", "--log-format", "json", "--report-dir", str(tmp_path / "p")], env)
+    assert plan.exit_code == 0, plan.output
+    [line] = plan.stdout.splitlines()
+    planned = json.loads(line)
+    assert planned["event"] == "plan" and planned["summary"]["contacts"]["create"] == 117
+    assert sorted(Path(f).name for f in planned["files"]) == ["plan.html", "plan.json", "plan.md"]
+    assert invoke(["run"], env).exit_code == 0
+
+    verify = invoke(["verify", "--log-format", "json", "--report-dir", str(tmp_path / "v")], env)
+    assert verify.exit_code == 0, verify.output
+    [line] = verify.stdout.splitlines()
+    verified = json.loads(line)
+    assert (verified["event"], verified["status"], verified["report"]) == ("verify", "ok", str(tmp_path / "v" / "verify.json"))
+    assert verified["entities"]["contacts"]["matched"] == 117
+
+    undo = invoke(["undo", "--log-format", "json"], env)
+    assert undo.exit_code == 0, undo.output
+    [line] = undo.stdout.splitlines()
+    undone = json.loads(line)
+    assert (undone["event"], undone["dry_run"], undone["entities"]["contacts"]["delete"]) == ("undo", True, 117)
