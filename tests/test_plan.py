@@ -110,6 +110,29 @@ def test_a_saved_plan_is_applied_only_if_nothing_changed(env, pipedrive, custome
     assert len(customermates.records("contacts")) == load_plan(tmp_path / "p2")["summary"]["contacts"]["create"]
 
 
+def test_a_saved_plan_refused_for_a_customermates_change_names_the_records_created_edited_or_deleted_there(env, pipedrive, customermates, tmp_path):
+    """The refusal said only that Customermates changed (the plan kept one digest of what it read there)."""
+    assert invoke(env, "run").exit_code == 0
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    contacts = by_pipedrive_id(customermates, "contacts")
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and str(p["id"]) in contacts)
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
+        json={"contacts": [{"id": contacts[str(person["id"])][0]["id"], "lastName": "Edited-After-Planning"}]},
+    )
+    assert response.status_code == 200, response.text
+    made = httpx.post(
+        f"{customermates.url}/api/v1/organizations/many", headers={"x-api-key": VALID_KEY}, json={"organizations": [{"name": "Made by hand"}]}
+    ).json()[0]
+
+    result = invoke(env, "run", "--plan", str(tmp_path / "p" / "plan.json"))
+
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert "Customermates changed since the plan was made: 2 records" in said
+    assert f"contacts {person['id']} edited" in said and f"organizations {made['id']} (Customermates id) created" in said
+
+
 def _conflict(env, pipedrive, customermates):
     assert invoke(env, "run").exit_code == 0
     person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name"))

@@ -342,7 +342,13 @@ def check_saved_plan(path: Path, staging: Staging, target: TargetState) -> None:
             "again with CUSTOMERMATES_URL and CUSTOMERMATES_API_KEY set"
         )
     elif fingerprints.get("target") != target.fingerprint:
-        problems.append("Customermates changed since the plan was made (records were created, edited or deleted there)")
+        changed = staging.target_changed_since_plan(str(fingerprints.get("target")), shown=10)
+        if changed is None:  # the plan was made with another state file, or another plan since
+            problems.append("Customermates changed since the plan was made (records were created, edited or deleted there)")
+        else:
+            count, first = changed
+            shown = ", ".join(first) + (f" and {count - 10} more" if count > 10 else "")
+            problems.append(f"Customermates changed since the plan was made: {count} records ({shown})")
     if problems:
         raise MigrateError("; ".join(problems) + ". Make a new plan with `migrate plan` and review it.")
 
@@ -412,6 +418,8 @@ def build_plan(
     listed: dict[str, list[dict[str, Any]]] = {e: [] for e in ENTITY_ORDER}
     if spool:
         staging.clear_plan_records()
+        if target.fingerprint != NO_TARGET:  # for `run --plan` to name what changed there since
+            staging.keep_planned_target(target.fingerprint)
         with _Spool(staging) as spooled:
             summary = planner.plan(on_target_deleted, spooled.add)
     else:

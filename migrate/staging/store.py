@@ -38,6 +38,7 @@ DUCKDB_MEMORY_LIMIT_MB = 160  # the least; more when a state file's rows are big
 MEMORY_LIMIT_ENV = "MIGRATE_DUCKDB_MEMORY_MB"  # a higher floor, should a query still run out
 VECTOR_ROWS = 2048  # DuckDB scans rows a vector at a time and holds a vector's values together
 VECTOR_BYTES_KEY = "largest_vector_bytes"
+PLANNED_TARGET_KEY = "planned_target_fingerprint"  # in meta: the fingerprint of the target `planned_target` holds
 SORT_WINDOW = 5000  # rows sorted at a time by `scan_in_id_order`
 TARGET_BATCH = 2000  # target records handled at a time by the plan and the load (`iter_target_batches`)
 # A deal or lead is in one list of its pair at a time (`Staging._claim_from_sibling`).
@@ -120,6 +121,9 @@ CREATE TABLE IF NOT EXISTS target_gone (entity VARCHAR, target_id VARCHAR, PRIMA
 -- The records of the last full plan (`migrate plan`), in plan order: written as they are planned,
 -- read back by the plan's files, so that a plan of a million records is not held in memory.
 CREATE TABLE IF NOT EXISTS plan_records (entity VARCHAR, seq BIGINT, action VARCHAR, item JSON);
+-- What the target held when the last full plan was made (each record's id, Pipedrive ID and updatedAt; its
+-- fingerprint in meta): `run --plan` names the records created, edited or deleted there since.
+CREATE TABLE IF NOT EXISTS planned_target (entity VARCHAR, target_id VARCHAR, pid VARCHAR, updated_at VARCHAR);
 CREATE TABLE IF NOT EXISTS quarantine (
     entity VARCHAR, source_id VARCHAR, message VARCHAR, payload JSON, run_id VARCHAR,
     quarantined_at TIMESTAMP, PRIMARY KEY (entity, source_id));
@@ -1263,6 +1267,29 @@ class Staging:
         finally:
             self.con.execute("DROP TABLE planned_hashes")
         return int(count), [(e, s) for e, s in first]
+
+    def keep_planned_target(self, fingerprint: str) -> None:
+        """Keep what the target held (the snapshot whose fingerprint is `fingerprint`) as the plan's."""
+        with self._transaction():
+            self.con.execute("DELETE FROM planned_target")
+            self.con.execute("INSERT INTO planned_target SELECT entity, target_id, pid, dto->>'updatedAt' FROM target_snapshot")
+            self.set_meta(PLANNED_TARGET_KEY, fingerprint)
+
+    def target_changed_since_plan(self, fingerprint: str, shown: int) -> tuple[int, list[str]] | None:
+        """The target records created, edited or deleted since the plan whose target fingerprint is
+        `fingerprint` was made (the snapshot against `planned_target`): how many, and the first
+        `shown` named; None when this state file did not keep that plan's target."""
+        if self.meta(PLANNED_TARGET_KEY) != fingerprint:
+            return None
+        differing = (
+            "SELECT coalesce(s.entity, p.entity) AS entity, coalesce(s.pid, p.pid) AS pid, coalesce(s.target_id, p.target_id) AS target_id, "
+            "CASE WHEN p.target_id IS NULL THEN 'created' WHEN s.target_id IS NULL THEN 'deleted' ELSE 'edited' END AS what "
+            "FROM planned_target p FULL OUTER JOIN (SELECT entity, target_id, pid, dto->>'updatedAt' AS updated_at FROM target_snapshot) s "
+            "ON p.entity = s.entity AND p.target_id = s.target_id WHERE p.updated_at IS DISTINCT FROM s.updated_at"
+        )
+        count = int(self.con.execute(f"SELECT count(*) FROM ({differing})").fetchone()[0])
+        first = self.con.execute(f"{differing} ORDER BY 1, 2 NULLS LAST, 3 LIMIT {int(shown)}").fetchall()
+        return count, [f"{e} {pid} {what}" if pid else f"{e} {target} (Customermates id) {what}" for e, pid, target, what in first]
 
     def clear_plan_records(self) -> None:
         self.con.execute("DELETE FROM plan_records")
