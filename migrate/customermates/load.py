@@ -480,15 +480,15 @@ class Loader:
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
             self._explained_by(item)
             return
-        if len(missing) == 1 and set_aside_after is not None and not self.last_chance:
-            self.deferred.append((entity, operation, missing[0], set_aside_after))
-            self._explained_by(missing[0])
-            return
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise CustomermatesError(
                 f"Customermates failed {self.failures_in_a_row} times in a row writing {entity} ({error}); "
                 "everything written so far is recorded: run again to resume"
             ) from None
+        if len(missing) == 1 and set_aside_after is not None and not self.last_chance:
+            self.deferred.append((entity, operation, missing[0], set_aside_after))
+            self._explained_by(missing[0])
+            return
         if len(missing) == 1 and set_aside_after is None:
             self.set_aside.append((operation, missing[0], self.writes_done))
             self._explained_by(missing[0])
