@@ -399,8 +399,14 @@ def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
     if value is None or value == "" or value == []:
         return
     items = value if isinstance(value, list) else [p for p in value.split(",") if p.strip()] if isinstance(value, str) else [value]
-    readable, unread = _beside_readable(items, lambda item: _names_option(item, fld))
-    labelled = [_option_label(item, fld) for item in readable]
+    labelled: list[tuple[str, str | None]] = []
+    unread: list[Any] = []
+    for item in items:
+        try:
+            labelled.append(_option_label(item, fld))
+        except (ValueError, TypeError):
+            unread.append(item)
+    unread = [item for item in unread if content(item)] if labelled else []  # as `_beside_readable` keeps them
     counts = Counter(label for label, _ in labelled)
     out.put(spec, ", ".join(counts) or None)
     if repeated := [f"{label!r} given {n} times" for label, n in counts.items() if n > 1]:
@@ -409,14 +415,6 @@ def _option_labels(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
         _report_missing_options(out, fld, missing)
     if unread:
         keep_as_entered(unread, spec, fld, out, "not an option id or label")
-
-
-def _names_option(item: Any, fld: Field) -> bool:
-    try:
-        _option_label(item, fld)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 def _ids(value: Any) -> list[str]:
