@@ -499,9 +499,7 @@ def verify(settings: Settings) -> dict[str, Any]:
     if not settings.state.exists():
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
-        client, _ = customermates_clients(settings, stack)
-        client.me()  # the key first, as a run's preflight: a bad one is said so, not a failed read after retries
-        check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)
+        client, _ = _migrated_target(settings, staging, stack)
         return verify_target(staging, client)
 
 
@@ -527,10 +525,18 @@ def undo(
     if not settings.state.exists():
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging, ExitStack() as stack:
-        client, mcp = customermates_clients(settings, stack)
-        client.me()  # the key first, as a run's preflight: a bad one is said so, not a failed read after retries
-        check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)  # before a record is judged gone
+        client, mcp = _migrated_target(settings, staging, stack)
         return undo_run(staging, client, mcp, run_id=run_id, execute=execute, force=force, columns=columns)
+
+
+def _migrated_target(settings: Settings, staging: Staging, stack: ExitStack) -> tuple[CustomermatesClient, McpClient]:
+    """The clients of a command that reads the migrated records back (verify, undo): the key
+    checked first, as a run's preflight (a bad one is said so, not a failed read after retries),
+    then that this Customermates is the state file's, before a record is judged gone."""
+    client, mcp = customermates_clients(settings, stack)
+    client.me()
+    check_customermates(staging, client, settings.customermates_url or "", makes_columns=False)
+    return client, mcp
 
 
 @contextmanager
