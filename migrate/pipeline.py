@@ -377,6 +377,7 @@ def build_report(
         "options_renamed": columns.options_renamed,
         "columns_renamed": columns.renamed,
         "columns_retyped": columns.retyped,
+        "columns_left": columns.left,
         "unmatched_users": loaded.unmatched_users,
         "duplicates_in_target": loaded.duplicates_in_target,
         "issues": issue_summary(staging.run_issue_counts(run_id), staging.run_issue_examples(run_id, ISSUE_EXAMPLES)),

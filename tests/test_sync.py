@@ -1459,6 +1459,7 @@ def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_th
     assert result.exit_code == 0, result.output
     assert _conflicts(tmp_path) == []
     assert by_pipedrive_id(customermates, "contacts")[str(held[0]["id"])][0]["firstName"] == "Renamed"
+    assert json.loads((tmp_path / "report.json").read_text())["columns_left"] == [f"contacts: {field['field_name']}"]
 
 
 def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the_record_not_overwritten(env, pipedrive, customermates, tmp_path):

@@ -33,6 +33,8 @@ OPTION_COLORS = ("default", "secondary", "info", "success", "warning", "destruct
 # made since the last complete load. A record's value missing in one is no edit made in
 # Customermates: the column or the option is new (or made again after a user deleted it).
 NEW_COLUMNS_KEY = "columns_made_since_load"
+# the key of a sync's "Deleted in Pipedrive" mark column in the state file's column map (`customermates.deletions`)
+MARK_KEY = "deleted_in_pipedrive"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class ColumnIndex:
     option_renames: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
     retyped: list[str] = field(default_factory=list)
+    # columns of the migration's whose Pipedrive field is gone (deleted there): left with their values
+    left: list[str] = field(default_factory=list)
     # (entity, key) of a column, (entity, key, label) of an option, made (or to be made) since the
     # last complete load
     new: set[tuple[str, ...]] = field(default_factory=set)
@@ -219,6 +223,11 @@ def ensure_columns(
             index.options_renamed.extend(f"{entity}: {spec['label']}: {shown[value]} → {label}" for value, (_, label) in renamed.items())
             if renamed:
                 index.option_renames[(entity, key)] = dict(renamed.values())
+    present = {entity: {c["id"] for c in config.get("customColumns") or []} for entity, config in configs.items()}
+    index.left = sorted(
+        f"{entity}: {column['label']}" for (entity, key), column in known.items()
+        if (entity, key) not in intended and key != MARK_KEY and column["id"] in present.get(entity, ())
+    )
     if dry_run or mcp is None:
         return index
     for entity in entities:  # read back ids and option uuids

@@ -19,7 +19,7 @@ from migrate.customermates.client import (
     CustomermatesClient,
     UncertainWriteError,
 )
-from migrate.customermates.columns import ColumnIndex
+from migrate.customermates.columns import MARK_KEY, ColumnIndex
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.staging.store import Staging, raw_table
@@ -29,7 +29,6 @@ log = structlog.get_logger(__name__)
 
 POLICIES = ("mark", "delete", "ignore")
 MARK_LABEL = "Deleted in Pipedrive"
-MARK_KEY = "deleted_in_pipedrive"  # the mark column's key in the state file's column map: no Pipedrive field has it
 BATCH = 100
 
 

@@ -121,6 +121,11 @@ def print_report(report: dict[str, Any], console: Console, *, max_issue_rows: in
             console.print(f"  • {line}")
         if len(columns) > 40:
             console.print(f"  … and {len(columns) - 40} more (see report.json)")
+    if report.get("columns_left"):
+        console.print(
+            f"[bold]Columns whose Pipedrive field is gone (deleted there), left with their values:[/bold] {', '.join(report['columns_left'])}",
+            highlight=False,
+        )
     print_unmatched_owners(console, report.get("unmatched_users") or [])
     by_rule: dict[str, int] = report["issues"]["by_rule"]
     if by_rule:
