@@ -1505,6 +1505,9 @@ def test_two_records_customermates_refuses_are_quarantined_once_a_later_entity_w
     assert result.exit_code == 3, result.output
     assert sorted((q["entity"], q["source_id"]) for q in read_quarantine(tmp_path)) == sorted(("contacts", str(p["id"])) for p in refused)
     assert by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["name"] == deal["title"]
+    again = invoke(env, "sync", "--report-dir", str(tmp_path / "again"))  # nothing else to write: still refused, not a server down
+    assert again.exit_code == 3, again.output
+    assert len(read_quarantine(tmp_path / "again")) == 2
 
 
 def test_a_deletion_whose_answer_was_lost_is_sent_again_and_counted_as_this_syncs(env, pipedrive, customermates, tmp_path):

@@ -472,7 +472,10 @@ class Loader:
         self.summary.created[entity] += len(items) - len(missing)  # sent by this run: its creations
         if not missing:
             return
-        if len(missing) == 1 and set_aside_after is not None and (self.writes_done > set_aside_after or (self.set_aside_alone and self._answers_reads(entity))):
+        if len(missing) == 1 and set_aside_after is not None and (
+            self.writes_done > set_aside_after
+            or ((self.set_aside_alone or self._quarantined_before(entity, missing[0])) and self._answers_reads(entity))
+        ):
             (item,) = missing
             message = f"Customermates failed on this record alone, twice, while it answered other requests ({error})"
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
@@ -500,6 +503,12 @@ class Loader:
         half = len(missing) // 2
         for part in (missing[:half], missing[half:]):
             self._send(entity, operation, part)
+
+    def _quarantined_before(self, entity: str, item: _Item) -> bool:
+        """Whether an earlier run quarantined the record: Customermates refused it then, while it
+        wrote others. Failing alone again, while the server answers a read, it still does (several
+        such records, with nothing else to write, ended every later run as a server that is down)."""
+        return bool(self.staging.quarantine_messages(entity, [item.source_id]))
 
     def _answers_reads(self, entity: str) -> bool:
         """Whether Customermates answers a read now. With no write since the entity's only record
