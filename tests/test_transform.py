@@ -1250,3 +1250,10 @@ def test_a_field_naming_a_person_without_a_name_shows_the_name_their_contact_get
         contacts, made = targets(staging, "contacts"), targets(staging, "deals")
         assert (contacts["5"]["fields"]["firstName"], contacts["6"]["fields"]["firstName"]) == ("info", "(no name)")
         assert (made["7"]["values"]["cf:ppl"], made["8"]["values"]["cf:ppl"]) == ("info", "(no name)")
+
+
+def test_prices_kept_as_entered_leave_out_the_ids_pipedrive_gives_each_price(sample_staging):
+    """'Prices (as entered)' read '9002 12,50 EUR': the product's id before each price."""
+    prices = [{"id": 31, "product_id": 9002, "price": "12,50", "currency": "EUR"}]
+    payload, _ = _made_payload(sample_staging, "products", {"id": 9002, "name": "Beratung", "prices": prices})
+    assert payload["values"]["prices:as_entered"] == "12,50 EUR"

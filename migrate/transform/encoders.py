@@ -757,8 +757,12 @@ def _prices(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups,
         if any(isinstance(p, dict) and "price" not in p for p in value):
             raise ValueError("a price without 'price'")
         prices, unread = _beside_readable(value, lambda p: isinstance(p, dict))
-        parts = [f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() + _price_terms(p) for p in prices]
-        out.put(spec, "; ".join(parts) or None)
+        try:
+            parts = [f"{v.decimal_string(p.get('price') or 0)} {p.get('currency') or ''}".strip() + _price_terms(p) for p in prices]
+        except ValueError as exc:  # as entered, without the ids Pipedrive gives each price (its own, its product's)
+            keep_as_entered([{k: x for k, x in p.items() if k not in ("id", "product_id")} for p in prices], spec, fld, out, str(exc))
+        else:
+            out.put(spec, "; ".join(parts) or None)
         if unread:
             keep_as_entered(unread, spec, fld, out, "not a price, an object with one")
 
