@@ -819,18 +819,26 @@ LINKS_ENDING_IN_A_NUMBER = {
 }
 
 
-def test_a_link_whose_host_ends_in_a_number_but_is_no_ipv4_address_is_kept_as_text_as_the_server_refuses_it(tmp_path):
-    organizations = [{"id": n, "name": f"Org {n}", "website": url} for n, url in enumerate(LINKS_ENDING_IN_A_NUMBER, 1)]
+def website_outcomes(tmp_path, urls) -> dict[str, tuple[dict, bool]]:
+    """url → (the website values its organization is made with, whether a link_invalid issue names it)."""
+    organizations = [{"id": n, "name": f"Org {n}", "website": url} for n, url in enumerate(urls, 1)]
     with Staging(tmp_path / "state.duckdb") as staging:
         staging.write_page("organizations", organizations, store.Checkpoint("organizations", None, 1, len(organizations), True), "run")
         transform(staging, load_mappings())
         made = targets(staging, "organizations")
         refused = {i["source_id"] for i in issues(staging, "link_invalid")}
-        for n, (url, valid) in enumerate(LINKS_ENDING_IN_A_NUMBER.items(), 1):
-            link = url if "://" in url else f"https://{url}"
-            website = {key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}
-            assert (website, str(n) in refused) == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
-            assert is_secure_url(link) is valid, f"the fake Customermates on {link}"
+    return {
+        url: ({key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}, str(n) in refused)
+        for n, url in enumerate(urls, 1)
+    }
+
+
+def test_a_link_whose_host_ends_in_a_number_but_is_no_ipv4_address_is_kept_as_text_as_the_server_refuses_it(tmp_path):
+    outcomes = website_outcomes(tmp_path, LINKS_ENDING_IN_A_NUMBER)
+    for url, valid in LINKS_ENDING_IN_A_NUMBER.items():
+        link = url if "://" in url else f"https://{url}"
+        assert outcomes[url] == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
+        assert is_secure_url(link) is valid, f"the fake Customermates on {link}"
 
 
 # Links Customermates takes (contract §6: an absolute URL with scheme https, http, mailto or tel, as
@@ -853,17 +861,11 @@ LINKS_WITH_A_SCHEME = {
 
 
 def test_a_link_with_a_scheme_the_server_takes_is_written_as_a_link_in_any_case_and_to_any_host(tmp_path):
-    organizations = [{"id": n, "name": f"Org {n}", "website": url} for n, url in enumerate(LINKS_WITH_A_SCHEME, 1)]
-    with Staging(tmp_path / "state.duckdb") as staging:
-        staging.write_page("organizations", organizations, store.Checkpoint("organizations", None, 1, len(organizations), True), "run")
-        transform(staging, load_mappings())
-        made = targets(staging, "organizations")
-        refused = {i["source_id"] for i in issues(staging, "link_invalid")}
-        for n, (url, valid) in enumerate(LINKS_WITH_A_SCHEME.items(), 1):
-            website = {key: value for key, value in made[str(n)]["values"].items() if key.startswith("website")}
-            assert (website, str(n) in refused) == ({"website": url} if valid else {"website:as_entered": url}, not valid), url
-            if "://" in url or ":" in url[:7]:
-                assert is_secure_url(url) is valid, f"the fake Customermates on {url}"
+    outcomes = website_outcomes(tmp_path, LINKS_WITH_A_SCHEME)
+    for url, valid in LINKS_WITH_A_SCHEME.items():
+        assert outcomes[url] == ({"website": url} if valid else {"website:as_entered": url}, not valid), url
+        if "://" in url or ":" in url[:7]:
+            assert is_secure_url(url) is valid, f"the fake Customermates on {url}"
 
 
 def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never_stops_the_transform(tmp_path):

@@ -1038,8 +1038,11 @@ class Staging:
 
     def notes_read_for(self, entity: str, source_ids: list[str]) -> dict[str, str]:
         """The digests of the notes Customermates answered the last write of these records with (those known)."""
+        return self._column_by_source_id("written_notes", "digest", entity, source_ids)
+
+    def _column_by_source_id(self, table: str, column: str, entity: str, source_ids: list[str]) -> dict[str, str]:
         rows = self.con.execute(
-            "SELECT source_id, digest FROM written_notes WHERE entity = $e AND source_id IN (SELECT unnest($s))",
+            f"SELECT source_id, {column} FROM {table} WHERE entity = $e AND source_id IN (SELECT unnest($s))",
             {"e": entity, "s": source_ids},
         ).fetchall()
         return dict(rows)
@@ -1509,11 +1512,7 @@ class Staging:
 
     def quarantine_messages(self, entity: str, source_ids: list[str]) -> dict[str, str]:
         """source id → the server's message, for those of `source_ids` quarantined."""
-        rows = self.con.execute(
-            "SELECT source_id, message FROM quarantine WHERE entity = $e AND source_id IN (SELECT unnest($s))",
-            {"e": entity, "s": source_ids},
-        ).fetchall()
-        return dict(rows)
+        return self._column_by_source_id("quarantine", "message", entity, source_ids)
 
     def add_load_issues(self, rows: list[tuple[str, str, str, str, str, str]]) -> None:
         """(run id, entity, source id, field, rule, detail) rows, in one statement: a statement
