@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from migrate.cli import cli
 from migrate.customermates import undo as undo_module
 from migrate.customermates.client import UncertainWriteError
+from migrate.customermates.columns import settle_pending_columns
 from migrate.customermates.mcp import McpClient
 from migrate.staging.store import Staging
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
@@ -397,6 +398,37 @@ def test_a_column_whose_answer_was_lost_belongs_to_the_run_that_made_it_and_its_
     assert customermates.columns() == []
 
 
+def test_a_column_whose_create_was_lost_is_not_found_in_a_users_column_of_its_label_and_type(env, sample_dir, customermates, monkeypatch):
+    """Labels are not unique (contract §6): a user's one-number "Phone" column, there before the run,
+    was taken for the migration's several-numbers one whose create never reached the server, then
+    set aside as replaced, and undo --columns of the run that died deleted it with its values."""
+    with McpClient(customermates.url, VALID_KEY) as mcp:
+        users = mcp.create_custom_column("contact", "Phone", "phone", allow_multiple=False)
+    real_create = McpClient.create_custom_column
+
+    def lose_the_phone_column_create(self, entity_type, label, column_type, **kwargs):
+        if (entity_type, label, column_type) == ("contact", "Phone", "phone"):
+            raise UncertainWriteError("connection reset before the request was sent")
+        return real_create(self, entity_type, label, column_type, **kwargs)
+
+    monkeypatch.setattr(McpClient, "create_custom_column", lose_the_phone_column_create)
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code != 0
+    died = state(env, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
+    monkeypatch.setattr(McpClient, "create_custom_column", real_create)
+
+    assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+
+    phones = {c["id"]: c for c in customermates.columns("contact") if c["type"] == "phone" and c["label"].startswith("Phone")}
+    assert phones[users]["label"] == "Phone" and not phones[users]["options"].get("allowMultiple")
+    ours = state(env, "SELECT column_id, created_by_run FROM column_map WHERE entity = 'contacts' AND label = 'Phone'")
+    assert len(ours) == 1 and ours[0][0] != users and ours[0][1] != died
+    assert phones[ours[0][0]]["options"]["allowMultiple"]
+    assert state(env, "SELECT count(*) FROM replaced_columns") == [(0,)]
+    assert invoke(["undo", "--yes", "--columns"], env).exit_code == 0
+    assert invoke(["undo", "--yes", "--columns", "--run", died, "--force"], env).exit_code in (0, 2)
+    assert [c["id"] for c in customermates.columns("contact")] == [users]
+
+
 def test_records_a_sync_marked_deleted_in_pipedrive_are_not_taken_for_edits_made_in_customermates(env, pipedrive, customermates, monkeypatch):
     """The mark is this tool's write: undo kept the marked records as edited there (without --force)."""
     monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
@@ -430,3 +462,16 @@ def test_undo_columns_removes_the_deletion_mark_column_a_sync_made_once_the_reco
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
     assert customermates.columns() == []
     assert state(env, "SELECT count(*) FROM column_map") == [(0,)]
+
+
+def test_a_pending_column_saved_before_its_spec_was_is_found_by_its_label_and_type(tmp_path):
+    """A state file from before pending columns kept their spec and the columns there before: its
+    pending column is found as it was then, by label and type, currency or not."""
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.con.execute("INSERT INTO pending_columns (entity, key, label, type, run_id) VALUES ('deals', 'value_chf', 'Value CHF', 'currency', 'r1')")
+        made = {"id": "c-1", "label": "Value CHF", "type": "currency", "options": {"currency": "chf"}}
+
+        settle_pending_columns(staging, {"deals": {"customColumns": [made]}})
+
+        assert staging.column_map()[("deals", "value_chf")]["id"] == "c-1"
+        assert staging.pending_columns() == []

@@ -172,7 +172,7 @@ def ensure_columns(
             if dry_run or mcp is None:
                 index.created.append(made)
                 continue
-            staging.record_pending_column(entity, key, spec["label"], spec["type"], run_id)
+            staging.record_pending_column(entity, key, _shape(spec), [c["id"] for c in existing_cols], run_id)
             column_id = _create(staging, mcp, entity, key, spec)
             index.created.append(made)
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
@@ -303,11 +303,17 @@ def _set_aside(
     return said
 
 
+def _shape(spec: dict[str, Any]) -> dict[str, Any]:
+    """What of a column's spec `_matches` compares."""
+    return {name: spec.get(name) for name in ("label", "type", "currency", "allow_multiple")}
+
+
 def settle_pending_columns(staging: Staging, configurations: Mapping[str, dict[str, Any]]) -> None:
     """Give each column a run was making when it died (its answer lost, or the run killed before it
-    saved the column's id) to that run, as it would have: found by its label and type among the
-    columns of its entity (`configurations`: entity → configuration) the state file holds for no
-    field. One not found was not made, and is forgotten: the next run makes it."""
+    saved the column's id) to that run, as it would have: found by its label, type and shape among
+    the columns of its entity (`configurations`: entity → configuration) that were not there before
+    the request and that the state file holds for no field. One not found was not made, and is
+    forgotten: the next run makes it."""
     pending = [p for p in staging.pending_columns() if p["entity"] in configurations]
     if not pending:
         return
@@ -317,7 +323,7 @@ def settle_pending_columns(staging: Staging, configurations: Mapping[str, dict[s
         found = next(
             (
                 c for c in configurations[entity].get("customColumns") or []
-                if (c["label"], c["type"]) == (column["label"], column["type"]) and c["id"] not in held
+                if _may_be_made_by(column, c) and c["id"] not in held and c["id"] not in column["there_before"]
             ),
             None,
         )
@@ -327,6 +333,12 @@ def settle_pending_columns(staging: Staging, configurations: Mapping[str, dict[s
         log.info("columns.settled_pending", entity=entity, label=found["label"], run_id=column["run_id"])
         staging.save_column(entity, key, {"id": found["id"], "label": found["label"], "type": found["type"]}, column["run_id"])
         held.add(found["id"])
+
+
+def _may_be_made_by(pending: dict[str, Any], column: dict[str, Any]) -> bool:
+    if pending["spec"] is None:  # saved before the spec was: its label and type are all there is
+        return (column["label"], column["type"]) == (pending["label"], pending["type"])
+    return _matches(column, pending["spec"])
 
 
 def _remember(staging: Staging, known: dict[tuple[str, str], dict[str, Any]], entity: str, key: str, column: dict[str, Any]) -> None:

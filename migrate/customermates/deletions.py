@@ -182,11 +182,12 @@ def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str,
 def _mark_column(staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, run_id: str) -> str:
     """The entity's mark column: found by its label, or made and kept in the state file as the
     run's, for its `undo --columns` (pending first, as the migration's columns are)."""
-    for column in client.configuration(entity).get("customColumns") or []:
+    columns = client.configuration(entity).get("customColumns") or []
+    for column in columns:
         if column.get("label") == MARK_LABEL and column.get("type") == "date":
             return column["id"]
     log.info("deletions.mark_column", entity=entity)
-    staging.record_pending_column(entity, MARK_KEY, MARK_LABEL, "date", run_id)
+    staging.record_pending_column(entity, MARK_KEY, {"label": MARK_LABEL, "type": "date"}, [c["id"] for c in columns], run_id)
     column_id = mcp.create_custom_column(SINGULAR[entity], MARK_LABEL, "date")
     staging.save_column(entity, MARK_KEY, {"id": column_id, "label": MARK_LABEL, "type": "date"}, run_id)
     return column_id

@@ -159,6 +159,11 @@ CREATE TABLE IF NOT EXISTS replaced_columns (
 CREATE TABLE IF NOT EXISTS written_notes (entity VARCHAR, source_id VARCHAR, digest VARCHAR, PRIMARY KEY (entity, source_id));
 CREATE TABLE IF NOT EXISTS pending_columns (
     entity VARCHAR, key VARCHAR, label VARCHAR, type VARCHAR, run_id VARCHAR, PRIMARY KEY (entity, key));
+-- Added without a schema bump: the column's spec (currency, several values) and the ids of the entity's columns
+-- before the request, none of which the request made (labels are not unique: a user's column can share its label).
+-- NULL in rows written before: such a column is found by its label and type alone.
+ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS spec JSON;
+ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS there_before JSON;
 """
 
 
@@ -963,12 +968,25 @@ class Staging:
         self.con.execute("DELETE FROM replaced_columns WHERE column_id = ?", [column["id"]])
         self.con.execute("DELETE FROM pending_columns WHERE entity = ? AND key = ?", [entity, key])
 
-    def record_pending_column(self, entity: str, key: str, label: str, column_type: str, run_id: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO pending_columns VALUES (?, ?, ?, ?, ?)", [entity, key, label, column_type, run_id])
+    def record_pending_column(self, entity: str, key: str, spec: dict[str, Any], there_before: list[str], run_id: str) -> None:
+        """A column about to be made from `spec` (label, type, currency, allow_multiple), when the
+        entity's columns were those of `there_before` (ids)."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO pending_columns (entity, key, label, type, run_id, spec, there_before) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [entity, key, spec["label"], spec["type"], run_id, json.dumps(spec), json.dumps(there_before)],
+        )
 
     def pending_columns(self) -> list[dict[str, Any]]:
-        rows = self.con.execute("SELECT entity, key, label, type, run_id FROM pending_columns ORDER BY entity, key").fetchall()
-        return [dict(zip(("entity", "key", "label", "type", "run_id"), r, strict=True)) for r in rows]
+        rows = self.con.execute(
+            "SELECT entity, key, label, type, run_id, spec, there_before FROM pending_columns ORDER BY entity, key"
+        ).fetchall()
+        return [
+            {
+                "entity": entity, "key": key, "label": label, "type": column_type, "run_id": run_id,
+                "spec": json.loads(spec) if spec else None, "there_before": set(json.loads(before)) if before else set(),
+            }
+            for entity, key, label, column_type, run_id, spec, before in rows
+        ]
 
     def forget_pending_column(self, entity: str, key: str) -> None:
         self.con.execute("DELETE FROM pending_columns WHERE entity = ? AND key = ?", [entity, key])
