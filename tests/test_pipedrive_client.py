@@ -532,6 +532,42 @@ def test_a_429_without_headers_after_an_answer_left_less_budget_than_the_request
     assert len([r for r in fake.requests if r.path == "/api/v2/persons"]) == 1  # not retried
 
 
+def test_a_429_whose_budget_header_says_tokens_are_left_is_the_burst_window_waited_out_not_the_daily_budget(fake):
+    """Contract §4: the daily budget is spent when `x-daily-ratelimit-token-remaining` says 0; the
+    window's header may count another scope (the burst limit is "per token", also "per user")."""
+    left = {"x-ratelimit-remaining": "7", "x-ratelimit-reset": "1", "x-daily-ratelimit-token-remaining": "25000"}
+    fake.inject(429, count=1, path_contains="/api/v2/persons", headers=left)
+    with client_for(fake) as client:
+        persons = all_records(client, "persons")
+        assert client.rate_limited == 1
+    assert len(persons) == len(fake.collections["persons"])
+
+
+def test_once_the_daily_budget_is_spent_no_reader_sends_another_request(tmp_path):
+    """Every request after the budget's 429 draws another (contract §4: no retry helps), and clients
+    that keep sending after 429s are blocked by the firewall (§12): the other readers stop too, so
+    that only the requests already out (4 at most at first) draw a 429, where 5 to 7 more were sent."""
+    with FakePipedrive(SAMPLE, burst_limit=20, latency=0.05, daily_token_budget=60) as fake:
+        with client_for(fake, burst_limit=20) as client, Staging(tmp_path / "s.duckdb") as staging:
+            with pytest.raises(BudgetExhaustedError):
+                extract(staging, client, "run")
+            assert client.limiter.max_in_flight == 4
+        refused = [r.path for r in fake.requests if r.status == 429]
+    assert 1 <= len(refused) <= 4 and fake.count_403 == 0, refused
+
+
+def test_a_halted_limiter_gives_every_caller_the_error_it_was_halted_with():
+    limiter = BurstLimiter(20)
+    limiter.done(limiter.acquire())
+    spent = BudgetExhaustedError("budget spent")
+
+    limiter.halt(spent)
+
+    for _ in range(2):
+        with pytest.raises(BudgetExhaustedError, match="budget spent"):
+            limiter.acquire()
+
+
 def test_an_account_without_the_leads_feature_is_reported_not_failed(fake, tmp_path):
     """Contract §2: 415 is Pipedrive's 'feature not enabled'."""
     body = '{"success":false,"error":"Feature not enabled"}'

@@ -94,6 +94,7 @@ class BurstLimiter:
         # the first is the most over the memory (`_shared_now`), read by every `acquire` without a walk of them all
         self._shared: deque[tuple[float, int]] = deque()
         self.shared_most = 0  # the most requests of other clients on this token seen in one window
+        self._halted: Exception | None = None  # `halt`: every caller gets this from then on
 
     def in_flight_cap(self) -> int:
         """How many requests may be out at once now (see the class docstring)."""
@@ -110,10 +111,20 @@ class BurstLimiter:
             self.arrival_bound = min(self.window / 2, self.arrival_bound * 2)
             self._limited = True
 
+    def halt(self, error: Exception) -> None:
+        """Send nothing more, from any caller: each `acquire` from now on raises `error`. For an
+        answer that every later request would get too (the daily budget spent, the firewall's
+        block), to which each request sent adds a 429 or a 403 (contract §4, §12)."""
+        with self._lock:
+            self._halted = error
+            self._lock.notify_all()
+
     def acquire(self) -> list[float]:
         """Wait for a free slot; pass it to `done` when the answer is in."""
         while True:
             with self._lock:
+                if self._halted is not None:
+                    raise self._halted
                 moment = time.monotonic()
                 if moment < self._paused_until:
                     delay = self._paused_until - moment
@@ -279,16 +290,13 @@ class PipedriveClient:
         if status == 429:
             with self._counters:
                 self.rate_limited += 1
-            remaining_tokens = response.headers.get("x-daily-ratelimit-token-remaining")
-            burst_left = response.headers.get("x-ratelimit-remaining")
-            # the daily budget, not the burst window: said by the budget header, or by a window with room
-            # left, or (no header on this answer: it can be missing, contract §4) by what an earlier answer left
-            short = remaining_tokens is None and self.budget_remaining is not None and self.budget_remaining < cost
-            if remaining_tokens == "0" or short or (burst_left is not None and burst_left.isdigit() and int(burst_left) > 0):
-                raise BudgetExhaustedError(
+            if self._budget_spent(response, cost):
+                spent = BudgetExhaustedError(
                     "Pipedrive's daily API token budget is used up (HTTP 429); what was extracted is checkpointed, "
                     "run again after the budget resets at midnight (Pipedrive server time)"
                 )
+                self.limiter.halt(spent)
+                raise spent
             wait = _seconds(response.headers.get("x-ratelimit-reset")) or _seconds(response.headers.get("retry-after")) or 2.0
             self.limiter.pause(wait)
             log.warning("pipedrive.rate_limited", path=path, wait=wait)
@@ -296,7 +304,10 @@ class PipedriveClient:
         if status >= 500:
             raise _Retryable(f"HTTP {status}: {_snippet(response)}")
         if status != 200:
-            raise PipedriveError(_explain(status, path, response), status=status)
+            error = PipedriveError(_explain(status, path, response), status=status)
+            if status == 403 and _is_html(response):  # the firewall's block: every request adds to it
+                self.limiter.halt(error)
+            raise error
         with self._counters:
             self.tokens_spent += cost
         if self.on_tokens is not None and cost:
@@ -313,6 +324,18 @@ class PipedriveClient:
         if not isinstance(body, dict) or body.get("success") is False:
             raise PipedriveError(f"Pipedrive {path} answered without success: {_snippet(response)}")
         return body
+
+    def _budget_spent(self, response: httpx.Response, cost: int) -> bool:
+        """Whether a 429 is the daily budget's, not the burst window's. The budget header says so when
+        it is there; it can be missing (contract §4), and then an earlier answer's budget left too
+        little for this request, or the window had room left (a window 429 says 0 remaining)."""
+        budget_left = response.headers.get("x-daily-ratelimit-token-remaining", "")
+        if budget_left.isdigit():
+            return int(budget_left) < max(cost, 1)
+        if self.budget_remaining is not None and self.budget_remaining < cost:
+            return True
+        burst_left = response.headers.get("x-ratelimit-remaining", "")
+        return burst_left.isdigit() and int(burst_left) > 0
 
     def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
         """Yield the collection page by page from `start` (a cursor or an offset).

@@ -48,9 +48,9 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
 * Burst window: only served requests (anything that got past the limiter, incl. 4xx) occupy the
   window; 401s, 429s and 403s do not. A request is counted at its arrival (the moment the server
   thread hands it over), not after the requests before it were served. ``x-ratelimit-reset`` is whole seconds until the oldest
-  request leaves the window (>= 1). After a 429, more than 3 further limited requests inside the
-  window trip the Cloudflare block: 403 ``text/html`` for one full ``window_seconds`` from that
-  moment. Every answer (also 401/403/404) carries the ``x-ratelimit-*`` headers.
+  request leaves the window (>= 1). After a 429, more than 3 further 429s inside the window (the burst
+  window's or the daily budget's: the contract does not tell them apart there) trip the Cloudflare
+  block: 403 ``text/html`` for one full ``window_seconds`` from that moment. Every answer (also 401/403/404) carries the ``x-ratelimit-*`` headers.
 * ``shared_rate`` plays another integration on the same API token (the burst limit is per token,
   contract §4): that many requests a second, evenly spaced from the tool's first request, each taking
   a place in the burst window when there is one; one the window refuses is sent again as soon as a
@@ -502,18 +502,15 @@ class FakePipedrive:
         # 4. burst limit
         headers = self._rate_headers(now)
         if len(self._window) >= self.burst_limit:
-            while self._limited and now - self._limited[0] >= self.window_seconds:
-                self._limited.popleft()
-            self._limited.append(now)
-            if len(self._limited) > 1 + self.cloudflare_after:
-                self._blocked_until = now + self.window_seconds
-                self._limited.clear()
+            if self._trips_the_block(now):
                 return self._cloudflare(now)
             headers["x-ratelimit-remaining"] = "0"
             return 429, {**headers, "content-type": "application/json"}, _json(OVER_LIMIT), 0
         bisect.insort(self._window, now)  # in arrival order (another thread may have arrived later and been served first)
         # 5. daily token budget
         if self.daily_token_budget is not None and self.daily_tokens_spent >= self.daily_token_budget:
+            if self._trips_the_block(now):
+                return self._cloudflare(now)
             headers = self._rate_headers(now)
             headers["x-daily-ratelimit-token-remaining"] = "0"
             body = {**OVER_LIMIT, "error_info": "Daily API token budget exhausted; it resets at midnight server time"}
@@ -532,6 +529,17 @@ class FakePipedrive:
             self.tokens_spent += cost
             self.daily_tokens_spent += cost
         return status, {**self._rate_headers(now), "content-type": "application/json"}, _json(payload), cost
+
+    def _trips_the_block(self, now: float) -> bool:
+        """Count a 429; True when it is one too many in the window, which starts the Cloudflare block."""
+        while self._limited and now - self._limited[0] >= self.window_seconds:
+            self._limited.popleft()
+        self._limited.append(now)
+        if len(self._limited) <= 1 + self.cloudflare_after:
+            return False
+        self._blocked_until = now + self.window_seconds
+        self._limited.clear()
+        return True
 
     def _json_headers(self, now: float) -> dict[str, str]:
         return {**self._rate_headers(now), "content-type": "application/json"}
