@@ -109,6 +109,23 @@ def test_hard_failures_give_one_clear_sentence_without_retrying(fake, status, bo
     assert VALID_TOKEN not in str(caught.value)
 
 
+def test_after_the_firewalls_403_page_no_request_is_sent_to_any_collection_but_a_403_json_answer_stops_none(fake):
+    """The firewall blocks the token (contract §12): every request would add to the block. A JSON
+    403 is one endpoint's permission, and other collections may still be read."""
+    fake.inject(403, count=1, body="<!DOCTYPE html><html><title>Cloudflare</title></html>", content_type="text/html")
+    with client_for(fake) as client:
+        with pytest.raises(PipedriveError, match="blocked the requests"):
+            all_records(client, "users")
+        with pytest.raises(PipedriveError, match="blocked the requests"):
+            all_records(client, "stages")
+    assert len(fake.requests) == 1
+    fake.inject(403, count=1, body='{"success":false,"error":"Forbidden","errorCode":403}', content_type="application/json")
+    with client_for(fake) as client:
+        with pytest.raises(PipedriveError, match="global-admin"):
+            all_records(client, "users")
+        assert all_records(client, "stages")
+
+
 def test_malformed_json_and_5xx_are_retried_then_reported(fake):
     fake.inject(200, count=10, body='{"success": true, "data": [', content_type="application/json")
     with client_for(fake, max_attempts=3) as client, pytest.raises(PipedriveError, match="malformed JSON"):
