@@ -868,6 +868,22 @@ def test_a_link_with_a_scheme_the_server_takes_is_written_as_a_link_in_any_case_
             assert is_secure_url(url) is valid, f"the fake Customermates on {url}"
 
 
+def test_a_double_field_keeps_all_16_digits_pipedrive_holds_and_drops_only_a_sums_binary_noise(tmp_path):
+    """Contract §8.3: `double` (precision 16). The 16th digit was rounded away without a word."""
+    key = "d" * 40
+    sent = {"123456789012345.6": "123456789012345.6", "0.1234567890123456": "0.1234567890123456", "12.5": "12.5",
+            "0.30000000000000004": "0.3"}
+    field = {"field_code": key, "field_name": "Kennzahl", "field_type": "double", "is_custom_field": True}
+    persons = [json.loads(f'{{"id": {n}, "name": "P{n}", "custom_fields": {{"{key}": {text}}}}}') for n, text in enumerate(sent, 1)]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        staging.write_page("personFields", [field], store.Checkpoint("personFields", None, 1, 1, True), "run", "field_code")
+        staging.write_page("persons", persons, store.Checkpoint("persons", None, 1, len(persons), True), "run")
+        transform(staging, load_mappings())
+        made = targets(staging, "contacts")
+        assert {text: made[str(n)]["values"][f"cf:{key}"] for n, text in enumerate(sent, 1)} == sent
+        assert staging.transform_issues() == []
+
+
 def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never_stops_the_transform(tmp_path):
     """float() reads `-1_000` and `٠` (an Arabic-Indic zero) as numbers, which the text of the
     zero-price issue then could not write: the whole transform stopped on one product."""

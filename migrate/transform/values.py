@@ -229,13 +229,18 @@ def past_decimal_20_4(text: str) -> bool:
         return abs(round(Decimal(text), 4)) >= 10**16
 
 
+PIPEDRIVE_PRECISION = 16  # significant digits of a Pipedrive number (contract §8.3)
+
+
 def decimal_string(value: float | int | str | Decimal | None) -> str | None:
     """A plain decimal string (no exponent, no trailing zeros) for a currency/number value.
 
-    ``1e3`` → ``"1000"``, ``12.50`` → ``"12.5"``, ``0.1 + 0.2`` → ``"0.3"``. Floats are rounded to
-    15 significant digits, which removes binary noise and never changes a number that reached
-    Pipedrive as decimal text of 15 digits or fewer (every such number survives a double);
-    however small a float is, its digits are kept (``1.234e-11`` → ``"0.00000000001234"``).
+    ``1e3`` → ``"1000"``, ``12.50`` → ``"12.5"``, ``0.1 + 0.2`` → ``"0.3"``. A float is written as
+    the shortest decimal that reads back as the same double, which is the number Pipedrive sent,
+    of up to 16 significant digits (contract §8.3: "double (precision 16)"). One that needs 17 is no
+    number typed into Pipedrive but the binary noise of a sum (``0.30000000000000004``), rounded
+    to 15 digits. However small a float is, its digits are kept (``1.234e-11`` →
+    ``"0.00000000001234"``).
     Ints and strings are exact. ``None``/blank → ``None``. Booleans, NaN,
     infinities and strings that are not plain numbers (``"1,234.56"``, ``"$12"``) raise ``ValueError``.
     """
@@ -249,7 +254,7 @@ def decimal_string(value: float | int | str | Decimal | None) -> str | None:
         if not math.isfinite(value):
             raise ValueError(f"not a finite number: {value!r}")
         number = Decimal(repr(value))
-        if number:
+        if len(number.normalize().as_tuple().digits) > PIPEDRIVE_PRECISION:
             with localcontext() as ctx:
                 ctx.prec = 400
                 number = number.quantize(Decimal(1).scaleb(number.adjusted() - 14), rounding=ROUND_HALF_EVEN)
