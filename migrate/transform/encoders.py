@@ -271,10 +271,8 @@ def _time(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
 
 @encoder("time_range")
 def _time_range(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
-    if isinstance(value, dict):
+    if value:
         out.put(spec, v.format_time_range(value))
-    elif value:
-        out.put(spec, v.format_time_range({"value": value}, record.get(f"{fld.name}_until")))
 
 
 @encoder("address")

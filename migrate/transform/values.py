@@ -393,19 +393,15 @@ def format_time_value(value: dict | str | None) -> str | None:
     return f"{text} {zone}" if zone else text
 
 
-def format_time_range(value: dict | str | None, until: str | None = None) -> str | None:
+def format_time_range(value: dict | str | None) -> str | None:
     """A Pipedrive ``timerange`` as text: ``"09:00–11:00 Europe/London"``.
 
-    v2 passes the object ``{value, until, timezone_name}``; v1 passes the start (a string or
-    ``{"value": ...}``) and its ``_until`` sibling as ``until`` (which wins over the object's).
-    Only a start → ``"09:00"``; only an end → ``"–11:00"``; neither → ``None``. An end before the
-    start is an overnight range (22:00–02:00), written as it is.
+    The object ``{value, until, timezone_name}`` (v1's flat ``_until`` sibling joined to it by the
+    reader, `records._v1_value`), or a start alone. Only a start → ``"09:00"``; only an end →
+    ``"–11:00"``; neither → ``None``. An end before the start is an overnight range (22:00–02:00),
+    written as it is.
     """
-    if isinstance(value, dict):
-        start = value.get("value")
-        end = until if not _blank(until) else value.get("until")
-    else:
-        start, end = value, until
+    start, end = (value.get("value"), value.get("until")) if isinstance(value, dict) else (value, None)
     parts = []
     for clock in (start, end):
         if _blank(clock):
