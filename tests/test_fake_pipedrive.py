@@ -218,6 +218,19 @@ def test_leads_offset_paging(client, snapshot):
     assert {lead["id"] for lead in archived["data"]} == {lead["id"] for lead in snapshot["leads_archived"]}
 
 
+def test_leads_and_v1_fields_can_be_paged_flat_without_next_start_as_the_v1_schema_has_it(fake, client, snapshot):
+    fake.flat_pagination = {"leads", "dealFields"}
+    first = client.get("/api/v1/leads", params={"limit": 3}).json()
+    assert first["data"] == snapshot["leads"][:3]  # the sample's leads are in add_time order
+    assert first["additional_data"] == {"start": 0, "limit": 3, "more_items_in_collection": True}
+    last = client.get("/api/v1/leads", params={"start": 6, "limit": 3}).json()
+    assert last["additional_data"] == {"start": 6, "limit": 3, "more_items_in_collection": False}
+    fields = client.get("/api/v1/dealFields", params={"limit": 2}).json()
+    assert fields["additional_data"] == {"start": 0, "limit": 2, "more_items_in_collection": True}
+    notes = client.get("/api/v1/notes", params={"limit": 2}).json()  # the others still nested
+    assert notes["additional_data"]["pagination"]["next_start"] == 2
+
+
 def test_notes_offset_paging_and_updated_since(client, snapshot):
     seen, start = [], 0
     while True:

@@ -57,7 +57,10 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   place frees (a client that keeps to its rate and is never blocked). They are not in ``requests``;
   ``shared_served`` counts those the window took.
 * v1 ``limit`` above 500 is silently capped to 500 (v2 answers 400). Pagination is nested under
-  ``additional_data.pagination`` for every v1 list.
+  ``additional_data.pagination`` for every v1 list, with ``next_start`` when more items follow. The v1 schema
+  of ``/v1/leads`` and the ``*Fields`` puts ``start``/``limit``/``more_items_in_collection`` flat in
+  ``additional_data`` instead, without ``next_start`` (contract §3): ``fake.flat_pagination`` (a set of list
+  names, e.g. ``{"leads", "dealFields"}``) serves those lists that way.
 * The v1 lists the spec calls unpaged (users, activityTypes, currencies, leadLabels) answer whole.
   Contract §3 leaves open whether ``/v1/users`` is paginated after all: ``fake.paginate_unpaged``
   (list name -> page size, e.g. ``{"users": 2}``) serves such a list in v1 offset pages of at most
@@ -338,6 +341,7 @@ class FakePipedrive:
         self.company = dict(COMPANY)
         self.list_deleted_rows = True
         self.paginate_unpaged: dict[str, int] = {}  # unpaged v1 list -> page size it is served in (module docstring)
+        self.flat_pagination: set[str] = set()  # v1 lists paged as the v1 schema has it: flat, no next_start (module docstring)
         self.cloudflare_after = 3  # limited requests tolerated after a 429 before the 403 block
         self.requests: list[RequestRecord] = []
         self.tokens_spent = 0
@@ -625,7 +629,7 @@ class FakePipedrive:
                 size = self.paginate_unpaged[rest]
                 limit = _int_param(query, "limit")
                 limit = size if limit is None or limit < 1 else min(limit, size)
-                return self._v1_page(rows, {**query, "limit": str(limit)}), cost
+                return self._v1_page(name, rows, {**query, "limit": str(limit)}), cost
             return {"success": True, "data": rows}, cost
         if rest == "users/me":
             return {"success": True, "data": self._me()}, 2
@@ -636,7 +640,7 @@ class FakePipedrive:
         if rest == "leads/archived":
             return self._v1_leads("leads_archived", query, allow_since=False), 40
         if rest in V1_FIELDS:
-            return self._v1_page(self._v1_fields(rest), query), 20
+            return self._v1_page(rest, self._v1_fields(rest), query), 20
         raise _not_found()
 
     # -- v2 --------------------------------------------------------------------------------------------
@@ -821,7 +825,7 @@ class FakePipedrive:
                                          "is_you": True, "is_deleted": False}
         return {**me, **self.company, "language": {"language_code": "de", "country_code": "DE"}}
 
-    def _v1_page(self, rows: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+    def _v1_page(self, name: str, rows: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
         start = _int_param(query, "start") or 0
         if start < 0:
             raise _HttpError(400, {"success": False, "error": "start must be a non-negative integer", "errorCode": 400,
@@ -831,6 +835,8 @@ class FakePipedrive:
         page = rows[start:start + limit]
         more = start + limit < len(rows)
         pagination: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+        if name in self.flat_pagination:
+            return {"success": True, "data": page, "additional_data": pagination}
         if more:
             pagination["next_start"] = start + limit
         return {"success": True, "data": page, "additional_data": {"pagination": pagination}}
@@ -868,7 +874,7 @@ class FakePipedrive:
         filters = ("user_id", "deal_id", "person_id", "org_id", "project_id", "lead_id", "start_date", "end_date", "updated_since")
         cache_key, built = self._v1_built("notes", query, filters)
         if built is not None:
-            return self._v1_page(built, query)
+            return self._v1_page("notes", built, query)
         rows = list(self.collections.get("notes", []))
         for name in ("user_id", "deal_id", "person_id", "org_id", "project_id"):
             value = _int_param(query, name)
@@ -884,12 +890,12 @@ class FakePipedrive:
         rows = self._v1_sort(rows, query.get("sort"), V1_DEFAULT_SORT["notes"])
         if cache_key is not None:
             self._built[cache_key] = rows
-        return self._v1_page(rows, query)
+        return self._v1_page("notes", rows, query)
 
     def _v1_leads(self, name: str, query: dict[str, str], *, allow_since: bool) -> dict[str, Any]:
         cache_key, built = self._v1_built(name, query, ("owner_id", "person_id", "organization_id", "updated_since"))
         if built is not None:
-            return self._v1_page(built, query)
+            return self._v1_page(name, built, query)
         rows = list(self.collections.get(name, []))
         for key in ("owner_id", "person_id", "organization_id"):
             value = _int_param(query, key)
@@ -900,7 +906,7 @@ class FakePipedrive:
         rows = self._v1_sort(rows, query.get("sort"), V1_DEFAULT_SORT[name])
         if cache_key is not None:
             self._built[cache_key] = rows
-        return self._v1_page(rows, query)
+        return self._v1_page(name, rows, query)
 
     def _v1_fields(self, name: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
