@@ -17,7 +17,7 @@ from migrate.httpdate import parse_http_date
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
 from migrate.pipedrive.extract import extract, extract_changes, since_params
-from migrate.staging.store import Checkpoint, Staging
+from migrate.staging.store import Checkpoint, Staging, raw_table
 from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
@@ -267,6 +267,56 @@ def test_offset_pages_overlap_by_one_row_that_is_not_handed_out_twice(fake):
     assert [r.query["start"] for r in fake.requests] == ["0", "499", "998"]
 
 
+def _many_leads(fake: FakePipedrive, count: int) -> list[dict]:
+    """`count` leads in the list's order (add_time), none archived: `fake.collections["leads"]`."""
+    template = fake.collections["leads"][0]
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    fake.collections["leads_archived"] = []
+    fake.collections["leads"] = [
+        dict(template, id=f"00000000-0000-0000-0000-{i:012d}", add_time=(first + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        for i in range(count)
+    ]
+    return fake.collections["leads"]
+
+
+def test_a_v1_list_paged_flat_without_next_start_is_read_to_its_end(fake):
+    """Contract §3: the v1 schema of /v1/leads and the *Fields puts start, limit and
+    more_items_in_collection flat in additional_data, without next_start: the next page starts
+    after the rows this one holds."""
+    leads = _many_leads(fake, 1200)
+    fake.flat_pagination = {"leads"}
+    with client_for(fake) as client:
+        pages = [[lead["id"] for lead in page.records] for page in client.pages(BY_NAME["leads"])]
+    assert sum(pages, []) == [lead["id"] for lead in leads]
+    assert [r.query["start"] for r in fake.requests] == ["0", "499", "998"]
+
+
+def test_a_v1_page_without_rows_that_says_more_follow_without_next_start_is_refused(fake):
+    empty = {"success": True, "data": [], "additional_data": {"start": 0, "limit": 500, "more_items_in_collection": True}}
+    fake.inject(200, count=5, path_contains="/api/v1/leads", body=json.dumps(empty), content_type="application/json")
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="no rows, no next_start"):
+        all_records(client, "leads")
+    assert len(fake.requests) == 1
+
+
+def test_an_extract_stages_every_lead_and_v1_field_pipedrive_pages_flat_without_next_start(fake, tmp_path):
+    _many_leads(fake, 1200)
+    fake.collections["dealFields"] += [  # more than a page of v1 fields
+        {"field_code": f"{i:040x}", "field_name": f"Extra {i}", "field_type": "varchar", "is_custom_field": True, "options": None}
+        for i in range(600)
+    ]
+    fake.inject(404, count=100, path_contains="/api/v2/dealFields")  # an account without the v2 Fields API: v1 read instead
+    staged = {}
+    for flat in (False, True):
+        fake.flat_pagination = {"leads", "dealFields"} if flat else set()
+        staging = Staging(tmp_path / f"flat-{flat}.duckdb")
+        with client_for(fake) as client:
+            extract(staging, client, "run")
+        staged[flat] = {name: sorted(staging_ids(staging, name)) for name in ("leads", "dealFields")}
+    assert staged[True] == staged[False]
+    assert len(staged[True]["leads"]) == 1200 and len(staged[True]["dealFields"]) > 600
+
+
 UNPAGED = ("users", "activityTypes", "currencies", "leadLabels")
 
 
@@ -326,7 +376,7 @@ def test_an_extract_stopped_between_two_pages_of_users_resumes_from_their_next_s
 
 
 def staging_ids(staging: Staging, collection: str) -> list[str]:
-    return [row[0] for row in staging.con.execute(f"SELECT id FROM raw_{collection}").fetchall()]
+    return [row[0] for row in staging.con.execute(f"SELECT id FROM {raw_table(collection)}").fetchall()]
 
 
 def test_unreachable_host_is_one_line():

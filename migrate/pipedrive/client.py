@@ -357,11 +357,12 @@ class PipedriveClient:
                 params["start"] = offset - 1 if last is not None and offset > 0 else offset  # a row early: see _join_on
             elif cursor:  # an unpaged list that answered with v1 pagination after all: on from its next_start
                 params["start"] = int(cursor)
+            asked = params.get("start", 0)
             body = self.get(collection.path, params, cost=collection.cost)
             data = _rows(body)
             if collection.paging == "offset" and last is not None:
-                body, data = self._join_on(collection, params, body, data, last)
-            cursor = _next_cursor(collection, body, len(data))
+                asked, body, data = self._join_on(collection, params, body, data, last)
+            cursor = _next_cursor(collection, body, asked)
             if collection.paging == "cursor" and len(data) >= PAGE_LIMIT and "next_cursor" not in (body.get("additional_data") or {}):
                 self._confirm_end(collection, params, data[-1])
             if collection.paging == "none" and cursor is not None and int(cursor) <= params.get("start", 0):
@@ -396,8 +397,9 @@ class PipedriveClient:
 
     def _join_on(
         self, collection: Collection, params: dict[str, Any], body: dict[str, Any], data: list[dict[str, Any]], last: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """An offset page asked from one row early: the rows after `last`, the record handed out last.
+    ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        """An offset page asked from one row early: the rows after `last`, the record handed out last,
+        with the offset and answer they were read from.
 
         A row removed before the offset while the list is read (a deleted note, an archived lead,
         a row an edit moved to the end of an update_time order) shifts every later row back, and a
@@ -408,7 +410,7 @@ class PipedriveClient:
         first steps keep the read moving on even while rows go all the time."""
         key = collection.key
         if data and data[0].get(key) == last.get(key):
-            return body, data[1:]
+            return params["start"], body, data[1:]
         field = _ascending_sort_field(params)
         start = ask = params["start"]
         step = FIRST_STEP_BACK
@@ -424,7 +426,7 @@ class PipedriveClient:
                 break
             step *= 2
         log.warning("pipedrive.list_moved", path=collection.path, last_id=last.get(key), read_again_from=ask)
-        return body, data
+        return ask, body, data
 
 
 def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -455,19 +457,26 @@ def _instant(text: str) -> str:
     return f"{head}.{fraction.ljust(6, '0')[:6]}"
 
 
-def _next_cursor(collection: Collection, body: dict[str, Any], count: int) -> str | None:
+def _next_cursor(collection: Collection, body: dict[str, Any], asked: int) -> str | None:
+    """The cursor of the page after `body`, or on a v1 list the offset it starts at (`body` was asked
+    from offset `asked`); None at the end."""
     extra = body.get("additional_data") or {}
     if collection.paging == "cursor":
         return extra.get("next_cursor") or None
     # v1 puts pagination under additional_data.pagination, or flat in additional_data (contract §3). An
     # unpaged list follows it too if it ever comes: §3 leaves open whether /v1/users is paginated.
     pagination = extra.get("pagination") or extra
-    if pagination.get("more_items_in_collection"):
-        nxt = pagination.get("next_start")
-        if nxt is None:
-            raise PipedriveError(f"Pipedrive {collection.path}: more_items_in_collection without next_start")
-        return str(nxt)
-    return None
+    if not pagination.get("more_items_in_collection"):
+        return None
+    if pagination.get("next_start") is not None:
+        return str(pagination["next_start"])
+    # the v1 schema of /v1/leads and the *Fields has no next_start (§3): on after the rows this answer holds
+    if not _rows(body):
+        raise PipedriveError(
+            f"Pipedrive {collection.path}: a page from start {asked} with no rows, no next_start and more_items_in_collection; "
+            "refusing to ask for the same page again"
+        )
+    return str(asked + len(_rows(body)))
 
 
 def _ssl_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
