@@ -317,6 +317,41 @@ def test_an_extract_stages_every_lead_and_v1_field_pipedrive_pages_flat_without_
     assert len(staged[True]["leads"]) == 1200 and len(staged[True]["dealFields"]) > 600
 
 
+def _extract_stopped_after_the_first_page_of_leads(fake: FakePipedrive, staging: Staging) -> None:
+    fake.inject(401, count=1, path_contains="/api/v1/leads?limit=500&start=499")
+    with client_for(fake) as client, pytest.raises(PipedriveError):
+        extract(staging, client, "run1")
+    assert staging.count_raw("leads")[0] == 500
+
+
+def test_a_resumed_offset_list_whose_rows_shifted_since_reads_every_row(fake, tmp_path):
+    """A lead of the first page archived between a run stopped after that page (its budget spent,
+    say) and the next: the resumed read asks from one row early and joins on the last lead read,
+    as from page to page within a run, where it started past the lead that slid into the offset."""
+    leads = _many_leads(fake, 1200)
+    expected = {lead["id"] for lead in leads}
+    staging = Staging(tmp_path / "s.duckdb")
+    _extract_stopped_after_the_first_page_of_leads(fake, staging)
+    archived = leads.pop(10)
+    fake.collections["leads_archived"].append({**archived, "is_archived": True})
+    with client_for(fake) as client:
+        extract(staging, client, "run2")
+    assert set(staging_ids(staging, "leads")) | set(staging_ids(staging, "leads_archived")) == expected
+
+
+def test_an_offset_list_resumed_from_a_checkpoint_of_its_offset_alone_starts_there(fake, tmp_path):
+    """A state file written before checkpoints kept the last row read: its offset is all there is."""
+    leads = _many_leads(fake, 1200)
+    staging = Staging(tmp_path / "s.duckdb")
+    _extract_stopped_after_the_first_page_of_leads(fake, staging)
+    staging.write_page("leads", [], Checkpoint("leads", "500", 1, 500, False), "run1")
+    requests_before = len(fake.requests)
+    with client_for(fake) as client:
+        extract(staging, client, "run2")
+    assert [r.query["start"] for r in fake.requests[requests_before:] if r.path == "/api/v1/leads"] == ["500", "999"]
+    assert sorted(staging_ids(staging, "leads")) == sorted(lead["id"] for lead in leads)
+
+
 UNPAGED = ("users", "activityTypes", "currencies", "leadLabels")
 
 

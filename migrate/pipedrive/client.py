@@ -50,7 +50,7 @@ class _Retryable(Exception):
 @dataclass(frozen=True)
 class Page:
     records: list[dict[str, Any]]
-    next_cursor: str | None  # the cursor (or start offset) of the next page; None at the end
+    next_cursor: str | None  # the cursor (or start offset) of the next page, an offset list's with its last row (`_offset_cursor`); None at the end
 
 
 class BurstLimiter:
@@ -338,13 +338,13 @@ class PipedriveClient:
         return burst_left.isdigit() and int(burst_left) > 0
 
     def pages(self, collection: Collection, start: str | None = None, extra: dict[str, Any] | None = None) -> Iterator[Page]:
-        """Yield the collection page by page from `start` (a cursor or an offset).
+        """Yield the collection page by page from `start` (a cursor, or an offset list's `next_cursor`).
 
         An unpaged list is asked once without paging parameters; when the answer carries v1
         pagination anyway, the next pages are asked with `start=<next_start>` alone, no `limit`:
         the page size stays the one Pipedrive chose, on an endpoint documented to take neither."""
-        cursor = start
-        last: dict[str, Any] | None = None  # offset paging: the last record handed out
+        # offset paging: the last record handed out, by this read or (resuming) the one that made `start`
+        cursor, last = _offset_and_last(start) if collection.paging == "offset" else (start, None)
         while True:
             params: dict[str, Any] = {**collection.params, **(extra or {})}
             if collection.paging == "cursor":
@@ -370,9 +370,10 @@ class PipedriveClient:
                     f"Pipedrive {collection.path}: pagination.next_start {cursor} does not move past start "
                     f"{params.get('start', 0)}; refusing to read the same rows again"
                 )
-            yield Page(records=data, next_cursor=cursor)
             if data:
                 last = data[-1]
+            next_cursor = _offset_cursor(collection, params, cursor, last) if collection.paging == "offset" else cursor
+            yield Page(records=data, next_cursor=next_cursor)
             if cursor is None:
                 return
 
@@ -427,6 +428,26 @@ class PipedriveClient:
             step *= 2
         log.warning("pipedrive.list_moved", path=collection.path, last_id=last.get(key), read_again_from=ask)
         return ask, body, data
+
+
+def _offset_cursor(collection: Collection, params: dict[str, Any], offset: str | None, last: dict[str, Any] | None) -> str | None:
+    """An offset page's `next_cursor`: the offset, and the last record handed out as `_join_on` reads it
+    (its key, and its value of the field the list is sorted by). Resumed from it (an extract's checkpoint),
+    the read joins on that record as the next page of the same read does: rows that left the list
+    before the offset meanwhile (a lead converted or archived overnight) do not make it skip others."""
+    if offset is None or last is None:
+        return offset
+    fields = (collection.key, _ascending_sort_field(params))
+    return json.dumps({"start": int(offset), "last": {name: last.get(name) for name in fields if name}})
+
+
+def _offset_and_last(cursor: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """(offset, last record handed out) from an offset cursor; a plain offset (a checkpoint an earlier
+    version wrote) has no record, and the read starts at the offset itself."""
+    if cursor and cursor.startswith("{"):
+        saved = json.loads(cursor)
+        return str(saved["start"]), saved["last"]
+    return cursor, None
 
 
 def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
