@@ -884,6 +884,20 @@ def test_a_double_field_keeps_all_16_digits_pipedrive_holds_and_drops_only_a_sum
         assert staging.transform_issues() == []
 
 
+def test_a_v1_note_whose_active_flag_is_0_is_a_deleted_note_and_is_not_migrated(tmp_path):
+    """Contract §7.9: active_flag false = deleted; §12.4: v1 booleans are 0/1 in places."""
+    base = {"user_id": 1, "person_id": 5, "add_time": "2024-01-01 10:00:00"}
+    notes = [dict(base, id=1, content="<p>live</p>", active_flag=1), dict(base, id=2, content="<p>gone as 0</p>", active_flag=0),
+             dict(base, id=3, content="<p>gone as false</p>", active_flag=False), dict(base, id=4, content="<p>gone as '0'</p>", active_flag="0")]
+    pages = {"users": [{"id": 1, "name": "Ann", "email": "ann@x.com"}], "persons": [{"id": 5, "name": "Bob Smith"}], "notes": notes}
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, records in pages.items():
+            staging.write_page(collection, records, store.Checkpoint(collection, None, 1, len(records), True), "run")
+        transform(staging, load_mappings())
+        text = targets(staging, "contacts")["5"]["notes"]
+    assert "live" in text and "gone" not in text
+
+
 def test_a_price_written_with_underscores_or_other_digits_is_no_number_and_never_stops_the_transform(tmp_path):
     """float() reads `-1_000` and `٠` (an Arabic-Indic zero) as numbers, which the text of the
     zero-price issue then could not write: the whole transform stopped on one product."""

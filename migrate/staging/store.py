@@ -1617,11 +1617,16 @@ def _vanished() -> dict[str, Any]:
 
 
 def is_deleted_record(record: dict[str, Any]) -> bool:
-    """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it)."""
-    if record.get("is_deleted") is True or record.get("status") == "deleted" or record.get("deleted") is True:
+    """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it). v1
+    gives some booleans as 0/1 (contract §12.4)."""
+    if record.get("is_deleted") in _TRUE or record.get("status") == "deleted" or record.get("deleted") in _TRUE:
         return True
-    if record.get("active_flag") is False and "is_deleted" not in record:
+    if record.get("active_flag") in _FALSE and "is_deleted" not in record:
         # v1 notes and activity types: active_flag false means deleted. v1 users carry is_deleted;
         # an inactive user is not a deleted one.
         return True
     return False
+
+
+_TRUE = (True, 1, "1")
+_FALSE = (False, 0, "0")  # `None in _FALSE` is False: a flag not given is no flag

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from migrate import jsontext
 from migrate.errors import MigrateError
 from migrate.staging.keys import REPLACED_CHARACTERS
+from migrate.staging.store import is_deleted_record
 from migrate.transform import entities, notes
 from migrate.transform import values as v
 from migrate.transform.columns import PIPEDRIVE_ID, ColumnRegistry, ColumnSpec
@@ -198,7 +199,7 @@ class RecordMaker:
         for text, note_entries, product_rows in batch.records:
             record = jsontext.loads(text)
             sid = source_id(collection, record)
-            if _deleted(record):
+            if is_deleted_record(record):
                 made.issues.append((entity, sid, "*", "deleted_in_pipedrive", f"{collection} {record.get('id')} is deleted in Pipedrive; not written (one migrated before stays: `sync --deletes` marks or removes it)"))
                 continue
             if NUL_ESCAPE in text:  # JSON writes U+0000 only escaped: the text tells whether to look
@@ -445,10 +446,6 @@ def _nothing(_: object) -> None:
 def _make_in_worker(batch: Batch) -> Made:
     assert _maker is not None
     return _maker.make(batch)
-
-
-def _deleted(record: dict[str, Any]) -> bool:
-    return bool(record.get("is_deleted") or record.get("status") == "deleted" or record.get("active_flag") is False)
 
 
 def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
