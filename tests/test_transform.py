@@ -24,7 +24,7 @@ from migrate.pipedrive.extract import SnapshotSource, extract
 from migrate.report import plan
 from migrate.staging import store
 from migrate.staging.store import Staging
-from migrate.transform import engine, records
+from migrate.transform import encoders, engine, records
 from migrate.transform.columns import ColumnRegistry, ColumnSpec
 from migrate.transform.engine import transform
 from migrate.transform.mapping import DEFAULT_DIR, load_mappings
@@ -144,6 +144,15 @@ def test_a_deal_product_line_carries_its_discount_tax_billing_terms_and_comment(
     )
     one_time = targets(staging, "deals")["23"]["values"]["products"].split("; ")
     assert "3 × Nordlicht CRM Lizenz (pro Nutzer/Monat) @ 49 EUR (discount 5%) (tax 19% inclusive) (comment: Rabatt laut Rahmenvertrag)" in one_time
+
+
+@pytest.mark.parametrize(
+    ("method", "written"),
+    [("exclusive", "tax 19% exclusive"), ("inclusive", "tax 19% inclusive"), ("none", "tax 19% not applied"), (None, "tax 19%")],
+)
+def test_a_deal_product_lines_tax_says_its_method_and_a_tax_not_applied_reads_so(method, written):
+    """Contract §7.5: `tax_method` is `exclusive`, `inclusive` or `none`; a line with `none` read as taxed at 19%."""
+    assert encoders._line_tax({"tax": 19, "tax_method": method}) == written
 
 
 def test_an_activity_keeps_its_video_meeting(staged):
@@ -1034,6 +1043,16 @@ def test_an_attendee_that_is_no_object_beside_attendees_is_kept_as_text_and_repo
     assert [i for i in found if i[0] == "attendees"] == [
         ("attendees", "invalid_value_kept_as_text", "'bo@example.com, ask Cy' cannot be read (not an attendee, an object with a name or an email); kept as text in 'Attendees (as entered)'"),
     ]
+
+
+def test_an_attendee_keeps_whether_they_organize_the_activity_and_their_answer(sample_staging):
+    """Contract §7.7: attendees carry `status` and `is_organizer`; both were dropped."""
+    activity = next(sample_staging.iter_raw("activities"))
+    attendees = [{"name": "Ann", "email": "ann@example.com", "is_organizer": True, "status": "accepted"},
+                 {"email": "carl@example.com", "is_organizer": False, "status": "declined"}, {"name": "Bo"}]
+    values, found = _made(sample_staging, "activities", {**activity, "attendees": attendees})
+    assert values["attendees"] == "Ann <ann@example.com> (organizer, accepted), carl@example.com (declined), Bo"
+    assert [i for i in found if i[0] == "attendees"] == []
 
 
 def test_a_price_that_is_no_object_beside_prices_is_kept_as_text_and_reported_not_dropped(sample_staging):

@@ -742,11 +742,18 @@ def _attendees(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Looku
 
 
 def _attendee(item: Any) -> str:
-    """An attendee as "Name <email>", or either alone; "" for one with neither, or an item that is no object."""
+    """An attendee as "Name <email> (organizer, declined)": either of name and email alone, with
+    whether they organize it and their answer (contract §7.7) when Pipedrive gives them; "" for
+    one with neither name nor email, or an item that is no object."""
     if not isinstance(item, dict):
         return ""
     name, email = item.get("name") or "", item.get("email") or item.get("email_address") or ""
-    return f"{name} <{email}>" if name and email else str(name or email)
+    who = f"{name} <{email}>" if name and email else str(name or email)
+    if not who:
+        return ""
+    status = v.as_plain_text(item.get("status")).strip()
+    about = [*(["organizer"] if item.get("is_organizer") in (True, 1, "1") else []), *([status] if status else [])]
+    return f"{who} ({', '.join(about)})" if about else who
 
 
 @encoder("prices")
@@ -805,12 +812,16 @@ def _deal_products(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: L
 
 
 def _line_tax(row: dict[str, Any]) -> str:
-    """A deal product line's tax: "tax 19% inclusive"; "" for none."""
+    """A deal product line's tax: "tax 19% inclusive"; "tax 19% not applied" for the method `none`
+    (contract §7.5: `exclusive`|`inclusive`|`none`), which a line taxed would be read as; "" for none."""
     tax = row.get("tax")
     if tax in (None, "", 0):
         return ""
-    method = row.get("tax_method")
-    return f"tax {_amount_text(tax)}%" + (f" {method}" if method in ("inclusive", "exclusive") else "")
+    method = v.as_plain_text(row.get("tax_method")).strip()
+    return f"tax {_amount_text(tax)}%" + (f" {TAX_METHODS.get(method, method)}" if method else "")
+
+
+TAX_METHODS = {"none": "not applied"}  # how a line's tax method reads; the others by their name
 
 
 def _line_billing(row: dict[str, Any]) -> str:
