@@ -18,7 +18,7 @@ from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME
 from migrate.pipedrive.extract import extract, extract_changes, since_params
 from migrate.staging.store import Checkpoint, Staging, raw_table
-from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
+from tests.fakes.pipedrive import V1_FIELDS, VALID_TOKEN, FakePipedrive
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pipedrive"
 
@@ -606,14 +606,18 @@ def test_missing_v2_field_endpoints_fall_back_to_v1_with_the_same_columns(fake, 
     with client_for(fake) as client:
         normal = Staging(tmp_path / "v2.duckdb")
         extract(normal, client, "v2")
-    body = '{"success":false,"error":"Not found","errorCode":404}'
-    fake.inject(404, count=100, path_contains="/api/v2/personFields", body=body, content_type="application/json")
-    fake.inject(404, count=100, path_contains="/api/v2/dealFields", body=body, content_type="application/json")
+    answer_field_definitions_at_v1_only(fake)
     with client_for(fake) as client:
         fallback = Staging(tmp_path / "v1.duckdb")
         extract(fallback, client, "v1")
     assert any(r.path == "/api/v1/personFields" for r in fake.requests)
     assert custom_columns(fallback) == custom_columns(normal)
+
+
+def answer_field_definitions_at_v1_only(fake: FakePipedrive) -> None:
+    """An account without the v2 Fields API (it came with client 30.7.0): its field definitions are at v1 alone."""
+    for name in V1_FIELDS:
+        fake.inject(404, count=100, path_contains=f"/api/v2/{name}", body='{"success":false,"error":"Not found","errorCode":404}', content_type="application/json")
 
 
 def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path):

@@ -24,6 +24,7 @@ from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.test_end_to_end import NoSleep, by_pipedrive_id, read_issues, read_quarantine
+from tests.test_pipedrive_client import answer_field_definitions_at_v1_only
 
 NOW = "2026-11-28T12:00:00Z"
 
@@ -196,6 +197,18 @@ def _rename_field_and_add_one(pipedrive, renamed: str, to: str, *, added: str, c
 
 
 def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pipedrive, customermates):
+    _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates)
+
+
+def test_a_sync_on_an_account_with_only_v1_field_definitions_reads_them(env, pipedrive, customermates):
+    """v1 field definitions are staged by their `key` as a full extract stages them, where the sync staged them
+    by the v2 `field_code` they lack and failed."""
+    answer_field_definitions_at_v1_only(pipedrive)
+    _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates)
+
+
+def _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates) -> None:
+    """The sync renames the column of the field renamed in Pipedrive and makes one for the new field, with its value."""
     assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     person = _rename_field_and_add_one(pipedrive, "Anrede", "Salutation", added="Newsletter", code="f" * 40, value="weekly")

@@ -446,16 +446,17 @@ def extract_changes(
                 raise
             summary.changed[collection.name] = count
         else:
-            records = _read_whole(client, collection)
-            if records is None:
+            read = _read_whole(client, collection)
+            if read is None:
                 continue
+            answered, records = read
             if collection.name in ARCHIVE_PAIRS:  # records to migrate (archived leads): one gone from the list is deleted, not forgotten
                 staging.upsert_records(collection.name, records, collection.key)
                 staging.start_present_ids()
                 staging.add_present_ids([str(r[collection.key]) for r in records])
                 staging.flag_missing_as_deleted(collection.name)
-            else:
-                staging.replace_records(collection.name, records, collection.key)
+            else:  # staged as a full extract stages what answered: a fallback's records by the fallback's key
+                staging.replace_records(answered.name, records, answered.key)
             summary.reread[collection.name] = len(records)
         newest = staging.latest_update_time(collection.name)
         if collection.incremental and newest:
@@ -492,13 +493,14 @@ def _began(staging: Staging, source: PageSource) -> str | None:
     return min((b for b in began if b), default=None)
 
 
-def _read_whole(client: PipedriveClient, collection: Collection) -> list[dict[str, Any]] | None:
-    """A small collection in full; None when an optional one is not on this account."""
+def _read_whole(client: PipedriveClient, collection: Collection) -> tuple[Collection, list[dict[str, Any]]] | None:
+    """A small collection in full, with the collection that answered: its fallback when it is not on this
+    account (v1 field definitions, keyed otherwise); None when an optional one is not on this account."""
     try:
-        return [r for page in client.pages(collection) for r in page.records]
+        return collection, [r for page in client.pages(collection) for r in page.records]
     except PipedriveError as exc:
         if exc.status in NOT_ON_THIS_ACCOUNT and collection.fallback is not None:
-            return [r for page in client.pages(collection.fallback) for r in page.records]
+            return collection.fallback, [r for page in client.pages(collection.fallback) for r in page.records]
         if exc.status in NOT_ON_THIS_ACCOUNT and collection.optional:
             return None
         raise
