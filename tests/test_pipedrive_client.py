@@ -15,7 +15,7 @@ import pytest
 from migrate.errors import BudgetExhaustedError, PipedriveError
 from migrate.httpdate import parse_http_date
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
-from migrate.pipedrive.collections import BY_NAME
+from migrate.pipedrive.collections import BY_NAME, PAGE_LIMIT
 from migrate.pipedrive.extract import extract, extract_changes, since_params
 from migrate.staging.store import Checkpoint, Staging, raw_table
 from tests.fakes.pipedrive import V1_FIELDS, VALID_TOKEN, FakePipedrive
@@ -618,6 +618,39 @@ def answer_field_definitions_at_v1_only(fake: FakePipedrive) -> None:
     """An account without the v2 Fields API (it came with client 30.7.0): its field definitions are at v1 alone."""
     for name in V1_FIELDS:
         fake.inject(404, count=100, path_contains=f"/api/v2/{name}", body='{"success":false,"error":"Not found","errorCode":404}', content_type="application/json")
+
+
+def test_an_extract_stopped_while_reading_field_definitions_from_v1_resumes_there(fake, tmp_path):
+    """The checkpoint holds the v1 offset the fallback reached: the next run goes on from it at v1, where it sent
+    that offset to v2 as a cursor, was answered 404 with pages already staged, and every later run failed so."""
+    fake.collections["personFields"] += [
+        {"field_code": f"{n:040x}", "field_name": f"Field {n}", "field_type": "varchar", "is_custom_field": True, "options": None}
+        for n in range(1, PAGE_LIMIT + 1)
+    ]  # two v1 pages
+    answer_field_definitions_at_v1_only(fake)
+    served, v1_reads = fake.handle, []
+
+    def handle(method, target, headers):
+        if target.startswith("/api/v1/personFields"):
+            v1_reads.append(target)
+            if len(v1_reads) == 2:
+                return 401, {"content-type": "application/json"}, b'{"success":false,"error":"unauthorized access","errorCode":401}'
+        return served(method, target, headers)
+
+    fake.handle = handle
+    staging = Staging(tmp_path / "s.duckdb")
+    with client_for(fake) as client, pytest.raises(PipedriveError):
+        extract(staging, client, "run1")
+    assert staging.checkpoint("personFields").pages == 1
+    fake.handle = served
+    requests_before = len(fake.requests)
+    with client_for(fake) as client:
+        extract(staging, client, "run2")
+        resumed = [r for r in fake.requests[requests_before:] if r.path.endswith("/personFields")]
+        v1 = {r["key"] for page in client.pages(BY_NAME["personFields"].fallback) for r in page.records}
+    assert [r.path for r in resumed] == ["/api/v1/personFields"] * len(resumed)
+    assert int(resumed[0].query["start"]) > 0
+    assert {r["key"] for r in staging.iter_raw("personFields")} == v1
 
 
 def test_an_account_without_archived_deals_is_reported_not_failed(fake, tmp_path):

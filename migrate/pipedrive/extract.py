@@ -147,11 +147,12 @@ def _extract_collection(stager: _Stager, source: PageSource, collection: Collect
     if checkpoint and checkpoint.done:
         return
     totals = stager.begin(collection, checkpoint)
+    answering = stager.answering(collection)
     try:
-        for page in source.pages(collection, start=checkpoint.cursor if checkpoint else None):
-            totals = stager.stage(collection, page, totals)
+        for page in source.pages(answering, start=checkpoint.cursor if checkpoint else None):
+            totals = stager.stage(answering, page, totals)
     except PipedriveError as exc:
-        stager.unavailable(source, collection, exc, totals)
+        stager.unavailable(source, answering, exc, totals)
 
 
 def _extract_concurrently(stager: _Stager, client: PipedriveClient, checkpoints: dict[str, Checkpoint | None]) -> None:
@@ -168,7 +169,7 @@ def _extract_concurrently(stager: _Stager, client: PipedriveClient, checkpoints:
             continue
         run.totals[collection.name] = stager.begin(collection, checkpoint)
         if not _two_lanes(collection):
-            lanes.append(Lane(collection, checkpoint.cursor if checkpoint else None))
+            lanes.append(Lane(stager.answering(collection), checkpoint.cursor if checkpoint else None))
             continue
         down = staging.checkpoint(collection.name + DESC)
         up_cursor, high = _read_lane(checkpoint.cursor if checkpoint else None)
@@ -318,6 +319,13 @@ class _Stager:
         stopping.check()  # the page is recorded: a requested stop can happen here
         return totals
 
+    def answering(self, collection: Collection) -> Collection:
+        """The collection to read: its fallback once that answered for it in this extract, whose checkpoint then holds
+        the fallback's position (a v1 offset, which the v2 endpoint would not take for a cursor), else itself."""
+        if collection.fallback is not None and self.staging.checkpoint(collection.name + FALLBACK) is not None:
+            return collection.fallback
+        return collection
+
     def unavailable(self, source: PageSource, collection: Collection, exc: PipedriveError, totals: tuple[int, int]) -> None:
         """An endpoint that answered as not on this account before its first page: read the fallback, or report an
         optional collection as not on this account; anything else is raised."""
@@ -325,6 +333,7 @@ class _Stager:
             raise exc
         if collection.fallback is not None:
             log.warning("extract.fallback", collection=collection.name, path=collection.fallback.path, reason=str(exc))
+            self.finish(collection.name + FALLBACK)
             for page in source.pages(collection.fallback):
                 totals = self.stage(collection.fallback, page, totals)
         elif collection.optional:
@@ -569,6 +578,7 @@ def _unseen(record: dict[str, Any], staged: tuple[str | None, bool] | None) -> b
 
 
 DESC = "~desc"  # checkpoint row of a collection's descending lane
+FALLBACK = "~fallback"  # checkpoint row, done, of a collection whose fallback answered for it (see `_Stager.answering`)
 
 
 def _two_lanes(collection: Collection) -> bool:
