@@ -70,6 +70,15 @@ def test_daily_budget_exhaustion_stops_at_once(fake):
     assert len(fake.requests) == 1
 
 
+def test_a_second_full_extract_on_the_same_state_file_connection_stages_everything_again(fake, tmp_path):
+    """A fresh start drops the raw tables; the connection took them for still there, and the
+    second extract failed with 'Table raw_users does not exist' (a script or a long-lived process)."""
+    with client_for(fake) as client, Staging(tmp_path / "s.duckdb") as staging:
+        first = extract(staging, client, "run1")
+        second = extract(staging, client, "run2")
+    assert second.records == first.records and second.records["persons"] == len(fake.collections["persons"])
+
+
 def test_extract_resumes_from_the_last_committed_page(fake, tmp_path):
     fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 10, start=1)]
     staging = Staging(tmp_path / "s.duckdb")

@@ -139,8 +139,7 @@ def extract_unfinished(staging: Staging) -> bool:
 def _start_fresh(staging: Staging, names: list[str]) -> None:
     staging.reset_checkpoints()
     staging.clear_watermarks()  # they date what is staged, which goes: a sync must not start from them
-    for name in names:
-        staging.con.execute(f"DROP TABLE IF EXISTS {raw_table(name)}")
+    staging.drop_raw(names)
 
 
 def _extract_collection(stager: _Stager, source: PageSource, collection: Collection, checkpoint: Checkpoint | None) -> None:

@@ -249,7 +249,7 @@ class Staging:
         # DuckDB would cache up to 80 % of RAM; a million-record state file then fills it. Above the
         # limit it spills to <state>.tmp instead, so the run's memory stays flat at any account size.
         self._windows: dict[str, _RowWindow] = {}
-        self._raw_tables: set[str] = set()  # raw tables known to exist (none is ever dropped)
+        self._raw_tables: set[str] = set()  # raw tables known to exist (`drop_raw` forgets one)
         self._fresh_tables: set[str] = set()  # raw tables empty when this connection first wrote them
         self.con.execute(_SCHEMA)
         self._vector_bytes = int(self.meta(VECTOR_BYTES_KEY) or 0)
@@ -609,6 +609,14 @@ class Staging:
                     "c0, c1, c2, c3, $at, c4", {"at": now()}, replace=True,
                 )
         return len(ids)
+
+    def drop_raw(self, collections: Iterable[str]) -> None:
+        """Drop what is staged of these collections (a full extract starting afresh)."""
+        for collection in collections:
+            table = raw_table(collection)
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+            self._raw_tables.discard(table)
+            self._fresh_tables.discard(table)
 
     def has_collection(self, collection: str) -> bool:
         table = raw_table(collection)
