@@ -429,6 +429,12 @@ def test_date_range_start_after_end_raises_without_swapping():
     [
         ({"value": "530 Fifth Ave", "formatted_address": "530 5th Ave, New York, NY 10036, USA"}, "530 5th Ave, New York, NY 10036, USA"),
         ({"value": "Hauptstraße 5, Berlin", "formatted_address": None}, "Hauptstraße 5, Berlin"),
+        (  # parts the line leaves out (contract §9): they were dropped
+            {"formatted_address": "Carl-Zeiss-Ring 140, 04109 Leipzig, Deutschland", "subpremise": "Gebäude B",
+             "admin_area_level_1": "Sachsen", "locality": "Leipzig", "country": "Deutschland"},
+            "Carl-Zeiss-Ring 140, 04109 Leipzig, Deutschland (Gebäude B, Sachsen)",
+        ),
+        ({"value": "Marienplatz 1, München", "sublocality": "Altstadt", "admin_area_level_2": "München"}, "Marienplatz 1, München (Altstadt)"),
         ({"value": "Line 1\nLine 2\n\n  10115 Berlin "}, "Line 1, Line 2, 10115 Berlin"),
         (
             {"value": None, "route": "Hauptstraße", "street_number": "5", "postal_code": "10115", "locality": "Berlin", "country": "Germany"},

@@ -328,12 +328,18 @@ def _one_line(text: object) -> str:
     return ", ".join(part for part in parts if part)
 
 
+# the parts of a Pipedrive address (contract §9) its one line can leave out: a line without one is given it
+LEFT_OUT_ADDRESS_PARTS = ("subpremise", "sublocality", "admin_area_level_2", "admin_area_level_1")
+
+
 def format_address(address: dict | str | None) -> str | None:
     """The best one-line string for a Pipedrive address (§9 object, or a plain string).
 
-    Prefers ``formatted_address``, then ``value``, then the parts joined
-    (street and number, subpremise, sublocality, postal code and locality, region, country).
-    ``None`` when nothing is there.
+    Prefers ``formatted_address``, then ``value``, with the parts such a line can leave out that
+    it does not hold (subpremise, sublocality, county, state) after it in brackets:
+    ``"Carl-Zeiss-Ring 140, 04109 Leipzig, Deutschland (Gebäude B, Sachsen)"``. Else the parts
+    joined (street and number, subpremise, sublocality, postal code and locality, region,
+    country). ``None`` when nothing is there.
     """
     if address is None:
         return None
@@ -347,8 +353,12 @@ def format_address(address: dict | str | None) -> str | None:
         return "" if raw is None else _one_line(raw)
 
     for key in ("formatted_address", "value"):
-        if part(key):
-            return part(key)
+        if line := part(key):
+            left_out: list[str] = []
+            for piece in map(part, LEFT_OUT_ADDRESS_PARTS):
+                if piece and piece.casefold() not in line.casefold() and piece not in left_out:
+                    left_out.append(piece)
+            return f"{line} ({', '.join(left_out)})" if left_out else line
     country = part("country")
     street, number = part("route"), part("street_number")
     if country.lower() in _NUMBER_FIRST_COUNTRIES:
