@@ -1308,3 +1308,22 @@ def test_prices_kept_as_entered_leave_out_the_ids_pipedrive_gives_each_price(sam
     prices = [{"id": 31, "product_id": 9002, "price": "12,50", "currency": "EUR"}]
     payload, _ = _made_payload(sample_staging, "products", {"id": 9002, "name": "Beratung", "prices": prices})
     assert payload["values"]["prices:as_entered"] == "12,50 EUR"
+
+
+def test_a_deal_without_its_own_probability_gets_its_stages_when_the_pipeline_uses_probabilities(tmp_path):
+    """Pipedrive applies the stage's `deal_probability` to a deal whose own is null (contract §7.4),
+    where 'Probability %' stayed empty; a pipeline with probabilities off applies none, and a deal's
+    own probability, 0 too, is kept."""
+    pipelines = [{"id": 1, "name": "Sales", "order_nr": 1, "is_deal_probability_enabled": True},
+                 {"id": 2, "name": "Renewals", "order_nr": 2, "is_deal_probability_enabled": False}]
+    stages = [{"id": 3, "pipeline_id": 1, "name": "Proposal", "order_nr": 1, "deal_probability": 50},
+              {"id": 4, "pipeline_id": 2, "name": "Offer", "order_nr": 1, "deal_probability": 80}]
+    deals = [{"id": n, "title": f"Deal {n}", "status": "open", "pipeline_id": pipeline, "stage_id": stage, "probability": own}
+             for n, pipeline, stage, own in ((7, 1, 3, None), (8, 1, 3, 20), (9, 1, 3, 0), (10, 2, 4, None), (11, 2, 4, 30))]
+    with Staging(tmp_path / "state.duckdb") as staging:
+        for collection, rows in (("pipelines", pipelines), ("stages", stages), ("deals", deals)):
+            staging.write_page(collection, rows, store.Checkpoint(collection, None, 1, len(rows), True), "run")
+        transform(staging, load_mappings())
+        made = {sid: payload["values"].get("probability") for sid, payload in targets(staging, "deals").items()}
+        assert made == {"7": "50", "8": "20", "9": "0", "10": None, "11": "30"}
+        assert staging.transform_issues() == []

@@ -39,6 +39,8 @@ class Lookups:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipelines: dict[str, str] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)  # stage id → "Pipeline / Stage"
+    # stage id → its deal_probability, of the stages whose pipeline uses probabilities
+    stage_probabilities: dict[str, Any] = field(default_factory=dict)
     activity_types: dict[str, str] = field(default_factory=dict)  # key_string → name
     lead_labels: dict[str, str] = field(default_factory=dict)
     organization_names: ByKey[str] = field(default_factory=dict)  # a NameTable in a transform
@@ -700,6 +702,15 @@ def _pipeline(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookup
 @encoder("stage")
 def _stage(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
     _choose_named(_one_id(value, spec, fld, out), lk.stages, "Stage #{}", spec, fld, out)
+
+
+@encoder("probability")
+def _probability(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, out: RecordOut) -> None:
+    """A deal's own probability, or without one its stage's, which Pipedrive applies then in a
+    pipeline that uses probabilities (contract §7.4); where the column stayed empty."""
+    if value is None and len(stage := _ids(record.get("stage_id"))) == 1:
+        value = lk.stage_probabilities.get(stage[0])
+    _number(value, record, spec, fld, lk, out)
 
 
 def _key(value: Any) -> str:

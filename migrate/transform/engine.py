@@ -147,6 +147,10 @@ class Transformer:
             users=users,
             pipelines={pid: p.get("name") or f"Pipeline #{pid}" for pid, p in sorted(pipelines.items(), key=lambda kv: (_rank(kv[1].get("order_nr")), _rank(kv[0]), kv[0]))},
             stages=stage_labels,
+            stage_probabilities={
+                str(s["id"]): s.get("deal_probability") for s in stages
+                if pipelines.get(str(s.get("pipeline_id")), {}).get("is_deal_probability_enabled")
+            },
             activity_types={str(t.get("key_string")): t.get("name") or str(t.get("key_string")) for t in self._reference("activityTypes")},
             lead_labels={str(label["id"]): label.get("name") or str(label["id"]) for label in self._reference("leadLabels")},
             organization_names=self.log.watch(self._names("organizations"), "organizations"),
