@@ -96,6 +96,22 @@ def test_coverage_accounts_for_every_pipedrive_field(env, sample_dir, tmp_path):
     assert "Email (Pipedrive field)" in email["goes_to"]
 
 
+
+def test_the_coverage_table_lists_every_destination_of_a_field_and_no_lookup_as_one(env, tmp_path):
+    """A declared column won over coverage.yaml: an owner lost its users, a product's prices the
+    amount, and a deal's id, which only finds the deal's product lines, went to 'Products (Pipedrive)';
+    a column of variants was named by its template ('Value'), not by the columns made ('Value (EUR)', …)."""
+    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    goes_to = {(r["entity"], r["code"]): r["goes_to"] for r in load_plan(tmp_path / "p")["coverage"]}
+    assert goes_to["deals", "id"] == "Pipedrive ID column"
+    for entity in ("contacts", "organizations", "services", "deals", "tasks"):
+        assert goes_to[entity, "owner_id"] == "userIds (matched by email), column 'Pipedrive owner' (plain)"
+    assert goes_to["services", "prices"] == "amount (first non-zero price), column 'Prices' (plain)"
+    assert goes_to["contacts", "phones"] == "column 'Phone' (phone), column 'Phone (as entered)' (plain)"
+    values = goes_to["deals", "value"].split(", ")
+    assert "column 'Value (EUR)' (currency)" in values and "column 'Value (other currency)' (plain)" in values
+    assert "column 'Value' (currency)" not in values
+
 def test_a_saved_plan_is_applied_only_if_nothing_changed(env, pipedrive, customermates, tmp_path):
     assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted"))

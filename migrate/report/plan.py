@@ -41,8 +41,10 @@ from migrate.customermates.target import DTO_RELATIONS, TargetState, notes_diges
 from migrate.errors import MigrateError
 from migrate.report.run_report import ISSUE_COLUMNS
 from migrate.staging.store import Staging
+from migrate.transform.encoders import ENCODERS, KEYED
 from migrate.transform.engine import ENTITY_ORDER
 from migrate.transform.entities import LINK_ENTITY
+from migrate.transform.mapping import ColumnDecl
 
 ACTIONS = ("create", "update", "unchanged", "skip", "conflict")
 NAME_FIELDS = {"contacts": ("firstName", "lastName"), "organizations": ("name",), "services": ("name",), "deals": ("name",), "tasks": ("name",)}
@@ -615,14 +617,26 @@ FIELD_SOURCES = (
 )
 
 
+NOT_MIGRATED = "not migrated"  # how coverage.yaml's reasons for leaving a field behind begin
+
+
 def coverage(staging: Staging, sources: dict[str, Any], builtin: dict[str, dict[str, str]]) -> list[dict[str, str]]:
     """For every Pipedrive field (standard and custom) of every entity: where it goes, or why not.
+
+    A standard field goes where coverage.yaml says (a built-in field, a link, the notes) and to every
+    column a declared mapping writes it into; a mapping that reads it only as a key to what it
+    writes (a deal's id to its product lines, `encoders.KEYED`) is none. coverage.yaml's reason for
+    leaving a field behind holds only while nothing takes it.
 
     `sources` is `Mappings.sources` (columns declared per collection); `builtin` is coverage.yaml."""
     columns = {(c["entity"], c["key"]): c for c in staging.target_columns()}
     rows = []
     for entity, collection, meta in FIELD_SOURCES:
-        declared = {name.split(".")[0]: d for d in sources[collection].columns for name in (d.source_field, *d.also_from)}
+        declared: dict[str, list[ColumnDecl]] = {}
+        for decl in sources[collection].columns:
+            if ENCODERS[decl.encode] not in KEYED:
+                for name in (decl.source_field, *decl.also_from):
+                    declared.setdefault(name.split(".")[0], []).append(decl)
         for definition in staging.iter_raw(meta):
             if definition.get("is_subfield"):
                 continue
@@ -631,14 +645,18 @@ def coverage(staging: Staging, sources: dict[str, Any], builtin: dict[str, dict[
             custom = bool(definition.get("is_custom_field") or definition.get("edit_flag"))
             kind = str(definition.get("field_type"))
             if custom:
-                family = [c for (e, k), c in columns.items() if e == entity and (k == f"cf:{code}" or k.startswith(f"cf:{code}:"))]
-                where = ", ".join(f"column '{c['label']}' ({c['type']})" for c in family) or "a column created when a record has a value"
-            elif code in declared:
-                decl = declared[code]
-                where = f"column '{decl.label}' ({decl.type})"
-            elif code in builtin.get(collection, {}):
-                where = builtin[collection][code]
+                where = ", ".join(_columns_of(columns, entity, f"cf:{code}")) or "a column created when a record has a value"
             else:
-                where = "not migrated — no mapping declared"
+                said = str(builtin.get(collection, {}).get(code) or "")
+                places = [said] if said and not said.startswith(NOT_MIGRATED) else []
+                for decl in declared.get(code, ()):
+                    places += _columns_of(columns, entity, decl.key) or [f"column '{decl.label}' ({decl.type})"]
+                where = ", ".join(dict.fromkeys(places)) or said or f"{NOT_MIGRATED} — no mapping declared"
             rows.append({"entity": entity, "pipedrive_field": name, "code": code, "type": kind, "custom": "yes" if custom else "no", "goes_to": where})
     return rows
+
+
+def _columns_of(columns: dict[tuple[str, str], dict[str, Any]], entity: str, key: str) -> list[str]:
+    """The columns made for one column key, as the coverage table names them: the column itself and
+    its variants (one per currency, '(as entered)')."""
+    return [f"column '{c['label']}' ({c['type']})" for (e, k), c in columns.items() if e == entity and (k == key or k.startswith(f"{key}:"))]
