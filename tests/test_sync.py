@@ -1319,6 +1319,81 @@ def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_on
     assert [r for r in customermates.requests if r.method == "DELETE"] == []
 
 
+def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_the_rest_and_reports_it(env, pipedrive, customermates, tmp_path):
+    """As above, under the default `--deletes mark`: the server refuses the update of an id it no longer
+    has (contract, recorded 07_update_many: 400 at `contacts[0].id`, nothing of the batch written), and
+    every sync failed so, marking none of the others, until a reconciling one."""
+    assert invoke(env, "run").exit_code == 0
+    assert invoke(env, "sync").exit_code == 0  # reads back what the run wrote: the contact is held as there
+    gone_there, other = live_persons(pipedrive)[5:7]
+    for person in (gone_there, other):
+        person["is_deleted"], person["update_time"] = True, NOW
+    [contact] = by_pipedrive_id(customermates, "contacts")[str(gone_there["id"])]
+    customermates.delete_records("contacts", [contact["id"]])
+
+    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    assert "deleted in Pipedrive 1 (mark)" in result.output
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(other["id"])][0])[column] == NOW[:10]
+    issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
+    assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
+    customermates.requests.clear()
+    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert [r for r in customermates.requests if r.method == "PUT"] == []
+
+
+def test_a_mark_refused_for_another_reason_than_a_missing_record_fails_the_sync_with_the_servers_words(env, pipedrive, customermates, monkeypatch):
+    """A column the server does not find is named "not found" too, but at the column's path: that is
+    no record deleted in Customermates, and the sync may not forget the records as if it were."""
+    assert invoke(env, "run").exit_code == 0
+    person = live_persons(pipedrive)[5]
+    person["is_deleted"], person["update_time"] = True, NOW
+
+    def refusing(self, entity, items):
+        issue = Issue("Custom column ID not found or not accessible. Available columns: none.", "contacts[0].customFieldValues[0].columnId")
+        raise BatchRejectedError(f"Customermates rejected update {len(items)} {entity} (HTTP 400, nothing was written): {issue}", issues=[issue])
+
+    monkeypatch.setattr(CustomermatesClient, "update_many", refusing)
+
+    result = CliRunner().invoke(cli, ["sync"], env=env)
+
+    assert result.exit_code == 1
+    assert "Custom column ID not found or not accessible" in result.output
+    assert str(person["id"]) in by_pipedrive_id(customermates, "contacts")
+    monkeypatch.undo()
+    assert invoke(env, "sync").exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])[column] == NOW[:10]
+
+
+def test_a_record_restored_in_pipedrive_whose_marked_record_a_user_deleted_is_reported_and_the_sync_goes_on(env, pipedrive, customermates, tmp_path):
+    """Taking the mark off is an update too, refused for an id the server no longer has: every sync
+    failed so until a reconciling one. Reported, the next sync's load finds the record deleted there."""
+    assert invoke(env, "run").exit_code == 0
+    restored, other = live_persons(pipedrive)[4:6]
+    for person in (restored, other):
+        person["is_deleted"], person["update_time"] = True, NOW
+    assert invoke(env, "sync").exit_code == 0
+    assert invoke(env, "sync").exit_code == 0  # reads the marks back
+    [contact] = by_pipedrive_id(customermates, "contacts")[str(restored["id"])]
+    customermates.delete_records("contacts", [contact["id"]])
+    for person in (restored, other):
+        person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
+
+    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 0, result.output
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    assert column not in _values(by_pipedrive_id(customermates, "contacts")[str(other["id"])][0])
+    issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
+    assert {(str(restored["id"]), "deleted_in_target"), (str(other["id"]), "restored_in_pipedrive")} <= issues
+    result = invoke(env, "sync", "--reconcile-every", "0", "--on-target-deleted", "recreate")
+    assert result.exit_code == 0, result.output
+    assert len(by_pipedrive_id(customermates, "contacts")[str(restored["id"])]) == 1
+
+
 def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported_with_its_message_and_the_rest_removed(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A delete refused for a reason other than a missing id (the contract's "Only custom tasks can
     be deleted") leaves that record as it is, reported with the server's words; the others go."""

@@ -9,17 +9,12 @@ user deciding to delete data in the target must say so.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import structlog
 
-from migrate.customermates.client import (
-    SINGULAR,
-    BatchRejectedError,
-    CustomermatesClient,
-    UncertainWriteError,
-)
+from migrate.customermates.client import SINGULAR, CustomermatesClient
 from migrate.customermates.columns import MARK_KEY, ColumnIndex
+from migrate.customermates.idempotent import write_idempotent
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import TargetState
 from migrate.staging.store import Staging, raw_table
@@ -29,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 POLICIES = ("mark", "delete", "ignore")
 MARK_LABEL = "Deleted in Pipedrive"
-BATCH = 100
+Gone = tuple[str, tuple[str, str]]  # (Pipedrive id, (Customermates id, deletion date)), as `deleted_since_migrated` gives them
 
 
 def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
@@ -80,103 +75,115 @@ def propagate_deletions(
 
 
 def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: dict[str, tuple[str, str]], run_id: str) -> int:
-    items = sorted(gone.items())
-    deleted = 0
-    for start in range(0, len(items), BATCH):
-        chunk, already = _delete_chunk(staging, client, entity, items[start : start + BATCH], run_id)
-        removed = chunk + [(sid, gone[sid]) for sid in already]
-        staging.forget(entity, [sid for sid, _ in removed])
-        staging.drop_from_target_snapshot(entity, [target for _, (target, _) in removed])  # not held any more
+    """Remove them from Customermates and forget them: returns how many this sync removed. Those a
+    user removed first are reported so; those the server refuses to remove stay, reported with its words."""
+    removed: list[str] = []
+
+    def deleted(items: list[Gone]) -> None:
+        _forget(staging, entity, items)
         staging.add_load_issues(
-            [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in chunk]
-            + [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates") for sid in already]
+            [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in items]
         )
-        deleted += len(chunk)
-    return deleted
+        removed.extend(sid for sid, _ in items)
+
+    def not_found(items: list[Gone], resent: bool) -> None:
+        if resent:  # the request whose answer was lost removed them
+            deleted(items)
+        else:
+            _removed_first(staging, entity, items, run_id)
+
+    def refused(items: list[tuple[Gone, str]]) -> None:
+        staging.add_load_issues(
+            [(run_id, entity, sid, "*", "deleted_in_pipedrive_not_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; Customermates refused to remove it: {message}")
+             for (sid, _), message in items]
+        )
+
+    write_idempotent(
+        sorted(gone.items()), lambda batch: client.delete_many(entity, [target for _, (target, _) in batch]),
+        written=deleted, gone=not_found, refused=refused,
+    )
+    return len(removed)
 
 
-DELETE_TRIES = 3
+def _forget(staging: Staging, entity: str, items: list[Gone]) -> None:
+    """Records gone from Customermates: no longer migrated, nor held as there."""
+    staging.forget(entity, [sid for sid, _ in items])
+    staging.drop_from_target_snapshot(entity, [target for _, (target, _) in items])
 
 
-def _delete_chunk(
-    staging: Staging, client: CustomermatesClient, entity: str, chunk: list[tuple[str, tuple[str, str]]], run_id: str
-) -> tuple[list[tuple[str, tuple[str, str]]], list[str]]:
-    """Delete one request's worth: returns (those this sync removed, the source ids a user removed
-    first). A refused request deleted nothing: the ids it names are set apart (not found: removed
-    already; else reported) and the rest sent again. A lost answer sends them all again: those the
-    server then does not find, the lost request removed."""
-    removed: list[tuple[str, tuple[str, str]]] = []
-    already: list[str] = []
-    answer_lost = False
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            client.delete_many(entity, [target for _, (target, _) in chunk])
-        except UncertainWriteError:
-            if attempt == DELETE_TRIES:
-                raise
-            answer_lost = True
-            continue
-        except BatchRejectedError as exc:
-            named = {i.item_index(): i.message for i in exc.issues}
-            refused = [(n, sid, named[n]) for n, (sid, _) in enumerate(chunk) if n in named]
-            not_found = [n for n, _, message in refused if "not found" in message]
-            if answer_lost:
-                removed += [chunk[n] for n in not_found]
-            else:
-                already += [chunk[n][0] for n in not_found]
-            staging.add_load_issues(
-                [(run_id, entity, sid, "*", "deleted_in_pipedrive_not_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; Customermates refused to remove it: {message}")
-                 for n, sid, message in refused if n not in not_found]
-            )
-            chunk = [item for n, item in enumerate(chunk) if n not in named]
-            if chunk and attempt == DELETE_TRIES:
-                raise
-            if chunk:
-                continue
-        return removed + chunk, already
+def _removed_first(staging: Staging, entity: str, items: list[Gone], run_id: str) -> None:
+    """Records a user removed from Customermates before the sync came to them (a sync reading only what
+    changed there still holds them): reported and forgotten, so that no later sync asks again."""
+    _forget(staging, entity, items)
+    staging.add_load_issues(
+        [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates")
+         for sid, _ in items]
+    )
 
 
 def _mark(
     staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, gone: dict[str, tuple[str, str]], state: TargetState, run_id: str
 ) -> int:
+    """Write the deletion date into the mark column of those not marked yet: returns how many this sync
+    marked. Those a user removed from Customermates first are reported so (as `_delete` does)."""
     column_id = _mark_column(staging, client, mcp, entity, run_id)
-    updates: list[tuple[str, dict[str, Any]]] = []
+    unmarked: list[Gone] = []
     held = state.records(entity, sorted(gone))
     for sid, (target_id, day) in sorted(gone.items()):
         dto = next((d for d in held.get(sid, []) if d["id"] == target_id), None)
         current = next((c["value"] for c in (dto or {}).get("customFieldValues") or [] if c["columnId"] == column_id), None)
         if current:
             continue  # marked by an earlier sync
-        updates.append((sid, {"id": target_id, "customFieldValues": [{"columnId": column_id, "value": day or None}]}))
-    for start in range(0, len(updates), BATCH):
-        chunk = updates[start : start + BATCH]
-        client.update_many(entity, [body for _, body in chunk])
-        staging.note_written(entity, [sid for sid, _ in chunk])
-    return len(updates)
+        unmarked.append((sid, (target_id, day)))
+    marked: list[str] = []
+
+    def written(items: list[Gone]) -> None:
+        staging.note_written(entity, [sid for sid, _ in items])
+        marked.extend(sid for sid, _ in items)
+
+    write_idempotent(
+        unmarked,
+        lambda batch: client.update_many(
+            entity, [{"id": target_id, "customFieldValues": [{"columnId": column_id, "value": day or None}]} for _, (target_id, day) in batch]
+        ),
+        written=written, gone=lambda items, _resent: _removed_first(staging, entity, items, run_id),
+    )
+    return len(marked)
 
 
-def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str, run_id: str) -> int:
+def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str, run_id: str) -> None:
     """Records a sync marked deleted in Pipedrive that are back there (restored within Pipedrive's 30
     days): the mark is taken off, as the date it holds is no longer true. Found in the target as read
-    (its marked records whose Pipedrive ID a live staged record has, migrated to that very record)."""
+    (its marked records whose Pipedrive ID a live staged record has, migrated to that very record).
+    One a user deleted in Customermates since is no longer held as there: the next sync's load finds it
+    so (reported, or with `--on-target-deleted recreate` created again)."""
     column_id = next(
         (c["id"] for c in client.configuration(entity).get("customColumns") or [] if c.get("label") == MARK_LABEL and c.get("type") == "date"),
         None,
     )
     if column_id is None:
-        return 0
-    restored = staging.marked_but_live(entity, column_id)
-    for start in range(0, len(restored), BATCH):
-        chunk = restored[start : start + BATCH]
-        client.update_many(entity, [{"id": target_id, "customFieldValues": [{"columnId": column_id, "value": None}]} for _, target_id in chunk])
-        staging.note_written(entity, [sid for sid, _ in chunk])
+        return
+
+    def written(items: list[tuple[str, str]]) -> None:
+        staging.note_written(entity, [sid for sid, _ in items])
         staging.add_load_issues(
             [(run_id, entity, sid, MARK_LABEL, "restored_in_pipedrive", f"{entity[:-1]} {sid} is back in Pipedrive; its deletion mark was taken off")
-             for sid, _ in chunk]
+             for sid, _ in items]
         )
-    return len(restored)
+
+    def deleted_there(items: list[tuple[str, str]], _resent: bool) -> None:
+        staging.drop_from_target_snapshot(entity, [target_id for _, target_id in items])
+        staging.add_load_issues(
+            [(run_id, entity, sid, "*", "deleted_in_target", f"{entity[:-1]} {sid} is back in Pipedrive, but was deleted in Customermates "
+              "after it was migrated: its deletion mark is gone with it (the next sync reports it, or with --on-target-deleted recreate creates it again)")
+             for sid, _ in items]
+        )
+
+    write_idempotent(
+        staging.marked_but_live(entity, column_id),
+        lambda batch: client.update_many(entity, [{"id": target_id, "customFieldValues": [{"columnId": column_id, "value": None}]} for _, target_id in batch]),
+        written=written, gone=deleted_there,
+    )
 
 
 def _mark_column(staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, run_id: str) -> str:
