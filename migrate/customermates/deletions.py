@@ -1,9 +1,10 @@
 """Records deleted in Pipedrive after they were migrated: `migrate sync --deletes mark|delete|ignore`.
 
 `mark` (the default) writes the deletion date into a "Deleted in Pipedrive" date column and
-keeps the record; `delete` removes it from Customermates (100 ids per request) and forgets
+keeps the record; `delete` removes it from Customermates and forgets
 it, so that the target equals what a fresh migration would produce; `ignore` leaves it. A
-user deciding to delete data in the target must say so.
+user deciding to delete data in the target must say so. Marks and deletes go 50 records a request
+(`write_idempotent`: one whose outcome is unknown is sent again in halves).
 """
 
 from __future__ import annotations
