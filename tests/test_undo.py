@@ -186,6 +186,24 @@ def test_records_already_deleted_by_a_user_are_reported_not_fatal(migrated, cust
     assert state(migrated, "SELECT count(*) FROM id_map") == [(0,)]
 
 
+def test_undo_deletes_fifty_records_a_request_and_sends_one_that_timed_out_again_in_halves(migrated, customermates):
+    """The contract (§ Observed): a lone batch of 100 contacts took 6.7 s once, and the server's transaction
+    limit failed it with a 500 that wrote nothing. Undo deleted 100 a request and never fewer: on a server
+    that slow, every undo failed so."""
+    customermates.latency_per_item, customermates.transaction_timeout = 0.002, 0.075  # 25 records take 0.05 s, 50 take 0.1 s
+    customermates.clear_requests()
+
+    result = invoke(["undo", "--yes"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    deletes = [(r.path.split("/")[3], r.item_count, r.status) for r in customermates.requests if r.method == "DELETE"]
+    assert max(n for _, n, _ in deletes) == 50
+    contacts = [(n, status) for entity, n, status in deletes if entity == "contacts"]
+    assert contacts[:3] == [(50, 500), (25, 200), (25, 200)] and all(n <= 25 and status == 200 for n, status in contacts[3:])
+    assert {outcome for _, outcome in state(migrated, "SELECT target_id, outcome FROM undone")} == {"deleted"}
+
+
 def test_a_record_a_user_deletes_while_the_undo_lists_the_target_makes_it_miss_none(migrated, customermates):
     """The listing pages by number: a contact of the first page deleted once it was read moves the
     rest a place back, so the second page starts one contact late. That contact is looked up by its

@@ -11,9 +11,10 @@ skew; the slack absorbs server-side touches inside our own write (a deal's total
 just after the deal) and small skew. A deal whose totals changed because a linked service was
 updated later counts as edited: kept, which is the safe side.
 
-Deletes go through delete-many, 100 ids at a time, in the order tasks, deals, services,
-contacts, organizations. A batch is all-or-nothing and an unknown id fails it with a 400 that
-names the id: those ids are dropped and reported as already gone, the rest is sent again.
+Deletes go through delete-many, 50 ids at a time (`write_idempotent`: a batch whose outcome is
+unknown, a 500 from the server's transaction limit say, is sent again in halves), in the order tasks,
+deals, services, contacts, organizations. A batch is all-or-nothing and an unknown id fails it with a
+400 that names the id: those ids are dropped and reported as already gone, the rest is sent again.
 Every batch deleted is logged in `undone` and removed from the id map in one transaction, so a
 later `migrate run` creates those records again and an interrupted undo can simply be rerun.
 
@@ -31,12 +32,9 @@ from typing import Any
 
 import structlog
 
-from migrate.customermates.client import (
-    BatchRejectedError,
-    CustomermatesClient,
-    CustomermatesError,
-)
+from migrate.customermates.client import CustomermatesClient, CustomermatesError
 from migrate.customermates.columns import settle_pending_columns
+from migrate.customermates.idempotent import write_idempotent
 from migrate.customermates.mcp import McpClient
 from migrate.customermates.target import find_by_pipedrive_id
 from migrate.errors import ConfigError, MigrateError
@@ -48,7 +46,6 @@ log = structlog.get_logger(__name__)
 
 UNDO_ORDER = tuple(reversed(ENTITY_ORDER))  # tasks, deals, services, contacts, organizations
 EDIT_SLACK = timedelta(seconds=5)
-DELETE_BATCH = 100
 READ_BATCH = 2000  # target records written to the state file, and planned records handled, at a time
 BUCKETS = ("delete", "edited", "gone")  # a record's place in the plan, and in the report's order per entity
 
@@ -171,38 +168,25 @@ def _carry_out(staging: Staging, client: CustomermatesClient, entity: str, run_i
     for rows in batched(staging.undo_records(entity, "gone"), READ_BATCH):
         staging.record_undone(entity, [(r["source_id"], r["target_id"]) for r in rows], run_id, "already_gone")
     targets = itertools.chain(staging.undo_records(entity, "delete"), staging.undo_records(entity, "edited") if force else ())
-    for batch in batched(targets, DELETE_BATCH):
-        _delete(staging, client, entity, batch, run_id)
+    try:
+        write_idempotent(
+            targets,
+            lambda batch: client.delete_many(entity, [r["target_id"] for r in batch]),
+            written=lambda batch: _undone(staging, entity, batch, run_id, "deleted"),
+            # not found when sent again after an unknown outcome: that request deleted it
+            gone=lambda batch, resent: _undone(staging, entity, batch, run_id, "deleted" if resent else "already_gone"),
+            refused=lambda failed: staging.set_undo_outcomes([(r["seq"], "failed", message) for r, message in failed]),
+        )
+    except CustomermatesError as exc:
+        raise MigrateError(
+            f"{exc}. Everything deleted before this batch is recorded; run `migrate undo --run {run_id} --yes` again to finish"
+        ) from None
 
 
-def _delete(staging: Staging, client: CustomermatesClient, entity: str, batch: list[dict[str, Any]], run_id: str) -> None:
-    """Delete one batch; ids the server names are dropped from it (not found: already gone;
-    otherwise failed) and the rest sent again. Each record's outcome goes to `undo_records`."""
-    while batch:
-        try:
-            client.delete_many(entity, [i["target_id"] for i in batch])
-        except BatchRejectedError as exc:
-            named: dict[int, list[str]] = {}
-            for issue in exc.issues:
-                index = issue.item_index()
-                if index is not None and index < len(batch):
-                    named.setdefault(index, []).append(issue.message)
-            if not named:
-                raise
-            gone = [batch[n] for n, msgs in sorted(named.items()) if any("not found" in m.lower() for m in msgs)]
-            failed = [(batch[n], "; ".join(msgs)) for n, msgs in sorted(named.items()) if not any("not found" in m.lower() for m in msgs)]
-            staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in gone], run_id, "already_gone")
-            staging.set_undo_outcomes([(i["seq"], "already gone", None) for i in gone] + [(i["seq"], "failed", m) for i, m in failed])
-            log.warning("undo.dropped", entity=entity, already_gone=len(gone), failed=len(failed))
-            batch = [item for n, item in enumerate(batch) if n not in named]
-            continue
-        except CustomermatesError as exc:
-            raise MigrateError(
-                f"{exc}. Everything deleted before this batch is recorded; run `migrate undo --run {run_id} --yes` again to finish"
-            ) from None
-        staging.record_undone(entity, [(i["source_id"], i["target_id"]) for i in batch], run_id, "deleted")
-        staging.set_undo_outcomes([(i["seq"], "deleted", None) for i in batch])
-        break
+def _undone(staging: Staging, entity: str, records: list[dict[str, Any]], run_id: str, outcome: str) -> None:
+    """Log records deleted (or found gone) in `undone`, which takes them out of the id map, and give each its outcome."""
+    staging.record_undone(entity, [(r["source_id"], r["target_id"]) for r in records], run_id, outcome)
+    staging.set_undo_outcomes([(r["seq"], outcome.replace("_", " "), None) for r in records])
 
 
 def _entities(staging: Staging, *, execute: bool, force: bool) -> dict[str, dict[str, int]]:
