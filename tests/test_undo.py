@@ -204,6 +204,18 @@ def test_undo_deletes_fifty_records_a_request_and_sends_one_that_timed_out_again
     assert {outcome for _, outcome in state(migrated, "SELECT target_id, outcome FROM undone")} == {"deleted"}
 
 
+def test_an_undo_delete_whose_answer_was_lost_is_sent_again_and_its_records_counted_deleted(migrated, customermates):
+    """The resent request finds the records gone: the lost one deleted them, not a user. The undo ended
+    at the lost answer, and its rerun counted them as already gone."""
+    customermates.drop_after_apply(1, path_contains="/tasks/many")
+
+    result = invoke(["undo", "--yes"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
+    assert {outcome for _, outcome in state(migrated, "SELECT target_id, outcome FROM undone")} == {"deleted"}
+
+
 def test_a_record_a_user_deletes_while_the_undo_lists_the_target_makes_it_miss_none(migrated, customermates):
     """The listing pages by number: a contact of the first page deleted once it was read moves the
     rest a place back, so the second page starts one contact late. That contact is looked up by its
