@@ -1543,22 +1543,107 @@ def _conflicts(tmp_path: Path) -> list[dict[str, str]]:
     return [i for i in read_issues(tmp_path) if i["rule"] == "conflict_skipped"]
 
 
+def _a_deal_and_its_contact(pipedrive, customermates) -> tuple[dict, str, str]:
+    """An open deal with a contact: (the deal, the contact's Pipedrive id, its Customermates id)."""
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and d.get("person_id"))
+    person_id = str(deal["person_id"]["value"] if isinstance(deal["person_id"], dict) else deal["person_id"])
+    return deal, person_id, by_pipedrive_id(customermates, "contacts")[person_id][0]["id"]
+
+
+def _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates) -> tuple[dict, str, str]:
+    """A user deletes an open deal's contact in Customermates, and the deal is edited in Pipedrive:
+    (the deal, the contact's Pipedrive id, the id it had in Customermates)."""
+    deal, person_id, contact_id = _a_deal_and_its_contact(pipedrive, customermates)
+    customermates.delete_records("contacts", [contact_id])
+    _edit_in_pipedrive(deal)
+    return deal, person_id, contact_id
+
+
+def _run_and_sync(env, customermates) -> None:
+    """A run, and a sync an hour later, whose read of Customermates holds every record; then an hour
+    passes (the next sync reads again only what changed there since)."""
+    assert invoke(env, "run").exit_code == 0
+    customermates.advance_clock(3600)
+    assert invoke(env, "sync").exit_code == 0
+    customermates.advance_clock(3600)
+
+
+def _edit_in_pipedrive(deal: dict) -> None:
+    deal["title"] += " (edited in Pipedrive)"
+    deal["update_time"] = NOW
+
+
+def _synced_deal(env, customermates, report_dir: Path, deal: dict) -> dict:
+    """A sync that ends well, with no record quarantined and no conflict: the deal as it left it."""
+    result = invoke(env, "sync", "--report-dir", str(report_dir))
+    assert result.exit_code == 0, result.output
+    assert read_quarantine(report_dir) == [] and _conflicts(report_dir) == []
+    [written] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    return written
+
+
+def _says_deleted_and_link_dropped(report_dir: Path, deal: dict, person_id: str) -> bool:
+    """Whether the sync's issues say the contact was deleted in Customermates and the deal's link to it dropped."""
+    deleted = [(i["entity"], i["source_id"]) for i in read_issues(report_dir) if i["rule"] == "deleted_in_target"]
+    return deleted == [("contacts", person_id)] and _says_link_dropped(report_dir, deal, person_id, "--on-target-deleted recreate")
+
+
+def _says_link_dropped(report_dir: Path, deal: dict, person_id: str, recreated_by: str) -> bool:
+    """Whether the sync's issues say the deal's link to the contact was dropped, the contact deleted in Customermates."""
+    dropped = [(i["entity"], i["source_id"], i["detail"]) for i in read_issues(report_dir) if i["rule"] == "link_target_deleted_in_target"]
+    return (
+        "deals", str(deal["id"]), f"contact {person_id} was deleted in Customermates after it was migrated; link dropped "
+        f"({recreated_by} creates it again, linked)"
+    ) in dropped  # with those of the records written with the deal that link the contact too
+
+
 def test_a_deal_whose_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_as_no_conflict(env, pipedrive, customermates, tmp_path):
     """The deal's contacts no longer held the deleted contact, which read as an edit of the deal
     made in Customermates: every later Pipedrive edit of the deal was skipped as a conflict."""
     assert invoke(env, "run").exit_code == 0
-    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and d.get("person_id"))
-    person_id = deal["person_id"]["value"] if isinstance(deal["person_id"], dict) else deal["person_id"]
-    contact = by_pipedrive_id(customermates, "contacts")[str(person_id)][0]
-    customermates.delete_records("contacts", [contact["id"]])
-    deal["title"] += " (edited in Pipedrive)"
-    deal["update_time"] = NOW
+    deal, _, _ = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+    assert _synced_deal(env, customermates, tmp_path, deal)["name"] == deal["title"]
 
-    assert result.exit_code == 0, result.output
-    assert _conflicts(tmp_path) == []
-    assert by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["name"] == deal["title"]
+
+def test_a_sync_writes_a_deal_whose_contact_a_user_deleted_in_customermates_without_that_link_and_says_so(
+    env, pipedrive, customermates, tmp_path
+):
+    """A sync reads what changed in Customermates, and a deletion is no change it can read: the deal's
+    update named the deleted contact, the server refused it ("Contact ID not found or not accessible."
+    at deals[0].contactIds[0]), and every sync quarantined the deal, its Pipedrive edits never written.
+    The refusal tells the sync the contact is gone, as a whole read would: the link is dropped and said so."""
+    _run_and_sync(env, customermates)  # the next sync does not read the deal: nothing changed it there
+    deal, person_id, contact_id = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
+
+    written = _synced_deal(env, customermates, tmp_path / "refused", deal)
+
+    assert written["name"] == deal["title"] and contact_id not in [c["id"] for c in written["contacts"]]
+    assert _says_deleted_and_link_dropped(tmp_path / "refused", deal, person_id)
+    _edit_in_pipedrive(deal)  # the next sync reads the deal again (this one wrote it): its lost contact is no edit made there
+    assert _synced_deal(env, customermates, tmp_path / "next", deal)["name"] == deal["title"]
+    assert _says_deleted_and_link_dropped(tmp_path / "next", deal, person_id)
+
+
+def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_and_linked_by_the_next_sync(
+    env, pipedrive, customermates, tmp_path
+):
+    """The sync that finds the contact deleted by its refusal of the deal's link has written the
+    contacts by then: it writes the deal without the link, and the next creates the contact again
+    (the last read does not hold it) and links the deal to it."""
+    _run_and_sync(env, customermates)
+    deal, person_id, contact_id = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
+    recreate = ("sync", "--on-target-deleted", "recreate", "--report-dir")
+
+    assert invoke(env, *recreate, str(tmp_path / "refused")).exit_code == 0
+    assert invoke(env, *recreate, str(tmp_path / "next")).exit_code == 0
+
+    assert read_quarantine(tmp_path / "refused") == [] and _says_link_dropped(tmp_path / "refused", deal, person_id, "the next sync or run")
+    [contact] = by_pipedrive_id(customermates, "contacts")[person_id]
+    [written] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert contact["id"] != contact_id and contact["id"] in [c["id"] for c in written["contacts"]] and written["name"] == deal["title"]
+    counts = json.loads((tmp_path / "next" / "report.json").read_text())["entities"]["contacts"]
+    assert (counts["deleted_in_target"], counts["recreated"], counts["created"]) == (1, 1, 1)
 
 
 def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_that_held_a_value(env, pipedrive, customermates, tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping
@@ -65,6 +66,8 @@ LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last
 # the links a record has, and an update without a relation's key leaves it as it is: an update sends each
 # of these, empty when the record has none left.
 LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
+RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # for records deleted in Customermates
+_LINK_PATH = re.compile(r"(?P<entity>\w+)\[0\]\.(?P<key>\w+)\[(?P<index>\d+)\]")  # a link of a one-record write's body
 
 
 @dataclass
@@ -230,10 +233,10 @@ class Loader:
     def _link_to_gone(self, entity: str, source_id: str, field: str, target_entity: str, pid: str) -> None:
         """A link to a record deleted in Customermates after it was migrated (and not recreated):
         the server refuses its id, which would keep this record out; the link is dropped instead."""
+        recreated = "the next sync or run" if self.on_target_deleted == "recreate" else "--on-target-deleted recreate"  # `_found_deleted`
         self._note_issue(
             entity, source_id, field, "link_target_deleted_in_target",
-            f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped "
-            "(--on-target-deleted recreate creates it again, linked)",
+            f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped ({recreated} creates it again, linked)",
         )
 
     def linked_records(self, batch: list[tuple[str, dict[str, Any], str]]) -> dict[str, dict[str, str]]:
@@ -308,7 +311,7 @@ class Loader:
             self._report_duplicate(entity, sid, ids)
         gone = self.target.migrated_but_gone(entity)
         if gone:
-            self._deleted_in_target(entity, gone, "run with --on-target-deleted recreate to create it again")
+            self._deleted_in_target(entity, gone, RECREATE_ADVICE)
 
     def _deleted_in_target(self, entity: str, gone: list[str], advice: str) -> None:
         """Migrated records the target no longer holds: forgotten, so they are created again, or
@@ -353,12 +356,12 @@ class Loader:
                     self._keep_target(entity, source_id, existing[0], digest, payload)
                     continue
                 if existing is None:
-                    creates.append(_Item(source_id, body, digest, payload=payload))
+                    creates.append(self._as_item(entity, source_id, payload, body, digest, None))
                 elif existing[1] == digest:
                     self.summary.unchanged[entity] += 1
                     continue
                 else:
-                    updates.append(_Item(source_id, self.as_update(entity, existing[0], body), digest, existing[0], payload, body))
+                    updates.append(self._as_item(entity, source_id, payload, body, digest, existing[0]))
                     if entity == "contacts" and body.get("lastName") == "":
                         self._last_name_kept(source_id)
                 if len(creates) >= self.batch_size:
@@ -372,6 +375,12 @@ class Loader:
         if updates:
             self._send(entity, "update", updates)
         self._retry_set_aside(entity)
+
+    def _as_item(self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None) -> _Item:
+        """The write of a record's body (`digest` its hash): its create, or with `target_id` the update of that record."""
+        if target_id is None:
+            return _Item(source_id, body, digest, payload=payload)
+        return _Item(source_id, self.as_update(entity, target_id, body), digest, target_id, payload, body)
 
     def _last_name_kept(self, source_id: str) -> None:
         """An update cannot clear a contact's last name (`as_update`): say so when it had one."""
@@ -590,6 +599,8 @@ class Loader:
                 if self.on_target_deleted == "recreate" and item.create_body is not None:
                     self._send(entity, "create", [_Item(item.source_id, item.create_body, item.digest, payload=item.payload)])
                 return
+            if self._sent_without_links_to_the_deleted(entity, operation, item, error):
+                return
             message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
             self.summary.quarantined[entity] += 1
@@ -605,6 +616,40 @@ class Loader:
             groups = [items[:half], items[half:]]
         for group in groups:
             self._send(entity, operation, group)
+
+    def _sent_without_links_to_the_deleted(self, entity: str, operation: str, item: _Item, error: BatchRejectedError) -> bool:
+        """A record refused for linking records a user deleted in Customermates since they were last
+        read (a read of what changed does not see a deletion) is sent again without those links, the
+        records taken as gone (`_found_deleted`). Each time drops links its body had, so this ends; a
+        record refused still for anything else is quarantined. Whether it was sent again."""
+        refused = _links_not_found(entity, error, item.body)
+        if not refused or item.payload is None:
+            return False
+        linked = self.linked_records([(item.source_id, item.payload, item.digest)])
+        found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
+        for key, target_ids in refused.items():
+            pid_of = {target_id: pid for pid, target_id in linked.get(LINK_ENTITY[key], {}).items()}
+            if not target_ids <= pid_of.keys():
+                return False  # not the records it links to (the id map moved on): nothing to take as gone
+            found.setdefault(LINK_ENTITY[key], {}).update({target_id: pid_of[target_id] for target_id in target_ids})
+        for linked_entity, pids in found.items():
+            self._found_deleted(linked_entity, pids)
+        body = self.build_body(entity, item.source_id, item.payload, linked)
+        self._send(entity, operation, [self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id)])
+        return True
+
+    def _found_deleted(self, entity: str, pids: dict[str, str]) -> None:
+        """Records a refused link showed deleted in Customermates (Customermates id → Pipedrive id),
+        taken as a whole read takes them: out of what the last read holds (no later plan takes the
+        links they lost for an edit made there), reported, their links dropped. With --on-target-deleted
+        recreate, the next load creates them again and links them (`scan_target`): this one wrote
+        the records linking them before it found them gone."""
+        self.staging.note_deleted_in_target(entity, sorted(pids))
+        fresh = sorted(set(pids.values()) - self.gone.get(entity, set()))
+        if self.on_target_deleted == "recreate":
+            self.gone.setdefault(entity, set()).update(fresh)
+        else:
+            self._deleted_in_target(entity, fresh, RECREATE_ADVICE)
 
     # -- uncertain outcomes -----------------------------------------------------------------
     def _settle(self, batch_id: str, entity: str, operation: str, items: list[_Item]) -> list[_Item]:
@@ -695,6 +740,20 @@ def owner_unmatched_issue(owner: dict[str, Any]) -> tuple[str, str, str, str, st
 def _envelope_bytes(entity: str) -> int:
     """Bytes of a write body around its records: `{"<entity>":[...]}`."""
     return len(f'{{"{entity}":[]}}')
+
+
+def _links_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any]) -> dict[str, set[str]]:
+    """Relation key → the ids of the one record's body the server says it has not ("<Entity> ID not
+    found or not accessible." at `<entity>[0].<key>[k]`), of the relations the load sets (`LINKS_SET`)."""
+    refused: dict[str, set[str]] = {}
+    for issue in error.issues:
+        match = _LINK_PATH.fullmatch(issue.path)
+        if match is None or match["entity"] != entity or "not found" not in issue.message:
+            continue
+        key, index = match["key"], int(match["index"])
+        if key in LINKS_SET.get(entity, ()) and index < len(body.get(key) or []):
+            refused.setdefault(key, set()).add(body[key][index])
+    return refused
 
 
 def _record_not_found(entity: str, error: BatchRejectedError) -> bool:

@@ -1389,6 +1389,13 @@ class Staging:
                 "DELETE FROM target_snapshot WHERE entity = $e AND target_id IN (SELECT unnest($t))", {"e": entity, "t": target_ids}
             )
 
+    def note_deleted_in_target(self, entity: str, target_ids: list[str]) -> None:
+        """Records a user deleted in the target, found so without a whole read (which would not have seen
+        them): the server refused a link to one. No longer held, and known gone (`note_gone`)."""
+        with self._transaction():
+            self.drop_from_target_snapshot(entity, target_ids)
+            self.con.execute("INSERT OR IGNORE INTO target_gone SELECT $e, unnest($t)", {"e": entity, "t": target_ids})
+
     def marked_but_live(self, entity: str, column_id: str) -> list[tuple[str, str]]:
         """(source id, target id) of migrated records whose target record, as last read, has a value in
         `column_id` (the deletion mark) while their Pipedrive record is live (transformed), by source id."""
