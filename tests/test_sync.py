@@ -1307,14 +1307,19 @@ def _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, p
     return gone_there, other
 
 
-def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_once_and_not_asked_again(env, pipedrive, customermates, tmp_path):
+@pytest.mark.parametrize("reconcile_every", ["0", "1"])
+def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_once_and_not_asked_again(
+    env, pipedrive, customermates, tmp_path, reconcile_every
+):
     """The person is deleted in Pipedrive and its contact in Customermates between two syncs: a sync
     reading only what changed there cannot see the deletion, and the server refuses the delete of an
     id it no longer has. The sync reports the record as already removed and forgets it, where it
-    skipped it without a word and asked again at every sync until a reconciling one."""
+    skipped it without a word and asked again at every sync until a reconciling one. A sync whose read
+    found the contact gone (read whole, `reconcile_every` 1) does so without asking, where it skipped
+    the record and reported it deleted in Customermates at every sync."""
     gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, pipedrive, customermates)
 
-    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     assert str(other["id"]) not in by_pipedrive_id(customermates, "contacts")
@@ -1322,17 +1327,20 @@ def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_on
     assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
     assert (str(other["id"]), "deleted_in_pipedrive_removed") in issues
     customermates.requests.clear()
-    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0").exit_code == 0
+    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every).exit_code == 0
     assert [r for r in customermates.requests if r.method == "DELETE"] == []
 
 
-def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_the_rest_and_reports_it(env, pipedrive, customermates, tmp_path):
+@pytest.mark.parametrize("reconcile_every", ["0", "1"])
+def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_the_rest_and_reports_it(
+    env, pipedrive, customermates, tmp_path, reconcile_every
+):
     """As above, under the default `--deletes mark`: the server refuses the update of an id it no longer
     has (contract, recorded 07_update_many: 400 at `contacts[0].id`, nothing of the batch written), and
     every sync failed so, marking none of the others, until a reconciling one."""
     gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, pipedrive, customermates)
 
-    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    result = invoke(env, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     assert "deleted in Pipedrive 1 (mark)" in result.output
@@ -1341,7 +1349,7 @@ def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_t
     issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
     assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
     customermates.requests.clear()
-    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert invoke(env, "sync", "--reconcile-every", reconcile_every).exit_code == 0
     assert [r for r in customermates.requests if r.method == "PUT"] == []
 
 

@@ -65,6 +65,9 @@ def propagate_deletions(
         _unmark_restored(staging, client, entity, run_id)
         gone = deleted_since_migrated(staging, entity)
         present = state.present(entity, [target_id for target_id, _ in gone.values()])
+        removed_first = [(sid, value) for sid, value in sorted(gone.items()) if value[0] not in present]
+        if removed_first:  # the last read found them gone: nothing to ask for
+            _removed_first(staging, entity, removed_first, run_id)
         gone = {sid: value for sid, value in gone.items() if value[0] in present}
         if not gone:
             continue
@@ -113,8 +116,9 @@ def _forget(staging: Staging, entity: str, items: list[Gone]) -> None:
 
 
 def _removed_first(staging: Staging, entity: str, items: list[Gone], run_id: str) -> None:
-    """Records a user removed from Customermates before the sync came to them (a sync reading only what
-    changed there still holds them): reported and forgotten, so that no later sync asks again."""
+    """Records a user removed from Customermates before the sync came to them, found so by the last read
+    (a whole one) or by the server's refusal of a request (a sync reading only what changed there still
+    holds them): reported and forgotten, so that no later sync asks again."""
     _forget(staging, entity, items)
     staging.add_load_issues(
         [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates")
