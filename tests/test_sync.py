@@ -899,10 +899,11 @@ def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_de
 def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_next_reconciling_sync(env, pipedrive, customermates, tmp_path):
     """A deletion leaves no updatedAt to find, so a read of what changed cannot see it. A deleted record
     that changed in Pipedrive is found when the server refuses its update (reported, not quarantined);
-    an unchanged one by the whole read of every `--reconcile-every`-th sync."""
+    an unchanged one by the whole read of every `--reconcile-every`-th sync (or by a link a record read
+    again lost to it: none links these)."""
     assert invoke(env, "run").exit_code == 0
     assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
-    changed, unchanged = live_persons(pipedrive)[2:4]
+    changed, unchanged = [p for p in live_persons(pipedrive) if str(p["id"]) not in _persons_referred_to(pipedrive)][:2]
     contacts = by_pipedrive_id(customermates, "contacts")
     response = httpx.request(
         "DELETE", f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
@@ -991,8 +992,10 @@ def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the
 
 
 def _persons_referred_to(pipedrive) -> set[str]:
-    """Ids of the persons a deal, lead or activity refers to (their contacts are linked to others)."""
-    return {str(r.get("person_id")) for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])}
+    """Ids of the persons a deal, lead or activity refers to, an activity's participants too (their
+    contacts are linked to others)."""
+    records = [r for c in ("deals", "leads", "activities") for r in pipedrive.collections.get(c, [])]
+    return {str(p.get("person_id")) for r in records for p in [r, *(r.get("participants") or [])]}
 
 
 def _reconciling_sync(env, customermates, tmp_path) -> tuple[int, int]:
@@ -1652,6 +1655,44 @@ def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_
     assert contact["id"] != contact_id and contact["id"] in [c["id"] for c in written["contacts"]] and written["name"] == deal["title"]
     counts = json.loads((tmp_path / "next" / "report.json").read_text())["entities"]["contacts"]
     assert (counts["deleted_in_target"], counts["recreated"], counts["created"]) == (1, 1, 1)
+
+
+def test_a_deal_read_again_without_the_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_without_that_link(
+    env, pipedrive, customermates, tmp_path
+):
+    """A sync reads again the records written since the last read began. The deal, written by the last
+    sync and read again without the contact a user deleted since (which a read of what changed does
+    not see gone), had lost a link there: an edit made in Customermates, and its Pipedrive edit was
+    skipped as a conflict, at every sync. The contact is looked up, found gone, and taken so as a
+    whole read takes it."""
+    _run_and_sync(env, customermates)
+    deal, person_id, contact_id = _a_deal_and_its_contact(pipedrive, customermates)
+    _edit_in_pipedrive(deal)
+    assert invoke(env, "sync").exit_code == 0  # writes the deal, which the next sync reads again
+    customermates.delete_records("contacts", [contact_id])
+    _edit_in_pipedrive(deal)
+
+    written = _synced_deal(env, customermates, tmp_path, deal)
+
+    assert written["name"] == deal["title"] and contact_id not in [c["id"] for c in written["contacts"]]
+    assert _says_deleted_and_link_dropped(tmp_path, deal, person_id)
+
+
+def test_a_deal_whose_contact_a_user_unlinked_in_customermates_is_a_conflict_when_pipedrive_edits_it(env, pipedrive, customermates, tmp_path):
+    """The contact the deal read again no longer links to is looked up, and there: the link was
+    removed in Customermates, an edit made there, which the sync leaves as it is."""
+    _run_and_sync(env, customermates)
+    deal, person_id, contact_id = _a_deal_and_its_contact(pipedrive, customermates)
+    customermates.edit_records("deals", [{"id": by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["id"], "contactIds": []}])
+    _edit_in_pipedrive(deal)
+
+    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert [(i["entity"], i["source_id"]) for i in _conflicts(tmp_path)] == [("deals", str(deal["id"]))]
+    [kept] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert kept["contacts"] == [] and kept["name"] != deal["title"]
+    assert [c["id"] for c in by_pipedrive_id(customermates, "contacts")[person_id]] == [contact_id]
 
 
 def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_that_held_a_value(env, pipedrive, customermates, tmp_path):

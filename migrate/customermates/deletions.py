@@ -117,8 +117,9 @@ def _forget(staging: Staging, entity: str, items: list[Gone]) -> None:
 
 def _removed_first(staging: Staging, entity: str, items: list[Gone], run_id: str) -> None:
     """Records a user removed from Customermates before the sync came to them, found so by the last read
-    (a whole one) or by the server's refusal of a request (a sync reading only what changed there still
-    holds them): reported and forgotten, so that no later sync asks again."""
+    (a whole one, or one that read again a record that lost its link to one) or by the server's refusal of
+    a request (a sync reading only what changed there still holds them): reported and forgotten, so that no
+    later sync asks again."""
     _forget(staging, entity, items)
     staging.add_load_issues(
         [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates")

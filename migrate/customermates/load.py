@@ -41,7 +41,7 @@ from migrate.customermates.client import (
     encoded_size,
 )
 from migrate.customermates.columns import NEW_COLUMNS_KEY, ColumnIndex
-from migrate.customermates.target import TargetState, find_by_pipedrive_id, notes_digest
+from migrate.customermates.target import TargetState, find_by_pipedrive_id, linked_records, notes_digest
 from migrate.errors import CustomermatesError
 from migrate.staging.store import Staging
 from migrate.transform.columns import PIPEDRIVE_ID
@@ -239,19 +239,6 @@ class Loader:
             f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped ({recreated} creates it again, linked)",
         )
 
-    def linked_records(self, batch: list[tuple[str, dict[str, Any], str]]) -> dict[str, dict[str, str]]:
-        """entity → Pipedrive ID → Customermates id, for every record the batch links to."""
-        wanted: dict[str, set[str]] = {}
-        for _, payload, _ in batch:
-            for key, ids in payload["links"].items():
-                wanted.setdefault(LINK_ENTITY[key], set()).update(ids)
-            wanted.setdefault("services", set()).update(pid for pid, _ in payload.get("services") or [])
-        return {
-            entity: {sid: target for sid, (target, _) in self.staging.id_map_for(entity, sorted(pids)).items()}
-            for entity, pids in wanted.items()
-            if pids
-        }
-
     def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The update body for a changed record: arrays replace, so they are sent whole (and the
         relations the record no longer has, empty); custom values merge per column, so our columns
@@ -344,7 +331,7 @@ class Loader:
             self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
         for batch in self.staging.iter_target_batches(entity, among=among):
             known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
-            linked = self.linked_records(batch)
+            linked = linked_records(self.staging, [payload for _, payload, _ in batch])
             self._save_issues()  # those of the batch before: a batch's worth held at a time
             for source_id, payload, _ in batch:
                 if source_id in gone:
@@ -625,7 +612,7 @@ class Loader:
         refused = _links_not_found(entity, error, item.body)
         if not refused or item.payload is None:
             return False
-        linked = self.linked_records([(item.source_id, item.payload, item.digest)])
+        linked = linked_records(self.staging, [item.payload])
         found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
         for key, target_ids in refused.items():
             pid_of = {target_id: pid for pid, target_id in linked.get(LINK_ENTITY[key], {}).items()}

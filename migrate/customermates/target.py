@@ -9,7 +9,8 @@ target costs no memory (kept in Python, even compressed, it took about 1 KiB a r
 A sync may read only what changed since (`read_changes`): the records whose `updatedAt` is at
 or after the server's clock when the last read began, less `READ_SINCE_MARGIN`, merged into the
 snapshot, paged by `updatedAt` (`CustomermatesClient.iter_updated_since`). That finds every record
-created or edited there since, by anyone; not a record deleted there, which only a whole read sees.
+created or edited there since, by anyone; not a record deleted there, which only a whole read sees,
+but for one a record read again no longer links to (`_look_up_links_lost`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import structlog
 
 from migrate.customermates.client import CustomermatesClient
 from migrate.customermates.columns import ColumnIndex
-from migrate.staging.store import Staging
+from migrate.staging.store import Staging, batched
 from migrate.transform.columns import PIPEDRIVE_ID
 from migrate.transform.engine import ENTITY_ORDER
+from migrate.transform.entities import LINK_ENTITY
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +100,11 @@ class TargetState:
         read = 0
         for entity in ENTITY_ORDER:
             unmarked = _pipedrive_ids_unwritten(columns, staging, entity)
-            read += sum(1 for _ in clock.store(columns, entity, staging.merge_into_target_snapshot, read, since, unmarked=unmarked))
+            column_id = columns.ids.get((entity, PIPEDRIVE_ID))
+            dtos = clock.store(columns, entity, staging.merge_into_target_snapshot, read, since, unmarked=unmarked)
+            for chunk in batched(dtos, ROWS_PER_INSERT):
+                read += len(chunk)
+                _look_up_links_lost(client, staging, entity, [(pid_of(dto, column_id), dto) for dto in chunk])
             if unmarked:
                 staging.snapshot_pids_from_id_map(entity)
         staging.set_meta(READ_SINCE_KEY, clock.since())
@@ -129,6 +135,50 @@ class TargetState:
     def migrated_but_gone(self, entity: str) -> list[str]:
         """Source ids migrated to a record the target no longer holds (deleted there), sorted."""
         return self.staging.migrated_not_in_snapshot(entity) if self.staging else []
+
+
+def linked_records(staging: Staging, payloads: Iterable[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """entity → Pipedrive ID → Customermates id, for every migrated record these transformed payloads link to."""
+    wanted: dict[str, set[str]] = {}
+    for payload in payloads:
+        for entity, pids in _links_of(payload):
+            wanted.setdefault(entity, set()).update(pids)
+    return {
+        entity: {sid: target for sid, (target, _) in staging.id_map_for(entity, sorted(pids)).items()}
+        for entity, pids in wanted.items()
+        if pids
+    }
+
+
+def _links_of(payload: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
+    """(entity, Pipedrive ids) of the records a transformed payload links to, by relation; deal services too."""
+    for key, pids in payload["links"].items():
+        yield LINK_ENTITY[key], pids
+    yield "services", [pid for pid, _ in payload.get("services") or []]
+
+
+def _look_up_links_lost(client: CustomermatesClient, staging: Staging, entity: str, read: list[tuple[str | None, dict[str, Any]]]) -> None:
+    """Records read again ((Pipedrive ID, record): changed there since the last read) that no longer
+    link to a record their last write linked: a user unlinked them, or deleted the linked record, which
+    a read of what changed does not see. Each such linked record the last read held is looked up by its
+    id, and those gone are taken as a whole read takes them (`Staging.note_deleted_in_target`): the plan
+    takes a link lost to one for no edit made in Customermates (it made the record a conflict, its
+    Pipedrive edits skipped at every sync), and the load reports it deleted there."""
+    written = staging.written_for(entity, [pid for pid, _ in read if pid is not None])
+    linked = linked_records(staging, written.values())
+    lost: dict[str, set[str]] = {}  # entity → Customermates ids
+    for pid, dto in read:
+        if pid not in written:
+            continue
+        for linked_entity, pids in _links_of(written[pid]):
+            held = {ref["id"] for ref in dto.get(linked_entity) or []}  # a record's relations are named by entity
+            targets = linked.get(linked_entity, {})
+            lost.setdefault(linked_entity, set()).update(targets[p] for p in pids if p in targets and targets[p] not in held)
+    for linked_entity, target_ids in lost.items():
+        gone = [t for t in sorted(staging.snapshot_has(linked_entity, sorted(target_ids))) if client.get(linked_entity, t) is None]
+        if gone:
+            log.info("target.links_lost_to_deletions", entity=linked_entity, deleted=len(gone))
+            staging.note_deleted_in_target(linked_entity, gone)
 
 
 def _pipedrive_ids_unwritten(columns: ColumnIndex, staging: Staging, entity: str) -> bool:

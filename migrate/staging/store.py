@@ -1391,7 +1391,8 @@ class Staging:
 
     def note_deleted_in_target(self, entity: str, target_ids: list[str]) -> None:
         """Records a user deleted in the target, found so without a whole read (which would not have seen
-        them): the server refused a link to one. No longer held, and known gone (`note_gone`)."""
+        them): the server refused a link to one, or a record read again lost its link to one, looked up
+        by its id. No longer held, and known gone (`note_gone`)."""
         with self._transaction():
             self.drop_from_target_snapshot(entity, target_ids)
             self.con.execute("INSERT OR IGNORE INTO target_gone SELECT $e, unnest($t)", {"e": entity, "t": target_ids})
