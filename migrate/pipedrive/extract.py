@@ -33,12 +33,12 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
+from migrate.staging.keys import is_deleted_record
 from migrate.staging.store import (
     ARCHIVE_PAIRS,
     Checkpoint,
     PageWrite,
     Staging,
-    is_deleted_record,
     raw_table,
 )
 

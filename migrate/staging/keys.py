@@ -4,6 +4,7 @@ transform's worker processes (`transform.records`) read them without loading the
 from __future__ import annotations
 
 import re
+from typing import Any
 
 REPLACED_CHARACTERS = "_replaced_characters"  # added to a staged record whose lone surrogates became U+FFFD: their fields
 NUMERIC_ID = "[0-9]{1,18}"  # ids sorted as numbers (`order_key` and `stream_ordered` agree)
@@ -21,3 +22,17 @@ def order_key(identity: str) -> tuple[int, int, int, str]:
     if _NUMERIC_ID.fullmatch(identity):
         return (0, int(identity), len(identity), identity)
     return (1, 0, 0, identity)
+
+
+def is_deleted_record(record: dict[str, Any]) -> bool:
+    """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it). v1
+    gives some booleans as 0/1 (contract §12.4)."""
+    if record.get("is_deleted") in _TRUE or record.get("status") == "deleted" or record.get("deleted") in _TRUE:
+        return True
+    # v1 notes and activity types: active_flag false means deleted. v1 users carry is_deleted; an
+    # inactive user is not a deleted one.
+    return record.get("active_flag") in _FALSE and "is_deleted" not in record
+
+
+_TRUE = (True, 1, "1")
+_FALSE = (False, 0, "0")  # `None in _FALSE` is False: a flag not given is no flag

@@ -28,7 +28,12 @@ import structlog
 
 from migrate import jsontext
 from migrate.errors import MigrateError
-from migrate.staging.keys import NUMERIC_ID, REPLACED_CHARACTERS, numeric_id
+from migrate.staging.keys import (
+    NUMERIC_ID,
+    REPLACED_CHARACTERS,
+    is_deleted_record,
+    numeric_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -1630,19 +1635,3 @@ def _identity(record: dict[str, Any], key: str, collection: str) -> str:
 def _vanished() -> dict[str, Any]:
     """The flags a record gone from Pipedrive without a trace is staged with, dated the day it was found gone."""
     return {"is_deleted": True, "vanished": True, "vanished_at": datetime.now(UTC).strftime("%Y-%m-%d")}
-
-
-def is_deleted_record(record: dict[str, Any]) -> bool:
-    """Whether a Pipedrive record, as the API gave it, is deleted there (as staging flags it). v1
-    gives some booleans as 0/1 (contract §12.4)."""
-    if record.get("is_deleted") in _TRUE or record.get("status") == "deleted" or record.get("deleted") in _TRUE:
-        return True
-    if record.get("active_flag") in _FALSE and "is_deleted" not in record:
-        # v1 notes and activity types: active_flag false means deleted. v1 users carry is_deleted;
-        # an inactive user is not a deleted one.
-        return True
-    return False
-
-
-_TRUE = (True, 1, "1")
-_FALSE = (False, 0, "0")  # `None in _FALSE` is False: a flag not given is no flag

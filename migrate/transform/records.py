@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from migrate import jsontext
 from migrate.errors import MigrateError
-from migrate.staging.keys import REPLACED_CHARACTERS
-from migrate.staging.store import is_deleted_record
+from migrate.staging.keys import REPLACED_CHARACTERS, is_deleted_record
 from migrate.transform import entities, notes
 from migrate.transform import values as v
 from migrate.transform.columns import PIPEDRIVE_ID, ColumnRegistry, ColumnSpec
