@@ -167,12 +167,14 @@ def ensure_columns(
                     mcp.rename_custom_column(column, spec["label"])
                     column["label"] = spec["label"]
         if column is None:
-            index._note_new(staging, [(entity, key)], dry_run=dry_run or mcp is None)
             made = f"{entity}: {spec['label']} ({spec['type']})" + (f", replacing {replacing}" if replacing else "")
             if dry_run or mcp is None:
+                index._note_new(staging, [(entity, key)], dry_run=True)
                 index.created.append(made)
                 continue
-            staging.record_pending_column(entity, key, _shape(spec), [c["id"] for c in existing_cols], run_id)
+            with staging.transaction():
+                index._note_new(staging, [(entity, key)], dry_run=False)
+                staging.record_pending_column(entity, key, _shape(spec), [c["id"] for c in existing_cols], run_id)
             column_id = _create(staging, mcp, entity, key, spec)
             index.created.append(made)
             staging.save_column(entity, key, {"id": column_id, "label": spec["label"], "type": spec["type"]}, run_id)
