@@ -5,7 +5,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from migrate.cli import cli
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
 
@@ -36,10 +38,36 @@ def customermates() -> Iterator[FakeCustomermates]:
 @pytest.fixture
 def env(tmp_path: Path, pipedrive: FakePipedrive, customermates: FakeCustomermates) -> dict[str, str]:
     """Environment for `migrate` pointing at both fakes and a fresh state file."""
+    return migrate_env(pipedrive, customermates, tmp_path / "state.duckdb")
+
+
+def migrate_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, state: Path) -> dict[str, str]:
     return {
         "PIPEDRIVE_API_TOKEN": VALID_TOKEN,
         "PIPEDRIVE_BASE_URL": pipedrive.url,
         "CUSTOMERMATES_URL": customermates.url,
         "CUSTOMERMATES_API_KEY": VALID_KEY,
-        "MIGRATE_STATE": str(tmp_path / "state.duckdb"),
+        "MIGRATE_STATE": str(state),
     }
+
+
+@pytest.fixture(scope="session")
+def sample_migration(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`migrate run` of the bundled sample, once per test process: its state file and the
+    Customermates fake's content after it."""
+    state = tmp_path_factory.mktemp("sample-migration") / "state.duckdb"
+    with FakePipedrive(SAMPLE, burst_limit=1000) as pipedrive, FakeCustomermates() as customermates:
+        result = CliRunner().invoke(cli, ["run"], env=migrate_env(pipedrive, customermates, state), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return state, customermates.content()
+
+
+@pytest.fixture
+def migrated(env: dict[str, str], customermates: FakeCustomermates, sample_migration: tuple[Path, dict]) -> dict[str, str]:
+    """`env` once `migrate run` has migrated the sample: a copy of that run's state file, and its
+    content in `customermates` (`pipedrive` serves the sample as it was read). The run is made once
+    per test process (a run is about 3 s, and some 70 tests start from one)."""
+    state, content = sample_migration
+    shutil.copyfile(state, env["MIGRATE_STATE"])
+    customermates.restore(content)
+    return env

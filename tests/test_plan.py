@@ -36,9 +36,8 @@ def test_plan_against_an_empty_target_creates_everything(env, sample_dir, custom
     assert (tmp_path / "p" / "plan.md").read_text().startswith("# Migration plan")
 
 
-def test_plan_after_a_full_migration_is_all_unchanged(env, customermates, tmp_path):
-    assert invoke(env, "run").exit_code == 0
-    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+def test_plan_after_a_full_migration_is_all_unchanged(migrated, customermates, tmp_path):
+    result = invoke(migrated, "plan", "--report-dir", str(tmp_path / "p"))
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "p")
     for entity, counts in plan["summary"].items():
@@ -47,8 +46,7 @@ def test_plan_after_a_full_migration_is_all_unchanged(env, customermates, tmp_pa
     assert plan["schema"]["columns_to_create"] == []
 
 
-def test_plan_after_edits_on_both_sides_shows_updates_and_conflicts(env, pipedrive, customermates, tmp_path):
-    assert invoke(env, "run").exit_code == 0
+def test_plan_after_edits_on_both_sides_shows_updates_and_conflicts(migrated, pipedrive, customermates, tmp_path):
     persons = [p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name")]
     source_only, target_only, both = persons[20], persons[21], persons[22]
     for person in (source_only, both):
@@ -63,7 +61,7 @@ def test_plan_after_edits_on_both_sides_shows_updates_and_conflicts(env, pipedri
             headers={"x-api-key": VALID_KEY},
         )
         assert response.status_code == 200, response.text
-    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    result = invoke(migrated, "plan", "--report-dir", str(tmp_path / "p"))
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "p")
     assert plan["summary"]["contacts"]["update"] == 1
@@ -126,10 +124,9 @@ def test_a_saved_plan_is_applied_only_if_nothing_changed(env, pipedrive, custome
     assert len(customermates.records("contacts")) == load_plan(tmp_path / "p2")["summary"]["contacts"]["create"]
 
 
-def test_a_saved_plan_refused_for_a_customermates_change_names_the_records_created_edited_or_deleted_there(env, pipedrive, customermates, tmp_path):
+def test_a_saved_plan_refused_for_a_customermates_change_names_the_records_created_edited_or_deleted_there(migrated, pipedrive, customermates, tmp_path):
     """The refusal said only that Customermates changed (the plan kept one digest of what it read there)."""
-    assert invoke(env, "run").exit_code == 0
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     contacts = by_pipedrive_id(customermates, "contacts")
     person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and str(p["id"]) in contacts)
     response = httpx.put(
@@ -141,7 +138,7 @@ def test_a_saved_plan_refused_for_a_customermates_change_names_the_records_creat
         f"{customermates.url}/api/v1/organizations/many", headers={"x-api-key": VALID_KEY}, json={"organizations": [{"name": "Made by hand"}]}
     ).json()[0]
 
-    result = invoke(env, "run", "--plan", str(tmp_path / "p" / "plan.json"))
+    result = invoke(migrated, "run", "--plan", str(tmp_path / "p" / "plan.json"))
 
     assert result.exit_code == 1
     said = " ".join(result.output.split())
@@ -277,9 +274,8 @@ def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_i
     assert record["firstName"] == person["first_name"] and [u["email"] for u in record["users"]] == [user["email"]]
 
 
-def test_a_note_edited_with_another_field_of_its_record_is_planned_with_the_lines_it_changes(env, pipedrive, tmp_path):
+def test_a_note_edited_with_another_field_of_its_record_is_planned_with_the_lines_it_changes(migrated, pipedrive, tmp_path):
     """The plan listed the other field alone, and the run rewrote the notes all the same."""
-    assert invoke(env, "run").exit_code == 0
     note = next(n for n in pipedrive.collections["notes"] if n.get("active_flag") and n.get("person_id") and not n.get("deal_id"))
     old_text = note["content"]
     note["content"] = "<div>Rewritten in Pipedrive.</div>"
@@ -288,7 +284,7 @@ def test_a_note_edited_with_another_field_of_its_record_is_planned_with_the_line
     person["job_title"] = "Head of Rewrites"
     person["update_time"] = "2026-11-28 12:00:00"
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
 
     plan = load_plan(tmp_path / "p")
     (record,) = [r for r in plan["records"]["contacts"] if r["source_id"] == str(person["id"])]
@@ -298,7 +294,7 @@ def test_a_note_edited_with_another_field_of_its_record_is_planned_with_the_line
     assert changes["notes"]["after"] == ["Rewritten in Pipedrive."]
     assert any(re.sub(r"<[^>]+>", "", old_text).strip()[:20] in line for line in changes["notes"]["before"])
     assert "Rewritten in Pipedrive." in (tmp_path / "p" / "plan.md").read_text()
-    _assert_the_run_does_as_planned(env, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
+    _assert_the_run_does_as_planned(migrated, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
 
 
 def _assert_the_run_does_as_planned(env, tmp_path, plan, *args: str) -> dict:
@@ -313,11 +309,10 @@ def _assert_the_run_does_as_planned(env, tmp_path, plan, *args: str) -> dict:
 
 
 def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_are_planned_as_the_updates_the_run_makes(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """The run writes a record whose payload changed; the plan said unchanged when the change was a
     note's text (the target's form shows notes only as there or not) or Customermates already held it."""
-    assert invoke(env, "run").exit_code == 0
     note = next(n for n in pipedrive.collections["notes"] if n.get("active_flag") and n.get("person_id") and not n.get("deal_id"))
     note["content"] = "<div>Rewritten in Pipedrive.</div>"
     note["update_time"] = "2026-11-28 12:00:00"
@@ -331,7 +326,7 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     )
     assert response.status_code == 200, response.text
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     plan = load_plan(tmp_path / "p")
     updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
     assert set(updates) == {str(note["person_id"]), str(both["id"])}
@@ -339,49 +334,47 @@ def test_a_note_edited_in_pipedrive_and_an_edit_made_the_same_way_on_both_sides_
     assert notes["field"] == "notes" and "Rewritten in Pipedrive." in notes["after"] and notes["before"]
     assert "already holds" in updates[str(both["id"])]["reason"]
 
-    _assert_the_run_does_as_planned(env, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
+    _assert_the_run_does_as_planned(migrated, tmp_path, plan, "--plan", str(tmp_path / "p" / "plan.json"))
 
 
 def test_a_column_deleted_in_customermates_is_planned_as_the_updates_that_fill_it_again_and_the_run_makes_them(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """A user deletes the migrated "Job title" column; nothing changes in Pipedrive. The run makes the
     column again and updates every contact with a job title (its body names the new column); the
     plan said they were all unchanged."""
-    assert invoke(env, "run").exit_code == 0
     old = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     customermates._tool_delete_column(old)  # as the app's column settings do
     titled = {str(p["id"]): p["job_title"] for p in live(pipedrive.collections["persons"]) if p.get("job_title")}
     assert titled
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     plan = load_plan(tmp_path / "p")
     updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
     assert set(updates) == set(titled)
     assert all(r["changes"] == [{"field": "Job title", "before": None, "after": titled[sid]}] for sid, r in updates.items())
     assert "contacts: Job title (plain)" in plan["schema"]["columns_to_create"]
 
-    _assert_the_run_does_as_planned(env, tmp_path, plan)
+    _assert_the_run_does_as_planned(migrated, tmp_path, plan)
 
 
 def test_a_pipedrive_id_column_deleted_in_customermates_is_planned_as_updates_not_as_records_deleted_there(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """A user deletes the contacts' Pipedrive ID column. The plan read the contacts by it: it found none,
     and said every migrated contact was deleted in Customermates (skipped), while the run made the column
     again and updated each. It now reads them by creation and knows each by the state file's id map."""
-    assert invoke(env, "run").exit_code == 0
     contacts = {r["id"] for r in customermates.records("contacts")}
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Pipedrive ID")
     customermates._tool_delete_column(column)
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     plan = load_plan(tmp_path / "p")
     assert plan["summary"]["contacts"]["update"] == len(contacts)
     assert not [r for r in plan["records"]["contacts"] if r["action"] == "skip" and "Customermates" in r.get("reason", "")]
     assert "contacts: Pipedrive ID (plain)" in plan["schema"]["columns_to_create"]
 
-    _assert_the_run_does_as_planned(env, tmp_path, plan)
+    _assert_the_run_does_as_planned(migrated, tmp_path, plan)
     assert {r["id"] for r in customermates.records("contacts")} == contacts
 
 
@@ -451,11 +444,10 @@ def test_a_dry_run_without_customermates_names_no_owner_unmatched(env, sample_di
     assert json.loads((tmp_path / "dry" / "report.json").read_text())["unmatched_users"] == []
 
 
-def test_plan_md_shows_hostile_names_and_values_as_written_without_breaking_its_tables_or_lists(env, pipedrive, customermates, tmp_path):
+def test_plan_md_shows_hostile_names_and_values_as_written_without_breaking_its_tables_or_lists(migrated, pipedrive, customermates, tmp_path):
     """plan.md took names and values raw: a record named `<script>…` reached a Markdown viewer as HTML, a
     field renamed `USt | IdNr` with a line break split the coverage table's row, a title's line break
     broke the list, and a backtick in a value closed its code span early."""
-    assert invoke(env, "run").exit_code == 0
     email = "7e0a25e3ba4c25eb45bb84806b6215cfad0f42fd"  # the sample persons' varchar custom field "Email"
     next(f for f in pipedrive.collections["personFields"] if f["field_code"] == email)["field_name"] = "USt | IdNr\n<b>neu</b>"
     person = next(p for p in live(pipedrive.collections["persons"]) if p.get("first_name"))
@@ -464,7 +456,7 @@ def test_plan_md_shows_hostile_names_and_values_as_written_without_breaking_its_
     person["custom_fields"] = {**(person.get("custom_fields") or {}), email: "CTO | `code` **bold**"}
     person["update_time"] = "2026-11-28T12:00:00Z"
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     markdown = (tmp_path / "p" / "plan.md").read_text()
     outside_code = re.sub(r"(`+).+?\1", "", markdown)  # a code span shows its text as it is
     assert "<script>" not in outside_code and "<b>" not in outside_code

@@ -38,13 +38,6 @@ def snapshot(env: dict[str, str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def migrated(env: dict[str, str], customermates: FakeCustomermates) -> dict[str, str]:
-    result = invoke(["run"], env)  # through the Pipedrive API, so the state file knows the company
-    assert result.exit_code == 0, result.output
-    return env
-
-
-@pytest.fixture
 def other_customermates() -> Iterator[FakeCustomermates]:
     with FakeCustomermates() as fake:
         yield fake

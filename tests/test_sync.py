@@ -37,10 +37,9 @@ def live_persons(pipedrive):
     return [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")]
 
 
-def test_a_sync_without_changes_costs_a_handful_of_reads_and_no_writes(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_a_sync_without_changes_costs_a_handful_of_reads_and_no_writes(migrated, pipedrive, customermates):
     requests_before, writes_before = len(pipedrive.requests), customermates.write_count()
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code == 0, result.output
     assert "created 0, updated 0" in result.output
     sync_requests = pipedrive.requests[requests_before:]
@@ -51,8 +50,7 @@ def test_a_sync_without_changes_costs_a_handful_of_reads_and_no_writes(env, pipe
     assert "Pipedrive requests 22, 292 tokens" in result.output  # every request counted, as the tokens are
 
 
-def test_a_sync_carries_edits_and_new_records_with_minimal_writes(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_a_sync_carries_edits_and_new_records_with_minimal_writes(migrated, pipedrive, customermates):
     person = live_persons(pipedrive)[5]
     person["first_name"] = person["first_name"] + "-Synced"
     person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
@@ -60,7 +58,7 @@ def test_a_sync_carries_edits_and_new_records_with_minimal_writes(env, pipedrive
     newcomer = dict(live_persons(pipedrive)[6], id=9001, name="Nora Neu", first_name="Nora", last_name="Neu", add_time=NOW, update_time=NOW)
     pipedrive.collections["persons"].append(newcomer)
     customermates.clear_requests()
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code == 0, result.output
     writes = [(r.method, r.path, r.item_count) for r in customermates.requests if r.path.endswith("/many")]
     assert writes == [("POST", "/api/v1/contacts/many", 1), ("PUT", "/api/v1/contacts/many", 1)]
@@ -69,27 +67,25 @@ def test_a_sync_carries_edits_and_new_records_with_minimal_writes(env, pipedrive
     assert contacts["9001"][0]["lastName"] == "Neu"
 
 
-def test_deleted_records_are_marked_by_default_and_removed_on_request(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_deleted_records_are_marked_by_default_and_removed_on_request(migrated, pipedrive, customermates):
     first, second = live_persons(pipedrive)[:2]
     for person in (first, second):
         person["is_deleted"], person["update_time"] = True, NOW
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     contacts = by_pipedrive_id(customermates, "contacts")
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     for person in (first, second):
         values = {v["columnId"]: v["value"] for v in contacts[str(person["id"])][0]["customFieldValues"]}
         assert values[column] == NOW[:10]
     writes = customermates.write_count()
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert customermates.write_count() == writes  # marked once
-    assert invoke(env, "sync", "--deletes", "delete").exit_code == 0
+    assert invoke(migrated, "sync", "--deletes", "delete").exit_code == 0
     contacts = by_pipedrive_id(customermates, "contacts")
     assert str(first["id"]) not in contacts and str(second["id"]) not in contacts
 
 
-def test_syncs_converge_to_what_a_fresh_migration_produces(env, pipedrive, customermates, tmp_path):
-    assert invoke(env, "run").exit_code == 0
+def test_syncs_converge_to_what_a_fresh_migration_produces(migrated, pipedrive, customermates, tmp_path):
     rng = random.Random(5)
     next_id = 10_000
     for round_number in range(3):
@@ -108,21 +104,20 @@ def test_syncs_converge_to_what_a_fresh_migration_produces(env, pipedrive, custo
         pipedrive.collections["persons"].append(
             dict(template, id=next_id, name=f"New Person {next_id}", first_name="New", last_name=f"Person {next_id}", add_time=stamp, update_time=stamp)
         )
-        result = invoke(env, "sync", "--deletes", "delete")
+        result = invoke(migrated, "sync", "--deletes", "delete")
         assert result.exit_code == 0, result.output
     with FakeCustomermates() as fresh:
-        fresh_env = dict(env, CUSTOMERMATES_URL=fresh.url, MIGRATE_STATE=str(tmp_path / "fresh.duckdb"))
+        fresh_env = dict(migrated, CUSTOMERMATES_URL=fresh.url, MIGRATE_STATE=str(tmp_path / "fresh.duckdb"))
         assert invoke(fresh_env, "run").exit_code == 0
         assert snapshot(customermates) == snapshot(fresh)
 
 
-def test_records_that_vanish_without_a_trace_are_caught_by_id_reconciliation(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_records_that_vanish_without_a_trace_are_caught_by_id_reconciliation(migrated, pipedrive, customermates):
     purged = live_persons(pipedrive)[3]
     pipedrive.collections["persons"].remove(purged)  # gone for good: no is_deleted row, no update_time bump
-    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0").exit_code == 0
+    assert invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", "0").exit_code == 0
     assert str(purged["id"]) in by_pipedrive_id(customermates, "contacts")  # the window cannot see it
-    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
+    result = invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", "1")
     assert result.exit_code == 0, result.output
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
 
@@ -221,35 +216,33 @@ def _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates) 
     assert {"columnId": after["Newsletter"], "value": "weekly"} in record["customFieldValues"]
 
 
-def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(env, pipedrive, customermates, tmp_path):
+def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """A plan lists the rename and makes none, and the sync after it renames the column, where the
     plan saved the field's new label as the column's and the sync saw no rename to make."""
-    assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     _field(pipedrive, "personFields", "Anrede")["field_name"] = "Salutation"
 
-    planned = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    planned = invoke(migrated, "plan", "--report-dir", str(tmp_path / "p"))
     assert planned.exit_code == 0, planned.output
     assert json.loads((tmp_path / "p" / "plan.json").read_text())["schema"]["columns_to_rename"] == ["contacts: Anrede → Salutation"]
     assert "- contacts: Anrede → Salutation" in (tmp_path / "p" / "plan.md").read_text()
     assert "columns to rename: 1" in planned.output
     assert {c["label"]: c["id"] for c in customermates.columns("contact")} == before
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     after = {c["label"]: c["id"] for c in customermates.columns("contact")}
     assert after["Salutation"] == before["Anrede"] and "Anrede" not in after
 
 
-def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, pipedrive, customermates, tmp_path):
+def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(migrated, pipedrive, customermates, tmp_path):
     """The old column keeps its values under a label saying it was replaced, where both had one
     label and users could not tell which one is kept up to date; the plan says what the new one replaces."""
-    assert invoke(env, "run").exit_code == 0
     field = _field(pipedrive, "personFields", "Geburtstag")
     field["field_type"] = "varchar"
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     assert "- contacts: Geburtstag (plain), replacing the date column" in (tmp_path / "p" / "plan.md").read_text()
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
 
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -258,21 +251,20 @@ def test_a_field_whose_type_changed_gets_a_new_column_and_is_reported(env, piped
     assert kinds == {"Geburtstag": "plain", "Geburtstag (replaced)": "date"}
 
 
-def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_column(env, pipedrive, customermates):
+def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_column(migrated, pipedrive, customermates):
     """"Geburtstag" turns plain and back to date, a person's birthday changing each time. The
     first column, taken back, gets the latest value, where the value it still held from the first
     run read as an edit made in Customermates and the person was skipped as a conflict."""
-    assert invoke(env, "run").exit_code == 0
     field = _field(pipedrive, "personFields", "Geburtstag")
     [first] = [c["id"] for c in customermates.columns("contact") if c["label"] == "Geburtstag"]
     person = next(p for p in live_persons(pipedrive) if (p.get("custom_fields") or {}).get(field["field_code"]))
     field["field_type"] = "varchar"
     person["custom_fields"][field["field_code"]], person["update_time"] = "1999-09-09", NOW
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     field["field_type"] = "date"
     person["custom_fields"][field["field_code"]], person["update_time"] = "2001-01-01", "2026-11-28T13:00:00Z"
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     values = {v["columnId"]: v["value"] for v in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]}
@@ -283,12 +275,11 @@ def test_a_field_whose_type_changed_back_writes_its_latest_value_into_its_first_
 
 
 def test_a_column_deleted_in_customermates_while_a_sync_sets_up_columns_stops_it_with_a_message_and_the_next_makes_it_again(
-    env, pipedrive, customermates, monkeypatch
+    migrated, pipedrive, customermates, monkeypatch
 ):
     """A user deletes a migrated column between the sync's first read of the columns and its read
     back: the sync stops with a message saying so (exit 1, nothing written), where it raised a
     RuntimeError with a traceback that said the column vanished right after it was created."""
-    assert invoke(env, "run").exit_code == 0
     job = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     reads = []
     configuration = CustomermatesClient.configuration
@@ -302,13 +293,13 @@ def test_a_column_deleted_in_customermates_while_a_sync_sets_up_columns_stops_it
     monkeypatch.setattr(CustomermatesClient, "configuration", deleting)
     writes = customermates.write_count()
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 1
     assert "'Job title'" in result.output and "was deleted in Customermates while this run set up its columns" in result.output
     assert customermates.write_count() == writes
     monkeypatch.setattr(CustomermatesClient, "configuration", configuration)
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert [c["label"] for c in customermates.columns("contact")].count("Job title") == 1
 
 
@@ -354,15 +345,14 @@ def _labels(customermates, entity):
     return found
 
 
-def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_own(env, pipedrive, customermates):
+def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_own(migrated, pipedrive, customermates):
     """Pipedrive: "Beste Anrufzeit" renamed to "Rückrufzeit", and a new field named "Beste
     Anrufzeit". The renamed field keeps its column (renamed); the new one gets its own, where it
     took the renamed field's column by its old label and both fields wrote into it."""
-    assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     person = _rename_field_and_add_one(pipedrive, "Beste Anrufzeit", "Rückrufzeit", added="Beste Anrufzeit", code="a" * 40, value="abends")
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     after = _labels(customermates, "contact")
@@ -374,18 +364,17 @@ def test_a_new_field_taking_the_label_a_renamed_field_left_gets_a_column_of_its_
     assert values.get(before["Beste Anrufzeit"]) != "abends"
 
 
-def test_a_phone_column_made_one_value_in_customermates_gets_a_list_column_of_its_own(env, pipedrive, customermates, tmp_path):
+def test_a_phone_column_made_one_value_in_customermates_gets_a_list_column_of_its_own(migrated, pipedrive, customermates, tmp_path):
     """A user turns the migrated "Phone" column (several numbers, comma-joined) into a one-number
     column: the server would refuse every contact with two numbers, and the sync quarantined them
     all, sync after sync. A column of its own is made, as a first run does next to such a column,
     and the report says why; the user's column is left as they set it."""
-    assert invoke(env, "run").exit_code == 0
     phone = next(c for c in customermates.columns("contact") if c["label"] == "Phone")
     customermates._columns[phone["id"]]["options"]["allowMultiple"] = False  # as the app's column settings do
     for person in live_persons(pipedrive):
         person["job_title"], person["update_time"] = "Changed", NOW
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -403,18 +392,17 @@ def test_a_phone_column_made_one_value_in_customermates_gets_a_list_column_of_it
     assert len(several) > 5
 
 
-def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed_in_pipedrive_too(env, pipedrive, customermates):
+def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed_in_pipedrive_too(migrated, pipedrive, customermates):
     """A user deletes the migrated "Job title" column, and a person's job title changes in Pipedrive.
     The sync makes the column again and fills it, that person's new title too, where the empty new
     column looked like an edit made in Customermates: the person was skipped as a conflict."""
-    assert invoke(env, "run").exit_code == 0
     old = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     customermates._tool_delete_column(old)  # as the app's column settings do
     titled = [p for p in live_persons(pipedrive) if p.get("job_title")]
     person = titled[0]
     person["job_title"], person["update_time"] = "Chief Synchroniser", NOW
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     [new] = _labels(customermates, "contact")["Job title"]
@@ -424,11 +412,10 @@ def test_a_column_deleted_in_customermates_is_made_again_with_the_values_changed
     assert all(titles[str(p["id"])] for p in titled)
 
 
-def test_a_new_field_named_as_a_column_a_user_renamed_gets_a_column_of_its_own(env, pipedrive, customermates):
+def test_a_new_field_named_as_a_column_a_user_renamed_gets_a_column_of_its_own(migrated, pipedrive, customermates):
     """A user renames the migrated "Job title" column to "Position"; then a Pipedrive field
     "Position" comes. It gets a column of its own, where it took the job title column by that
     label, and job titles and positions overwrote each other in it."""
-    assert invoke(env, "run").exit_code == 0
     job = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     customermates._columns[job]["label"] = "Position"  # as the app's column settings do
     pipedrive.collections["personFields"].append(
@@ -438,7 +425,7 @@ def test_a_new_field_named_as_a_column_a_user_renamed_gets_a_column_of_its_own(e
     person.setdefault("custom_fields", {})["b" * 40] = "Board"
     person["update_time"] = NOW
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     [theirs, new] = sorted(_labels(customermates, "contact")["Position"], key=lambda cid: cid != job)
@@ -447,16 +434,15 @@ def test_a_new_field_named_as_a_column_a_user_renamed_gets_a_column_of_its_own(e
     assert (values[job], values[new]) == (person["job_title"], "Board")
 
 
-def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_keeps_its_column_label(env, pipedrive, customermates):
+def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_keeps_its_column_label(migrated, pipedrive, customermates):
     """Pipedrive: "Geburtstag" renamed to "Anrede", the name of another field. The renamed field's
     column becomes "Anrede (Pipedrive field)" and the Anrede column stays "Anrede", where the field
     first by order took "Anrede": the salutation column, untouched in Pipedrive, was renamed
     "Anrede (Pipedrive field)" and the birthday column was called "Anrede"."""
-    assert invoke(env, "run").exit_code == 0
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     _field(pipedrive, "personFields", "Geburtstag")["field_name"] = "Anrede"
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     after = _labels(customermates, "contact")
@@ -464,18 +450,17 @@ def test_a_field_renamed_to_another_fields_name_takes_the_suffix_and_the_other_k
     assert after["Anrede (Pipedrive field)"] == [before["Geburtstag"]]
 
 
-def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_option(env, pipedrive, customermates):
+def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_option(migrated, pipedrive, customermates):
     """A user makes "Frau" the default of the migrated "Anrede" column; then Pipedrive gets a new
     option. The sync adds it and "Frau" stays the default, where every option was sent back with
     isDefault false and the user's choice was undone."""
-    assert invoke(env, "run").exit_code == 0
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
     for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
         option["isDefault"] = option["label"] == "Frau"
     field = _field(pipedrive, "personFields", "Anrede")
     field["options"].append({"id": 999, "label": "Prof."})
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
@@ -484,12 +469,11 @@ def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_opt
     }
 
 
-def test_an_option_deleted_in_customermates_is_made_again_on_every_record_changed_in_pipedrive_too(env, pipedrive, customermates):
+def test_an_option_deleted_in_customermates_is_made_again_on_every_record_changed_in_pipedrive_too(migrated, pipedrive, customermates):
     """A user deletes the option "Herr" (the server clears it on every record), and a Herr
     contact's job title changes in Pipedrive. The sync adds "Herr" again and sets it on every such
     contact, that one too, where its missing value read as an edit made in Customermates: it was
     skipped as a conflict, without its option and its new job title."""
-    assert invoke(env, "run").exit_code == 0
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
     herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
 
@@ -506,7 +490,7 @@ def test_an_option_deleted_in_customermates_is_made_again_on_every_record_change
     person = next(p for p in live_persons(pipedrive) if str(p["id"]) == had_herr[0])
     person["job_title"], person["update_time"] = "Changed", NOW
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
@@ -514,10 +498,9 @@ def test_an_option_deleted_in_customermates_is_made_again_on_every_record_change
     assert on_herr(again) == had_herr
 
 
-def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pipedrive, customermates):
+def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(migrated, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr.": a sync leaves it so and keeps the
     records on it, where it added a second option "Herr" and moved every such record onto it."""
-    assert invoke(env, "run").exit_code == 0
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
     herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
     for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
@@ -531,7 +514,7 @@ def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pip
     for person in live_persons(pipedrive):  # every record written again
         person["job_title"], person["update_time"] = "Changed", NOW
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
@@ -540,7 +523,7 @@ def test_an_option_renamed_in_customermates_is_kept_and_not_added_again(env, pip
         sid for sid, found in by_pipedrive_id(customermates, "contacts").items()
         if {"columnId": column["id"], "value": herr} in found[0]["customFieldValues"]
     )
-    assert invoke(env, "sync").exit_code == 0  # and stays so
+    assert invoke(migrated, "sync").exit_code == 0  # and stays so
     column = next(c for c in customermates.columns("contact") if c["label"] == "Anrede")
     assert [o["label"] for o in column["options"]["options"]] == ["Mr.", "Frau", "Divers", "Dr."]
 
@@ -561,12 +544,11 @@ def _rename_option(pipedrive, field: str, label: str, to: str) -> None:
     next(o for o in _field(pipedrive, "personFields", field)["options"] if o["label"] == label)["label"] = to
 
 
-def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env, pipedrive, customermates, tmp_path):
+def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(migrated, pipedrive, customermates, tmp_path):
     """Pipedrive: the option "Herr" renamed "Mister", and a Herr person's job title changed. The
     sync renames the option, the records keep its uuid and that person gets the new job title,
     where a second option "Mister" was added, every Herr record moved onto it and "Herr" was left
     behind with none. A later edit of another such person is no conflict either."""
-    assert invoke(env, "run").exit_code == 0
     column = _anrede(customermates)
     herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
     on_herr = _on_option(customermates, column["id"], herr)
@@ -575,7 +557,7 @@ def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env
     person = next(p for p in live_persons(pipedrive) if str(p["id"]) == on_herr[0])
     person["job_title"], person["update_time"] = "Changed", NOW
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     column = _anrede(customermates)
@@ -591,7 +573,7 @@ def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env
     other = next(p for p in live_persons(pipedrive) if str(p["id"]) == on_herr[1])
     other["job_title"], other["update_time"] = "Changed", "2026-11-28T13:00:00Z"
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r2"))  # the next: no rename, no conflict
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r2"))  # the next: no rename, no conflict
 
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
@@ -600,11 +582,10 @@ def test_an_option_renamed_in_pipedrive_is_renamed_in_place_keeping_its_uuid(env
     assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Mister", "Frau", "Divers", "Dr."]
 
 
-def test_a_stage_renamed_in_pipedrive_renames_its_option_in_place(env, pipedrive, customermates, tmp_path):
+def test_a_stage_renamed_in_pipedrive_renames_its_option_in_place(migrated, pipedrive, customermates, tmp_path):
     """A stage's option is "<pipeline> / <stage>", known by the stage's id: renaming the stage in
     Pipedrive renames the option and its deals keep it, where a new option was added and every deal
     of the stage moved onto it."""
-    assert invoke(env, "run").exit_code == 0
     column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
     old = next(o for o in column["options"]["options"] if o["label"] == "Vertrieb Neukunden / Qualifiziert")
     deals = by_pipedrive_id(customermates, "deals")
@@ -613,7 +594,7 @@ def test_a_stage_renamed_in_pipedrive_renames_its_option_in_place(env, pipedrive
     stage = next(s for s in pipedrive.collections["stages"] if s["id"] == 1)
     stage["name"], stage["update_time"] = "Qualified", NOW
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     column = next(c for c in customermates.columns("deal") if c["label"] == "Stage")
@@ -626,17 +607,16 @@ def test_a_stage_renamed_in_pipedrive_renames_its_option_in_place(env, pipedrive
     assert report["options_added"] == []
 
 
-def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(env, pipedrive, customermates, tmp_path):
+def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(migrated, pipedrive, customermates, tmp_path):
     """A plan after "Herr" was renamed "Mister" in Pipedrive lists the rename, writes nothing and
     finds the Herr records unchanged (they keep their option), where it planned a new option
     "Mister" and an update of each of them; the sync after it renames the option."""
-    assert invoke(env, "run").exit_code == 0
     column = _anrede(customermates)
     herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
     _rename_option(pipedrive, "Anrede", "Herr", "Mister")
     customermates.clear_requests()
 
-    result = invoke(env, "plan", "--report-dir", str(tmp_path / "p"))
+    result = invoke(migrated, "plan", "--report-dir", str(tmp_path / "p"))
 
     assert result.exit_code == 0, result.output
     plan = json.loads((tmp_path / "p" / "plan.json").read_text())
@@ -645,14 +625,13 @@ def test_a_plan_shows_an_option_renamed_in_pipedrive_and_renames_nothing(env, pi
     assert "- contacts: Anrede: Herr → Mister" in (tmp_path / "p" / "plan.md").read_text()
     assert "options to rename: 1" in result.output
     assert customermates.write_count() == 0 and _anrede(customermates) == column
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert next((o["label"], o["value"] == herr) for o in _anrede(customermates)["options"]["options"]) == ("Mister", True)
 
 
-def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedrive_is_renamed(env, pipedrive, customermates):
+def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedrive_is_renamed(migrated, pipedrive, customermates):
     """A user renames the migrated option "Herr" to "Mr." in Customermates, and "Frau" is renamed
     "Madam" in Pipedrive: the sync renames "Frau" only; "Mr." stays as the user set it."""
-    assert invoke(env, "run").exit_code == 0
     column = _anrede(customermates)
     before = {o["label"]: o["value"] for o in column["options"]["options"]}
     for option in customermates._columns[column["id"]]["options"]["options"]:  # as the app's column settings do
@@ -660,7 +639,7 @@ def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedr
             option["label"] = "Mr."
     _rename_option(pipedrive, "Anrede", "Frau", "Madam")
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     assert {o["label"]: o["value"] for o in _anrede(customermates)["options"]["options"]} == {
@@ -668,20 +647,19 @@ def test_an_option_renamed_in_customermates_stays_so_while_one_renamed_in_pipedr
     }
 
 
-def test_a_state_file_without_option_ids_adds_a_renamed_option_and_knows_them_from_then_on(env, pipedrive, customermates):
+def test_a_state_file_without_option_ids_adds_a_renamed_option_and_knows_them_from_then_on(migrated, pipedrive, customermates):
     """A state file of an earlier version remembers options by label alone: an option renamed in
     Pipedrive is added as a new one, as that version did. That sync remembers the option ids, so
     the next rename is made in place."""
-    assert invoke(env, "run").exit_code == 0
-    with Staging(Path(env["MIGRATE_STATE"])) as staging:
+    with Staging(Path(migrated["MIGRATE_STATE"])) as staging:
         staging.con.execute("UPDATE column_map SET pipedrive_options = NULL")
     _rename_option(pipedrive, "Anrede", "Herr", "Mister")
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert [o["label"] for o in _anrede(customermates)["options"]["options"]] == ["Herr", "Frau", "Divers", "Dr.", "Mister"]
     mister = next(o["value"] for o in _anrede(customermates)["options"]["options"] if o["label"] == "Mister")
     _rename_option(pipedrive, "Anrede", "Mister", "Monsieur")
 
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
 
     options = {o["label"]: o["value"] for o in _anrede(customermates)["options"]["options"]}
     assert list(options) == ["Herr", "Frau", "Divers", "Dr.", "Monsieur"] and options["Monsieur"] == mister
@@ -717,36 +695,33 @@ def test_sigterm_lets_the_batch_in_flight_finish_and_be_recorded(tmp_path, piped
         assert all(len(records) == 1 for records in by_pipedrive_id(cm, "organizations").values())
 
 
-def test_a_record_without_update_time_arrives_with_the_id_reconciliation(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_a_record_without_update_time_arrives_with_the_id_reconciliation(migrated, pipedrive, customermates):
     template = live_persons(pipedrive)[0]
     pipedrive.collections["persons"].append(dict(template, id=7777, name="No Stamp", first_name="No", last_name="Stamp", update_time=None))
-    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "0").exit_code == 0
     assert "7777" not in by_pipedrive_id(customermates, "contacts")  # no updated_since window shows it
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
     assert by_pipedrive_id(customermates, "contacts")["7777"][0]["lastName"] == "Stamp"
 
 
-def test_an_exhausted_daily_budget_stops_the_sync_with_exit_4_and_the_next_one_resumes(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_an_exhausted_daily_budget_stops_the_sync_with_exit_4_and_the_next_one_resumes(migrated, pipedrive, customermates):
     person = live_persons(pipedrive)[2]
     person["job_title"], person["update_time"] = "Budget Tester", NOW
     pipedrive.daily_token_budget = pipedrive.tokens_spent + 60  # a few requests, then 429 until "midnight"
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code == 4, result.output
     assert "daily API token budget" in result.output
     assert pipedrive.count_429 == 1 and pipedrive.count_403 == 0  # stopped at the first one: no 429 storm
     pipedrive.reset_daily_budget()
     pipedrive.daily_token_budget = None
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     assert {"columnId": column, "value": "Budget Tester"} in record["customFieldValues"]
 
 
-def test_json_logs_give_one_json_line_per_sync_with_its_counts_per_entity_and_report_path(env, tmp_path):
-    assert invoke(env, "run").exit_code == 0
-    result = invoke(env, "sync", "--log-format", "json", "--report-dir", str(tmp_path))
+def test_json_logs_give_one_json_line_per_sync_with_its_counts_per_entity_and_report_path(migrated, tmp_path):
+    result = invoke(migrated, "sync", "--log-format", "json", "--report-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     line = json.loads(result.output.strip().splitlines()[-1])
     assert line["event"] == "sync" and line["status"] == "ok" and "created 0" in line["line"] and "conflicts 0" in line["line"]
@@ -756,8 +731,7 @@ def test_json_logs_give_one_json_line_per_sync_with_its_counts_per_entity_and_re
     assert all(line["entities"][e]["unchanged"] == row["unchanged"] and line["entities"][e]["conflicts"] == row["conflicts"] for e, row in report["entities"].items())
 
 
-def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_archived_copy(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_archived_copy(migrated, pipedrive, customermates):
     deal = next(d for d in pipedrive.collections["deals"] if not d.get("is_deleted"))
     lead = next(d for d in pipedrive.collections["leads"] if not d.get("is_deleted"))
     archived = {
@@ -767,7 +741,7 @@ def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_arc
     for name, record in (("deals", deal), ("leads", lead)):
         pipedrive.collections[name].remove(record)
         pipedrive.collections[f"{name}_archived"].append(archived[name])
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code == 0, result.output
     deals = by_pipedrive_id(customermates, "deals")
     assert [d["name"] for d in deals[str(deal["id"])]] == [archived["deals"]["title"]]
@@ -776,7 +750,7 @@ def test_a_deal_or_lead_archived_after_the_migration_is_synced_once_from_its_arc
     restored = dict(archived["deals"], is_archived=False, title=deal["title"], update_time="2026-11-28T13:00:00Z")
     pipedrive.collections["deals_archived"].remove(archived["deals"])
     pipedrive.collections["deals"].append(restored)
-    result = invoke(env, "sync", "--reconcile-every", "1", "--deletes", "delete")
+    result = invoke(migrated, "sync", "--reconcile-every", "1", "--deletes", "delete")
     assert result.exit_code == 0, result.output
     deals = by_pipedrive_id(customermates, "deals")
     assert [d["name"] for d in deals[str(deal["id"])]] == [deal["title"]]
@@ -826,17 +800,16 @@ def _edit_in_customermates(customermates, record, **fields):
     assert response.status_code == 200, response.text
 
 
-def test_a_sync_reads_from_customermates_only_what_changed_there_since_the_last_read(env, pipedrive, customermates, tmp_path):
+def test_a_sync_reads_from_customermates_only_what_changed_there_since_the_last_read(migrated, pipedrive, customermates, tmp_path):
     """Between reconciling syncs, Customermates is searched for records whose updatedAt is at or after
     the server's clock when the last read began: what the run wrote is read once, then nothing, and
     an edit made there is still seen (here: a conflict with an edit in Pipedrive, skipped)."""
-    assert invoke(env, "run").exit_code == 0
     written = sum(len(customermates.records(e)) for e in ("contacts", "organizations", "deals", "services", "tasks"))
     reports = tmp_path / "reports"
 
     def sync():
         customermates.clear_requests()
-        result = invoke(env, "sync", "--report-dir", str(reports))
+        result = invoke(migrated, "sync", "--report-dir", str(reports))
         assert result.exit_code == 0, result.output
         return json.loads((reports / "report.json").read_text())["sync"]["customermates_read"], result.output
 
@@ -861,14 +834,13 @@ def test_a_sync_reads_from_customermates_only_what_changed_there_since_the_last_
     assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
 
 
-def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_deletion_moves(env, pipedrive, customermates, tmp_path):
+def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_deletion_moves(migrated, pipedrive, customermates, tmp_path):
     """A sync reads what changed in Customermates since the last read. Paged by number, a contact
     deleted there once the first page was read made the second page start one contact late: that
     contact's edit there was never read, and the sync wrote Pipedrive's edit over it instead of
     reporting a conflict. Paged by the last updatedAt read, every edit is read: each is a conflict."""
-    assert invoke(env, "run").exit_code == 0
     customermates.advance_clock(600)
-    assert invoke(env, "sync").exit_code == 0  # reads what the run wrote; the next read starts after it
+    assert invoke(migrated, "sync").exit_code == 0  # reads what the run wrote; the next read starts after it
     customermates.advance_clock(600)
     index = by_pipedrive_id(customermates, "contacts")
     persons = sorted((p for p in live_persons(pipedrive) if str(p["id"]) in index and p.get("first_name")), key=lambda p: p["id"])
@@ -887,7 +859,7 @@ def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_de
             customermates.delete_records("contacts", [index[str(gone["id"])][0]["id"]])
 
     customermates.after_search = delete_after_the_first_page
-    result = invoke(env, "sync", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert customermates.after_search is None  # the deletion happened mid-read
     assert json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["conflicts"] == len(edited)
@@ -896,13 +868,12 @@ def test_edits_in_customermates_are_all_seen_by_a_read_of_what_changed_that_a_de
     assert all(r["lastName"] == "Edited-In-Target" and not r["firstName"].endswith("-Src") for r in kept)
 
 
-def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_next_reconciling_sync(env, pipedrive, customermates, tmp_path):
+def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_next_reconciling_sync(migrated, pipedrive, customermates, tmp_path):
     """A deletion leaves no updatedAt to find, so a read of what changed cannot see it. A deleted record
     that changed in Pipedrive is found when the server refuses its update (reported, not quarantined);
     an unchanged one by the whole read of every `--reconcile-every`-th sync (or by a link a record read
     again lost to it: none links these)."""
-    assert invoke(env, "run").exit_code == 0
-    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "0").exit_code == 0
     changed, unchanged = [p for p in live_persons(pipedrive) if str(p["id"]) not in _persons_referred_to(pipedrive)][:2]
     contacts = by_pipedrive_id(customermates, "contacts")
     response = httpx.request(
@@ -912,7 +883,7 @@ def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_n
     assert response.status_code == 200, response.text
     changed["first_name"], changed["update_time"] = "Changed-After-Deletion", NOW
     for reconcile_every, found in (("0", {changed["id"]}), ("1", {changed["id"], unchanged["id"]})):
-        result = invoke(env, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / reconcile_every))
+        result = invoke(migrated, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / reconcile_every))
         assert result.exit_code == 0, result.output
         report = json.loads((tmp_path / reconcile_every / "report.json").read_text())
         assert (report["sync"]["customermates_read"]["since"] is None) == (reconcile_every == "1")
@@ -921,19 +892,18 @@ def test_records_deleted_in_customermates_are_found_by_a_refused_update_or_the_n
         assert reported == {str(i) for i in found}
 
 
-def test_a_record_whose_update_is_refused_as_deleted_is_created_again_by_the_same_sync_under_recreate(env, pipedrive, customermates, tmp_path):
+def test_a_record_whose_update_is_refused_as_deleted_is_created_again_by_the_same_sync_under_recreate(migrated, pipedrive, customermates, tmp_path):
     """With --on-target-deleted recreate, a record deleted in Customermates that changed in Pipedrive
     is created again by the sync that finds it gone (its update refused), not left to the next run:
     the report's "recreated" is what Customermates holds when the sync ends."""
-    assert invoke(env, "run").exit_code == 0
-    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "0").exit_code == 0
     person = live_persons(pipedrive)[2]
     old_id = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["id"]
     response = httpx.request("DELETE", f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY}, json={"ids": [old_id]})
     assert response.status_code == 200, response.text
     person["first_name"], person["update_time"] = "Changed-After-Deletion", NOW
     args = ("sync", "--reconcile-every", "0", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "sync"))
-    result = invoke(env, *args)
+    result = invoke(migrated, *args)
     assert result.exit_code == 0, result.output
     contacts = json.loads((tmp_path / "sync" / "report.json").read_text())["entities"]["contacts"]
     assert (contacts["deleted_in_target"], contacts["recreated"], contacts["created"]) == (1, 1, 1)
@@ -942,21 +912,20 @@ def test_a_record_whose_update_is_refused_as_deleted_is_created_again_by_the_sam
     with Staging(tmp_path / "state.duckdb") as staging:
         assert staging.id_map_for("contacts", [str(person["id"])])[str(person["id"])][0] == recreated["id"]
     writes = customermates.write_count()
-    assert invoke(env, *args).exit_code == 0  # and the next sync has nothing left to do
+    assert invoke(migrated, *args).exit_code == 0  # and the next sync has nothing left to do
     assert customermates.write_count() == writes and len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1
 
 
-def test_a_reconciling_sync_under_recreate_creates_again_an_unchanged_record_deleted_in_customermates(env, pipedrive, customermates, tmp_path):
+def test_a_reconciling_sync_under_recreate_creates_again_an_unchanged_record_deleted_in_customermates(migrated, pipedrive, customermates, tmp_path):
     """An unchanged record deleted in Customermates is seen only by a reconciling sync's whole read;
     under recreate that sync creates it again, and the records linking to it link to the new one."""
-    assert invoke(env, "run").exit_code == 0
     organization = next(o for o in pipedrive.collections["organizations"] if not o.get("is_deleted")
                         and any(p.get("org_id") == o["id"] for p in live_persons(pipedrive)))
     members = {str(p["id"]) for p in live_persons(pipedrive) if p.get("org_id") == organization["id"]}
     old_id = by_pipedrive_id(customermates, "organizations")[str(organization["id"])][0]["id"]
     response = httpx.request("DELETE", f"{customermates.url}/api/v1/organizations/many", headers={"x-api-key": VALID_KEY}, json={"ids": [old_id]})
     assert response.status_code == 200, response.text
-    result = invoke(env, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["organizations"]
     assert (row["deleted_in_target"], row["recreated"], row["created"]) == (1, 1, 1)
@@ -965,11 +934,10 @@ def test_a_reconciling_sync_under_recreate_creates_again_an_unchanged_record_del
     assert all([o["id"] for o in contacts[sid][0]["organizations"]] == [recreated["id"]] for sid in members)
 
 
-def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the_read_miss_others(env, pipedrive, customermates, tmp_path):
+def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the_read_miss_others(migrated, pipedrive, customermates, tmp_path):
     """Searches page by number: two contacts of the first page deleted once it was read move every
     later contact two places back, so the second page starts two contacts late. Those two are
     looked up by Pipedrive ID before they count as deleted: neither reported nor created again."""
-    assert invoke(env, "run").exit_code == 0
     contacts = sorted(customermates.records("contacts"), key=lambda r: by_pid_value(customermates, r))
     assert len(contacts) > 100  # two pages
     deleted = [contacts[10]["id"], contacts[20]["id"]]
@@ -981,7 +949,7 @@ def test_records_deleted_in_customermates_while_it_is_read_whole_do_not_make_the
             customermates.delete_records("contacts", deleted)
 
     customermates.after_search = delete_after_the_first_page
-    result = invoke(env, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--reconcile-every", "1", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert customermates.after_search is None  # the deletion happened mid-read
     row = json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]
@@ -1007,25 +975,23 @@ def _reconciling_sync(env, customermates, tmp_path) -> tuple[int, int]:
     return json.loads((tmp_path / "r" / "report.json").read_text())["entities"]["contacts"]["deleted_in_target"], len(lookups)
 
 
-def test_records_deleted_in_customermates_are_looked_up_once_not_at_every_whole_read(env, pipedrive, customermates, tmp_path):
+def test_records_deleted_in_customermates_are_looked_up_once_not_at_every_whole_read(migrated, pipedrive, customermates, tmp_path):
     """A whole read looks up each migrated record it did not see before it counts as deleted there.
     Once found gone, a record is not looked up again: a team that deleted 2,000 contacts would
     otherwise pay 2,000 searches at every reconciling sync. Each sync still reports them."""
-    assert invoke(env, "run").exit_code == 0
     linked = _persons_referred_to(pipedrive)
     index = by_pipedrive_id(customermates, "contacts")
     gone = [index[pid][0]["id"] for pid in sorted(index) if pid not in linked][:5]
     customermates.delete_records("contacts", gone)
 
-    assert _reconciling_sync(env, customermates, tmp_path) == (5, 5)
-    assert _reconciling_sync(env, customermates, tmp_path) == (5, 0)
+    assert _reconciling_sync(migrated, customermates, tmp_path) == (5, 5)
+    assert _reconciling_sync(migrated, customermates, tmp_path) == (5, 0)
 
 
-def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_gone_and_is_looked_up_once(env, pipedrive, customermates, tmp_path):
+def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_gone_and_is_looked_up_once(migrated, pipedrive, customermates, tmp_path):
     """A user deleted a migrated contact and made another by hand with its Pipedrive ID. The lookup
     finds that other contact, which is kept with what was read; the migrated one is still gone,
     reported, and not looked up again."""
-    assert invoke(env, "run").exit_code == 0
     linked = _persons_referred_to(pipedrive)
     index = by_pipedrive_id(customermates, "contacts")
     pid = next(pid for pid in sorted(index) if pid not in linked)
@@ -1037,17 +1003,16 @@ def test_a_deleted_record_whose_pipedrive_id_another_record_carries_counts_as_go
     )
     assert made.status_code == 201, made.text
 
-    assert _reconciling_sync(env, customermates, tmp_path) == (1, 1)
-    assert _reconciling_sync(env, customermates, tmp_path) == (1, 0)
+    assert _reconciling_sync(migrated, customermates, tmp_path) == (1, 1)
+    assert _reconciling_sync(migrated, customermates, tmp_path) == (1, 0)
     assert [r["lastName"] for r in by_pipedrive_id(customermates, "contacts")[pid]] == ["Hand"]  # left alone
 
 
-def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_duplicates(env, pipedrive, customermates):
+def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_duplicates(migrated, pipedrive, customermates):
     """An uncertain write is settled by reading the entity back when that takes fewer searches than
     one per record. Contacts of the first page deleted once it was read move the rest back until the
     second page is empty, so the read ends before the new contacts (last by Pipedrive ID): its count
     differs from the total, and what it did not see is looked up one by one before it is sent again."""
-    assert invoke(env, "run").exit_code == 0
     template = live_persons(pipedrive)[0]
     pipedrive.collections["persons"] += [
         dict(template, id=99991 + i, name=f"Neu {i}", first_name="Neu", last_name=str(i), add_time=NOW, update_time=NOW) for i in range(5)
@@ -1061,7 +1026,7 @@ def test_an_uncertain_create_settled_by_a_read_that_deletions_moved_creates_no_d
             customermates.delete_records("contacts", [r["id"] for r in contacts[: len(contacts) - 100]])  # page 2 now empty
 
     customermates.after_search = delete_after_the_first_page
-    result = invoke(env, "sync", "--reconcile-every", "0")
+    result = invoke(migrated, "sync", "--reconcile-every", "0")
     assert result.exit_code == 0, result.output
     assert customermates.after_search is None  # the settling read was moved under
     index = by_pipedrive_id(customermates, "contacts")
@@ -1080,10 +1045,9 @@ def by_pid_value(customermates, record) -> str:
     return next(v["value"] for v in record["customFieldValues"] if v["columnId"] == column)
 
 
-def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, customermates, tmp_path, monkeypatch):
+def test_a_target_read_cut_short_makes_the_next_one_whole(migrated, pipedrive, customermates, tmp_path, monkeypatch):
     """A whole read forgets where reads of changes start before it clears the kept records, and
     notes it again only when complete: after a read that failed half way, the next read is whole."""
-    assert invoke(env, "run").exit_code == 0
     with Staging(tmp_path / "state.duckdb") as staging:
         assert staging.meta(target.READ_SINCE_KEY) is not None
     iter_records = CustomermatesClient.iter_records
@@ -1094,33 +1058,32 @@ def test_a_target_read_cut_short_makes_the_next_one_whole(env, pipedrive, custom
         return iter_records(self, entity, **kwargs)
 
     monkeypatch.setattr(CustomermatesClient, "iter_records", deals_unreadable)
-    result = invoke(env, "sync", "--reconcile-every", "1")
+    result = invoke(migrated, "sync", "--reconcile-every", "1")
     assert result.exit_code != 0 and "POST /deals/search" in result.output
     monkeypatch.setattr(CustomermatesClient, "iter_records", iter_records)
     with Staging(tmp_path / "state.duckdb") as staging:
         assert staging.meta(target.READ_SINCE_KEY) is None
-    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["customermates_read"]["since"] is None
 
 
-def test_a_user_invited_after_the_migration_is_assigned_their_records_by_the_next_sync(env, pipedrive, customermates, tmp_path):
+def test_a_user_invited_after_the_migration_is_assigned_their_records_by_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """What a record's request body holds besides the record itself (the user map, the columns)
     changed, so the sync compares every record, not only those that changed in Pipedrive."""
-    assert invoke(env, "run").exit_code == 0
     owner = pipedrive.collections["users"][0]
     owned = {str(p["id"]) for p in live_persons(pipedrive) if p.get("owner_id") == owner["id"]}
     assert owned
     joined = customermates.add_user(
         {"id": "33333333-3333-4333-8333-333333333333", "email": owner["email"].upper(), "firstName": "Katrin", "lastName": "Vogel"}
     )
-    assert invoke(env, "sync", "--report-dir", str(tmp_path / "r")).exit_code == 0
+    assert invoke(migrated, "sync", "--report-dir", str(tmp_path / "r")).exit_code == 0
     contacts = by_pipedrive_id(customermates, "contacts")
     assert {pid for pid, dtos in contacts.items() if any(u["id"] == joined["id"] for u in dtos[0]["users"])} == owned
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["entities"]["contacts"]["updated"] == len(owned)
     writes = customermates.write_count()
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert customermates.write_count() == writes  # and the next sync is back to reading what changed
 
 
@@ -1128,43 +1091,40 @@ def _values(record):
     return {v["columnId"]: v["value"] for v in record["customFieldValues"]}
 
 
-def test_a_record_restored_in_pipedrive_loses_the_deleted_mark_a_sync_gave_it(env, pipedrive, customermates):
+def test_a_record_restored_in_pipedrive_loses_the_deleted_mark_a_sync_gave_it(migrated, pipedrive, customermates):
     """A person deleted in Pipedrive is marked by a sync; restored there (Pipedrive keeps deleted
     records 30 days), the next sync takes the mark off instead of leaving a date that is no longer true."""
-    assert invoke(env, "run").exit_code == 0
     person = live_persons(pipedrive)[4]
     person["is_deleted"], person["update_time"] = True, NOW
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])[column] == NOW[:10]
     person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     [record] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
     assert column not in _values(record)
 
 
-def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_and_not_reported_twice(env, pipedrive, customermates, tmp_path):
+def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_and_not_reported_twice(migrated, pipedrive, customermates, tmp_path):
     """`--deletes delete` removes the contact; the target as read kept it, so once the person was
     restored and created again, every later sync reported two contacts with its Pipedrive ID."""
-    assert invoke(env, "run").exit_code == 0
     person = live_persons(pipedrive)[4]
     person["is_deleted"], person["update_time"] = True, NOW
-    assert invoke(env, "sync", "--deletes", "delete").exit_code == 0
+    assert invoke(migrated, "sync", "--deletes", "delete").exit_code == 0
     assert str(person["id"]) not in by_pipedrive_id(customermates, "contacts")
     person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
     for n in range(2):
-        result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / str(n)))
+        result = invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / str(n)))
         assert result.exit_code == 0, result.output
         report = json.loads((tmp_path / str(n) / "report.json").read_text())
         assert report["duplicates_in_target"] == [], report["duplicates_in_target"]
         assert len(by_pipedrive_id(customermates, "contacts")[str(person["id"])]) == 1
 
 
-def test_a_sync_stopped_before_it_read_the_deal_products_reads_them_next_time(env, pipedrive, customermates):
+def test_a_sync_stopped_before_it_read_the_deal_products_reads_them_next_time(migrated, pipedrive, customermates):
     """The deals that changed are read first, their product lines after; a sync stopped between the
     two (here Pipedrive fails the product read) has moved the deals' watermark past those deals, so
     the next sync did not read their product lines again and the old quantity stayed for good."""
-    assert invoke(env, "run").exit_code == 0
     line = next(
         p for p in pipedrive.collections["deal_products"]
         if any(d["id"] == p["deal_id"] and not d.get("is_deleted") for d in pipedrive.collections["deals"])
@@ -1176,44 +1136,42 @@ def test_a_sync_stopped_before_it_read_the_deal_products_reads_them_next_time(en
     later = next(d for d in pipedrive.collections["deals"] if d is not deal and not d.get("is_deleted"))
     later["title"], later["update_time"] = later["title"] + " (later)", "2026-11-28T13:00:00Z"  # an hour on: past the overlap
     pipedrive.inject(402, count=1, path_contains="/deals/products")
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code != 0
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     [record] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
     assert record["name"] == deal["title"]
     service = by_pipedrive_id(customermates, "services")[str(line["product_id"])][0]["id"]
     assert [s["quantity"] for s in record["services"] if s["id"] == service] == [17]
 
 
-def test_an_edit_stamped_before_the_watermark_arrives_with_the_id_reconciliation(env, pipedrive, customermates):
+def test_an_edit_stamped_before_the_watermark_arrives_with_the_id_reconciliation(migrated, pipedrive, customermates):
     """An edit whose update_time is older than the watermark less the overlap (a Pipedrive server
     whose clock is behind, a change made visible late) falls outside every updated_since window. The
     whole read of a reconciling sync sees it: the staged copy's update_time differs, so it is staged."""
-    assert invoke(env, "run").exit_code == 0
     person = live_persons(pipedrive)[3]
     person["job_title"], person["update_time"] = "Skewed", "2020-01-01T00:00:00Z"
-    assert invoke(env, "sync", "--reconcile-every", "0").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "0").exit_code == 0
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title")
     assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]).get(column) != "Skewed"  # no window shows it
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
     assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]).get(column) == "Skewed"
 
 
-def test_a_record_that_vanished_and_came_back_unchanged_is_live_again_after_the_next_reconciliation(env, pipedrive, customermates):
+def test_a_record_that_vanished_and_came_back_unchanged_is_live_again_after_the_next_reconciliation(migrated, pipedrive, customermates):
     """A record missing from a whole read (out of the token's sight for a while, say) is flagged
     deleted and marked; when a later whole read finds it again with the same update_time, it was
     left flagged deleted for good, marked in Customermates, and left out of every later run."""
-    assert invoke(env, "run").exit_code == 0
     person = live_persons(pipedrive)[3]
     pipedrive.collections["persons"].remove(person)
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     assert column in _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])
     pipedrive.collections["persons"].append(person)
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
     [record] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
     assert column not in _values(record)
-    with Staging(env["MIGRATE_STATE"]) as staging:
+    with Staging(migrated["MIGRATE_STATE"]) as staging:
         assert [r.get("is_deleted") for r in staging.iter_raw("persons") if r["id"] == person["id"]] in ([None], [False])
 
 
@@ -1234,65 +1192,61 @@ def test_a_quarantined_record_deleted_in_pipedrive_stops_counting_as_quarantined
     assert report["status"] == "ok" and report["quarantined"]["count"] == 0
 
 
-def test_a_sync_after_a_run_stopped_in_its_extract_finishes_that_extract_before_it_writes(env, pipedrive, customermates, tmp_path):
+def test_a_sync_after_a_run_stopped_in_its_extract_finishes_that_extract_before_it_writes(migrated, pipedrive, customermates, tmp_path):
     """A second `migrate run` starts its extract afresh (the staged records go) and stops half way:
     Pipedrive's daily budget ran out. The sync that cron starts next must not take the half it staged
     for the account: it read only what changed since the old watermarks, and wrote the records as made
     from that half (the notes not staged again were cleared from every organization)."""
-    assert invoke(env, "run").exit_code == 0
     snapshot_before = snapshot(customermates)
     pipedrive.daily_token_budget = pipedrive.tokens_spent + 150  # the rerun's extract stops early
-    assert invoke(env, "run").exit_code == 4
+    assert invoke(migrated, "run").exit_code == 4
     pipedrive.reset_daily_budget()
     pipedrive.daily_token_budget = None
-    result = invoke(env, "sync", "--reconcile-every", "0")
+    result = invoke(migrated, "sync", "--reconcile-every", "0")
     assert result.exit_code == 0, result.output
     assert snapshot(customermates) == snapshot_before  # nothing changed in Pipedrive: nothing to write
 
 
-def test_an_archived_lead_deleted_in_pipedrive_is_handled_by_deletes_like_any_other(env, pipedrive, customermates, tmp_path):
+def test_an_archived_lead_deleted_in_pipedrive_is_handled_by_deletes_like_any_other(migrated, pipedrive, customermates, tmp_path):
     """Archived leads are read whole at every sync (no updated_since there). One deleted in Pipedrive
     left the list, and the sync dropped it from the state file without a trace: --deletes never saw
     it, and its deal stayed in Customermates, unmarked, where a fresh migration has none."""
-    assert invoke(env, "run").exit_code == 0
     lead = pipedrive.collections["leads_archived"][0]
     assert f"lead:{lead['id']}" in by_pipedrive_id(customermates, "deals")
     pipedrive.collections["leads_archived"].remove(lead)
-    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert f"lead:{lead['id']}" not in by_pipedrive_id(customermates, "deals")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["sync"]["deleted_in_pipedrive"] == {"deals": 1}
 
 
-def test_a_link_removed_in_pipedrive_is_removed_in_customermates_by_the_sync(env, pipedrive, customermates):
+def test_a_link_removed_in_pipedrive_is_removed_in_customermates_by_the_sync(migrated, pipedrive, customermates):
     """An update names only the links a record has: a person taken out of their organization, or a
     deal moved to an organization not (yet) migrated, left the update without `organizationIds`,
     which Customermates reads as "unchanged": the old link stayed, though the issue said it was dropped."""
-    assert invoke(env, "run").exit_code == 0
     person = next(p for p in live_persons(pipedrive) if p.get("org_id"))
     deal = next(d for d in pipedrive.collections["deals"] if not d.get("is_deleted") and d.get("org_id") and d.get("person_id"))
     assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"]
     person["org_id"], person["update_time"] = None, NOW
     deal["org_id"], deal["person_id"], deal["update_time"] = 7777, None, NOW  # an organization not read yet
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"] == []
     [record] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
     assert (record["organizations"], record["contacts"]) == ([], [])
 
 
-def test_a_record_purged_in_pipedrive_before_a_rerun_is_still_handled_by_the_deletes_of_later_syncs(env, pipedrive, customermates):
+def test_a_record_purged_in_pipedrive_before_a_rerun_is_still_handled_by_the_deletes_of_later_syncs(migrated, pipedrive, customermates):
     """A person gone from Pipedrive for good (purged 30 days after its deletion) while only `migrate
     run` ran: its extract starts afresh, so the state file holds no trace of the person, and no later
     sync, reconciling or not, applied --deletes to its contact, left in Customermates for good."""
-    assert invoke(env, "run").exit_code == 0
     purged = next(p for p in live_persons(pipedrive) if str(p["id"]) not in _persons_referred_to(pipedrive))
     pipedrive.collections["persons"].remove(purged)
-    assert invoke(env, "run").exit_code == 0  # a rerun leaves deletions alone
+    assert invoke(migrated, "run").exit_code == 0  # a rerun leaves deletions alone
     assert str(purged["id"]) in by_pipedrive_id(customermates, "contacts")
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0  # marked, with the day it was found gone
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0  # marked, with the day it was found gone
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     assert len(_values(by_pipedrive_id(customermates, "contacts")[str(purged["id"])][0]).get(column) or "") == 10
-    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", "1")
+    result = invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", "1")
     assert result.exit_code == 0, result.output
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
 
@@ -1360,25 +1314,24 @@ def _contact_writes(customermates, method: str) -> list[tuple[int | None, int | 
     return [(r.item_count, r.status) for r in customermates.requests if r.method == method and r.path == "/api/v1/contacts/many"]
 
 
-def test_a_sync_marks_and_deletes_fifty_records_a_request_and_sends_one_that_timed_out_again_in_halves(env, pipedrive, customermates):
+def test_a_sync_marks_and_deletes_fifty_records_a_request_and_sends_one_that_timed_out_again_in_halves(migrated, pipedrive, customermates):
     """The contract (§ Observed): a lone batch of 100 contacts took 6.7 s once, and the server's transaction
     limit failed it with a 500 that wrote nothing. Marks and deletes went 100 a request and never fewer: on
     a server that slow, every sync failed so."""
-    assert invoke(env, "run").exit_code == 0
     gone = live_persons(pipedrive)[:105]
     for person in gone:
         person["is_deleted"], person["update_time"] = True, NOW
     customermates.latency_per_item, customermates.transaction_timeout = 0.002, 0.075  # 25 records take 0.05 s, 50 take 0.1 s
     customermates.clear_requests()
 
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
 
     assert result.exit_code == 0, result.output
     assert "deleted in Pipedrive 105 (mark)" in result.output
     assert _contact_writes(customermates, "PUT") == [(50, 500), (25, 200), (25, 200), (25, 200), (25, 200), (5, 200)]
     customermates.clear_requests()
 
-    result = invoke(env, "sync", "--deletes", "delete")
+    result = invoke(migrated, "sync", "--deletes", "delete")
 
     assert result.exit_code == 0, result.output
     assert "deleted in Pipedrive 105 (delete)" in result.output
@@ -1411,36 +1364,34 @@ def test_a_mark_refused_for_another_reason_than_a_missing_record_fails_the_sync_
     assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])[column] == NOW[:10]
 
 
-def test_a_record_restored_in_pipedrive_whose_marked_record_a_user_deleted_is_reported_and_the_sync_goes_on(env, pipedrive, customermates, tmp_path):
+def test_a_record_restored_in_pipedrive_whose_marked_record_a_user_deleted_is_reported_and_the_sync_goes_on(migrated, pipedrive, customermates, tmp_path):
     """Taking the mark off is an update too, refused for an id the server no longer has: every sync
     failed so until a reconciling one. Reported, the next sync's load finds the record deleted there."""
-    assert invoke(env, "run").exit_code == 0
     restored, other = live_persons(pipedrive)[4:6]
     for person in (restored, other):
         person["is_deleted"], person["update_time"] = True, NOW
-    assert invoke(env, "sync").exit_code == 0
-    assert invoke(env, "sync").exit_code == 0  # reads the marks back
+    assert invoke(migrated, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0  # reads the marks back
     [contact] = by_pipedrive_id(customermates, "contacts")[str(restored["id"])]
     customermates.delete_records("contacts", [contact["id"]])
     for person in (restored, other):
         person["is_deleted"], person["update_time"] = False, "2026-11-28T13:00:00Z"
 
-    result = invoke(env, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--reconcile-every", "0", "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     assert column not in _values(by_pipedrive_id(customermates, "contacts")[str(other["id"])][0])
     issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
     assert {(str(restored["id"]), "deleted_in_target"), (str(other["id"]), "restored_in_pipedrive")} <= issues
-    result = invoke(env, "sync", "--reconcile-every", "0", "--on-target-deleted", "recreate")
+    result = invoke(migrated, "sync", "--reconcile-every", "0", "--on-target-deleted", "recreate")
     assert result.exit_code == 0, result.output
     assert len(by_pipedrive_id(customermates, "contacts")[str(restored["id"])]) == 1
 
 
-def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported_with_its_message_and_the_rest_removed(env, pipedrive, customermates, tmp_path, monkeypatch):
+def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported_with_its_message_and_the_rest_removed(migrated, pipedrive, customermates, tmp_path, monkeypatch):
     """A delete refused for a reason other than a missing id (the contract's "Only custom tasks can
     be deleted") leaves that record as it is, reported with the server's words; the others go."""
-    assert invoke(env, "run").exit_code == 0
     kept, removed = live_persons(pipedrive)[5:7]
     for person in (kept, removed):
         person["is_deleted"], person["update_time"] = True, NOW
@@ -1454,7 +1405,7 @@ def test_a_record_customermates_refuses_to_remove_for_another_reason_is_reported
 
     monkeypatch.setattr(CustomermatesClient, "delete_many", refusing)
 
-    result = invoke(env, "sync", "--deletes", "delete", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--deletes", "delete", "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     contacts = by_pipedrive_id(customermates, "contacts")
@@ -1499,25 +1450,24 @@ def test_sync_every_logs_a_failed_sync_and_runs_the_next_but_stops_at_a_configur
     assert {"columnId": column, "value": "Loop Tester"} in record["customFieldValues"]
 
 
-def test_a_record_found_vanished_is_marked_with_the_day_found_and_removed_by_the_next_sync_given_deletes(env, pipedrive, customermates):
+def test_a_record_found_vanished_is_marked_with_the_day_found_and_removed_by_the_next_sync_given_deletes(migrated, pipedrive, customermates):
     """Person 2 is deleted in Pipedrive, person 6 purged (absent from every list). The reconciling
     sync flagged 6 deleted but marked it with its last update_time (2021-12-31), not the day it was
     found gone; person 2 keeps the date Pipedrive gives. The next `--deletes delete` sync, not
     reconciling, removes both."""
-    assert invoke(env, "run").exit_code == 0
     persons = {p["id"]: p for p in pipedrive.collections["persons"]}
     persons[2]["is_deleted"], persons[2]["update_time"] = True, NOW
     pipedrive.collections["persons"].remove(persons[6])
-    assert invoke(env, "sync").exit_code == 0
-    assert invoke(env, "sync", "--reconcile-every", "1").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
     column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
     contacts = by_pipedrive_id(customermates, "contacts")
     assert _values(contacts["2"][0])[column] == NOW[:10]  # the date Pipedrive gives
-    with Staging(env["MIGRATE_STATE"]) as staging:
+    with Staging(migrated["MIGRATE_STATE"]) as staging:
         [vanished_at] = [r.get("vanished_at") for r in staging.iter_raw("persons") if r["id"] == 6]
     assert _values(contacts["6"][0])[column] == (vanished_at or "")[:10] != persons[6]["update_time"][:10]  # the day it was found gone
 
-    result = invoke(env, "sync", "--deletes", "delete")
+    result = invoke(migrated, "sync", "--deletes", "delete")
 
     assert result.exit_code == 0, result.output
     contacts = by_pipedrive_id(customermates, "contacts")
@@ -1535,16 +1485,15 @@ def test_a_sync_that_fails_with_log_format_json_says_so_in_a_json_line(env, cust
     assert failed["exit_code"] == 1 and "http://127.0.0.1:9" in failed["error"] and failed["level"] == "error"
 
 
-def test_a_record_purged_in_pipedrive_is_still_known_deleted_after_a_run_and_the_next_sync_given_deletes_removes_it(env, pipedrive, customermates):
+def test_a_record_purged_in_pipedrive_is_still_known_deleted_after_a_run_and_the_next_sync_given_deletes_removes_it(migrated, pipedrive, customermates):
     """Person 6 is purged (absent from every list). A run in between starts its extract afresh and
     dropped what the reconciling sync had found: the next `sync --deletes delete` left contact 6 until
     the next reconciling sync, up to a day later. A complete extract now stages the migrated records
     it did not see as deleted, as a reconciliation does."""
-    assert invoke(env, "run").exit_code == 0
     pipedrive.collections["persons"].remove(next(p for p in pipedrive.collections["persons"] if p["id"] == 6))
-    assert invoke(env, "run").exit_code == 0  # no reconciling sync before it: the run finds it gone itself
+    assert invoke(migrated, "run").exit_code == 0  # no reconciling sync before it: the run finds it gone itself
 
-    result = invoke(env, "sync", "--deletes", "delete")
+    result = invoke(migrated, "sync", "--deletes", "delete")
 
     assert result.exit_code == 0, result.output
     assert "6" not in by_pipedrive_id(customermates, "contacts")
@@ -1608,13 +1557,12 @@ def _says_link_dropped(report_dir: Path, deal: dict, person_id: str, recreated_b
     ) in dropped  # with those of the records written with the deal that link the contact too
 
 
-def test_a_deal_whose_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_as_no_conflict(env, pipedrive, customermates, tmp_path):
+def test_a_deal_whose_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_as_no_conflict(migrated, pipedrive, customermates, tmp_path):
     """The deal's contacts no longer held the deleted contact, which read as an edit of the deal
     made in Customermates: every later Pipedrive edit of the deal was skipped as a conflict."""
-    assert invoke(env, "run").exit_code == 0
     deal, _, _ = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
 
-    assert _synced_deal(env, customermates, tmp_path, deal)["name"] == deal["title"]
+    assert _synced_deal(migrated, customermates, tmp_path, deal)["name"] == deal["title"]
 
 
 def test_a_sync_writes_a_deal_whose_contact_a_user_deleted_in_customermates_without_that_link_and_says_so(
@@ -1695,10 +1643,9 @@ def test_a_deal_whose_contact_a_user_unlinked_in_customermates_is_a_conflict_whe
     assert [c["id"] for c in by_pipedrive_id(customermates, "contacts")[person_id]] == [contact_id]
 
 
-def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_that_held_a_value(env, pipedrive, customermates, tmp_path):
+def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_that_held_a_value(migrated, pipedrive, customermates, tmp_path):
     """The values the records were written with, in a column no field fills now, read as edits made
     in Customermates: every record that held one became a conflict, for good."""
-    assert invoke(env, "run").exit_code == 0
     field = next(f for f in pipedrive.collections["personFields"] if f.get("is_custom_field") and f["field_type"] == "enum")
     pipedrive.collections["personFields"].remove(field)
     held = [p for p in live_persons(pipedrive) if (p.get("custom_fields") or {}).pop(field["field_code"], None) is not None]
@@ -1708,7 +1655,7 @@ def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_th
     held[0]["first_name"] = "Renamed"
     held[0]["name"] = f"Renamed {held[0].get('last_name') or ''}".strip()
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
 
     assert result.exit_code == 0, result.output
     assert _conflicts(tmp_path) == []
@@ -1716,10 +1663,9 @@ def test_a_custom_field_deleted_in_pipedrive_makes_no_conflict_of_the_records_th
     assert json.loads((tmp_path / "report.json").read_text())["columns_left"] == [f"contacts: {field['field_name']}"]
 
 
-def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the_record_not_overwritten(env, pipedrive, customermates, tmp_path):
+def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the_record_not_overwritten(migrated, pipedrive, customermates, tmp_path):
     """The plan saw notes only as there or not: a line a user typed into a contact's notes was
     wiped by the next sync that wrote the contact (a job title changed in Pipedrive)."""
-    assert invoke(env, "run").exit_code == 0
     person = next(p for p in live_persons(pipedrive) if by_pipedrive_id(customermates, "contacts")[str(p["id"])][0]["notes"])
     contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     response = httpx.put(
@@ -1730,14 +1676,14 @@ def test_notes_edited_in_customermates_are_a_conflict_when_pipedrive_changes_the
     person["job_title"] = "Changed in Pipedrive"
     person["update_time"] = NOW
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
 
     assert result.exit_code == 0, result.output
     assert [(i["entity"], i["source_id"]) for i in _conflicts(tmp_path)] == [("contacts", str(person["id"]))]
     assert "conflicts 1," in result.output  # on the sync's line, beside created, updated and unchanged
     kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert "CALL BACK MONDAY" in json.dumps(kept["notes"])
-    assert invoke(env, "sync", "--on-conflict", "source-wins").exit_code == 0
+    assert invoke(migrated, "sync", "--on-conflict", "source-wins").exit_code == 0
     assert "CALL BACK MONDAY" not in json.dumps(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["notes"])
 
 
@@ -1764,15 +1710,14 @@ def test_two_records_customermates_refuses_are_quarantined_once_a_later_entity_w
     assert len(read_quarantine(tmp_path / "again")) == 2
 
 
-def test_a_deletion_whose_answer_was_lost_is_sent_again_and_counted_as_this_syncs(env, pipedrive, customermates, tmp_path):
+def test_a_deletion_whose_answer_was_lost_is_sent_again_and_counted_as_this_syncs(migrated, pipedrive, customermates, tmp_path):
     """The sync ended with "reconcile before retrying", and the next one reported the record as
     removed by a user first: no sync ever counted the deletion it made."""
-    assert invoke(env, "run").exit_code == 0
     person = live_persons(pipedrive)[0]
     person["is_deleted"], person["update_time"] = True, NOW
     customermates.drop_after_apply(1, path_contains="/contacts/many")  # the delete is applied, its answer lost
 
-    result = invoke(env, "sync", "--deletes", "delete", "--report-dir", str(tmp_path))
+    result = invoke(migrated, "sync", "--deletes", "delete", "--report-dir", str(tmp_path))
 
     assert result.exit_code == 0, result.output
     assert "deleted in Pipedrive 1 (delete)" in result.output
