@@ -60,13 +60,6 @@ def table_rows(output: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.fixture
-def migrated(env: dict[str, str], sample_dir: Path, customermates: FakeCustomermates) -> dict[str, str]:
-    result = invoke(["run", "--source", str(sample_dir)], env)  # the snapshot: faster than the Pipedrive fake
-    assert result.exit_code == 0, result.output
-    return env
-
-
 def test_undo_dry_run_lists_everything_and_deletes_nothing(migrated, customermates, tmp_path):
     before = counts(customermates)
     writes = customermates.write_count()

@@ -65,13 +65,6 @@ def api(customermates: FakeCustomermates, method: str, path: str, body: dict[str
     return response.json()
 
 
-@pytest.fixture
-def migrated(env: dict[str, str], sample_dir: Path) -> dict[str, str]:
-    result = invoke(["run", "--source", str(sample_dir)], env)  # the snapshot: faster than the Pipedrive fake
-    assert result.exit_code == 0, result.output
-    return env
-
-
 def test_verify_after_a_clean_run_matches_everything(env, sample_dir, tmp_path):
     # users with the sample's emails, so owners are matched and owner→user links are checked
     owners = [json.loads(line) for line in (sample_dir / "users.jsonl").read_text().splitlines() if line.strip()]
