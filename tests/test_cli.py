@@ -129,9 +129,8 @@ def test_a_second_run_on_the_same_state_file_names_the_holder(env):
     assert result.exit_code == 0, result.output
 
 
-def test_status_lists_runs_checkpoints_and_migrated_counts(env):
-    assert invoke(["run"], env).exit_code == 0
-    result = invoke(["status"], env)
+def test_status_lists_runs_checkpoints_and_migrated_counts(migrated):
+    result = invoke(["status"], migrated)
     assert result.exit_code == 0, result.output
     assert "Extract: 21/21 collections complete" in result.output
     assert "117 contacts" in result.output

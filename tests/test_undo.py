@@ -341,7 +341,7 @@ def test_records_a_resumed_run_adopts_from_a_killed_runs_batch_are_reported_and_
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
 
 
-def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(env, pipedrive, customermates, tmp_path):
+def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(migrated, pipedrive, customermates, tmp_path):
     """A second run makes "Phone" again beside the one a user made take one value, and "Job title"
     again after a user deleted it; a sync makes "Vertragsbeginn" again for a field turned text.
     Undo of the second run and of the sync listed none of those (the state file gave them to the
@@ -349,32 +349,31 @@ def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(
     def ids(entity, label):
         return [c["id"] for c in customermates.columns(entity) if c["label"] == label]
 
-    assert invoke(["run"], env).exit_code == 0
     [phone], [job], [begin] = ids("contact", "Phone"), ids("contact", "Job title"), ids("deal", "Vertragsbeginn")
     customermates._columns[phone]["options"]["allowMultiple"] = False  # as the app's column settings do
     customermates._tool_delete_column(job)
-    assert invoke(["run"], env).exit_code == 0
+    assert invoke(["run"], migrated).exit_code == 0
     next(f for f in pipedrive.collections["dealFields"] if f["field_name"] == "Vertragsbeginn")["field_type"] = "varchar"
-    assert invoke(["sync"], env).exit_code == 0
-    first, second, third = (r for (r,) in state(env, "SELECT run_id FROM runs ORDER BY started_at"))
+    assert invoke(["sync"], migrated).exit_code == 0
+    first, second, third = (r for (r,) in state(migrated, "SELECT run_id FROM runs ORDER BY started_at"))
     [new_phone] = set(ids("contact", "Phone")) - {phone}
     [new_job] = ids("contact", "Job title")
     [new_begin] = set(ids("deal", "Vertragsbeginn")) - {begin}
 
     def listed(run):
-        assert invoke(["undo", "--run", run, "--columns", "--report-dir", str(tmp_path / run)], env).exit_code == 0
+        assert invoke(["undo", "--run", run, "--columns", "--report-dir", str(tmp_path / run)], migrated).exit_code == 0
         return {c["id"] for c in json.loads((tmp_path / run / "undo.json").read_text())["columns"]}
 
     assert listed(second) == {new_phone, new_job}
     assert listed(third) == {new_begin}
     assert {phone, begin} <= listed(first) and not {new_phone, new_job, new_begin} & listed(first)
 
-    result = invoke(["undo", "--run", first, "--yes", "--force", "--columns"], env)
+    result = invoke(["undo", "--run", first, "--yes", "--force", "--columns"], migrated)
 
     assert result.exit_code == 0, result.output
     assert {c["id"] for c in customermates.columns()} == {new_phone, new_job, new_begin}
     for run in (second, third):
-        assert invoke(["undo", "--run", run, "--yes", "--columns"], env).exit_code == 0
+        assert invoke(["undo", "--run", run, "--yes", "--columns"], migrated).exit_code == 0
     assert customermates.columns() == []
 
 
@@ -452,39 +451,37 @@ def test_a_column_whose_create_was_lost_is_not_found_in_a_users_column_of_its_la
     assert [c["id"] for c in customermates.columns("contact")] == [users]
 
 
-def test_records_a_sync_marked_deleted_in_pipedrive_are_not_taken_for_edits_made_in_customermates(env, pipedrive, customermates, monkeypatch):
+def test_records_a_sync_marked_deleted_in_pipedrive_are_not_taken_for_edits_made_in_customermates(migrated, pipedrive, customermates, monkeypatch):
     """The mark is this tool's write: undo kept the marked records as edited there (without --force)."""
     monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
-    assert invoke(["run"], env).exit_code == 0
-    run_id = state(env, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
+    run_id = state(migrated, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
     time.sleep(EDIT_SLACK.total_seconds() + 0.1)
     for person in [p for p in pipedrive.collections["persons"] if not p.get("is_deleted")][:2]:
         person["is_deleted"], person["update_time"] = True, "2026-11-28T12:00:00Z"
-    result = invoke(["sync"], env)
+    result = invoke(["sync"], migrated)
     assert result.exit_code == 0 and "deleted in Pipedrive 2 (mark)" in result.output, result.output
 
-    result = invoke(["undo", "--run", run_id], env)
+    result = invoke(["undo", "--run", run_id], migrated)
 
     assert result.exit_code == 0, result.output
     contacts = len(customermates.records("contacts"))
     assert table_rows(result.output)["contacts"][:3] == [str(contacts), str(contacts), "0"]  # created, would delete, kept
 
 
-def test_undo_columns_removes_the_deletion_mark_column_a_sync_made_once_the_records_are_gone(env, pipedrive, customermates):
+def test_undo_columns_removes_the_deletion_mark_column_a_sync_made_once_the_records_are_gone(migrated, pipedrive, customermates):
     """The mark column was made outside the state file: no undo removed it."""
-    assert invoke(["run"], env).exit_code == 0
     person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted"))
     person["is_deleted"], person["update_time"] = True, "2026-11-28T12:00:00Z"
-    assert invoke(["sync"], env).exit_code == 0
+    assert invoke(["sync"], migrated).exit_code == 0
     assert [c["label"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive"]
 
-    first = invoke(["undo", "--yes", "--columns"], env)  # the run's records and columns first: the mark column's sync made no record
-    second = invoke(["undo", "--yes", "--columns"], env)
+    first = invoke(["undo", "--yes", "--columns"], migrated)  # the run's records and columns first: the mark column's sync made no record
+    second = invoke(["undo", "--yes", "--columns"], migrated)
 
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
     assert customermates.columns() == []
-    assert state(env, "SELECT count(*) FROM column_map") == [(0,)]
+    assert state(migrated, "SELECT count(*) FROM column_map") == [(0,)]
 
 
 def test_a_pending_column_saved_before_its_spec_was_is_found_by_its_label_and_type(tmp_path):
