@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import httpx
-import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
