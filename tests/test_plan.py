@@ -146,8 +146,7 @@ def test_a_saved_plan_refused_for_a_customermates_change_names_the_records_creat
     assert f"contacts {person['id']} edited" in said and f"organizations {made['id']} (Customermates id) created" in said
 
 
-def _conflict(env, pipedrive, customermates):
-    assert invoke(env, "run").exit_code == 0
+def _conflict(migrated, pipedrive, customermates):
     person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name"))
     person["first_name"] += "-Src"
     person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
@@ -161,9 +160,9 @@ def _conflict(env, pipedrive, customermates):
     return person
 
 
-def test_conflicts_are_skipped_and_reported_by_default(env, pipedrive, customermates, tmp_path):
-    person = _conflict(env, pipedrive, customermates)
-    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+def test_conflicts_are_skipped_and_reported_by_default(migrated, pipedrive, customermates, tmp_path):
+    person = _conflict(migrated, pipedrive, customermates)
+    result = invoke(migrated, "run", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["entities"]["contacts"]["conflicts"] == 1
@@ -174,19 +173,19 @@ def test_conflicts_are_skipped_and_reported_by_default(env, pipedrive, customerm
     assert record["lastName"] == "Edited-In-Target" and not record["firstName"].endswith("-Src")
 
 
-def test_source_wins_overwrites_a_conflict(env, pipedrive, customermates):
-    person = _conflict(env, pipedrive, customermates)
-    assert invoke(env, "run", "--on-conflict", "source-wins").exit_code == 0
+def test_source_wins_overwrites_a_conflict(migrated, pipedrive, customermates):
+    person = _conflict(migrated, pipedrive, customermates)
+    assert invoke(migrated, "run", "--on-conflict", "source-wins").exit_code == 0
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["firstName"].endswith("-Src") and record["lastName"] != "Edited-In-Target"
 
 
-def test_target_wins_keeps_the_edit_and_stops_flagging_it(env, pipedrive, customermates, tmp_path):
-    person = _conflict(env, pipedrive, customermates)
-    assert invoke(env, "run", "--on-conflict", "target-wins").exit_code == 0
+def test_target_wins_keeps_the_edit_and_stops_flagging_it(migrated, pipedrive, customermates, tmp_path):
+    person = _conflict(migrated, pipedrive, customermates)
+    assert invoke(migrated, "run", "--on-conflict", "target-wins").exit_code == 0
     record = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
     assert record["lastName"] == "Edited-In-Target"
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     assert load_plan(tmp_path / "p")["summary"]["contacts"]["conflict"] == 0
 
 
@@ -231,41 +230,40 @@ def test_a_file_that_is_not_a_plan_is_refused_with_its_name_before_anything_is_r
     assert customermates.write_count() == 0 and pipedrive.requests == []
 
 
-def _invite_an_owner(env, sample_dir, customermates):
-    """Migrate with no Pipedrive user matched, then have the owner of the most records join
+def _invite_an_owner(migrated, sample_dir, customermates):
+    """After a migration that matched no Pipedrive user, have the owner of the most records join
     Customermates (the README's advice for `owner_unmatched`: invite them and run again)."""
-    assert invoke(env, "run").exit_code == 0
     owners = Counter(str(p["owner_id"]) for p in live(read(sample_dir, "persons")) if p.get("owner_id"))
     user = next(u for u in read(sample_dir, "users") if str(u["id"]) == owners.most_common(1)[0][0])
     customermates.add_user({"email": user["email"], "firstName": "Invited", "lastName": "Owner"})
     return user
 
 
-def test_after_an_owner_joins_customermates_the_plan_shows_the_updates_the_run_then_makes(env, sample_dir, customermates, tmp_path):
+def test_after_an_owner_joins_customermates_the_plan_shows_the_updates_the_run_then_makes(migrated, sample_dir, customermates, tmp_path):
     """The run assigns the owner's records to the new user: the plan says so, field `users`, and
     does not take the records' missing owner for an edit made in Customermates."""
-    user = _invite_an_owner(env, sample_dir, customermates)
+    user = _invite_an_owner(migrated, sample_dir, customermates)
     owned = {str(p["id"]) for p in live(read(sample_dir, "persons")) if str(p.get("owner_id")) == str(user["id"])}
 
-    assert invoke(env, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
     plan = load_plan(tmp_path / "p")
     updates = {r["source_id"]: r for r in plan["records"]["contacts"] if r["action"] == "update"}
     assert set(updates) == owned
     assert all(r["changes"] == [{"field": "users", "before": [], "after": ["Invited Owner"]}] for r in updates.values())
     assert not [r for rs in plan["records"].values() for r in rs if r.get("target_edits")]
 
-    _assert_the_run_does_as_planned(env, tmp_path, plan)
+    _assert_the_run_does_as_planned(migrated, tmp_path, plan)
 
 
 def test_a_record_edited_only_in_pipedrive_after_its_owner_joins_customermates_is_updated_not_a_conflict(
-    env, sample_dir, pipedrive, customermates, tmp_path
+    migrated, sample_dir, pipedrive, customermates, tmp_path
 ):
-    user = _invite_an_owner(env, sample_dir, customermates)
+    user = _invite_an_owner(migrated, sample_dir, customermates)
     person = next(p for p in live(pipedrive.collections["persons"]) if str(p.get("owner_id")) == str(user["id"]) and p.get("first_name"))
     person["first_name"] += "-Src"
     person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
 
-    result = invoke(env, "run", "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "run", "--report-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["entities"]["contacts"]["conflicts"] == 0

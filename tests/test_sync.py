@@ -191,23 +191,23 @@ def _rename_field_and_add_one(pipedrive, renamed: str, to: str, *, added: str, c
     return person
 
 
-def test_schema_drift_new_field_new_column_renamed_field_renamed_column(env, pipedrive, customermates):
-    _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates)
+def test_schema_drift_new_field_new_column_renamed_field_renamed_column(migrated, pipedrive, customermates):
+    _sync_a_renamed_field_and_a_new_one(migrated, pipedrive, customermates)
 
 
 def test_a_sync_on_an_account_with_only_v1_field_definitions_reads_them(env, pipedrive, customermates):
     """v1 field definitions are staged by their `key` as a full extract stages them, where the sync staged them
     by the v2 `field_code` they lack and failed."""
     answer_field_definitions_at_v1_only(pipedrive)
-    _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates)
-
-
-def _run_then_sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates) -> None:
-    """The sync renames the column of the field renamed in Pipedrive and makes one for the new field, with its value."""
     assert invoke(env, "run").exit_code == 0
+    _sync_a_renamed_field_and_a_new_one(env, pipedrive, customermates)
+
+
+def _sync_a_renamed_field_and_a_new_one(migrated, pipedrive, customermates) -> None:
+    """The sync renames the column of the field renamed in Pipedrive and makes one for the new field, with its value."""
     before = {c["label"]: c["id"] for c in customermates.columns("contact")}
     person = _rename_field_and_add_one(pipedrive, "Anrede", "Salutation", added="Newsletter", code="f" * 40, value="weekly")
-    result = invoke(env, "sync")
+    result = invoke(migrated, "sync")
     assert result.exit_code == 0, result.output
     after = {c["label"]: c["id"] for c in customermates.columns("contact")}
     assert after["Salutation"] == before["Anrede"] and "Anrede" not in after  # renamed, same column and option ids
@@ -1251,11 +1251,10 @@ def test_a_record_purged_in_pipedrive_before_a_rerun_is_still_handled_by_the_del
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
 
 
-def _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, pipedrive, customermates) -> tuple[dict, dict]:
+def _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(migrated, pipedrive, customermates) -> tuple[dict, dict]:
     """After a run and a sync, two persons deleted in Pipedrive, the first's contact also deleted in
     Customermates: a sync reading only what changed there cannot see that deletion."""
-    assert invoke(env, "run").exit_code == 0
-    assert invoke(env, "sync").exit_code == 0  # reads back what the run wrote: the contact is held as there
+    assert invoke(migrated, "sync").exit_code == 0  # reads back what the run wrote: the contact is held as there
     gone_there, other = live_persons(pipedrive)[5:7]
     for person in (gone_there, other):
         person["is_deleted"], person["update_time"] = True, NOW
@@ -1266,7 +1265,7 @@ def _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, p
 
 @pytest.mark.parametrize("reconcile_every", ["0", "1"])
 def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_once_and_not_asked_again(
-    env, pipedrive, customermates, tmp_path, reconcile_every
+    migrated, pipedrive, customermates, tmp_path, reconcile_every
 ):
     """The person is deleted in Pipedrive and its contact in Customermates between two syncs: a sync
     reading only what changed there cannot see the deletion, and the server refuses the delete of an
@@ -1274,9 +1273,9 @@ def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_on
     skipped it without a word and asked again at every sync until a reconciling one. A sync whose read
     found the contact gone (read whole, `reconcile_every` 1) does so without asking, where it skipped
     the record and reported it deleted in Customermates at every sync."""
-    gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, pipedrive, customermates)
+    gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(migrated, pipedrive, customermates)
 
-    result = invoke(env, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     assert str(other["id"]) not in by_pipedrive_id(customermates, "contacts")
@@ -1284,20 +1283,20 @@ def test_a_record_a_user_removed_before_deletes_delete_reached_it_is_reported_on
     assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
     assert (str(other["id"]), "deleted_in_pipedrive_removed") in issues
     customermates.requests.clear()
-    assert invoke(env, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every).exit_code == 0
+    assert invoke(migrated, "sync", "--deletes", "delete", "--reconcile-every", reconcile_every).exit_code == 0
     assert [r for r in customermates.requests if r.method == "DELETE"] == []
 
 
 @pytest.mark.parametrize("reconcile_every", ["0", "1"])
 def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_the_rest_and_reports_it(
-    env, pipedrive, customermates, tmp_path, reconcile_every
+    migrated, pipedrive, customermates, tmp_path, reconcile_every
 ):
     """As above, under the default `--deletes mark`: the server refuses the update of an id it no longer
     has (contract, recorded 07_update_many: 400 at `contacts[0].id`, nothing of the batch written), and
     every sync failed so, marking none of the others, until a reconciling one."""
-    gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(env, pipedrive, customermates)
+    gone_there, other = _two_persons_deleted_in_pipedrive_one_also_by_a_user_in_customermates(migrated, pipedrive, customermates)
 
-    result = invoke(env, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
+    result = invoke(migrated, "sync", "--reconcile-every", reconcile_every, "--report-dir", str(tmp_path / "r"))
 
     assert result.exit_code == 0, result.output
     assert "deleted in Pipedrive 1 (mark)" in result.output
@@ -1306,7 +1305,7 @@ def test_a_sync_marking_a_record_a_user_already_deleted_in_customermates_marks_t
     issues = {(i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
     assert (str(gone_there["id"]), "deleted_in_pipedrive_already_removed") in issues
     customermates.requests.clear()
-    assert invoke(env, "sync", "--reconcile-every", reconcile_every).exit_code == 0
+    assert invoke(migrated, "sync", "--reconcile-every", reconcile_every).exit_code == 0
     assert [r for r in customermates.requests if r.method == "PUT"] == []
 
 
@@ -1519,12 +1518,11 @@ def _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates) -> tuple
     return deal, person_id, contact_id
 
 
-def _run_and_sync(env, customermates) -> None:
-    """A run, and a sync an hour later, whose read of Customermates holds every record; then an hour
+def _sync_an_hour_later(migrated, customermates) -> None:
+    """A sync an hour after the run, whose read of Customermates holds every record; then an hour
     passes (the next sync reads again only what changed there since)."""
-    assert invoke(env, "run").exit_code == 0
     customermates.advance_clock(3600)
-    assert invoke(env, "sync").exit_code == 0
+    assert invoke(migrated, "sync").exit_code == 0
     customermates.advance_clock(3600)
 
 
@@ -1566,36 +1564,36 @@ def test_a_deal_whose_contact_a_user_deleted_in_customermates_takes_its_pipedriv
 
 
 def test_a_sync_writes_a_deal_whose_contact_a_user_deleted_in_customermates_without_that_link_and_says_so(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """A sync reads what changed in Customermates, and a deletion is no change it can read: the deal's
     update named the deleted contact, the server refused it ("Contact ID not found or not accessible."
     at deals[0].contactIds[0]), and every sync quarantined the deal, its Pipedrive edits never written.
     The refusal tells the sync the contact is gone, as a whole read would: the link is dropped and said so."""
-    _run_and_sync(env, customermates)  # the next sync does not read the deal: nothing changed it there
+    _sync_an_hour_later(migrated, customermates)  # the next sync does not read the deal: nothing changed it there
     deal, person_id, contact_id = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
 
-    written = _synced_deal(env, customermates, tmp_path / "refused", deal)
+    written = _synced_deal(migrated, customermates, tmp_path / "refused", deal)
 
     assert written["name"] == deal["title"] and contact_id not in [c["id"] for c in written["contacts"]]
     assert _says_deleted_and_link_dropped(tmp_path / "refused", deal, person_id)
     _edit_in_pipedrive(deal)  # the next sync reads the deal again (this one wrote it): its lost contact is no edit made there
-    assert _synced_deal(env, customermates, tmp_path / "next", deal)["name"] == deal["title"]
+    assert _synced_deal(migrated, customermates, tmp_path / "next", deal)["name"] == deal["title"]
     assert _says_deleted_and_link_dropped(tmp_path / "next", deal, person_id)
 
 
 def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_and_linked_by_the_next_sync(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """The sync that finds the contact deleted by its refusal of the deal's link has written the
     contacts by then: it writes the deal without the link, and the next creates the contact again
     (the last read does not hold it) and links the deal to it."""
-    _run_and_sync(env, customermates)
+    _sync_an_hour_later(migrated, customermates)
     deal, person_id, contact_id = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
     recreate = ("sync", "--on-target-deleted", "recreate", "--report-dir")
 
-    assert invoke(env, *recreate, str(tmp_path / "refused")).exit_code == 0
-    assert invoke(env, *recreate, str(tmp_path / "next")).exit_code == 0
+    assert invoke(migrated, *recreate, str(tmp_path / "refused")).exit_code == 0
+    assert invoke(migrated, *recreate, str(tmp_path / "next")).exit_code == 0
 
     assert read_quarantine(tmp_path / "refused") == [] and _says_link_dropped(tmp_path / "refused", deal, person_id, "the next sync or run")
     [contact] = by_pipedrive_id(customermates, "contacts")[person_id]
@@ -1606,35 +1604,35 @@ def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_
 
 
 def test_a_deal_read_again_without_the_contact_a_user_deleted_in_customermates_takes_its_pipedrive_edit_without_that_link(
-    env, pipedrive, customermates, tmp_path
+    migrated, pipedrive, customermates, tmp_path
 ):
     """A sync reads again the records written since the last read began. The deal, written by the last
     sync and read again without the contact a user deleted since (which a read of what changed does
     not see gone), had lost a link there: an edit made in Customermates, and its Pipedrive edit was
     skipped as a conflict, at every sync. The contact is looked up, found gone, and taken so as a
     whole read takes it."""
-    _run_and_sync(env, customermates)
+    _sync_an_hour_later(migrated, customermates)
     deal, person_id, contact_id = _a_deal_and_its_contact(pipedrive, customermates)
     _edit_in_pipedrive(deal)
-    assert invoke(env, "sync").exit_code == 0  # writes the deal, which the next sync reads again
+    assert invoke(migrated, "sync").exit_code == 0  # writes the deal, which the next sync reads again
     customermates.delete_records("contacts", [contact_id])
     _edit_in_pipedrive(deal)
 
-    written = _synced_deal(env, customermates, tmp_path, deal)
+    written = _synced_deal(migrated, customermates, tmp_path, deal)
 
     assert written["name"] == deal["title"] and contact_id not in [c["id"] for c in written["contacts"]]
     assert _says_deleted_and_link_dropped(tmp_path, deal, person_id)
 
 
-def test_a_deal_whose_contact_a_user_unlinked_in_customermates_is_a_conflict_when_pipedrive_edits_it(env, pipedrive, customermates, tmp_path):
+def test_a_deal_whose_contact_a_user_unlinked_in_customermates_is_a_conflict_when_pipedrive_edits_it(migrated, pipedrive, customermates, tmp_path):
     """The contact the deal read again no longer links to is looked up, and there: the link was
     removed in Customermates, an edit made there, which the sync leaves as it is."""
-    _run_and_sync(env, customermates)
+    _sync_an_hour_later(migrated, customermates)
     deal, person_id, contact_id = _a_deal_and_its_contact(pipedrive, customermates)
     customermates.edit_records("deals", [{"id": by_pipedrive_id(customermates, "deals")[str(deal["id"])][0]["id"], "contactIds": []}])
     _edit_in_pipedrive(deal)
 
-    result = invoke(env, "sync", "--report-dir", str(tmp_path))
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
 
     assert result.exit_code == 0, result.output
     assert [(i["entity"], i["source_id"]) for i in _conflicts(tmp_path)] == [("deals", str(deal["id"]))]
