@@ -1030,3 +1030,18 @@ def test_parse_issues_of_the_recorded_bare_array_answer_has_no_path():
 )
 def test_issue_item_index(path, index):
     assert Issue("m", path).item_index() == index
+
+
+@pytest.mark.parametrize(
+    ("message", "missing"),
+    [
+        ("Contact ID not found or not accessible.", True),
+        ("Organization ID not found or not accessible.", True),  # a linked record
+        ("Custom column ID not found or not accessible. Available columns: Label (uuid)", True),
+        ("Sort field not found or not accessible.", False),  # the request's own mistake, no id
+        ("Filter field not found or not accessible. Available fields: …", False),
+        ("Invalid UUID", False),  # with it, a malformed id has the not-found issue at the same path
+    ],
+)
+def test_an_issue_says_an_id_is_not_found_with_the_servers_words_for_records_links_and_columns(message, missing):
+    assert Issue(message, "contacts[0].id").is_id_not_found() is missing

@@ -120,6 +120,11 @@ class Issue:
         match = _ITEM_INDEX.match(self.path)
         return int(match.group(1)) if match else None
 
+    def is_id_not_found(self) -> bool:
+        """The server's "<Entity> ID not found or not accessible.": an id it has not (a record, a linked
+        record, a custom column), at the path of that id."""
+        return "id not found" in self.message.lower()
+
     def __str__(self) -> str:
         return f"{self.message} at {self.path}" if self.path else self.message
 

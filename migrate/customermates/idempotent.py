@@ -104,4 +104,4 @@ def _named(issues: list[Issue], size: int) -> dict[int, list[Issue]]:
 
 def _missing_record(issue: Issue) -> bool:
     """The server's "<Entity> ID not found or not accessible." at a record's id."""
-    return "not found" in issue.message.lower() and _ID_PATH.fullmatch(issue.path) is not None
+    return issue.is_id_not_found() and _ID_PATH.fullmatch(issue.path) is not None

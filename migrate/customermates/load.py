@@ -735,7 +735,7 @@ def _links_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any
     refused: dict[str, set[str]] = {}
     for issue in error.issues:
         match = _LINK_PATH.fullmatch(issue.path)
-        if match is None or match["entity"] != entity or "not found" not in issue.message:
+        if match is None or match["entity"] != entity or not issue.is_id_not_found():
             continue
         key, index = match["key"], int(match["index"])
         if key in LINKS_SET.get(entity, ()) and index < len(body.get(key) or []):
@@ -746,4 +746,4 @@ def _links_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any
 def _record_not_found(entity: str, error: BatchRejectedError) -> bool:
     """The server's answer to an update of one record it no longer has: "<Entity> ID not found
     or not accessible." at `<entity>[0].id`, and nothing else."""
-    return bool(error.issues) and all(i.path == f"{entity}[0].id" and "not found" in i.message for i in error.issues)
+    return bool(error.issues) and all(i.path == f"{entity}[0].id" and i.is_id_not_found() for i in error.issues)
