@@ -1046,12 +1046,15 @@ def test_an_attendee_that_is_no_object_beside_attendees_is_kept_as_text_and_repo
 
 
 def test_an_attendee_keeps_whether_they_organize_the_activity_and_their_answer(sample_staging):
-    """Contract §7.7: attendees carry `status` and `is_organizer`; both were dropped."""
+    """Contract §7.7: attendees carry `status` and `is_organizer`; both were dropped. The flag is read
+    as every yes/no value is (1, "true"), where only True, 1 and "1" were an organizer; one that is
+    neither is kept as written."""
     activity = next(sample_staging.iter_raw("activities"))
     attendees = [{"name": "Ann", "email": "ann@example.com", "is_organizer": True, "status": "accepted"},
-                 {"email": "carl@example.com", "is_organizer": False, "status": "declined"}, {"name": "Bo"}]
+                 {"email": "carl@example.com", "is_organizer": False, "status": "declined"}, {"name": "Bo"},
+                 {"name": "Dee", "is_organizer": "true"}, {"name": "Eve", "is_organizer": "maybe"}]
     values, found = _made(sample_staging, "activities", {**activity, "attendees": attendees})
-    assert values["attendees"] == "Ann <ann@example.com> (organizer, accepted), carl@example.com (declined), Bo"
+    assert values["attendees"] == "Ann <ann@example.com> (organizer, accepted), carl@example.com (declined), Bo, Dee (organizer), Eve (organizer: maybe)"
     assert [i for i in found if i[0] == "attendees"] == []
 
 

@@ -763,8 +763,18 @@ def _attendee(item: Any) -> str:
     if not who:
         return ""
     status = v.as_plain_text(item.get("status")).strip()
-    about = [*(["organizer"] if item.get("is_organizer") in (True, 1, "1") else []), *([status] if status else [])]
+    about = [*_organizer(item.get("is_organizer")), *([status] if status else [])]
     return f"{who} ({', '.join(about)})" if about else who
+
+
+def _organizer(flag: Any) -> list[str]:
+    """["organizer"] for a yes, nothing for a no or none; a flag that is neither is kept as written."""
+    if flag is None:
+        return []
+    try:
+        return ["organizer"] if _flag(flag) else []
+    except ValueError:
+        return [f"organizer: {v.as_plain_text(flag)}"]
 
 
 @encoder("prices")
