@@ -231,6 +231,15 @@ def test_leads_and_v1_fields_can_be_paged_flat_without_next_start_as_the_v1_sche
     assert notes["additional_data"]["pagination"]["next_start"] == 2
 
 
+def test_a_v2_lists_last_page_has_next_cursor_null_or_left_out(fake, client):
+    first = client.get("/api/v2/persons", params={"limit": 2}).json()
+    assert first["additional_data"]["next_cursor"]
+    assert client.get("/api/v2/persons", params={"limit": 500}).json()["additional_data"] == {"next_cursor": None}
+    fake.end_cursor_null = False
+    assert client.get("/api/v2/persons", params={"limit": 500}).json()["additional_data"] == {}
+    assert client.get("/api/v2/stages", params={"limit": 500}).json()["additional_data"] == {}
+
+
 def test_notes_offset_paging_and_updated_since(client, snapshot):
     seen, start = [], 0
     while True:

@@ -326,6 +326,18 @@ def test_an_extract_stages_every_lead_and_v1_field_pipedrive_pages_flat_without_
     assert len(staged[True]["leads"]) == 1200 and len(staged[True]["dealFields"]) > 600
 
 
+def test_an_extract_whose_v2_lists_leave_next_cursor_out_at_the_end_stages_what_one_with_null_does(fake, tmp_path):
+    """Contract §3: a v2 list's last page has next_cursor null or absent."""
+    staged = {}
+    for null in (True, False):
+        fake.end_cursor_null = null
+        staging = Staging(tmp_path / f"null-{null}.duckdb")
+        with client_for(fake) as client:
+            extract(staging, client, "run")
+        staged[null] = {name: sorted(staging_ids(staging, name)) for name in ("persons", "deals", "activities", "personFields")}
+    assert staged[True] == staged[False] and all(staged[True].values())
+
+
 def _extract_stopped_after_the_first_page_of_leads(fake: FakePipedrive, staging: Staging) -> None:
     fake.inject(401, count=1, path_contains="/api/v1/leads?limit=500&start=499")
     with client_for(fake) as client, pytest.raises(PipedriveError):

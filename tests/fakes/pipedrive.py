@@ -61,6 +61,8 @@ Choices where the contract is unclear (documented here, asserted in tests/test_f
   of ``/v1/leads`` and the ``*Fields`` puts ``start``/``limit``/``more_items_in_collection`` flat in
   ``additional_data`` instead, without ``next_start`` (contract §3): ``fake.flat_pagination`` (a set of list
   names, e.g. ``{"leads", "dealFields"}``) serves those lists that way.
+* A v2 list's last page has ``additional_data.next_cursor`` null, or without ``fake.end_cursor_null``
+  leaves it out (contract §3: "``null``/absent at end").
 * The v1 lists the spec calls unpaged (users, activityTypes, currencies, leadLabels) answer whole.
   Contract §3 leaves open whether ``/v1/users`` is paginated after all: ``fake.paginate_unpaged``
   (list name -> page size, e.g. ``{"users": 2}``) serves such a list in v1 offset pages of at most
@@ -342,6 +344,7 @@ class FakePipedrive:
         self.list_deleted_rows = True
         self.paginate_unpaged: dict[str, int] = {}  # unpaged v1 list -> page size it is served in (module docstring)
         self.flat_pagination: set[str] = set()  # v1 lists paged as the v1 schema has it: flat, no next_start (module docstring)
+        self.end_cursor_null = True  # a v2 list's last page says next_cursor null; False: leaves it out (module docstring)
         self.cloudflare_after = 3  # limited requests tolerated after a 429 before the 403 block
         self.requests: list[RequestRecord] = []
         self.tokens_spent = 0
@@ -737,7 +740,10 @@ class FakePipedrive:
         next_cursor = _encode_cursor({"s": sort_by, "d": direction, "k": page[-1][0]}) if more and page else None
         present = self._presenter(spec, query)
         data = [present(r) for _, r in page]
-        return {"success": True, "data": data, "additional_data": {"next_cursor": next_cursor}}
+        return {"success": True, "data": data, "additional_data": self._cursor_data(next_cursor)}
+
+    def _cursor_data(self, next_cursor: str | None) -> dict[str, Any]:
+        return {"next_cursor": next_cursor} if next_cursor is not None or self.end_cursor_null else {}
 
     def _sorted(self, rows: list[dict[str, Any]], sort_by: str, cache_key: tuple[Any, ...] | None
                 ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
@@ -770,7 +776,7 @@ class FakePipedrive:
         page = rows[position:position + limit]
         more = position + limit < len(rows)
         next_cursor = _encode_cursor({"s": "position", "k": position + limit}) if more else None
-        return {"success": True, "data": page, "additional_data": {"next_cursor": next_cursor}}
+        return {"success": True, "data": page, "additional_data": self._cursor_data(next_cursor)}
 
     def _deal_products(self, query: dict[str, str], deal_ids: list[int]) -> dict[str, Any]:
         limit = self._limit(query)
