@@ -1582,6 +1582,36 @@ def test_a_sync_writes_a_deal_whose_contact_a_user_deleted_in_customermates_with
     assert _says_deleted_and_link_dropped(tmp_path / "next", deal, person_id)
 
 
+def test_a_sync_writes_a_deal_whose_service_a_user_deleted_in_customermates_without_it_and_says_so(
+    migrated, pipedrive, customermates, tmp_path
+):
+    """A service's deletion changes its deals' totals, so a sync reads them again and finds the
+    link lost: the service is looked up by its id, found gone, reported and dropped from the deal,
+    whose other services stay. A deal of the service not read again (one whose totals the server
+    did not date) holds it still as last read: that is no edit made in Customermates either, where
+    it made a Pipedrive edit of the deal a conflict, skipped."""
+    _sync_an_hour_later(migrated, customermates)
+    deals = by_pipedrive_id(customermates, "deals")
+    with_services = [d for d in pipedrive.collections["deals"] if d.get("status") == "open" and len(deals[str(d["id"])][0]["services"]) >= 2]
+    deal = with_services[0]
+    [before] = deals[str(deal["id"])]
+    services = [s["id"] for s in before["services"]]
+    product_of = {record["id"]: pid for pid, [record] in by_pipedrive_id(customermates, "services").items()}
+    sharing = [d for d in pipedrive.collections["deals"] if str(d["id"]) in deals and d is not deal
+               and services[-1] in [s["id"] for s in deals[str(d["id"])][0]["services"]]]
+    assert sharing  # another deal of the service: read again for it, where this one is not
+    customermates.delete_records("services", [services[-1]])
+    customermates.stamp_updated_at("deals", [before["id"]], before["updatedAt"])  # not read again
+    _edit_in_pipedrive(deal)
+
+    written = _synced_deal(migrated, customermates, tmp_path / "r", deal)
+
+    assert written["name"] == deal["title"] and [s["id"] for s in written["services"]] == services[:-1]
+    issues = read_issues(tmp_path / "r")
+    assert [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "deleted_in_target"] == [("services", product_of[services[-1]])]
+    assert ("deals", str(deal["id"])) in [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "link_target_deleted_in_target"]
+
+
 def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_and_linked_by_the_next_sync(
     migrated, pipedrive, customermates, tmp_path
 ):

@@ -120,7 +120,8 @@ class TargetState:
 
     def pids_of_related(self, dtos: Iterable[dict[str, Any]]) -> dict[str, str]:
         """Customermates id → Pipedrive ID of every record these records link to (relations and
-        deal services), for those that carry one."""
+        deal services), for those that carry one; a migrated one deleted there since too, so that a
+        record last read linking it is known to (`plan._comparable` leaves such links out)."""
         fields = sorted(set(DTO_RELATIONS.values()))
         return self.pids_of(sorted({ref["id"] for dto in dtos for name in fields for ref in dto.get(name) or []}))
 

@@ -1447,11 +1447,19 @@ class Staging:
         )
 
     def snapshot_pids(self, target_ids: list[str]) -> dict[str, str]:
-        """Target id → Pipedrive ID, for those of `target_ids` that carry one."""
-        rows = self.con.execute(
+        """Target id → Pipedrive ID, for those of `target_ids` that carry one, and those the id map
+        holds that the snapshot no longer does (migrated, then deleted there)."""
+        found = dict(self.con.execute(
             "SELECT target_id, pid FROM target_snapshot WHERE pid IS NOT NULL AND target_id IN (SELECT unnest($t))", {"t": target_ids}
-        ).fetchall()
-        return dict(rows)
+        ).fetchall())
+        missing = [t for t in target_ids if t not in found]
+        if missing:
+            found.update(self.con.execute(
+                "SELECT target_id, source_id FROM id_map WHERE target_id IN (SELECT unnest($t)) "
+                "AND target_id NOT IN (SELECT target_id FROM target_snapshot WHERE target_id IN (SELECT unnest($t)))",
+                {"t": missing},
+            ).fetchall())
+        return found
 
     def snapshot_duplicates(self, entity: str) -> dict[str, list[str]]:
         """Pipedrive IDs carried by more than one target record → their target ids, in read order.
