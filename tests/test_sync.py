@@ -1612,6 +1612,31 @@ def test_a_sync_writes_a_deal_whose_service_a_user_deleted_in_customermates_with
     assert ("deals", str(deal["id"])) in [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "link_target_deleted_in_target"]
 
 
+def test_a_deal_update_refused_for_a_service_a_user_deleted_is_sent_again_without_it(migrated, pipedrive, customermates, tmp_path):
+    """No deal of the service read again (none whose totals the server dated): the deal's update names
+    the deleted service and is refused at deals[0].services[0], the deal's index and not the service's
+    (contract §3.8). Each of its services is looked up, and the update sent again without the one gone,
+    reported, where the deal was quarantined at every sync."""
+    _sync_an_hour_later(migrated, customermates)
+    deals = {pid: found[0] for pid, found in by_pipedrive_id(customermates, "deals").items()}
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and len(deals.get(str(d["id"]), {}).get("services") or []) >= 2)
+    services = [s["id"] for s in deals[str(deal["id"])]["services"]]
+    customermates.delete_records("services", [services[-1]])
+    for record in deals.values():  # as they were: no deal reads as changed
+        customermates.stamp_updated_at("deals", [record["id"]], record["updatedAt"])
+    _edit_in_pipedrive(deal)
+    customermates.clear_requests()
+
+    written = _synced_deal(migrated, customermates, tmp_path / "r", deal)
+
+    assert written["name"] == deal["title"] and [s["id"] for s in written["services"]] == services[:-1]
+    assert [r.status for r in customermates.requests if r.method == "PUT"] == [400, 200]
+    assert f"/api/v1/services/{services[-1]}" in [r.path for r in customermates.requests if r.method == "GET"]
+    issues = read_issues(tmp_path / "r")
+    assert [i["entity"] for i in issues if i["rule"] == "deleted_in_target"] == ["services"]
+    assert ("deals", str(deal["id"])) in [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "link_target_deleted_in_target"]
+
+
 def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_and_linked_by_the_next_sync(
     migrated, pipedrive, customermates, tmp_path
 ):

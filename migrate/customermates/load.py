@@ -609,21 +609,33 @@ class Loader:
         read (a read of what changed does not see a deletion) is sent again without those links, the
         records taken as gone (`_found_deleted`). Each time drops links its body had, so this ends; a
         record refused still for anything else is quarantined. Whether it was sent again."""
-        refused = _links_not_found(entity, error, item.body)
-        if not refused or item.payload is None:
+        if item.payload is None:
+            return False
+        refused = _links_not_found(entity, error, item.body) | self._services_gone(entity, error, item.body)
+        if not refused:
             return False
         linked = linked_records(self.staging, [item.payload])
         found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
         for key, target_ids in refused.items():
-            pid_of = {target_id: pid for pid, target_id in linked.get(LINK_ENTITY[key], {}).items()}
+            linked_entity = LINK_ENTITY.get(key, key)
+            pid_of = {target_id: pid for pid, target_id in linked.get(linked_entity, {}).items()}
             if not target_ids <= pid_of.keys():
                 return False  # not the records it links to (the id map moved on): nothing to take as gone
-            found.setdefault(LINK_ENTITY[key], {}).update({target_id: pid_of[target_id] for target_id in target_ids})
+            found.setdefault(linked_entity, {}).update({target_id: pid_of[target_id] for target_id in target_ids})
         for linked_entity, pids in found.items():
             self._found_deleted(linked_entity, pids)
         body = self.build_body(entity, item.source_id, item.payload, linked)
         self._send(entity, operation, [self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id)])
         return True
+
+    def _services_gone(self, entity: str, error: BatchRejectedError, body: dict[str, Any]) -> dict[str, set[str]]:
+        """{"services": the ids of the deal body's services the server no longer has}, when it refused
+        one ("Service ID not found or not accessible."): its path names the deal, not the service
+        (contract §3.8), so each is looked up by its id. Empty for any other refusal."""
+        if entity != "deals" or not any(i.is_id_not_found() and i.path.startswith("deals[0].services[") for i in error.issues):
+            return {}
+        gone = {line["serviceId"] for line in body.get("services") or [] if self.client.get("services", line["serviceId"]) is None}
+        return {"services": gone} if gone else {}
 
     def _found_deleted(self, entity: str, pids: dict[str, str]) -> None:
         """Records a refused link showed deleted in Customermates (Customermates id → Pipedrive id),
