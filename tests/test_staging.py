@@ -163,3 +163,29 @@ def test_a_lone_surrogate_is_staged_as_a_replacement_character_and_the_record_an
     assert staged["2"]["name"] == "Zoë \ufffd" and staged["2"]["_replaced_characters"] == ["name"]
     assert staged["1"] == _page([1], "first")[0]
     assert [(e["event"], e["collection"], e["id"], e["fields"]) for e in logs] == [("staging.character_replaced", "persons", 2, ["name"])]
+
+
+def test_the_pipedrive_ids_of_linked_records_come_from_the_snapshot_and_for_one_deleted_there_from_the_id_map(tmp_path):
+    """A migrated record deleted in Customermates is named by its id-map row (a record last read
+    linking it counts the link as lost, not as an edit). The id map, read by target id with no index
+    for it, is read only for ids the snapshot lacks: not for a record a user made, held without one."""
+    with Staging(tmp_path / "s.duckdb") as staging:
+        staging.con.execute(
+            "INSERT INTO target_snapshot VALUES ('contacts', 0, 't-migrated', '7', '{}'), ('contacts', 1, 't-user-made', NULL, '{}')"
+        )
+        staging.con.execute("INSERT INTO id_map VALUES ('contacts', '7', 't-migrated', 'h', 'r', now(), 'r'), ('contacts', '8', 't-deleted', 'h', 'r', now(), 'r')")
+        statements: list[str] = []
+        con = staging.con
+
+        class Recording:
+            def execute(self, sql, *args):
+                statements.append(sql)
+                return con.execute(sql, *args)
+
+        staging.con = Recording()
+        try:
+            assert staging.snapshot_pids(["t-migrated", "t-user-made"]) == {"t-migrated": "7"}
+            assert not [sql for sql in statements if "id_map" in sql]
+            assert staging.snapshot_pids(["t-migrated", "t-user-made", "t-deleted", "t-unknown"]) == {"t-migrated": "7", "t-deleted": "8"}
+        finally:
+            staging.con = con

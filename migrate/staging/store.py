@@ -1447,18 +1447,14 @@ class Staging:
         )
 
     def snapshot_pids(self, target_ids: list[str]) -> dict[str, str]:
-        """Target id → Pipedrive ID, for those of `target_ids` that carry one, and those the id map
-        holds that the snapshot no longer does (migrated, then deleted there)."""
-        found = dict(self.con.execute(
-            "SELECT target_id, pid FROM target_snapshot WHERE pid IS NOT NULL AND target_id IN (SELECT unnest($t))", {"t": target_ids}
-        ).fetchall())
-        missing = [t for t in target_ids if t not in found]
-        if missing:
-            found.update(self.con.execute(
-                "SELECT target_id, source_id FROM id_map WHERE target_id IN (SELECT unnest($t)) "
-                "AND target_id NOT IN (SELECT target_id FROM target_snapshot WHERE target_id IN (SELECT unnest($t)))",
-                {"t": missing},
-            ).fetchall())
+        """Target id → Pipedrive ID, for those of `target_ids` that carry one, and for those the
+        snapshot no longer holds at all the id map's (migrated, then deleted there). A record a user
+        made carries none and is held: the id map, which has no index by target id, is not read for it."""
+        rows = self.con.execute("SELECT target_id, pid FROM target_snapshot WHERE target_id IN (SELECT unnest($t))", {"t": target_ids}).fetchall()
+        found = {target_id: pid for target_id, pid in rows if pid is not None}
+        absent = sorted(set(target_ids) - {target_id for target_id, _ in rows})
+        if absent:
+            found.update(self.con.execute("SELECT target_id, source_id FROM id_map WHERE target_id IN (SELECT unnest($t))", {"t": absent}).fetchall())
         return found
 
     def snapshot_duplicates(self, entity: str) -> dict[str, list[str]]:
