@@ -1617,15 +1617,7 @@ def test_a_deal_update_refused_for_a_service_a_user_deleted_is_sent_again_withou
     the deleted service and is refused at deals[0].services[0], the deal's index and not the service's
     (contract §3.8). Each of its services is looked up, and the update sent again without the one gone,
     reported, where the deal was quarantined at every sync."""
-    _sync_an_hour_later(migrated, customermates)
-    deals = {pid: found[0] for pid, found in by_pipedrive_id(customermates, "deals").items()}
-    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and len(deals.get(str(d["id"]), {}).get("services") or []) >= 2)
-    services = [s["id"] for s in deals[str(deal["id"])]["services"]]
-    customermates.delete_records("services", [services[-1]])
-    for record in deals.values():  # as they were: no deal reads as changed
-        customermates.stamp_updated_at("deals", [record["id"]], record["updatedAt"])
-    _edit_in_pipedrive(deal)
-    customermates.clear_requests()
+    deal, services = _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates)
 
     written = _synced_deal(migrated, customermates, tmp_path / "r", deal)
 
@@ -1635,6 +1627,44 @@ def test_a_deal_update_refused_for_a_service_a_user_deleted_is_sent_again_withou
     issues = read_issues(tmp_path / "r")
     assert [i["entity"] for i in issues if i["rule"] == "deleted_in_target"] == ["services"]
     assert ("deals", str(deal["id"])) in [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "link_target_deleted_in_target"]
+
+
+def test_a_service_lookup_that_fails_quarantines_the_refused_deal_and_the_sync_goes_on(migrated, pipedrive, customermates, tmp_path, monkeypatch):
+    """The lookup is the sync's own addition to the server's refusal: when it fails, the deal is
+    quarantined with the server's words as without it, where the sync stopped and wrote no task."""
+    deal, _ = _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates)
+    task = next(a for a in pipedrive.collections["activities"] if not a.get("is_deleted"))
+    task["subject"], task["update_time"] = f"{task['subject']} (edited)", NOW
+    get = CustomermatesClient.get
+
+    def failing(self, entity, record_id):
+        if entity == "services":
+            raise ServerError("Customermates answered GET /services/{id} with 503", status=503)
+        return get(self, entity, record_id)
+
+    monkeypatch.setattr(CustomermatesClient, "get", failing)
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 3, result.output  # partial: one record quarantined
+    [row] = read_quarantine(tmp_path / "r")
+    assert (row["entity"], row["source_id"]) == ("deals", str(deal["id"])) and "Service ID not found" in row["message"]
+    assert by_pipedrive_id(customermates, "tasks")[str(task["id"])][0]["name"] == task["subject"]
+
+
+def _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates) -> tuple[dict, list[str]]:
+    """After a sync an hour after the run, a user deletes the last service of an open deal with two or
+    more, no deal reads as changed since, and the deal is edited in Pipedrive: (the deal, its services'
+    Customermates ids)."""
+    _sync_an_hour_later(migrated, customermates)
+    deals = {pid: found[0] for pid, found in by_pipedrive_id(customermates, "deals").items()}
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("status") == "open" and len(deals.get(str(d["id"]), {}).get("services") or []) >= 2)
+    services = [s["id"] for s in deals[str(deal["id"])]["services"]]
+    customermates.delete_records("services", [services[-1]])
+    for record in deals.values():  # as they were: no deal reads as changed
+        customermates.stamp_updated_at("deals", [record["id"]], record["updatedAt"])
+    _edit_in_pipedrive(deal)
+    customermates.clear_requests()
+    return deal, services
 
 
 def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_and_linked_by_the_next_sync(

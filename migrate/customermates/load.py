@@ -634,7 +634,11 @@ class Loader:
         (contract §3.8), so each is looked up by its id. Empty for any other refusal."""
         if entity != "deals" or not any(i.is_id_not_found() and i.path.startswith("deals[0].services[") for i in error.issues):
             return {}
-        gone = {line["serviceId"] for line in body.get("services") or [] if self.client.get("services", line["serviceId"]) is None}
+        try:
+            gone = {line["serviceId"] for line in body.get("services") or [] if self.client.get("services", line["serviceId"]) is None}
+        except CustomermatesError as exc:  # the deal is quarantined with the server's refusal, as without the lookup
+            log.warning("load.service_lookup_failed", reason=str(exc))
+            return {}
         return {"services": gone} if gone else {}
 
     def _found_deleted(self, entity: str, pids: dict[str, str]) -> None:
