@@ -338,6 +338,23 @@ def test_an_extract_whose_v2_lists_leave_next_cursor_out_at_the_end_stages_what_
     assert staged[True] == staged[False] and all(staged[True].values())
 
 
+def test_a_full_last_page_of_v2_fields_without_next_cursor_is_their_end_and_sends_no_probe(fake, tmp_path):
+    """A full page without next_cursor is checked by asking one record in the other order; the v2
+    *Fields take no sort order (contract §6 lists none), and their records have no `id`: such a
+    page is their end, where the check compared two missing ids and passed by chance."""
+    fields = fake.collections["personFields"]
+    fields += [
+        {"field_code": f"{i:040x}", "field_name": f"Extra {i}", "field_type": "varchar", "is_custom_field": True, "options": None}
+        for i in range(500 - len(fields))
+    ]
+    fake.end_cursor_null = False
+    staging = Staging(tmp_path / "s.duckdb")
+    with client_for(fake) as client:
+        extract(staging, client, "run")
+    assert len(staging_ids(staging, "personFields")) == 500
+    assert [r.query.get("limit") for r in fake.requests if r.path == "/api/v2/personFields"] == ["500"]
+
+
 def _extract_stopped_after_the_first_page_of_leads(fake: FakePipedrive, staging: Staging) -> None:
     fake.inject(401, count=1, path_contains="/api/v1/leads?limit=500&start=499")
     with client_for(fake) as client, pytest.raises(PipedriveError):

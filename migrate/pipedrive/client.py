@@ -380,7 +380,11 @@ class PipedriveClient:
     def _confirm_end(self, collection: Collection, params: dict[str, Any], last: dict[str, Any]) -> None:
         """A full page without `next_cursor`: the end of the list (contract §3: null or absent at
         the end), or an answer cut short. One record asked in the other order tells: at the end,
-        it is the page's last record."""
+        it is the page's last record. A list with no order to ask for (the v2 *Fields) is taken
+        at its word."""
+        if not collection.sortable:
+            log.info("pipedrive.end_without_next_cursor", path=collection.path, records=PAGE_LIMIT)
+            return
         probe = {k: v for k, v in params.items() if k != "cursor"}
         probe.update(limit=1, sort_by=params.get("sort_by", "id"), sort_direction="asc" if params.get("sort_direction") == "desc" else "desc")
         try:
@@ -388,9 +392,9 @@ class PipedriveClient:
         except PipedriveError as exc:
             reason = f"asking for its last record failed: {exc}"
         else:
-            if not first or first[0].get("id") == last.get("id"):
+            if not first or first[0].get(collection.key) == last.get(collection.key):
                 return
-            reason = f"its last record in the other order is {first[0].get('id')!r}, not {last.get('id')!r}"
+            reason = f"its last record in the other order is {first[0].get(collection.key)!r}, not {last.get(collection.key)!r}"
         raise PipedriveError(
             f"Pipedrive {collection.path}: a full page came without additional_data.next_cursor, and the list may go on "
             f"({reason}); refusing to guess whether more records exist"

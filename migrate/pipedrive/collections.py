@@ -30,13 +30,15 @@ class Collection:
     fallback: Collection | None = None  # read instead when the endpoint answers 404/410
     optional: bool = False  # a 404/410 means "not on this account" (reported), not a failure
     incremental: bool = False  # supports `updated_since`: a sync reads only what changed
+    sortable: bool = True  # takes sort_by/sort_direction (contract §6 lists none for the v2 *Fields)
 
 
 def field_metadata(kind: str) -> Collection:
     """`/api/v2/<kind>Fields`, keyed by field_code, falling back to v1 (keyed by key)."""
     name = f"{kind}Fields"
     return Collection(
-        name, f"/api/v2/{name}", "cursor", 10, key="field_code", fallback=Collection(name, f"/api/v1/{name}", "offset", 20, key="key")
+        name, f"/api/v2/{name}", "cursor", 10, key="field_code", sortable=False,
+        fallback=Collection(name, f"/api/v1/{name}", "offset", 20, key="key"),
     )
 
 
