@@ -1629,6 +1629,23 @@ def test_a_deal_update_refused_for_a_service_a_user_deleted_is_sent_again_withou
     assert ("deals", str(deal["id"])) in [(i["entity"], i["source_id"]) for i in issues if i["rule"] == "link_target_deleted_in_target"]
 
 
+def test_a_new_deal_refused_for_a_service_a_user_deleted_is_created_without_it(migrated, pipedrive, customermates, tmp_path):
+    """A deal new in Pipedrive whose product's service a user deleted in Customermates: its create is
+    refused as an update is (contract §3.8), and created without the service, reported."""
+    deal, services = _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates)
+    newcomer = dict(deal, id=9001, title="Newcomer with the same products", add_time=NOW, update_time=NOW)
+    pipedrive.collections["deals"].append(newcomer)
+    lines = [p for p in pipedrive.collections["deal_products"] if p["deal_id"] == deal["id"]]
+    pipedrive.collections["deal_products"] += [dict(p, id=90_000 + n, deal_id=9001) for n, p in enumerate(lines)]
+
+    written = _synced_deal(migrated, customermates, tmp_path / "r", newcomer)
+
+    assert sorted(s["id"] for s in written["services"]) == sorted(services[:-1])
+    assert [r.status for r in customermates.requests if r.method == "POST" and r.path == "/api/v1/deals/many"] == [400, 201]
+    issues = {(i["entity"], i["source_id"], i["rule"]) for i in read_issues(tmp_path / "r")}
+    assert ("deals", "9001", "link_target_deleted_in_target") in issues
+
+
 def test_a_service_lookup_that_fails_quarantines_the_refused_deal_and_the_sync_goes_on(migrated, pipedrive, customermates, tmp_path, monkeypatch):
     """The lookup is the sync's own addition to the server's refusal: when it fails, the deal is
     quarantined with the server's words as without it, where the sync stopped and wrote no task."""
