@@ -200,7 +200,8 @@ def _mark_column(staging: Staging, client: CustomermatesClient, mcp: McpClient, 
         if column.get("label") == MARK_LABEL and column.get("type") == "date":
             return column["id"]
     log.info("deletions.mark_column", entity=entity)
-    staging.record_pending_column(entity, MARK_KEY, {"label": MARK_LABEL, "type": "date"}, [c["id"] for c in columns], run_id)
+    with staging.transaction():
+        staging.record_pending_column(entity, MARK_KEY, {"label": MARK_LABEL, "type": "date"}, [c["id"] for c in columns], run_id)
     column_id = mcp.create_custom_column(SINGULAR[entity], MARK_LABEL, "date")
     staging.save_column(entity, MARK_KEY, {"id": column_id, "label": MARK_LABEL, "type": "date"}, run_id)
     return column_id

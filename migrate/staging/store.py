@@ -986,7 +986,7 @@ class Staging:
     def record_pending_column(self, entity: str, key: str, spec: dict[str, Any], there_before: list[str], run_id: str) -> None:
         """A column about to be made from `spec` (label, type, currency, allow_multiple), when the
         entity's columns were those of `there_before` (ids). A DELETE and an INSERT, where INSERT OR
-        REPLACE took 3–4 ms: the caller's `transaction()` makes them one."""
+        REPLACE took 3–4 ms: call it inside `transaction()`, which makes them one."""
         self.con.execute("DELETE FROM pending_columns WHERE entity = ? AND key = ?", [entity, key])
         self.con.execute(
             "INSERT INTO pending_columns (entity, key, label, type, run_id, spec, there_before) VALUES (?, ?, ?, ?, ?, ?, ?)",
