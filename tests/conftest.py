@@ -8,8 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import cli
-from tests.fakes.customermates import VALID_KEY, FakeCustomermates
-from tests.fakes.pipedrive import VALID_TOKEN, FakePipedrive
+from tests.crash_harness import fakes_env
+from tests.fakes.customermates import FakeCustomermates
+from tests.fakes.pipedrive import FakePipedrive
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "pipedrive"
@@ -38,17 +39,7 @@ def customermates() -> Iterator[FakeCustomermates]:
 @pytest.fixture
 def env(tmp_path: Path, pipedrive: FakePipedrive, customermates: FakeCustomermates) -> dict[str, str]:
     """Environment for `migrate` pointing at both fakes and a fresh state file."""
-    return migrate_env(pipedrive, customermates, tmp_path / "state.duckdb")
-
-
-def migrate_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, state: Path) -> dict[str, str]:
-    return {
-        "PIPEDRIVE_API_TOKEN": VALID_TOKEN,
-        "PIPEDRIVE_BASE_URL": pipedrive.url,
-        "CUSTOMERMATES_URL": customermates.url,
-        "CUSTOMERMATES_API_KEY": VALID_KEY,
-        "MIGRATE_STATE": str(state),
-    }
+    return fakes_env(pipedrive, customermates, tmp_path / "state.duckdb")
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +48,7 @@ def sample_migration(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     Customermates fake's content after it."""
     state = tmp_path_factory.mktemp("sample-migration") / "state.duckdb"
     with FakePipedrive(SAMPLE, burst_limit=1000) as pipedrive, FakeCustomermates() as customermates:
-        result = CliRunner().invoke(cli, ["run"], env=migrate_env(pipedrive, customermates, state), catch_exceptions=False)
+        result = CliRunner().invoke(cli, ["run"], env=fakes_env(pipedrive, customermates, state), catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return state, customermates.content()
 

@@ -27,15 +27,23 @@ SINGULAR = {"contacts": "contact", "organizations": "organization", "deals": "de
 RELATIONS = {"organizations": "organizations", "contacts": "contacts", "deals": "deals", "services": "services", "tasks": "tasks"}
 
 
-def migrate_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, state: Path) -> dict[str, str]:
+def fakes_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, state: Path) -> dict[str, str]:
+    """The settings that point `migrate` at both fakes and a state file (for `CliRunner`, in process)."""
     return {
-        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")},
-        "PYTHONPATH": str(ROOT),
         "PIPEDRIVE_API_TOKEN": VALID_TOKEN,
         "PIPEDRIVE_BASE_URL": pipedrive.url,
         "CUSTOMERMATES_URL": customermates.url,
         "CUSTOMERMATES_API_KEY": VALID_KEY,
         "MIGRATE_STATE": str(state),
+    }
+
+
+def migrate_env(pipedrive: FakePipedrive, customermates: FakeCustomermates, state: Path) -> dict[str, str]:
+    """`fakes_env` for `migrate` run as a child process: with what it needs to start."""
+    return {
+        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")},
+        "PYTHONPATH": str(ROOT),
+        **fakes_env(pipedrive, customermates, state),
     }
 
 

@@ -34,7 +34,7 @@ from click.testing import CliRunner, Result
 
 from migrate.cli import cli
 from migrate.customermates.load import Loader
-from tests.crash_harness import values_by_label
+from tests.crash_harness import fakes_env, values_by_label
 from tests.fakes.customermates import VALID_KEY, FakeCustomermates
 from tests.test_end_to_end import NoSleep, read_issues
 from tests.fakes.pipedrive import CLOUDFLARE_HTML, VALID_TOKEN, FakePipedrive
@@ -248,14 +248,7 @@ def world(tmp_path: Path, account: dict[str, list[dict[str, Any]]] | None = None
     account = account if account is not None else clean_account()
     with state_dir(tmp_path) as state, FakePipedrive(collections=copy.deepcopy(account), burst_limit=10_000) as pd, \
             FakeCustomermates() as cm:
-        env = {
-            "PIPEDRIVE_API_TOKEN": VALID_TOKEN,
-            "PIPEDRIVE_BASE_URL": pd.url,
-            "CUSTOMERMATES_URL": cm.url,
-            "CUSTOMERMATES_API_KEY": VALID_KEY,
-            "MIGRATE_STATE": str(state / "state.duckdb"),
-        }
-        w = World(account, pd, cm, env, tmp_path)
+        w = World(account, pd, cm, fakes_env(pd, cm, state / "state.duckdb"), tmp_path)
         try:
             yield w
         finally:
