@@ -19,6 +19,7 @@ from migrate.customermates.client import (
     Issue,
     ServerError,
 )
+from migrate.customermates.load import Loader
 from migrate.pipedrive.collections import PAGE_LIMIT
 from migrate.staging.store import Staging
 from tests.crash_harness import snapshot
@@ -1666,6 +1667,37 @@ def test_a_service_lookup_that_fails_quarantines_the_refused_deal_and_the_sync_g
     [row] = read_quarantine(tmp_path / "r")
     assert (row["entity"], row["source_id"]) == ("deals", str(deal["id"])) and "Service ID not found" in row["message"]
     assert by_pipedrive_id(customermates, "tasks")[str(task["id"])][0]["name"] == task["subject"]
+
+
+def test_a_deal_refused_for_a_user_removed_during_the_sync_is_written_without_the_user_and_its_owner_reported(
+    migrated, pipedrive, customermates, tmp_path, monkeypatch,
+):
+    """A user removed from the company after the sync matched owners: the deal's update is refused at
+    deals[0].userIds[0] ("User ID not found or not accessible.", contract §3.8). The owner is unmatched
+    from then on, reported as an owner without a user is, and the deal sent again without the user,
+    where it was quarantined."""
+    owner = pipedrive.collections["users"][0]
+    katrin = customermates.add_user({"email": owner["email"], "firstName": "Katrin", "lastName": "Vogel"})["id"]
+    assert invoke(migrated, "sync").exit_code == 0  # her records assigned to her
+    deals = {pid: found[0] for pid, found in by_pipedrive_id(customermates, "deals").items()}
+    deal = next(d for d in pipedrive.collections["deals"] if [u["id"] for u in deals.get(str(d["id"]), {}).get("users") or []] == [katrin])
+    _edit_in_pipedrive(deal)
+    match_users = Loader.match_users
+
+    def removed_once_matched(self):
+        match_users(self)
+        customermates.remove_user(katrin)
+
+    monkeypatch.setattr(Loader, "match_users", removed_once_matched)
+    customermates.clear_requests()
+    written = _synced_deal(migrated, customermates, tmp_path / "r", deal)
+
+    assert written["name"] == deal["title"] and written["users"] == []
+    assert [r.status for r in customermates.requests if r.method == "PUT"] == [400, 200]
+    [issue] = [i for i in read_issues(tmp_path / "r") if i["rule"] == "owner_unmatched" and i["source_id"] == str(owner["id"])]
+    assert f"its Customermates user ({katrin}) was removed from the company during this run" in issue["detail"]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert str(owner["id"]) in [u["source_id"] for u in report["unmatched_users"]]
 
 
 def _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates) -> tuple[dict, list[str]]:

@@ -586,7 +586,7 @@ class Loader:
                 if self.on_target_deleted == "recreate" and item.create_body is not None:
                     self._send(entity, "create", [_Item(item.source_id, item.create_body, item.digest, payload=item.payload)])
                 return
-            if self._sent_without_links_to_the_deleted(entity, operation, item, error):
+            if self._sent_without_what_was_deleted(entity, operation, item, error):
                 return
             message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
@@ -604,15 +604,17 @@ class Loader:
         for group in groups:
             self._send(entity, operation, group)
 
-    def _sent_without_links_to_the_deleted(self, entity: str, operation: str, item: _Item, error: BatchRejectedError) -> bool:
+    def _sent_without_what_was_deleted(self, entity: str, operation: str, item: _Item, error: BatchRejectedError) -> bool:
         """A record refused for linking records a user deleted in Customermates since they were last
-        read (a read of what changed does not see a deletion) is sent again without those links, the
-        records taken as gone (`_found_deleted`). Each time drops links its body had, so this ends; a
-        record refused still for anything else is quarantined. Whether it was sent again."""
+        read (a read of what changed does not see a deletion), or users removed from the company since
+        `match_users`, is sent again without those links, the records taken as gone (`_found_deleted`),
+        the users as unmatched (`_forget_removed_users`). Each time drops links its body had, so this
+        ends; a record refused still for anything else is quarantined. Whether it was sent again."""
         if item.payload is None:
             return False
-        refused = _links_not_found(entity, error, item.body) | self._services_gone(entity, error, item.body)
-        if not refused:
+        refused = _ids_not_found(entity, error, item.body, LINKS_SET.get(entity, ())) | self._services_gone(entity, error, item.body)
+        users = _ids_not_found(entity, error, item.body, ("userIds",)).get("userIds", set())
+        if not (refused or users) or not users <= set(self.user_map.values()):
             return False
         linked = linked_records(self.staging, [item.payload])
         found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
@@ -624,6 +626,7 @@ class Loader:
             found.setdefault(linked_entity, {}).update({target_id: pid_of[target_id] for target_id in target_ids})
         for linked_entity, pids in found.items():
             self._found_deleted(linked_entity, pids)
+        self._forget_removed_users(users)
         body = self.build_body(entity, item.source_id, item.payload, linked)
         self._send(entity, operation, [self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id)])
         return True
@@ -640,6 +643,21 @@ class Loader:
             log.warning("load.service_lookup_failed", reason=str(exc))
             return {}
         return {"services": gone} if gone else {}
+
+    def _forget_removed_users(self, target_ids: set[str]) -> None:
+        """Customermates users removed from the company during the run (the server refuses their ids):
+        the Pipedrive owners matched to them are unmatched from here on, reported as `match_users`
+        reports an owner without a user. The records written before keep the ids the server dropped."""
+        removed = {uid: self.user_map.pop(uid) for uid, target_id in list(self.user_map.items()) if target_id in target_ids}
+        if not removed:
+            return
+        owned = self.staging.referenced_users()
+        pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
+        for owner in unmatched_owners(pipedrive_users, {uid: owned[uid] for uid in removed}, self.user_map):
+            owner["why"] = f"its Customermates user ({removed[owner['source_id']]}) was removed from the company during this run"
+            self.summary.unmatched_users.append(owner)
+            self._note_issue(*owner_unmatched_issue(owner))
+            log.warning("load.user_removed", pipedrive_user=owner["pipedrive_user"], customermates_user=removed[owner["source_id"]])
 
     def _found_deleted(self, entity: str, pids: dict[str, str]) -> None:
         """Records a refused link showed deleted in Customermates (Customermates id → Pipedrive id),
@@ -745,16 +763,16 @@ def _envelope_bytes(entity: str) -> int:
     return len(f'{{"{entity}":[]}}')
 
 
-def _links_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any]) -> dict[str, set[str]]:
-    """Relation key → the ids of the one record's body the server says it has not ("<Entity> ID not
-    found or not accessible." at `<entity>[0].<key>[k]`), of the relations the load sets (`LINKS_SET`)."""
+def _ids_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any], keys: Container[str]) -> dict[str, set[str]]:
+    """Key → the ids of the one record's body the server says it has not ("<Entity> ID not found or
+    not accessible." at `<entity>[0].<key>[k]`), of the id arrays `keys` names."""
     refused: dict[str, set[str]] = {}
     for issue in error.issues:
         match = _LINK_PATH.fullmatch(issue.path)
         if match is None or match["entity"] != entity or not issue.is_id_not_found():
             continue
         key, index = match["key"], int(match["index"])
-        if key in LINKS_SET.get(entity, ()) and index < len(body.get(key) or []):
+        if key in keys and index < len(body.get(key) or []):
             refused.setdefault(key, set()).add(body[key][index])
     return refused
 

@@ -2011,6 +2011,15 @@ class FakeCustomermates:
             self._users_by_id[added["id"]] = added
             return added
 
+    def remove_user(self, user_id: str) -> None:
+        """Test hook: an admin removes a user from the company in the app; the records it was assigned to
+        lose it (the contract is silent on what the real server does with those links)."""
+        with self._state:
+            self.users = [u for u in self.users if u["id"] != user_id]
+            self._users_by_id.pop(user_id)
+            self._links.remove_record("user", user_id)
+            self._writes_seen += 1
+
     def delete_records(self, entity: str, ids: list[str]) -> None:
         """Test hook: a user deletes these records in the app (as `DELETE /v1/<entity>/many` would)."""
         with self._state:
