@@ -195,7 +195,9 @@ def run_migration(
             if not dry_run or (settings.customermates_url and settings.customermates_api_key):
                 target = customermates_clients(settings, stack)
             source = None if use_staged else open_source(settings, stack)
-            warnings = preflight(source, target[0] if target else None, staging, settings, dry_run=dry_run)  # before anything is written
+            warnings = preflight(  # before anything is written
+                source, target[0] if target else None, staging, settings, dry_run=dry_run, recreates=on_target_deleted == "recreate"
+            )
             extracted = None
             changes = None
             vanished: dict[str, int] = {}
@@ -573,7 +575,8 @@ def customermates_identity(client: CustomermatesClient) -> tuple[str, bool]:
 
 
 def preflight(
-    source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings, *, dry_run: bool
+    source: PageSource | None, target: CustomermatesClient | None, staging: Staging, settings: Settings, *, dry_run: bool,
+    recreates: bool = False,
 ) -> list[str]:
     """The checks every run starts with; hard failures raise (among them a state file of another
     company on either side: `migrate.identity`), doubts come back as warnings. A run sets up the
@@ -581,6 +584,12 @@ def preflight(
     warnings = []
     if target is not None:
         who, admin = customermates_identity(target)
+        if recreates and not admin:
+            raise ConfigError(
+                f"--on-target-deleted recreate needs an Admin's Customermates key; this one belongs to {who}. A record out of "
+                "a key's access answers as a deleted one does (\"not found or not accessible\"), so it would be created twice. "
+                "Use an Admin's key, or leave --on-target-deleted at report"
+            )
         remade = check_customermates(staging, target, settings.customermates_url or "", makes_columns=not dry_run, plans=dry_run)
         if remade:
             log.warning("customermates.columns_deleted", detail=remade)

@@ -193,6 +193,23 @@ def test_a_non_admin_customermates_key_is_warned_about(env, tmp_path):
     assert "not an Admin" in result.output
 
 
+def test_recreating_records_deleted_in_customermates_is_refused_with_a_non_admin_key(env):
+    """A record out of a key's access answers "not found or not accessible" as a deleted one does
+    (contract §1, §3.8): recreating it would make it twice, so the run stops before it writes."""
+    import copy
+
+    from tests.fakes.customermates import DEFAULT_USERS, VALID_KEY, FakeCustomermates
+
+    users = copy.deepcopy(DEFAULT_USERS)
+    users[0]["roleName"] = "Sales"
+    with FakeCustomermates(users=users) as fake:
+        env = dict(env, CUSTOMERMATES_URL=fake.url, CUSTOMERMATES_API_KEY=VALID_KEY)
+        result = invoke(["run", "--on-target-deleted", "recreate"], env)
+        assert fake.write_count() == 0
+    assert result.exit_code == 2, result.output
+    assert "--on-target-deleted recreate needs an Admin's Customermates key; this one belongs to Ada Admin (role Sales)" in result.output
+
+
 def test_doctor_warns_about_active_webhooks(env, customermates):
     customermates.webhooks.append(
         {"id": "0b6f0c1e-7d3a-4e5b-8c6d-0a1b2c3d4e5f", "url": "https://hooks.example.com/crm", "description": "ERP sync",
