@@ -355,6 +355,29 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     assert contacts["created"] == contacts["to_migrate"] - 1
 
 
+def test_a_custom_value_the_server_refuses_is_quarantined_naming_its_column_and_the_value_sent(env, pipedrive, customermates, tmp_path, monkeypatch):
+    """The server names a refused custom value by its place in the body's values (contacts[0].customFieldValues[3].value),
+    which no report shows: the quarantine names the column by its label, and the value."""
+    person = live(pipedrive.collections["persons"])[30]
+    build_body = Loader.build_body
+
+    def with_a_bad_phone(self, entity, source_id, payload, linked):
+        body = build_body(self, entity, source_id, payload, linked)
+        if (entity, source_id) != ("contacts", str(person["id"])):
+            return body
+        phone = {"columnId": self.columns.ids[("contacts", "phones")], "value": "+49 30 1234567"}
+        values = [v for v in body["customFieldValues"] if v["columnId"] != phone["columnId"]]
+        return {**body, "customFieldValues": sorted([*values, phone], key=lambda v: v["columnId"])}
+
+    monkeypatch.setattr(Loader, "build_body", with_a_bad_phone)
+    result = run_cli(env, "--report-dir", str(tmp_path / "q"))
+    assert result.exit_code == 3, result.output
+    [quarantined] = read_quarantine(tmp_path / "q")
+    assert (quarantined["entity"], quarantined["source_id"]) == ("contacts", str(person["id"]))
+    assert quarantined["message"].startswith("The phone value is invalid. Must be in E.164 format")
+    assert "column 'Phone', value '+49 30 1234567'" in quarantined["message"]
+
+
 def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A 500 names no record. One that fails alone, again after the others went through, is what the
     server refuses (a value its database cannot hold, say): it is quarantined and the run goes on."""

@@ -67,6 +67,7 @@ LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last
 # of these, empty when the record has none left.
 LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
 RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # for records deleted in Customermates
+_VALUE_PATH = re.compile(r"\w+\[0\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a one-record write's body
 _LINK_PATH = re.compile(r"(?P<entity>\w+)\[0\]\.(?P<key>\w+)\[(?P<index>\d+)\]")  # a link of a one-record write's body
 
 
@@ -379,6 +380,25 @@ class Loader:
                 f"the last name is empty in Pipedrive now, and Customermates refuses an empty last name on an update: the contact keeps {kept!r}",
             )
 
+    def _refusal(self, entity: str, body: dict[str, Any], error: BatchRejectedError) -> str:
+        """The server's refusal of one record's body, each issue at its path; a custom value's names
+        its column and the value sent, as the path names only its place among the body's values."""
+        labels = None
+        texts = []
+        for issue in error.issues:
+            match = _VALUE_PATH.fullmatch(issue.path)
+            cells = body.get("customFieldValues") or []
+            if match is None or int(match["index"]) >= len(cells):
+                texts.append(f"{issue.message} (at {issue.path})")
+                continue
+            if labels is None:
+                specs = {(s["entity"], s["key"]): s["label"] for s in self.staging.target_columns()}
+                labels = {cid: specs.get(key, key[1]) for key, cid in self.columns.ids.items() if key[0] == entity}
+            cell = cells[int(match["index"])]
+            column = labels.get(cell.get("columnId"), cell.get("columnId"))
+            texts.append(f"{issue.message} (at {issue.path}: column {column!r}, value {cell.get('value')!r})")
+        return "; ".join(texts) or str(error)
+
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
 
@@ -588,7 +608,7 @@ class Loader:
                 return
             if self._sent_without_what_was_deleted(entity, operation, item, error):
                 return
-            message = "; ".join(f"{i.message} (at {i.path})" for i in error.issues) or str(error)
+            message = self._refusal(entity, item.body, error)
             self.staging.quarantine(entity, item.source_id, message, item.body, self.run_id)
             self.summary.quarantined[entity] += 1
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
