@@ -378,6 +378,28 @@ def test_a_custom_value_the_server_refuses_is_quarantined_naming_its_column_and_
     assert "column 'Phone', value '+49 30 1234567'" in quarantined["message"]
 
 
+def test_a_long_custom_value_the_server_refuses_is_quoted_in_part(env, pipedrive, tmp_path, monkeypatch):
+    """A refused value of thousands of characters would fill the quarantine's message cell: its first
+    200 are quoted with its length; the body the quarantine keeps holds it whole."""
+    person = live(pipedrive.collections["persons"])[30]
+    build_body = Loader.build_body
+
+    def with_a_long_bad_phone(self, entity, source_id, payload, linked):
+        body = build_body(self, entity, source_id, payload, linked)
+        if (entity, source_id) != ("contacts", str(person["id"])):
+            return body
+        phone = {"columnId": self.columns.ids[("contacts", "phones")], "value": "9" * 5000}
+        values = [v for v in body["customFieldValues"] if v["columnId"] != phone["columnId"]]
+        return {**body, "customFieldValues": sorted([*values, phone], key=lambda v: v["columnId"])}
+
+    monkeypatch.setattr(Loader, "build_body", with_a_long_bad_phone)
+    result = run_cli(env, "--report-dir", str(tmp_path / "q"))
+    assert result.exit_code == 3, result.output
+    [quarantined] = read_quarantine(tmp_path / "q")
+    assert f"column 'Phone', value '{'9' * 199}… (5,002 characters))" in quarantined["message"]
+    assert len(quarantined["message"]) < 600
+
+
 def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A 500 names no record. One that fails alone, again after the others went through, is what the
     server refuses (a value its database cannot hold, say): it is quarantined and the run goes on."""

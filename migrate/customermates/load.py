@@ -67,6 +67,7 @@ LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last
 # of these, empty when the record has none left.
 LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
 RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # for records deleted in Customermates
+QUOTED_VALUE_CHARS = 200  # of a refused custom value, in its quarantine message (the body keeps it whole)
 _VALUE_PATH = re.compile(r"\w+\[0\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a one-record write's body
 _LINK_PATH = re.compile(r"(?P<entity>\w+)\[0\]\.(?P<key>\w+)\[(?P<index>\d+)\]")  # a link of a one-record write's body
 
@@ -396,7 +397,9 @@ class Loader:
                 labels = {cid: specs.get(key, key[1]) for key, cid in self.columns.ids.items() if key[0] == entity}
             cell = cells[int(match["index"])]
             column = labels.get(cell.get("columnId"), cell.get("columnId"))
-            texts.append(f"{issue.message} (at {issue.path}: column {column!r}, value {cell.get('value')!r})")
+            value = repr(cell.get("value"))
+            value = value if len(value) <= QUOTED_VALUE_CHARS else f"{value[:QUOTED_VALUE_CHARS]}… ({len(value):,} characters)"
+            texts.append(f"{issue.message} (at {issue.path}: column {column!r}, value {value})")
         return "; ".join(texts) or str(error)
 
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
