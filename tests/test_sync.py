@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -1090,6 +1091,22 @@ def test_a_user_invited_after_the_migration_is_assigned_their_records_by_the_nex
 
 def _values(record):
     return {v["columnId"]: v["value"] for v in record["customFieldValues"]}
+
+
+def test_a_record_deleted_in_pipedrive_without_an_update_time_is_marked_with_the_day_the_sync_found_it(migrated, pipedrive, customermates):
+    """Pipedrive gives no date to go by (update_time null): the mark says the day the sync found the
+    record deleted, as for one that vanished, where the sync wrote an empty mark, counted it marked,
+    and wrote it again at every sync."""
+    person = live_persons(pipedrive)[4]
+    person["is_deleted"], person["update_time"] = True, None
+    result = invoke(migrated, "sync", "--reconcile-every", "1")
+    assert result.exit_code == 0, result.output
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive")
+    today = datetime.now(UTC).date().isoformat()
+    assert _values(by_pipedrive_id(customermates, "contacts")[str(person["id"])][0])[column] == today
+    writes = customermates.write_count()
+    assert invoke(migrated, "sync", "--reconcile-every", "1").exit_code == 0
+    assert customermates.write_count() == writes
 
 
 def test_a_record_restored_in_pipedrive_loses_the_deleted_mark_a_sync_gave_it(migrated, pipedrive, customermates):

@@ -10,6 +10,7 @@ user deciding to delete data in the target must say so. Marks and deletes go 50 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import structlog
 
@@ -30,17 +31,19 @@ Gone = tuple[str, tuple[str, str]]  # (Pipedrive id, (Customermates id, deletion
 
 def deleted_since_migrated(staging: Staging, entity: str) -> dict[str, tuple[str, str]]:
     """Pipedrive id → (Customermates id, deletion date) for migrated records now deleted in Pipedrive:
-    the day a vanished one was found gone, else the date Pipedrive gives (its update_time). Matched
-    in SQL: only those two fields of the migrated ones are read, however many were deleted."""
+    the day a vanished one was found gone, else the date Pipedrive gives (its update_time), else today
+    (Pipedrive gave none). Matched in SQL: only those two fields of the migrated ones are read, however
+    many were deleted."""
     gone: dict[str, tuple[str, str]] = {}
+    today = datetime.now(UTC).date().isoformat()
     for collection in ENTITY_SOURCES[entity]:
         if not staging.has_collection(collection):
             continue
         prefix = "lead:" if collection in V1_ENCODED else ""
         rows = staging.con.execute(
-            f"SELECT m.source_id, m.target_id, left(coalesce(r.data->>'vanished_at', r.data->>'update_time', ''), 10) FROM {raw_table(collection)} r "
+            f"SELECT m.source_id, m.target_id, left(coalesce(nullif(r.data->>'vanished_at', ''), nullif(r.data->>'update_time', ''), $today), 10) FROM {raw_table(collection)} r "
             "JOIN id_map m ON m.entity = $e AND m.source_id = $p || r.id WHERE r.is_deleted ORDER BY r.id",
-            {"e": entity, "p": prefix},
+            {"e": entity, "p": prefix, "today": today},
         ).fetchall()
         gone.update({sid: (target_id, day) for sid, target_id, day in rows})
     return gone
