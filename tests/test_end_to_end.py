@@ -400,6 +400,41 @@ def test_a_long_custom_value_the_server_refuses_is_quoted_in_part(env, pipedrive
     assert len(quarantined["message"]) < 600
 
 
+@pytest.mark.parametrize("deleted", ["column", "options"])
+def test_a_column_or_its_options_deleted_while_the_load_runs_stop_it_and_the_next_run_makes_them_again(
+    deleted, env, pipedrive, customermates, tmp_path, monkeypatch,
+):
+    """Every later record with a value in it would be refused and quarantined one by one (two requests
+    each): the load stops at the first refusal, naming what was deleted once a read of the columns
+    confirms it, and the next run makes it again and writes the rest."""
+    label = "Phone" if deleted == "column" else "Marketing status"
+    create_many = CustomermatesClient.create_many
+    done = []
+
+    def deleting_after_the_first_contacts(self, entity, items):
+        answer = create_many(self, entity, items)
+        if entity == "contacts" and not done:
+            done.append(entity)
+            column = next(c for c in customermates.columns("contact") if c["label"] == label)
+            if deleted == "column":
+                customermates._tool_delete_column(column["id"])
+            else:  # as the app's column settings do
+                customermates._columns[column["id"]]["options"]["options"] = []
+        return answer
+
+    monkeypatch.setattr(CustomermatesClient, "create_many", deleting_after_the_first_contacts)
+    result = run_cli(env, "--report-dir", str(tmp_path / "r"))
+
+    assert result.exit_code == 1, result.output
+    assert "deleted in Customermates while the load ran" in " ".join(result.output.split()) and repr(label) in result.output
+    assert [r.status for r in customermates.requests if r.path == "/api/v1/contacts/many"] == [201, 400]
+    monkeypatch.setattr(CustomermatesClient, "create_many", create_many)
+    again = run_cli(env, "--report-dir", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert len(customermates.records("contacts")) == len(live(pipedrive.collections["persons"]))
+    assert [c["label"] for c in customermates.columns("contact")].count(label) == 1
+
+
 def test_a_record_customermates_fails_on_with_a_500_every_time_is_quarantined_and_the_rest_loads(env, pipedrive, customermates, tmp_path, monkeypatch):
     """A 500 names no record. One that fails alone, again after the others went through, is what the
     server refuses (a value its database cannot hold, say): it is quarantined and the run goes on."""

@@ -68,7 +68,8 @@ LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last
 LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
 RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # for records deleted in Customermates
 QUOTED_VALUE_CHARS = 200  # of a refused custom value, in its quarantine message (the body keeps it whole)
-_VALUE_PATH = re.compile(r"\w+\[0\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a one-record write's body
+_VALUE_PATH = re.compile(r"\w+\[\d+\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a write's body
+_OPTION_REFUSED = "single select value is invalid"  # the server's refusal of an option id it has not (contract §6)
 _LINK_PATH = re.compile(r"(?P<entity>\w+)\[0\]\.(?P<key>\w+)\[(?P<index>\d+)\]")  # a link of a one-record write's body
 
 
@@ -392,15 +393,43 @@ class Loader:
             if match is None or int(match["index"]) >= len(cells):
                 texts.append(f"{issue.message} (at {issue.path})")
                 continue
-            if labels is None:
-                specs = {(s["entity"], s["key"]): s["label"] for s in self.staging.target_columns()}
-                labels = {cid: specs.get(key, key[1]) for key, cid in self.columns.ids.items() if key[0] == entity}
+            labels = labels or self._column_labels(entity)
             cell = cells[int(match["index"])]
             column = labels.get(cell.get("columnId"), cell.get("columnId"))
             value = repr(cell.get("value"))
             value = value if len(value) <= QUOTED_VALUE_CHARS else f"{value[:QUOTED_VALUE_CHARS]}… ({len(value):,} characters)"
             texts.append(f"{issue.message} (at {issue.path}: column {column!r}, value {value})")
         return "; ".join(texts) or str(error)
+
+    def _column_labels(self, entity: str) -> dict[str, str]:
+        """The entity's migration columns: Customermates id → label."""
+        specs = {(s["entity"], s["key"]): s["label"] for s in self.staging.target_columns()}
+        return {cid: specs.get(key, key[1]) for key, cid in self.columns.ids.items() if key[0] == entity}
+
+    def _stop_if_columns_deleted(self, entity: str, error: BatchRejectedError) -> None:
+        """A column of the migration's, or an option of one, that a user deleted in Customermates while
+        the load ran makes the server refuse every later record with a value in it. Rather than
+        quarantine those one by one (two requests each), the load stops and says so, when a read of the
+        columns confirms it; the next run makes them again (`ensure_columns`) and goes on."""
+        if not any(_VALUE_PATH.fullmatch(i.path) and (i.is_id_not_found() or _OPTION_REFUSED in i.message.lower()) for i in error.issues):
+            return
+        present = {c["id"]: c for c in self.client.configuration(entity).get("customColumns") or []}
+        labels = self._column_labels(entity)
+        gone = []
+        for (e, key), column_id in self.columns.ids.items():
+            if e != entity:
+                continue
+            if column_id not in present:
+                gone.append(f"the column {labels[column_id]!r}")
+                continue
+            options = {o.get("value") for o in (present[column_id].get("options") or {}).get("options") or []}
+            gone += [f"the option {label!r} of {labels[column_id]!r}" for label, option_id in self.columns.options.get((e, key), {}).items() if option_id not in options]
+        if gone:
+            raise CustomermatesError(
+                f"{', '.join(gone)} ({entity}) {'was' if len(gone) == 1 else 'were'} deleted in Customermates while the load ran, and "
+                "the server refuses every record with a value there. Run again: the run makes what was deleted again and writes "
+                "the records this one did not"
+            )
 
     def _note_issue(self, entity: str, source_id: str, field: str, rule: str, detail: str) -> None:
         self._issue_rows.append((self.run_id, entity, source_id, field, rule, detail))
@@ -597,6 +626,7 @@ class Loader:
 
     def _isolate(self, entity: str, operation: str, items: list[_Item], error: BatchRejectedError) -> None:
         """Load what is valid, quarantine what the server rejects (with its message)."""
+        self._stop_if_columns_deleted(entity, error)
         if isinstance(error, RequestTooLargeError) and error.size // 2 < self.max_request_bytes:
             # a host with a smaller body limit than Customermates' own (a proxy's 1 MB, say): learn it
             self.max_request_bytes = max(1, error.size // 2)
