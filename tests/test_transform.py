@@ -121,6 +121,21 @@ def test_leads_become_deals_marked_lead_with_v1_custom_values(staged):
     assert float(payload["values"][f"value:{currency}"]) == float(with_value["value"]["amount"])
 
 
+def test_a_leads_v1_address_field_keeps_the_parts_its_one_line_leaves_out_as_a_deals_v2_address_does():
+    """Contract §8.4: v1 writes an address custom field flat, `K` plus `K_subpremise`, …,
+    `K_formatted_address`; v2 nests the same parts. The reader joined only `formatted_address` to the
+    v1 value, so a lead's building and state went without a word where a deal's were carried."""
+    key = "ad" * 20
+    parts = {
+        "value": "Carl-Zeiss-Ring 140, Leipzig", "subpremise": "Gebäude B", "street_number": "140", "route": "Carl-Zeiss-Ring",
+        "sublocality": "Zentrum", "locality": "Leipzig", "admin_area_level_1": "Sachsen", "admin_area_level_2": None,
+        "country": "Deutschland", "postal_code": "04109", "formatted_address": "Carl-Zeiss-Ring 140, 04109 Leipzig, Deutschland",
+    }
+    lead = {key: parts["value"], **{f"{key}_{name}": part for name, part in parts.items() if name != "value"}}
+    assert records.v.format_address(records._v1_value(lead, key)) == records.v.format_address(parts)
+    assert records.v.format_address(records._v1_value(lead, key)) == "Carl-Zeiss-Ring 140, 04109 Leipzig, Deutschland (Gebäude B, Zentrum, Sachsen)"
+
+
 def test_invalid_and_non_ascii_emails_are_kept_aside_and_reported(staged):
     staging, _ = staged
     reported = issues(staging, "email_invalid")

@@ -472,6 +472,13 @@ def _one_value(values: list[Any]) -> Any:
     return items
 
 
+# the flat siblings of a v1 address custom field `K`: `K_subpremise`, … (contract §8.4)
+V1_ADDRESS_PARTS = (
+    "subpremise", "street_number", "route", "sublocality", "locality", "admin_area_level_1", "admin_area_level_2",
+    "country", "postal_code", "formatted_address",
+)
+
+
 def _v1_value(record: dict[str, Any], code: str) -> Any:
     """Reassemble a v1 flat custom value (leads) into the v2 shape the encoders read."""
     value = record.get(code)
@@ -482,5 +489,5 @@ def _v1_value(record: dict[str, Any], code: str) -> Any:
     if f"{code}_until" in record:
         return {"value": value, "until": record.get(f"{code}_until")}
     if f"{code}_formatted_address" in record:
-        return {"value": value, "formatted_address": record.get(f"{code}_formatted_address")}
+        return {"value": value, **{part: record.get(f"{code}_{part}") for part in V1_ADDRESS_PARTS}}
     return value
