@@ -63,6 +63,16 @@ def test_burst_429_waits_and_retries(fake):
     assert fake.count_403 == 0
 
 
+def test_a_429_with_retry_after_waits_that_long_even_when_the_window_resets_sooner(fake):
+    """Contract §4: `Retry-After` is not in the current docs, "honour if present". The client took
+    `x-ratelimit-reset` whenever it came and sent again after 1 s where the server asked for 3."""
+    fake.inject(429, count=1, path_contains="/api/v2/stages", headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1", "retry-after": "3"})
+    with client_for(fake) as client:
+        all_records(client, "stages")
+    limited, retried = [r.time for r in fake.requests if r.path == "/api/v2/stages"][:2]
+    assert retried - limited >= 3
+
+
 def test_daily_budget_exhaustion_stops_at_once(fake):
     fake.inject(429, count=5, headers={"x-ratelimit-remaining": "15", "x-daily-ratelimit-token-remaining": "0"})
     with client_for(fake) as client, pytest.raises(BudgetExhaustedError, match="daily API token budget"):

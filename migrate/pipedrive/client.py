@@ -297,7 +297,8 @@ class PipedriveClient:
                 )
                 self.limiter.halt(spent)
                 raise spent
-            wait = _seconds(response.headers.get("x-ratelimit-reset")) or _seconds(response.headers.get("retry-after")) or 2.0
+            waits = (_seconds(response.headers.get("x-ratelimit-reset")), _seconds(response.headers.get("retry-after")))
+            wait = max((w for w in waits if w), default=2.0)  # Retry-After, when sent, is honoured (contract §4)
             self.limiter.pause(wait)
             log.warning("pipedrive.rate_limited", path=path, wait=wait)
             raise _Retryable("rate limited (HTTP 429)", wait=wait)
