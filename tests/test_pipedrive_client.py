@@ -432,6 +432,19 @@ def test_an_unpaged_list_whose_next_start_does_not_move_on_is_refused(fake):
     assert len(fake.requests) == 2
 
 
+def test_an_offset_list_whose_next_start_does_not_move_on_is_refused_not_read_again_and_again(fake):
+    """Contract §3: no cap on `start` is documented, but one was observed (v1 /pipelines at 100). A
+    v1 offset list answering every `start` with its first page and the same next_start was asked
+    again without end, 20 tokens a request, each page joined on the last note read and left empty;
+    an unpaged list is refused so already."""
+    stuck = {"success": True, "data": fake.collections["notes"][:2],
+             "additional_data": {"pagination": {"start": 0, "limit": 500, "more_items_in_collection": True, "next_start": 2}}}
+    fake.inject(200, count=50, path_contains="/api/v1/notes", body=json.dumps(stuck), content_type="application/json")  # start ignored
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="next_start 2 does not move past start 2"):
+        all_records(client, "notes")
+    assert len(fake.requests) <= 3
+
+
 def test_every_user_and_reference_row_is_staged_when_pipedrive_pages_the_unpaged_lists(fake, tmp_path):
     fake.paginate_unpaged = dict.fromkeys(UNPAGED, 2)
     staging = Staging(tmp_path / "s.duckdb")

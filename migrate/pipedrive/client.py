@@ -347,6 +347,7 @@ class PipedriveClient:
         # offset paging: the last record handed out, by this read or (resuming) the one that made `start`
         cursor, last = _offset_and_last(start) if collection.paging == "offset" else (start, None)
         while True:
+            begun = int(cursor or 0) if collection.paging != "cursor" else 0  # the offset this page is read for
             params: dict[str, Any] = {**collection.params, **(extra or {})}
             if collection.paging == "cursor":
                 params["limit"] = PAGE_LIMIT
@@ -366,10 +367,10 @@ class PipedriveClient:
             cursor = _next_cursor(collection, body, asked)
             if collection.paging == "cursor" and len(data) >= PAGE_LIMIT and "next_cursor" not in (body.get("additional_data") or {}):
                 self._confirm_end(collection, params, data[-1])
-            if collection.paging == "none" and cursor is not None and int(cursor) <= params.get("start", 0):
+            if cursor is not None and _stuck(collection, cursor, begun, data):
                 raise PipedriveError(
                     f"Pipedrive {collection.path}: pagination.next_start {cursor} does not move past start "
-                    f"{params.get('start', 0)}; refusing to read the same rows again"
+                    f"{begun}; refusing to read the same rows again"
                 )
             if data:
                 last = data[-1]
@@ -433,6 +434,15 @@ class PipedriveClient:
             step *= 2
         log.warning("pipedrive.list_moved", path=collection.path, last_id=last.get(key), read_again_from=ask)
         return ask, body, data
+
+
+def _stuck(collection: Collection, next_start: str, begun: int, handed_out: list[dict[str, Any]]) -> bool:
+    """Whether a v1 page read for offset `begun` leaves the read where it was: an unpaged list's
+    next_start not past it; an offset list's the same, with no row handed out (a list that moved
+    is read again from further back, `_join_on`, and its next_start may be behind the offset)."""
+    if collection.paging == "none":
+        return int(next_start) <= begun
+    return collection.paging == "offset" and not handed_out and int(next_start) == begun
 
 
 def _offset_cursor(collection: Collection, params: dict[str, Any], offset: str | None, last: dict[str, Any] | None) -> str | None:
