@@ -1026,6 +1026,20 @@ def _made(staging: Staging, collection: str, record: dict) -> tuple[dict, list[t
     return json.loads(made.rows[0][2])["values"], [issue[2:] for issue in made.issues]
 
 
+def test_a_custom_field_value_whose_field_the_field_list_does_not_name_is_reported_not_dropped(sample_staging):
+    """Contract §8.4, §12.3: a custom value is keyed by a 40-hex key that means something only with
+    the *Fields metadata. The field lists are read beside the records (and a resumed extract does not
+    read them again), so a field made meanwhile has values no definition names: they went without a word."""
+    new_field = "f0" * 20
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    _, found = _made(sample_staging, "deals", {**deal, "custom_fields": {**deal["custom_fields"], new_field: "Rahmenvertrag 2025"}})
+    assert [(fld, rule) for fld, rule, _ in found if rule == "custom_field_unknown"] == [(new_field, "custom_field_unknown")]
+    assert "'Rahmenvertrag 2025'" in next(detail for _, rule, detail in found if rule == "custom_field_unknown")
+    lead = next(sample_staging.iter_raw("leads"))
+    _, found = _made(sample_staging, "leads", {**lead, new_field: 1500, f"{new_field}_currency": "EUR"})
+    assert [(fld, rule) for fld, rule, _ in found if rule == "custom_field_unknown"] == [(new_field, "custom_field_unknown")]
+
+
 def test_an_item_naming_no_id_beside_ids_is_kept_as_text_and_reported_not_dropped(sample_staging):
     """Alone, an object with neither value nor id goes to 'as entered' as any value a column passes
     over; beside an id it went nowhere, without a word (owner, organization, person, labels, stage)."""
