@@ -218,6 +218,26 @@ def _sync_a_renamed_field_and_a_new_one(migrated, pipedrive, customermates) -> N
     assert {"columnId": after["Newsletter"], "value": "weekly"} in record["customFieldValues"]
 
 
+def test_a_value_of_a_field_the_field_list_did_not_name_yet_is_reported_then_migrated_by_the_next_sync(migrated, pipedrive, customermates, tmp_path):
+    """A field made in Pipedrive after its field list was read (or served late): its value is reported
+    (`custom_field_unknown`), not written under no column; once the list names it, the next sync makes
+    its column and writes the value, as README's issue table says."""
+    code = "e" * 40
+    person = live_persons(pipedrive)[0]
+    person.setdefault("custom_fields", {})[code] = "weekly"
+    person["update_time"] = NOW
+    assert invoke(migrated, "sync", "--report-dir", str(tmp_path / "r")).exit_code == 0
+    [issue] = [i for i in read_issues(tmp_path / "r") if i["rule"] == "custom_field_unknown"]
+    assert (issue["entity"], issue["source_id"], issue["field"]) == ("contacts", str(person["id"]), code)
+    pipedrive.collections["personFields"].append(
+        {"field_code": code, "field_name": "Newsletter", "field_type": "varchar", "is_custom_field": True, "options": None}
+    )
+    assert invoke(migrated, "sync", "--report-dir", str(tmp_path / "again")).exit_code == 0
+    column = next(c["id"] for c in customermates.columns("contact") if c["label"] == "Newsletter")
+    assert {"columnId": column, "value": "weekly"} in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]
+    assert not [i for i in read_issues(tmp_path / "again") if i["rule"] == "custom_field_unknown"]
+
+
 def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """A plan lists the rename and makes none, and the sync after it renames the column, where the
     plan saved the field's new label as the column's and the sync saw no rename to make."""

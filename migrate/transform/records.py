@@ -191,6 +191,9 @@ class RecordMaker:
     declared: dict[str, list[DeclaredColumn]]  # by collection
     custom: dict[str, list[CustomColumn]]  # by collection
 
+    def __post_init__(self) -> None:
+        self.custom_codes = {collection: {c.code for c in columns} for collection, columns in self.custom.items()}
+
     def make(self, batch: Batch) -> Made:
         mark = self.registry.mark()
         made = Made(made=len(batch.records))
@@ -249,8 +252,7 @@ class RecordMaker:
             if value is None or value == "" or value == []:
                 continue
             self._encode(ENCODERS[custom.encode], value, record, custom.spec, custom.field, out)
-        known = {custom.code for custom in self.custom[collection]}
-        for code, value in _unknown_custom_values(custom_values, known, collection in V1_ENCODED).items():
+        for code, value in _unknown_custom_values(custom_values, self.custom_codes[collection], collection in V1_ENCODED).items():
             out.issue(code, "custom_field_unknown", f"{as_entered(value)!r}: a value of a custom field the field list read from Pipedrive does not name (made since?); not migrated, until a sync or run reads the field list again")
         issues += [(entity, sid, field_name, rule, detail) for field_name, rule, detail in core.issues + out.issues]
         issues += [(entity, sid, field_name, "character_replaced", CHARACTER_REPLACED) for field_name in record.get(REPLACED_CHARACTERS) or ()]
