@@ -16,3 +16,14 @@ def parse_http_date(value: str | None) -> datetime | None:
     if moment is None:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (seconds, or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = parse_http_date(value)
+        return None if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from migrate.errors import BudgetExhaustedError, PipedriveError
 from migrate.httpdate import parse_http_date
+from migrate.pipedrive import client as pipedrive_client
 from migrate.pipedrive.client import BurstLimiter, PipedriveClient
 from migrate.pipedrive.collections import BY_NAME, PAGE_LIMIT
 from migrate.pipedrive.extract import extract, extract_changes, since_params
@@ -71,6 +73,26 @@ def test_a_429_with_retry_after_waits_that_long_even_when_the_window_resets_soon
         all_records(client, "stages")
     limited, retried = [r.time for r in fake.requests if r.path == "/api/v2/stages"][:2]
     assert retried - limited >= 3
+
+
+def test_a_429_with_retry_after_as_an_http_date_waits_until_then(fake):
+    """RFC 9110 lets Retry-After be a date; it was read as seconds only, and a date was ignored."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+    fake.inject(429, count=1, path_contains="/api/v2/stages", headers={"x-ratelimit-remaining": "0", "retry-after": when})
+    with client_for(fake) as client:
+        all_records(client, "stages")
+    limited, retried = [r.time for r in fake.requests if r.path == "/api/v2/stages"][:2]
+    assert retried - limited >= 2  # the date has whole seconds
+
+
+def test_a_429_whose_reset_header_is_a_moment_not_seconds_waits_no_longer_than_the_cap(fake, monkeypatch):
+    """An epoch in x-ratelimit-reset (the contract gives no unit) would have stalled the run for decades."""
+    monkeypatch.setattr(pipedrive_client, "MAX_BURST_WAIT", 0.5)
+    fake.inject(429, count=1, path_contains="/api/v2/stages", headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1764763200"})
+    with client_for(fake) as client:
+        all_records(client, "stages")
+    limited, retried = [r.time for r in fake.requests if r.path == "/api/v2/stages"][:2]
+    assert 0.5 <= retried - limited < 5
 
 
 def test_daily_budget_exhaustion_stops_at_once(fake):

@@ -30,7 +30,7 @@ import structlog
 import tenacity
 
 from migrate import errors as _errors
-from migrate.httpdate import parse_http_date
+from migrate.httpdate import parse_http_date, retry_after_seconds
 
 __all__ = [
     "ENTITIES",
@@ -666,7 +666,7 @@ class CustomermatesClient(HttpSession):
             response = self._write_once(method, path, content, what=what)
             if response.status_code != 429 or attempt == self.read_retries:
                 break
-            wait = min(60.0, _retry_after(response.headers.get("retry-after")) or 0.5 * 2**attempt)
+            wait = min(60.0, retry_after_seconds(response.headers.get("retry-after")) or 0.5 * 2**attempt)
             log.warning("customermates.write_rate_limited", request=what, attempt=attempt + 1, wait_seconds=wait)
             self.sleep(wait)
         self._raise_for_status(response, what=what, kind="write")
@@ -845,15 +845,4 @@ def _total_pages(data: Mapping[str, Any]) -> int:
         return int(pagination.get("totalPages") or 1)
     except (TypeError, ValueError):
         return 1
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds, or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = parse_http_date(value)
-        return None if when is None else max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 

@@ -31,7 +31,7 @@ from tenacity import (
 
 from migrate import jsontext
 from migrate.errors import BudgetExhaustedError, PipedriveError
-from migrate.httpdate import parse_http_date
+from migrate.httpdate import parse_http_date, retry_after_seconds
 from migrate.pipedrive.collections import PAGE_LIMIT, Collection
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 USER_AGENT = "pipedrive-to-customermates/0.1"
 SHARED_MEMORY_WINDOWS = 10  # places are kept for another client on the token until this many windows of answers have not shown it
 FIRST_STEP_BACK = 10  # rows an offset read steps back first when the list moved under it
+MAX_BURST_WAIT = 60.0  # seconds a burst 429 waits at most, whatever its headers ask (the window is 2 s)
 
 
 class _Retryable(Exception):
@@ -297,8 +298,10 @@ class PipedriveClient:
                 )
                 self.limiter.halt(spent)
                 raise spent
-            waits = (_seconds(response.headers.get("x-ratelimit-reset")), _seconds(response.headers.get("retry-after")))
-            wait = max((w for w in waits if w), default=2.0)  # Retry-After, when sent, is honoured (contract §4)
+            waits = (_seconds(response.headers.get("x-ratelimit-reset")), retry_after_seconds(response.headers.get("retry-after")))
+            # Retry-After, when sent, is honoured (contract §4); a wait far past any 2 s window (a reset given
+            # as a moment, not seconds) is capped, and the retries give up in the end if the 429s go on
+            wait = min(MAX_BURST_WAIT, max((w for w in waits if w), default=2.0))
             self.limiter.pause(wait)
             log.warning("pipedrive.rate_limited", path=path, wait=wait)
             raise _Retryable("rate limited (HTTP 429)", wait=wait)
