@@ -12,9 +12,10 @@ real pipeline into the fake Customermates with `latency_per_item` seconds of wor
 
 Phases are timed one by one: `run_extract` on a fresh state file, then `transform` on the staged
 data, then `run_migration(use_staged=True)` (the load; it transforms again, which is cheap next to
-the writes), then a full `run_migration` again (the no-op rerun, which extracts again), then a
-sync with nothing changed (`run_migration(incremental=True)`; the rerun and the sync come ten
-minutes after the load by the fake Customermates' clock), then the bare loop: 20 of the load's own create-many requests, spread over every entity, sent again to the
+the writes), then a sync with nothing changed (`run_migration(incremental=True)`: the first after the run, which
+reads back every record the run wrote), then a full `run_migration` again (the no-op rerun, which
+extracts again), then a sync again (the syncs and the rerun come ten minutes after the load by the
+fake Customermates' clock), then the bare loop: 20 of the load's own create-many requests, spread over every entity, sent again to the
 same fake one after another with nothing else around them. "load ÷ bare" compares records/s over
 the whole load (users, columns, bodies, writes, the state file) with that loop's; the fake also
 times its own side of every write (parse, validate, the per-item work), so the table says how much
@@ -230,6 +231,7 @@ def _serve(kind: str, kwargs: dict[str, Any], conn: Any) -> None:
         fake._dispatch = _Timer(fake._dispatch)  # the fake's own work per request, its lock held
     else:
         fake._write = _Timer(fake._write)  # a write's time in the server: parse, validate, the per-item work, apply
+        fake._search = _Timer(fake._search)  # a search's: filter, sort and page every record of the entity, in Python
     with fake:
         conn.send(fake.url)
         while (question := conn.recv()) != "stop":
@@ -244,7 +246,7 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
     if kind == "customermates" and question.startswith("advance_clock "):
         fake.advance_clock(float(question.split()[1]))
     if kind == "customermates":
-        return {"writes": fake.write_count(), "write_seconds": fake._write.seconds,
+        return {"writes": fake.write_count(), "write_seconds": fake._write.seconds, "search_seconds": fake._search.seconds,
                 "reads": sum(1 for r in fake.requests if r.path.endswith("/search"))}
     if question == "minimum":
         requests, tokens = minimum_extract(fake.collections)
@@ -252,6 +254,31 @@ def _stats(kind: str, fake: Any, question: str) -> dict[str, Any]:
     return {"requests": len(fake.requests), "tokens": fake.tokens_spent, "count_429": fake.count_429,
             "count_403": fake.count_403, "serving_seconds": fake._dispatch.seconds, "cpu_seconds": time.process_time(),
             "shared_served": fake.shared_served}
+
+
+def _sync(settings: Any, cm: FakeProcess, pipedrive: FakeProcess) -> dict[str, Any]:
+    """`migrate sync` (deletions marked), timed: wall, its read of Customermates (what changed there
+    since the last read began), its transform, and the requests it made to either side."""
+    from migrate.customermates.target import TargetState
+    from migrate.pipeline import run_migration
+
+    target_read = _Timer(TargetState.__dict__["read_changes"].__func__)
+    TargetState.read_changes = classmethod(target_read)  # type: ignore[method-assign, assignment]
+    try:
+        cm_before, before = cm.ask("stats"), pipedrive.ask("stats")
+        started = time.perf_counter()
+        synced = run_migration(settings, incremental=True, deletes="mark")
+        seconds = time.perf_counter() - started
+    finally:
+        TargetState.read_changes = classmethod(target_read.func)  # type: ignore[method-assign, assignment]
+    cm_after = cm.ask("stats")
+    return {
+        "seconds": seconds, "status": synced["status"], "target_read_seconds": target_read.seconds,
+        "transform": (synced["transform"]["seconds"], synced["transform"]["records_made"]),
+        "pipedrive_requests": pipedrive.ask("stats")["requests"] - before["requests"],
+        "reads": cm_after["reads"] - cm_before["reads"], "writes": cm_after["writes"] - cm_before["writes"],
+        "search_seconds": cm_after["search_seconds"] - cm_before["search_seconds"],
+    }
 
 
 def bare_loop(cm: FakeProcess, requests: int) -> tuple[float, float]:
@@ -276,7 +303,6 @@ def bare_loop(cm: FakeProcess, requests: int) -> tuple[float, float]:
 
 def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency: float = 0.0, shared: float = 0.0) -> dict[str, Any]:
     from migrate.config import Settings
-    from migrate.customermates.target import TargetState
     from migrate.logs import configure
     from migrate.pipedrive import client as pipedrive_client
     from migrate.pipeline import run_extract, run_migration
@@ -382,9 +408,11 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 out["load_server_seconds"] = cm.ask("stats")["write_seconds"] - server_before
                 out["load_peak_rss_mb"] = _peak_rss_mb()
 
-                # the rerun and the sync come ten minutes after the load, by the server's clock: a sync
-                # reads back what changed since the last read began, less five minutes (TargetState)
+                # the first sync, the rerun and the later sync come ten minutes after the load, by the server's
+                # clock: a sync reads back what changed since the last read began, less five minutes (TargetState)
                 cm.ask(f"advance_clock {RERUN_AFTER_SECONDS}")
+                # -- the first sync after the run: every record the run wrote changed since its read of the target
+                out["first_sync"] = _sync(settings, cm, pipedrive)
                 writes_before, before = cm.ask("stats")["writes"], pipedrive.ask("stats")
                 last_extract = [0.0]
 
@@ -404,22 +432,7 @@ def measure(size: int, burst: int, latency: float, load: bool, pipedrive_latency
                 out["rerun_429"] = after["count_429"] - before["count_429"]
 
                 # -- a sync with nothing changed (what `migrate sync --every 15m` does each time)
-                target_read = _Timer(TargetState.__dict__["read"].__func__)
-                TargetState.read = classmethod(target_read)  # type: ignore[method-assign, assignment]
-                try:
-                    cm_before, before = cm.ask("stats"), pipedrive.ask("stats")
-                    started = time.perf_counter()
-                    synced = run_migration(settings, incremental=True, deletes="mark")
-                    out["sync_seconds"] = time.perf_counter() - started
-                finally:
-                    TargetState.read = classmethod(target_read.func)  # type: ignore[method-assign, assignment]
-                cm_after = cm.ask("stats")
-                out["sync_status"] = synced["status"]
-                out["sync_target_read_seconds"] = target_read.seconds
-                out["sync_transform"] = (synced["transform"]["seconds"], synced["transform"]["records_made"])
-                out["sync_pipedrive_requests"] = pipedrive.ask("stats")["requests"] - before["requests"]
-                out["sync_reads"] = cm_after["reads"] - cm_before["reads"]
-                out["sync_writes"] = cm_after["writes"] - cm_before["writes"]
+                out["sync"] = _sync(settings, cm, pipedrive)
 
                 # -- the bare loop last: it writes its records a second time
                 out["bare_rps"], out["bare_server_share"] = bare_loop(cm, BARE_LOOP_REQUESTS)
@@ -523,10 +536,13 @@ def rows_for(results: list[dict[str, Any]], burst: int, projection_rate: tuple[f
     row("  of which transform (records made)", loaded(lambda r: f"{_s(r['rerun_transform'][0])} ({_n(r['rerun_transform'][1])})"))
     row("  write requests", loaded(lambda r: f"{_n(r['rerun_writes'])} ({r['rerun_status']})"))
     row("  Pipedrive requests / 429s", loaded(lambda r: f"{_n(r['rerun_requests'])} / {_n(r['rerun_429'])}"))
-    row("SYNC, nothing changed (migrate sync)†", loaded(lambda r: f"{_s(r['sync_seconds'])} ({r['sync_status']})"))
-    row("  of which reading Customermates back", loaded(lambda r: f"{_s(r['sync_target_read_seconds'])} ({_n(r['sync_reads'])} search requests)"))
-    row("  of which transform (records made)", loaded(lambda r: f"{_s(r['sync_transform'][0])} ({_n(r['sync_transform'][1])})"))
-    row("  Pipedrive requests / write requests", loaded(lambda r: f"{_n(r['sync_pipedrive_requests'])} / {_n(r['sync_writes'])}"))
+    for key, label in (("first_sync", "FIRST SYNC after the run, nothing changed†"), ("sync", "SYNC, nothing changed (migrate sync)†")):
+        row(label, loaded(lambda r, k=key: f"{_s(r[k]['seconds'])} ({r[k]['status']})"))
+        row("  of which reading Customermates back",
+            loaded(lambda r, k=key: f"{_s(r[k]['target_read_seconds'])} ({_n(r[k]['reads'])} search requests)"))
+        row("    of which the fake answering the searches", loaded(lambda r, k=key: _s(r[k]["search_seconds"])))
+        row("  of which transform (records made)", loaded(lambda r, k=key: f"{_s(r[k]['transform'][0])} ({_n(r[k]['transform'][1])})"))
+        row("  Pipedrive requests / write requests", loaded(lambda r, k=key: f"{_n(r[k]['pipedrive_requests'])} / {_n(r[k]['writes'])}"))
     row("PEAK RSS of the tool*", lambda r: f"{r['peak_rss_mb']:,.0f} MB")
     row("  with the transform workers (sampled)‡", lambda r: f"{r['sampled_rss_mb']:,.0f} MB")
     row("  of which by the end of extract", lambda r: f"{r['extract_peak_rss_mb']:,.0f} MB")
@@ -636,7 +652,7 @@ def main() -> None:
     print(f"times add up to more than {os.cpu_count()} × the floor, the floor cannot be reached here, whatever the tool does.")
     print("Rolling-window floor: the first `burst` requests of a rolling window go at once, so request i cannot leave")
     print("before 2 s × ⌊i/burst⌋; it is below requests ÷ (burst/2 s) by up to one window, which matters at small N.")
-    print(f"† the rerun and the sync run {RERUN_AFTER_SECONDS // 60} minutes after the load by the fake Customermates' clock (advanced,")
+    print(f"† the syncs and the rerun run {RERUN_AFTER_SECONDS // 60} minutes after the load by the fake Customermates' clock (advanced,")
     print("  not waited for): a sync reads back the records changed there since the last read began, less five minutes.")
     print("Minimum requests/tokens: every collection in pages of 500 (one request when empty); deal products in")
     print("requests of 100 deal ids for the non-deleted deals that have products.")
