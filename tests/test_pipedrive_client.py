@@ -467,6 +467,16 @@ def test_an_offset_list_whose_next_start_does_not_move_on_is_refused_not_read_ag
     assert len(fake.requests) <= 3
 
 
+def test_a_v2_list_whose_next_cursor_is_the_one_it_was_read_with_is_refused_not_read_again_and_again(fake):
+    """The contract (§3) does not say a cursor cannot repeat; one that does would have the same page
+    asked for without end, 10 tokens a request."""
+    stuck = {"success": True, "data": fake.collections["stages"][:1], "additional_data": {"next_cursor": "c1"}}
+    fake.inject(200, count=50, path_contains="/api/v2/stages", body=json.dumps(stuck), content_type="application/json")
+    with client_for(fake) as client, pytest.raises(PipedriveError, match="next_cursor 'c1' is the cursor this page was read with"):
+        all_records(client, "stages")
+    assert len(fake.requests) == 2
+
+
 def test_every_user_and_reference_row_is_staged_when_pipedrive_pages_the_unpaged_lists(fake, tmp_path):
     fake.paginate_unpaged = dict.fromkeys(UNPAGED, 2)
     staging = Staging(tmp_path / "s.duckdb")

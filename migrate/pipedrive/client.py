@@ -351,6 +351,7 @@ class PipedriveClient:
         cursor, last = _offset_and_last(start) if collection.paging == "offset" else (start, None)
         while True:
             begun = int(cursor or 0) if collection.paging != "cursor" else 0  # the offset this page is read for
+            read_with = cursor
             params: dict[str, Any] = {**collection.params, **(extra or {})}
             if collection.paging == "cursor":
                 params["limit"] = PAGE_LIMIT
@@ -374,6 +375,11 @@ class PipedriveClient:
                 raise PipedriveError(
                     f"Pipedrive {collection.path}: pagination.next_start {cursor} does not move past start "
                     f"{begun}; refusing to read the same rows again"
+                )
+            if collection.paging == "cursor" and cursor is not None and cursor == read_with:
+                raise PipedriveError(
+                    f"Pipedrive {collection.path}: next_cursor {cursor!r} is the cursor this page was read with; "
+                    "refusing to read the same page again"
                 )
             if data:
                 last = data[-1]
