@@ -1684,6 +1684,29 @@ def test_a_new_deal_refused_for_a_service_a_user_deleted_is_created_without_it(m
     assert ("deals", "9001", "link_target_deleted_in_target") in issues
 
 
+def test_new_deals_refused_for_one_deals_deleted_service_set_that_deal_apart_at_once(migrated, pipedrive, customermates, tmp_path):
+    """In deal create-many the server reports an unknown service at deals[i].services[k] for every deal
+    i, k naming the deal that links it (contract §3.8): that deal is sent alone and the others together,
+    where the batch was halved down to it."""
+    deal, services = _a_deal_whose_service_a_user_deleted_unread(migrated, pipedrive, customermates)
+    others = [d for d in pipedrive.collections["deals"] if d.get("status") == "open" and d is not deal][:7]
+    newcomers = [dict(d, id=9100 + n, title=f"Newcomer {n}", add_time=NOW, update_time=NOW) for n, d in enumerate([*others[:3], deal, *others[3:]])]
+    pipedrive.collections["deals"] += newcomers
+    pipedrive.collections["deal_products"] += [
+        dict(p, id=91_000 + 10 * n + k, deal_id=new["id"])
+        for n, (old, new) in enumerate(zip([*others[:3], deal, *others[3:]], newcomers, strict=True))
+        for k, p in enumerate(p for p in pipedrive.collections["deal_products"] if p["deal_id"] == old["id"])
+    ]
+    customermates.clear_requests()
+
+    written = _synced_deal(migrated, customermates, tmp_path / "r", newcomers[3])
+
+    assert sorted(s["id"] for s in written["services"]) == sorted(services[:-1])
+    assert [r.status for r in customermates.requests if r.method == "POST" and r.path == "/api/v1/deals/many"] == [400, 201, 400, 201]
+    created = by_pipedrive_id(customermates, "deals")
+    assert all(len(created[str(new["id"])]) == 1 for new in newcomers)
+
+
 def test_a_service_lookup_that_fails_quarantines_the_refused_deal_and_the_sync_goes_on(migrated, pipedrive, customermates, tmp_path, monkeypatch):
     """The lookup is the sync's own addition to the server's refusal: when it fails, the deal is
     quarantined with the server's words as without it, where the sync stopped and wrote no task."""

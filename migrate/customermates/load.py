@@ -36,6 +36,7 @@ from migrate.customermates.client import (
     MAX_REQUEST_BYTES,
     BatchRejectedError,
     CustomermatesClient,
+    Issue,
     RequestTooLargeError,
     UncertainWriteError,
     encoded_size,
@@ -70,6 +71,7 @@ RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # 
 QUOTED_VALUE_CHARS = 200  # of a refused custom value, in its quarantine message (the body keeps it whole)
 _VALUE_PATH = re.compile(r"\w+\[\d+\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a write's body
 _OPTION_REFUSED = "single select value is invalid"  # the server's refusal of an option id it has not (contract §6)
+_SERVICE_PATH = re.compile(r"deals\[\d+\]\.services\[(?P<deal>\d+)\]")  # an unknown service in deal create-many (contract §3.8)
 _LINK_PATH = re.compile(r"(?P<entity>\w+)\[0\]\.(?P<key>\w+)\[(?P<index>\d+)\]")  # a link of a one-record write's body
 
 
@@ -646,7 +648,7 @@ class Loader:
             self.summary.quarantined[entity] += 1
             log.warning("load.quarantined", entity=entity, source_id=item.source_id, reason=message)
             return
-        named = {i.item_index() for i in error.issues} - {None}
+        named = {_refused_item(entity, operation, i) for i in error.issues} - {None}
         suspects = [items[n] for n in sorted(named) if n is not None and n < len(items)]
         if suspects and len(suspects) < len(items):
             rest = [item for n, item in enumerate(items) if n not in named]
@@ -828,6 +830,13 @@ def _ids_not_found(entity: str, error: BatchRejectedError, body: dict[str, Any],
         if key in keys and index < len(body.get(key) or []):
             refused.setdefault(key, set()).add(body[key][index])
     return refused
+
+
+def _refused_item(entity: str, operation: str, issue: Issue) -> int | None:
+    """The index of the batch item an issue refuses. In deal create-many an unknown service is reported
+    at `deals[i].services[k]` for every deal i, where k is the deal that links it (contract §3.8)."""
+    match = _SERVICE_PATH.fullmatch(issue.path) if (entity, operation) == ("deals", "create") and issue.is_id_not_found() else None
+    return int(match["deal"]) if match else issue.item_index()
 
 
 def _record_not_found(entity: str, error: BatchRejectedError) -> bool:
