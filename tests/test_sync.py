@@ -1740,8 +1740,9 @@ def test_a_deal_refused_for_a_user_removed_during_the_sync_is_written_without_th
     katrin = customermates.add_user({"email": owner["email"], "firstName": "Katrin", "lastName": "Vogel"})["id"]
     assert invoke(migrated, "sync").exit_code == 0  # her records assigned to her
     deals = {pid: found[0] for pid, found in by_pipedrive_id(customermates, "deals").items()}
-    deal = next(d for d in pipedrive.collections["deals"] if [u["id"] for u in deals.get(str(d["id"]), {}).get("users") or []] == [katrin])
+    deal, second = [d for d in pipedrive.collections["deals"] if [u["id"] for u in deals.get(str(d["id"]), {}).get("users") or []] == [katrin]][:2]
     _edit_in_pipedrive(deal)
+    _edit_in_pipedrive(second)  # refused in the same batch: sent alone after the user was found removed
     match_users = Loader.match_users
 
     def removed_once_matched(self):
@@ -1753,7 +1754,8 @@ def test_a_deal_refused_for_a_user_removed_during_the_sync_is_written_without_th
     written = _synced_deal(migrated, customermates, tmp_path / "r", deal)
 
     assert written["name"] == deal["title"] and written["users"] == []
-    assert [r.status for r in customermates.requests if r.method == "PUT"] == [400, 200]
+    assert by_pipedrive_id(customermates, "deals")[str(second["id"])][0]["users"] == []
+    assert [r.status for r in customermates.requests if r.method == "PUT"] == [400, 400, 200, 400, 200]
     [issue] = [i for i in read_issues(tmp_path / "r") if i["rule"] == "owner_unmatched" and i["source_id"] == str(owner["id"])]
     assert f"its Customermates user ({katrin}) was removed from the company during this run" in issue["detail"]
     report = json.loads((tmp_path / "r" / "report.json").read_text())

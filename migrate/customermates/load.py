@@ -157,6 +157,7 @@ class Loader:
         self.progress = progress
         self.summary = LoadSummary()
         self.user_map: dict[str, str] = {}
+        self.users_removed: set[str] = set()  # Customermates users found removed from the company during the load
         self.only_candidates = False
         self._issue_rows: list[tuple[str, str, str, str, str, str]] = []  # noted while bodies are built, saved a batch at a time
         self.failures_in_a_row = 0  # uncertain writes since the last write that went through
@@ -663,13 +664,14 @@ class Loader:
         """A record refused for linking records a user deleted in Customermates since they were last
         read (a read of what changed does not see a deletion), or users removed from the company since
         `match_users`, is sent again without those links, the records taken as gone (`_found_deleted`),
-        the users as unmatched (`_forget_removed_users`). Each time drops links its body had, so this
-        ends; a record refused still for anything else is quarantined. Whether it was sent again."""
+        the users as unmatched (`_forget_removed_users`; a body built before holds them still). Each time
+        drops links its body had, so this ends; a record refused still for anything else is quarantined.
+        Whether it was sent again."""
         if item.payload is None:
             return False
         refused = _ids_not_found(entity, error, item.body, LINKS_SET.get(entity, ())) | self._services_gone(entity, error, item.body)
         users = _ids_not_found(entity, error, item.body, ("userIds",)).get("userIds", set())
-        if not (refused or users) or not users <= set(self.user_map.values()):
+        if not (refused or users) or not users <= set(self.user_map.values()) | self.users_removed:
             return False
         linked = linked_records(self.staging, [item.payload])
         found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
@@ -703,6 +705,7 @@ class Loader:
         """Customermates users removed from the company during the run (the server refuses their ids):
         the Pipedrive owners matched to them are unmatched from here on, reported as `match_users`
         reports an owner without a user. The records written before keep the ids the server dropped."""
+        self.users_removed |= target_ids
         removed = {uid: self.user_map.pop(uid) for uid, target_id in list(self.user_map.items()) if target_id in target_ids}
         if not removed:
             return
