@@ -1359,3 +1359,16 @@ def test_a_deal_without_its_own_probability_gets_its_stages_when_the_pipeline_us
         made = {sid: payload["values"].get("probability") for sid, payload in targets(staging, "deals").items()}
         assert made == {"7": "50", "8": "20", "9": "0", "10": None, "11": "30"}
         assert staging.transform_issues() == []
+
+
+def test_a_money_amount_of_spaces_only_is_no_value_not_the_text_none(sample_staging):
+    """An amount of spaces is no number (`values.decimal_string` reads it as none), as "" and null
+    are; it was written as the text "None" in '<column> (other currency)', or kept 'as entered'
+    with Python's error for a reason ("object of type 'NoneType' has no len()")."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    budget = "9cfdb087392ee83413ed1f5adac30c45ec3504da"  # a monetary custom field, "Budget"
+    for amount, currency, custom in ((" ", "EUR", " "), ("\t", "XYZ", {"value": " ", "currency": "EUR"}), (" ", None, {"value": " ", "currency": None})):
+        record = {**deal, "value": amount, "currency": currency, "custom_fields": {**deal["custom_fields"], budget: custom}}
+        values, found = _made(sample_staging, "deals", record)
+        assert [key for key in values if key.startswith(("value", f"cf:{budget}"))] == [], (amount, currency, custom)
+        assert [i for i in found if i[0] in ("value", "Budget")] == [], (amount, currency, custom)

@@ -283,10 +283,10 @@ def _address(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups
 
 
 def _money(amount: Any, currency: Any, spec: ColumnSpec, fld: Field, out: RecordOut) -> None:
-    if amount is None or amount == "":
+    text = v.decimal_string(amount)
+    if text is None:  # no amount: null, or text that is blank
         return
     code = str(currency or "").strip()
-    text = v.decimal_string(amount)
     if code.lower() in v.CUSTOMERMATES_CURRENCIES:
         if v.past_decimal_20_4(text):
             raise ValueError(f"{text} {code.upper()} has more than the 16 digits before the point a currency column holds")
