@@ -892,6 +892,24 @@ def test_a_link_with_a_scheme_the_server_takes_is_written_as_a_link_in_any_case_
             assert is_secure_url(url) is valid, f"the fake Customermates on {url}"
 
 
+# A space of another kind in a host (a no-break one, pasted from a document; an ideographic one,
+# typed with a Japanese input method): the server's URL parser maps it to a space (IDNA, UTS #46),
+# which no host holds, and refuses the link, and with it the record; a space that maps to nothing is none.
+LINKS_WITH_ANOTHER_SPACE = {
+    "https://acme\u00a0corp.de": False,
+    "www.acme\u3000corp.de": False,
+    "https://acme.de\u2002/": False,
+    "https://exa\u200bmple.com": True,
+}
+
+
+def test_a_link_whose_host_holds_a_space_of_another_kind_is_kept_as_text_as_the_server_refuses_it(tmp_path):
+    outcomes = website_outcomes(tmp_path, LINKS_WITH_ANOTHER_SPACE)
+    for url, valid in LINKS_WITH_ANOTHER_SPACE.items():
+        link = url if "://" in url else f"https://{url}"
+        assert outcomes[url] == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
+
+
 def test_a_double_field_keeps_all_16_digits_pipedrive_holds_and_drops_only_a_sums_binary_noise(tmp_path):
     """Contract §8.3: `double` (precision 16). The 16th digit was rounded away without a word."""
     key = "d" * 40

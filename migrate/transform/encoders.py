@@ -611,9 +611,11 @@ def _parses(url: str) -> bool:
         except ValueError:
             return False
         return True
+    # as the parser's IDNA step maps it (a no-break or ideographic space to a space, which it refuses)
+    host = unicodedata.normalize("NFKC", host).translate(_DOTS)
     if not host or any(ch in _FORBIDDEN_HOST or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host):
         return False
-    labels = unicodedata.normalize("NFKC", host).translate(_DOTS).split(".")
+    labels = host.split(".")
     if labels[-1] == "" and len(labels) > 1:
         labels.pop()  # one trailing dot (a fully qualified name)
     return not _ends_in_a_number(labels[-1]) or _ipv4(labels)
