@@ -910,6 +910,26 @@ def test_a_link_whose_host_holds_a_space_of_another_kind_is_kept_as_text_as_the_
         assert outcomes[url] == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
 
 
+# Text without "://" is a link once "https://" is put before it, if its host name has a dot: a dot
+# anywhere else made a scheme typed wrong a host of its own ("https://https:/www.acme.de" links to
+# the host "https"), which the server takes, the link going nowhere.
+LINKS_WITHOUT_A_SCHEME = {
+    "https:/www.acme.de": False,
+    "http//www.acme.de": False,
+    "https//acme.de/kontakt": False,
+    "n/a.pdf": False,
+    "www.acme.de": True,
+    "acme.de/kontakt.html": True,
+    "acme.de:8080/x": True,
+}
+
+
+def test_a_link_without_a_scheme_is_one_only_when_its_host_name_has_a_dot_not_its_path(tmp_path):
+    outcomes = website_outcomes(tmp_path, LINKS_WITHOUT_A_SCHEME)
+    for url, valid in LINKS_WITHOUT_A_SCHEME.items():
+        assert outcomes[url] == ({"website": f"https://{url}"} if valid else {"website:as_entered": url}, not valid), url
+
+
 def test_a_double_field_keeps_all_16_digits_pipedrive_holds_and_drops_only_a_sums_binary_noise(tmp_path):
     """Contract §8.3: `double` (precision 16). The 16th digit was rounded away without a word."""
     key = "d" * 40

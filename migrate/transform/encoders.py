@@ -577,10 +577,10 @@ def _link(value: Any, record: dict, spec: ColumnSpec, fld: Field, lk: Lookups, o
     if not text:
         return
     # a scheme, in any case (the server's URL parser lowercases it), makes a URL of any host;
-    # without one, text with no dot (`n/a`, `none`) is taken for no web address
+    # without one, text whose host name has no dot (`n/a`, `none`, `https:/www.acme.de`) is taken for no web address
     schemed = "://" in text or text[:7].lower().startswith(("mailto:", "tel:"))
     url = text if schemed else f"https://{text}"
-    if url[:8].lower().startswith(_LINK_SCHEMES) and " " not in url and (schemed or "." in url) and _parses(url):
+    if url[:8].lower().startswith(_LINK_SCHEMES) and " " not in url and _parses(url, dotted=not schemed):
         out.put(spec, url)
         return
     fallback = out.put_as_entered(spec, text)
@@ -594,9 +594,9 @@ _FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
 _DOTS = str.maketrans(dict.fromkeys("\u3002\uff0e\uff61", "."))
 
 
-def _parses(url: str) -> bool:
+def _parses(url: str, *, dotted: bool = False) -> bool:
     """Whether the server's URL check will take `url`: a host without forbidden characters, one
-    ending in a number a valid IPv4 address, a numeric port."""
+    ending in a number a valid IPv4 address, a numeric port; with `dotted`, a host name with a dot."""
     if url[:7].lower().startswith(("mailto:", "tel:")):
         return True
     try:
@@ -605,6 +605,8 @@ def _parses(url: str) -> bool:
     except ValueError:
         return False
     host = parts.hostname or ""
+    if dotted and "." not in host:
+        return False
     if parts.netloc.rpartition("@")[2].startswith("["):  # an IPv6 address: only a valid one parses
         try:
             ipaddress.IPv6Address(host)
