@@ -180,16 +180,15 @@ class _NotesConverter(MarkdownConverter):
         prefix, suffix, text = chomp(text)
         if not text:
             return ""
-        href = (el.get("href") or "").strip()
+        href = _safe_url(el.get("href") or "")  # checked without tabs and line breaks, as a URL parser reads it
         if not href or href.startswith("#") or _BAD_SCHEME.match(href):
             return f"{prefix}{text}{suffix}"
-        href = _safe_url(href)
         if text.replace("\\_", "_") == href and _SAFE_SCHEME.match(href):
             return f"{prefix}<{href}>{suffix}"
         return f"{prefix}[{text}]({href}){suffix}"
 
     def convert_img(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
-        src = (el.get("src") or "").strip()
+        src = _safe_url(el.get("src") or "")
         alt = _escape_text(_WHITESPACE.sub(" ", el.get("alt") or "").strip())
         if src.lower().startswith("data:"):
             return "\\[image omitted\\]"
@@ -197,17 +196,17 @@ class _NotesConverter(MarkdownConverter):
             return alt or "image"  # the surrounding link carries the target
         if not src or _BAD_SCHEME.match(src):
             return alt
-        return f"[{alt or 'image'}]({_safe_url(src)})"
+        return f"[{alt or 'image'}]({src})"
 
     def convert_video(self, el: Any, text: str, parent_tags: set[str]) -> str:  # noqa: ARG002
-        src = (el.get("src") or "").strip()
+        src = _safe_url(el.get("src") or "")
         if not src:
             source = el.find("source", src=True)
-            src = (source.get("src") or "").strip() if source else ""
+            src = _safe_url(source.get("src") or "") if source else ""
         label = text.strip() or "video"
         if not src or _BAD_SCHEME.match(src) or "a" in parent_tags:
             return text
-        return f"[{label}]({_safe_url(src)})"
+        return f"[{label}]({src})"
 
     convert_audio = convert_video
 
@@ -575,7 +574,7 @@ def _plain_text_fallback(html: str) -> str:
 
 # Converted note bodies are kept in the state file under this name: change it whenever a change
 # here changes what a note converts to, so that kept conversions are made again.
-MARKDOWN_VERSION = "notes-1"
+MARKDOWN_VERSION = "notes-2"
 
 
 def html_to_markdown(html: str) -> str:
