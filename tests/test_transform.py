@@ -1410,3 +1410,19 @@ def test_a_money_amount_of_spaces_only_is_no_value_not_the_text_none(sample_stag
         values, found = _made(sample_staging, "deals", record)
         assert [key for key in values if key.startswith(("value", f"cf:{budget}"))] == [], (amount, currency, custom)
         assert [i for i in found if i[0] in ("value", "Budget")] == [], (amount, currency, custom)
+
+
+def test_a_deal_product_lines_product_id_naming_no_one_product_is_reported_not_dropped_without_a_word(sample_staging):
+    """Contract §7.5: a line's `product_id` is one id. Given as a list or as an object naming no id,
+    the service went unlinked without a word, where a deal's own links given so are `link_unreadable`."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    line = {"deal_id": deal["id"], "quantity": 2, "item_price": 10, "currency": "EUR"}
+    rows = [{**line, "id": 1, "product_id": [1], "name": "A"}, {**line, "id": 2, "product_id": {"name": "Lizenz"}, "name": "B"},
+            {**line, "id": 3, "product_id": {"value": 2}, "name": "C"}, {**line, "id": 4, "product_id": None, "name": "D"}]
+    batch = records.Batch("deals", [(json.dumps(deal), [], [json.dumps(row) for row in rows])], {})
+    made = engine.Transformer(sample_staging, load_mappings()).maker.make(batch)
+    assert json.loads(made.rows[0][2])["services"] == [["2", 2.0]]
+    assert [issue[2:] for issue in made.issues if issue[2] == "products"] == [
+        ("products", "link_unreadable", "[1] is a list where one record's id belongs; link dropped"),
+        ("products", "link_unreadable", "{'name': 'Lizenz'} is an object with neither value nor id; link dropped"),
+    ]

@@ -47,11 +47,7 @@ def _id(value: Any) -> str | None:
 def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> None:
     target = _id(pipedrive_id)
     if target is None:
-        inner = pipedrive_id.get("value", pipedrive_id.get("id")) if isinstance(pipedrive_id, dict) else pipedrive_id
-        if isinstance(inner, (list, dict)) and content(inner):
-            core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is {_unreadable(inner)}; link dropped"))
-        elif isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and content(pipedrive_id):
-            core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is an object with neither value nor id; link dropped"))
+        _unreadable_link(core, pipedrive_id, what)
         return
     entity = LINK_ENTITY[key]
     if target not in known[entity]:
@@ -60,6 +56,15 @@ def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> N
     bucket = core.links.setdefault(key, [])
     if target not in bucket:
         bucket.append(target)
+
+
+def _unreadable_link(core: Core, pipedrive_id: Any, what: str) -> None:
+    """Report a link that names no one record (`_id` gave none) but holds something: a list, an object."""
+    inner = pipedrive_id.get("value", pipedrive_id.get("id")) if isinstance(pipedrive_id, dict) else pipedrive_id
+    if isinstance(inner, (list, dict)) and content(inner):
+        core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is {_unreadable(inner)}; link dropped"))
+    elif isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and content(pipedrive_id):
+        core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is an object with neither value nor id; link dropped"))
 
 
 def _unreadable(value: list[Any] | dict[str, Any]) -> str:
@@ -187,6 +192,7 @@ def deal_core(record: dict[str, Any], known: Known, deal_products: ByKey[list[di
     for row in deal_products.get(str(record.get("id")), []):
         product = _id(row.get("product_id"))
         if product is None:
+            _unreadable_link(core, row.get("product_id"), "products")
             continue
         if product not in known["services"]:
             core.issues.append(("products", "link_target_not_migrated", f"product {product} is deleted or missing in Pipedrive; not linked"))
