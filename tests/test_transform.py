@@ -1426,3 +1426,29 @@ def test_a_deal_product_lines_product_id_naming_no_one_product_is_reported_not_d
         ("products", "link_unreadable", "[1] is a list where one record's id belongs; link dropped"),
         ("products", "link_unreadable", "{'name': 'Lizenz'} is an object with neither value nor id; link dropped"),
     ]
+
+
+def test_an_id_written_as_a_whole_float_is_that_id_and_a_boolean_or_a_fraction_names_none(sample_staging):
+    """A snapshot (`--source`) written by a tool that keeps a column of integers with nulls as floats
+    gives `org_id: 1.0`: that id, as option id 114.0 is option 114. It made an option "Pipeline #1.0"
+    beside pipeline 1, dropped the link as to an organization "deleted or missing in Pipedrive", and
+    kept the owner as text; a boolean made an option "Pipeline #True", a user "True", a label "Label #True"."""
+    deal = next(d for d in sample_staging.iter_raw("deals") if not d.get("is_deleted"))
+    ids = {"pipeline_id": 1.0, "stage_id": 2.0, "org_id": 1.0, "person_id": 53.0, "owner_id": 1.0, "creator_user_id": 3.0, "label_ids": [9.0, 10]}
+    payload, found = _made_payload(sample_staging, "deals", {**deal, **ids})
+    assert {key: payload["values"].get(key) for key in ("pipeline", "stage", "owner", "creator", "labels")} == {
+        "pipeline": "Vertrieb Neukunden", "stage": "Vertrieb Neukunden / Bedarfsanalyse", "owner": "Katrin Vogel <katrin.vogel@nordlicht-systems.de>",
+        "creator": "Aylin Demir <aylin.demir@nordlicht-systems.de>", "labels": "Heiß, Kalt",
+    }
+    assert (payload["links"], payload["users"]) == ({"contactIds": ["53"], "organizationIds": ["1"]}, ["1"])
+    assert [issue for issue in found if issue[0] in ids] == []
+    odd = {"pipeline_id": True, "stage_id": 1.5, "org_id": True, "owner_id": True, "label_ids": [9, True]}
+    payload, found = _made_payload(sample_staging, "deals", {**deal, **odd})
+    values = payload["values"]
+    assert {key: values.get(key) for key in ("pipeline", "stage", "owner", "labels")} == {"pipeline": None, "stage": None, "owner": None, "labels": "Heiß"}
+    assert {key: values.get(f"{key}:as_entered") for key in ("pipeline", "stage", "owner", "labels")} == {"pipeline": "true", "stage": "1.5", "owner": "true", "labels": "true"}
+    assert ("organizationIds" not in payload["links"], payload["users"]) == (True, [])
+    assert sorted((fld, rule) for fld, rule, _ in found if fld in odd) == [
+        ("label_ids", "invalid_value_kept_as_text"), ("org_id", "link_unreadable"), ("owner_id", "invalid_value_kept_as_text"),
+        ("pipeline_id", "invalid_value_kept_as_text"), ("stage_id", "invalid_value_kept_as_text"),
+    ]

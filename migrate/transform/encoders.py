@@ -425,7 +425,8 @@ def _ids(value: Any) -> list[str]:
     if isinstance(value, dict):
         inner = value.get("value", value.get("id"))
         return _ids(inner)
-    return [str(value).strip()] if str(value).strip() else []
+    text = v.number_id(value) if isinstance(value, (int, float)) else str(value).strip()
+    return [text] if text else []
 
 
 def user_label(user: dict[str, Any] | None, user_id: str) -> str:

@@ -35,13 +35,13 @@ class Core:
 
 
 def _id(value: Any) -> str | None:
-    """One record's id: a number or text, or an object's value or id; None for none, and for a list,
-    which names no one record."""
+    """One record's id: a number (`values.number_id`) or text, or an object's value or id; None for
+    none, and for a list, which names no one record."""
     if isinstance(value, dict):
         value = value.get("value", value.get("id"))
     if value is None or value == "" or isinstance(value, (list, dict)):
         return None
-    return str(value)
+    return v.number_id(value) if isinstance(value, (int, float)) else str(value)
 
 
 def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> None:
@@ -59,12 +59,15 @@ def _link(core: Core, key: str, pipedrive_id: Any, known: Known, what: str) -> N
 
 
 def _unreadable_link(core: Core, pipedrive_id: Any, what: str) -> None:
-    """Report a link that names no one record (`_id` gave none) but holds something: a list, an object."""
+    """Report a link that names no one record (`_id` gave none) but holds something: a list, an
+    object, a boolean, a fraction."""
     inner = pipedrive_id.get("value", pipedrive_id.get("id")) if isinstance(pipedrive_id, dict) else pipedrive_id
     if isinstance(inner, (list, dict)) and content(inner):
         core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is {_unreadable(inner)}; link dropped"))
     elif isinstance(pipedrive_id, dict) and "value" not in pipedrive_id and "id" not in pipedrive_id and content(pipedrive_id):
         core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is an object with neither value nor id; link dropped"))
+    elif isinstance(inner, (bool, float)) and inner is not False:
+        core.issues.append((what, "link_unreadable", f"{pipedrive_id!r} is {'a boolean' if isinstance(inner, bool) else 'a fraction'}, no record's id; link dropped"))
 
 
 def _unreadable(value: list[Any] | dict[str, Any]) -> str:
