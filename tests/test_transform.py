@@ -1452,3 +1452,14 @@ def test_an_id_written_as_a_whole_float_is_that_id_and_a_boolean_or_a_fraction_n
         ("label_ids", "invalid_value_kept_as_text"), ("org_id", "link_unreadable"), ("owner_id", "invalid_value_kept_as_text"),
         ("pipeline_id", "invalid_value_kept_as_text"), ("stage_id", "invalid_value_kept_as_text"),
     ]
+
+
+def test_an_activitys_person_missing_in_pipedrive_is_reported_once_though_it_is_its_participant_too(sample_staging):
+    """An activity's `person_id` is its primary participant, listed in `participants` too (contract
+    §7.7): a person deleted in Pipedrive was reported twice, doubling the count in the report."""
+    activity = next(a for a in sample_staging.iter_raw("activities") if not a.get("is_deleted"))
+    participants = [{"person_id": 99999, "primary": True}, {"person_id": 99998, "primary": False}, {"person_id": 99998.0, "primary": False}]
+    _, found = _made(sample_staging, "activities", {**activity, "person_id": 99999, "participants": participants})
+    assert [detail for fld, rule, detail in found if rule == "link_target_not_migrated"] == [
+        "contact 99999 is deleted or missing in Pipedrive; link dropped", "contact 99998 is deleted or missing in Pipedrive; link dropped",
+    ]

@@ -238,7 +238,12 @@ def task_core(record: dict[str, Any], known: Known, type_names: dict[str, str]) 
             people.append(participant["person_id"])
         elif participant not in (None, "", [], {}):
             core.issues.append(("participants", "link_unreadable", f"{participant!r} is not a participant (an object with person_id); not linked"))
+    linked: set[str] = set()
     for person in people:
+        if (target := _id(person)) in linked:
+            continue  # the primary person is a participant too: linked, or reported, once
+        if target is not None:
+            linked.add(target)
         _link(core, "contactIds", person, known, "participants")
     _link(core, "organizationIds", record.get("org_id"), known, "org_id")
     _link(core, "dealIds", record.get("deal_id"), known, "deal_id")
