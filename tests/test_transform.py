@@ -1463,3 +1463,17 @@ def test_an_activitys_person_missing_in_pipedrive_is_reported_once_though_it_is_
     assert [detail for fld, rule, detail in found if rule == "link_target_not_migrated"] == [
         "contact 99999 is deleted or missing in Pipedrive; link dropped", "contact 99998 is deleted or missing in Pipedrive; link dropped",
     ]
+
+
+def test_an_address_part_or_an_email_given_as_an_object_is_never_written_as_python_shows_it(sample_staging):
+    """Contract §9: an address's parts and an email's value are text. An object there was written as
+    Python shows it ("Carl-Zeiss-Ring 140 ({'building': 'B'})"), in the address without a word."""
+    organization = next(o for o in sample_staging.iter_raw("organizations") if not o.get("is_deleted"))
+    address = {"value": "Carl-Zeiss-Ring 140", "subpremise": {"building": "B"}}
+    values, found = _made(sample_staging, "organizations", {**organization, "address": address})
+    assert (values.get("address"), values["address:as_entered"]) == (None, "Carl-Zeiss-Ring 140 B")
+    assert [(fld, rule) for fld, rule, _ in found if fld == "address"] == [("address", "invalid_value_kept_as_text")]
+    person = next(p for p in sample_staging.iter_raw("persons") if not p.get("is_deleted"))
+    values, found = _made(sample_staging, "persons", {**person, "emails": [{"value": {"address": "ann@acme.de"}, "primary": True}]})
+    assert values["other_emails"] == '{"address": "ann@acme.de"}'
+    assert not [i for i in found if "{'" in i[2]]

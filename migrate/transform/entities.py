@@ -95,7 +95,7 @@ def _emails(record: dict[str, Any]) -> tuple[list[str], list[str]]:
     valid: list[str] = []
     invalid: list[str] = []
     for item in emails:
-        address = str(item["value"]).strip()
+        address = v.as_plain_text(item["value"]).strip()
         if v.is_valid_email(address):
             if address.lower() not in {x.lower() for x in valid}:
                 valid.append(address)

@@ -351,6 +351,8 @@ def format_address(address: dict | str | None) -> str | None:
 
     def part(key: str) -> str:
         raw = address.get(key)
+        if isinstance(raw, (dict, list)):
+            raise ValueError(f"the address's {key} is not text: {raw!r}")
         return "" if raw is None else _one_line(raw)
 
     for key in ("formatted_address", "value"):
