@@ -669,6 +669,7 @@ BAD_VALUES = [
     ("link", "www.example.com", "The URL value is invalid", ""),
     ("link", "javascript:alert(1)", "The URL value is invalid", ""),
     ("link", "https://shop.acme.24", "The URL value is invalid", ""),  # ends in a number: an IPv4 address, and no valid one
+    ("link", "https://acme\u00a0corp.de", "The URL value is invalid", ""),  # IDNA maps a no-break space to a space
     ("email", "a@example.com, b@example.com", "The email value is invalid", ""),
     ("emails", "a@example.com, nope", "The email value is invalid", "[1]"),
     ("dateRange", "2024-02-01,2024-01-01", "The date range is invalid", ""),

@@ -908,6 +908,7 @@ def test_a_link_whose_host_holds_a_space_of_another_kind_is_kept_as_text_as_the_
     for url, valid in LINKS_WITH_ANOTHER_SPACE.items():
         link = url if "://" in url else f"https://{url}"
         assert outcomes[url] == ({"website": link} if valid else {"website:as_entered": url}, not valid), url
+        assert is_secure_url(link) is valid, f"the fake Customermates on {link}"
 
 
 # Text without "://" is a link once "https://" is put before it, if its host name has a dot: a dot

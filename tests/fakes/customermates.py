@@ -438,7 +438,7 @@ def whatwg_url_ok(value: str) -> tuple[bool, str]:
     host, _, port = host_port.partition(":")
     if not host:
         return False, scheme
-    if any(ch in _FORBIDDEN_HOST for ch in host):
+    if any(ch in _FORBIDDEN_HOST for ch in unicodedata.normalize("NFKC", host)):  # after IDNA's mapping: U+00A0 → " "
         return False, scheme
     if _ends_in_a_number(host) and not _is_ipv4(host):  # an IPv4 address, to the parser, and not a valid one
         return False, scheme
