@@ -241,7 +241,10 @@ def run_migration(
                     if hasattr(progress, "expect"):
                         for entity, counts in now["summary"].items():
                             progress.expect(f"load {entity}", counts["create"] + counts["update"])
-                    conflicts = {e: {r["source_id"] for r in rs if r["action"] == "conflict"} for e, rs in now["records"].items()}
+                    in_flight = _updates_in_flight(staging)
+                    conflicts = {
+                        e: {r["source_id"] for r in rs if r["action"] == "conflict"} - in_flight.get(e, set()) for e, rs in now["records"].items()
+                    }
                     loaded = Loader(
                         staging, client, columns, run_id, max_batch=max_batch, on_target_deleted=on_target_deleted,
                         target=state, conflicts=conflicts, on_conflict=on_conflict, progress=_labelled(progress, "load"),
@@ -290,6 +293,17 @@ def _syncs_since_reconciled(staging: Staging) -> int:
     count = int(staging.meta(SYNCS_SINCE_RECONCILED_KEY) or 0) + 1
     staging.set_meta(SYNCS_SINCE_RECONCILED_KEY, str(count))
     return count
+
+
+def _updates_in_flight(staging: Staging) -> dict[str, set[str]]:
+    """The records, by entity, of the updates a killed run or sync sent without learning their outcome
+    (pending batches): the values they hold that differ from the body last recorded as written may be
+    that write's, no edit made in Customermates, so none of them is a conflict; the load writes them."""
+    in_flight: dict[str, set[str]] = {}
+    for batch in staging.pending_batches():
+        if batch["operation"] == "update":
+            in_flight.setdefault(batch["entity"], set()).update(batch["source_ids"])
+    return in_flight
 
 
 def require_staged(staging: Staging) -> None:

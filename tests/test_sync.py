@@ -1946,3 +1946,35 @@ def test_a_reconciling_sync_that_fails_half_way_is_followed_by_one_that_reconcil
 
     assert str(purged["id"]) not in by_pipedrive_id(customermates, "contacts")
     assert reconciled == [True, None, True]  # then every second one again
+
+
+class _Killed(BaseException):
+    """The process dies (kill -9, power cut): nothing after it runs, not even an `except Exception`."""
+
+
+def test_an_update_that_landed_before_a_crash_is_no_edit_made_in_customermates_and_a_later_pipedrive_edit_arrives(migrated, pipedrive, customermates, tmp_path, monkeypatch):
+    """A sync killed between an update's effect and its commit left the state file holding the body
+    written before: the next sync took the values the killed one wrote for edits made in
+    Customermates, and the record, edited again in Pipedrive meanwhile, became a conflict whose
+    Pipedrive edit was never written."""
+    person = live_persons(pipedrive)[4]
+    person["job_title"], person["update_time"] = "Written, then the sync died", NOW
+    real_commit = Staging.commit_batch
+
+    def dies_after_the_write(self, batch_id, entity, written, *args, **kwargs):
+        if entity == "contacts" and written:
+            raise _Killed
+        return real_commit(self, batch_id, entity, written, *args, **kwargs)
+
+    monkeypatch.setattr(Staging, "commit_batch", dies_after_the_write)
+    with pytest.raises(_Killed):
+        invoke(migrated, "sync")
+    monkeypatch.setattr(Staging, "commit_batch", real_commit)
+    person["first_name"] = "Renamed"
+    person["name"], person["update_time"] = f"Renamed {person.get('last_name') or ''}".strip(), "2026-11-28T13:00:00Z"
+
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert [i for i in read_issues(tmp_path) if i["rule"] == "conflict_skipped"] == []
+    assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["firstName"] == "Renamed"
