@@ -221,6 +221,39 @@ def test_an_edit_made_during_the_extract_to_a_record_already_read_arrives_with_t
     assert staging_record(staging, "persons", early["id"])["name"] == "Edited Meanwhile"
 
 
+def test_an_edit_made_while_an_extract_was_paused_arrives_with_the_next_sync_when_this_machines_clock_is_ahead(fake, tmp_path, monkeypatch):
+    """A resumed extract took the earlier of this machine's clock at its fresh start and Pipedrive's at
+    its first answer after the resumption: with this machine's clock ahead, that was the resumption, and
+    a person edited after its page was read, while the extract waited (its budget spent, say), was
+    behind the watermark, never read by a sync."""
+    from migrate.pipedrive import extract as extract_module
+
+    fake.collections["persons"] = [dict(p, id=i) for i, p in enumerate(fake.collections["persons"] * 10, start=1)]
+    early, late = fake.collections["persons"][0], fake.collections["persons"][-1]
+    began = datetime.now(UTC).replace(microsecond=0)
+
+    class AheadByAnHour(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=1)
+
+    monkeypatch.setattr(extract_module, "datetime", AheadByAnHour)
+    staging = Staging(tmp_path / "s.duckdb")
+    fake.inject(401, count=1, path_contains="cursor=")  # stops after the first page of persons
+    with client_for(fake) as client, pytest.raises(PipedriveError):
+        client.get("/api/v1/users/me", cost=2)  # as every run's preflight asks first
+        extract(staging, client, "run1")
+    early.update(name="Edited Meanwhile", update_time=(began + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    late.update(update_time=(began + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    # resumed ten minutes later by Pipedrive's clock
+    monkeypatch.setattr(pipedrive_client, "parse_http_date", lambda value: parse_http_date(value) + timedelta(minutes=10))
+    with client_for(fake) as client:
+        extract(staging, client, "run2")
+        assert staging_record(staging, "persons", early["id"])["name"] != "Edited Meanwhile"  # read before the edit
+        extract_changes(staging, client, "sync1")
+    assert staging_record(staging, "persons", early["id"])["name"] == "Edited Meanwhile"
+
+
 def staging_record(staging: Staging, collection: str, record_id: int) -> dict:
     return json.loads(staging.con.execute(f"SELECT data FROM raw_{collection} WHERE id = ?", [str(record_id)]).fetchone()[0])
 

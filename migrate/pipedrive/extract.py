@@ -112,6 +112,7 @@ def extract(staging: Staging, source: PageSource, run_id: str, *, progress: Prog
     if all(cp is not None and cp.done for cp in checkpoints.values()) or all(cp is None for cp in checkpoints.values()):
         _start_fresh(staging, names)
         staging.set_meta(EXTRACT_BEGAN_KEY, _stamp(datetime.now(UTC)))
+        staging.set_meta(EXTRACT_BEGAN_KEY, _began(staging, source))  # Pipedrive's clock too, for a resumed extract
         checkpoints = dict.fromkeys(names)
     summary = ExtractSummary()
     stager = _Stager(staging, run_id, summary, progress)
@@ -493,8 +494,9 @@ def set_watermarks(staging: Staging, run_id: str, began: str | None = None) -> N
 
 
 def _began(staging: Staging, source: PageSource) -> str | None:
-    """When the extract began: this machine's clock at its fresh start (kept in the state file, for a
-    resumed one), or Pipedrive's at its first answer in this process, whichever is earlier."""
+    """When the extract began: this machine's clock or Pipedrive's at its fresh start (the earlier, kept in
+    the state file for a resumed one), or Pipedrive's at its first answer in this process, whichever is
+    earliest. A machine whose clock is ahead makes Pipedrive's the one that counts."""
     began = [staging.meta(EXTRACT_BEGAN_KEY)]
     if isinstance(source, PipedriveClient) and source.first_answer_at is not None:
         began.append(_stamp(source.first_answer_at))
