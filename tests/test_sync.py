@@ -1978,3 +1978,31 @@ def test_an_update_that_landed_before_a_crash_is_no_edit_made_in_customermates_a
     assert result.exit_code == 0, result.output
     assert [i for i in read_issues(tmp_path) if i["rule"] == "conflict_skipped"] == []
     assert by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["firstName"] == "Renamed"
+
+
+def test_a_deletion_made_by_a_sync_killed_before_it_noted_it_is_counted_as_removed_by_the_next(migrated, pipedrive, customermates, tmp_path, monkeypatch):
+    """A sync killed between a delete's effect and the state file's note of it left the record known as
+    migrated: the next sync's delete was refused ("not found"), and it reported the record as removed
+    by a user first; no sync counted the deletion."""
+    person = live_persons(pipedrive)[0]
+    person["is_deleted"], person["update_time"] = True, NOW
+    real_forget = Staging.forget
+
+    def dies(self, entity, source_ids):
+        raise _Killed
+
+    monkeypatch.setattr(Staging, "forget", dies)
+    with pytest.raises(_Killed):
+        invoke(migrated, "sync", "--deletes", "delete")
+    monkeypatch.setattr(Staging, "forget", real_forget)
+    assert str(person["id"]) not in by_pipedrive_id(customermates, "contacts")  # removed before the sync died
+
+    result = invoke(migrated, "sync", "--deletes", "delete", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert "deleted in Pipedrive 1 (delete)" in result.output
+    assert [(i["source_id"], i["rule"]) for i in read_issues(tmp_path) if i["rule"].startswith("deleted_in_pipedrive_")] == [
+        (str(person["id"]), "deleted_in_pipedrive_removed")
+    ]
+    with Staging(migrated["MIGRATE_STATE"]) as staging:
+        assert staging.pending_batches() == []

@@ -67,37 +67,54 @@ def propagate_deletions(
     for entity in reversed(ENTITY_ORDER):
         _unmark_restored(staging, client, entity, run_id)
         gone = deleted_since_migrated(staging, entity)
+        in_flight = _deletes_in_flight(staging, entity)
         present = state.present(entity, [target_id for target_id, _ in gone.values()])
         removed_first = [(sid, value) for sid, value in sorted(gone.items()) if value[0] not in present]
         if removed_first:  # the last read found them gone: nothing to ask for
-            _removed_first(staging, entity, removed_first, run_id)
+            done[entity] += _removed(staging, entity, [item for item in removed_first if item[0] in in_flight], run_id)
+            _removed_first(staging, entity, [item for item in removed_first if item[0] not in in_flight], run_id)
         gone = {sid: value for sid, value in gone.items() if value[0] in present}
-        if not gone:
-            continue
-        if policy == "delete":
-            done[entity] += _delete(staging, client, entity, gone, run_id)
-        else:
+        if policy == "delete" and gone:
+            done[entity] += _delete(staging, client, entity, gone, in_flight, run_id)
+        elif gone:
             done[entity] += _mark(staging, client, mcp, entity, gone, state, run_id)
+        _settle_deletes_in_flight(staging, entity, run_id)
     return done
 
 
-def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: dict[str, tuple[str, str]], run_id: str) -> int:
+def _deletes_in_flight(staging: Staging, entity: str) -> set[str]:
+    """The Pipedrive ids of the records a sync killed before it learnt its deletes' outcome was removing
+    (its pending delete batches): one the server no longer has was removed by that request."""
+    return {sid for batch in staging.pending_batches(entity) if batch["operation"] == "delete" for sid in batch["source_ids"]}
+
+
+def _settle_deletes_in_flight(staging: Staging, entity: str, run_id: str) -> None:
+    """The entity's deletes are settled: what this sync knows of each outcome is in the state file."""
+    for batch in staging.pending_batches(entity):
+        if batch["operation"] == "delete":
+            staging.commit_batch(batch["batch_id"], entity, [], run_id)
+
+
+def _delete(
+    staging: Staging, client: CustomermatesClient, entity: str, gone: dict[str, tuple[str, str]], in_flight: set[str], run_id: str
+) -> int:
     """Remove them from Customermates and forget them: returns how many this sync removed. Those a
-    user removed first are reported so; those the server refuses to remove stay, reported with its words."""
+    user removed first are reported so; those the server refuses to remove stay, reported with its words.
+    Each request is noted as pending first (`_deletes_in_flight`: a killed sync's are `in_flight`)."""
     removed: list[str] = []
 
     def deleted(items: list[Gone]) -> None:
-        _forget(staging, entity, items)
-        staging.add_load_issues(
-            [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in items]
-        )
         removed.extend(sid for sid, _ in items)
+        _removed(staging, entity, items, run_id)
 
     def not_found(items: list[Gone], resent: bool) -> None:
-        if resent:  # the request whose answer was lost removed them
-            deleted(items)
-        else:
-            _removed_first(staging, entity, items, run_id)
+        ours = [item for item in items if resent or item[0] in in_flight]  # the request whose answer was lost removed them
+        deleted(ours)
+        _removed_first(staging, entity, [item for item in items if item not in ours], run_id)
+
+    def send(batch: list[Gone]) -> None:
+        staging.record_pending(entity, "delete", [sid for sid, _ in batch], [], run_id)
+        client.delete_many(entity, [target for _, (target, _) in batch])
 
     def refused(items: list[tuple[Gone, str]]) -> None:
         staging.add_load_issues(
@@ -105,11 +122,18 @@ def _delete(staging: Staging, client: CustomermatesClient, entity: str, gone: di
              for (sid, _), message in items]
         )
 
-    write_idempotent(
-        sorted(gone.items()), lambda batch: client.delete_many(entity, [target for _, (target, _) in batch]),
-        written=deleted, gone=not_found, refused=refused,
-    )
+    write_idempotent(sorted(gone.items()), send, written=deleted, gone=not_found, refused=refused)
     return len(removed)
+
+
+def _removed(staging: Staging, entity: str, items: list[Gone], run_id: str) -> int:
+    """Records this tool removed from Customermates: forgotten and reported; returns how many."""
+    if items:
+        _forget(staging, entity, items)
+        staging.add_load_issues(
+            [(run_id, entity, sid, "*", "deleted_in_pipedrive_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; removed from Customermates") for sid, _ in items]
+        )
+    return len(items)
 
 
 def _forget(staging: Staging, entity: str, items: list[Gone]) -> None:
@@ -123,6 +147,8 @@ def _removed_first(staging: Staging, entity: str, items: list[Gone], run_id: str
     (a whole one, or one that read again a record that lost its link to one) or by the server's refusal of
     a request (a sync reading only what changed there still holds them): reported and forgotten, so that no
     later sync asks again."""
+    if not items:
+        return
     _forget(staging, entity, items)
     staging.add_load_issues(
         [(run_id, entity, sid, "*", "deleted_in_pipedrive_already_removed", f"{entity[:-1]} {sid} deleted in Pipedrive; already removed from Customermates")

@@ -769,6 +769,8 @@ class Loader:
         updated, when the load comes to them."""
         for batch in self.staging.pending_batches():
             entity = batch["entity"]
+            if batch["operation"] == "delete":
+                continue  # a sync's deletes: settled by the next sync's (`deletions._deletes_in_flight`)
             items = [_Item(sid, {}, digest) for sid, digest in zip(batch["source_ids"], batch["hashes"], strict=True)]
             log.info("load.resume_pending", entity=entity, items=len(items), operation=batch["operation"])
             if batch["operation"] == "update":
