@@ -494,3 +494,21 @@ def test_a_pending_column_saved_before_its_spec_was_is_found_by_its_label_and_ty
 
         assert staging.column_map()[("deals", "value_chf")]["id"] == "c-1"
         assert staging.pending_columns() == []
+
+
+def test_syncs_after_an_undo_report_no_duplicates_of_the_records_it_deleted(migrated, customermates, tmp_path):
+    """A sync reads only what changed in Customermates and keeps the rest as last read: the records an
+    undo deleted stayed there, so once the next sync created them again, the sync after it found each
+    Pipedrive ID on two records (the deleted one first) and reported every record as duplicated."""
+    assert invoke(["sync"], migrated).exit_code == 0  # reads back what the run wrote
+    assert invoke(["undo", "--yes"], migrated).exit_code == 0
+    assert invoke(["sync"], migrated).exit_code == 0  # creates them again
+
+    result = invoke(["sync", "--report-dir", str(tmp_path / "r")], migrated)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["duplicates_in_target"] == []
+    assert "duplicate_in_target" not in report["issues"]["by_rule"]
+    assert sum(len(customermates.records(e)) for e in ENTITIES) == sum(row["unchanged"] for row in report["entities"].values())
+

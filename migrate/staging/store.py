@@ -1189,7 +1189,8 @@ class Staging:
         return {row[0]: dict(zip(keys, map(int, row[1:]), strict=True)) for row in rows}
 
     def record_undone(self, entity: str, rows: list[tuple[str, str]], run_id: str, outcome: str) -> None:
-        """Log (source_id, target_id) rows as undone and drop them from the id map, in one transaction."""
+        """Log (source_id, target_id) rows as undone and drop them from the id map and from the target
+        as last read (a sync reads only what changed there, and would hold them on), in one transaction."""
         if not rows:
             return
         with self.transaction():
@@ -1198,6 +1199,7 @@ class Staging:
                 {"entity": entity, "s": [r[0] for r in rows], "t": [r[1] for r in rows], "run": run_id, "at": now(), "outcome": outcome},
             )
             self._drop_identity(entity, [r[0] for r in rows])
+            self.drop_from_target_snapshot(entity, [r[1] for r in rows])
 
     def undone_among(self, entity: str, source_ids: list[str]) -> set[str]:
         """Those of `source_ids` a `migrate undo` removed."""
