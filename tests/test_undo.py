@@ -512,3 +512,23 @@ def test_syncs_after_an_undo_report_no_duplicates_of_the_records_it_deleted(migr
     assert "duplicate_in_target" not in report["issues"]["by_rule"]
     assert sum(len(customermates.records(e)) for e in ENTITIES) == sum(row["unchanged"] for row in report["entities"].values())
 
+
+def test_a_conflict_kept_as_customermates_has_it_stays_an_edit_that_undo_keeps(migrated, pipedrive, customermates, monkeypatch):
+    """`--on-conflict target-wins` writes nothing to the record, yet it stamped the record as written
+    then: the user's edit, made before, no longer counted as one, and undo deleted the record without --force."""
+    monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
+    first = state(migrated, "SELECT run_id FROM runs WHERE command = 'run'")[0][0]
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name"))
+    person["first_name"] += "-Src"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+    [target_id] = [t for (t,) in state(migrated, "SELECT target_id FROM id_map WHERE entity = 'contacts' AND source_id = ?", [str(person["id"])])]
+    api(customermates, "PUT", "/contacts/many", {"contacts": [{"id": target_id, "lastName": "Edited-In-Target"}]})
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    assert invoke(["run", "--on-conflict", "target-wins"], migrated).exit_code == 0
+
+    result = invoke(["undo", "--run", first, "--yes"], migrated)
+
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in customermates.records("contacts")] == [target_id]
+    assert table_rows(result.output)["contacts"][2] == "1"  # kept (edited)

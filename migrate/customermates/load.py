@@ -449,7 +449,7 @@ class Loader:
         target-wins also records the source as seen, so the record stops being a conflict."""
         self.summary.conflicts[entity] += 1
         if self.on_conflict == "target-wins":
-            self.staging.commit_batch(None, entity, [(source_id, target_id, digest)], self.run_id, [(source_id, payload)])
+            self.staging.commit_batch(None, entity, [(source_id, target_id, digest)], self.run_id, [(source_id, payload)], wrote=False)
             return
         self._note_issue(
             entity, source_id, "*", "conflict_skipped",

@@ -1244,11 +1244,15 @@ class Staging:
         self, batch_id: str | None, entity: str, written: list[tuple[str, str, str]], run_id: str,
         payloads: Sequence[tuple[str, dict[str, Any]]] = (),
         notes_read: Sequence[tuple[str, str]] = (),
+        *,
+        wrote: bool = True,
     ) -> None:
         """Store (source_id, target_id, hash) rows and the transformed payloads written (the plan's
         'written' state), with the digests of the notes the write's answer gave (`notes_read`:
         source id, digest; a payload's record without one has its notes unknown), and clear the
-        pending intent, in one transaction.
+        pending intent, in one transaction. Without `wrote` (a conflict kept as Customermates has
+        it) the rows keep their `written_at`: nothing was written, and an edit made there before
+        stays one for `undo`.
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
         uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
@@ -1259,7 +1263,8 @@ class Staging:
                     "INSERT INTO id_map (entity, source_id, target_id, payload_hash, run_id, written_at, created_by_run) "
                     "SELECT $entity, unnest($s), unnest($t), unnest($h), $run, $at, $creator "
                     "ON CONFLICT (entity, source_id) DO UPDATE SET target_id = excluded.target_id, "
-                    "payload_hash = excluded.payload_hash, run_id = excluded.run_id, written_at = excluded.written_at, "
+                    "payload_hash = excluded.payload_hash, run_id = excluded.run_id, "
+                    "written_at = CASE WHEN $wrote THEN excluded.written_at ELSE id_map.written_at END, "
                     "created_by_run = CASE WHEN id_map.target_id = excluded.target_id "
                     "THEN coalesce(id_map.created_by_run, id_map.run_id) ELSE excluded.created_by_run END",
                     {
@@ -1270,6 +1275,7 @@ class Staging:
                         "run": run_id,
                         "at": now(),
                         "creator": (sender[0] if sender and sender[0] else run_id),
+                        "wrote": wrote,
                     },
                 )
                 self.con.execute(
