@@ -476,3 +476,36 @@ def test_an_unmatched_owners_issue_says_why_no_customermates_user_matches_them()
     assert details["1"].startswith("Ada <ada@example.com> owns 3 records but has no Customermates user with that email;")
     assert details["2"].startswith("Bo owns 2 records but has no email in Pipedrive to match a Customermates user by;")
     assert details["99"].startswith("Pipedrive user #99 owns 1 record but is not among Pipedrive's users (deleted there)")
+
+
+def test_a_users_copy_read_first_is_not_taken_for_the_migrated_record(migrated, pipedrive, customermates, tmp_path):
+    """Two records carry one Pipedrive ID: the migrated one and a user's copy of it, which the
+    server happened to list first. The plan compared the copy, so the copy's differences counted
+    as edits of the migrated record, and a change in Pipedrive made it a conflict the run skipped:
+    the migrated record, never edited, was left out of date."""
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name"))
+    original = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    copy = {**original, "lastName": "Copy"}
+    made = httpx.post(
+        f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY},
+        json={"contacts": [{k: copy[k] for k in ("firstName", "lastName", "emails")} | {"customFieldValues": [
+            {"columnId": c["columnId"], "value": c["value"]} for c in original["customFieldValues"]]}]},
+    ).json()[0]
+    content = customermates.content()
+    contacts = content["data"]["contact"]
+    content["data"]["contact"] = {made["id"]: contacts[made["id"]], **contacts}  # the copy comes first
+    customermates.restore(content)
+    person["first_name"] += "-Src"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    planned = {r["source_id"]: r for r in load_plan(tmp_path / "p")["records"]["contacts"]}[str(person["id"])]
+    assert planned["action"] == "update" and "target_edits" not in planned
+    assert [c["field"] for c in planned["changes"]] == ["firstName"]
+
+    result = invoke(migrated, "run")
+
+    assert result.exit_code == 0, result.output
+    records = {r["id"]: r for r in by_pipedrive_id(customermates, "contacts")[str(person["id"])]}
+    assert records[original["id"]]["firstName"] == person["first_name"]
+    assert records[made["id"]]["lastName"] == "Copy"

@@ -266,9 +266,11 @@ class Planner:
             # a new record's content is the source's; listing every field of every create would
             # multiply the plan's size by ten (176 MB instead of 16 MB for 100k records)
             return {**item, "action": "create"}
+        # of several records carrying the Pipedrive ID, the one the run writes to (a user's copy may be read first)
+        dto = next((d for d in dtos if d["id"] == id_map.get(sid, ("",))[0]), dtos[0])
         if len(dtos) > 1:
-            item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the first is compared"
-        before = self.from_target(entity, dtos[0], after, pid_of)
+            item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the one migrated (else the first) is compared"
+        before = self.from_target(entity, dto, after, pid_of)
         changes = self.changes(entity, before, after)
         if written is not None:
             last = self.intended(written, self.written_user_map)
@@ -278,7 +280,7 @@ class Planner:
             target_edits = self.changes(
                 entity, self._comparable(entity, last), self._comparable(entity, self._without_new_columns(entity, before, last))
             )
-            if notes_read is not None and notes_digest(dtos[0].get("notes")) != notes_read:
+            if notes_read is not None and notes_digest(dto.get("notes")) != notes_read:
                 target_edits = [c for c in target_edits if c["field"] != "notes"]
                 target_edits.append({"field": "notes", "before": "as last written", "after": "edited in Customermates"})
             if target_edits:
