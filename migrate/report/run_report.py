@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,6 +193,18 @@ def write_csv(rows: Iterable[tuple[Any, ...]], columns: tuple[str, ...], path: P
     with private_file(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows(tuple(map(_as_text, row)) for row in rows)
     return path
+
+
+_FORMULA = re.compile(r"[=+\-@\t\r]")  # how a cell a spreadsheet reads as a formula begins
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def _as_text(cell: Any) -> Any:
+    """A cell from the data (a name, a field, an id a user typed) that a spreadsheet would run as a
+    formula, with an apostrophe before it, which makes it text there; a negative number as it is."""
+    if isinstance(cell, str) and _FORMULA.match(cell) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
