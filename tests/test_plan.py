@@ -509,3 +509,27 @@ def test_a_users_copy_read_first_is_not_taken_for_the_migrated_record(migrated, 
     records = {r["id"]: r for r in by_pipedrive_id(customermates, "contacts")[str(person["id"])]}
     assert records[original["id"]]["firstName"] == person["first_name"]
     assert records[made["id"]]["lastName"] == "Copy"
+
+
+def test_a_link_to_a_record_deleted_in_customermates_is_not_planned_as_written(migrated, pipedrive, customermates, tmp_path):
+    """A contact's organization was deleted in Customermates, and the contact's name then changed in
+    Pipedrive. The run writes the new name and leaves the link out (link_target_deleted_in_target),
+    yet the plan listed the organization among the changes, as if the run linked it again."""
+    organizations = {o["id"] for o in pipedrive.collections["organizations"] if not o.get("is_deleted")}
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("first_name") and p.get("org_id") in organizations)
+    [organization] = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])]
+    response = httpx.request(
+        "DELETE", f"{customermates.url}/api/v1/organizations/many", json={"ids": [organization["id"]]}, headers={"x-api-key": VALID_KEY}
+    )
+    assert response.status_code == 200, response.text
+    person["first_name"] += "-Src"
+    person["name"] = f"{person['first_name']} {person.get('last_name') or ''}".strip()
+
+    assert invoke(migrated, "plan", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    planned = {r["source_id"]: r for r in load_plan(tmp_path / "p")["records"]["contacts"]}[str(person["id"])]
+    assert planned["action"] == "update"
+    assert [c["field"] for c in planned["changes"]] == ["firstName"]
+
+    assert invoke(migrated, "run").exit_code == 0
+    [contact] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+    assert contact["firstName"] == person["first_name"] and contact["organizations"] == []

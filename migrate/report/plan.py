@@ -162,9 +162,14 @@ class Planner:
         show in: the values of columns no Pipedrive field fills now (a field deleted there) and links
         to records deleted in Customermates (a user deleted the contact, not the deal)."""
         values = {k: value for k, value in form["values"].items() if (entity, k) in self.labels}
+        return {**self._without_gone(form), "values": values}
+
+    def _without_gone(self, form: dict[str, Any]) -> dict[str, Any]:
+        """A record's form without its links to records deleted in Customermates, which a run leaves
+        out of what it writes (`link_target_deleted_in_target`)."""
         links = {key: [p for p in pids if p not in self._gone(LINK_ENTITY[key])] for key, pids in form["links"].items()}
         services = [line for line in form["services"] if line[0] not in self._gone("services")]
-        return {**form, "values": values, "links": {k: v for k, v in links.items() if v}, "services": services}
+        return {**form, "links": {k: v for k, v in links.items() if v}, "services": services}
 
     def _gone(self, entity: str) -> frozenset[str]:
         """The Pipedrive ids of the migrated records of `entity` deleted in Customermates."""
@@ -271,6 +276,8 @@ class Planner:
         if len(dtos) > 1:
             item["warning"] = f"{len(dtos)} Customermates records carry this Pipedrive ID; the one migrated (else the first) is compared"
         before = self.from_target(entity, dto, after, pid_of)
+        if on_target_deleted == "report":  # the run writes no link to a record deleted there (else creates it again, linked)
+            before, after = self._without_gone(before), self._without_gone(after)
         changes = self.changes(entity, before, after)
         if written is not None:
             last = self.intended(written, self.written_user_map)
