@@ -533,3 +533,29 @@ def test_a_link_to_a_record_deleted_in_customermates_is_not_planned_as_written(m
     assert invoke(migrated, "run").exit_code == 0
     [contact] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
     assert contact["firstName"] == person["first_name"] and contact["organizations"] == []
+
+
+def test_records_linking_one_the_run_creates_again_are_planned_as_the_updates_it_makes(migrated, pipedrive, customermates, tmp_path):
+    """An organization was deleted in Customermates; with --on-target-deleted recreate the run creates
+    it again and updates every record linking it, to link the new one. The plan called those records
+    unchanged (none changed in Pipedrive), and the run then updated them."""
+    organizations = {o["id"] for o in pipedrive.collections["organizations"] if not o.get("is_deleted")}
+    person = next(p for p in pipedrive.collections["persons"] if not p.get("is_deleted") and p.get("org_id") in organizations)
+    [organization] = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])]
+    response = httpx.request(
+        "DELETE", f"{customermates.url}/api/v1/organizations/many", json={"ids": [organization["id"]]}, headers={"x-api-key": VALID_KEY}
+    )
+    assert response.status_code == 200, response.text
+
+    assert invoke(migrated, "plan", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "p")).exit_code == 0
+    plan = load_plan(tmp_path / "p")
+    planned = {r["source_id"]: r for r in plan["records"]["contacts"]}[str(person["id"])]
+    assert planned["action"] == "update"
+    assert planned["changes"] == [{"field": "organizations", "before": [], "after": [organization["name"]]}]
+
+    assert invoke(migrated, "run", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path / "r")).exit_code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {e: (c["create"], c["update"]) for e, c in plan["summary"].items()} == {
+        e: (row["created"], row["updated"]) for e, row in report["entities"].items()
+    }
+    assert report["entities"]["contacts"]["updated"] > 0

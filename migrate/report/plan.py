@@ -187,6 +187,15 @@ class Planner:
             if (key in keys or (key, value) in options) and before["values"].get(key) != value
         ]
 
+    def _relinked(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+        """The links a run writes although the record is as last written: those to records deleted in
+        Customermates, which it creates again (new ids, so the record's request body is new)."""
+        gone = any(set(pids) & self._gone(LINK_ENTITY[key]) for key, pids in after["links"].items())
+        if not gone and not any(line[0] in self._gone("services") for line in after["services"]):
+            return []
+        links_only = {"fields": {}, "users": [], "values": {}, "notes": False}
+        return self.changes(entity, {**before, **links_only}, {**after, **links_only})
+
     # -- diff -----------------------------------------------------------------------------
     def changes(self, entity: str, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
         result = []
@@ -297,6 +306,10 @@ class Planner:
                 if refilled:
                     return {**item, "action": "update", "changes": refilled,
                             "reason": "a column or option it has a value in was deleted in Customermates; made again and filled"}
+                relinked = self._relinked(entity, before, after) if on_target_deleted == "recreate" else []
+                if relinked:
+                    return {**item, "action": "update", "changes": relinked,
+                            "reason": "a record it links was deleted in Customermates; created again and linked"}
                 return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
             if (written.get("notes") or "") != (payload.get("notes") or ""):
                 # the target's form shows notes only as there or not: their change is the text's, as last written
