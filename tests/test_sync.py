@@ -238,6 +238,49 @@ def test_a_value_of_a_field_the_field_list_did_not_name_yet_is_reported_then_mig
     assert not [i for i in read_issues(tmp_path / "again") if i["rule"] == "custom_field_unknown"]
 
 
+def _edited_in_customermates(customermates, contact: dict, **fields) -> None:
+    response = httpx.put(
+        f"{customermates.url}/api/v1/contacts/many", headers={"x-api-key": VALID_KEY}, json={"contacts": [{"id": contact["id"], **fields}]}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_contact_edited_only_in_customermates_keeps_its_edit_when_a_column_it_has_a_value_in_is_made_again(migrated, pipedrive, customermates):
+    """Pipedrive left the person alone; a user renamed the contact in Customermates, and another
+    deleted the "Job title" column. The sync makes the column again and fills it, sending only that
+    value, where it sent the whole body and the contact's name went back to Pipedrive's."""
+    person = next(p for p in live_persons(pipedrive) if p.get("job_title"))
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    _edited_in_customermates(customermates, contact, firstName="Renamed-in-Customermates")
+    customermates._tool_delete_column(next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title"))
+
+    result = invoke(migrated, "sync")
+
+    assert result.exit_code == 0, result.output
+    [new] = _labels(customermates, "contact")["Job title"]
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert kept["firstName"] == "Renamed-in-Customermates"
+    assert {"columnId": new, "value": person["job_title"]} in kept["customFieldValues"]
+    writes = customermates.write_count()
+    assert invoke(migrated, "sync").exit_code == 0
+    assert customermates.write_count() == writes  # and nothing is sent again
+
+
+def test_a_contact_edited_in_customermates_keeps_its_edit_when_its_owner_is_invited_and_assigned(migrated, pipedrive, customermates):
+    """An owner matched since the last load is assigned their records: only their users are sent, so
+    a contact's name a user changed in Customermates meanwhile stays."""
+    owner = pipedrive.collections["users"][0]
+    person = next(p for p in live_persons(pipedrive) if p.get("owner_id") == owner["id"])
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    _edited_in_customermates(customermates, contact, firstName="Renamed-in-Customermates")
+    joined = customermates.add_user({"email": owner["email"], "firstName": "Katrin", "lastName": "Vogel"})
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert kept["firstName"] == "Renamed-in-Customermates" and [u["id"] for u in kept["users"]] == [joined["id"]]
+
+
 def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """A plan lists the rename and makes none, and the sync after it renames the column, where the
     plan saved the field's new label as the column's and the sync saw no rename to make."""

@@ -112,6 +112,7 @@ class _Item:
     target_id: str | None = None  # set for updates
     payload: dict[str, Any] | None = None  # the transformed payload the body was built from
     create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
+    as_written: bool = False  # for updates: the payload is the one last written (`Loader.context_update`)
     size: int = 0  # bytes of `body` in a request, once measured
     failed_in: list[int] = field(default_factory=list)  # sizes of the batches that failed uncertainly with it
 
@@ -158,6 +159,8 @@ class Loader:
         self.summary = LoadSummary()
         self.user_map: dict[str, str] = {}
         self.users_removed: set[str] = set()  # Customermates users found removed from the company during the load
+        self.written_user_map: dict[str, str] | None = None  # the user map of the last complete load, if known
+        self.made_since_load: set[tuple[str, ...]] = set()  # columns and options made since it (`ColumnIndex`)
         self.only_candidates = False
         self._issue_rows: list[tuple[str, str, str, str, str, str]] = []  # noted while bodies are built, saved a batch at a time
         self.failures_in_a_row = 0  # uncertain writes since the last write that went through
@@ -173,6 +176,8 @@ class Loader:
     def match_users(self) -> None:
         """Pipedrive users → Customermates users by email (case-insensitive). Owners without a
         match are reported once each, with the number of records they own."""
+        written = self.staging.meta(LOAD_USERS_KEY)
+        self.written_user_map = json.loads(written) if written else None
         pipedrive_users = {str(u["id"]): u for u in self.staging.iter_raw("users")}
         matched = users_by_email(pipedrive_users.values(), self.client.list_users())
         owned = self.staging.referenced_users()
@@ -244,6 +249,28 @@ class Loader:
             entity, source_id, field, "link_target_deleted_in_target",
             f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped ({recreated} creates it again, linked)",
         )
+
+    def context_update(self, entity: str, target_id: str, payload: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
+        """The update of a record whose payload is the one last written, when its body is new for a
+        reason besides the record: columns or options made again (a user deleted them), or owners matched
+        since. Only the values in those columns, the users and the relations (which the ids of records
+        made again may change) are sent, so what a user edited in Customermates since (a name, emails,
+        notes, other values) stays. None when neither reason holds (`as_update` then sends it whole)."""
+        made = self.made_since_load
+        refilled = {self.columns.ids[(entity, key)] for key, value in payload["values"].items() if (entity, key) in made or (entity, key, value) in made}
+        cells = [cell for cell in body["customFieldValues"] if cell["columnId"] in refilled]
+        written_map = self.written_user_map
+        users_then = None if written_map is None else list(dict.fromkeys(written_map[u] for u in payload["users"] if u in written_map))
+        if not cells and users_then == body["userIds"]:
+            return None
+        update = {"id": target_id, **{key: body.get(key, []) for key in LINKS_SET.get(entity, ())}}
+        if entity == "deals":
+            update["services"] = body["services"]
+        if cells:
+            update["customFieldValues"] = cells
+        if users_then != body["userIds"]:
+            update["userIds"] = body["userIds"]
+        return update
 
     def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The update body for a changed record: arrays replace, so they are sent whole (and the
@@ -335,10 +362,12 @@ class Loader:
             self.staging.mark_load_candidates(entity, LINK_ENTITY)
             among = "load_candidates"
             self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
+        self.made_since_load = self.columns.made_since_load(self.staging)
         for batch in self.staging.iter_target_batches(entity, among=among):
             known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
             linked = linked_records(self.staging, [payload for _, payload, _ in batch])
             self._save_issues()  # those of the batch before: a batch's worth held at a time
+            changed: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = []
             for source_id, payload, _ in batch:
                 if source_id in gone:
                     continue
@@ -354,12 +383,15 @@ class Loader:
                     self.summary.unchanged[entity] += 1
                     continue
                 else:
-                    updates.append(self._as_item(entity, source_id, payload, body, digest, existing[0]))
+                    changed.append((source_id, payload, body, digest, existing[0]))
                     if entity == "contacts" and body.get("lastName") == "":
                         self._last_name_kept(source_id)
                 if len(creates) >= self.batch_size:
                     self._send(entity, "create", creates)
                     creates = []
+            written = self.staging.written_for(entity, [c[0] for c in changed]) if changed else {}
+            for source_id, payload, body, digest, target_id in changed:
+                updates.append(self._as_item(entity, source_id, payload, body, digest, target_id, as_written=written.get(source_id) == payload))
                 if len(updates) >= self.batch_size:
                     self._send(entity, "update", updates)
                     updates = []
@@ -369,11 +401,16 @@ class Loader:
             self._send(entity, "update", updates)
         self._retry_set_aside(entity)
 
-    def _as_item(self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None) -> _Item:
-        """The write of a record's body (`digest` its hash): its create, or with `target_id` the update of that record."""
+    def _as_item(
+        self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None,
+        *, as_written: bool = False,
+    ) -> _Item:
+        """The write of a record's body (`digest` its hash): its create, or with `target_id` the update of
+        that record; of a record whose payload is `as_written`, the narrower `context_update` when it applies."""
         if target_id is None:
             return _Item(source_id, body, digest, payload=payload)
-        return _Item(source_id, self.as_update(entity, target_id, body), digest, target_id, payload, body)
+        update = (self.context_update(entity, target_id, payload, body) if as_written else None) or self.as_update(entity, target_id, body)
+        return _Item(source_id, update, digest, target_id, payload, body, as_written)
 
     def _last_name_kept(self, source_id: str) -> None:
         """An update cannot clear a contact's last name (`as_update`): say so when it had one."""
@@ -685,7 +722,9 @@ class Loader:
             self._found_deleted(linked_entity, pids)
         self._forget_removed_users(users)
         body = self.build_body(entity, item.source_id, item.payload, linked)
-        self._send(entity, operation, [self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id)])
+        self._send(entity, operation, [
+            self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id, as_written=item.as_written)
+        ])
         return True
 
     def _services_gone(self, entity: str, error: BatchRejectedError, body: dict[str, Any]) -> dict[str, set[str]]:
