@@ -445,8 +445,11 @@ def status(settings: Settings) -> dict[str, Any]:
         raise MigrateError(f"no state file at {settings.state}: nothing has run yet")
     with Staging(settings.state) as staging:
         con = staging.con
+        # the latest ten, and any older one that still owns records or columns (`undo --run` takes its id)
         runs = con.execute(
-            "SELECT run_id, command, started_at, finished_at, status FROM runs ORDER BY started_at DESC LIMIT 10"
+            "SELECT run_id, command, started_at, finished_at, status FROM runs WHERE run_id IN ("
+            "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 10) OR run_id IN (SELECT created_by_run FROM id_map "
+            "UNION SELECT created_by_run FROM column_map UNION SELECT created_by_run FROM replaced_columns) ORDER BY started_at DESC"
         ).fetchall()
         checkpoints = con.execute(
             "SELECT collection, pages, records, done, updated_at FROM extract_checkpoints WHERE collection NOT LIKE '%~%' ORDER BY collection"  # not the lanes' rows

@@ -172,6 +172,21 @@ def test_status_shows_each_run_id_whole_on_80_columns_for_undo_to_take(env, tmp_
     assert "no run" not in invoke(["undo", "--run", run_id], env).output
 
 
+def test_status_lists_the_run_that_made_the_records_however_many_syncs_came_after(migrated):
+    """With `sync --every 15m` the run that created the records fell off the ten runs listed within
+    hours, and README sends users to `status` for the id `undo --run` takes."""
+    from migrate.staging.store import Staging
+
+    with Staging(Path(migrated["MIGRATE_STATE"])) as staging:
+        [creator] = {row[0] for row in staging.con.execute("SELECT created_by_run FROM id_map").fetchall()}
+        for _ in range(12):
+            staging.finish_run(staging.start_run("sync"), "ok", {})
+    result = invoke(["status"], migrated)
+    assert result.exit_code == 0, result.output
+    assert any(creator in line for line in result.output.splitlines()), result.output
+    assert result.output.count(" sync ") == 10
+
+
 def test_status_without_a_state_file_says_so(env, tmp_path):
     env["MIGRATE_STATE"] = str(tmp_path / "none.duckdb")
     result = invoke(["status"], env)
