@@ -355,21 +355,26 @@ def test_a_record_rejected_by_the_server_is_quarantined_and_the_rest_loads(env, 
     assert contacts["created"] == contacts["to_migrate"] - 1
 
 
+def _sending_the_phone(monkeypatch, person: dict[str, Any], phone: str) -> None:
+    """The load sends the person's contact `phone` in its Phone column, which the server checks."""
+    build_body = Loader.build_body
+
+    def with_the_phone(self, entity, source_id, payload, linked):
+        body = build_body(self, entity, source_id, payload, linked)
+        if (entity, source_id) != ("contacts", str(person["id"])):
+            return body
+        cell = {"columnId": self.columns.ids[("contacts", "phones")], "value": phone}
+        values = [v for v in body["customFieldValues"] if v["columnId"] != cell["columnId"]]
+        return {**body, "customFieldValues": sorted([*values, cell], key=lambda v: v["columnId"])}
+
+    monkeypatch.setattr(Loader, "build_body", with_the_phone)
+
+
 def test_a_custom_value_the_server_refuses_is_quarantined_naming_its_column_and_the_value_sent(env, pipedrive, customermates, tmp_path, monkeypatch):
     """The server names a refused custom value by its place in the body's values (contacts[0].customFieldValues[3].value),
     which no report shows: the quarantine names the column by its label, and the value."""
     person = live(pipedrive.collections["persons"])[30]
-    build_body = Loader.build_body
-
-    def with_a_bad_phone(self, entity, source_id, payload, linked):
-        body = build_body(self, entity, source_id, payload, linked)
-        if (entity, source_id) != ("contacts", str(person["id"])):
-            return body
-        phone = {"columnId": self.columns.ids[("contacts", "phones")], "value": "+49 30 1234567"}
-        values = [v for v in body["customFieldValues"] if v["columnId"] != phone["columnId"]]
-        return {**body, "customFieldValues": sorted([*values, phone], key=lambda v: v["columnId"])}
-
-    monkeypatch.setattr(Loader, "build_body", with_a_bad_phone)
+    _sending_the_phone(monkeypatch, person, "+49 30 1234567")
     result = run_cli(env, "--report-dir", str(tmp_path / "q"))
     assert result.exit_code == 3, result.output
     [quarantined] = read_quarantine(tmp_path / "q")
@@ -381,18 +386,7 @@ def test_a_custom_value_the_server_refuses_is_quarantined_naming_its_column_and_
 def test_a_long_custom_value_the_server_refuses_is_quoted_in_part(env, pipedrive, tmp_path, monkeypatch):
     """A refused value of thousands of characters would fill the quarantine's message cell: its first
     200 are quoted with its length; the body the quarantine keeps holds it whole."""
-    person = live(pipedrive.collections["persons"])[30]
-    build_body = Loader.build_body
-
-    def with_a_long_bad_phone(self, entity, source_id, payload, linked):
-        body = build_body(self, entity, source_id, payload, linked)
-        if (entity, source_id) != ("contacts", str(person["id"])):
-            return body
-        phone = {"columnId": self.columns.ids[("contacts", "phones")], "value": "9" * 5000}
-        values = [v for v in body["customFieldValues"] if v["columnId"] != phone["columnId"]]
-        return {**body, "customFieldValues": sorted([*values, phone], key=lambda v: v["columnId"])}
-
-    monkeypatch.setattr(Loader, "build_body", with_a_long_bad_phone)
+    _sending_the_phone(monkeypatch, live(pipedrive.collections["persons"])[30], "9" * 5000)
     result = run_cli(env, "--report-dir", str(tmp_path / "q"))
     assert result.exit_code == 3, result.output
     [quarantined] = read_quarantine(tmp_path / "q")
