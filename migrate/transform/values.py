@@ -457,7 +457,7 @@ def finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def number_id(value: float | int) -> str | None:
+def number_id(value: float) -> str | None:
     """An id given as a number, as text: a whole float by the integer it is (1.0 is id 1, as a tool
     that keeps a column of integers with nulls as floats writes it); ``None`` for a boolean or a
     fraction, which names no id."""
