@@ -220,11 +220,7 @@ class Loader:
                 else:
                     services.append({"serviceId": mapped, "quantity": quantity})
             body["services"] = services
-        users = []
-        for uid in payload["users"]:
-            if uid in self.user_map and self.user_map[uid] not in users:
-                users.append(self.user_map[uid])
-        body["userIds"] = users
+        body["userIds"] = matched_users(payload["users"], self.user_map)
         values = []
         for key, value in payload["values"].items():
             column_id = self.columns.ids.get((entity, key))
@@ -259,8 +255,7 @@ class Loader:
         made = self.made_since_load
         refilled = {self.columns.ids[(entity, key)] for key, value in payload["values"].items() if (entity, key) in made or (entity, key, value) in made}
         cells = [cell for cell in body["customFieldValues"] if cell["columnId"] in refilled]
-        written_map = self.written_user_map
-        users_then = None if written_map is None else list(dict.fromkeys(written_map[u] for u in payload["users"] if u in written_map))
+        users_then = None if self.written_user_map is None else matched_users(payload["users"], self.written_user_map)
         if not cells and users_then == body["userIds"]:
             return None
         update = {"id": target_id, **{key: body.get(key, []) for key in LINKS_SET.get(entity, ())}}
@@ -293,6 +288,7 @@ class Loader:
             self.resolve_pending()
             self.staging.release_quarantine_not_to_migrate()
             context = self._body_context()
+            self.made_since_load = self.columns.made_since_load(self.staging)
             self.only_candidates = self.staging.meta(LOAD_CONTEXT_KEY) == context
             if not self.only_candidates:  # until this load is complete, bodies may be of either context
                 self.staging.set_meta(LOAD_CONTEXT_KEY, None)
@@ -362,7 +358,6 @@ class Loader:
             self.staging.mark_load_candidates(entity, LINK_ENTITY)
             among = "load_candidates"
             self.summary.unchanged[entity] += self.staging.count_targets_outside(entity, among, excluding=gone)
-        self.made_since_load = self.columns.made_since_load(self.staging)
         for batch in self.staging.iter_target_batches(entity, among=among):
             known = self.staging.id_map_for(entity, [sid for sid, _, _ in batch])
             linked = linked_records(self.staging, [payload for _, payload, _ in batch])
@@ -427,9 +422,9 @@ class Loader:
         its column and the value sent, as the path names only its place among the body's values."""
         labels = None
         texts = []
+        cells = body.get("customFieldValues") or []
         for issue in error.issues:
             match = _VALUE_PATH.fullmatch(issue.path)
-            cells = body.get("customFieldValues") or []
             if match is None or int(match["index"]) >= len(cells):
                 texts.append(f"{issue.message} (at {issue.path})")
                 continue
@@ -816,6 +811,11 @@ class Loader:
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
             self._settle(batch["batch_id"], entity, "create", items)
+
+
+def matched_users(user_ids: Iterable[str], user_map: Mapping[str, str]) -> list[str]:
+    """The Customermates users `user_map` matches Pipedrive users `user_ids` to, each once, in order."""
+    return list(dict.fromkeys(user_map[uid] for uid in user_ids if uid in user_map))
 
 
 def users_by_email(pipedrive_users: Iterable[dict[str, Any]], customermates_users: Iterable[dict[str, Any]]) -> dict[str, str]:
