@@ -300,9 +300,8 @@ def _updates_in_flight(staging: Staging) -> dict[str, set[str]]:
     (pending batches): the values they hold that differ from the body last recorded as written may be
     that write's, no edit made in Customermates, so none of them is a conflict; the load writes them."""
     in_flight: dict[str, set[str]] = {}
-    for batch in staging.pending_batches():
-        if batch["operation"] == "update":
-            in_flight.setdefault(batch["entity"], set()).update(batch["source_ids"])
+    for batch in staging.pending_batches(operation="update"):
+        in_flight.setdefault(batch["entity"], set()).update(batch["source_ids"])
     return in_flight
 
 

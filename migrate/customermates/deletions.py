@@ -85,14 +85,13 @@ def propagate_deletions(
 def _deletes_in_flight(staging: Staging, entity: str) -> set[str]:
     """The Pipedrive ids of the records a sync killed before it learnt its deletes' outcome was removing
     (its pending delete batches): one the server no longer has was removed by that request."""
-    return {sid for batch in staging.pending_batches(entity) if batch["operation"] == "delete" for sid in batch["source_ids"]}
+    return {sid for batch in staging.pending_batches(entity, "delete") for sid in batch["source_ids"]}
 
 
 def _settle_deletes_in_flight(staging: Staging, entity: str, run_id: str) -> None:
     """The entity's deletes are settled: what this sync knows of each outcome is in the state file."""
-    for batch in staging.pending_batches(entity):
-        if batch["operation"] == "delete":
-            staging.commit_batch(batch["batch_id"], entity, [], run_id)
+    for batch in staging.pending_batches(entity, "delete"):
+        staging.commit_batch(batch["batch_id"], entity, [], run_id)
 
 
 def _delete(

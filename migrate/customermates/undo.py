@@ -121,10 +121,8 @@ def _settle_pending(staging: Staging, client: CustomermatesClient) -> None:
     records may exist without an id-map row, and an undo would leave them there. Those found by their
     Pipedrive ID are adopted first, as the next run would (for the run that sent the batch)."""
     column_map = staging.column_map()
-    for batch in staging.pending_batches():
+    for batch in staging.pending_batches(operation="create"):  # an update created nothing; the next run sends it again
         entity = batch["entity"]
-        if batch["operation"] != "create":
-            continue  # an update created nothing; the next run sends it again
         id_column = column_map.get((entity, PIPEDRIVE_ID))
         if id_column is None:
             continue  # nothing can carry its Pipedrive ID; the next run settles it

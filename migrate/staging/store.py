@@ -1232,9 +1232,13 @@ class Staging:
         )
         return batch_id
 
-    def pending_batches(self, entity: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT batch_id, entity, operation, source_ids, hashes, run_id FROM pending_batches"
-        rows = self.con.execute(sql + (" WHERE entity = ?" if entity else "") + " ORDER BY created_at", [entity] if entity else []).fetchall()
+    def pending_batches(self, entity: str | None = None, operation: str | None = None) -> list[dict[str, Any]]:
+        """The batches whose outcome no run has settled, oldest first; of `entity`, of `operation`, when given."""
+        rows = self.con.execute(
+            "SELECT batch_id, entity, operation, source_ids, hashes, run_id FROM pending_batches "
+            "WHERE ($e IS NULL OR entity = $e) AND ($o IS NULL OR operation = $o) ORDER BY created_at",
+            {"e": entity, "o": operation},
+        ).fetchall()
         return [
             {"batch_id": b, "entity": e, "operation": o, "source_ids": json.loads(s), "hashes": json.loads(h), "run_id": r}
             for b, e, o, s, h, r in rows
