@@ -723,3 +723,34 @@ def test_a_dry_run_or_plan_after_a_run_that_quarantined_a_record_exits_0_and_nam
     assert CliRunner().invoke(cli, ["plan"], env=env, catch_exceptions=False).exit_code == 0
     assert customermates.write_count() == writes
     assert run_cli(env).exit_code == 3  # a real run still says partial: the record is still refused
+
+
+def as_floats(snapshot: Path, name: str, fields: tuple[str, ...]) -> None:
+    """Rewrite a snapshot file with these id fields as floats (`5` → `5.0`), as a spreadsheet or a JSON tool
+    that writes every number as a float leaves them."""
+    rows = [{k: float(value) if k in fields and type(value) is int else value for k, value in row.items()} for row in read(snapshot, name)]
+    (snapshot / f"{name}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def test_product_lines_and_notes_whose_ids_are_floats_join_their_records(env, sample_dir, customermates, tmp_path):
+    """A snapshot whose deal product lines and notes name their deal as `5.0` lost the lines without a word (joined
+    to the deal `5` by the id's text) and reported the notes as attached to no record."""
+    as_floats(sample_dir, "deal_products", ("deal_id", "product_id"))
+    as_floats(sample_dir, "notes", ("person_id", "org_id", "deal_id"))
+    result = run_cli(env, "--source", str(sample_dir), "--report-dir", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    deals = by_pipedrive_id(customermates, "deals")
+    services = {sid: recs[0]["id"] for sid, recs in by_pipedrive_id(customermates, "services").items()}
+    lines = [(str(int(row["deal_id"])), services.get(str(int(row["product_id"])))) for row in read(sample_dir, "deal_products")]
+    linked = [(deal, service) for deal, service in lines if deal in deals and service]
+    assert len(linked) > 10
+    assert all(service in {s["id"] for s in deals[deal][0]["services"]} for deal, service in linked)
+    contacts = by_pipedrive_id(customermates, "contacts")
+    joined = [
+        (note, index[str(int(note[key]))][0])
+        for note in read(sample_dir, "notes") if note.get("active_flag") is not False
+        for key, index in (("person_id", contacts), ("deal_id", deals)) if note.get(key) and str(int(note[key])) in index
+    ]
+    assert len(joined) > 20
+    assert all(v.to_utc_datetime(note["add_time"])[:10] in note_text(record["notes"]) for note, record in joined)
+    assert [i["source_id"] for i in read_issues(tmp_path / "report") if i["rule"] == "note_not_attached"] == ["40", "50"]

@@ -3,6 +3,7 @@ keeps and what it makes must be what a full transform of the same staging gives,
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -156,3 +157,37 @@ def test_when_most_records_changed_every_record_is_made_again(staging):
     summary = transform(staging, load_mappings())
     assert summary.full_reason is not None and summary.full_reason.endswith("records changed or depend on a change")
     assert summary.made == sum(summary.records.values()) + sum(summary.skipped.values())
+
+
+def test_a_rerun_of_a_snapshot_whose_ids_are_floats_keeps_its_product_lines_and_notes_and_remakes_only_what_changed(tmp_path):
+    """Ids written as floats (`"deal_id": 5.0`) are staged as the integers they are, so the rows that
+    name a deal join it on every transform: a rerun makes nothing again, and a changed line remakes its deal."""
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(SAMPLE, snapshot)
+
+    def write(name: str, change: Any = lambda row: row) -> None:
+        rows = [json.loads(line) for line in (SAMPLE / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        floats = [change({k: float(value) if (k == "id" or k.endswith("_id")) and type(value) is int else value for k, value in row.items()}) for row in rows]
+        (snapshot / f"{name}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in floats), encoding="utf-8")
+
+    for name in ("deals", "products", "persons", "deal_products", "notes"):
+        write(name)
+    noted = {json.loads(note).get("deal_id") for note in (SAMPLE / "notes.jsonl").read_text(encoding="utf-8").splitlines()}
+    line = next(row for row in map(json.loads, (SAMPLE / "deal_products.jsonl").read_text(encoding="utf-8").splitlines()) if row["deal_id"] in noted)
+    deal = str(line["deal_id"])
+
+    def transformed() -> tuple[TransformSummary, dict[str, Any]]:
+        extract(staging, SnapshotSource(snapshot), staging.start_run("test"))
+        summary = transform(staging, load_mappings())
+        payload = json.loads(staging.con.execute("SELECT payload FROM target_records WHERE entity = 'deals' AND source_id = ?", [deal]).fetchone()[0])
+        return summary, payload
+
+    with Staging(tmp_path / "state.duckdb") as staging:
+        _, first = transformed()
+        assert [str(line["product_id"]), float(line["quantity"])] in first["services"] and first["notes"]
+        again, kept = transformed()
+        assert (again.full_reason, again.made) == (None, 0) and kept == first
+        write("deal_products", lambda row: dict(row, quantity=row["quantity"] + 1) if row["id"] == line["id"] else row)
+        changed, remade = transformed()
+        assert changed.full_reason is None and 0 < changed.made < 5
+        assert [str(line["product_id"]), float(line["quantity"] + 1)] in remade["services"] and remade["notes"] == first["notes"]

@@ -1481,3 +1481,27 @@ def test_an_address_part_or_an_email_given_as_an_object_is_never_written_as_pyth
     values, found = _made(sample_staging, "persons", {**person, "emails": [{"value": {"address": "ann@acme.de"}, "primary": True}]})
     assert values["other_emails"] == '{"address": "ann@acme.de"}'
     assert not [i for i in found if "{'" in i[2]]
+
+
+def _ids_as_floats(value):
+    """`value` with every id (`id`, `*_id`, at any depth) a float, as a JSON tool that writes every number as one leaves it."""
+    if isinstance(value, dict):
+        return {k: float(item) if (k == "id" or k.endswith("_id")) and type(item) is int else _ids_as_floats(item) for k, item in value.items()}
+    return [_ids_as_floats(item) for item in value] if isinstance(value, list) else value
+
+
+def test_a_snapshot_whose_every_id_is_a_float_is_transformed_as_the_one_with_integer_ids(sample_staging, tmp_path):
+    """Users, stages, field options, attendees and links are keyed by the id's text as well: 5.0 is id 5 everywhere."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for path in SAMPLE.glob("*.jsonl"):
+        rows = [_ids_as_floats(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+        (snapshot / path.name).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert '"deal_id": 29.0' in (snapshot / "notes.jsonl").read_text(encoding="utf-8")
+    transform(sample_staging, load_mappings())
+    with Staging(tmp_path / "floats.duckdb") as floats:
+        extract(floats, SnapshotSource(snapshot), floats.start_run("test"))
+        transform(floats, load_mappings())
+        for entity in ("organizations", "contacts", "services", "deals", "tasks"):
+            assert targets(floats, entity) == targets(sample_staging, entity)
+        assert floats.transform_issues() == sample_staging.transform_issues()

@@ -33,7 +33,7 @@ from migrate.pipedrive.collections import (
     PAGE_LIMIT,
     Collection,
 )
-from migrate.staging.keys import is_deleted_record
+from migrate.staging.keys import is_deleted_record, with_whole_ids
 from migrate.staging.store import (
     ARCHIVE_PAIRS,
     Checkpoint,
@@ -54,7 +54,8 @@ class PageSource(Protocol):
 
 
 class SnapshotSource:
-    """Reads `<dir>/<collection>.jsonl`; the checkpoint is the line offset."""
+    """Reads `<dir>/<collection>.jsonl`; the checkpoint is the line offset. Ids written as whole
+    floats are read as the integers they are (`with_whole_ids`)."""
 
     def __init__(self, directory: Path):
         if not directory.is_dir():
@@ -80,7 +81,7 @@ class SnapshotSource:
                 except UnicodeDecodeError as exc:
                     raise PipedriveError(f"{path}:{line_no}: not valid UTF-8 at byte {exc.start + 1} of the line ({exc.reason}); save the file as UTF-8") from None
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_hook=with_whole_ids)
                 except json.JSONDecodeError as exc:
                     reason = exc.msg.removesuffix(" at").removesuffix(" starting")
                     raise PipedriveError(f"{path}:{line_no}: not valid JSON at column {exc.colno} ({reason})") from None

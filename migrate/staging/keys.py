@@ -16,6 +16,26 @@ def numeric_id(identity: str) -> int | None:
     return int(identity) if _NUMERIC_ID.fullmatch(identity) else None
 
 
+def number_id(value: float) -> str | None:
+    """An id given as a number, as text: a whole float by the integer it is (1.0 is id 1, as a tool
+    that keeps a column of integers with nulls as floats writes it); ``None`` for a boolean or a
+    fraction, which names no id. The one rule: the transform reads ids by it, a snapshot is staged by it."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return None
+    return str(int(value))
+
+
+def with_whole_ids(record: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object (a `json.loads` hook) with the ids it gives as whole floats (`"deal_id": 5.0`,
+    from a spreadsheet or a JSON tool that writes every number as a float) as the integers they are
+    (`number_id`): staged ids are keyed and joined as text, where '5.0' is no deal '5'. An id is
+    `id` or a name ending in `_id`; a fraction or text stays as it came, for the transform to report."""
+    for name, value in record.items():
+        if type(value) is float and (name == "id" or name.endswith("_id")) and (text := number_id(value)) is not None:
+            record[name] = int(text)
+    return record
+
+
 def order_key(identity: str) -> tuple[int, int, int, str]:
     """The order records are read in: numeric ids as numbers (shorter first on a tie, "12"
     before "012"), then the others (lead UUIDs) as text."""

@@ -17,6 +17,8 @@ from typing import Any
 
 import phonenumbers
 
+from migrate.staging.keys import number_id
+
 __all__ = [
     "CUSTOMERMATES_CURRENCIES",
     "EMAIL_PATTERN",
@@ -455,15 +457,6 @@ def finite_number(value: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past what a double holds
         return None
     return number if math.isfinite(number) else None
-
-
-def number_id(value: float) -> str | None:
-    """An id given as a number, as text: a whole float by the integer it is (1.0 is id 1, as a tool
-    that keeps a column of integers with nulls as floats writes it); ``None`` for a boolean or a
-    fraction, which names no id."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        return None
-    return str(int(value))
 
 
 def as_list(value: Any) -> list[Any]:
