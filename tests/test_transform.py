@@ -1483,6 +1483,47 @@ def test_an_address_part_or_an_email_given_as_an_object_is_never_written_as_pyth
     assert not [i for i in found if "{'" in i[2]]
 
 
+def test_a_product_line_or_note_naming_its_record_by_a_fraction_or_text_is_reported_naming_its_field(tmp_path):
+    """Ids written as floats are read as the integers they are (`5.0` is deal 5); an id field holding a
+    fraction or text names no record: the product line was lost without a word, and a note attached to
+    no other record was said to be on a deal `5.5`, deleted or missing."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    files = {
+        "deals": [{"id": 5.0, "title": "Rollout", "status": "open"}],
+        "persons": [{"id": 7.0, "name": "Ann Lee"}],
+        "products": [{"id": 3.0, "name": "Widget", "prices": [{"price": 10, "currency": "EUR"}]}],
+        "deal_products": [
+            {"id": 70, "deal_id": 5.0, "product_id": 3.0, "quantity": 2, "item_price": 10, "currency": "EUR"},
+            {"id": 71, "deal_id": 5.5, "product_id": 3, "quantity": 1, "item_price": 10, "currency": "EUR"},
+            {"id": 72, "deal_id": "five", "product_id": 3, "quantity": 1, "item_price": 10, "currency": "EUR"},
+        ],
+        "notes": [
+            {"id": 80, "content": "<p>on the deal</p>", "deal_id": 5.0, "add_time": "2024-01-02 10:00:00"},
+            {"id": 81, "content": "<p>a fraction</p>", "deal_id": 5.5, "add_time": "2024-01-02 10:00:00"},
+            {"id": 82, "content": "<p>on Ann, not the deal</p>", "person_id": 7.0, "deal_id": "five", "add_time": "2024-01-02 10:00:00"},
+        ],
+    }
+    for name, rows in files.items():
+        (snapshot / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with Staging(tmp_path / "state.duckdb") as staging:
+        extract(staging, SnapshotSource(snapshot), staging.start_run("test"))
+        transform(staging, load_mappings())
+        deal = targets(staging, "deals")["5"]
+        assert deal["services"] == [["3", 2.0]]
+        assert "on the deal" in deal["notes"] and "a fraction" not in deal["notes"]
+        assert "on Ann, not the deal" in targets(staging, "contacts")["7"]["notes"]
+        assert sorted((i["entity"], i["source_id"], i["field"], i["detail"]) for i in issues(staging, "link_unreadable")) == [
+            ("deal_products", "71", "deal_id", "Pipedrive deal product 71: deal_id 5.5 is no id; not on any deal"),
+            ("deal_products", "72", "deal_id", "Pipedrive deal product 72: deal_id 'five' is no id; not on any deal"),
+            ("notes", "81", "deal_id", "Pipedrive note 81: deal_id 5.5 is no id; not on any deal"),
+            ("notes", "82", "deal_id", "Pipedrive note 82: deal_id 'five' is no id; not on any deal"),
+        ]
+        assert [(i["source_id"], i["detail"]) for i in issues(staging, "note_not_attached")] == [
+            ("81", "Pipedrive note 81 is attached to no contact, organization, deal or lead; not migrated"),
+        ]
+
+
 def _ids_as_floats(value):
     """`value` with every id (`id`, `*_id`, at any depth) a float, as a JSON tool that writes every number as one leaves it."""
     if isinstance(value, dict):

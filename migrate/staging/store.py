@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,6 +173,7 @@ ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS there_before JSON;
 
 
 NOTE_UNATTACHED = "note_not_attached"  # the rule of a note that joins no migrated record
+LINK_UNREADABLE = "link_unreadable"  # the rule of a value that names no one record
 
 
 def raw_table(collection: str) -> str:
@@ -780,7 +781,11 @@ class Staging:
             f"coalesce('{prefix}' || (f[{i}]->>'$') IN (SELECT source_id FROM target_records WHERE entity = '{entity}'), false)"
             for i, (_, entity, prefix) in enumerate(targets, 1)
         )
-        named = ", ".join(f"'{entity[:-1]} {prefix}' || (f[{i}]->>'$')" for i, (_, entity, prefix) in enumerate(targets, 1))
+        # a value that is no id names no record (`unreadable_owner_issues` reports it)
+        named = ", ".join(
+            f"CASE WHEN {_names_an_id(f'f[{i}]', prefix)} THEN '{entity[:-1]} {prefix}' || (f[{i}]->>'$') END"
+            for i, (_, entity, prefix) in enumerate(targets, 1)
+        )
         self.con.execute(
             f"INSERT INTO transform_issues SELECT 'notes', id, 'notes', '{NOTE_UNATTACHED}', 'Pipedrive note ' || id || "
             f"CASE WHEN n = '' THEN ' is attached to no contact, organization, deal or lead' "
@@ -789,6 +794,28 @@ class Staging:
             f"(SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)) "
             f"WHERE NOT ({attached}))"
         )
+
+    def unreadable_owner_issues(self, grouped: Mapping[str, Sequence[tuple[str, str, str]]]) -> None:
+        """Replace the issues of the notes and deal product lines whose field naming their record
+        (`grouped`: collection → (JSON field, entity, id prefix)) holds no id: a fraction (5.5; a whole
+        float was staged as its integer), text other than digits, a boolean, an object. Joined by the
+        id's text, they would join no record without a word. A field with a prefix holds lead ids, which are text."""
+        self.con.execute(f"DELETE FROM transform_issues WHERE rule = '{LINK_UNREADABLE}' AND entity IN (SELECT unnest($c))", {"c": list(grouped)})
+        for collection, owners in grouped.items():
+            numbered = [(name, entity) for name, entity, prefix in owners if not prefix]
+            if not numbered or not self.has_collection(collection):
+                continue
+            paths = [f"$.{name}" for name, _ in numbered]
+            fields = ", ".join(f"{{'name': '{name}', 'entity': '{entity[:-1]}', 'value': f[{i}]}}" for i, (name, entity) in enumerate(numbered, 1))
+            shown = "CASE WHEN json_type(o.value) = 'VARCHAR' THEN '''' || (o.value->>'$') || '''' ELSE o.value::VARCHAR END"
+            what = collection.replace("_", " ").removesuffix("s")
+            unreadable = "(o.value->>'$') IS NOT NULL AND NOT " + _names_an_id("o.value", "")
+            self.con.execute(  # each row's JSON parsed once for all its fields (a note can be megabytes: see `note_unattached_issues`)
+                f"INSERT INTO transform_issues SELECT '{collection}', id, o.name, '{LINK_UNREADABLE}', "
+                f"'Pipedrive {what} ' || id || ': ' || o.name || ' ' || {shown} || ' is no id; not on any ' || o.entity "
+                f"FROM (SELECT id, unnest(list_filter([{fields}], lambda o: {unreadable})) AS o FROM (SELECT id, json_extract(data, {paths!r}) AS f "
+                f"FROM {raw_table(collection)} WHERE NOT coalesce(is_deleted, false)))"
+            )
 
     def _check_unique_targets(self) -> None:
         twice = self.con.execute(
@@ -1628,6 +1655,11 @@ class Staging:
             f"SELECT entity, source_id, field, rule, detail FROM {self._run_issues_sql()} ORDER BY phase, entity, rule, source_id, field, detail",
             {"run": run_id},
         )
+
+
+def _names_an_id(json_sql: str, prefix: str) -> str:
+    """SQL: whether a JSON value can name a record: a lead id (`prefix`) is any text, another id digits."""
+    return "true" if prefix else f"regexp_full_match({json_sql}->>'$', '{NUMERIC_ID}')"
 
 
 def _storable_text(record: dict[str, Any], key: str, collection: str) -> str:

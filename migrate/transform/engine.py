@@ -384,6 +384,7 @@ class Transformer:
         def finish() -> tuple[list[dict[str, Any]], list[Issue]]:
             self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
             self.staging.note_unattached_issues(incremental.GROUPED["notes"])
+            self.staging.unreadable_owner_issues(incremental.GROUPED)
             incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
 
