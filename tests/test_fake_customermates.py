@@ -1059,6 +1059,26 @@ def test_isdefault_option_fills_existing_records(cm, api):
     assert explicit["customFieldValues"] == []
 
 
+def test_an_option_made_the_default_by_an_update_fills_only_the_records_without_a_value(cm, api):
+    """Contract §6: updating a singleSelect column with an `isDefault` option fills it into every
+    record of the entity that has no value; a record's own value stays. (The contract does not say
+    whether the fill touches `updatedAt`; the fake leaves it.)"""
+    status = make_column(api, "create_single_select_custom_column", entityType="contact", label="Tier", options=[
+        {"label": "Gold", "color": "info", "isDefault": False, "index": 0},
+        {"label": "Standard", "color": "info", "isDefault": False, "index": 1}])
+    gold, standard = (o["value"] for o in config_column(api, "contacts", status)["options"]["options"])
+    create(api, "contacts", [
+        {"firstName": "Has", "lastName": "Gold", "customFieldValues": [{"columnId": status, "value": gold}]},
+        {"firstName": "Has", "lastName": "None"}])
+    assert {r["lastName"]: r["customFieldValues"] for r in cm.records("contacts")}["None"] == []
+    text, is_error = call_tool(api, "update_single_select_custom_column", {"id": status, "label": "Tier", "options": [
+        {"value": gold, "label": "Gold", "color": "info", "isDefault": False, "index": 0},
+        {"value": standard, "label": "Standard", "color": "info", "isDefault": True, "index": 1}]})
+    assert not is_error, text
+    values = {r["lastName"]: r["customFieldValues"] for r in cm.records("contacts")}
+    assert values == {"Gold": [{"columnId": status, "value": gold}], "None": [{"columnId": status, "value": standard}]}
+
+
 def test_single_select_update_replaces_options(cm, api):
     status = make_column(api, "create_single_select_custom_column", entityType="contact", label="Status", options=[
         {"label": "A", "color": "info", "isDefault": False, "index": 0},
