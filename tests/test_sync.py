@@ -534,6 +534,79 @@ def test_a_default_option_a_user_chose_stays_the_default_when_a_sync_adds_an_opt
     }
 
 
+def _make_default(customermates, column: dict, label: str) -> None:
+    """A user makes the option `label` the column's default (the server fills it into every record
+    without a value: contract §6)."""
+    options = [{**o, "isDefault": o["label"] == label} for o in column["options"]["options"]]
+    assert customermates._tool_update_column("singleSelect", {"id": column["id"], "label": column["label"], "options": options})[1] is False
+
+
+def _cell(customermates, column_id: str, person: dict) -> str | None:
+    cells = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["customFieldValues"]
+    return next((c["value"] for c in cells if c["columnId"] == column_id), None)
+
+
+def _without_anrede(pipedrive, customermates) -> list[dict]:
+    column = _anrede(customermates)
+    return [p for p in live_persons(pipedrive) if _cell(customermates, column["id"], p) is None]
+
+
+@pytest.mark.parametrize("read_back", [True, False], ids=["fill-read-by-the-sync", "fill-not-read-again"])
+def test_a_default_a_user_sets_on_a_migrated_column_is_no_edit_and_stays_on_records_pipedrive_changes(
+    migrated, pipedrive, customermates, tmp_path, read_back
+):
+    """A user makes "Frau" the default of the migrated "Anrede" column, and the server fills it into
+    the contacts the migration wrote no Anrede for; then Pipedrive changes one of them. The sync
+    writes the change, no conflict, and the contact keeps "Frau". Read back (the first sync after a
+    run reads what it wrote; a fill that touched `updatedAt` would be read by any), the filled value
+    read as an edit made in Customermates: the person was skipped as a conflict. Not read again
+    (the fake's fill leaves `updatedAt`), the update cleared the column: the default was gone."""
+    if not read_back:
+        customermates.advance_clock(600)  # ten minutes later: the next read of what changed starts after the run's writes
+        assert invoke(migrated, "sync").exit_code == 0  # reads back what the run wrote, before the fill
+    column = _anrede(customermates)
+    person = _without_anrede(pipedrive, customermates)[0]
+    _make_default(customermates, column, "Frau")
+    frau = next(o["value"] for o in _anrede(customermates)["options"]["options"] if o["label"] == "Frau")
+    assert _cell(customermates, column["id"], person) == frau
+    person["job_title"], person["update_time"] = "Changed", NOW
+
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert _conflicts(tmp_path) == [] and "conflicts 0," in result.output
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert {"columnId": _labels(customermates, "contact")["Job title"][0], "value": "Changed"} in contact["customFieldValues"]
+    assert _cell(customermates, column["id"], person) == frau
+
+
+def test_an_option_a_user_picked_where_the_migration_wrote_none_is_still_an_edit_beside_a_default(
+    migrated, pipedrive, customermates, tmp_path
+):
+    """Beside a default a user set on the "Anrede" column: a contact without an Anrede on which a
+    user picked "Herr" (no default) is an edit made in Customermates, and so is the default on a
+    contact Pipedrive now gives an Anrede (a user's pick of the default option looks the same as the
+    server's fill, so the sync does not write over it): both are conflicts when Pipedrive changes them."""
+    column = _anrede(customermates)
+    picked, given = _without_anrede(pipedrive, customermates)[:2]
+    herr = next(o["value"] for o in column["options"]["options"] if o["label"] == "Herr")
+    _edited_in_customermates(
+        customermates, by_pipedrive_id(customermates, "contacts")[str(picked["id"])][0],
+        customFieldValues=[{"columnId": column["id"], "value": herr}],
+    )
+    _make_default(customermates, column, "Frau")
+    picked["job_title"], picked["update_time"] = "Changed", NOW
+    given.setdefault("custom_fields", {})[_field(pipedrive, "personFields", "Anrede")["field_code"]] = 104  # Dr.
+    given["update_time"] = NOW
+
+    result = invoke(migrated, "sync", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert sorted(i["source_id"] for i in _conflicts(tmp_path)) == sorted([str(picked["id"]), str(given["id"])])
+    frau = next(o["value"] for o in _anrede(customermates)["options"]["options"] if o["label"] == "Frau")
+    assert (_cell(customermates, column["id"], picked), _cell(customermates, column["id"], given)) == (herr, frau)
+
+
 def test_an_option_deleted_in_customermates_is_made_again_on_every_record_changed_in_pipedrive_too(migrated, pipedrive, customermates):
     """A user deletes the option "Herr" (the server clears it on every record), and a Herr
     contact's job title changes in Pipedrive. The sync adds "Herr" again and sets it on every such

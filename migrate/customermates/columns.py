@@ -43,6 +43,9 @@ class ColumnIndex:
 
     ids: dict[tuple[str, str], str] = field(default_factory=dict)
     options: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # label → option uuid
+    # the uuid of a single select's default option, of the columns that have one (a user's choice: the
+    # server fills it into the records without a value, contract §6)
+    defaults: dict[tuple[str, str], str] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)
     options_added: list[str] = field(default_factory=list)
     options_renamed: list[str] = field(default_factory=list)
@@ -203,6 +206,7 @@ def ensure_columns(
             for value, (_, label) in renamed.items():
                 ids = {old: v for old, v in ids.items() if v != value} | {label: value}
             index.options[(entity, key)] = ids
+            _note_default(index, entity, key, present)
             missing = [label for label in spec["options"] if label not in ids]
             index._note_new(staging, [(entity, key, label) for label in missing], dry_run=dry_run or mcp is None)
             if (missing or renamed) and not dry_run and mcp is not None:
@@ -247,7 +251,9 @@ def ensure_columns(
             if column.get("type") == "singleSelect":
                 spec = intended[(entity, key)]
                 # the labels as set up above: those of options renamed in Pipedrive are not remembered
-                index.options[(entity, key)] = _option_ids((column.get("options") or {}).get("options") or [], index.options.get((entity, key)))
+                present = (column.get("options") or {}).get("options") or []
+                index.options[(entity, key)] = _option_ids(present, index.options.get((entity, key)))
+                _note_default(index, entity, key, present)
                 _remember(
                     staging, known, entity, key,
                     {
@@ -268,6 +274,15 @@ def _option_ids(present: list[dict[str, Any]], remembered: dict[str, str] | None
         if label not in ids and value in values:
             ids[label] = value
     return ids
+
+
+def _note_default(index: ColumnIndex, entity: str, key: str, present: list[dict[str, Any]]) -> None:
+    """Note the column's default option (`ColumnIndex.defaults`), or that it has none."""
+    default = next((o["value"] for o in present if o.get("isDefault")), None)
+    if default is None:
+        index.defaults.pop((entity, key), None)
+    else:
+        index.defaults[(entity, key)] = default
 
 
 def _renamed_options(spec: dict[str, Any], remembered: dict[str, str] | None, ids: dict[str, str]) -> dict[str, tuple[str, str]]:

@@ -113,6 +113,7 @@ class _Item:
     payload: dict[str, Any] | None = None  # the transformed payload the body was built from
     create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
     as_written: bool = False  # for updates: the payload is the one last written (`Loader.context_update`)
+    kept: Container[str] = ()  # for updates: the columns it leaves as they are (`Loader.as_update`)
     size: int = 0  # bytes of `body` in a request, once measured
     failed_in: list[int] = field(default_factory=list)  # sizes of the batches that failed uncertainly with it
 
@@ -267,18 +268,27 @@ class Loader:
             update["userIds"] = body["userIds"]
         return update
 
-    def as_update(self, entity: str, target_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def as_update(self, entity: str, target_id: str, body: dict[str, Any], kept: Container[str] = ()) -> dict[str, Any]:
         """The update body for a changed record: arrays replace, so they are sent whole (and the
         relations the record no longer has, empty); custom values merge per column, so our columns
-        the record no longer uses are cleared."""
+        the record no longer uses are cleared, but those `kept` (`defaults_unwritten`)."""
         update = {"id": target_id, **{key: [] for key in LINKS_SET.get(entity, ())}, **body, "notes": body.get("notes")}
         used = {v["columnId"] for v in body["customFieldValues"]}
         update["customFieldValues"] = body["customFieldValues"] + [
-            {"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used
+            {"columnId": cid, "value": None} for cid in self.columns.migration_columns(entity) if cid not in used and cid not in kept
         ]
         if entity == "contacts" and update.get("lastName") == "":
             update.pop("lastName")  # update rejects "", create accepts it
         return update
+
+    def defaults_unwritten(self, entity: str, written: dict[str, Any] | None) -> set[str]:
+        """The ids of the columns with a default option that the record was last written (`written`)
+        with no value in. An update leaves them as they are: the server filled the default in there
+        (contract §6), or a user picked it, which looks the same (`Planner._without_default_fill`);
+        another option a user picked there made the record a conflict."""
+        if written is None:
+            return set()
+        return {self.columns.ids[(e, key)] for e, key in self.columns.defaults if e == entity and key not in written["values"]}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoadSummary:
@@ -386,7 +396,9 @@ class Loader:
                     creates = []
             written = self.staging.written_for(entity, [c[0] for c in changed]) if changed else {}
             for source_id, payload, body, digest, target_id in changed:
-                updates.append(self._as_item(entity, source_id, payload, body, digest, target_id, as_written=written.get(source_id) == payload))
+                last = written.get(source_id)
+                kept = set() if source_id in conflicts else self.defaults_unwritten(entity, last)  # source-wins writes a conflict whole
+                updates.append(self._as_item(entity, source_id, payload, body, digest, target_id, as_written=last == payload, kept=kept))
                 if len(updates) >= self.batch_size:
                     self._send(entity, "update", updates)
                     updates = []
@@ -398,14 +410,15 @@ class Loader:
 
     def _as_item(
         self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None,
-        *, as_written: bool = False,
+        *, as_written: bool = False, kept: Container[str] = (),
     ) -> _Item:
         """The write of a record's body (`digest` its hash): its create, or with `target_id` the update of
-        that record; of a record whose payload is `as_written`, the narrower `context_update` when it applies."""
+        that record (leaving the columns `kept`: `as_update`); of a record whose payload is `as_written`,
+        the narrower `context_update` when it applies."""
         if target_id is None:
             return _Item(source_id, body, digest, payload=payload)
-        update = (self.context_update(entity, target_id, payload, body) if as_written else None) or self.as_update(entity, target_id, body)
-        return _Item(source_id, update, digest, target_id, payload, body, as_written)
+        update = (self.context_update(entity, target_id, payload, body) if as_written else None) or self.as_update(entity, target_id, body, kept)
+        return _Item(source_id, update, digest, target_id, payload, body, as_written, kept)
 
     def _last_name_kept(self, source_id: str) -> None:
         """An update cannot clear a contact's last name (`as_update`): say so when it had one."""
@@ -718,7 +731,7 @@ class Loader:
         self._forget_removed_users(users)
         body = self.build_body(entity, item.source_id, item.payload, linked)
         self._send(entity, operation, [
-            self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id, as_written=item.as_written)
+            self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id, as_written=item.as_written, kept=item.kept)
         ])
         return True
 

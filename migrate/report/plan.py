@@ -84,6 +84,9 @@ class Planner:
         self.option_label = {
             cid: {uuid: label for label, uuid in columns.options.get(key, {}).items()} for key, cid in columns.ids.items()
         }
+        self.default_labels: dict[str, dict[str, str]] = {}  # entity → key → the label of the column's default option
+        for (entity, key), value in columns.defaults.items():
+            self.default_labels.setdefault(entity, {})[key] = self.option_label.get(columns.ids[(entity, key)], {}).get(value, value)
         self.option_renames: dict[str, dict[str, dict[str, str]]] = {}  # entity → key → old label → new
         for (entity, key), labels in columns.option_renames.items():
             self.option_renames.setdefault(entity, {})[key] = labels
@@ -156,6 +159,23 @@ class Planner:
         values = {k: v for k, v in before["values"].items() if k not in keys}
         values.update({k: v for k, v in last["values"].items() if k in keys or (k not in values and (k, v) in options)})
         return {**before, "values": values}
+
+    def _without_default_fill(self, entity: str, before: dict[str, Any], last: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """`before` without the values that are their column's default option where the record was
+        last written with none and is to be written with none: the server fills a default into every
+        record without a value when a user sets it, and into a record created without one (contract
+        §6), which is no edit made in Customermates, and an update leaves such a value
+        (`Loader.as_update`). A user's pick of that option looks the same and stays too; where
+        Pipedrive gives the record a value now, the default counts as an edit, so that the value
+        written never replaces a pick."""
+        defaults = self.default_labels.get(entity, {})
+        filled = {
+            key for key, label in defaults.items()
+            if before["values"].get(key) == label and key not in last["values"] and key not in after["values"]
+        }
+        if not filled:
+            return before
+        return {**before, "values": {k: v for k, v in before["values"].items() if k not in filled}}
 
     def _comparable(self, entity: str, form: dict[str, Any]) -> dict[str, Any]:
         """A record's form without what the record cannot hold for an edit made in Customermates to
@@ -293,8 +313,9 @@ class Planner:
             # what the run goes by: the payload as last written (a note's text too, which the
             # target's form shows only as there or not) and the owners matched then
             source_changed = _canonical(written) != _canonical(payload) or last["users"] != after["users"]
+            unfilled = self._without_default_fill(entity, before, last, after)
             target_edits = self.changes(
-                entity, self._comparable(entity, last), self._comparable(entity, self._without_new_columns(entity, before, last))
+                entity, self._comparable(entity, last), self._comparable(entity, self._without_new_columns(entity, unfilled, last))
             )
             if notes_read is not None and notes_digest(dto.get("notes")) != notes_read:
                 target_edits = [c for c in target_edits if c["field"] != "notes"]
@@ -311,11 +332,16 @@ class Planner:
                     return {**item, "action": "update", "changes": relinked,
                             "reason": "a record it links was deleted in Customermates; created again and linked"}
                 return {**item, "action": "unchanged"}  # a run sends nothing; edits made in Customermates stay
+            # an update leaves a default the server filled in (`Loader.as_update`); `source-wins` writes a conflict whole
+            updated = changes if unfilled is before else self.changes(entity, unfilled, after)
             if (written.get("notes") or "") != (payload.get("notes") or ""):
                 # the target's form shows notes only as there or not: their change is the text's, as last written
-                changes = [c for c in changes if c["field"] != "notes"] + [notes_change(written.get("notes"), payload.get("notes"))]
-            if target_edits and changes:
+                notes = notes_change(written.get("notes"), payload.get("notes"))
+                changes = [c for c in changes if c["field"] != "notes"] + [notes]
+                updated = [c for c in updated if c["field"] != "notes"] + [notes]
+            if target_edits and updated:
                 return {**item, "action": "conflict", "changes": changes}
+            changes = updated
             if not changes:  # the run writes what changed in Pipedrive all the same
                 return {**item, "action": "update", "reason": "Customermates already holds the new values (edited there the same way); written again"}
         if not changes:
