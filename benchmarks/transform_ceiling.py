@@ -20,6 +20,12 @@ such a rewrite, this script measures its ceiling on the same machine, in the sam
 
 It prints the three rates and the ratios, and the time the query spends only parsing the records' JSON. The
 persons' batches are held in memory for the tool's part: about 1 GB at a million records.
+
+Last, the floor no SQL can lower: the two conversions only a library does exactly, over the whole account.
+The tool's whole transform runs once in this process, keeping each phone number it normalises to E.164
+(`phonenumbers`; contract §8 asks for E.164) and each distinct text it converts from HTML to Markdown
+(`markdownify`); then the two are timed alone on those inputs. Any transform, in SQL or not, makes these
+calls; their CPU time on two cores bounds its records/s.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,8 +73,10 @@ def measure(records: int, directory: Path) -> None:
     _generator().generate_account(directory / "account", seed=11, scale=records)
     with Staging(directory / "state.duckdb") as staging:
         run_id = staging.start_run("extract")
-        extract(staging, SnapshotSource(directory / "account"), run_id)
+        staged = sum(extract(staging, SnapshotSource(directory / "account"), run_id).records.values())
         staging.finish_run(run_id, "ok", {})
+
+        phones, markdown, phone_seconds, markdown_seconds = library_floor(staging, load_mappings())
 
         transformer = Transformer(staging, load_mappings())
         transformer._convert_notes(None)  # the notes' markdown, which the persons' batches carry
@@ -94,6 +103,43 @@ def measure(records: int, directory: Path) -> None:
     print(f"  of which parsing the records' JSON                   {parse_seconds:>8.1f} s")
     print(f"floor of Python ÷ tool                        {tool_seconds / floor_seconds:>12.1f}×")
     print(f"SQL ÷ tool                                    {(rows / sql_seconds) / (made / tool_seconds):>12.1f}×")
+    print(f"records staged (as the pipeline counts)       {staged:>12,}")
+    print(f"phone numbers to E.164 (phonenumbers)         {phones:>12,}  ({phone_seconds:.1f} s CPU, {phone_seconds / max(phones, 1) * 1e6:.1f} µs each)")
+    print(f"texts from HTML to Markdown (distinct)        {markdown:>12,}  ({markdown_seconds:.1f} s CPU)")
+    print(f"any transform, two cores, these two alone     {staged / ((phone_seconds + markdown_seconds) / 2):>12,.0f} records/s at most")
+    print(f"  the phone numbers alone                     {staged / (phone_seconds / 2):>12,.0f} records/s at most")
+
+
+def library_floor(staging: Any, mappings: Any) -> tuple[int, int, float, float]:
+    """The tool's whole transform in this process, keeping the inputs of its two library conversions;
+    then each timed alone on them: (phone numbers, texts, CPU seconds of each)."""
+    from migrate.transform import notes, values
+    from migrate.transform.engine import Transformer
+
+    normalise, convert = values.normalise_phone, notes.markdown_of
+    phones: list[tuple[str, str | None]] = []
+    texts: list[tuple[str, str]] = []
+
+    def kept_phone(raw: str, default_region: str | None = None) -> str | None:
+        phones.append((raw, default_region))
+        return normalise(raw, default_region)
+
+    def kept_texts(batch: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        texts.extend(batch)
+        return convert(batch)
+
+    values.normalise_phone, notes.markdown_of = kept_phone, kept_texts
+    try:
+        Transformer(staging, mappings, workers=0).run()
+    finally:
+        values.normalise_phone, notes.markdown_of = normalise, convert
+    started = time.process_time()
+    for raw, region in phones:
+        normalise(raw, region)
+    phone_seconds = time.process_time() - started
+    started = time.process_time()
+    convert(texts)
+    return len(phones), len(texts), phone_seconds, time.process_time() - started
 
 
 def python_floor(batches: list) -> float:
