@@ -340,6 +340,30 @@ def test_records_a_resumed_run_adopts_from_a_killed_runs_batch_are_reported_and_
     assert counts(customermates) == dict.fromkeys(ENTITIES, 0)
 
 
+@pytest.mark.parametrize("settled_by", ["undo", "run"])
+def test_a_record_a_user_edits_before_its_uncertain_batch_is_settled_is_kept_by_undo(env, sample_dir, customermates, monkeypatch, settled_by):
+    """The killed run's last contacts batch was written, its ids not stored, and a user edited one of its
+    contacts before the batch was settled (by the undo itself, or by a resuming run). The adoption
+    stamped the settling as our write, later than the edit, and undo deleted the edited contact."""
+    monkeypatch.setattr(undo_module, "EDIT_SLACK", EDIT_SLACK)
+    real_commit = _kill_at_the_second_contacts_commit(monkeypatch)
+    assert CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env).exit_code == 137
+    monkeypatch.setattr(Staging, "commit_batch", real_commit)
+    killed_run = state(env, "SELECT run_id FROM runs ORDER BY started_at LIMIT 1")[0][0]
+    mapped = {t for (t,) in state(env, "SELECT target_id FROM id_map WHERE entity = 'contacts'")}
+    edited = next(r["id"] for r in customermates.records("contacts") if r["id"] not in mapped)  # one of the pending batch
+    time.sleep(EDIT_SLACK.total_seconds() + 0.1)
+    customermates.edit_records("contacts", [{"id": edited, "firstName": "Edited"}])
+    if settled_by == "run":
+        assert invoke(["run", "--source", str(sample_dir)], env).exit_code == 0
+
+    result = invoke(["undo", "--run", killed_run, "--yes"], env)
+
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.output)["contacts"][2] == "1"  # kept (edited)
+    assert [(r["id"], r["firstName"]) for r in customermates.records("contacts") if r["id"] in mapped or r["id"] == edited] == [(edited, "Edited")]
+
+
 def test_undo_columns_of_each_run_removes_the_columns_it_made_replaced_ones_too(migrated, pipedrive, customermates, tmp_path):
     """A second run makes "Phone" again beside the one a user made take one value, and "Job title"
     again after a user deleted it; a sync makes "Vertragsbeginn" again for a field turned text.

@@ -788,7 +788,7 @@ class Loader:
         found = self.find_in_target(entity, [i.source_id for i in items])
         adopted = [(i.source_id, found[i.source_id], i.digest) for i in items if i.source_id in found]
         payloads = [(i.source_id, i.payload) for i in items if i.source_id in found and i.payload is not None]
-        self.staging.commit_batch(batch_id, entity, adopted, self.run_id, payloads)
+        self.staging.commit_batch(batch_id, entity, adopted, self.run_id, payloads, adopted=True)
         self.summary.adopted[entity] += len(adopted)
         return [i for i in items if i.source_id not in found]
 

@@ -6,8 +6,9 @@ last wrote them.
 
 Edited since we wrote it: a record is kept (unless `force`) when the target's `updatedAt` is
 more than `EDIT_SLACK` after the later of its `createdAt` (server clock) and our last write
-(`id_map.written_at`, local clock). `createdAt` makes a record we never updated immune to clock
-skew; the slack absorbs server-side touches inside our own write (a deal's totals are written
+(`id_map.written_at`, local clock; for a record adopted after an uncertain create, when its batch
+was recorded, so that an edit made before the adoption stays one). `createdAt` makes a record we
+never updated immune to clock skew; the slack absorbs server-side touches inside our own write (a deal's totals are written
 just after the deal) and small skew. A deal whose totals changed because a linked service was
 updated later counts as edited: kept, which is the safe side.
 
@@ -128,7 +129,7 @@ def _settle_pending(staging: Staging, client: CustomermatesClient) -> None:
             continue  # nothing can carry its Pipedrive ID; the next run settles it
         found = find_by_pipedrive_id(client, entity, id_column["id"], batch["source_ids"])
         adopted = [(sid, found[sid][0], digest) for sid, digest in zip(batch["source_ids"], batch["hashes"], strict=True) if sid in found]
-        staging.commit_batch(batch["batch_id"], entity, adopted, batch.get("run_id") or "undo")
+        staging.commit_batch(batch["batch_id"], entity, adopted, batch.get("run_id") or "undo", adopted=True)
         log.info("undo.settled_pending", entity=entity, adopted=len(adopted), sent=len(batch["source_ids"]))
 
 

@@ -1277,19 +1277,23 @@ class Staging:
         notes_read: Sequence[tuple[str, str]] = (),
         *,
         wrote: bool = True,
+        adopted: bool = False,
     ) -> None:
         """Store (source_id, target_id, hash) rows and the transformed payloads written (the plan's
         'written' state), with the digests of the notes the write's answer gave (`notes_read`:
         source id, digest; a payload's record without one has its notes unknown), and clear the
         pending intent, in one transaction. Without `wrote` (a conflict kept as Customermates has
         it) the rows keep their `written_at`: nothing was written, and an edit made there before
-        stays one for `undo`.
+        stays one for `undo`. With `adopted` (records of the uncertain batch `batch_id` found in
+        Customermates) `written_at` is when the batch was recorded, before it was sent: its write
+        came at an instant not known, and the settling, later, would make an edit made there
+        meanwhile look older than our write.
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
         uncertain create: then the run that sent the pending batch) and kept when only the hash changes."""
         with self.transaction():
             if written:
-                sender = self.con.execute("SELECT run_id FROM pending_batches WHERE batch_id = ?", [batch_id]).fetchone() if batch_id else None
+                sender = self.con.execute("SELECT run_id, created_at FROM pending_batches WHERE batch_id = ?", [batch_id]).fetchone() if batch_id else None
                 self.con.execute(
                     "INSERT INTO id_map (entity, source_id, target_id, payload_hash, run_id, written_at, created_by_run) "
                     "SELECT $entity, unnest($s), unnest($t), unnest($h), $run, $at, $creator "
@@ -1304,7 +1308,7 @@ class Staging:
                         "t": [w[1] for w in written],
                         "h": [w[2] for w in written],
                         "run": run_id,
-                        "at": now(),
+                        "at": sender[1] if adopted else now(),
                         "creator": (sender[0] if sender and sender[0] else run_id),
                         "wrote": wrote,
                     },
