@@ -146,6 +146,8 @@ class Loader:
             raise ValueError(f"on_target_deleted must be report or recreate, not {on_target_deleted!r}")
         self.on_target_deleted = on_target_deleted
         self.gone: dict[str, set[str]] = {}
+        # entity → Customermates id → Pipedrive id: records a refused link showed deleted, created again (`_found_deleted`)
+        self.replaced: dict[str, dict[str, str]] = {}
         self.staging = staging
         self.client = client
         self.columns = columns
@@ -166,7 +168,7 @@ class Loader:
         self._issue_rows: list[tuple[str, str, str, str, str, str]] = []  # noted while bodies are built, saved a batch at a time
         self.failures_in_a_row = 0  # uncertain writes since the last write that went through
         self.writes_done = 0  # write requests that went through
-        self.set_aside: list[tuple[str, _Item, int]] = []  # (operation, item, writes_done then): failed alone once
+        self.set_aside: list[tuple[str, str, _Item, int]] = []  # (entity, operation, item, writes_done then): failed alone once
         self.set_aside_alone = False  # the entity's only record set aside: a read may vouch for the server
         # (entity, operation, item, writes_done then): failed alone again with nothing written since; the later
         # entities' writes tell a record Customermates refuses from a server that is down (`_retry_deferred`)
@@ -241,10 +243,10 @@ class Loader:
     def _link_to_gone(self, entity: str, source_id: str, field: str, target_entity: str, pid: str) -> None:
         """A link to a record deleted in Customermates after it was migrated (and not recreated):
         the server refuses its id, which would keep this record out; the link is dropped instead."""
-        recreated = "the next sync or run" if self.on_target_deleted == "recreate" else "--on-target-deleted recreate"  # `_found_deleted`
         self._note_issue(
             entity, source_id, field, "link_target_deleted_in_target",
-            f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped ({recreated} creates it again, linked)",
+            f"{target_entity[:-1]} {pid} was deleted in Customermates after it was migrated; link dropped "
+            "(--on-target-deleted recreate creates it again, linked)",
         )
 
     def context_update(self, entity: str, target_id: str, payload: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
@@ -406,7 +408,7 @@ class Loader:
             self._send(entity, "create", creates)
         if updates:
             self._send(entity, "update", updates)
-        self._retry_set_aside(entity)
+        self._retry_set_aside()
 
     def _as_item(
         self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None,
@@ -589,7 +591,7 @@ class Loader:
             self._explained_by(missing[0])
             return
         if len(missing) == 1 and set_aside_after is None:
-            self.set_aside.append((operation, missing[0], self.writes_done))
+            self.set_aside.append((entity, operation, missing[0], self.writes_done))
             self._explained_by(missing[0])
             return
         time.sleep(min(MAX_BACKOFF_SECONDS, 0.25 * 2**self.failures_in_a_row))
@@ -625,10 +627,10 @@ class Loader:
         self.ceiling = max(self.min_batch, min([self.max_batch, *(size - 1 for size in self.failed_sizes)]))
         self.batch_size = max(self.batch_size, min(self.ceiling, START_BATCH))
 
-    def _retry_set_aside(self, entity: str) -> None:
+    def _retry_set_aside(self) -> None:
         self.set_aside_alone = len(self.set_aside) == 1  # several failing alone with nothing written: the server, more likely
         while self.set_aside:
-            operation, item, writes_then = self.set_aside.pop(0)
+            entity, operation, item, writes_then = self.set_aside.pop(0)
             self._send(entity, operation, [item], set_aside_after=writes_then)
 
     def _retry_deferred(self) -> None:
@@ -722,14 +724,15 @@ class Loader:
         found: dict[str, dict[str, str]] = {}  # linked entity → Customermates id → Pipedrive id
         for key, target_ids in refused.items():
             linked_entity = LINK_ENTITY.get(key, key)
-            pid_of = {target_id: pid for pid, target_id in linked.get(linked_entity, {}).items()}
+            # a body built before a record was created again names its old id
+            pid_of = {target_id: pid for pid, target_id in linked.get(linked_entity, {}).items()} | self.replaced.get(linked_entity, {})
             if not target_ids <= pid_of.keys():
                 return False  # not the records it links to (the id map moved on): nothing to take as gone
             found.setdefault(linked_entity, {}).update({target_id: pid_of[target_id] for target_id in target_ids})
         for linked_entity, pids in found.items():
             self._found_deleted(linked_entity, pids)
         self._forget_removed_users(users)
-        body = self.build_body(entity, item.source_id, item.payload, linked)
+        body = self.build_body(entity, item.source_id, item.payload, linked_records(self.staging, [item.payload]))
         self._send(entity, operation, [
             self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id, as_written=item.as_written, kept=item.kept)
         ])
@@ -767,15 +770,27 @@ class Loader:
     def _found_deleted(self, entity: str, pids: dict[str, str]) -> None:
         """Records a refused link showed deleted in Customermates (Customermates id → Pipedrive id),
         taken as a whole read takes them: out of what the last read holds (no later plan takes the
-        links they lost for an edit made there), reported, their links dropped. With --on-target-deleted
-        recreate, the next load creates them again and links them (`scan_target`): this one wrote
-        the records linking them before it found them gone."""
+        links they lost for an edit made there), and reported, their links dropped, or with
+        --on-target-deleted recreate created again at once (their entity's load is over: links go to
+        entities loaded before), so that the refused record is sent again linked to them."""
         self.staging.note_deleted_in_target(entity, sorted(pids))
-        fresh = sorted(set(pids.values()) - self.gone.get(entity, set()))
+        replaced = self.replaced.setdefault(entity, {})
+        fresh = sorted(set(pids.values()) - self.gone.get(entity, set()) - set(replaced.values()))
+        self._deleted_in_target(entity, fresh, RECREATE_ADVICE)
         if self.on_target_deleted == "recreate":
-            self.gone.setdefault(entity, set()).update(fresh)
-        else:
-            self._deleted_in_target(entity, fresh, RECREATE_ADVICE)
+            replaced.update(pids)
+            self._create_again(entity, fresh)
+
+    def _create_again(self, entity: str, source_ids: list[str]) -> None:
+        """Create these migrated records again (forgotten by `_deleted_in_target`), linked as their load links them."""
+        records = self.staging.targets_for(entity, source_ids)
+        linked = linked_records(self.staging, [payload for _, payload, _ in records])
+        items = []
+        for source_id, payload, _ in records:
+            body = self.build_body(entity, source_id, payload, linked)
+            items.append(self._as_item(entity, source_id, payload, body, payload_hash(body), None))
+        if items:
+            self._send(entity, "create", items)
 
     # -- uncertain outcomes -----------------------------------------------------------------
     def _settle(self, batch_id: str, entity: str, operation: str, items: list[_Item]) -> list[_Item]:
