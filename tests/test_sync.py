@@ -1260,6 +1260,70 @@ def test_a_record_restored_in_pipedrive_loses_the_deleted_mark_a_sync_gave_it(mi
     assert column not in _values(record)
 
 
+def _mark_a_person_deleted(migrated, pipedrive, customermates, person) -> str:
+    """The person is deleted in Pipedrive and a sync marks its contact: the id of the mark column."""
+    person["is_deleted"], person["update_time"] = True, NOW
+    assert invoke(migrated, "sync").exit_code == 0
+    [column] = [c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive"]
+    return column
+
+
+def _marks(customermates, person) -> dict[str, str]:
+    """The contact's values in the contact columns labelled as the mark is, or as the user renamed it."""
+    labels = {c["id"] for c in customermates.columns("contact") if c["label"] in ("Deleted in Pipedrive", "Gelöscht in Pipedrive")}
+    [record] = by_pipedrive_id(customermates, "contacts")[str(person["id"])]
+    return {column: value for column, value in _values(record).items() if column in labels and value}
+
+
+def test_a_mark_column_a_user_renamed_in_customermates_stays_the_mark_and_none_is_made_beside_it(migrated, pipedrive, customermates):
+    """Found by its label, the renamed column was not found: the next sync made a second one and marked
+    the contacts marked already again, and one restored in Pipedrive kept its mark in the renamed column."""
+    first, second = live_persons(pipedrive)[4:6]
+    column = _mark_a_person_deleted(migrated, pipedrive, customermates, first)
+    customermates._columns[column]["label"] = "Gelöscht in Pipedrive"  # as the app's column settings do
+    second["is_deleted"], second["update_time"] = True, NOW
+    first["is_deleted"], first["update_time"] = False, "2026-11-28T13:00:00Z"
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    assert [c["id"] for c in customermates.columns("contact") if c["label"] in ("Deleted in Pipedrive", "Gelöscht in Pipedrive")] == [column]
+    assert (_marks(customermates, first), _marks(customermates, second)) == ({}, {column: NOW[:10]})
+
+
+def test_a_column_a_user_made_with_the_mark_columns_label_and_type_is_left_alone(migrated, pipedrive, customermates):
+    """Equal labels list the newest column first: a sync marked the next deletion in the user's column,
+    and left the mark of a record restored in Pipedrive in its own."""
+    first, second = live_persons(pipedrive)[4:6]
+    column = _mark_a_person_deleted(migrated, pipedrive, customermates, first)
+    customermates._tool_create_column("date", {"label": "Deleted in Pipedrive", "entityType": "contact"})
+    [theirs] = {c["id"] for c in customermates.columns("contact") if c["label"] == "Deleted in Pipedrive"} - {column}
+    second["is_deleted"], second["update_time"] = True, NOW
+    first["is_deleted"], first["update_time"] = False, "2026-11-28T13:00:00Z"
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    assert (_marks(customermates, first), _marks(customermates, second)) == ({}, {column: NOW[:10]})
+    assert all(theirs not in _values(r) or not _values(r)[theirs] for r in customermates.records("contacts"))
+
+
+def test_a_mark_column_found_there_by_its_label_is_kept_as_found_and_stays_the_mark_when_renamed(migrated, pipedrive, customermates):
+    """A column labelled and typed as the mark is, there before the first mark (the state file keeps
+    none), is taken for it and kept in the state file as found there, not made by a run (no undo
+    deletes it): renamed later, it stays the mark, and none is made beside it."""
+    first, second = live_persons(pipedrive)[4:6]
+    customermates._tool_create_column("date", {"label": "Deleted in Pipedrive", "entityType": "contact"})
+    column = _mark_a_person_deleted(migrated, pipedrive, customermates, first)
+    with Staging(Path(migrated["MIGRATE_STATE"])) as staging:
+        assert staging.con.execute("SELECT column_id, created_by_run FROM column_map WHERE key = 'deleted_in_pipedrive'").fetchall() == [(column, None)]
+    customermates._columns[column]["label"] = "Gelöscht in Pipedrive"
+    second["is_deleted"], second["update_time"] = True, NOW
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    assert [c["id"] for c in customermates.columns("contact") if c["label"] in ("Deleted in Pipedrive", "Gelöscht in Pipedrive")] == [column]
+    assert (_marks(customermates, first), _marks(customermates, second)) == ({column: NOW[:10]}, {column: NOW[:10]})
+
+
 def test_a_record_restored_in_pipedrive_after_a_sync_removed_it_is_created_once_and_not_reported_twice(migrated, pipedrive, customermates, tmp_path):
     """`--deletes delete` removes the contact; the target as read kept it, so once the person was
     restored and created again, every later sync reported two contacts with its Pipedrive ID."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -191,10 +192,7 @@ def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str,
     (its marked records whose Pipedrive ID a live staged record has, migrated to that very record).
     One a user deleted in Customermates since is no longer held as there: the next sync's load finds it
     so (reported, or with `--on-target-deleted recreate` created again)."""
-    column_id = next(
-        (c["id"] for c in client.configuration(entity).get("customColumns") or [] if c.get("label") == MARK_LABEL and c.get("type") == "date"),
-        None,
-    )
+    column_id = _find_mark_column(staging, entity, client.configuration(entity).get("customColumns") or [])
     if column_id is None:
         return
 
@@ -220,13 +218,29 @@ def _unmark_restored(staging: Staging, client: CustomermatesClient, entity: str,
     )
 
 
+def _find_mark_column(staging: Staging, entity: str, columns: list[dict[str, Any]]) -> str | None:
+    """The id of the entity's mark column among `columns` (its configuration's): the one the state file
+    keeps, whatever a user renamed it to (another column a user labels so is theirs); else, when that
+    is gone or none was kept, one labelled and typed as the mark is that no other key of the state
+    file's holds. None when there is none."""
+    known = staging.column_map()
+    kept = known.get((entity, MARK_KEY))
+    if kept and kept["id"] in {c["id"] for c in columns}:
+        return kept["id"]
+    taken = {c["id"] for (e, _), c in known.items() if e == entity}.union(*staging.replaced_columns().values())
+    return next((c["id"] for c in columns if c.get("label") == MARK_LABEL and c.get("type") == "date" and c["id"] not in taken), None)
+
+
 def _mark_column(staging: Staging, client: CustomermatesClient, mcp: McpClient, entity: str, run_id: str) -> str:
-    """The entity's mark column: found by its label, or made and kept in the state file as the
-    run's, for its `undo --columns` (pending first, as the migration's columns are)."""
+    """The entity's mark column (`_find_mark_column`: one found by its label is kept in the state file
+    from then on, as found there), or one made and kept as the run's, for its `undo --columns`
+    (pending first, as the migration's columns are)."""
     columns = client.configuration(entity).get("customColumns") or []
-    for column in columns:
-        if column.get("label") == MARK_LABEL and column.get("type") == "date":
-            return column["id"]
+    column_id = _find_mark_column(staging, entity, columns)
+    if column_id is not None:
+        if (staging.column_map().get((entity, MARK_KEY)) or {}).get("id") != column_id:
+            staging.save_column(entity, MARK_KEY, {"id": column_id, "label": MARK_LABEL, "type": "date"}, None)
+        return column_id
     log.info("deletions.mark_column", entity=entity)
     with staging.transaction():
         staging.record_pending_column(entity, MARK_KEY, {"label": MARK_LABEL, "type": "date"}, [c["id"] for c in columns], run_id)
