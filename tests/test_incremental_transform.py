@@ -191,3 +191,26 @@ def test_a_rerun_of_a_snapshot_whose_ids_are_floats_keeps_its_product_lines_and_
         changed, remade = transformed()
         assert changed.full_reason is None and 0 < changed.made < 5
         assert [str(line["product_id"]), float(line["quantity"] + 1)] in remade["services"] and remade["notes"] == first["notes"]
+
+
+def test_a_product_line_on_a_missing_deal_stays_reported_on_a_rerun_and_joins_the_deal_once_it_appears(staging):
+    """The issue is found over every staged line, so a rerun that makes nothing again gives it as a full transform does."""
+    product = rows(staging, "products")[0]
+    staging.upsert_records("deal_products", [{"id": 990_070, "deal_id": 990_001, "product_id": product["id"], "quantity": 2}])
+
+    def reported() -> list[tuple[str, str, str]]:
+        return staging.con.execute(
+            "SELECT entity, source_id, field FROM transform_issues WHERE rule = 'deal_product_not_attached' ORDER BY ALL"
+        ).fetchall()
+
+    transform(staging, load_mappings())
+    assert reported() == [("deal_products", "990070", "deal_id")]
+    again = transform(staging, load_mappings())
+    assert (again.full_reason, again.made) == (None, 0)
+    assert reported() == [("deal_products", "990070", "deal_id")]
+    staging.upsert_records("deals", [dict(rows(staging, "deals")[0], id=990_001, is_deleted=False, status="open")])
+    arrived = transform(staging, load_mappings())
+    assert arrived.full_reason is None and arrived.made == 1
+    assert reported() == []
+    payload = json.loads(staging.con.execute("SELECT payload FROM target_records WHERE entity = 'deals' AND source_id = '990001'").fetchone()[0])
+    assert [str(product["id"]), 2.0] in payload["services"]

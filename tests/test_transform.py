@@ -1524,6 +1524,46 @@ def test_a_product_line_or_note_naming_its_record_by_a_fraction_or_text_is_repor
         ]
 
 
+def test_a_product_line_on_a_deal_missing_in_pipedrive_is_reported_not_dropped(tmp_path):
+    """A line joins its deal by `deal_id`: one naming a deal the account (or a snapshot's deals file) lacks,
+    or none, was lost without a word. A line of a deleted deal goes with its deal, which is counted as
+    deleted (`deleted_in_pipedrive`): no issue of its own; one naming no id is `link_unreadable` alone."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    line = {"product_id": 3, "quantity": 1, "item_price": 10, "currency": "EUR"}
+    files = {
+        "deals": [{"id": 5, "title": "Rollout", "status": "open"}, {"id": 6, "title": "Gone", "status": "deleted", "is_deleted": True}],
+        "deals_archived": [{"id": 8, "title": "Old", "status": "won", "is_archived": True}],
+        "products": [{"id": 3, "name": "Widget", "prices": [{"price": 10, "currency": "EUR"}]}],
+        "deal_products": [
+            {"id": 70, "deal_id": 5, **line},
+            {"id": 71, "deal_id": 99, **line},
+            {"id": 72, "deal_id": 6, **line},
+            {"id": 73, "deal_id": 8, **line},
+            {"id": 74, **line},
+            {"id": 75, "deal_id": 5.5, **line},
+        ],
+    }
+    for name, rows in files.items():
+        (snapshot / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with Staging(tmp_path / "state.duckdb") as staging:
+        extract(staging, SnapshotSource(snapshot), staging.start_run("test"))
+        transform(staging, load_mappings())
+        deals = targets(staging, "deals")
+        assert deals["5"]["services"] == [["3", 1.0]] and deals["8"]["services"] == [["3", 1.0]]
+        assert sorted((i["entity"], i["source_id"], i["field"], i["detail"]) for i in issues(staging, "deal_product_not_attached")) == [
+            ("deal_products", "71", "deal_id", "Pipedrive deal product 71 is on deal 99, missing in Pipedrive; not migrated"),
+            ("deal_products", "74", "deal_id", "Pipedrive deal product 74 is on no deal; not migrated"),
+        ]
+        assert [i["source_id"] for i in issues(staging, "link_unreadable")] == ["75"]
+
+
+def test_the_sample_product_lines_are_all_on_deals_staged(staged):
+    """Its lines of deleted deals (16, 32, 48) go with their deals, counted as deleted: no issue of their own."""
+    staging, _ = staged
+    assert issues(staging, "deal_product_not_attached") == []
+
+
 def _ids_as_floats(value):
     """`value` with every id (`id`, `*_id`, at any depth) a float, as a JSON tool that writes every number as one leaves it."""
     if isinstance(value, dict):

@@ -174,6 +174,7 @@ ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS there_before JSON;
 
 NOTE_UNATTACHED = "note_not_attached"  # the rule of a note that joins no migrated record
 LINK_UNREADABLE = "link_unreadable"  # the rule of a value that names no one record
+PRODUCT_UNATTACHED = "deal_product_not_attached"  # the rule of a deal product line whose deal is not staged
 
 
 def raw_table(collection: str) -> str:
@@ -793,6 +794,24 @@ class Staging:
             f"FROM (SELECT id, concat_ws(', ', {named}) AS n FROM "
             f"(SELECT id, json_extract(data, {paths!r}) AS f FROM {raw_table('notes')} WHERE NOT coalesce(is_deleted, false)) "
             f"WHERE NOT ({attached}))"
+        )
+
+    def product_unattached_issues(self, deals: Sequence[str]) -> None:
+        """Replace the issues of the deal product lines on a deal no collection of `deals` stages (missing
+        in the account or the snapshot), or on none: joined by `deal_id`, they would be lost without a
+        word. A line of a deleted deal goes with its deal, which is counted as deleted. Found in SQL over
+        every line, as `note_unattached_issues` does notes."""
+        self.con.execute(f"DELETE FROM transform_issues WHERE rule = '{PRODUCT_UNATTACHED}'")
+        if not self.has_collection("deal_products"):
+            return
+        staged = " UNION ALL ".join(f"SELECT id FROM {raw_table(c)}" for c in deals if self.has_collection(c))
+        # a value that is no id names no deal (`unreadable_owner_issues` reports it)
+        self.con.execute(
+            f"INSERT INTO transform_issues SELECT 'deal_products', l.id, 'deal_id', '{PRODUCT_UNATTACHED}', 'Pipedrive deal product ' || l.id || "
+            "CASE WHEN l.deal IS NULL THEN ' is on no deal' ELSE ' is on deal ' || l.deal || ', missing in Pipedrive' END || '; not migrated' "
+            f"FROM (SELECT id, data->>'deal_id' AS deal FROM {raw_table('deal_products')} WHERE NOT coalesce(is_deleted, false)) l "
+            f"ANTI JOIN ({staged or 'SELECT NULL::VARCHAR AS id WHERE false'}) d ON d.id = l.deal "
+            f"WHERE l.deal IS NULL OR regexp_full_match(l.deal, '{NUMERIC_ID}')"
         )
 
     def unreadable_owner_issues(self, grouped: Mapping[str, Sequence[tuple[str, str, str]]]) -> None:

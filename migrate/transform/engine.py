@@ -61,6 +61,7 @@ ENTITY_SOURCES = {
     "deals": ("deals", "deals_archived", "leads", "leads_archived"),
     "tasks": ("activities",),
 }
+DEAL_COLLECTIONS = ("deals", "deals_archived")  # those whose records a deal product line's deal_id names
 FIELD_META = {
     "persons": "personFields",
     "organizations": "organizationFields",
@@ -384,6 +385,7 @@ class Transformer:
         def finish() -> tuple[list[dict[str, Any]], list[Issue]]:
             self.summary.columns = [spec.to_json() for spec in self.registry.to_create()]
             self.staging.note_unattached_issues(incremental.GROUPED["notes"])
+            self.staging.product_unattached_issues(DEAL_COLLECTIONS)
             self.staging.unreadable_owner_issues(incremental.GROUPED)
             incremental.keep_inputs(self.staging, self.sources, context, only_changed=self._only_dirty)
             return self.summary.columns, self.issues
@@ -432,7 +434,7 @@ class Transformer:
         if not self.staging.has_collection(collection):
             return
         notes_by_target = self._notes_for(collection)
-        products = self._deal_products() if collection in ("deals", "deals_archived") else SortedGroups[str](iter(()))
+        products = self._deal_products() if collection in DEAL_COLLECTIONS else SortedGroups[str](iter(()))
         entity, prefix = self.sources[collection]
         where = incremental.dirty_filter(entity, "id", prefix) if self._only_dirty else "TRUE"
         own_digests = "".join(f", md5(data->>'{key}')" for key, _ in OWN_TEXTS.get(collection, ()))
