@@ -1558,6 +1558,25 @@ def test_a_product_line_on_a_deal_missing_in_pipedrive_is_reported_not_dropped(t
         assert [i["source_id"] for i in issues(staging, "link_unreadable")] == ["75"]
 
 
+def test_a_product_line_staged_as_deleted_is_not_on_its_deal(tmp_path):
+    """A line the snapshot gives as deleted (v1's `active_flag: false`) is staged so, as a note is, and
+    joins its deal no more than a deleted note joins its record."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    line = {"deal_id": 5, "quantity": 1, "item_price": 10, "currency": "EUR"}
+    files = {
+        "deals": [{"id": 5, "title": "Rollout", "status": "open"}],
+        "products": [{"id": 3, "name": "Widget", "prices": [{"price": 10, "currency": "EUR"}]}, {"id": 4, "name": "Gadget"}],
+        "deal_products": [{"id": 70, "product_id": 3, **line}, {"id": 71, "product_id": 4, "active_flag": False, **line}],
+    }
+    for name, rows in files.items():
+        (snapshot / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with Staging(tmp_path / "state.duckdb") as staging:
+        extract(staging, SnapshotSource(snapshot), staging.start_run("test"))
+        transform(staging, load_mappings())
+        assert targets(staging, "deals")["5"]["services"] == [["3", 1.0]]
+
+
 def test_the_sample_product_lines_are_all_on_deals_staged(staged):
     """Its lines of deleted deals (16, 32, 48) go with their deals, counted as deleted: no issue of their own."""
     staging, _ = staged

@@ -211,7 +211,7 @@ class Transformer:
         """The deal product lines (JSON) of the deals, in the order the deals are read (then by position)."""
         if not self.staging.has_collection("deal_products"):
             return SortedGroups(iter(()))
-        where = "data->>'deal_id' IS NOT NULL"
+        where = "data->>'deal_id' IS NOT NULL AND NOT coalesce(is_deleted, false)"  # a line deleted there, as a note
         if self._only_dirty:
             where += " AND " + incremental.grouped_filter("deal_products") + " AND " + incremental.dirty_filter("deals", "data->>'deal_id'")
         rows = self.staging.stream_ordered(
