@@ -282,6 +282,83 @@ def test_a_contact_edited_in_customermates_keeps_its_edit_when_its_owner_is_invi
     assert kept["firstName"] == "Renamed-in-Customermates" and [u["id"] for u in kept["users"]] == [joined["id"]]
 
 
+def _moved_to_another_organization(customermates, person: dict) -> str:
+    """A user links the person's contact to another organization in Customermates; its id."""
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert contact["organizations"]
+    other = next(o["id"] for o in customermates.records("organizations") if o["id"] not in {r["id"] for r in contact["organizations"]})
+    customermates.edit_records("contacts", [{"id": contact["id"], "organizationIds": [other]}])
+    return other
+
+
+def test_a_contact_a_user_moved_to_another_organization_keeps_it_when_a_column_it_has_a_value_in_is_made_again(migrated, pipedrive, customermates):
+    """No record it links to was made again: its relations are what was last sent, and are not sent
+    with the refilled value, where they were and the user's link went back to Pipedrive's."""
+    person = next(p for p in live_persons(pipedrive) if p.get("job_title") and p.get("org_id"))
+    moved_to = _moved_to_another_organization(customermates, person)
+    customermates._tool_delete_column(next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title"))
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    [new] = _labels(customermates, "contact")["Job title"]
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert [o["id"] for o in kept["organizations"]] == [moved_to]
+    assert {"columnId": new, "value": person["job_title"]} in kept["customFieldValues"]
+
+
+def test_a_contact_a_user_moved_to_another_organization_keeps_it_when_its_owner_is_invited_and_assigned(migrated, pipedrive, customermates):
+    """The owner's organization is assigned too, before its contacts: that write gives it no new id,
+    so the contact's relations are not sent with its users."""
+    owner = pipedrive.collections["users"][0]
+    orgs = {o["id"]: o for o in pipedrive.collections["organizations"] if not o.get("is_deleted")}
+    person = next(p for p in live_persons(pipedrive) if p.get("owner_id") == owner["id"] and orgs.get(p.get("org_id"), {}).get("owner_id") == owner["id"])
+    moved_to = _moved_to_another_organization(customermates, person)
+    joined = customermates.add_user({"email": owner["email"], "firstName": "Katrin", "lastName": "Vogel"})
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert [o["id"] for o in kept["organizations"]] == [moved_to] and [u["id"] for u in kept["users"]] == [joined["id"]]
+    organization = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])][0]
+    assert [u["id"] for u in organization["users"]] == [joined["id"]]
+
+
+def test_a_deal_whose_contacts_and_services_a_user_changed_keeps_them_when_its_owner_is_invited_and_assigned(migrated, pipedrive, customermates):
+    """A deal's services, like its contacts, are sent with its users only when a record they name was made again."""
+    owner = pipedrive.collections["users"][0]
+    services = {str(line["deal_id"]) for line in pipedrive.collections["deal_products"]}
+    deals = by_pipedrive_id(customermates, "deals")
+    deal = next(d for d in pipedrive.collections["deals"] if d.get("owner_id") == owner["id"] and str(d["id"]) in services and str(d["id"]) in deals)
+    [written] = deals[str(deal["id"])]
+    assert written["contacts"] and written["services"]
+    other = next(c["id"] for c in customermates.records("contacts") if c["id"] not in {r["id"] for r in written["contacts"]})
+    customermates.edit_records("deals", [{"id": written["id"], "contactIds": [other], "services": []}])
+    joined = customermates.add_user({"email": owner["email"], "firstName": "Katrin", "lastName": "Vogel"})
+
+    assert invoke(migrated, "sync").exit_code == 0
+
+    [kept] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert [c["id"] for c in kept["contacts"]] == [other] and kept["services"] == []
+    assert [u["id"] for u in kept["users"]] == [joined["id"]]
+
+
+def test_a_contact_whose_organization_was_made_again_is_linked_to_it_when_a_column_it_has_a_value_in_is_made_again(migrated, pipedrive, customermates):
+    """A user deleted the contact's organization and a column: the run makes both again. The organization's
+    new id is sent with the refilled value (its relations can differ from those last sent), while the
+    name the user changed stays."""
+    person = next(p for p in live_persons(pipedrive) if p.get("job_title") and p.get("org_id"))
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    _edited_in_customermates(customermates, contact, firstName="Renamed-in-Customermates")
+    customermates.delete_records("organizations", [by_pipedrive_id(customermates, "organizations")[str(person["org_id"])][0]["id"]])
+    customermates._tool_delete_column(next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title"))
+
+    assert invoke(migrated, "run", "--on-target-deleted", "recreate").exit_code == 0
+
+    [made_again] = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])]
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert [o["id"] for o in kept["organizations"]] == [made_again["id"]] and kept["firstName"] == "Renamed-in-Customermates"
+
+
 def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """A plan lists the rename and makes none, and the sync after it renames the column, where the
     plan saved the field's new label as the column's and the sync saw no rename to make."""
