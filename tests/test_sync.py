@@ -306,6 +306,25 @@ def test_a_contact_a_user_moved_to_another_organization_keeps_it_when_a_column_i
     assert {"columnId": new, "value": person["job_title"]} in kept["customFieldValues"]
 
 
+def test_a_state_file_from_before_the_relations_written_were_kept_sends_them_with_a_refilled_column_once(migrated, pipedrive, customermates):
+    """Not knowing the relations a contact was last written with, the update refilling its column sends them
+    (a record linked may have been made again since), and keeps them: the next such update leaves a link a user changed."""
+    person = next(p for p in live_persons(pipedrive) if p.get("job_title") and p.get("org_id"))
+    with Staging(Path(migrated["MIGRATE_STATE"])) as staging:
+        staging.con.execute("DROP TABLE written_relations")
+    _moved_to_another_organization(customermates, person)
+    customermates._tool_delete_column(next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title"))
+    assert invoke(migrated, "sync").exit_code == 0
+    organization = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])][0]
+    assert [o["id"] for o in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"]] == [organization["id"]]
+
+    moved_to = _moved_to_another_organization(customermates, person)
+    customermates._tool_delete_column(next(c["id"] for c in customermates.columns("contact") if c["label"] == "Job title"))
+    assert invoke(migrated, "sync").exit_code == 0
+
+    assert [o["id"] for o in by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]["organizations"]] == [moved_to]
+
+
 def test_a_contact_a_user_moved_to_another_organization_keeps_it_when_its_owner_is_invited_and_assigned(migrated, pipedrive, customermates):
     """The owner's organization is assigned too, before its contacts: that write gives it no new id,
     so the contact's relations are not sent with its users."""

@@ -67,6 +67,7 @@ LOAD_USERS_KEY = "load_users"  # in the state file's meta: the user map the last
 # the links a record has, and an update without a relation's key leaves it as it is: an update sends each
 # of these, empty when the record has none left.
 LINKS_SET = {"contacts": ("organizationIds",), "deals": ("organizationIds", "contactIds"), "tasks": ("contactIds", "organizationIds", "dealIds")}
+RELATIONS_SET = {**LINKS_SET, "deals": (*LINKS_SET["deals"], "services")}  # and a deal's services, replaced the same way
 RECREATE_ADVICE = "run with --on-target-deleted recreate to create it again"  # for records deleted in Customermates
 QUOTED_VALUE_CHARS = 200  # of a refused custom value, in its quarantine message (the body keeps it whole)
 _VALUE_PATH = re.compile(r"\w+\[\d+\]\.customFieldValues\[(?P<index>\d+)\]\.(?:value|columnId)")  # a custom value of a write's body
@@ -114,6 +115,7 @@ class _Item:
     create_body: dict[str, Any] | None = None  # for updates: the body to create it with, should the target have lost it
     as_written: bool = False  # for updates: the payload is the one last written (`Loader.context_update`)
     kept: Container[str] = ()  # for updates: the columns it leaves as they are (`Loader.as_update`)
+    relations_sent: dict[str, list[Any]] | None = None  # for updates: the relations last sent, when known
     size: int = 0  # bytes of `body` in a request, once measured
     failed_in: list[int] = field(default_factory=list)  # sizes of the batches that failed uncertainly with it
 
@@ -249,21 +251,23 @@ class Loader:
             "(--on-target-deleted recreate creates it again, linked)",
         )
 
-    def context_update(self, entity: str, target_id: str, payload: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
+    def context_update(
+        self, entity: str, target_id: str, payload: dict[str, Any], body: dict[str, Any], relations_sent: dict[str, list[Any]] | None,
+    ) -> dict[str, Any] | None:
         """The update of a record whose payload is the one last written, when its body is new for a
         reason besides the record: columns or options made again (a user deleted them), or owners matched
-        since. Only the values in those columns, the users and the relations (which the ids of records
-        made again may change) are sent, so what a user edited in Customermates since (a name, emails,
-        notes, other values) stays. None when neither reason holds (`as_update` then sends it whole)."""
+        since. Only the values in those columns, the users and the relations other than those last sent
+        (`relations_sent`, all when not known: a record linked was made again, its id is new) are sent, so
+        what a user edited in Customermates since (a name, emails, notes, other values, links) stays. None
+        when neither reason holds (`as_update` then sends it whole)."""
         made = self.made_since_load
         refilled = {self.columns.ids[(entity, key)] for key, value in payload["values"].items() if (entity, key) in made or (entity, key, value) in made}
         cells = [cell for cell in body["customFieldValues"] if cell["columnId"] in refilled]
         users_then = None if self.written_user_map is None else matched_users(payload["users"], self.written_user_map)
         if not cells and users_then == body["userIds"]:
             return None
-        update = {"id": target_id, **{key: body.get(key, []) for key in LINKS_SET.get(entity, ())}}
-        if entity == "deals":
-            update["services"] = body["services"]
+        sent = relations_sent or {}
+        update = {"id": target_id, **{key: ids for key, ids in relations_of(entity, body).items() if sent.get(key) != ids}}
         if cells:
             update["customFieldValues"] = cells
         if users_then != body["userIds"]:
@@ -382,7 +386,7 @@ class Loader:
                 body = self.build_body(entity, source_id, payload, linked)
                 digest = payload_hash(body)
                 if source_id in conflicts and existing is not None and self.on_conflict != "source-wins":
-                    self._keep_target(entity, source_id, existing[0], digest, payload)
+                    self._keep_target(entity, source_id, existing[0], payload, body, digest)
                     continue
                 if existing is None:
                     creates.append(self._as_item(entity, source_id, payload, body, digest, None))
@@ -397,10 +401,13 @@ class Loader:
                     self._send(entity, "create", creates)
                     creates = []
             written = self.staging.written_for(entity, [c[0] for c in changed]) if changed else {}
+            sent = self.staging.relations_written_for(entity, [c[0] for c in changed]) if changed else {}
             for source_id, payload, body, digest, target_id in changed:
                 last = written.get(source_id)
                 kept = set() if source_id in conflicts else self.defaults_unwritten(entity, last)  # source-wins writes a conflict whole
-                updates.append(self._as_item(entity, source_id, payload, body, digest, target_id, as_written=last == payload, kept=kept))
+                updates.append(self._as_item(
+                    entity, source_id, payload, body, digest, target_id, as_written=last == payload, kept=kept, relations_sent=sent.get(source_id),
+                ))
                 if len(updates) >= self.batch_size:
                     self._send(entity, "update", updates)
                     updates = []
@@ -412,15 +419,16 @@ class Loader:
 
     def _as_item(
         self, entity: str, source_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str, target_id: str | None,
-        *, as_written: bool = False, kept: Container[str] = (),
+        *, as_written: bool = False, kept: Container[str] = (), relations_sent: dict[str, list[Any]] | None = None,
     ) -> _Item:
         """The write of a record's body (`digest` its hash): its create, or with `target_id` the update of
         that record (leaving the columns `kept`: `as_update`); of a record whose payload is `as_written`,
         the narrower `context_update` when it applies."""
         if target_id is None:
             return _Item(source_id, body, digest, payload=payload)
-        update = (self.context_update(entity, target_id, payload, body) if as_written else None) or self.as_update(entity, target_id, body, kept)
-        return _Item(source_id, update, digest, target_id, payload, body, as_written, kept)
+        narrow = self.context_update(entity, target_id, payload, body, relations_sent) if as_written else None
+        update = narrow or self.as_update(entity, target_id, body, kept)
+        return _Item(source_id, update, digest, target_id, payload, body, as_written, kept, relations_sent)
 
     def _last_name_kept(self, source_id: str) -> None:
         """An update cannot clear a contact's last name (`as_update`): say so when it had one."""
@@ -491,12 +499,15 @@ class Loader:
             self.staging.add_load_issues(self._issue_rows)
             self._issue_rows = []
 
-    def _keep_target(self, entity: str, source_id: str, target_id: str, digest: str, payload: dict[str, Any]) -> None:
+    def _keep_target(self, entity: str, source_id: str, target_id: str, payload: dict[str, Any], body: dict[str, Any], digest: str) -> None:
         """A conflict (edited on both sides) under skip or target-wins: the target is not written.
-        target-wins also records the source as seen, so the record stops being a conflict."""
+        target-wins also records the source as seen (its body as written), so the record stops being a conflict."""
         self.summary.conflicts[entity] += 1
         if self.on_conflict == "target-wins":
-            self.staging.commit_batch(None, entity, [(source_id, target_id, digest)], self.run_id, [(source_id, payload)], wrote=False)
+            self.staging.commit_batch(
+                None, entity, [(source_id, target_id, digest)], self.run_id, [(source_id, payload)], wrote=False,
+                relations=[(source_id, relations_of(entity, body))],
+            )
             return
         self._note_issue(
             entity, source_id, "*", "conflict_skipped",
@@ -539,6 +550,7 @@ class Loader:
         self.staging.commit_batch(
             batch_id, entity, written, self.run_id, [(i.source_id, i.payload) for i in items if i.payload is not None],
             [(i.source_id, notes_digest(dto.get("notes"))) for i, dto in zip(items, result, strict=True) if i.payload is not None],
+            relations=_relations_written(entity, items),
         )
         counter = self.summary.created if operation == "create" else self.summary.updated
         counter[entity] += len(items)
@@ -734,7 +746,10 @@ class Loader:
         self._forget_removed_users(users)
         body = self.build_body(entity, item.source_id, item.payload, linked_records(self.staging, [item.payload]))
         self._send(entity, operation, [
-            self._as_item(entity, item.source_id, item.payload, body, payload_hash(body), item.target_id, as_written=item.as_written, kept=item.kept)
+            self._as_item(
+                entity, item.source_id, item.payload, body, payload_hash(body), item.target_id,
+                as_written=item.as_written, kept=item.kept, relations_sent=item.relations_sent,
+            )
         ])
         return True
 
@@ -803,7 +818,8 @@ class Loader:
         found = self.find_in_target(entity, [i.source_id for i in items])
         adopted = [(i.source_id, found[i.source_id], i.digest) for i in items if i.source_id in found]
         payloads = [(i.source_id, i.payload) for i in items if i.source_id in found and i.payload is not None]
-        self.staging.commit_batch(batch_id, entity, adopted, self.run_id, payloads, adopted=True)
+        relations = _relations_written(entity, [i for i in items if i.source_id in found])
+        self.staging.commit_batch(batch_id, entity, adopted, self.run_id, payloads, adopted=True, relations=relations)
         self.summary.adopted[entity] += len(adopted)
         return [i for i in items if i.source_id not in found]
 
@@ -839,6 +855,19 @@ class Loader:
                 self.staging.commit_batch(batch["batch_id"], entity, [], self.run_id)  # the rerun recomputes updates
                 continue
             self._settle(batch["batch_id"], entity, "create", items)
+
+
+def relations_of(entity: str, body: dict[str, Any]) -> dict[str, list[Any]]:
+    """The relations a body sets (`RELATIONS_SET`), each empty when it names none."""
+    return {key: body.get(key) or [] for key in RELATIONS_SET.get(entity, ())}
+
+
+def _relations_written(entity: str, items: Iterable[_Item]) -> list[tuple[str, dict[str, list[Any]]]]:
+    """(source id, relations) the server holds as these writes set them: those of the whole body, of
+    which an update of a payload as written (`Loader.context_update`) leaves out only those last sent."""
+    if entity not in RELATIONS_SET:
+        return []
+    return [(i.source_id, relations_of(entity, i.create_body or i.body)) for i in items if i.payload is not None]
 
 
 def matched_users(user_ids: Iterable[str], user_map: Mapping[str, str]) -> list[str]:

@@ -169,6 +169,12 @@ CREATE TABLE IF NOT EXISTS pending_columns (
 -- NULL in rows written before: such a column is found by its label and type alone.
 ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS spec JSON;
 ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS there_before JSON;
+-- The relations each record's last write set (`customermates.load.relations_of`: key → Customermates ids, a deal's
+-- services with their quantities): an update refilling a column made again or assigning an owner matched since sends
+-- only those that differ (a record linked was made again: its id is new), and leaves the links a user changed in
+-- Customermates. No row: not known (written before this table), and all are sent. Only entities with relations have rows.
+CREATE TABLE IF NOT EXISTS written_relations (
+    entity VARCHAR, source_id VARCHAR, relations JSON USING COMPRESSION zstd, PRIMARY KEY (entity, source_id));
 """
 
 
@@ -1129,6 +1135,10 @@ class Staging:
         """The digests of the notes Customermates answered the last write of these records with (those known)."""
         return self._column_by_source_id("written_notes", "digest", entity, source_ids)
 
+    def relations_written_for(self, entity: str, source_ids: list[str]) -> dict[str, dict[str, list[Any]]]:
+        """The relations the last write of these records set (those known)."""
+        return {sid: json.loads(r) for sid, r in self._column_by_source_id("written_relations", "relations", entity, source_ids).items()}
+
     def _column_by_source_id(self, table: str, column: str, entity: str, source_ids: list[str]) -> dict[str, str]:
         rows = self.con.execute(
             f"SELECT source_id, {column} FROM {table} WHERE entity = $e AND source_id IN (SELECT unnest($s))",
@@ -1141,7 +1151,7 @@ class Staging:
         self._drop_identity(entity, source_ids)
 
     def _drop_identity(self, entity: str, source_ids: list[str]) -> None:
-        for table in ("id_map", "written_payloads", "written_notes"):
+        for table in ("id_map", "written_payloads", "written_notes", "written_relations"):
             self.con.execute(
                 f"DELETE FROM {table} WHERE entity = $entity AND source_id IN (SELECT unnest($s))", {"entity": entity, "s": source_ids}
             )
@@ -1305,15 +1315,17 @@ class Staging:
         *,
         wrote: bool = True,
         adopted: bool = False,
+        relations: Sequence[tuple[str, dict[str, list[Any]]]] = (),
     ) -> None:
         """Store (source_id, target_id, hash) rows and the transformed payloads written (the plan's
         'written' state), with the digests of the notes the write's answer gave (`notes_read`:
-        source id, digest; a payload's record without one has its notes unknown), and clear the
-        pending intent, in one transaction. Without `wrote` (a conflict kept as Customermates has
-        it) the rows keep their `written_at`: nothing was written, and an edit made there before
-        stays one for `undo`. With `adopted` (records of the uncertain batch `batch_id` found in
-        Customermates) `written_at` is when the batch was recorded, before it was sent: its write
-        came at an instant not known, and the settling, later, would make an edit made there
+        source id, digest; a payload's record without one has its notes unknown) and the relations
+        it set (`relations`: source id, relations; a payload's record without them has them unknown),
+        and clear the pending intent, in one transaction. Without `wrote` (a conflict kept as
+        Customermates has it) the rows keep their `written_at`: nothing was written, and an edit made
+        there before stays one for `undo`. With `adopted` (records of the uncertain batch `batch_id`
+        found in Customermates) `written_at` is when the batch was recorded, before it was sent: its
+        write came at an instant not known, and the settling, later, would make an edit made there
         meanwhile look older than our write.
 
         `created_by_run` is set when a row gets a new target id (a create, or an adoption after an
@@ -1346,13 +1358,19 @@ class Staging:
                 )
             if payloads:
                 self._save_written_payloads(entity, payloads)
-                self.con.execute(
-                    "DELETE FROM written_notes WHERE entity = $e AND source_id IN (SELECT unnest($s))", {"e": entity, "s": [sid for sid, _ in payloads]}
-                )
+                for table in ("written_notes", "written_relations"):
+                    self.con.execute(
+                        f"DELETE FROM {table} WHERE entity = $e AND source_id IN (SELECT unnest($s))", {"e": entity, "s": [sid for sid, _ in payloads]}
+                    )
             if notes_read:
                 self.con.execute(
                     "INSERT OR REPLACE INTO written_notes SELECT $e, unnest($s), unnest($d)",
                     {"e": entity, "s": [sid for sid, _ in notes_read], "d": [digest for _, digest in notes_read]},
+                )
+            if relations:
+                self.con.execute(
+                    "INSERT OR REPLACE INTO written_relations SELECT $e, unnest($s), unnest($r)::JSON",
+                    {"e": entity, "s": [sid for sid, _ in relations], "r": [json.dumps(r, sort_keys=True) for _, r in relations]},
                 )
             if batch_id:
                 self.con.execute("DELETE FROM pending_batches WHERE batch_id = ?", [batch_id])
