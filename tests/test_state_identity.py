@@ -128,10 +128,10 @@ def test_a_run_killed_before_its_first_batch_was_stored_resumes(env: dict[str, s
 
     real_commit = Staging.commit_batch
 
-    def killed(self, batch_id, entity, written, run_id, *stored):
+    def killed(self, batch_id, entity, written, run_id, *stored, **options):
         if written:
             raise Interrupted("SIGKILL", 9)  # the server wrote the first batch; its ids were never stored
-        return real_commit(self, batch_id, entity, written, run_id, *stored)
+        return real_commit(self, batch_id, entity, written, run_id, *stored, **options)
 
     monkeypatch.setattr(Staging, "commit_batch", killed)
     assert CliRunner().invoke(cli, ["run", "--source", str(sample_dir)], env=env).exit_code == 137

@@ -282,12 +282,12 @@ def _kill_at_the_second_contacts_commit(monkeypatch) -> Callable[..., Any]:
     real_commit = Staging.commit_batch
     seen: list[str] = []
 
-    def killed(self, batch_id, entity, written, run_id, *stored):
+    def killed(self, batch_id, entity, written, run_id, *stored, **options):
         if entity == "contacts" and written:
             seen.append(batch_id)
             if len(seen) == 2:
                 raise Interrupted("SIGKILL", 9)
-        return real_commit(self, batch_id, entity, written, run_id, *stored)
+        return real_commit(self, batch_id, entity, written, run_id, *stored, **options)
 
     monkeypatch.setattr(Staging, "commit_batch", killed)
     return real_commit
