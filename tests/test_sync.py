@@ -378,6 +378,26 @@ def test_a_contact_whose_organization_was_made_again_is_linked_to_it_when_a_colu
     assert [o["id"] for o in kept["organizations"]] == [made_again["id"]] and kept["firstName"] == "Renamed-in-Customermates"
 
 
+def test_a_contact_renamed_in_customermates_whose_organization_was_made_again_keeps_its_name(migrated, pipedrive, customermates, tmp_path):
+    """Pipedrive left the person alone; a user renamed the contact and deleted its organization in
+    Customermates. The run makes the organization again and links the contact to it, as the plan
+    says (that link its only change), where it sent the contact's whole body and the name went back
+    to Pipedrive's."""
+    person = next(p for p in live_persons(pipedrive) if p.get("org_id"))
+    contact = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    _edited_in_customermates(customermates, contact, firstName="Renamed-in-Customermates")
+    customermates.delete_records("organizations", [by_pipedrive_id(customermates, "organizations")[str(person["org_id"])][0]["id"]])
+    assert invoke(migrated, "plan", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path)).exit_code == 0
+    [planned] = [r for r in json.loads((tmp_path / "plan.json").read_text())["records"]["contacts"] if r["source_id"] == str(person["id"])]
+    assert planned["action"] == "update" and [c["field"] for c in planned["changes"]] == ["organizations"]
+
+    assert invoke(migrated, "run", "--on-target-deleted", "recreate").exit_code == 0
+
+    [made_again] = by_pipedrive_id(customermates, "organizations")[str(person["org_id"])]
+    kept = by_pipedrive_id(customermates, "contacts")[str(person["id"])][0]
+    assert [o["id"] for o in kept["organizations"]] == [made_again["id"]] and kept["firstName"] == "Renamed-in-Customermates"
+
+
 def test_a_plan_made_after_a_field_was_renamed_lists_the_column_rename_and_leaves_it_to_the_next_sync(migrated, pipedrive, customermates, tmp_path):
     """A plan lists the rename and makes none, and the sync after it renames the column, where the
     plan saved the field's new label as the column's and the sync saw no rename to make."""

@@ -255,19 +255,21 @@ class Loader:
         self, entity: str, target_id: str, payload: dict[str, Any], body: dict[str, Any], relations_sent: dict[str, list[Any]] | None,
     ) -> dict[str, Any] | None:
         """The update of a record whose payload is the one last written, when its body is new for a
-        reason besides the record: columns or options made again (a user deleted them), or owners matched
-        since. Only the values in those columns, the users and the relations other than those last sent
-        (`relations_sent`, all when not known: a record linked was made again, its id is new) are sent, so
-        what a user edited in Customermates since (a name, emails, notes, other values, links) stays. None
-        when neither reason holds (`as_update` then sends it whole)."""
+        reason besides the record: columns or options made again (a user deleted them), owners matched
+        since, or relations other than those last sent (`relations_sent`: a record linked was made again,
+        its id is new). Only the values in those columns, the users and those relations (all when not
+        known) are sent, so what a user edited in Customermates since (a name, emails, notes, other values,
+        links) stays. None when no reason holds, or the relations alone may differ but those last sent are
+        not known (`as_update` then sends it whole)."""
         made = self.made_since_load
         refilled = {self.columns.ids[(entity, key)] for key, value in payload["values"].items() if (entity, key) in made or (entity, key, value) in made}
         cells = [cell for cell in body["customFieldValues"] if cell["columnId"] in refilled]
         users_then = None if self.written_user_map is None else matched_users(payload["users"], self.written_user_map)
-        if not cells and users_then == body["userIds"]:
-            return None
         sent = relations_sent or {}
-        update = {"id": target_id, **{key: ids for key, ids in relations_of(entity, body).items() if sent.get(key) != ids}}
+        relations = {key: ids for key, ids in relations_of(entity, body).items() if sent.get(key) != ids}
+        if not cells and users_then == body["userIds"] and (relations_sent is None or not relations):
+            return None
+        update = {"id": target_id, **relations}
         if cells:
             update["customFieldValues"] = cells
         if users_then != body["userIds"]:
