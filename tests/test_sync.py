@@ -2095,6 +2095,7 @@ def test_under_recreate_a_contact_a_refused_link_shows_deleted_is_created_again_
     assert contact["id"] != contact_id and [c["id"] for c in written["contacts"]] == [contact["id"]] and written["name"] == deal["title"]
     counts = json.loads((tmp_path / "refused" / "report.json").read_text())["entities"]["contacts"]
     assert (counts["deleted_in_target"], counts["recreated"], counts["created"]) == (1, 1, 1)
+    assert counts["created"] + counts["updated"] + counts["unchanged"] + counts["conflicts"] == counts["to_migrate"]  # counted once
     writes = customermates.write_count()
     assert invoke(migrated, *recreate, str(tmp_path / "next")).exit_code == 0
     counts = json.loads((tmp_path / "next" / "report.json").read_text())["entities"]["contacts"]
