@@ -2144,6 +2144,68 @@ def test_under_recreate_a_contact_made_again_whose_create_fails_alone_is_sent_ag
     assert [c["id"] for c in written["contacts"]] == [contact["id"]] and len(by_pipedrive_id(customermates, "contacts")[person_id]) == 1
 
 
+def test_under_recreate_a_deal_linking_a_contact_made_again_by_another_deals_refused_link_takes_its_pipedrive_edit_next(
+    migrated, pipedrive, customermates, tmp_path
+):
+    """The first deal's refused link makes the contact again; the second deal, linking it too and not
+    written by that sync, is edited in Pipedrive before the next. It lost its link to the deletion, no
+    edit made in Customermates: the next sync writes its edit and links it to the contact made again."""
+    _sync_an_hour_later(migrated, customermates)
+    contacts = by_pipedrive_id(customermates, "contacts")
+    person_id = next(pid for pid, n in Counter(_person_of(d) for d in pipedrive.collections["deals"] if d.get("status") == "open").items()
+                     if pid in contacts and n == 2)
+    first, second = [d for d in pipedrive.collections["deals"] if d.get("status") == "open" and _person_of(d) == person_id]
+    customermates.delete_records("contacts", [contacts[person_id][0]["id"]])
+    _edit_in_pipedrive(first)
+    assert invoke(migrated, "sync", "--on-target-deleted", "recreate").exit_code == 0
+    second["title"] += " (edited in Pipedrive)"
+    second["update_time"] = "2026-12-03T15:30:00Z"
+
+    result = invoke(migrated, "sync", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert _conflicts(tmp_path) == []
+    [contact] = by_pipedrive_id(customermates, "contacts")[person_id]
+    [written] = by_pipedrive_id(customermates, "deals")[str(second["id"])]
+    assert ([c["id"] for c in written["contacts"]], written["name"]) == ([contact["id"]], second["title"])
+
+
+@pytest.mark.parametrize("killed_at", ["record_pending", "commit_batch"])
+def test_a_sync_killed_while_it_creates_again_a_contact_a_refused_link_showed_deleted_leaves_one_contact_linked_by_the_next(
+    migrated, pipedrive, customermates, monkeypatch, tmp_path, killed_at
+):
+    """Killed before the contact's create is sent (the id map row forgotten already), or after it was
+    written and before its id was stored (the batch pending): the next sync creates it, or adopts it,
+    once, and writes the deal's Pipedrive edit linked to it, where the plan, no longer knowing the
+    contact's old id, took the link the deal lost to the deletion for an edit made in Customermates
+    and skipped the deal as a conflict."""
+    from migrate.errors import Interrupted
+
+    _sync_an_hour_later(migrated, customermates)
+    deal, person_id, _ = _delete_a_deals_contact_and_edit_the_deal(pipedrive, customermates)
+    real = getattr(Staging, killed_at)
+
+    def killed(self, *args, **options):
+        entity = args[1] if killed_at == "commit_batch" else args[0]
+        if entity == "contacts" and (killed_at == "record_pending" or args[2]):
+            if killed_at == "commit_batch":
+                assert customermates.records("contacts")  # written: its id is not stored
+            raise Interrupted("SIGKILL", 9)
+        return real(self, *args, **options)
+
+    monkeypatch.setattr(Staging, killed_at, killed)
+    assert invoke(migrated, "sync", "--on-target-deleted", "recreate").exit_code == 137
+    monkeypatch.setattr(Staging, killed_at, real)
+
+    result = invoke(migrated, "sync", "--on-target-deleted", "recreate", "--report-dir", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert _conflicts(tmp_path) == []  # the link the deal lost to the deletion is no edit made in Customermates
+    [contact] = by_pipedrive_id(customermates, "contacts")[person_id]
+    [written] = by_pipedrive_id(customermates, "deals")[str(deal["id"])]
+    assert [c["id"] for c in written["contacts"]] == [contact["id"]] and written["name"] == deal["title"]
+
+
 def _person_of(deal: dict) -> str | None:
     person = deal.get("person_id")
     return str(person["value"] if isinstance(person, dict) else person) if person else None

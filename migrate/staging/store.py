@@ -169,6 +169,10 @@ CREATE TABLE IF NOT EXISTS pending_columns (
 -- NULL in rows written before: such a column is found by its label and type alone.
 ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS spec JSON;
 ALTER TABLE pending_columns ADD COLUMN IF NOT EXISTS there_before JSON;
+-- Added without a schema bump: the Pipedrive ID of a target_gone record, from the id map when it was found gone, so
+-- that a record last read linking it is known to after the id map moved on (`snapshot_pids`: made again, or forgotten
+-- to be). NULL in rows written before.
+ALTER TABLE target_gone ADD COLUMN IF NOT EXISTS source_id VARCHAR;
 -- The relations each record's last write set (`customermates.load.relations_of`: key → Customermates ids, a deal's
 -- services with their quantities): an update refilling a column made again or assigning an owner matched since sends
 -- only those that differ (a record linked was made again: its id is new), and leaves the links a user changed in
@@ -1492,7 +1496,11 @@ class Staging:
         by its id. No longer held, and known gone (`note_gone`)."""
         with self.transaction():
             self.drop_from_target_snapshot(entity, target_ids)
-            self.con.execute("INSERT OR IGNORE INTO target_gone SELECT $e, unnest($t)", {"e": entity, "t": target_ids})
+            self.con.execute(
+                "INSERT OR IGNORE INTO target_gone SELECT $e, t.target_id, m.source_id FROM (SELECT unnest($t) AS target_id) t "
+                "LEFT JOIN id_map m ON m.entity = $e AND m.target_id = t.target_id",
+                {"e": entity, "t": target_ids},
+            )
 
     def marked_but_live(self, entity: str, column_id: str) -> list[tuple[str, str]]:
         """(source id, target id) of migrated records whose target record, as last read, has a value in
@@ -1536,13 +1544,18 @@ class Staging:
 
     def snapshot_pids(self, target_ids: list[str]) -> dict[str, str]:
         """Target id → Pipedrive ID, for those of `target_ids` that carry one, and for those the
-        snapshot no longer holds at all the id map's (migrated, then deleted there). A record a user
-        made carries none and is held: the id map, which has no index by target id, is not read for it."""
+        snapshot no longer holds at all the id map's (migrated, then deleted there), or the one kept
+        with a record found deleted (`target_gone`) when the id map moved on (it was made again). A record
+        a user made carries none and is held: the id map, which has no index by target id, is not read for it."""
         rows = self.con.execute("SELECT target_id, pid FROM target_snapshot WHERE target_id IN (SELECT unnest($t))", {"t": target_ids}).fetchall()
         found = {target_id: pid for target_id, pid in rows if pid is not None}
         absent = sorted(set(target_ids) - {target_id for target_id, _ in rows})
         if absent:
-            found.update(self.con.execute("SELECT target_id, source_id FROM id_map WHERE target_id IN (SELECT unnest($t))", {"t": absent}).fetchall())
+            found.update(self.con.execute(
+                "SELECT target_id, source_id FROM target_gone WHERE source_id IS NOT NULL AND target_id IN (SELECT unnest($t)) "
+                "UNION ALL SELECT target_id, source_id FROM id_map WHERE target_id IN (SELECT unnest($t))",
+                {"t": absent},
+            ).fetchall())
         return found
 
     def snapshot_duplicates(self, entity: str) -> dict[str, list[str]]:
@@ -1604,7 +1617,7 @@ class Staging:
         target ids `still_there` (another record may carry the Pipedrive ID)."""
         if source_ids:
             self.con.execute(
-                "INSERT OR IGNORE INTO target_gone SELECT entity, target_id FROM id_map WHERE entity = $e "
+                "INSERT OR IGNORE INTO target_gone SELECT entity, target_id, source_id FROM id_map WHERE entity = $e "
                 "AND source_id IN (SELECT unnest($s)) AND target_id NOT IN (SELECT unnest($t))",
                 {"e": entity, "s": source_ids, "t": still_there},
             )
