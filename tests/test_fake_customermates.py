@@ -1059,14 +1059,18 @@ def test_isdefault_option_fills_existing_records(cm, api):
     assert explicit["customFieldValues"] == []
 
 
+def contact_single_select(api, label: str, options: list[str]) -> tuple[str, list[str]]:
+    """A contact single-select column with these options, none the default: its id and its options' values."""
+    column = make_column(api, "create_single_select_custom_column", entityType="contact", label=label, options=[
+        {"label": option, "color": "info", "isDefault": False, "index": index} for index, option in enumerate(options)])
+    return column, [o["value"] for o in config_column(api, "contacts", column)["options"]["options"]]
+
+
 def test_an_option_made_the_default_by_an_update_fills_only_the_records_without_a_value(cm, api):
     """Contract §6: updating a singleSelect column with an `isDefault` option fills it into every
     record of the entity that has no value; a record's own value stays. (The contract does not say
     whether the fill touches `updatedAt`; the fake leaves it.)"""
-    status = make_column(api, "create_single_select_custom_column", entityType="contact", label="Tier", options=[
-        {"label": "Gold", "color": "info", "isDefault": False, "index": 0},
-        {"label": "Standard", "color": "info", "isDefault": False, "index": 1}])
-    gold, standard = (o["value"] for o in config_column(api, "contacts", status)["options"]["options"])
+    status, (gold, standard) = contact_single_select(api, "Tier", ["Gold", "Standard"])
     create(api, "contacts", [
         {"firstName": "Has", "lastName": "Gold", "customFieldValues": [{"columnId": status, "value": gold}]},
         {"firstName": "Has", "lastName": "None"}])
@@ -1080,10 +1084,7 @@ def test_an_option_made_the_default_by_an_update_fills_only_the_records_without_
 
 
 def test_single_select_update_replaces_options(cm, api):
-    status = make_column(api, "create_single_select_custom_column", entityType="contact", label="Status", options=[
-        {"label": "A", "color": "info", "isDefault": False, "index": 0},
-        {"label": "B", "color": "info", "isDefault": False, "index": 1}])
-    a, b = (o["value"] for o in config_column(api, "contacts", status)["options"]["options"])
+    status, (a, b) = contact_single_select(api, "Status", ["A", "B"])
     create(api, "contacts", [
         {"firstName": "Keeps", "lastName": "A", "customFieldValues": [{"columnId": status, "value": a}]},
         {"firstName": "Loses", "lastName": "B", "customFieldValues": [{"columnId": status, "value": b}]}])
