@@ -802,11 +802,11 @@ class Loader:
         """Create these migrated records again (forgotten by `_deleted_in_target`), linked as their load links them.
         Their entity's load counted them unchanged (an update would have found them deleted), or conflicts
         left alone: from now on they count as created."""
-        records = self.staging.targets_for(entity, source_ids)
-        linked = linked_records(self.staging, [payload for _, payload, _ in records])
+        records = self.staging.payloads_for(entity, source_ids)
+        linked = linked_records(self.staging, [payload for _, payload in records])
         left_alone = self.conflicts.get(entity, set()) if self.on_conflict != "source-wins" else set()
         items = []
-        for source_id, payload, _ in records:
+        for source_id, payload in records:
             (self.summary.conflicts if source_id in left_alone else self.summary.unchanged)[entity] -= 1
             body = self.build_body(entity, source_id, payload, linked)
             items.append(self._as_item(entity, source_id, payload, body, payload_hash(body), None))

@@ -987,13 +987,13 @@ class Staging:
         ).fetchone()
         return json.loads(row[0]) if row and row[0] is not None else None
 
-    def targets_for(self, entity: str, source_ids: list[str]) -> list[tuple[str, dict[str, Any], str]]:
-        """(source id, payload, hash) of those of `source_ids` transformed, by source id."""
+    def payloads_for(self, entity: str, source_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """(source id, payload) of those of `source_ids` transformed, by source id."""
         rows = self.con.execute(
-            "SELECT source_id, payload, payload_hash FROM target_records WHERE entity = $e AND source_id IN (SELECT unnest($s)) ORDER BY source_id",
+            "SELECT source_id, payload FROM target_records WHERE entity = $e AND source_id IN (SELECT unnest($s)) ORDER BY source_id",
             {"e": entity, "s": source_ids},
         ).fetchall()
-        return [(source_id, json.loads(payload), digest) for source_id, payload, digest in rows]
+        return [(source_id, json.loads(payload)) for source_id, payload in rows]
 
     def iter_target_batches(self, entity: str, *, among: str | None = None) -> Iterator[list[tuple[str, dict[str, Any], str]]]:
         """`iter_targets` in lists of `TARGET_BATCH`: what a batch needs from other tables (id map,
